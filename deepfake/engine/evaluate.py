@@ -1,0 +1,61 @@
+"""Run a detector over a loader and collect p(fake) per sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from deepfake.engine.precision import autocast
+
+
+@dataclass
+class Predictions:
+    """Per-sample outputs in dataset order (``indices`` map back to CSV rows)."""
+
+    indices: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray
+    damaged: list[int] = field(default_factory=list)
+
+    @property
+    def probs(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits))
+
+    def loss(self) -> float:
+        return float(
+            F.binary_cross_entropy_with_logits(torch.from_numpy(self.logits), torch.from_numpy(self.targets)).item()
+        )
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: str = "32",
+    on_batch=None,
+) -> Predictions:
+    """Eval-mode forward over ``loader``; ``on_batch()`` is called once per batch (progress bars)."""
+    model.eval()
+    indices, targets, logits, damaged = [], [], [], []
+    for batch in loader:
+        with autocast(device, precision):
+            out = model(batch["image"].to(device, non_blocking=True)).squeeze(1)
+        logits.append(out.float().cpu())
+        targets.append(batch["target"].float())
+        indices.append(batch["index"])
+        damaged.extend(batch["index"][batch["damaged"]].tolist())
+        if on_batch is not None:
+            on_batch()
+    if not logits:
+        raise ValueError("the loader produced no batches")
+    return Predictions(
+        indices=torch.cat(indices).numpy(),
+        targets=torch.cat(targets).numpy().astype(np.float32),
+        logits=torch.cat(logits).numpy().astype(np.float32),
+        damaged=damaged,
+    )

@@ -1,0 +1,304 @@
+"""The training recipe: phases -> epochs -> steps, validation, checkpoints and logs.
+
+Read it top to bottom: ``fit`` walks the phases; ``_setup_phase`` freezes the backbone and builds
+the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoch`` validates,
+logs and writes ``best.pth`` and ``last.pth``. Everything it needs comes in as plain objects; it
+never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from deepfake.engine.evaluate import Predictions, predict
+from deepfake.engine.metrics import auc_or_none
+from deepfake.engine.phases import Phase, steps_per_epoch
+from deepfake.engine.precision import autocast, make_grad_scaler
+from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
+from deepfake.errors import TrainingError
+from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from deepfake.tracking.console import console
+from deepfake.tracking.loggers import MetricsCsv
+
+log = logging.getLogger(__name__)
+
+METRICS_FIELDS = [
+    "phase", "epoch", "step", "lr_backbone", "lr_head",
+    "train_loss", "val_loss", "val_auc", "val_accuracy", "seconds",
+]  # fmt: skip
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved in ``last.pth`` so a resumed run continues from here."""
+
+    phase_index: int = 0
+    epoch_in_phase: int = 0  # completed epochs of the current phase
+    epoch: int = 0  # completed epochs over all phases
+    step: int = 0  # optimizer steps over all phases
+    best_auc: float | None = None
+    best_epoch: int | None = None
+
+
+class DamagedImageLog:
+    """Logs each damaged image once (path and reason) and counts them per split."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[int]] = {}
+
+    def record(self, split: str, dataset, indices: Iterable[int]) -> None:
+        seen = self.seen.setdefault(split, set())
+        for index in indices:
+            if index not in seen:
+                seen.add(index)
+                log.warning(
+                    "damaged image replaced by a black image: %s (%s)",
+                    dataset.paths[index],
+                    dataset.damage_reason(index) or "unreadable",
+                )
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(indices) for split, indices in self.seen.items() if indices}
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        phases: list[Phase],
+        *,
+        make_optimizer: Callable[[list[dict]], torch.optim.Optimizer],
+        make_scheduler: Callable[..., object],
+        device: torch.device,
+        run_dir: Path,
+        describe: dict,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        grad_clip_norm: float | None = None,
+        seed: int = 0,
+        loggers: Iterable = (),
+    ) -> None:
+        self.model = model.to(device)
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.phases = phases
+        self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
+        self.device, self.precision = device, precision
+        self.accumulate = max(1, int(accumulate_grad_batches))
+        self.grad_clip_norm = grad_clip_norm
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.describe = describe  # model_spec, preprocess, labels, threshold, run_name: makes best.pth self-describing
+        self.loggers = list(loggers)
+        self.metrics_csv = MetricsCsv(self.run_dir / "metrics_log.csv", METRICS_FIELDS)
+        self.state = TrainerState()
+        self.damaged = DamagedImageLog()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.scaler = make_grad_scaler(device, precision)
+        self._resume_from: dict | None = None
+
+    # ----------------------------------------------------------------------------------- fit
+    def fit(self, resume: dict | None = None) -> TrainerState:
+        """Run every remaining phase; ``resume`` is a loaded ``last.pth``."""
+        if resume is not None:
+            self._restore(resume)
+        total_epochs = sum(phase.epochs for phase in self.phases)
+        with self._progress() as progress:
+            epochs_bar = progress.add_task("epochs", total=total_epochs, completed=self.state.epoch, status="")
+            for phase_index in range(self.state.phase_index, len(self.phases)):
+                phase = self.phases[phase_index]
+                self._setup_phase(phase)
+                # _end_epoch moves state.phase_index on after the phase's last epoch.
+                while self.state.phase_index == phase_index:
+                    started = time.perf_counter()
+                    lrs = self._learning_rates()
+                    train_loss = self._train_epoch(phase, progress)
+                    row = self._end_epoch(phase, lrs, train_loss, time.perf_counter() - started, progress)
+                    progress.update(epochs_bar, advance=1, status=f"val_auc {row['val_auc']}")
+        return self.state
+
+    # ------------------------------------------------------------------------------- phases
+    def _setup_phase(self, phase: Phase) -> None:
+        set_backbone_frozen(self.model, phase.backbone_frozen)
+        groups = param_groups(self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen)
+        self.optimizer = self.make_optimizer(groups)
+        per_epoch = steps_per_epoch(len(self.train_loader), self.accumulate)
+        self.scheduler = None
+        if phase.scheduled:
+            warmup = round(phase.warmup_epochs * per_epoch)
+            self.scheduler = self.make_scheduler(
+                self.optimizer, t_initial=max(1, phase.epochs * per_epoch - warmup), warmup_t=warmup
+            )
+        self.phase_step = self.state.epoch_in_phase * per_epoch
+        if self._resume_from is not None and self._resume_from.get("optimizer") is not None:
+            # Only a run stopped inside this phase has optimizer state for it; a new phase starts fresh.
+            self.optimizer.load_state_dict(self._resume_from["optimizer"])
+            if self.scheduler is not None and self._resume_from.get("scheduler") is not None:
+                self.scheduler.load_state_dict(self._resume_from["scheduler"])
+            self.scaler.load_state_dict(self._resume_from["scaler"])
+        self._resume_from = None
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.phase_step)
+        log.info(
+            "phase %s: %d epoch(s), %s trainable parameters, lr_head=%g lr_backbone=%g",
+            phase.name, phase.epochs, f"{count_trainable(self.model):,}", phase.lr_head, phase.lr_backbone,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------------------- steps
+    def _train_epoch(self, phase: Phase, progress: Progress) -> float:
+        set_train_mode(self.model, phase.backbone_frozen)
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None:
+            # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
+            generator.manual_seed(self.seed + self.state.epoch)
+        n_batches = len(self.train_loader)
+        batches_bar = progress.add_task(f"{phase.name} epoch {self.state.epoch + 1}", total=n_batches, status="")
+        total_loss, seen = 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.train_loader):
+            images = batch["image"].to(self.device, non_blocking=True)
+            targets = batch["target"].to(self.device, non_blocking=True)
+            with autocast(self.device, self.precision):
+                logits = self.model(images).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite training loss ({loss.item()}) at epoch {self.state.epoch + 1}, batch {i + 1}; "
+                    f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 (last.pth is the last good state)"
+                )
+            self.scaler.scale(loss / self.accumulate).backward()
+            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+                self._optimizer_step()
+            if batch["damaged"].any():
+                self.damaged.record("train", self.train_loader.dataset, batch["index"][batch["damaged"]].tolist())
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
+            progress.update(batches_bar, advance=1, status=f"loss {total_loss / seen:.4f}")
+        progress.remove_task(batches_bar)
+        return total_loss / max(seen, 1)
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.phase_step += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.phase_step)
+
+    # --------------------------------------------------------------------------- validation
+    def validate(self, progress: Progress | None = None) -> Predictions:
+        bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
+        preds = predict(
+            self.model, self.val_loader, self.device, self.precision,
+            on_batch=(lambda: progress.update(bar, advance=1)) if progress else None,
+        )  # fmt: skip
+        if progress:
+            progress.remove_task(bar)
+        self.damaged.record("valid", self.val_loader.dataset, preds.damaged)
+        return preds
+
+    def _learning_rates(self) -> dict[str, float]:
+        """Per param group, as the epoch starts (the schedule moves them every step)."""
+        return {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+
+    def _end_epoch(
+        self, phase: Phase, lrs: dict[str, float], train_loss: float, train_seconds: float, progress: Progress
+    ) -> dict:
+        started = time.perf_counter()
+        preds = self.validate(progress)
+        auc = auc_or_none(preds.targets, preds.probs)
+        accuracy = float(((preds.probs >= self.describe["threshold"]) == preds.targets.astype(bool)).mean())
+        self.state.epoch += 1
+        self.state.epoch_in_phase += 1
+        row = {
+            "phase": phase.name,
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "lr_backbone": lrs.get("backbone", 0.0),
+            "lr_head": lrs["head"],
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(preds.loss(), 6),
+            "val_auc": None if auc is None else round(auc, 6),
+            "val_accuracy": round(accuracy, 6),
+            "seconds": round(train_seconds + time.perf_counter() - started, 2),
+        }
+        improved = self.state.best_epoch is None or (
+            auc is not None and (self.state.best_auc is None or auc > self.state.best_auc)
+        )
+        if improved:
+            self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
+            atomic_save(self._checkpoint("best", phase, row), self.run_dir / "best.pth")
+        if self.state.epoch_in_phase == phase.epochs:
+            self.state.phase_index += 1
+            self.state.epoch_in_phase = 0
+        atomic_save(self._last_checkpoint(phase, row), self.run_dir / "last.pth")
+        self.metrics_csv.append(row)
+        scalars = {k: v for k, v in row.items() if k not in ("phase", "epoch", "step") and v is not None}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.state.epoch)
+        log.info(
+            "epoch %d [%s] train_loss=%.4f val_loss=%.4f val_auc=%s val_acc=%.4f lr_backbone=%.3g lr_head=%.3g "
+            "%.1fs%s",
+            row["epoch"], phase.name, row["train_loss"], row["val_loss"], row["val_auc"], row["val_accuracy"],
+            row["lr_backbone"], row["lr_head"], row["seconds"], " (best)" if improved else "",
+        )  # fmt: skip
+        return row
+
+    # -------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self, kind: str, phase: Phase, row: dict) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": kind,
+            "model": self.model.state_dict(),
+            **self.describe,
+            "epoch": self.state.epoch,
+            "phase": phase.name,
+            "val_metrics": {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")},
+        }
+
+    def _last_checkpoint(self, phase: Phase, row: dict) -> dict:
+        phase_finished = self.state.epoch_in_phase == 0
+        return {
+            **self._checkpoint("last", phase, row),
+            "trainer_state": asdict(self.state),
+            # A finished phase's optimizer is never needed again: the next phase builds its own.
+            "optimizer": None if phase_finished else self.optimizer.state_dict(),
+            "scheduler": None if phase_finished or self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+        }
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.state = TrainerState(**checkpoint["trainer_state"])
+        restore_rng_state(checkpoint["rng"])
+        self._resume_from = checkpoint
+
+    # ------------------------------------------------------------------------------ display
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=True,
+        )

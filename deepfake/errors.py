@@ -1,0 +1,26 @@
+"""Errors that are the user's to fix.
+
+A ``UserError`` carries one line that names the file, row or key at fault and says what to do.
+The entry point prints that line and exits non-zero without a traceback; every other exception
+is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, CSV, file path, checkpoint): one line, no traceback."""
+
+
+class DataError(UserError):
+    """A dataset CSV or image tree that cannot be used as given."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or weights file that is missing, foreign or incompatible."""
+
+
+class ConfigError(UserError):
+    """A config value that is well-formed for Hydra but unusable (bad combination, impossible size)."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""

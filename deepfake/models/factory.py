@@ -1,0 +1,96 @@
+"""Build a detector (any timm model with a one-logit head) and rebuild it from a checkpoint.
+
+The detector *is* the timm model created with ``num_classes=1``: its own classifier becomes the
+deepfake head, so pre-logit layers (a ViT's fc_norm, CvT's final LayerNorm) stay where timm put
+them, and every timm model works unchanged. The model records how it was made
+(``detector_spec``) and how its inputs must look (``preprocess``), which is what makes a saved
+``best.pth`` self-describing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_data_config
+
+from deepfake.errors import CheckpointError, ConfigError
+
+
+def create_detector(
+    name: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    interpolation: str | None = None,
+    **timm_kwargs: Any,
+) -> torch.nn.Module:
+    """A timm model with one output logit, p(fake).
+
+    ``weights`` (a local file or folder) wins over ``pretrained`` (timm's own source, online).
+    ``mean``/``std``/``interpolation`` default to the model's pretrained config.
+    """
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        raise ConfigError(
+            f"backbone.name={name!r} is not a timm model; list them with "
+            "`python -c \"import timm; print(timm.list_models())\"`"
+        )
+    overlay = None
+    if weights is not None:
+        if not Path(weights).exists():
+            raise CheckpointError(f"backbone.weights={weights}: no such file or folder; pass a local weights file")
+        overlay = {"file": str(weights)}
+    try:
+        model = timm.create_model(
+            name, pretrained=bool(pretrained or overlay), pretrained_cfg_overlay=overlay, num_classes=1, **timm_kwargs
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        if overlay is not None:
+            raise CheckpointError(f"backbone.weights={weights} does not fit {name}: {_one_line(err)}") from err
+        if pretrained:
+            raise CheckpointError(
+                f"could not fetch pretrained weights for {name} ({_one_line(err)}); on an offline machine download "
+                f"them elsewhere and pass backbone.weights=/path/to/file"
+            ) from err
+        raise
+    data_cfg = resolve_data_config({}, model=model)
+    model.detector_spec = {"name": name, "kwargs": dict(timm_kwargs)}
+    model.preprocess = {
+        "mean": [float(v) for v in (mean if mean is not None else data_cfg["mean"])],
+        "std": [float(v) for v in (std if std is not None else data_cfg["std"])],
+        "interpolation": interpolation or data_cfg["interpolation"],
+    }
+    return model
+
+
+def detector_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
+    """Rebuild the trained detector from a checkpoint's own description; no config needed.
+
+    Nothing here is instantiated from a ``_target_``: only a timm model name and its keyword
+    arguments are read, so a foreign file cannot make this code import or run anything.
+    """
+    spec = checkpoint.get("model_spec")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError("the checkpoint does not describe its model (no model_spec); was it written by deepfake?")
+    preprocess = checkpoint.get("preprocess", {})
+    model = create_detector(
+        spec["name"],
+        mean=preprocess.get("mean"),
+        std=preprocess.get("std"),
+        interpolation=preprocess.get("interpolation"),
+        **spec.get("kwargs", {}),
+    )
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint's weights do not fit {spec['name']}: {_one_line(err)}") from err
+    model.preprocess["img_size"] = preprocess.get("img_size")
+    return model
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

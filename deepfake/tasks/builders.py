@@ -1,0 +1,124 @@
+"""Config -> objects, shared by the tasks: data, loaders, checkpoints, registry, run metadata."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from deepfake.data.transforms import build_eval_transform
+from deepfake.engine.reproducibility import seed_worker
+from deepfake.errors import CheckpointError, ConfigError
+from deepfake.tracking.checkpoint import load_checkpoint
+from deepfake.tracking.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_name() -> str:
+    """The run dir's name; in a sweep, ``<sweep dir>/<job number>`` so sweep jobs stay apart."""
+    out = run_dir()
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{out.parent.name}/{out.name}"
+    return out.name
+
+
+def task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task)
+
+
+def save_resolved_config(cfg: DictConfig, out_dir: Path) -> Path:
+    """A resolved copy beside Hydra's own .hydra/config.yaml: the values as they were used."""
+    path = out_dir / "config_resolved.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def ensure_dataset(dataset_cfg: DictConfig) -> None:
+    """Generate the embedded dataset on first use; other datasets must already be on disk."""
+    if dataset_cfg.get("generate"):
+        instantiate(dataset_cfg.generate)
+
+
+def eval_transform(preprocess: dict):
+    return build_eval_transform(
+        preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
+    )
+
+
+def make_split(dataset_cfg: DictConfig, csv_key: str, transform) -> Dataset:
+    return instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
+
+
+def make_loader(dataset: Dataset, dataset_cfg: DictConfig, *, train: bool, device: torch.device) -> DataLoader:
+    workers = int(dataset_cfg.num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=int(dataset_cfg.batch_size),
+        shuffle=train,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=seed_worker,
+        # The trainer reseeds this generator every epoch: data order and worker seeds then depend
+        # only on (seed, epoch), which is what exact resume needs.
+        generator=torch.Generator() if train else None,
+        # Workers are restarted each epoch for the same reason; they are cheap to fork.
+        persistent_workers=False,
+    )
+
+
+def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:
+    """``best`` or None -> the global best; a run dir -> its best.pth; a file -> itself."""
+    if spec in (None, "best"):
+        path = Path(cfg.paths.best_model)
+        if not path.is_file():
+            raise CheckpointError(f"{what}: there is no global best model yet ({path}); train first or pass a path")
+        return path
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        path = path / "best.pth"
+    if not path.is_file():
+        raise CheckpointError(f"{what}={spec}: no such checkpoint ({path}); pass a run dir or a .pth file")
+    return path
+
+
+def load_weights_into(model: torch.nn.Module, path: Path) -> dict:
+    """``init_from``: copy a checkpoint's weights into a freshly built model of the same backbone."""
+    checkpoint = load_checkpoint(path)
+    trained_with = checkpoint.get("model_spec", {}).get("name")
+    if trained_with != model.detector_spec["name"]:
+        raise CheckpointError(
+            f"init_from={path} was trained with backbone {trained_with!r}, not {model.detector_spec['name']!r}; "
+            f"pass backbone=... to match, or another checkpoint"
+        )
+    model.load_state_dict(checkpoint["model"])
+    return checkpoint
+
+
+def open_registry(cfg: DictConfig) -> Registry:
+    return Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+
+
+def positive_int(value, key: str) -> int:
+    if int(value) <= 0:
+        raise ConfigError(f"{key}={value} must be a positive integer")
+    return int(value)

@@ -1,0 +1,135 @@
+"""task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
+
+Setup (seed, run metadata, data, model, loaders) -> Trainer.fit -> test best.pth -> register the
+run (promoting it to the global best when its validation AUC is the highest) -> summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from deepfake.engine.phases import plan_phases
+from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.engine.reproducibility import seed_everything, set_deterministic
+from deepfake.engine.trainer import Trainer
+from deepfake.tasks import builders
+from deepfake.tasks.test import evaluate_checkpoint, registry_view
+from deepfake.tracking.run_info import git_info, write_run_info
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> float | None:
+    started_wall, started = time.perf_counter(), builders.now_iso()
+    out_dir = builders.run_dir()
+    name = builders.run_name()
+    seed_everything(cfg.seed)
+    set_deterministic(bool(cfg.deterministic))
+    write_run_info(out_dir, Path(cfg.paths.root_dir))
+    config_path = builders.save_resolved_config(cfg, out_dir)
+    log.info("run %s in %s", name, out_dir)
+    log.info("overrides: %s", " ".join(builders.task_overrides()) or "(none)")
+
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    builders.ensure_dataset(cfg.dataset)
+
+    model = instantiate(cfg.backbone)
+    if cfg.get("init_from"):
+        source = builders.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
+        builders.load_weights_into(model, source)
+        log.info("initialised the model from %s", source)
+    preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
+    train_transform = instantiate(cfg.augment)(
+        mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
+    )
+    train_set = builders.make_split(cfg.dataset, "train_csv", train_transform)
+    val_set = builders.make_split(cfg.dataset, "val_csv", builders.eval_transform(preprocess))
+    log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
+
+    trainer = Trainer(
+        model,
+        builders.make_loader(train_set, cfg.dataset, train=True, device=device),
+        builders.make_loader(val_set, cfg.dataset, train=False, device=device),
+        plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
+        make_optimizer=instantiate(cfg.optimizer),
+        make_scheduler=instantiate(cfg.scheduler),
+        device=device,
+        run_dir=out_dir,
+        describe={
+            "model_spec": model.detector_spec,
+            "preprocess": preprocess,
+            "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
+            "threshold": float(cfg.train.threshold),
+            "run_name": name,
+        },
+        precision=precision,
+        accumulate_grad_batches=builders.positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
+        grad_clip_norm=cfg.train.grad_clip_norm,
+        seed=int(cfg.seed),
+        loggers=builders.build_loggers(cfg),
+    )
+    try:
+        state = trainer.fit()
+    finally:
+        for logger in trainer.loggers:
+            logger.close()
+
+    test_metrics = None
+    if cfg.train.do_test:
+        test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
+
+    git = git_info(Path(cfg.paths.root_dir))
+    entry = {
+        "run_name": name,
+        "run_dir": str(out_dir),
+        "status": "finished",
+        "best_val_auc": state.best_auc,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "backbone": model.detector_spec["name"],
+        "dataset": cfg.dataset.name,
+        "overrides": builders.task_overrides(),
+        "config_path": str(config_path),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "started_at": started,
+        "ended_at": builders.now_iso(),
+        "damaged_images": trainer.damaged.counts(),
+        "test_metrics": None if test_metrics is None else registry_view(test_metrics),
+    }
+    registry = builders.open_registry(cfg)
+    promoted = registry.register_run(entry, out_dir / "best.pth")
+    if promoted:
+        log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
+    _print_summary(cfg, entry, promoted, time.perf_counter() - started_wall)
+    return state.best_auc
+
+
+def _print_summary(cfg: DictConfig, entry: dict, promoted: bool, seconds: float) -> None:
+    out = Path(entry["run_dir"])
+    table = Table(title=f"run {entry['run_name']}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    test = entry["test_metrics"] or {}
+    rows = [
+        ("best val AUC", f"{entry['best_val_auc']} (epoch {entry['best_epoch']} of {entry['epochs']})"),
+        ("test AUC / accuracy", f"{test.get('auc')} / {test.get('accuracy')}" if test else "not run (train.do_test=false)"),
+        ("damaged images", ", ".join(f"{k} {v}" for k, v in entry["damaged_images"].items()) or "none"),
+        ("wall time", f"{seconds:.1f} s"),
+        ("run dir", str(out)),
+        ("checkpoints", "best.pth, last.pth"),
+        ("metrics", "metrics_log.csv" + (", metrics_test.json" if test else "")),
+        ("logs", "run.log" + (f", tb/ (tensorboard --logdir {out / 'tb'})" if (out / "tb").exists() else "")),
+        ("registry", f"{cfg.paths.registry}" + (f" — promoted to {cfg.paths.best_model}" if promoted else "")),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(soft_wrap=True).print(table)

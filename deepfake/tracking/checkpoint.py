@@ -1,0 +1,177 @@
+"""Checkpoint files that survive crashes and never run code when read.
+
+Every write goes to a temp file beside the target, is flushed and fsynced, then renamed over the
+target with ``os.replace`` (atomic on POSIX), and finally the directory is fsynced so the rename
+itself survives a power cut. A reader therefore sees either the old file or the new one, never a
+half-written mix.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from deepfake.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "deepfake-checkpoint/1"
+
+# A temp is named ".<target>.tmp.<host>.<pid>.<token>": hidden from globs like "*.pth", tied to its
+# target for humans, and carrying the writer's identity so remove_stale_temps can tell a leftover
+# of a killed process from a file that a live writer is still filling.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown-host"
+_TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}$")
+
+# A pid is only meaningful on its own host, and pids get reused, so liveness alone cannot clear
+# every leftover. A live writer keeps touching its temp while it writes and renames it seconds
+# later, so a temp untouched for a day is abandoned whoever wrote it. If a writer was merely
+# suspended that long, removing its temp only makes its own os.replace fail: the target is intact.
+STALE_TEMP_AGE_S = 24 * 3600
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    # torch.save reports a failed write as a RuntimeError whose context is the OSError, so the whole
+    # chain has to be searched.
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        # Some filesystems (network mounts, FUSE) cannot fsync a directory; the rename already
+        # happened, so reporting a failure here would be a lie about the file's state.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a binary file that replaces ``path`` only when the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    try:
+        with open(temp, "xb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as error:  # KeyboardInterrupt too: never leave a temp behind
+        temp.unlink(missing_ok=True)
+        if _is_out_of_space(error):
+            raise CheckpointError(
+                f"no space left on device while writing {path}; the previous version was kept, "
+                "free some disk space and run again"
+            ) from error
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``obj`` to ``path`` so that a crash leaves the previous file intact."""
+    with _atomic_file(Path(path)) as handle:
+        torch.save(obj, handle)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (JSON, CSV, YAML)."""
+    with _atomic_file(Path(path)) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy the bytes of ``src`` to ``dst`` atomically; a missing ``src`` is a CheckpointError."""
+    source = Path(src)
+    if not source.is_file():
+        raise CheckpointError(f"cannot copy {source}: the file does not exist")
+    with open(source, "rb") as reader, _atomic_file(Path(dst)) as handle:
+        shutil.copyfileobj(reader, handle)
+
+
+def _writer_is_alive(host: str, pid: int) -> bool:
+    if host != _HOST:
+        return True  # cannot see another machine's processes; leave it to the age rule
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # the process exists but belongs to another user
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove temps of killed writers in ``directory``; return the paths removed.
+
+    A temp is stale when its writer (same host) is no longer running, or when nothing has touched
+    it for ``max_age_s`` seconds. Files that do not follow the temp naming scheme are never touched.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    now = time.time()
+    for candidate in folder.iterdir():
+        match = _TEMP_PATTERN.match(candidate.name)
+        if match is None or not candidate.is_file():
+            continue
+        try:
+            age_s = now - candidate.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its writer just renamed or removed it
+        if age_s > max_age_s or not _writer_is_alive(match["host"], int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by this project, on the CPU, without ever unpickling code."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {file} does not exist; check the path")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch reports a damaged pickle and a forbidden object (one that would run code) alike.
+        raise CheckpointError(
+            f"checkpoint {file} was refused: it is damaged or holds objects other than tensors and "
+            "plain containers (loading those could run code); use a checkpoint written by this project"
+        ) from error
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {file} cannot be read: {error.strerror}") from error
+    except Exception as error:  # a damaged file fails in many ways (RuntimeError, KeyError, EOFError)
+        raise CheckpointError(
+            f"checkpoint {file} cannot be read ({type(error).__name__}); it is truncated or not a torch file"
+        ) from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{file} is not a deepfake checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+            "pass a best.pth or last.pth written by this project"
+        )
+    return checkpoint

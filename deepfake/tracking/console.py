@@ -1,0 +1,41 @@
+"""One terminal for progress bars and log lines.
+
+rich redraws a live progress bar below everything printed through the same Console, so log records
+must go through that Console too; a plain StreamHandler writing to stderr would tear the bar apart.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
+
+class ConsoleHandler(logging.Handler):
+    """Print each record through the shared ``console`` as literal text on one line.
+
+    Without soft wrap rich breaks long lines at the terminal width (paths and metric dicts become
+    unreadable and ungreppable); without markup and highlighting a message holding "[...]", such as
+    a list or a Hydra override, would be restyled or swallowed as markup tags.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.print(self.format(record), soft_wrap=True, markup=False, highlight=False, emoji=False)
+        except Exception:  # logging must never crash the program it reports on
+            self.handleError(record)
+
+
+def make_console_handler(level: int | str = logging.INFO) -> ConsoleHandler:
+    """Factory for ``logging.config.dictConfig`` (``"()": deepfake.tracking.console.make_console_handler``).
+
+    A ``formatter`` given in the dictConfig replaces the short default set here.
+    """
+    handler = ConsoleHandler(level=level)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
+    return handler

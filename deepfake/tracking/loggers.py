@@ -1,0 +1,101 @@
+"""Per-epoch metric sinks: a CSV that survives crashes and resumes, and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from deepfake.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class MetricsLogger(Protocol):
+    """What the training loop calls on every logger."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsCsv:
+    """``metrics_log.csv``: a fixed header, then one row per call, each row on disk before returning.
+
+    Reopening an existing file (a resumed run) appends below its rows. The header must match:
+    mixing columns in one file would shift every later value under the wrong name.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fieldnames: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.fieldnames = list(fieldnames)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        has_header = self._keep_complete_rows()
+        self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open until close)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.fieldnames, extrasaction="raise")
+        if not has_header:
+            self._writer.writeheader()
+            self._sync()
+
+    def _keep_complete_rows(self) -> bool:
+        """Drop a last line cut short by a kill and check the header; return whether one exists."""
+        if not self.path.exists():
+            return False
+        with open(self.path, "rb+") as handle:
+            content = handle.read()
+            if content and not content.endswith(b"\n"):
+                content = content[: content.rfind(b"\n") + 1]
+                handle.truncate(len(content))
+        if not content:
+            return False
+        header = next(csv.reader([content.split(b"\n", 1)[0].decode("utf-8")]))
+        if header != self.fieldnames:
+            raise UserError(
+                f"{self.path} has columns {','.join(header)} but this run logs {','.join(self.fieldnames)}; "
+                "resume with the same settings or use a new run directory"
+            )
+        return True
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Write one row; missing columns stay empty, unknown ones raise ValueError."""
+        self._writer.writerow(row)
+        self._sync()
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Append ``metrics`` with ``step`` in the ``step`` column (which must be in the header)."""
+        self.append({"step": step, **metrics})
+
+    def _sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class TensorBoardLogger:
+    """Scalars and images for ``tensorboard --logdir``, written under ``log_dir``."""
+
+    def __init__(self, log_dir: str | os.PathLike[str], flush_secs: int = 30) -> None:
+        # Importing tensorboard takes seconds; pay it only in runs that enable this logger.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=os.fspath(log_dir), flush_secs=flush_secs)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        for name, value in metrics.items():
+            # The CSV row also carries text columns (e.g. the phase name); they have no curve.
+            if value is None or isinstance(value, str):
+                continue
+            self._writer.add_scalar(name, value, global_step=step)
+
+    def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None:
+        """``image`` is channels-first (C, H, W), float in [0, 1] or uint8."""
+        self._writer.add_image(tag, image, global_step=step, dataformats="CHW")
+
+    def close(self) -> None:
+        self._writer.close()

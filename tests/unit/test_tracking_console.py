@@ -1,0 +1,93 @@
+"""Log records through the shared rich console (deepfake.tracking.console)."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import re
+from collections.abc import Iterator
+
+import pytest
+from rich.progress import Progress
+
+from deepfake.tracking.console import ConsoleHandler, console, make_console_handler
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    log = logging.getLogger("deepfake.tests.console")
+    log.propagate = False
+    yield log
+    log.handlers.clear()
+    log.propagate = True
+
+
+def test_long_message_with_brackets_stays_one_literal_line(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger.addHandler(make_console_handler())
+    logger.setLevel(logging.INFO)
+    message = "overrides [bold]backbone=cvt_13[/bold] :smile: " + "x" * 400
+
+    logger.info(message)
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("[INFO] " + message)
+    assert lines[0].startswith("[") and lines[0][9:11] == "][" and lines[0][3] == ":"
+
+
+def test_handler_level_filters_records(logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    logger.addHandler(make_console_handler(level="WARNING"))
+    logger.setLevel(logging.DEBUG)
+
+    logger.info("hidden")
+    logger.warning("shown")
+
+    assert capsys.readouterr().err.splitlines()[0].endswith("[WARNING] shown")
+
+
+def test_dict_config_factory(logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"bare": {"format": "%(name)s|%(message)s"}},
+            "handlers": {
+                "console": {
+                    "()": "deepfake.tracking.console.make_console_handler",
+                    "level": "DEBUG",
+                    "formatter": "bare",
+                }
+            },
+            "loggers": {logger.name: {"handlers": ["console"], "level": "DEBUG", "propagate": False}},
+        }
+    )
+    [handler] = logger.handlers
+    assert isinstance(handler, ConsoleHandler) and handler.level == logging.DEBUG
+
+    logger.debug("configured")
+
+    assert capsys.readouterr().err == f"{logger.name}|configured\n"
+
+
+def test_records_during_a_progress_bar_stay_whole_above_it(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under pytest stderr is no terminal and rich would not draw the live bar at all.
+    monkeypatch.setattr(console, "_force_terminal", True)
+    logger.addHandler(make_console_handler())
+    logger.setLevel(logging.INFO)
+    message = "step one done " + "y" * 300
+
+    with Progress(console=console, auto_refresh=False) as progress:
+        task = progress.add_task("epoch 1", total=2)
+        progress.refresh()
+        logger.info(message)
+        progress.advance(task)
+        progress.refresh()
+
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in capsys.readouterr().err.splitlines()]
+    [log_line] = [index for index, line in enumerate(lines) if message in line]
+    assert lines[log_line].endswith("[INFO] " + message)
+    assert any("epoch 1" in line and "50%" in line for line in lines[log_line + 1 :])

@@ -1,0 +1,98 @@
+"""Metric sinks: the resumable CSV and TensorBoard (deepfake.tracking.loggers)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake.errors import UserError
+from deepfake.tracking import loggers
+from deepfake.tracking.loggers import MetricsCsv, TensorBoardLogger
+
+FIELDS = ["step", "phase", "train_loss", "val_auc"]
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_header_once_then_one_durable_row_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(loggers.os, "fsync", lambda descriptor: (synced.append(descriptor), real_fsync(descriptor)))
+    path = tmp_path / "run" / "metrics_log.csv"
+
+    log = MetricsCsv(path, FIELDS)
+    log.log_metrics({"phase": "head", "train_loss": 0.5, "val_auc": 0.75}, step=1)
+    log.append({"step": 2, "phase": "finetune", "train_loss": 0.25})
+
+    # Read while still open: each row must already be on disk.
+    assert _rows(path) == [FIELDS, ["1", "head", "0.5", "0.75"], ["2", "finetune", "0.25", ""]]
+    assert len(synced) == 3
+    log.close()
+
+
+def test_reopening_keeps_rows_and_does_not_repeat_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "metrics_log.csv"
+    first = MetricsCsv(path, FIELDS)
+    first.log_metrics({"phase": "head", "train_loss": 0.5, "val_auc": 0.7}, step=1)
+    first.close()
+
+    resumed = MetricsCsv(path, FIELDS)
+    resumed.log_metrics({"phase": "head", "train_loss": 0.4, "val_auc": 0.8}, step=2)
+    resumed.close()
+
+    assert _rows(path) == [FIELDS, ["1", "head", "0.5", "0.7"], ["2", "head", "0.4", "0.8"]]
+
+
+def test_row_cut_short_by_a_kill_is_dropped_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "metrics_log.csv"
+    path.write_text("step,phase,train_loss,val_auc\r\n1,head,0.5,0.7\r\n2,he")
+
+    log = MetricsCsv(path, FIELDS)
+    log.log_metrics({"phase": "head", "train_loss": 0.4, "val_auc": 0.8}, step=2)
+    log.close()
+
+    assert _rows(path) == [FIELDS, ["1", "head", "0.5", "0.7"], ["2", "head", "0.4", "0.8"]]
+
+
+def test_reopening_with_other_columns_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "metrics_log.csv"
+    MetricsCsv(path, ["step", "loss"]).close()
+
+    with pytest.raises(UserError, match="has columns step,loss but this run logs") as caught:
+        MetricsCsv(path, FIELDS)
+
+    assert str(path) in str(caught.value)
+    assert path.read_text().splitlines() == ["step,loss"]
+
+
+def test_unknown_column_is_refused(tmp_path: Path) -> None:
+    log = MetricsCsv(tmp_path / "metrics_log.csv", FIELDS)
+    with pytest.raises(ValueError, match="val_acc"):
+        log.log_metrics({"val_acc": 0.9}, step=1)
+    log.close()
+    assert _rows(tmp_path / "metrics_log.csv") == [FIELDS]
+
+
+def test_tensorboard_scalars_and_images_are_written(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.log_metrics({"val_auc": 0.5, "phase": "head", "train_loss": np.float32(0.25)}, step=1)
+    logger.log_metrics({"val_auc": 0.75}, step=2)
+    logger.log_image("cam/overlay", torch.rand(3, 8, 8), step=2)
+    logger.close()
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train_loss", "val_auc"]
+    assert [(event.step, event.value) for event in events.Scalars("val_auc")] == [(1, 0.5), (2, 0.75)]
+    [image] = events.Images("cam/overlay")
+    assert (image.step, image.width, image.height) == (2, 8, 8)

@@ -1,0 +1,183 @@
+"""The locked model registry and best-model promotion (deepfake.tracking.registry)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from deepfake.errors import CheckpointError, UserError
+from deepfake.tracking.registry import Registry
+
+
+def _registry(root: Path, lock_timeout: float = 10.0) -> Registry:
+    return Registry(root / "models" / "model_metadata.json", root / "models" / "best_model.pth", lock_timeout)
+
+
+def _checkpoint(root: Path, name: str) -> Path:
+    path = root / "runs" / name / "best.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"weights of {name}".encode() * 100)
+    return path
+
+
+def _register(registry: Registry, root: Path, name: str, auc: Any, **extra: Any) -> bool:
+    return registry.register_run({"run_name": name, "best_val_auc": auc, **extra}, _checkpoint(root, name))
+
+
+def _strict_json(path: Path) -> dict[str, Any]:
+    def reject(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_first_run_is_promoted_and_written_as_plain_json(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+
+    assert _register(registry, tmp_path, "run-a", 0.8, backbone="cvt_13", img_size=(224, 224))
+
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-a").read_bytes()
+    assert _strict_json(registry.metadata_path) == {
+        "version": 1,
+        "best_run": "run-a",
+        "runs": [{"run_name": "run-a", "best_val_auc": 0.8, "backbone": "cvt_13", "img_size": [224, 224]}],
+    }
+
+
+def test_only_a_strictly_better_run_is_promoted(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    _register(registry, tmp_path, "a", 0.80)
+
+    assert not _register(registry, tmp_path, "worse", 0.70)
+    assert not _register(registry, tmp_path, "tie", 0.80)
+    assert _register(registry, tmp_path, "better", 0.90)
+
+    assert registry.best_run()["run_name"] == "better"
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "better").read_bytes()
+    assert [run["run_name"] for run in registry.runs()] == ["better", "a", "tie", "worse"]
+
+
+def test_nan_or_missing_auc_never_promotes_and_stays_valid_json(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+
+    assert not _register(registry, tmp_path, "nan", float("nan"), metrics={"loss": float("inf")})
+    assert not _register(registry, tmp_path, "none", None)
+    assert registry.best_run() is None and not registry.best_model_path.exists()
+    assert _register(registry, tmp_path, "real", np.float32(0.6))
+    assert not _register(registry, tmp_path, "nan-again", float("nan"))
+
+    stored = _strict_json(registry.metadata_path)
+    assert stored["best_run"] == "real"
+    by_name = {run["run_name"]: run for run in stored["runs"]}
+    assert by_name["nan"] == {"run_name": "nan", "best_val_auc": None, "metrics": {"loss": None}}
+    assert by_name["real"]["best_val_auc"] == pytest.approx(0.6)
+    assert registry.runs()[0]["run_name"] == "real"
+
+
+def test_same_run_name_replaces_its_entry(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    _register(registry, tmp_path, "resumed", 0.7, epochs=2)
+
+    assert _register(registry, tmp_path, "resumed", 0.75, epochs=4)
+
+    assert registry.runs() == [{"run_name": "resumed", "best_val_auc": 0.75, "epochs": 4}]
+    assert registry.get("resumed")["epochs"] == 4
+    assert registry.get("unknown") is None
+
+
+def test_update_run_merges_fields(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    _register(registry, tmp_path, "a", 0.8, status="trained")
+
+    registry.update_run("a", status="tested", test_metrics={"auc": 0.79, "ece": float("nan")})
+
+    assert registry.get("a") == {
+        "run_name": "a",
+        "best_val_auc": 0.8,
+        "status": "tested",
+        "test_metrics": {"auc": 0.79, "ece": None},
+    }
+    with pytest.raises(UserError, match="'ghost' is not in the registry"):
+        registry.update_run("ghost", status="tested")
+
+
+def test_empty_registry_reads_as_no_runs(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    assert registry.runs() == [] and registry.best_run() is None
+
+
+@pytest.mark.parametrize("content", ['{"version": 1, "runs": [', "[1, 2]", '{"version": 7, "runs": []}'])
+def test_corrupt_registry_is_a_user_error_and_is_not_overwritten(tmp_path: Path, content: str) -> None:
+    registry = _registry(tmp_path)
+    registry.metadata_path.parent.mkdir(parents=True)
+    registry.metadata_path.write_text(content)
+
+    for action in (registry.runs, lambda: _register(registry, tmp_path, "a", 0.9)):
+        with pytest.raises(UserError) as caught:
+            action()
+        message = str(caught.value)
+        assert str(registry.metadata_path) in message and "\n" not in message
+
+    assert registry.metadata_path.read_text() == content
+    assert not registry.best_model_path.exists()
+
+
+def test_missing_checkpoint_for_promotion_changes_nothing(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    _register(registry, tmp_path, "a", 0.8)
+    before = registry.metadata_path.read_bytes()
+    missing = tmp_path / "runs" / "b" / "nothing.pth"
+
+    with pytest.raises(CheckpointError, match=re.escape(str(missing))):
+        registry.register_run({"run_name": "b", "best_val_auc": 0.9}, missing)
+
+    assert registry.metadata_path.read_bytes() == before
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "a").read_bytes()
+
+
+def test_lock_held_by_another_writer_times_out_with_a_user_error(tmp_path: Path) -> None:
+    registry = _registry(tmp_path, lock_timeout=0.2)
+    registry.metadata_path.parent.mkdir(parents=True)
+
+    with FileLock(str(registry.metadata_path) + ".lock"), pytest.raises(UserError, match="stayed locked by another"):
+        _register(registry, tmp_path, "a", 0.9)
+
+    assert not registry.metadata_path.exists()
+
+
+def _register_after_barrier(root: Path, name: str, auc: float, barrier: Any) -> None:
+    registry = _registry(root, lock_timeout=30.0)
+    barrier.wait()
+    registry.register_run({"run_name": name, "best_val_auc": auc}, root / "runs" / name / "best.pth")
+
+
+def test_simultaneous_registrations_from_eight_processes(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    aucs = {f"run-{index}": auc for index, auc in enumerate([0.61, 0.93, 0.72, float("nan"), 0.88, 0.97, 0.5, 0.9])}
+    for name in aucs:
+        _checkpoint(tmp_path, name)
+    barrier = context.Barrier(len(aucs))
+    workers = [
+        context.Process(target=_register_after_barrier, args=(tmp_path, name, auc, barrier))
+        for name, auc in aucs.items()
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0] * len(workers)
+
+    registry = _registry(tmp_path)
+    stored = _strict_json(registry.metadata_path)
+    assert sorted(run["run_name"] for run in stored["runs"]) == sorted(aucs)
+    assert stored["best_run"] == "run-5"
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-5").read_bytes()
+    assert [run["run_name"] for run in registry.runs()][:3] == ["run-5", "run-1", "run-7"]
+    assert not [path for path in registry.metadata_path.parent.iterdir() if ".tmp." in path.name]
