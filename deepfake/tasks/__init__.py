@@ -32,6 +32,20 @@ def run(cfg: DictConfig):
         sys.exit(2)
     try:
         return import_module(f"deepfake.tasks.{TASKS[name]}").run(cfg)
-    except UserError as err:
-        log.error("%s", err)
+    except Exception as err:
+        user_error = _user_error_in(err)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
         sys.exit(2)
+
+
+def _user_error_in(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``: hydra.utils.instantiate wraps what a _target_ raised."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

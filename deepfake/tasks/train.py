@@ -39,14 +39,13 @@ def run(cfg: DictConfig) -> float | None:
 
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    builders.ensure_dataset(cfg.dataset)
-
     model = instantiate(cfg.backbone)
     if cfg.get("init_from"):
         source = builders.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
         builders.load_weights_into(model, source)
         log.info("initialised the model from %s", source)
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
+    builders.ensure_dataset(cfg.dataset)
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )

@@ -1,0 +1,148 @@
+"""scripts/main.py end to end, as a user runs it: train -> run dir -> registry -> test -> sweeps -> batches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MAIN, REPO
+
+pytestmark = pytest.mark.slow
+
+RUN_DIR_FILES = {
+    ".hydra", "config_resolved.yaml", "git.txt", "requirements.txt", "best.pth", "last.pth",
+    "metrics_log.csv", "metrics_test.json", "run.log",
+}  # fmt: skip
+
+
+def only_run_dir(parent: Path) -> Path:
+    runs = [p for p in parent.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def registry(root: Path) -> dict:
+    return json.loads((root / "models" / "model_metadata.json").read_text())
+
+
+def test_two_phase_train_then_test_then_registry(tmp_path, main_runner):
+    result = main_runner("logger=tensorboard")
+    run = only_run_dir(tmp_path / "outputs" / "train")
+    assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    assert any((run / "tb").iterdir())
+    assert (run / "git.txt").read_text().startswith("commit ")
+    assert "torch==" in (run / "requirements.txt").read_text()
+
+    rows = list(csv.DictReader((run / "metrics_log.csv").open()))
+    assert [r["phase"] for r in rows] == ["head", "finetune"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[0]["lr_backbone"]) == 0.0 and float(rows[1]["lr_backbone"]) > 0
+    for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "seconds", "lr_head"):
+        assert all(r[key] != "" for r in rows), key
+
+    log = (run / "run.log").read_text()
+    assert "epoch 1 [head]" in log and "epoch 2 [finetune]" in log and "overrides:" in log
+
+    best = torch.load(run / "best.pth", weights_only=True)
+    assert best["model_spec"]["name"] == "test_resnet" and best["preprocess"]["img_size"] == 32
+    test_metrics = json.loads((run / "metrics_test.json").read_text())
+    assert test_metrics["n_samples"] == 32 and test_metrics["n_real"] == test_metrics["n_fake"] == 16
+    assert {"auc", "ap", "eer", "accuracy", "real_accuracy", "fake_accuracy", "precision", "recall", "f1",
+            "log_loss", "confusion_matrix", "n_damaged"} <= set(test_metrics)  # fmt: skip
+
+    reg = registry(tmp_path)
+    assert len(reg["runs"]) == 1
+    entry = reg["runs"][0]
+    assert entry["run_name"] == run.name == reg["best_run"]
+    assert entry["best_val_auc"] == pytest.approx(max(float(r["val_auc"]) for r in rows), abs=1e-6)
+    assert entry["test_metrics"]["auc"] == test_metrics["auc"]
+    assert entry["backbone"] == "test_resnet" and entry["dataset"] == "synthetic"
+    assert "phase.head_epochs=1" in entry["overrides"]
+    assert (tmp_path / "models" / "best_model.pth").read_bytes() == (run / "best.pth").read_bytes()
+    assert "run dir" in result.stdout and str(run) in result.stdout
+
+    # task=test defaults to the global best and records its figures in the registry entry.
+    main_runner("task=test")
+    test_run = only_run_dir(tmp_path / "outputs" / "test")
+    again = json.loads((test_run / "metrics_test.json").read_text())
+    assert again["auc"] == pytest.approx(test_metrics["auc"])
+    assert again["run_name"] == run.name
+    assert registry(tmp_path)["runs"][0]["test_metrics"]["evaluated_at"] == again["evaluated_at"]
+
+    # ... and accepts a run dir.
+    main_runner("task=test", f"ckpt={run}")
+    assert len(list((tmp_path / "outputs" / "test").iterdir())) == 2
+
+    listing = main_runner("task=registry", tiny=False)
+    assert run.name in listing.stdout and "test_resnet" in listing.stdout
+
+
+def test_multirun_registers_every_job(tmp_path, main_runner):
+    main_runner("-m", "seed=1,2")
+    sweep = only_run_dir(tmp_path / "multirun")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "best.pth").is_file() and (job / "metrics_test.json").is_file()
+    reg = registry(tmp_path)
+    names = sorted(e["run_name"] for e in reg["runs"])
+    assert names == [f"{sweep.name}/0", f"{sweep.name}/1"]
+    best = max(reg["runs"], key=lambda e: e["best_val_auc"])
+    assert reg["best_run"] == best["run_name"]
+    assert (tmp_path / "models" / "best_model.pth").read_bytes() == (Path(best["run_dir"]) / "best.pth").read_bytes()
+
+
+def test_batches_session_by_session_from_the_global_best(tmp_path, main_runner, shared_data_dir):
+    main_runner()  # session 1 on the full set: creates the global best
+    synthetic = shared_data_dir / "synthetic"
+    batches = tmp_path / "batches"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_batches.py"), "--train-csv", str(synthetic / "train.csv"),
+         "--val-csv", str(synthetic / "valid.csv"), "--out-dir", str(batches), "--n-batches", "2"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (batches / "batch2" / "train.csv").is_file()
+    main_runner(
+        "dataset=batch", "dataset.batch=2", f"dataset.root={synthetic}", f"dataset.batches_dir={batches}",
+        "dataset.img_size=32", "dataset.batch_size=16", "dataset.num_workers=0", "init_from=best",
+        "backbone=timm", "backbone.name=test_resnet", "phase.head_epochs=1", "phase.finetune_epochs=0",
+        "logger=none", tiny=False,
+    )  # fmt: skip
+    runs = sorted((tmp_path / "outputs" / "train").iterdir())
+    log = (runs[-1] / "run.log").read_text()
+    assert f"initialised the model from {tmp_path / 'models' / 'best_model.pth'}" in log
+    assert "data: 32 train, 16 validation images from batch2" in log
+    entries = registry(tmp_path)["runs"]
+    assert sorted(e["dataset"] for e in entries) == ["batch2", "synthetic"]
+
+
+def test_user_mistakes_end_with_one_line_and_nothing_registered(tmp_path, main_runner):
+    result = main_runner("dataset.train_csv=/nonexistent/train.csv", check=False)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(error_lines) == 1 and "/nonexistent/train.csv" in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models" / "model_metadata.json").exists()
+
+    result = main_runner("task=test", "ckpt=best", check=False)
+    assert result.returncode == 2 and "no global best model yet" in result.stderr
+
+    result = main_runner("backbone.name=no_such_net", check=False)
+    assert result.returncode == 2 and "backbone.name='no_such_net' is not a timm model" in result.stderr
+
+    result = main_runner("backbone.weights=/nonexistent/w.pth", check=False)
+    assert result.returncode == 2 and "backbone.weights=/nonexistent/w.pth" in result.stderr
+
+
+def test_launches_in_the_same_second_get_their_own_run_dirs(tmp_path):
+    args = [sys.executable, str(MAIN), f"paths.root_dir={tmp_path}", "task=registry"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert len(list((tmp_path / "outputs" / "registry").iterdir())) == 3

@@ -1,0 +1,183 @@
+"""Phase freezing, the fine-tuning schedule, and the trainer's checkpoints on a tiny in-memory task."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from timm.scheduler import CosineLRScheduler
+
+from deepfake.engine.phases import plan_phases, steps_per_epoch
+from deepfake.engine.trainer import METRICS_FIELDS, Trainer
+from deepfake.errors import ConfigError
+from deepfake.models import create_detector, detector_from_checkpoint
+from deepfake.models.param_groups import param_groups, set_backbone_frozen, set_train_mode
+from deepfake.tracking.checkpoint import load_checkpoint
+
+
+class StripesDataset(torch.utils.data.Dataset):
+    """Fakes carry a pixel-periodic pattern; reals are noise. Samples look like CsvImageDataset's."""
+
+    def __init__(self, n: int, seed: int, size: int = 32):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, size, size, generator=g) * 0.5
+        self.targets = (torch.arange(n) % 2).float()
+        stripes = torch.zeros(size, size)
+        stripes[:, ::2] = 1.5
+        self.images[self.targets == 1] += stripes
+        self.paths = [f"img{i}.jpg" for i in range(n)]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "target": self.targets[i], "index": i, "damaged": False}
+
+    def damage_reason(self, i):
+        return None
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return create_detector("test_resnet")
+
+
+def make_trainer(tmp_path, phases, seed=0, **kwargs):
+    model = tiny_model()
+    train = torch.utils.data.DataLoader(StripesDataset(48, 1), batch_size=16, shuffle=True, generator=torch.Generator())
+    val = torch.utils.data.DataLoader(StripesDataset(32, 2), batch_size=16)
+    return Trainer(
+        model, train, val, phases,
+        make_optimizer=partial(torch.optim.AdamW, weight_decay=0.0),
+        make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
+        device=torch.device("cpu"), run_dir=tmp_path, seed=seed,
+        describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
+                  "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "unit"},
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_frozen_backbone_gets_no_gradients_and_keeps_batchnorm_statistics():
+    model = tiny_model()
+    set_backbone_frozen(model, True)
+    set_train_mode(model, backbone_frozen=True)
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    loss = model(torch.randn(4, 3, 32, 32)).sum()
+    loss.backward()
+    head = model.get_classifier()
+    for name, param in model.named_parameters():
+        is_head = any(param is p for p in head.parameters())
+        assert param.requires_grad == is_head, name
+        assert (param.grad is not None) == is_head, name
+    for key, before in bn_before.items():
+        assert torch.equal(model.state_dict()[key], before), key
+    # Unfrozen, the same forward pass moves the statistics.
+    set_backbone_frozen(model, False)
+    set_train_mode(model, backbone_frozen=False)
+    model(torch.randn(4, 3, 32, 32))
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in bn_before.items())
+
+
+def test_param_groups_split_head_and_backbone():
+    model = tiny_model()
+    groups = param_groups(model, lr_backbone=1e-5, lr_head=1e-3, backbone_frozen=False)
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    assert [g["lr"] for g in groups] == [1e-5, 1e-3]
+    n_total = sum(1 for _ in model.parameters())
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_total
+    assert [g["name"] for g in param_groups(model, 1e-5, 1e-3, backbone_frozen=True)] == ["head"]
+
+
+def test_plan_phases_skips_empty_phases_and_rejects_negative_epochs():
+    assert [p.name for p in plan_phases(2, 3, 1e-3, 1e-4)] == ["head", "finetune"]
+    assert [p.name for p in plan_phases(0, 3, 1e-3, 1e-4)] == ["finetune"]
+    assert [p.name for p in plan_phases(2, 0, 1e-3, 1e-4)] == ["head"]
+    with pytest.raises(ConfigError, match="phase.head_epochs=-1"):
+        plan_phases(-1, 3, 1e-3, 1e-4)
+    assert steps_per_epoch(10, 3) == 4  # the partial last window still steps
+
+
+def test_finetune_schedule_warms_up_linearly_then_follows_the_cosine(tmp_path):
+    # 48 images / batch 16 = 3 steps per epoch; 1 warmup epoch (3 steps) then 2 cosine epochs (6 steps).
+    trainer = make_trainer(tmp_path, plan_phases(0, 3, lr_head=1e-3, lr_backbone=1e-4, warmup_epochs=1))
+    seen = []
+    original_step = trainer._optimizer_step
+
+    def record_step():
+        seen.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
+        original_step()
+
+    trainer._optimizer_step = record_step
+    trainer.fit()
+    assert len(seen) == 9
+
+    def expected(step, base):
+        if step < 3:
+            return 1e-6 + step * (base - 1e-6) / 3
+        t = (step - 3) / 6
+        return 1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * t))
+
+    for step, lrs in enumerate(seen):
+        assert lrs["head"] == pytest.approx(expected(step, 1e-3), rel=1e-6), step
+        assert lrs["backbone"] == pytest.approx(expected(step, 1e-4), rel=1e-6), step
+
+
+def test_two_phase_fit_trains_head_first_then_everything(tmp_path):
+    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    head_keys = {f"fc.{k}" for k in trainer.model.get_classifier().state_dict()}
+    snapshots = []
+    original_end = trainer._end_epoch
+
+    def snapshot_after_epoch(*args, **kwargs):
+        row = original_end(*args, **kwargs)
+        snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return row
+
+    trainer._end_epoch = snapshot_after_epoch
+    state = trainer.fit()
+    after_head = snapshots[0]
+    for key, value in initial.items():
+        changed = not torch.equal(after_head[key], value)
+        if key in head_keys:
+            assert changed, key
+        elif value.is_floating_point():
+            assert not changed, f"{key} moved during the head-only phase"
+    assert not torch.equal(snapshots[-1]["conv1.0.weight"], initial["conv1.0.weight"])
+    assert (state.epoch, state.phase_index) == (3, 2)
+    assert state.step == 3 * 3
+
+    rows = (tmp_path / "metrics_log.csv").read_text().splitlines()
+    assert rows[0].split(",") == METRICS_FIELDS
+    assert [r.split(",")[0] for r in rows[1:]] == ["head", "finetune", "finetune"]
+    assert state.best_auc is not None and state.best_auc > 0.9  # the stripes are easy
+
+
+def test_best_checkpoint_rebuilds_the_same_model_without_any_config(tmp_path):
+    trainer = make_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3))
+    state = trainer.fit()
+    best = load_checkpoint(tmp_path / "best.pth")
+    assert best["epoch"] == state.best_epoch
+    assert best["model_spec"] == {"name": "test_resnet", "kwargs": {}}
+    assert best["preprocess"]["img_size"] == 32 and len(best["preprocess"]["mean"]) == 3
+    assert best["threshold"] == 0.5 and best["labels"]["real_label"] == 1
+    rebuilt = detector_from_checkpoint(best).eval()
+    trainer.model.load_state_dict(best["model"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), trainer.model.eval()(x))
+
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert last["trainer_state"]["epoch"] == 2 and last["trainer_state"]["phase_index"] == 2
+    assert set(last["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    from deepfake.errors import TrainingError
+
+    trainer = make_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
+    trainer.train_loader.dataset.images[0, 0, 0, 0] = float("nan")
+    trainer.train_loader = torch.utils.data.DataLoader(trainer.train_loader.dataset, batch_size=48)
+    with pytest.raises(TrainingError, match="non-finite training loss"):
+        trainer.fit()
+    assert not (tmp_path / "last.pth").exists()
