@@ -1,0 +1,62 @@
+"""Building detectors: any timm name, local weights, clear errors when weights are missing or wrong."""
+
+import pytest
+import timm
+import torch
+
+from deepfake.errors import CheckpointError, ConfigError
+from deepfake.models import create_detector
+
+
+def test_any_timm_model_becomes_a_one_logit_detector_with_its_preprocessing():
+    model = create_detector("test_efficientnet")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1)
+    assert model.get_classifier().out_features == 1
+    assert model.detector_spec == {"name": "test_efficientnet", "kwargs": {}}
+    assert model.preprocess["interpolation"] in ("bicubic", "bilinear")
+
+
+def test_preprocessing_overrides_win_over_the_models_defaults():
+    model = create_detector("test_resnet", mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], interpolation="bilinear")
+    assert model.preprocess == {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+
+
+def test_timm_kwargs_are_passed_and_recorded():
+    model = create_detector("test_vit", dynamic_img_size=True)
+    assert model(torch.randn(1, 3, 48, 48)).shape == (1, 1)
+    assert model.detector_spec["kwargs"] == {"dynamic_img_size": True}
+
+
+def test_local_weights_load_the_backbone_and_drop_the_imagenet_classifier(tmp_path):
+    torch.manual_seed(1)
+    imagenet = timm.create_model("test_resnet", num_classes=1000)
+    weights = tmp_path / "test_resnet.pth"
+    torch.save(imagenet.state_dict(), weights)
+    model = create_detector("test_resnet", weights=str(weights))
+    source = imagenet.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith("fc."):
+            assert value.shape[0] == 1  # a fresh one-logit head
+        else:
+            assert torch.equal(value, source[key]), key
+
+
+def test_weights_of_another_architecture_are_refused_with_the_file_named(tmp_path):
+    weights = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_efficientnet", num_classes=1000).state_dict(), weights)
+    with pytest.raises(CheckpointError, match=r"backbone.weights=.*other.pth does not fit test_resnet"):
+        create_detector("test_resnet", weights=str(weights))
+
+
+def test_missing_weights_file_and_unknown_names_are_user_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        create_detector("test_resnet", weights=str(tmp_path / "absent.pth"))
+    with pytest.raises(ConfigError, match="not a timm model"):
+        create_detector("resnet_that_does_not_exist")
+
+
+def test_pretrained_without_a_reachable_hub_says_how_to_pass_a_local_file(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE at import; without it a closed network costs a long timeout.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="backbone.weights=/path/to/file"):
+        create_detector("resnet18", pretrained=True)
