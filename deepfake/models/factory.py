@@ -57,7 +57,9 @@ def create_detector(
             ) from err
         raise
     data_cfg = resolve_data_config({}, model=model)
-    model.detector_spec = {"name": name, "kwargs": dict(timm_kwargs)}
+    # A model may settle some of its own arguments (CvT picks its MLP activation from the weights'
+    # format) and report them in resolved_kwargs, so the saved spec rebuilds the very same network.
+    model.detector_spec = {"name": name, "kwargs": {**timm_kwargs, **getattr(model, "resolved_kwargs", {})}}
     model.preprocess = {
         "mean": [float(v) for v in (mean if mean is not None else data_cfg["mean"])],
         "std": [float(v) for v in (std if std is not None else data_cfg["std"])],

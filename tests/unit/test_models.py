@@ -60,3 +60,19 @@ def test_pretrained_without_a_reachable_hub_says_how_to_pass_a_local_file(monkey
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(CheckpointError, match="backbone.weights=/path/to/file"):
         create_detector("resnet18", pretrained=True)
+
+
+def test_a_saved_cvt_is_rebuilt_with_the_activation_its_weights_chose(tmp_path):
+    from deepfake.models import detector_from_checkpoint
+
+    torch.manual_seed(0)
+    microsoft_format = tmp_path / "cvt13.pth"  # our parameter names are the Microsoft release's
+    torch.save(timm.create_model("cvt_13", num_classes=1000, act_layer="quick_gelu").state_dict(), microsoft_format)
+    model = create_detector("cvt_13", weights=str(microsoft_format), act_layer=None).eval()
+    assert model.detector_spec["kwargs"]["act_layer"] == "quick_gelu"
+    rebuilt = detector_from_checkpoint(
+        {"model_spec": model.detector_spec, "model": model.state_dict(), "preprocess": {"img_size": 64}}
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
