@@ -6,6 +6,7 @@ run (promoting it to the global best when its validation AUC is the highest) -> 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def run(cfg: DictConfig) -> float | None:
     config_path = builders.save_resolved_config(cfg, out_dir)
     log.info("run %s in %s", name, out_dir)
     log.info("overrides: %s", " ".join(builders.task_overrides()) or "(none)")
+    log.info("hyperparameters: %s", _hyperparameters(cfg))
 
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
@@ -108,8 +110,25 @@ def run(cfg: DictConfig) -> float | None:
     promoted = registry.register_run(entry, out_dir / "best.pth")
     if promoted:
         log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
-    _print_summary(cfg, entry, promoted, time.perf_counter() - started_wall)
+    seconds = time.perf_counter() - started_wall
+    log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
+    _print_summary(cfg, entry, promoted, seconds)
     return state.best_auc
+
+
+def _hyperparameters(cfg: DictConfig) -> str:
+    """One greppable line with what shapes the result (the full config is in config_resolved.yaml)."""
+    picked = {
+        "seed": cfg.seed,
+        "backbone": {k: v for k, v in cfg.backbone.items() if k != "_target_"},
+        "phase": cfg.phase,
+        "optimizer": cfg.optimizer,
+        "scheduler": cfg.scheduler,
+        "dataset": {k: cfg.dataset[k] for k in ("name", "img_size", "batch_size", "real_label")},
+        "augment": {k: v for k, v in cfg.augment.items() if not k.startswith("_")},
+        "train": cfg.train,
+    }
+    return json.dumps(OmegaConf.to_container(OmegaConf.create(picked), resolve=True), separators=(",", ":"))
 
 
 def _print_summary(cfg: DictConfig, entry: dict, promoted: bool, seconds: float) -> None:
