@@ -1,0 +1,172 @@
+"""Kaggle-style split CSVs ("140k Real and Fake Faces") and the dataset that reads them.
+
+The CSVs are read exactly as downloaded: an unnamed index column, then
+``original_path,id,label,label_str,path`` with ``path`` relative to the image root. Any extra
+column is carried along untouched. Internally ``target`` is 1 for fake, the positive class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+from deepfake.data.images import load_rgb
+from deepfake.errors import DataError
+
+_FIRST_DATA_LINE = 2  # line 1 of the file is the header
+# How pandas names the leading column that Kaggle's CSVs leave without a header (the index).
+KAGGLE_INDEX_COLUMN = "Unnamed: 0"
+
+
+def read_raw_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
+    """Read a split CSV as it is; Kaggle's unnamed index column appears as ``KAGGLE_INDEX_COLUMN``.
+
+    Raises DataError for a CSV that is missing, unreadable or has no rows.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: CSV file not found; check the dataset's csv paths")
+    try:
+        frame = pd.read_csv(csv_path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_path}: CSV file is empty; regenerate or re-download it") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{csv_path}: cannot read CSV ({reason}); fix or re-download it") from None
+    if len(frame) == 0:
+        raise DataError(f"{csv_path}: CSV has a header but no rows; point the dataset at a non-empty split")
+    return frame
+
+
+def _require_column(frame: pd.DataFrame, column: str, csv_path: Path, setting: str) -> None:
+    if column not in frame.columns:
+        present = ", ".join(map(str, frame.columns))
+        raise DataError(
+            f"{csv_path}: no column {column!r} (columns: {present}); fix the CSV or set {setting}"
+        )
+
+
+def _resolve_under_root(relative: pd.Series, root: Path, csv_path: Path, column: str) -> list[str]:
+    """Join each entry with ``root``; refuse entries that climb out of it.
+
+    The check is lexical (no symlink resolution) so a root that is itself a symlink to another
+    disk keeps working, while ``../`` or absolute paths elsewhere in a CSV are refused.
+    """
+    resolved = []
+    for position, entry in enumerate(relative):
+        if entry == "":
+            resolved.append("")
+            continue
+        full = os.path.normpath(os.path.join(root, entry))
+        if os.path.commonpath([full, root]) != str(root):
+            line = position + _FIRST_DATA_LINE
+            raise DataError(
+                f"{csv_path}:{line}: {column} {entry!r} points outside the image root {root}; "
+                "paths must be relative to the root"
+            )
+        resolved.append(full)
+    return resolved
+
+
+def read_split_csv(
+    csv_path: str | os.PathLike,
+    root_dir: str | os.PathLike,
+    *,
+    real_label: int = 1,
+    path_column: str = "path",
+    label_column: str = "label",
+) -> pd.DataFrame:
+    """Read one split CSV and resolve its image paths.
+
+    Returns the CSV's columns plus ``path`` (absolute), ``target`` (1 = fake), ``row`` (the CSV
+    line, for messages) and, when the CSV has a ``mask_path`` column, ``mask_path`` (absolute or "").
+    """
+    csv_path = Path(csv_path)
+    root = Path(os.path.abspath(root_dir))
+    if real_label not in (0, 1):
+        raise DataError(f"real_label={real_label!r} must be 0 or 1 (the CSV label that means 'real')")
+    if not root.is_dir():
+        raise DataError(f"{root}: image root directory not found (needed by {csv_path}); check the dataset root")
+    frame = read_raw_csv(csv_path)
+    _require_column(frame, path_column, csv_path, "the dataset's path_column")
+    _require_column(frame, label_column, csv_path, "the dataset's label_column")
+
+    rows = np.arange(len(frame)) + _FIRST_DATA_LINE
+    labels = pd.to_numeric(frame[label_column], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        value = frame[label_column].iloc[first]
+        problem = "is empty" if pd.isna(value) else f"'{value}' is not 0 or 1"
+        raise DataError(
+            f"{csv_path}:{rows[first]}: {label_column} {problem}; fix the row or set the dataset's label_column"
+        )
+    paths = frame[path_column].fillna("").astype(str).str.strip()
+    empty = paths == ""
+    if empty.any():
+        line = rows[int(np.flatnonzero(empty.to_numpy())[0])]
+        raise DataError(f"{csv_path}:{line}: empty {path_column}; every row needs an image path")
+
+    frame = frame.drop(columns=[KAGGLE_INDEX_COLUMN], errors="ignore")
+    frame["path"] = _resolve_under_root(paths, root, csv_path, path_column)
+    frame["target"] = (labels.astype(int) != real_label).astype(int).to_numpy()
+    frame["row"] = rows
+    if "mask_path" in frame.columns:
+        masks = frame["mask_path"].fillna("").astype(str).str.strip()
+        frame["mask_path"] = _resolve_under_root(masks, root, csv_path, "mask_path")
+    return frame
+
+
+class CsvImageDataset(Dataset):
+    """Images listed in a split CSV; a damaged image is served black and flagged ``damaged``.
+
+    Holds only a DataFrame and a transform, so it pickles into spawned DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        root_dir: str | os.PathLike,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        *,
+        real_label: int = 1,
+        path_column: str = "path",
+        label_column: str = "label",
+        fallback_size: int = 256,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        self.frame = read_split_csv(
+            csv_path, root_dir, real_label=real_label, path_column=path_column, label_column=label_column
+        )
+        self.transform = transform
+        self.fallback_size = fallback_size
+        self.targets: np.ndarray = self.frame["target"].to_numpy(dtype=np.int64)
+        self.paths: list[str] = self.frame["path"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image, reason = load_rgb(self.paths[index], self.fallback_size)
+        if self.transform is not None:
+            tensor = self.transform(image)
+        else:
+            tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+        return {
+            "image": tensor,
+            "target": torch.tensor(self.targets[index], dtype=torch.float32),
+            "index": index,
+            "damaged": reason is not None,
+        }
+
+    def damage_reason(self, index: int) -> str | None:
+        """Why image ``index`` is damaged, or None; decoded again because workers cannot report back."""
+        return load_rgb(self.paths[index], self.fallback_size)[1]

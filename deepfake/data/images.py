@@ -1,0 +1,73 @@
+"""Load any image file as an RGB PIL image; a damaged file becomes a black image and a reason.
+
+A dataset of 140k scraped files always holds a few broken ones; one of them must not end a
+multi-hour run. The caller gets the reason so it can log the path and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Integer modes hold 16-bit samples (PNG stores them this way); PIL's own conversion to "L"
+# clips at 255 instead of rescaling, which would turn most such images white.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _black_image(size: int) -> Image.Image:
+    """The stand-in for a damaged image: black, RGB, ``size`` x ``size``."""
+    return Image.new("RGB", (size, size))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image of any PIL mode to RGB; transparent pixels become black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        samples = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(samples, 0, 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        # Over black, as the fallback for damaged files is black too: the model sees one
+        # "no content" colour rather than whatever colour the transparent pixels happen to store.
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, fallback_size: int = 256) -> tuple[Image.Image, str | None]:
+    """Decode ``path`` as RGB with EXIF orientation applied.
+
+    Returns ``(image, None)``, or ``(black fallback_size x fallback_size image, reason)`` when the
+    file is missing, empty, truncated, not an image or otherwise unreadable.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return _black_image(fallback_size), "empty file (0 bytes)"
+        with warnings.catch_warnings():
+            # Pillow warns on benign oddities (EXIF quirks, palette transparency as bytes);
+            # thousands of workers repeating them would drown the log.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image), None
+    except FileNotFoundError:
+        return _black_image(fallback_size), "missing file"
+    except UnidentifiedImageError:
+        return _black_image(fallback_size), "not an image (unknown format)"
+    except Image.DecompressionBombError as error:
+        return _black_image(fallback_size), f"too large to decode safely ({error})"
+    except (OSError, ValueError, SyntaxError) as error:
+        # Truncated and corrupt streams surface as OSError (or, for some plugins, ValueError or
+        # SyntaxError) only once the pixels are decoded in load().
+        return _black_image(fallback_size), f"unreadable: {type(error).__name__}: {error}"

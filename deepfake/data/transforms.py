@@ -1,0 +1,122 @@
+"""Train and eval preprocessing: PIL image in, normalised float tensor out.
+
+Built from torchvision v2 classes and plain classes (no lambdas) so a transform pickles into
+spawned DataLoader workers. Pixel operations run on the PIL image, so train and eval resample
+with the same (PIL) kernels and the fine traces a detector looks for are treated alike.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from deepfake.errors import ConfigError
+
+_INTERPOLATIONS = {
+    "nearest": v2.InterpolationMode.NEAREST,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
+
+
+def _interpolation(name: str) -> v2.InterpolationMode:
+    try:
+        return _INTERPOLATIONS[name]
+    except KeyError:
+        raise ConfigError(
+            f"interpolation={name!r} is not supported; use one of {', '.join(_INTERPOLATIONS)}"
+        ) from None
+
+
+class RandomJpeg:
+    """Re-encode a PIL image as JPEG at a quality drawn uniformly from ``quality`` (inclusive).
+
+    PIL's encoder: torchvision's JPEG ops are deprecated from 0.29. The quality comes from
+    torch's RNG, so seeding (and DataLoader worker seeding) governs it like every other step.
+    """
+
+    def __init__(self, quality: Sequence[int]) -> None:
+        low, high = (int(q) for q in quality)
+        if not 1 <= low <= high <= 100:
+            raise ConfigError(f"jpeg_quality={list(quality)} must be (low, high) with 1 <= low <= high <= 100")
+        self.quality = (low, high)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        quality = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return decoded.convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(quality={self.quality})"
+
+
+def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
+    # ToPureTensor: downstream code (collate, CAM, metrics) expects plain tensors, not tv_tensors.
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+        v2.ToPureTensor(),
+    ]
+
+
+def build_train_transform(
+    img_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    hflip: float = 0.5,
+    crop_scale: tuple[float, float] = (0.8, 1.0),
+    color_jitter: float = 0.0,
+    jpeg_quality: tuple[int, int] | None = None,
+    jpeg_p: float = 0.5,
+    blur_sigma: tuple[float, float] | None = None,
+    blur_p: float = 0.5,
+) -> v2.Compose:
+    """Random resized crop, then optional flip, colour jitter, blur and JPEG re-compression.
+
+    Blur and JPEG come last among the pixel ops: they imitate what happens to an image after it
+    is made (resharing, re-encoding), which is what a detector must be robust to.
+    """
+    steps: list[Callable] = [
+        v2.RandomResizedCrop(
+            img_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
+        ),
+    ]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    if blur_sigma is not None:
+        # Kernel wide enough for 3 sigma on each side, odd as GaussianBlur requires.
+        kernel = 2 * math.ceil(3 * max(blur_sigma)) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(blur_sigma))], p=blur_p))
+    if jpeg_quality is not None:
+        steps.append(v2.RandomApply([RandomJpeg(jpeg_quality)], p=jpeg_p))
+    return v2.Compose(steps + _to_normalised_tensor(mean, std))
+
+
+def build_eval_transform(
+    img_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+) -> v2.Compose:
+    """Deterministic: resize the shorter side to ``img_size``, centre crop, normalise."""
+    return v2.Compose(
+        [
+            v2.Resize(img_size, interpolation=_interpolation(interpolation), antialias=True),
+            v2.CenterCrop(img_size),
+            *_to_normalised_tensor(mean, std),
+        ]
+    )

@@ -1,0 +1,140 @@
+"""Stratified, disjoint, covering, deterministic batches, written in Kaggle's CSV format."""
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deepfake.data.batches import split_into_batches, write_batches
+from deepfake.data.csv_dataset import read_split_csv
+from deepfake.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _kaggle_frame(n_real: int, n_fake: int) -> pd.DataFrame:
+    labels = [1] * n_real + [0] * n_fake
+    ids = [f"id{i:03d}" for i in range(len(labels))]
+    folders = ["real" if label else "fake" for label in labels]
+    return pd.DataFrame(
+        {
+            "original_path": [f"/kaggle/input/x/{i}.png" for i in ids],
+            "id": ids,
+            "label": labels,
+            "label_str": folders,
+            "path": [f"train/{folder}/{i}.jpg" for folder, i in zip(folders, ids)],
+        }
+    )
+
+
+def _write_kaggle_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path)  # the index becomes Kaggle's unnamed first column
+    return path
+
+
+def test_batches_are_stratified_disjoint_covering(tmp_path):
+    frame = _kaggle_frame(60, 40)
+
+    batches = split_into_batches(frame, 5)
+
+    assert [len(batch) for batch in batches] == [20] * 5
+    assert [batch["label"].sum() for batch in batches] == [12] * 5
+    ids = [set(batch["id"]) for batch in batches]
+    assert set().union(*ids) == set(frame["id"])
+    assert sum(len(part) for part in ids) == len(frame)
+    for batch in batches:
+        assert list(batch.index) == sorted(batch.index)  # original order kept
+
+
+def test_batches_are_deterministic_per_seed():
+    frame = _kaggle_frame(30, 30)
+
+    first, again, other = (split_into_batches(frame, 3, seed=seed) for seed in (0, 0, 1))
+
+    assert all(a.equals(b) for a, b in zip(first, again))
+    assert not all(a.equals(b) for a, b in zip(first, other))
+
+
+def test_one_batch_is_the_whole_frame():
+    frame = _kaggle_frame(3, 2)
+
+    (batch,) = split_into_batches(frame, 1)
+
+    assert batch.equals(frame)
+
+
+@pytest.mark.parametrize(
+    "n_batches, label_column, expected",
+    [(0, "label", "n_batches=0"), (4, "label", "label=0 has only 3 rows"), (2, "kind", "no column 'kind'")],
+)
+def test_impossible_splits_are_data_errors(n_batches, label_column, expected):
+    with pytest.raises(DataError, match=expected):
+        split_into_batches(_kaggle_frame(5, 3), n_batches, label_column=label_column)
+
+
+def test_write_batches_keeps_kaggle_format(tmp_path):
+    train_csv = _write_kaggle_csv(_kaggle_frame(21, 9), tmp_path / "train.csv")
+    val_csv = _write_kaggle_csv(_kaggle_frame(6, 6), tmp_path / "valid.csv")
+    (tmp_path / "images").mkdir()
+
+    directories = write_batches(train_csv, val_csv, tmp_path / "batches", 3)
+
+    assert directories == [tmp_path / "batches" / f"batch{k}" for k in (1, 2, 3)]
+    header = train_csv.read_text().splitlines()[0]
+    for directory in directories:
+        for name, source in (("train", train_csv), ("valid", val_csv)):
+            written = directory / f"{name}.csv"
+            assert written.read_text().splitlines()[0] == header
+            original = pd.read_csv(source, index_col=0)
+            batch = pd.read_csv(written, index_col=0)
+            assert batch.equals(original.loc[batch.index])  # index column and rows preserved
+            frame = read_split_csv(written, tmp_path / "images")
+            assert frame["target"].mean() == pytest.approx(original["label"].eq(0).mean())
+
+
+def test_write_batches_without_index_column_writes_none(tmp_path):
+    train_csv = tmp_path / "train.csv"
+    _kaggle_frame(4, 4).to_csv(train_csv, index=False)
+
+    (directory,) = write_batches(train_csv, train_csv, tmp_path / "out", 1)
+
+    assert (directory / "train.csv").read_text() == train_csv.read_text()
+
+
+def test_write_batches_names_the_csv_at_fault(tmp_path):
+    train_csv = _write_kaggle_csv(_kaggle_frame(4, 4), tmp_path / "train.csv")
+    val_csv = _write_kaggle_csv(_kaggle_frame(4, 1), tmp_path / "valid.csv")
+
+    with pytest.raises(DataError, match=r"valid\.csv: cannot make 2 stratified batches"):
+        write_batches(train_csv, val_csv, tmp_path / "out", 2)
+    with pytest.raises(DataError, match=r"absent\.csv: CSV file not found"):
+        write_batches(tmp_path / "absent.csv", val_csv, tmp_path / "out", 2)
+
+
+def test_make_batches_script(tmp_path):
+    train_csv = _write_kaggle_csv(_kaggle_frame(10, 10), tmp_path / "train.csv")
+    val_csv = _write_kaggle_csv(_kaggle_frame(4, 4), tmp_path / "valid.csv")
+    out = tmp_path / "batches"
+    command = [sys.executable, str(REPO / "scripts" / "make_batches.py"), "--train-csv", str(train_csv),
+               "--val-csv", str(val_csv), "--out-dir", str(out), "--n-batches", "2"]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv")) == [
+        "batch1/train.csv", "batch1/valid.csv", "batch2/train.csv", "batch2/valid.csv"
+    ]
+
+
+def test_make_batches_script_reports_one_line_and_exits_2(tmp_path, capsys):
+    # In process: the subprocess test above already covers running it as a script.
+    main = runpy.run_path(str(REPO / "scripts" / "make_batches.py"))["main"]
+
+    code = main(["--train-csv", str(tmp_path / "nope.csv"), "--n-batches", "2", "--out-dir", str(tmp_path)])
+
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert stderr.count("\n") == 1 and "nope.csv: CSV file not found" in stderr

@@ -1,0 +1,124 @@
+"""Train transforms are random and configurable; eval transforms are deterministic; both pickle."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepfake.data.transforms import RandomJpeg, build_eval_transform, build_train_transform
+from deepfake.errors import ConfigError
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EVERY_OPTION = dict(color_jitter=0.3, jpeg_quality=(60, 90), jpeg_p=1.0, blur_sigma=(0.1, 1.0), blur_p=1.0)
+
+
+def _noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("size", [(40, 40), (57, 31), (20, 90)])
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION], ids=["defaults", "every option"])
+def test_train_transform_gives_normalised_square_tensor(size, options):
+    transform = build_train_transform(32, mean=MEAN, std=STD, **options)
+
+    tensor = transform(_noise_image(*size))
+
+    assert type(tensor) is torch.Tensor
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [(40, 40), (57, 31), (20, 90)])
+def test_eval_transform_gives_square_tensor(size):
+    tensor = build_eval_transform(32, mean=MEAN, std=STD)(_noise_image(*size))
+
+    assert type(tensor) is torch.Tensor
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+
+
+def test_eval_transform_is_deterministic_whatever_the_seed():
+    image = _noise_image(48, 40)
+
+    torch.manual_seed(0)
+    first = build_eval_transform(32, mean=MEAN, std=STD)(image)
+    torch.manual_seed(1)
+    second = build_eval_transform(32, mean=MEAN, std=STD)(image)
+
+    assert torch.equal(first, second)
+
+
+def test_eval_transform_normalises_with_mean_and_std():
+    grey = Image.new("RGB", (32, 32), (128, 128, 128))
+
+    tensor = build_eval_transform(32, mean=MEAN, std=STD)(grey)
+
+    expected = (128 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert torch.allclose(tensor[:, 5, 5], expected, atol=1e-5)
+
+
+def test_eval_transform_centre_crops_the_longer_side():
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, 16:48] = 255  # the central square is white, the flanks black
+    tensor = build_eval_transform(32, mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest")(Image.fromarray(pixels))
+
+    assert torch.equal(tensor, torch.ones(3, 32, 32))
+
+
+def test_train_transform_is_random_but_reproducible_under_a_seed():
+    transform = build_train_transform(32, mean=MEAN, std=STD, **EVERY_OPTION)
+    image = _noise_image(48, 48)
+
+    outputs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        outputs.append(transform(image))
+
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+def _step_names(transform) -> list[str]:
+    return [type(step).__name__ for step in transform.transforms]
+
+
+def test_options_switch_steps_on_and_off():
+    plain = _step_names(build_train_transform(32, mean=MEAN, std=STD, hflip=0.0))
+    full = _step_names(build_train_transform(32, mean=MEAN, std=STD, **EVERY_OPTION))
+
+    assert "RandomHorizontalFlip" not in plain and "ColorJitter" not in plain and "RandomApply" not in plain
+    assert "RandomHorizontalFlip" in full and "ColorJitter" in full and full.count("RandomApply") == 2
+
+
+@pytest.mark.parametrize("build", [build_train_transform, build_eval_transform])
+def test_transforms_pickle(build):
+    transform = build(32, mean=MEAN, std=STD)
+    image = _noise_image(40, 36)
+
+    clone = pickle.loads(pickle.dumps(transform))
+
+    torch.manual_seed(5)
+    expected = transform(image)
+    torch.manual_seed(5)
+    assert torch.equal(clone(image), expected)
+
+
+def test_unknown_interpolation_is_a_config_error():
+    with pytest.raises(ConfigError, match="interpolation='lanczos9'"):
+        build_eval_transform(32, mean=MEAN, std=STD, interpolation="lanczos9")
+
+
+def test_random_jpeg_recompresses_within_the_quality_range():
+    image = _noise_image(32, 32)
+
+    torch.manual_seed(0)
+    recompressed = RandomJpeg((10, 20))(image)
+
+    assert recompressed.mode == "RGB" and recompressed.size == image.size
+    assert np.abs(np.asarray(recompressed, float) - np.asarray(image, float)).mean() > 10
+
+
+@pytest.mark.parametrize("quality", [(0, 50), (90, 80), (50, 101)])
+def test_random_jpeg_refuses_bad_quality(quality):
+    with pytest.raises(ConfigError, match="jpeg_quality"):
+        RandomJpeg(quality)
