@@ -13,6 +13,7 @@ from deepfake.engine.metrics import classification_metrics
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import builders
+from deepfake.tasks.display import fmt_metric
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,10 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path) -
     atomic_write_text(out_dir / "metrics_test.json", json.dumps(metrics, indent=2))
     log.info(
         "test on %d images: auc=%s acc=%.4f eer=%s (%s)",
-        metrics["n_samples"], _fmt(metrics["auc"]), metrics["accuracy"], _fmt(metrics["eer"]),
+        metrics["n_samples"], fmt_metric(metrics["auc"]), metrics["accuracy"], fmt_metric(metrics["eer"]),
         out_dir / "metrics_test.json",
     )  # fmt: skip
     return metrics
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.tasks import builders
+from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.test import evaluate_checkpoint, registry_view
 from deepfake.tracking.run_info import git_info, write_run_info
 
@@ -112,7 +111,9 @@ def run(cfg: DictConfig) -> float | None:
         log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
     seconds = time.perf_counter() - started_wall
     log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
-    _print_summary(cfg, entry, promoted, seconds)
+    print_run_summary(
+        entry, seconds, registry_path=cfg.paths.registry, promoted_to=cfg.paths.best_model if promoted else None
+    )
     return state.best_auc
 
 
@@ -129,25 +130,3 @@ def _hyperparameters(cfg: DictConfig) -> str:
         "train": cfg.train,
     }
     return json.dumps(OmegaConf.to_container(OmegaConf.create(picked), resolve=True), separators=(",", ":"))
-
-
-def _print_summary(cfg: DictConfig, entry: dict, promoted: bool, seconds: float) -> None:
-    out = Path(entry["run_dir"])
-    table = Table(title=f"run {entry['run_name']}", show_header=False, title_justify="left")
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    test = entry["test_metrics"] or {}
-    rows = [
-        ("best val AUC", f"{entry['best_val_auc']} (epoch {entry['best_epoch']} of {entry['epochs']})"),
-        ("test AUC / accuracy", f"{test.get('auc')} / {test.get('accuracy')}" if test else "not run (train.do_test=false)"),
-        ("damaged images", ", ".join(f"{k} {v}" for k, v in entry["damaged_images"].items()) or "none"),
-        ("wall time", f"{seconds:.1f} s"),
-        ("run dir", str(out)),
-        ("checkpoints", "best.pth, last.pth"),
-        ("metrics", "metrics_log.csv" + (", metrics_test.json" if test else "")),
-        ("logs", "run.log" + (f", tb/ (tensorboard --logdir {out / 'tb'})" if (out / "tb").exists() else "")),
-        ("registry", f"{cfg.paths.registry}" + (f" — promoted to {cfg.paths.best_model}" if promoted else "")),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    Console(soft_wrap=True).print(table)

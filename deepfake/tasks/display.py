@@ -1,0 +1,67 @@
+"""How the tasks show numbers to people (tables, log lines); files keep full precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def fmt_metric(value) -> str:
+    """4 decimals for floats, ``n/a`` for a missing figure, anything else as it is."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promoted_to: str | None) -> None:
+    """The table that ends a training run: its figures and where every output went."""
+    out = Path(entry["run_dir"])
+    table = Table(title=f"run {entry['run_name']}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    test = entry["test_metrics"] or {}
+    rows = [
+        ("best val AUC", f"{fmt_metric(entry['best_val_auc'])} (epoch {entry['best_epoch']} of {entry['epochs']})"),
+        ("test AUC / accuracy",
+         f"{fmt_metric(test['auc'])} / {fmt_metric(test['accuracy'])}" if test else "not run (train.do_test=false)"),
+        ("damaged images", ", ".join(f"{k} {v}" for k, v in entry["damaged_images"].items()) or "none"),
+        ("wall time", f"{seconds:.1f} s"),
+        ("run dir", str(out)),
+        ("checkpoints", "best.pth, last.pth"),
+        ("metrics", "metrics_log.csv" + (", metrics_test.json" if test else "")),
+        ("logs", "run.log" + (f", tb/ (tensorboard --logdir {out / 'tb'})" if (out / "tb").exists() else "")),
+        ("registry", f"{registry_path}" + (f" — promoted to {promoted_to}" if promoted_to else "")),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(soft_wrap=True).print(table)
+
+
+def print_registry(runs: list[dict], best: dict | None, *, registry_path: str, best_model_path: str, limit: int) -> None:
+    """The registry as a table, best validation AUC first; the global best is starred."""
+    console = Console(soft_wrap=True)
+    if not runs:
+        console.print(f"no runs registered yet in {registry_path}; train one with `python scripts/main.py`")
+        return
+    table = Table(title=f"{len(runs)} run(s) in {registry_path}", title_justify="left")
+    for column in ("", "run", "backbone", "dataset", "val AUC", "epoch", "test AUC", "test acc", "status", "ended"):
+        table.add_column(column)
+    for entry in runs[:limit]:
+        test = entry.get("test_metrics") or {}
+        table.add_row(
+            "★" if best and entry["run_name"] == best["run_name"] else "",
+            entry["run_name"],
+            str(entry.get("backbone")),
+            str(entry.get("dataset")),
+            fmt_metric(entry.get("best_val_auc")),
+            fmt_metric(entry.get("best_epoch")),
+            fmt_metric(test.get("auc")),
+            fmt_metric(test.get("accuracy")),
+            str(entry.get("status")),
+            str(entry.get("ended_at")),
+        )
+    console.print(table)
+    if best:
+        console.print(f"global best: {best['run_name']} -> {best_model_path}")
