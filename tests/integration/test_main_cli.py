@@ -146,3 +146,50 @@ def test_launches_in_the_same_second_get_their_own_run_dirs(tmp_path):
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert len(list((tmp_path / "outputs" / "registry").iterdir())) == 3
+
+
+def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, shared_data_dir):
+    main_runner("train.do_test=false", "phase.finetune_epochs=0")  # makes sure the shared data exists
+    import shutil
+
+    root = tmp_path / "damaged"
+    shutil.copytree(shared_data_dir / "synthetic", root)
+    images = root / "real_vs_fake" / "real-vs-fake"
+    train_images = sorted((images / "train" / "real").glob("*.jpg"))
+    truncated, empty = train_images[0], train_images[1]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    empty.write_bytes(b"")
+    missing = sorted((images / "valid" / "fake").glob("*.jpg"))[0]
+    missing.unlink()
+
+    result = main_runner(f"dataset.root={root}", "phase.finetune_epochs=0")
+    run = sorted((tmp_path / "outputs" / "train").iterdir())[-1]
+    log = (run / "run.log").read_text()
+    for path in (truncated, empty, missing):
+        assert f"damaged image replaced by a black image: {path}" in log
+    assert log.count("damaged image replaced") == 3  # each logged once, not once per epoch
+    assert "train 2, valid 1" in result.stdout
+    entry = next(e for e in registry(tmp_path)["runs"] if e["run_dir"] == str(run))
+    assert entry["damaged_images"] == {"train": 2, "valid": 1}
+
+
+def test_deterministic_reruns_give_identical_results(tmp_path, main_runner):
+    for _ in range(2):
+        main_runner("deterministic=true", "seed=7", "train.do_test=false")
+    first, second = sorted((tmp_path / "outputs" / "train").iterdir())
+    a = torch.load(first / "best.pth", weights_only=True)["model"]
+    b = torch.load(second / "best.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def rows(run):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((run / "metrics_log.csv").open())]
+
+    assert rows(first) == rows(second)
+
+
+def test_init_from_a_checkpoint_of_another_backbone_is_refused(tmp_path, main_runner):
+    main_runner("train.do_test=false", "phase.finetune_epochs=0")
+    run = only_run_dir(tmp_path / "outputs" / "train")
+    result = main_runner("backbone.name=test_efficientnet", f"init_from={run}", check=False)
+    assert result.returncode == 2
+    assert "was trained with backbone 'test_resnet', not 'test_efficientnet'" in result.stderr

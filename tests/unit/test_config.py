@@ -65,6 +65,10 @@ def test_option_composes_and_binds(tmp_path, group, option):
     OmegaConf.resolve(cfg)  # every interpolation resolves
     for path, node in target_nodes(cfg):
         assert_binds(path, node)
+        # As a partial nothing heavy runs (no model, no data generation), but the target imports
+        # and every nested object is built.
+        built = instantiate(node, _partial_=True)
+        assert callable(built), path
 
 
 def test_instantiate_every_object_of_the_default_config(tmp_path):
