@@ -26,6 +26,8 @@ register_resolvers()
 
 def run(cfg: DictConfig):
     """Run the configured task; returns its optimised metric (sweepers read it) or None."""
+    # Library warnings (torch, timm, PIL) then reach run.log too, not only the terminal.
+    logging.captureWarnings(True)
     name = cfg.task.name
     if name not in TASKS:
         log.error("task=%s is unknown; choose one of: %s", name, ", ".join(TASKS))
