@@ -1,0 +1,135 @@
+"""Class activation maps for the one-logit detector, through pytorch-grad-cam.
+
+The detector outputs one logit, p(fake) = sigmoid(logit). Explaining "fake" follows +logit,
+explaining "real" follows -logit (the logit of p(real)), so both targets weigh the evidence for
+their own class; "predicted" picks per image from p(fake) and the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    LayerCAM,
+    RandomCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+
+from deepfake.errors import ConfigError
+from deepfake.explain.layers import reshape_transform_for, resolve_target_layer
+
+METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "eigencam": EigenCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+    # Random channel weights over the same activations: the baseline every metric is compared with.
+    "random": RandomCAM,
+}
+TARGETS = ("predicted", "fake", "real")
+
+
+class LogitTarget:
+    """pytorch-grad-cam target: the score a map explains, +logit for fake, -logit for real."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.sign = 1.0 if label == "fake" else -1.0
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return self.sign * model_output.reshape(-1)[0]
+
+
+def explained_labels(target: str, probs: np.ndarray, threshold: float) -> list[str]:
+    if target not in TARGETS:
+        raise ConfigError(f"cam.target={target!r}; use one of {', '.join(TARGETS)}")
+    if target == "predicted":
+        return ["fake" if p >= threshold else "real" for p in probs]
+    return [target] * len(probs)
+
+
+@dataclass
+class Explanation:
+    """Maps at the model's input size, in [0, 1] per image, and what they explain."""
+
+    cams: np.ndarray  # (B, H, W) float32
+    probs: np.ndarray  # (B,) p(fake)
+    labels: list[str]  # the class each map explains
+
+
+class Explainer:
+    """One CAM method on one layer of a detector; call it on normalised image batches."""
+
+    def __init__(
+        self, model: torch.nn.Module, method: str = "gradcam", target_layer: str | None = None, batch_size: int = 32
+    ) -> None:
+        if method not in METHODS:
+            raise ConfigError(f"cam.method={method!r}; use one of {', '.join(METHODS)}")
+        self.model = model.eval()
+        self.method = method
+        self.target_layer, layer = resolve_target_layer(model, target_layer)
+        self._cam = METHODS[method](model, [layer], reshape_transform=reshape_transform_for(model))
+        self._cam.batch_size = batch_size  # ScoreCAM's forward batch for its masked copies
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            logits = torch.cat([self.model(chunk.to(self.device)) for chunk in images.split(self.batch_size)])
+        return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
+
+    def __call__(self, images: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
+        """(B, H, W) maps explaining ``labels`` ("fake" / "real" per image), batch by batch."""
+        maps = []
+        with gradients_enabled(self.model):
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size].to(self.device)
+                targets = [LogitTarget(label) for label in labels[start : start + self.batch_size]]
+                maps.append(self._cam(chunk, targets))
+        return np.concatenate(maps).astype(np.float32)
+
+    def explain(self, images: torch.Tensor, target: str, threshold: float = 0.5) -> Explanation:
+        probs = self.probabilities(images)
+        labels = explained_labels(target, probs, threshold)
+        return Explanation(self(images, labels), probs, labels)
+
+    def close(self) -> None:
+        """Remove the forward hooks from the model."""
+        self._cam.activations_and_grads.release()
+
+
+@contextmanager
+def gradients_enabled(model: torch.nn.Module) -> Iterator[None]:
+    """Gradient CAMs need the target layer's output in the graph: a frozen backbone (or an
+    inference-mode caller) would silently give them none."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+
+
+def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B, h, w) maps -> (B, *size), bilinear: from the model's input size to the image's."""
+    if cams.shape[-2:] == tuple(size):
+        return cams
+    tensor = torch.from_numpy(cams)[:, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()

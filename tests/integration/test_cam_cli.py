@@ -1,0 +1,48 @@
+"""task=cam and train.do_cam end to end: overlays, gallery, TensorBoard grid, metrics, registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# layer2 of test_resnet is a 4x4 map on the tiny 32 px images (layer4, the default, is 1x1).
+CAM = ["cam.target_layer=layer2", "cam.num_samples=6", "cam.road_percentiles=[50]"]
+
+
+def only_dir(parent: Path) -> Path:
+    (child,) = [p for p in parent.iterdir() if p.is_dir()]
+    return child
+
+
+def test_do_cam_then_task_cam(tmp_path, main_runner):
+    main_runner("train.do_cam=true", "train.do_test=false", "logger=tensorboard", *CAM)
+    run = only_dir(tmp_path / "outputs" / "train")
+    cam = run / "cam"
+    panels = sorted(cam.glob("0*.png"))
+    assert len(panels) == 6 and (cam / "grid.png").is_file()
+    assert all(p.name in (cam / "index.html").read_text() for p in panels)
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2  # training scalars, then the CAM grid
+    report = json.loads((cam / "metrics.json").read_text())
+    assert report["split"] == "valid" and report["target_layer"] == "layer2" and report["run_name"] == run.name
+    assert {"gradcam", "random", "mask_area"} <= set(report["localisation"])
+    assert {"gradcam", "random"} <= set(report["faithfulness"])
+    assert len(report["sanity"]) == 4
+    entry = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0]
+    assert entry["cam_metrics"]["pointing_game"] == report["localisation"]["gradcam"]["pointing_game"]
+    assert "pointing_game_random" in entry["cam_metrics"] and "road_combined_random" in entry["cam_metrics"]
+
+    # task=cam on the run dir, another method and target, metrics off: overlays only.
+    main_runner("task=cam", f"ckpt={run}", "cam.method=gradcam++", "cam.target=real", "cam.metrics=false", *CAM)
+    explained = only_dir(tmp_path / "outputs" / "cam") / "cam"
+    assert len(list(explained.glob("0*.png"))) == 6 and not (explained / "metrics.json").exists()
+    assert "explains real" in (explained / "index.html").read_text()
+
+
+    # A mistake in cam.* is one ERROR line naming the key, exit status 2.
+    result = main_runner("task=cam", f"ckpt={run}", "cam.method=nope", check=False)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "cam.method='nope'" in errors[0]
