@@ -5,6 +5,7 @@ Examples: `python scripts/main.py`, `python scripts/main.py backbone=resnet50 ph
 """
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,9 @@ from omegaconf import DictConfig
 os.environ.setdefault("DEEPFAKE_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from deepfake import tasks  # noqa: E402  (registers the config resolvers before Hydra composes)
+from deepfake.tasks.resume import rewrite_argv  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -23,4 +27,7 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    # resume=...: Hydra must open the stopped run's own dir with its own overrides, and it fixes the
+    # run dir before main() runs, so the command line is completed first.
+    sys.argv[1:] = rewrite_argv(sys.argv[1:], CONF_DIR)
     main()

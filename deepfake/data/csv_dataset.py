@@ -7,6 +7,7 @@ column is carried along untouched. Internally ``target`` is 1 for fake, the posi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from torchvision.transforms.v2 import functional as F
 
 from deepfake.data.images import load_rgb
 from deepfake.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _FIRST_DATA_LINE = 2  # line 1 of the file is the header
 # How pandas names the leading column that Kaggle's CSVs leave without a header (the index).
@@ -119,10 +122,24 @@ def read_split_csv(
     frame["path"] = _resolve_under_root(paths, root, csv_path, path_column)
     frame["target"] = (labels.astype(int) != real_label).astype(int).to_numpy()
     frame["row"] = rows
+    _warn_duplicates(frame, csv_path, path_column)
     if "mask_path" in frame.columns:
         masks = frame["mask_path"].fillna("").astype(str).str.strip()
         frame["mask_path"] = _resolve_under_root(masks, root, csv_path, "mask_path")
     return frame
+
+
+def _warn_duplicates(frame: pd.DataFrame, csv_path: Path, column: str) -> None:
+    """Repeated images are legal but usually a merge mistake: they weigh double in training and metrics."""
+    repeats = frame["path"].duplicated(keep="first")
+    if not repeats.any():
+        return
+    first = frame.loc[repeats, "path"].iloc[0]
+    lines = frame.loc[frame["path"] == first, "row"].tolist()
+    log.warning(
+        "%s: %d row(s) repeat an earlier row's %s (first: line %d repeats line %d, %s); they count twice",
+        csv_path, int(repeats.sum()), column, lines[1], lines[0], first,
+    )  # fmt: skip
 
 
 class CsvImageDataset(Dataset):

@@ -3,7 +3,8 @@
 Read it top to bottom: ``fit`` walks the phases; ``_setup_phase`` freezes the backbone and builds
 the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoch`` validates,
 logs and writes ``best.pth`` and ``last.pth``. Everything it needs comes in as plain objects; it
-never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped.
+never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped:
+at an epoch boundary, or part-way through an epoch when SIGINT/SIGTERM asked it to stop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
 from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
-from deepfake.errors import TrainingError
+from deepfake.engine.stopping import StopRequest
+from deepfake.errors import CheckpointError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from deepfake.tracking.console import console
@@ -48,6 +50,12 @@ class TrainerState:
     step: int = 0  # optimizer steps over all phases
     best_auc: float | None = None
     best_epoch: int | None = None
+    # The epoch in progress: batches trained, their summed loss and count, the lrs it started with.
+    # Non-zero in a last.pth only when a stop signal ended the epoch part-way.
+    batches_done: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_samples: int = 0
+    epoch_lrs: dict | None = None
 
 
 class DamagedImageLog:
@@ -108,24 +116,40 @@ class Trainer:
         self.scheduler = None
         self.scaler = make_grad_scaler(device, precision)
         self._resume_from: dict | None = None
+        self._replay_rng: dict | None = None
+        self.stop = StopRequest()
+        self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: dict | None = None) -> TrainerState:
-        """Run every remaining phase; ``resume`` is a loaded ``last.pth``."""
+        """Run every remaining phase; ``resume`` is a loaded ``last.pth``.
+
+        While it runs, SIGINT/SIGTERM make it finish the current batch (or accumulation window),
+        save ``last.pth`` and return early with ``stopped_early`` set.
+        """
         if resume is not None:
             self._restore(resume)
+        # Rows past the restored epoch were logged by the killed process after its last save; the
+        # resumed run logs those epochs again.
+        self.metrics_csv.drop_rows_after("epoch", self.state.epoch)
         total_epochs = sum(phase.epochs for phase in self.phases)
-        with self._progress() as progress:
+        with self.stop.listening(), self._progress() as progress:
             epochs_bar = progress.add_task("epochs", total=total_epochs, completed=self.state.epoch, status="")
             for phase_index in range(self.state.phase_index, len(self.phases)):
                 phase = self.phases[phase_index]
                 self._setup_phase(phase)
                 # _end_epoch moves state.phase_index on after the phase's last epoch.
                 while self.state.phase_index == phase_index:
+                    if self.stop.requested:  # at an epoch boundary: last.pth is already up to date
+                        self.stopped_early = True
+                        return self.state
                     started = time.perf_counter()
-                    lrs = self._learning_rates()
-                    train_loss = self._train_epoch(phase, progress)
-                    row = self._end_epoch(phase, lrs, train_loss, time.perf_counter() - started, progress)
+                    if self.state.batches_done == 0:
+                        self.state.epoch_lrs = self._learning_rates()
+                    if not self._train_epoch(phase, progress):
+                        self.stopped_early = True
+                        return self.state
+                    row = self._end_epoch(phase, time.perf_counter() - started, progress)
                     progress.update(epochs_bar, advance=1, status=f"val_auc {row['val_auc']}")
         return self.state
 
@@ -141,7 +165,9 @@ class Trainer:
             self.scheduler = self.make_scheduler(
                 self.optimizer, t_initial=max(1, phase.epochs * per_epoch - warmup), warmup_t=warmup
             )
-        self.phase_step = self.state.epoch_in_phase * per_epoch
+        self.phase_step = self.state.epoch_in_phase * per_epoch + steps_per_epoch(
+            self.state.batches_done, self.accumulate
+        )
         if self._resume_from is not None and self._resume_from.get("optimizer") is not None:
             # Only a run stopped inside this phase has optimizer state for it; a new phase starts fresh.
             self.optimizer.load_state_dict(self._resume_from["optimizer"])
@@ -157,37 +183,56 @@ class Trainer:
         )  # fmt: skip
 
     # -------------------------------------------------------------------------------- steps
-    def _train_epoch(self, phase: Phase, progress: Progress) -> float:
+    def _train_epoch(self, phase: Phase, progress: Progress) -> bool:
+        """Train the epoch, or its rest after a mid-epoch resume; False when a stop signal ended it."""
         set_train_mode(self.model, phase.backbone_frozen)
         generator = getattr(self.train_loader, "generator", None)
         if generator is not None:
             # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
             generator.manual_seed(self.seed + self.state.epoch)
         n_batches = len(self.train_loader)
-        batches_bar = progress.add_task(f"{phase.name} epoch {self.state.epoch + 1}", total=n_batches, status="")
-        total_loss, seen = 0.0, 0
+        done = self.state.batches_done
+        batches_bar = progress.add_task(
+            f"{phase.name} epoch {self.state.epoch + 1}", total=n_batches, completed=done, status=""
+        )
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.train_loader):
+            if i < done:
+                # Loaded again but not trained: loading moves the augmentation RNGs (the workers' and,
+                # without workers, this process's) as the stopped run did; then its saved state rules.
+                if i + 1 == done:
+                    restore_rng_state(self._replay_rng)
+                continue
             images = batch["image"].to(self.device, non_blocking=True)
             targets = batch["target"].to(self.device, non_blocking=True)
             with autocast(self.device, self.precision):
                 logits = self.model(images).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             if not torch.isfinite(loss):
+                kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
                 raise TrainingError(
                     f"non-finite training loss ({loss.item()}) at epoch {self.state.epoch + 1}, batch {i + 1}; "
-                    f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 (last.pth is the last good state)"
+                    f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
                 )
             self.scaler.scale(loss / self.accumulate).backward()
             if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
                 self._optimizer_step()
             if batch["damaged"].any():
                 self.damaged.record("train", self.train_loader.dataset, batch["index"][batch["damaged"]].tolist())
-            total_loss += loss.item() * len(targets)
-            seen += len(targets)
-            progress.update(batches_bar, advance=1, status=f"loss {total_loss / seen:.4f}")
+            self.state.batches_done = i + 1
+            self.state.epoch_loss_sum += loss.item() * len(targets)
+            self.state.epoch_samples += len(targets)
+            progress.update(batches_bar, advance=1, status=f"loss {self._epoch_loss():.4f}")
+            # Stop only after an optimizer step: gradients half-accumulated over a window are not saved.
+            if self.stop.requested and (i + 1) % self.accumulate == 0 and i + 1 < n_batches:
+                atomic_save(self._last_checkpoint(phase, val_metrics=None), self.run_dir / "last.pth")
+                progress.remove_task(batches_bar)
+                return False
         progress.remove_task(batches_bar)
-        return total_loss / max(seen, 1)
+        return True
+
+    def _epoch_loss(self) -> float:
+        return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
 
     def _optimizer_step(self) -> None:
         if self.grad_clip_norm:
@@ -217,15 +262,16 @@ class Trainer:
         """Per param group, as the epoch starts (the schedule moves them every step)."""
         return {group["name"]: group["lr"] for group in self.optimizer.param_groups}
 
-    def _end_epoch(
-        self, phase: Phase, lrs: dict[str, float], train_loss: float, train_seconds: float, progress: Progress
-    ) -> dict:
+    def _end_epoch(self, phase: Phase, train_seconds: float, progress: Progress) -> dict:
         started = time.perf_counter()
         preds = self.validate(progress)
         auc = auc_or_none(preds.targets, preds.probs)
         accuracy = float(((preds.probs >= self.describe["threshold"]) == preds.targets.astype(bool)).mean())
+        lrs, train_loss = self.state.epoch_lrs, self._epoch_loss()
         self.state.epoch += 1
         self.state.epoch_in_phase += 1
+        self.state.batches_done, self.state.epoch_loss_sum, self.state.epoch_samples = 0, 0.0, 0
+        self.state.epoch_lrs = None
         row = {
             "phase": phase.name,
             "epoch": self.state.epoch,
@@ -241,14 +287,17 @@ class Trainer:
         improved = self.state.best_epoch is None or (
             auc is not None and (self.state.best_auc is None or auc > self.state.best_auc)
         )
+        val_metrics = {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")}
         if improved:
             self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
-            atomic_save(self._checkpoint("best", phase, row), self.run_dir / "best.pth")
+            atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         if self.state.epoch_in_phase == phase.epochs:
             self.state.phase_index += 1
             self.state.epoch_in_phase = 0
-        atomic_save(self._last_checkpoint(phase, row), self.run_dir / "last.pth")
+        # The row reaches the disk before last.pth: a kill in between leaves an extra row, which the
+        # resumed run drops and logs again, never a missing one.
         self.metrics_csv.append(row)
+        atomic_save(self._last_checkpoint(phase, val_metrics), self.run_dir / "last.pth")
         scalars = {k: v for k, v in row.items() if k not in ("phase", "epoch", "step") and v is not None}
         for logger in self.loggers:
             logger.log_metrics(scalars, step=self.state.epoch)
@@ -261,7 +310,7 @@ class Trainer:
         return row
 
     # -------------------------------------------------------------------------- checkpoints
-    def _checkpoint(self, kind: str, phase: Phase, row: dict) -> dict:
+    def _checkpoint(self, kind: str, phase: Phase, val_metrics: dict | None) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "kind": kind,
@@ -269,13 +318,13 @@ class Trainer:
             **self.describe,
             "epoch": self.state.epoch,
             "phase": phase.name,
-            "val_metrics": {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")},
+            "val_metrics": val_metrics,  # None in a last.pth saved part-way through an epoch
         }
 
-    def _last_checkpoint(self, phase: Phase, row: dict) -> dict:
-        phase_finished = self.state.epoch_in_phase == 0
+    def _last_checkpoint(self, phase: Phase, val_metrics: dict | None) -> dict:
+        phase_finished = self.state.epoch_in_phase == 0 and self.state.batches_done == 0
         return {
-            **self._checkpoint("last", phase, row),
+            **self._checkpoint("last", phase, val_metrics),
             "trainer_state": asdict(self.state),
             # A finished phase's optimizer is never needed again: the next phase builds its own.
             "optimizer": None if phase_finished else self.optimizer.state_dict(),
@@ -285,9 +334,17 @@ class Trainer:
         }
 
     def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{self.run_dir / 'last.pth'} does not fit this model ({str(err).splitlines()[0]}); "
+                "resume with the run's own backbone settings"
+            ) from err
         self.state = TrainerState(**checkpoint["trainer_state"])
         restore_rng_state(checkpoint["rng"])
+        # Saved part-way through an epoch: _train_epoch restores it again after replaying the batches.
+        self._replay_rng = checkpoint["rng"] if self.state.batches_done else None
         self._resume_from = checkpoint
 
     # ------------------------------------------------------------------------------ display

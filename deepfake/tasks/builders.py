@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.transforms import build_eval_transform
-from deepfake.engine.reproducibility import seed_worker
+from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.tracking.checkpoint import load_checkpoint
 from deepfake.tracking.registry import Registry
@@ -73,7 +73,7 @@ def make_loader(dataset: Dataset, dataset_cfg: DictConfig, *, train: bool, devic
         shuffle=train,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=seed_worker,
+        worker_init_fn=init_worker,
         # The trainer reseeds this generator every epoch: data order and worker seeds then depend
         # only on (seed, epoch), which is what exact resume needs.
         generator=torch.Generator() if train else None,
@@ -100,14 +100,19 @@ def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:
 def load_weights_into(model: torch.nn.Module, path: Path) -> dict:
     """``init_from``: copy a checkpoint's weights into a freshly built model of the same backbone."""
     checkpoint = load_checkpoint(path)
-    trained_with = checkpoint.get("model_spec", {}).get("name")
-    if trained_with != model.detector_spec["name"]:
-        raise CheckpointError(
-            f"init_from={path} was trained with backbone {trained_with!r}, not {model.detector_spec['name']!r}; "
-            f"pass backbone=... to match, or another checkpoint"
-        )
+    check_backbone(checkpoint, model, f"init_from={path}")
     model.load_state_dict(checkpoint["model"])
     return checkpoint
+
+
+def check_backbone(checkpoint: dict, model: torch.nn.Module, what: str) -> None:
+    """A checkpoint's weights only fit the backbone they were trained with."""
+    trained_with = (checkpoint.get("model_spec") or {}).get("name")
+    if trained_with != model.detector_spec["name"]:
+        raise CheckpointError(
+            f"{what} was trained with backbone {trained_with!r}, not {model.detector_spec['name']!r}; "
+            f"pass backbone=... to match, or another checkpoint"
+        )
 
 
 def open_registry(cfg: DictConfig) -> Registry:

@@ -1,13 +1,17 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
-Setup (seed, run metadata, data, model, loaders) -> Trainer.fit -> test best.pth -> register the
-run (promoting it to the global best when its validation AUC is the highest) -> summary.
+Setup (seed, run metadata, model, resume state, data, pre-flight checks, loaders) -> Trainer.fit
+-> test best.pth -> register the run (promoting it to the global best when its validation AUC is
+the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on);
+a non-finite loss registers the run as failed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,10 +22,14 @@ from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
+from deepfake.errors import TrainingError
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_run_summary
+from deepfake.tasks.preflight import check_dataset_files, check_input_size
+from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
 from deepfake.tasks.test import evaluate_checkpoint, registry_view
-from deepfake.tracking.run_info import git_info, write_run_info
+from deepfake.tracking.checkpoint import remove_stale_temps
+from deepfake.tracking.run_info import write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +37,31 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float | None:
     started_wall, started = time.perf_counter(), builders.now_iso()
     out_dir = builders.run_dir()
-    name = builders.run_name()
+    if cfg.get("resume"):
+        check_resumed_config(cfg, out_dir)
+    # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
+    for folder in (out_dir, Path(cfg.paths.models_dir)):
+        for temp in remove_stale_temps(folder):
+            log.info("removed %s, left by a process killed while saving", temp)
     seed_everything(cfg.seed)
     set_deterministic(bool(cfg.deterministic))
-    write_run_info(out_dir, Path(cfg.paths.root_dir))
+    git = write_run_info(out_dir, Path(cfg.paths.root_dir))
     config_path = builders.save_resolved_config(cfg, out_dir)
-    log.info("run %s in %s", name, out_dir)
-    log.info("overrides: %s", " ".join(builders.task_overrides()) or "(none)")
-    log.info("hyperparameters: %s", _hyperparameters(cfg))
 
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     model = instantiate(cfg.backbone)
-    if cfg.get("init_from"):
+    resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
+    name = resume_from["run_name"] if resume_from else builders.run_name()
+    log.info("run %s in %s", name, out_dir)
+    log.info("overrides: %s", " ".join(builders.task_overrides()) or "(none)")
+    log.info("hyperparameters: %s", _hyperparameters(cfg))
+    if cfg.get("init_from") and resume_from is None:
         source = builders.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
         builders.load_weights_into(model, source)
         log.info("initialised the model from %s", source)
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
+    check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
     builders.ensure_dataset(cfg.dataset)
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
@@ -53,6 +69,7 @@ def run(cfg: DictConfig) -> float | None:
     train_set = builders.make_split(cfg.dataset, "train_csv", train_transform)
     val_set = builders.make_split(cfg.dataset, "val_csv", builders.eval_transform(preprocess))
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
+    check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
 
     trainer = Trainer(
         model,
@@ -76,24 +93,9 @@ def run(cfg: DictConfig) -> float | None:
         seed=int(cfg.seed),
         loggers=builders.build_loggers(cfg),
     )
-    try:
-        state = trainer.fit()
-    finally:
-        for logger in trainer.loggers:
-            logger.close()
-
-    test_metrics = None
-    if cfg.train.do_test:
-        test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
-
-    git = git_info(Path(cfg.paths.root_dir))
     entry = {
         "run_name": name,
         "run_dir": str(out_dir),
-        "status": "finished",
-        "best_val_auc": state.best_auc,
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
         "backbone": model.detector_spec["name"],
         "dataset": cfg.dataset.name,
         "overrides": builders.task_overrides(),
@@ -101,20 +103,63 @@ def run(cfg: DictConfig) -> float | None:
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "started_at": started,
-        "ended_at": builders.now_iso(),
-        "damaged_images": trainer.damaged.counts(),
-        "test_metrics": None if test_metrics is None else registry_view(test_metrics),
     }
     registry = builders.open_registry(cfg)
-    promoted = registry.register_run(entry, out_dir / "best.pth")
+    try:
+        state = trainer.fit(resume=resume_from)
+    except TrainingError:
+        # Recorded so a sweep shows what diverged, never promoted; last.pth stays the last good state.
+        registry.register_run(_finished(entry, trainer, "failed"), out_dir / "best.pth")
+        raise
+    finally:
+        for logger in trainer.loggers:
+            logger.close()
+    if trainer.stopped_early:
+        log.warning(
+            "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
+            signal.Signals(trainer.stop.signum).name, state.epoch,
+            f" + {state.batches_done} batch(es)" if state.batches_done else "", out_dir,
+        )  # fmt: skip
+        sys.exit(128 + trainer.stop.signum)  # the shell's convention for "ended by this signal"
+
+    try:
+        test_metrics = None
+        if cfg.train.do_test:
+            test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
+        entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
+        promoted = registry.register_run(entry, out_dir / "best.pth")
+    except KeyboardInterrupt:
+        log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
+                    out_dir)  # fmt: skip
+        sys.exit(128 + signal.SIGINT)
     if promoted:
         log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
+    if cfg.train.get("do_cam"):
+        # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
+        # metrics join the registry entry registered just above.
+        from deepfake.tasks.cam import explain_checkpoint
+
+        explain_checkpoint(out_dir / "best.pth", cfg, out_dir, split="valid")
     seconds = time.perf_counter() - started_wall
     log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
     print_run_summary(
         entry, seconds, registry_path=cfg.paths.registry, promoted_to=cfg.paths.best_model if promoted else None
     )
     return state.best_auc
+
+
+def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | None = None) -> dict:
+    state = trainer.state
+    return {
+        **entry,
+        "status": status,
+        "best_val_auc": state.best_auc,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "ended_at": builders.now_iso(),
+        "damaged_images": trainer.damaged.counts(),
+        "test_metrics": test_metrics,
+    }
 
 
 def _hyperparameters(cfg: DictConfig) -> str:

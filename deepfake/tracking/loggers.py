@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from deepfake.errors import UserError
+from deepfake.tracking.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,11 +38,14 @@ class MetricsCsv:
         self.fieldnames = list(fieldnames)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         has_header = self._keep_complete_rows()
-        self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open until close)
-        self._writer = csv.DictWriter(self._handle, fieldnames=self.fieldnames, extrasaction="raise")
+        self._open()
         if not has_header:
             self._writer.writeheader()
             self._sync()
+
+    def _open(self) -> None:
+        self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open until close)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.fieldnames, extrasaction="raise")
 
     def _keep_complete_rows(self) -> bool:
         """Drop a last line cut short by a kill and check the header; return whether one exists."""
@@ -60,10 +66,36 @@ class MetricsCsv:
             )
         return True
 
+    def drop_rows_after(self, column: str, last: int) -> int:
+        """Keep only the rows whose integer ``column`` is at most ``last``; return how many were dropped.
+
+        A resumed run calls it with the epoch it restored: rows logged after that save are logged again.
+        """
+        self._handle.close()
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if int(row[column]) <= last]
+        if len(kept) < len(rows):
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(self.path, text.getvalue())
+        self._open()
+        return len(rows) - len(kept)
+
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one row; missing columns stay empty, unknown ones raise ValueError."""
-        self._writer.writerow(row)
-        self._sync()
+        try:
+            self._writer.writerow(row)
+            self._sync()
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            # A cut-short row is dropped when the file is reopened, so the rows on disk stay whole.
+            raise UserError(
+                f"no space left on device while writing {self.path}; free some disk space and resume the run"
+            ) from error
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Append ``metrics`` with ``step`` in the ``step`` column (which must be in the header)."""

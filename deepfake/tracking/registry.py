@@ -66,14 +66,16 @@ class Registry:
 
     def register_run(self, entry: dict[str, Any], best_checkpoint: str | os.PathLike[str]) -> bool:
         """Add or replace the entry named ``entry["run_name"]``; promote its checkpoint when its
-        ``best_val_auc`` beats the current best strictly. Return whether it was promoted."""
+        ``best_val_auc`` beats the current best strictly and its ``status`` (default finished) is
+        ``finished``: a failed run is recorded, never promoted. Return whether it was promoted."""
         run_name = entry["run_name"]
         with self._locked():
             registry = self._read()
             champion = self._find(registry, registry.get("best_run"))
             champion_auc = _finite_or_none(champion.get("best_val_auc")) if champion else None
             candidate_auc = _finite_or_none(entry.get("best_val_auc"))
-            promote = candidate_auc is not None and (champion_auc is None or candidate_auc > champion_auc)
+            finished = entry.get("status", "finished") == "finished"
+            promote = finished and candidate_auc is not None and (champion_auc is None or candidate_auc > champion_auc)
             if promote:
                 # Copy before writing the JSON: if the JSON write then fails, the best model on
                 # disk is still a better one than the registry claims, never a worse one.

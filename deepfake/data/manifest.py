@@ -1,0 +1,111 @@
+"""A dataset manifest: the sha256 of every image under the image root, to notice silent changes.
+
+``scripts/make_manifest.py`` writes it once (a CSV ``path,bytes,sha256``, paths relative to the
+root); ``dataset.verify_manifest=true`` compares the tree with it before training and names the
+files that changed, appeared or vanished. Results stay comparable only on the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message
+from deepfake.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MANIFEST_FIELDS = ["path", "bytes", "sha256"]
+
+
+def image_files(root: str | os.PathLike) -> list[str]:
+    """Every image under ``root``, as sorted POSIX paths relative to it."""
+    root = Path(root)
+    found = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(root: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS) -> dict[str, str]:
+    """``relative path -> sha256`` of every image under ``root`` (hashlib releases the GIL)."""
+    root = Path(root)
+    relative = image_files(root)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = list(pool.map(lambda rel: _sha256(root / rel), relative))
+    return dict(zip(relative, digests))
+
+
+def manifest_text(root: str | os.PathLike, digests: dict[str, str]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(MANIFEST_FIELDS)
+    for relative, digest in digests.items():
+        writer.writerow([relative, (Path(root) / relative).stat().st_size, digest])
+    return text.getvalue()
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"dataset.manifest={path}: no manifest; write it with "
+            "`python scripts/make_manifest.py --root-dir <dataset.root_dir>` or set dataset.verify_manifest=false"
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != MANIFEST_FIELDS:
+            raise DataError(f"{path}: not a manifest (header {reader.fieldnames}, expected {MANIFEST_FIELDS})")
+        return {row["path"]: row["sha256"] for row in reader}
+
+
+@dataclass
+class ManifestDiff:
+    changed: list[str]
+    appeared: list[str]
+    vanished: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.appeared or self.vanished)
+
+    def describe(self) -> str:
+        parts = [
+            f"{len(files)} {what} ({list_for_message(files, 5)})"
+            for what, files in (("changed", self.changed), ("appeared", self.appeared), ("vanished", self.vanished))
+            if files
+        ]
+        return "; ".join(parts)
+
+
+def compare(expected: dict[str, str], actual: dict[str, str]) -> ManifestDiff:
+    return ManifestDiff(
+        changed=sorted(p for p in expected.keys() & actual.keys() if expected[p] != actual[p]),
+        appeared=sorted(actual.keys() - expected.keys()),
+        vanished=sorted(expected.keys() - actual.keys()),
+    )
+
+
+def verify_manifest(root: str | os.PathLike, manifest_path: str | os.PathLike) -> int:
+    """Raise DataError naming what differs between ``root`` and its manifest; return the image count."""
+    expected = read_manifest(manifest_path)
+    diff = compare(expected, hash_tree(root))
+    if diff:
+        raise DataError(
+            f"{root} no longer matches {manifest_path}: {diff.describe()}; restore the files, or rewrite the "
+            "manifest with scripts/make_manifest.py if the change is intended"
+        )
+    return len(expected)

@@ -1,0 +1,67 @@
+"""SIGINT/SIGTERM ask training to stop at the next safe point instead of dying mid-step.
+
+A scheduler's pre-emption (SLURM sends SIGTERM before SIGKILL) or Ctrl-C should cost at most the
+current batch: the trainer finishes it, writes ``last.pth`` and returns, and a resumed run goes on
+from exactly there. A second signal gets the default behaviour back, so a user can still insist.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from deepfake.engine.reproducibility import seed_worker
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM while :meth:`listening`; polled by the training loop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may install handlers; embedding code keeps its own
+            return
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+        def on_signal(signum: int, _frame) -> None:
+            self.signum = signum
+            for other, handler in previous.items():
+                signal.signal(other, handler)
+            log.warning(
+                "%s received: stopping after the current batch to save last.pth (send it again to quit at once)",
+                signal.Signals(signum).name,
+            )
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seeded like :func:`seed_worker`, deaf to stop signals.
+
+    Ctrl-C reaches the whole process group and SLURM signals every process of a job; a worker that
+    died of it would break the batch the main process is finishing. Workers still end with the
+    main process (the loader shuts them down, and they watch their parent).
+    """
+    seed_worker(worker_id)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

@@ -1,0 +1,68 @@
+"""Checks that run before the first training step, so a mistake costs seconds, not an epoch.
+
+The input size is tried on the model itself, the images are decoded once, and the image tree is
+compared with its manifest when asked. Each failure is a one-line UserError naming the key or files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig
+
+from deepfake.data.manifest import verify_manifest
+from deepfake.data.scan import find_damaged, list_for_message
+from deepfake.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def check_input_size(model: torch.nn.Module, img_size: int, backbone: str) -> None:
+    """One zero image through the model: fixed-size ViTs and deep stride stacks refuse some sizes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, img_size, img_size))
+    except (AssertionError, RuntimeError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(
+            f"dataset.img_size={img_size} does not fit backbone {backbone} ({reason}); pick a size it accepts"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def check_images(dataset, split: str, max_bad_fraction: float) -> int:
+    """Decode every image of ``dataset`` once; abort when more than ``max_bad_fraction`` are damaged.
+
+    Below the limit the damaged files are only reported: the loader substitutes them. Returns their count.
+    """
+    started = time.perf_counter()
+    damaged = find_damaged(dataset.paths)
+    log.info("checked %d %s images in %.1f s: %d damaged", len(dataset.paths), split, time.perf_counter() - started,
+             len(damaged))  # fmt: skip
+    if not damaged:
+        return 0
+    listed = list_for_message([f"{path} ({reason})" for path, reason in damaged])
+    fraction = len(damaged) / len(dataset.paths)
+    if fraction > max_bad_fraction:
+        raise DataError(
+            f"{dataset.csv_path}: {len(damaged)} of {len(dataset.paths)} images are damaged ({fraction:.1%} > "
+            f"dataset.max_bad_fraction={max_bad_fraction:g}): {listed}; repair the files or raise the limit"
+        )
+    log.warning("%s: %d damaged image(s) will be replaced by black images: %s", dataset.csv_path, len(damaged), listed)
+    return len(damaged)
+
+
+def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
+    """The manifest (when ``dataset.verify_manifest``) and the damaged-image scan of ``splits``."""
+    if dataset_cfg.get("verify_manifest"):
+        started = time.perf_counter()
+        count = verify_manifest(dataset_cfg.root_dir, dataset_cfg.manifest)
+        log.info("%d images match %s (%.1f s)", count, dataset_cfg.manifest, time.perf_counter() - started)
+    if dataset_cfg.get("scan_images", True):
+        for split, dataset in splits.items():
+            check_images(dataset, split, float(dataset_cfg.get("max_bad_fraction", 0.01)))

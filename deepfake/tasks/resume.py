@@ -1,0 +1,164 @@
+"""resume=true | resume=<run dir>: continue a stopped training run in its own run dir, exactly.
+
+Hydra fixes the run dir before any task code runs, so ``scripts/main.py`` rewrites the command
+line first (:func:`rewrite_argv`): the run's own overrides (its ``.hydra/overrides.yaml``), then
+those typed now (a later value for the same key wins), then ``resume=<run dir>`` and
+``hydra.run.dir=<run dir>``. ``resume=true`` picks the most recently started run dir under
+``<paths.log_dir>/train``. The config is still composed from ``conf/``; what is read back from the
+run dir is not trusted: its overrides may not touch Hydra's own settings, and every ``_target_``
+of a resumed config must lie under :data:`ALLOWED_TARGET_PREFIXES` before anything is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deepfake.errors import CheckpointError, ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+# Modules whose callables a config may name; a run dir edited to name os.system is refused.
+ALLOWED_TARGET_PREFIXES = ("deepfake.", "torch.optim.", "torch.nn.", "timm.", "torchvision.")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def rewrite_argv(argv: list[str], conf_dir: str | Path) -> list[str]:
+    """The command line Hydra should see; a bad ``resume`` ends here with one ERROR line, status 2."""
+    try:
+        return _rewrite(argv, Path(conf_dir))
+    except UserError as err:
+        print(f"ERROR {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
+    if not any(arg.startswith("resume=") for arg in argv):
+        return argv
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    flags = [arg for arg in argv if arg not in overrides]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return argv  # Hydra reports the malformed override itself
+    value = next(o for o in reversed(parsed) if o.key_or_group == "resume").value()
+    if value in (None, False):
+        return argv
+    if any(flag in MULTIRUN_FLAGS for flag in flags):
+        raise ConfigError("resume continues one run, not a sweep; resume each job by its dir: resume=<multirun/...>/<job>")
+    if any(o.key_or_group == "hydra.run.dir" for o in parsed):
+        raise ConfigError("resume picks the run dir itself; drop hydra.run.dir from the command line")
+    run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
+    kept = [o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"]
+    return [*flags, *_last_wins(kept), f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
+
+
+def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[o for o in overrides if not o.startswith("resume=")])
+        train_dir = Path(cfg.paths.log_dir) / "train"
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"resume=true: cannot compose the config to find paths.log_dir ({err})") from None
+    runs = sorted(d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file())
+    if not runs:
+        raise ConfigError(f"resume=true: no run to resume under {train_dir}; start one without resume")
+    return runs[-1].resolve()  # run dir names start with their start time
+
+
+def _existing_run_dir(value: str) -> Path:
+    run_dir = Path(value).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={value}: no such run dir; pass outputs/train/<run> or resume=true for the latest")
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        raise ConfigError(f"resume={value}: not a run dir of scripts/main.py (no .hydra/overrides.yaml)")
+    return run_dir
+
+
+def _previous_overrides(run_dir: Path) -> list[Override]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    lines = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ConfigError(f"{path}: expected a list of overrides; the file was edited or damaged")
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except HydraException as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for override in parsed:
+        if override.is_hydra_override():
+            raise ConfigError(
+                f"{path}: {override.input_line!r} changes Hydra's own settings, which a run's overrides never do; "
+                "the file was edited, refusing to resume from it"
+            )
+    return parsed
+
+
+def _last_wins(overrides: list[Override]) -> list[str]:
+    by_key: dict[tuple, str] = {}
+    for override in overrides:
+        by_key[(override.key_or_group, override.package)] = override.input_line
+    return list(by_key.values())
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "\\'") + "'"
+
+
+# ----------------------------------------------------------------------------- in the task
+def check_resumed_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Before anything is instantiated: the run dir is the one resumed, every _target_ is allowlisted."""
+    if not isinstance(cfg.resume, str) or Path(cfg.resume).resolve() != out_dir.resolve():
+        raise ConfigError(
+            f"resume={cfg.resume} must be launched with scripts/main.py, which opens the resumed run's own dir"
+        )
+    for key, target in _targets(cfg):
+        if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
+            raise ConfigError(
+                f"{key}={target!r} is not under an allowed module ({', '.join(ALLOWED_TARGET_PREFIXES)}); "
+                f"refusing to build it for a resumed run (check {out_dir / '.hydra' / 'overrides.yaml'})"
+            )
+
+
+def _targets(node, prefix: str = ""):
+    if isinstance(node, DictConfig):
+        for key in node:
+            path = f"{prefix}{key}"
+            child = node._get_node(key)
+            if key == "_target_":
+                yield path, OmegaConf.select(node, "_target_", throw_on_resolution_failure=False)
+            elif isinstance(child, (DictConfig, ListConfig)):
+                yield from _targets(child, f"{path}.")
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            child = node._get_node(index)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _targets(child, f"{prefix}{index}.")
+
+
+def load_last_checkpoint(out_dir: Path, model) -> dict | None:
+    """The resumed run's last.pth, or None when it was stopped before its first epoch ended."""
+    # Imported here: scripts/main.py imports this module on every launch, torch only matters now.
+    from deepfake.tasks.builders import check_backbone
+    from deepfake.tracking.checkpoint import load_checkpoint
+
+    last = out_dir / "last.pth"
+    if not last.is_file():
+        log.warning("%s has no last.pth yet (stopped during its first epoch): starting it over", out_dir)
+        return None
+    checkpoint = load_checkpoint(last)
+    if not isinstance(checkpoint.get("trainer_state"), dict):
+        raise CheckpointError(f"{last} holds no training state (is it a copied best.pth?); start a new run instead")
+    check_backbone(checkpoint, model, str(last))
+    state = checkpoint["trainer_state"]
+    partial = f" and {state['batches_done']} batch(es) of the next" if state.get("batches_done") else ""
+    log.info("resuming from %s: %d epoch(s)%s done", last, state["epoch"], partial)
+    return checkpoint

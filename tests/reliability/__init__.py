@@ -1,0 +1,1 @@
+"""Fault-injection tests: kills, signals, bad input, untrusted files, shared files."""

@@ -1,0 +1,207 @@
+"""Every kind of bad input through scripts/main.py: one clear line naming the file, row or key, a
+non-zero exit, and nothing in the registry. Also: damaged images under the limit, duplicated rows,
+the dataset manifest, a non-finite loss, and files that must never be trusted (a code-carrying
+pickle, an edited run dir)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
+from reliability.faults import ENV, RELIABLE, error_lines, registry, run
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a loader ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _csv(folder: Path, name: str, frame_or_text) -> Path:
+    path = folder / name
+    if isinstance(frame_or_text, pd.DataFrame):
+        frame_or_text.to_csv(path, index=False)
+    elif isinstance(frame_or_text, bytes):
+        path.write_bytes(frame_or_text)
+    else:
+        path.write_text(frame_or_text)
+    return path
+
+
+def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (overrides, substrings the single ERROR line must hold)."""
+    synthetic = data / "synthetic"
+    train = pd.read_csv(synthetic / "train.csv")
+    bad_label = train.copy()
+    bad_label.loc[1, "label"] = 7
+    outside = train.copy()
+    outside.loc[2, "path"] = "../../../../etc/passwd"
+    foreign = work / "foreign.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    evil = work / "evil.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": _Payload(work / "pwned")}, evil)
+
+    def csv_case(name, content, *expected):
+        return [f"dataset.train_csv={_csv(work, name, content)}"], [name, *expected]
+
+    return {
+        "csv missing": ([f"dataset.train_csv={work / 'absent.csv'}"], ["absent.csv", "not found"]),
+        "csv unreadable": csv_case("binary.csv", b"\xff\xfe\x00\x81garbage\x00\n\x80\x81,\x00\n", "cannot read CSV"),
+        "csv empty": csv_case("empty.csv", "", "empty"),
+        "no path column": csv_case("nopath.csv", train.drop(columns=["path"]), "no column 'path'"),
+        "no label column": csv_case("nolabel.csv", train.drop(columns=["label"]), "no column 'label'"),
+        "label outside the classes": csv_case("label7.csv", bad_label, ":3:", "'7' is not 0 or 1"),
+        "path outside root_dir": csv_case("escape.csv", outside, ":4:", "outside the image root"),
+        "unknown config key": (["no_such_key=1"], ["no_such_key"]),
+        "unknown group option": (["backbone=no_such_backbone"], ["no_such_backbone"]),
+        "img_size the backbone cannot take": (
+            ["backbone.name=test_vit", "dataset.img_size=33"], ["dataset.img_size=33", "test_vit"]),
+        "ckpt not ours": (["task=test", f"ckpt={foreign}"], [str(foreign), "not a deepfake checkpoint"]),
+        "ckpt code-carrying pickle": (["task=test", f"ckpt={evil}"], [str(evil), "refused"]),
+        "ckpt of another backbone": (
+            [f"init_from={best}", "backbone.name=test_vit"], [str(best), "'test_resnet'", "'test_vit'"]),
+        "missing weights file": (["backbone.weights=/nonexistent/w.pth"], ["backbone.weights=/nonexistent/w.pth"]),
+        "resume dir that is no run dir": ([f"resume={work}"], [f"resume={work}", "not a run dir"]),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, reliable_data, uninterrupted):
+    work = tmp_path_factory.mktemp("bad_input")
+    cases = _cases(work, reliable_data, uninterrupted / "best.pth")
+    roots = {name: tmp_path_factory.mktemp("bad") for name in cases}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(run, roots[name], reliable_data, *RELIABLE, *overrides)
+            for name, (overrides, _) in cases.items()
+        }
+        results = {name: future.result() for name, future in futures.items()}
+    return {name: (results[name], cases[name][1], roots[name], work) for name in cases}
+
+
+CASES = [
+    "csv missing", "csv unreadable", "csv empty", "no path column", "no label column", "label outside the classes",
+    "path outside root_dir", "unknown config key", "unknown group option", "img_size the backbone cannot take",
+    "ckpt not ours", "ckpt code-carrying pickle", "ckpt of another backbone", "missing weights file",
+    "resume dir that is no run dir",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_ends_with_one_clear_line_and_nothing_registered(case, bad_runs):
+    result, expected, root, work = bad_runs[case]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert not (root / "models" / "model_metadata.json").exists()
+    assert not list((root / "outputs").glob("*/*/*.pth")) if (root / "outputs").is_dir() else True
+    if case.startswith("unknown"):  # Hydra's own message, before any of our code runs
+        assert all(text in output for text in expected) and "Traceback" not in output, output
+        return
+    assert result.returncode == 2 and "Traceback" not in output, output
+    lines = error_lines(result)
+    assert len(lines) == 1, output
+    assert all(text in lines[0] for text in expected), lines[0]
+    assert not (work / "pwned").exists()
+
+
+def _damaged_copy(tmp_path: Path, reliable_data: Path, n_damaged: int) -> tuple[Path, list[str]]:
+    data = tmp_path / "data"
+    shutil.copytree(reliable_data, data)
+    root = data / "synthetic" / "real_vs_fake" / "real-vs-fake"
+    paths = pd.read_csv(data / "synthetic" / "train.csv")["path"].tolist()[:n_damaged]
+    for number, relative in enumerate(paths):
+        image = root / relative
+        image.write_bytes(b"" if number % 2 else image.read_bytes()[:200])  # empty, or truncated
+    return data, paths
+
+
+def test_damaged_images_above_the_limit_stop_before_training(tmp_path, reliable_data, uninterrupted):
+    data, damaged = _damaged_copy(tmp_path, reliable_data, 2)  # 2 of 64 = 3% > 1%
+    result = run(tmp_path, data, *RELIABLE)
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "2 of 64 images are damaged" in lines[0] and "dataset.max_bad_fraction=0.01" in lines[0]
+    assert all(path in lines[0] for path in damaged)
+    assert "epoch 1" not in result.stderr and registry(tmp_path)["runs"] == []
+
+
+def test_damaged_images_below_the_limit_and_duplicated_rows_only_warn(tmp_path, reliable_data, uninterrupted):
+    data, damaged = _damaged_copy(tmp_path, reliable_data, 2)
+    train = pd.read_csv(data / "synthetic" / "train.csv")
+    duplicated = _csv(tmp_path, "train_dup.csv", pd.concat([train, train.iloc[[5]]]))
+    result = run(tmp_path, data, *RELIABLE, "dataset.max_bad_fraction=0.05", f"dataset.train_csv={duplicated}",
+                 "phase.finetune_epochs=0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [entry] = registry(tmp_path)["runs"]
+    assert entry["status"] == "finished" and entry["damaged_images"]["train"] == 2
+    log = (Path(entry["run_dir"]) / "run.log").read_text()  # the console wraps long lines; the file does not
+    assert "1 row(s) repeat an earlier row's path (first: line 66 repeats line 7" in log
+    warning = next(line for line in log.splitlines() if "will be replaced by black images" in line)
+    assert all(path in warning for path in damaged)
+
+
+def test_manifest_names_changed_appeared_and_vanished_files(tmp_path, reliable_data, uninterrupted):
+    data = tmp_path / "data"
+    shutil.copytree(reliable_data, data)
+    root = data / "synthetic" / "real_vs_fake" / "real-vs-fake"
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "make_manifest.py"), "--root-dir", str(root)],
+                          capture_output=True, text=True, env=ENV, check=True)  # fmt: skip
+    assert "images hashed" in made.stdout and (root / "manifest.csv").is_file()
+    assert run(tmp_path, data, *RELIABLE, "dataset.verify_manifest=true", "phase.finetune_epochs=0").returncode == 0
+
+    images = sorted(root.rglob("*.jpg"))
+    images[0].write_bytes(images[0].read_bytes()[:-1] + b"\x00")
+    shutil.copy(images[1], images[1].with_name("newcomer.jpg"))
+    images[2].unlink()
+    result = run(tmp_path, data, *RELIABLE, "dataset.verify_manifest=true")
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    for what, image in (("1 changed", images[0]), ("1 appeared", images[1].with_name("newcomer.jpg")),
+                        ("1 vanished", images[2])):  # fmt: skip
+        assert what in lines[0] and image.relative_to(root).as_posix() in lines[0], lines[0]
+
+
+def test_non_finite_loss_registers_a_failed_run_and_keeps_the_last_good_epoch(tmp_path, reliable_data, uninterrupted):
+    # SGD with an absurd backbone rate: the head epoch is fine, fine-tuning blows up.
+    result = run(tmp_path, reliable_data, *RELIABLE, "optimizer=sgd", "phase.lr_backbone=1e30")
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1 and "non-finite training loss" in lines[0], result.stderr
+    assert "last.pth is the last good state" in lines[0]
+    reg = registry(tmp_path)
+    [entry] = reg["runs"]
+    assert entry["status"] == "failed" and entry["epochs"] == 1
+    assert reg["best_run"] is None and not (tmp_path / "models" / "best_model.pth").exists()
+    run_dir = Path(entry["run_dir"])
+    assert torch.load(run_dir / "last.pth", weights_only=True)["trainer_state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "refused"),
+    [("optimizer._target_=os.system", "optimizer._target_='os.system'"),
+     ("+hydra.callbacks.evil._target_=os.system", "changes Hydra's own settings")],
+)  # fmt: skip
+def test_an_edited_run_dir_cannot_make_resume_build_anything(tmp_path, uninterrupted, reliable_data, override, refused):
+    run_dir = tmp_path / "outputs" / "train" / "edited"
+    shutil.copytree(uninterrupted, run_dir)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- {override}\n")
+    result = run(tmp_path, reliable_data, f"resume={run_dir}")
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1 and refused in lines[0], result.stdout + result.stderr
+    assert registry(tmp_path)["runs"] == []

@@ -1,0 +1,124 @@
+"""Kill scripts/main.py at seeded random points, resume it, and demand the uninterrupted run's bits.
+
+Each scenario starts the RELIABLE run and, at each of its stop points (the CSV reaching k rows, then a
+random fraction of an epoch's duration), sends SIGKILL (nothing saved on the way out), SIGTERM or SIGINT (last.pth saved at the
+next safe point); it then resumes, with ``resume=true`` or ``resume=<run dir>``. At the end best.pth and
+last.pth must hold the same tensors as the uninterrupted run, metrics_log.csv the same rows (timings
+aside), and the registry exactly one entry for the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import signal
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from reliability.faults import (
+    RELIABLE,
+    bitwise_equal,
+    csv_rows,
+    kill,
+    metric_rows,
+    registry,
+    run_dir_of,
+    start,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+_rng = random.Random(6)  # the kill points are random, but the same on every run of the suite
+# (signal, rows in metrics_log.csv before it is sent, then a delay in epochs); rows=0 aims at epoch 1.
+SCENARIOS = {
+    "sigkill in epoch 1": [(signal.SIGKILL, 0, _rng.uniform(0.0, 0.5))],
+    "sigkill after epoch 1": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0))],
+    "sigkill twice": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0)), (signal.SIGKILL, 2, _rng.uniform(0.0, 1.0))],
+    "sigkill after epoch 2": [(signal.SIGKILL, 2, _rng.uniform(0.0, 1.0))],
+    "sigterm mid-run": [(signal.SIGTERM, 1, _rng.uniform(0.0, 0.6))],
+    "sigint mid-run": [(signal.SIGINT, 1, _rng.uniform(0.0, 0.6))],
+}
+
+
+@dataclass
+class Outcome:
+    run_dir: Path | None = None
+    landed: list[str] = field(default_factory=list)  # where each stop left last.pth
+    stop_outputs: list[tuple[int, str]] = field(default_factory=list)  # (exit status, output) of stopped runs
+    final_status: int | None = None
+    final_output: str = ""
+
+
+def _where(run_dir: Path) -> str:
+    last = run_dir / "last.pth"
+    if not last.is_file():
+        return "no last.pth"
+    state = torch.load(last, weights_only=True)["trainer_state"]
+    return f"epoch {state['epoch']} + {state['batches_done']} batches"
+
+
+def _play(root: Path, data_dir: Path, stops: list, epoch_s: float) -> Outcome:
+    outcome = Outcome()
+    proc = start(root, data_dir, *RELIABLE)
+    for number, (signum, rows, epochs) in enumerate(stops):
+        if rows == 0:
+            ready = wait_for(proc, root, lambda d: (d / "run.log").is_file() and "phase head" in (d / "run.log").read_text())
+        else:
+            ready = wait_for(proc, root, lambda d, rows=rows: csv_rows(d) >= rows)
+        assert ready is not None, proc.communicate()
+        time.sleep(epochs * epoch_s)
+        status, out, err = kill(proc, signum)
+        outcome.stop_outputs.append((status, out + err))
+        outcome.landed.append(_where(ready))
+        # Alternate the two spellings: the latest run, and the run dir by name.
+        proc = start(root, data_dir, "resume=true" if number % 2 == 0 else f"resume={ready}")
+    out, err = proc.communicate(timeout=300)
+    outcome.final_status, outcome.final_output = proc.returncode, out + err
+    outcome.run_dir = run_dir_of(root)
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, reliable_data, uninterrupted) -> dict[str, Outcome]:
+    roots = {name: tmp_path_factory.mktemp("kill") for name in SCENARIOS}
+    epoch_s = statistics.median(float(row["seconds"]) for row in csv.DictReader((uninterrupted / "metrics_log.csv").open()))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one thread per run, two cores
+        futures = {
+            name: pool.submit(_play, roots[name], reliable_data, stops, epoch_s) for name, stops in SCENARIOS.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_resumed_run_is_bitwise_the_uninterrupted_run(scenario, outcomes, uninterrupted):
+    outcome = outcomes[scenario]
+    assert outcome.final_status == 0, outcome.final_output
+    run_dir = outcome.run_dir
+    assert len(list(run_dir.parent.iterdir())) == 1  # resumed in place, no second run dir
+    assert bitwise_equal(run_dir / "best.pth", uninterrupted / "best.pth"), outcome.landed
+    assert bitwise_equal(run_dir / "last.pth", uninterrupted / "last.pth"), outcome.landed
+    assert metric_rows(run_dir) == metric_rows(uninterrupted), outcome.landed
+    entries = registry(run_dir.parents[2])["runs"]
+    assert [e["run_name"] for e in entries] == [run_dir.name]
+    assert entries[0]["status"] == "finished" and entries[0]["epochs"] == 3
+    assert not [p for p in run_dir.iterdir() if ".tmp." in p.name]
+    print(f"{scenario}: stops landed at {outcome.landed}")
+
+
+@pytest.mark.parametrize("scenario", ["sigterm mid-run", "sigint mid-run"])
+def test_stop_signal_saves_and_says_how_to_resume(scenario, outcomes):
+    outcome = outcomes[scenario]
+    signum = SCENARIOS[scenario][0][0]
+    status, output = outcome.stop_outputs[0]
+    assert status == 128 + signum, output
+    assert "Traceback" not in output
+    hints = [line for line in output.splitlines() if "resume with: python scripts/main.py resume=" in line]
+    assert len(hints) == 1 and str(outcome.run_dir) in hints[0]
+    assert outcome.landed[0] != "no last.pth"

@@ -1,0 +1,92 @@
+"""resume=...: the command line scripts/main.py hands to Hydra, and the checks on what a run dir says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from deepfake.errors import ConfigError
+from deepfake.tasks.resume import _rewrite, check_resumed_config
+from deepfake.tracking.loggers import MetricsCsv
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _run_dir(root: Path, name: str, overrides: list[str]) -> Path:
+    run_dir = root / "outputs" / "train" / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    return run_dir
+
+
+def test_without_resume_the_command_line_is_untouched():
+    argv = ["-m", "seed=1,2", "backbone=resnet50"]
+    assert _rewrite(argv, CONF_DIR) is argv
+    assert _rewrite(["resume=false", "seed=3"], CONF_DIR) == ["resume=false", "seed=3"]
+
+
+def test_resume_a_run_dir_with_its_own_overrides_and_later_ones_winning(tmp_path):
+    run_dir = _run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["backbone=timm", "seed=1", "phase.head_epochs=2"])
+    argv = _rewrite(["seed=5", f"resume={run_dir}", "train.do_test=false"], CONF_DIR)
+    assert argv == [
+        "backbone=timm", "seed=5", "phase.head_epochs=2", "train.do_test=false",
+        f"resume='{run_dir}'", f"hydra.run.dir='{run_dir}'",
+    ]  # fmt: skip
+
+
+def test_resume_true_takes_the_most_recently_started_run(tmp_path):
+    _run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["seed=1"])
+    latest = _run_dir(tmp_path, "2026-01-02_00-00-00_bbbb", ["seed=2"])
+    (tmp_path / "outputs" / "train" / "2026-01-03_no_hydra_dir").mkdir()  # not a run dir: ignored
+    argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
+    assert argv[-2:] == [f"resume='{latest}'", f"hydra.run.dir='{latest}'"] and "seed=2" in argv
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["resume=true"], "no run to resume under"),
+        (["resume=/nonexistent/run"], "no such run dir"),
+        (["-m", "resume=RUN"], "not a sweep"),
+        (["resume=RUN", "hydra.run.dir=/elsewhere"], "drop hydra.run.dir"),
+    ],
+)
+def test_resume_mistakes_are_one_line_config_errors(tmp_path, argv, message):
+    run_dir = _run_dir(tmp_path, "run", [])
+    argv = [f"paths.root_dir={tmp_path / 'empty'}", *(a.replace("RUN", str(run_dir)) for a in argv)]
+    with pytest.raises(ConfigError, match=message):
+        _rewrite(argv, CONF_DIR)
+
+
+def test_a_run_dir_whose_overrides_touch_hydra_is_refused(tmp_path):
+    run_dir = _run_dir(tmp_path, "run", ["seed=1", "hydra/launcher=joblib"])
+    with pytest.raises(ConfigError, match="changes Hydra's own settings"):
+        _rewrite([f"resume={run_dir}"], CONF_DIR)
+
+
+def test_only_allowlisted_targets_survive_in_a_resumed_config(tmp_path):
+    cfg = OmegaConf.create({
+        "resume": str(tmp_path),
+        "optimizer": {"_target_": "torch.optim.AdamW"},
+        "logger": {"tb": {"_target_": "deepfake.tracking.loggers.TensorBoardLogger"}},
+        "steps": [{"_target_": "timm.scheduler.CosineLRScheduler"}],
+    })  # fmt: skip
+    check_resumed_config(cfg, tmp_path)
+    cfg.steps[0]._target_ = "os.system"
+    with pytest.raises(ConfigError, match=r"steps\.0\._target_='os.system'"):
+        check_resumed_config(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="must be launched with scripts/main.py"):
+        check_resumed_config(OmegaConf.create({"resume": True}), tmp_path)
+
+
+def test_metrics_rows_logged_after_the_restored_epoch_are_dropped(tmp_path):
+    path = tmp_path / "metrics_log.csv"
+    log = MetricsCsv(path, ["epoch", "val_auc"])
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "val_auc": epoch / 10})
+    assert log.drop_rows_after("epoch", 1) == 2
+    log.append({"epoch": 2, "val_auc": 0.25})
+    log.close()
+    assert path.read_text().splitlines() == ["epoch,val_auc", "1,0.1", "2,0.25"]
