@@ -45,7 +45,7 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
         raise ConfigError(f"cam.split={split!r}; use one of {', '.join(SPLIT_CSV)}")
     checkpoint = load_checkpoint(checkpoint_path)
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
-    preprocess = {**model.preprocess, "img_size": checkpoint["preprocess"]["img_size"]}
+    preprocess = model.preprocess  # the checkpoint's own, img_size included
     threshold = float(checkpoint.get("threshold", cfg.train.threshold))
     builders.ensure_dataset(cfg.dataset)
     dataset = builders.make_split(cfg.dataset, SPLIT_CSV[split], builders.eval_transform(preprocess))

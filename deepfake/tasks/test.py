@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from deepfake.engine.evaluate import predict
 from deepfake.engine.metrics import classification_metrics
+from deepfake.engine.trainer import DamagedImageLog
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import builders
@@ -23,15 +24,14 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path) -
     """Scores on ``dataset.test_csv`` with the checkpoint's own preprocessing and threshold."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = detector_from_checkpoint(checkpoint)
-    preprocess = {**model.preprocess, "img_size": checkpoint["preprocess"]["img_size"]}
+    preprocess = model.preprocess  # the checkpoint's own, img_size included
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     builders.ensure_dataset(cfg.dataset)
     test_set = builders.make_split(cfg.dataset, "test_csv", builders.eval_transform(preprocess))
     loader = builders.make_loader(test_set, cfg.dataset, train=False, device=device)
     preds = predict(model.to(device), loader, device, precision)
-    for index in preds.damaged:
-        log.warning("damaged image replaced by a black image: %s (%s)", test_set.paths[index], test_set.damage_reason(index))
+    DamagedImageLog().record("test", test_set, preds.damaged)
     threshold = float(checkpoint.get("threshold", cfg.train.threshold))
     metrics = {
         **classification_metrics(preds.targets, preds.probs, threshold),
