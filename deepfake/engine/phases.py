@@ -18,9 +18,6 @@ class Phase:
     warmup_epochs: float = 0.0
     scheduled: bool = False  # cosine with linear warmup; otherwise constant learning rates
 
-    def optimizer_steps(self, batches_per_epoch: int, accumulate: int) -> int:
-        return self.epochs * steps_per_epoch(batches_per_epoch, accumulate)
-
 
 def steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:
     # The last, partial accumulation window of an epoch still makes an optimizer step.

@@ -120,6 +120,12 @@ class Trainer:
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
 
+    def close(self) -> None:
+        """Flush and close metrics_log.csv and every extra logger (TensorBoard)."""
+        self.metrics_csv.close()
+        for logger in self.loggers:
+            logger.close()
+
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: dict | None = None) -> TrainerState:
         """Run every remaining phase; ``resume`` is a loaded ``last.pth``.

@@ -47,6 +47,11 @@ def create_detector(
         model = timm.create_model(
             name, pretrained=bool(pretrained or overlay), pretrained_cfg_overlay=overlay, num_classes=1, **timm_kwargs
         )
+    except TypeError as err:
+        # An extra key (+backbone.<key>=...) the model's constructor does not take.
+        raise ConfigError(
+            f"backbone {name} does not take {sorted(timm_kwargs)}: {_one_line(err)}; drop the extra backbone.* key"
+        ) from err
     except (RuntimeError, OSError, ValueError) as err:
         if overlay is not None:
             raise CheckpointError(f"backbone.weights={weights} does not fit {name}: {_one_line(err)}") from err

@@ -31,10 +31,11 @@ def set_train_mode(model: nn.Module, backbone_frozen: bool) -> None:
     """``model.train()``, except that a frozen backbone stays in eval mode."""
     model.train()
     if backbone_frozen:
-        head = head_module(model)
-        head_children = set(head.modules())
+        head_children = set(head_module(model).modules())
+        # The root stays in train mode: timm applies the head's dropout (drop_rate) functionally,
+        # reading the root's own flag; its submodules hold the backbone's BatchNorm and dropout.
         for module in model.modules():
-            if module not in head_children:
+            if module is not model and module not in head_children:
                 module.training = False
 
 

@@ -77,7 +77,7 @@ def make_loader(dataset: Dataset, dataset_cfg: DictConfig, *, train: bool, devic
         # The trainer reseeds this generator every epoch: data order and worker seeds then depend
         # only on (seed, epoch), which is what exact resume needs.
         generator=torch.Generator() if train else None,
-        # Workers are restarted each epoch for the same reason; they are cheap to fork.
+        # Workers are restarted each epoch for the same reason: they take their seeds from that generator.
         persistent_workers=False,
     )
 
@@ -101,7 +101,13 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> dict:
     """``init_from``: copy a checkpoint's weights into a freshly built model of the same backbone."""
     checkpoint = load_checkpoint(path)
     check_backbone(checkpoint, model, f"init_from={path}")
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"init_from={path}: its weights do not fit this {model.detector_spec['name']} "
+            f"({str(err).splitlines()[0]}); build the backbone with the same settings"
+        ) from err
     return checkpoint
 
 

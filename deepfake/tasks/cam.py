@@ -18,7 +18,8 @@ from PIL import Image
 
 from deepfake.data.images import load_rgb
 from deepfake.engine.precision import resolve_device
-from deepfake.errors import ConfigError
+from deepfake.engine.reproducibility import seed_everything
+from deepfake.errors import ConfigError, DataError
 from deepfake.explain import Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
@@ -31,6 +32,7 @@ SPLIT_CSV = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
 
 
 def run(cfg: DictConfig) -> float | None:
+    seed_everything(cfg.seed)  # RandomCAM baselines and ROAD's noise then repeat from run to run
     path = builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     report = explain_checkpoint(path, cfg, builders.run_dir())
     localisation = (report or {}).get("localisation")
@@ -112,8 +114,12 @@ def _mask(dataset, index: int) -> np.ndarray | None:
     path = dataset.frame["mask_path"].iloc[index] if "mask_path" in dataset.frame.columns else ""
     if not path:
         return None
-    with Image.open(path) as mask:
-        return np.asarray(_crop(mask.convert("L"))) > 127
+    try:
+        with Image.open(path) as mask:
+            return np.asarray(_crop(mask.convert("L"))) > 127
+    except OSError as err:
+        row = dataset.frame["row"].iloc[index]
+        raise DataError(f"{dataset.csv_path}:{row}: mask_path {path} cannot be read ({err}); fix or drop the mask") from err
 
 
 def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sample:

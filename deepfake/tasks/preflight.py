@@ -63,6 +63,6 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
         started = time.perf_counter()
         count = verify_manifest(dataset_cfg.root_dir, dataset_cfg.manifest)
         log.info("%d images match %s (%.1f s)", count, dataset_cfg.manifest, time.perf_counter() - started)
-    if dataset_cfg.get("scan_images", True):
+    if dataset_cfg.scan_images:
         for split, dataset in splits.items():
-            check_images(dataset, split, float(dataset_cfg.get("max_bad_fraction", 0.01)))
+            check_images(dataset, split, float(dataset_cfg.max_bad_fraction))

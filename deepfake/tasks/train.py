@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import TrainingError
+from deepfake.errors import ConfigError, TrainingError
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Without DDP every rank would train alone and write its own run dir and registry entry.
+        raise ConfigError("distributed launches (torchrun, WORLD_SIZE>1) are not supported yet; run one process")
     started_wall, started = time.perf_counter(), builders.now_iso()
     out_dir = builders.run_dir()
     if cfg.get("resume"):
@@ -112,8 +116,7 @@ def run(cfg: DictConfig) -> float | None:
         registry.register_run(_finished(entry, trainer, "failed"), out_dir / "best.pth")
         raise
     finally:
-        for logger in trainer.loggers:
-            logger.close()
+        trainer.close()
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
@@ -134,7 +137,7 @@ def run(cfg: DictConfig) -> float | None:
         sys.exit(128 + signal.SIGINT)
     if promoted:
         log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
-    if cfg.train.get("do_cam"):
+    if cfg.train.do_cam:
         # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
         # metrics join the registry entry registered just above.
         from deepfake.tasks.cam import explain_checkpoint

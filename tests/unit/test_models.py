@@ -76,3 +76,8 @@ def test_a_saved_cvt_is_rebuilt_with_the_activation_its_weights_chose(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+def test_an_argument_the_model_does_not_take_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"backbone test_resnet does not take \['no_such_arg'\]"):
+        create_detector("test_resnet", no_such_arg=1)

@@ -181,3 +181,15 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="non-finite training loss"):
         trainer.fit()
     assert not (tmp_path / "last.pth").exists()
+
+
+def test_a_frozen_backbone_still_applies_the_heads_dropout():
+    torch.manual_seed(0)
+    model = create_detector("test_resnet", drop_rate=0.5)
+    set_backbone_frozen(model, True)
+    set_train_mode(model, backbone_frozen=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        outputs = {tuple(model(x).flatten().tolist()) for _ in range(5)}
+    assert len(outputs) > 1  # dropout before the head is live; the frozen backbone itself is deterministic
+    assert not model.conv1[1].training
