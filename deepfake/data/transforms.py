@@ -87,11 +87,16 @@ def build_train_transform(
     Blur and JPEG come last among the pixel ops: they imitate what happens to an image after it
     is made (resharing, re-encoding), which is what a detector must be robust to.
     """
-    steps: list[Callable] = [
-        v2.RandomResizedCrop(
-            img_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
-        ),
-    ]
+    if tuple(crop_scale) == (1.0, 1.0):
+        # No cropping asked for: frame the image exactly as evaluation does. RandomResizedCrop would
+        # fall back to squashing a non-square image to a square, which evaluation never sees.
+        steps: list[Callable] = _resize_and_centre_crop(img_size, interpolation)
+    else:
+        steps = [
+            v2.RandomResizedCrop(
+                img_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
+            ),
+        ]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
     if color_jitter > 0:
@@ -113,10 +118,8 @@ def build_eval_transform(
     interpolation: str = "bicubic",
 ) -> v2.Compose:
     """Deterministic: resize the shorter side to ``img_size``, centre crop, normalise."""
-    return v2.Compose(
-        [
-            v2.Resize(img_size, interpolation=_interpolation(interpolation), antialias=True),
-            v2.CenterCrop(img_size),
-            *_to_normalised_tensor(mean, std),
-        ]
-    )
+    return v2.Compose(_resize_and_centre_crop(img_size, interpolation) + _to_normalised_tensor(mean, std))
+
+
+def _resize_and_centre_crop(img_size: int, interpolation: str) -> list[Callable]:
+    return [v2.Resize(img_size, interpolation=_interpolation(interpolation), antialias=True), v2.CenterCrop(img_size)]

@@ -122,3 +122,14 @@ def test_random_jpeg_recompresses_within_the_quality_range():
 def test_random_jpeg_refuses_bad_quality(quality):
     with pytest.raises(ConfigError, match="jpeg_quality"):
         RandomJpeg(quality)
+
+
+def test_train_transform_without_cropping_frames_odd_sizes_like_evaluation():
+    wide = Image.new("RGB", (96, 48))
+    wide.paste((255, 0, 0), (0, 0, 24, 48))  # a red band on the left, cut away by a centre crop
+    kwargs = dict(mean=[0.0] * 3, std=[1.0] * 3, interpolation="bilinear")
+    train = build_train_transform(32, hflip=0.0, crop_scale=(1.0, 1.0), **kwargs)(wide)
+    evaluated = build_eval_transform(32, **kwargs)(wide)
+    assert train.shape == evaluated.shape == (3, 32, 32)
+    assert torch.equal(train, evaluated)
+    assert train[0].max() < 0.5  # the band is not squashed into view
