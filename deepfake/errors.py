@@ -5,6 +5,26 @@ The entry point prints that line and exits non-zero without a traceback; every o
 is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import Callable
+
+
+def find_in_chain(error: BaseException, matches: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``error``'s cause/context chain that ``matches``, or None.
+
+    Libraries wrap what they catch (hydra.utils.instantiate, torch.save), so the exception that
+    says what went wrong is often not the one raised last.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if matches(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
 
 class UserError(Exception):
     """A mistake in the user's input (config, CSV, file path, checkpoint): one line, no traceback."""

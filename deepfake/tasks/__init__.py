@@ -12,7 +12,7 @@ from importlib import import_module
 
 from omegaconf import DictConfig
 
-from deepfake.errors import UserError
+from deepfake.errors import UserError, find_in_chain
 from deepfake.tasks.resolvers import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,4 @@ def run(cfg: DictConfig):
 
 def _user_error_in(err: BaseException) -> UserError | None:
     """The UserError behind ``err``: hydra.utils.instantiate wraps what a _target_ raised."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_in_chain(err, lambda e: isinstance(e, UserError))

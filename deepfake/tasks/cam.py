@@ -171,8 +171,8 @@ def registry_view(report: dict) -> dict:
 
 def _record_in_registry(cfg: DictConfig, report: dict) -> None:
     registry = builders.open_registry(cfg)
-    if report["run_name"] and registry.get(report["run_name"]) is not None:
-        registry.update_run(report["run_name"], cam_metrics=registry_view(report))
+    if report["run_name"]:
+        registry.update_run(report["run_name"], missing_ok=True, cam_metrics=registry_view(report))
 
 
 def _log_report(report: dict) -> None:

@@ -55,8 +55,8 @@ def run(cfg: DictConfig) -> float | None:
     out_dir = builders.run_dir()
     metrics = evaluate_checkpoint(path, cfg, out_dir)
     registry = builders.open_registry(cfg)
-    if metrics["run_name"] and registry.get(metrics["run_name"]) is not None:
-        registry.update_run(metrics["run_name"], test_metrics=registry_view(metrics))
+    if metrics["run_name"]:
+        registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
     return metrics["auc"]
 
 

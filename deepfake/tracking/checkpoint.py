@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from deepfake.errors import CheckpointError
+from deepfake.errors import CheckpointError, find_in_chain
 
 CHECKPOINT_FORMAT = "deepfake-checkpoint/1"
 
@@ -47,14 +47,7 @@ def _temp_path(path: Path) -> Path:
 def _is_out_of_space(error: BaseException) -> bool:
     # torch.save reports a failed write as a RuntimeError whose context is the OSError, so the whole
     # chain has to be searched.
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return find_in_chain(error, lambda e: isinstance(e, OSError) and e.errno == errno.ENOSPC) is not None
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -86,17 +86,24 @@ class Registry:
             self._write(registry)
         return promote
 
-    def update_run(self, run_name: str, **fields: Any) -> None:
-        """Merge ``fields`` into the entry of ``run_name`` (e.g. test metrics after a test task)."""
+    def update_run(self, run_name: str, *, missing_ok: bool = False, **fields: Any) -> bool:
+        """Merge ``fields`` into the entry of ``run_name`` (e.g. test metrics after a test task).
+
+        With ``missing_ok`` an unregistered run (a checkpoint from elsewhere) is left alone and False
+        returned; the look-up happens under the lock, so no writer can slip in between.
+        """
         with self._locked():
             registry = self._read()
             entry = self._find(registry, run_name)
             if entry is None:
+                if missing_ok:
+                    return False
                 raise UserError(
                     f"run {run_name!r} is not in the registry {self.metadata_path}; register it by training first"
                 )
             entry.update(_json_safe(fields))
             self._write(registry)
+            return True
 
     def runs(self) -> list[dict[str, Any]]:
         """All entries, highest ``best_val_auc`` first; runs without a finite AUC last."""

@@ -327,3 +327,21 @@ def test_leftover_of_a_killed_writer_is_recognised(tmp_path: Path, monkeypatch: 
 
     assert remove_stale_temps(tmp_path, max_age_s=0.0) == [leftover]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_find_in_chain_walks_causes_and_contexts_without_looping() -> None:
+    from deepfake.errors import find_in_chain
+
+    root = OSError(28, "No space left on device")
+    try:
+        try:
+            raise root
+        except OSError as err:
+            raise RuntimeError("write failed") from err
+    except RuntimeError as wrapped:
+        outer = wrapped
+    assert find_in_chain(outer, lambda e: isinstance(e, OSError)) is root
+    assert find_in_chain(outer, lambda e: isinstance(e, KeyError)) is None
+    a, b = ValueError("a"), ValueError("b")
+    a.__context__, b.__context__ = b, a  # a cycle must not hang
+    assert find_in_chain(a, lambda e: False) is None

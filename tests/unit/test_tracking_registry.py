@@ -106,6 +106,9 @@ def test_update_run_merges_fields(tmp_path: Path) -> None:
     }
     with pytest.raises(UserError, match="'ghost' is not in the registry"):
         registry.update_run("ghost", status="tested")
+    before = registry.runs()
+    assert registry.update_run("ghost", missing_ok=True, status="tested") is False
+    assert registry.runs() == before and registry.get("ghost") is None
 
 
 def test_empty_registry_reads_as_no_runs(tmp_path: Path) -> None:
