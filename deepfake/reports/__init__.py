@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (evaluation report, dataset audit, CAM gallery): shared building blocks."""
