@@ -44,3 +44,16 @@ class ConfigError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class RunStopped(BaseException):
+    """A stop signal ended the run after ``last.pth`` was saved: not a failure, not an error.
+
+    A BaseException, like KeyboardInterrupt, so that neither a job wrapper nor Hydra's launchers
+    take it for a failed job: it reaches the entry point, which exits with the shell's status for
+    the signal (128 + its number), and a sweep stops too.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("DEEPFAKE_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from deepfake import tasks  # noqa: E402  (registers the config resolvers before Hydra composes)
+from deepfake.errors import RunStopped  # noqa: E402
 from deepfake.tasks.resume import rewrite_argv  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -30,4 +31,10 @@ if __name__ == "__main__":
     # resume=...: Hydra must open the stopped run's own dir with its own overrides, and it fixes the
     # run dir before main() runs, so the command line is completed first.
     sys.argv[1:] = rewrite_argv(sys.argv[1:], CONF_DIR)
-    main()
+    # The one place where outcomes become exit statuses: jobs record theirs and return, so a failed
+    # job never ends a sweep; 2 when a job failed on a user's mistake, 1 on a bug.
+    try:
+        main()
+    except RunStopped as stop:
+        sys.exit(128 + stop.signum)  # the shell's convention for "ended by this signal"
+    sys.exit(tasks.exit_status())

@@ -1,8 +1,12 @@
-"""SIGINT/SIGTERM ask training to stop at the next safe point instead of dying mid-step.
+"""SIGINT/SIGTERM/SIGUSR2 ask training to stop at the next safe point instead of dying mid-step.
 
-A scheduler's pre-emption (SLURM sends SIGTERM before SIGKILL) or Ctrl-C should cost at most the
-current batch: the trainer finishes it, writes ``last.pth`` and returns, and a resumed run goes on
-from exactly there. A second signal gets the default behaviour back, so a user can still insist.
+A scheduler's pre-emption (SLURM sends SIGTERM before SIGKILL; submitit asks SLURM for SIGUSR2 before
+a time-out) or Ctrl-C should cost at most the current batch: the trainer finishes it, writes
+``last.pth`` and returns, and a resumed run goes on from exactly there. A second signal gets the
+previous behaviour back, so a user can still insist.
+
+A launcher that had its own handler for the signal (submitit requeues the job on SIGUSR2) is not
+robbed of it: once ``last.pth`` is saved, :meth:`StopRequest.hand_back` calls that handler.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from deepfake.engine.reproducibility import seed_worker
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopRequest:
@@ -25,6 +29,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
@@ -35,7 +40,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield  # only the main thread may install handlers; embedding code keeps its own
             return
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        previous = self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
         def on_signal(signum: int, _frame) -> None:
             self.signum = signum
@@ -53,6 +58,16 @@ class StopRequest:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+    def hand_back(self) -> None:
+        """Run the handler the received signal had before training took it over, if it was a
+        launcher's (a Python callable other than Ctrl-C's KeyboardInterrupt): submitit's handler
+        requeues the job and exits; the requeued job resumes from the ``last.pth`` just saved."""
+        handler = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            log.info("handing %s back to the launcher's own handler", signal.Signals(self.signum).name)
+            handler(self.signum, None)
 
 
 def init_worker(worker_id: int) -> None:

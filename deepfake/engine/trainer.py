@@ -4,7 +4,7 @@ Read it top to bottom: ``fit`` walks the phases; ``_setup_phase`` freezes the ba
 the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoch`` validates,
 logs and writes ``best.pth`` and ``last.pth``. Everything it needs comes in as plain objects; it
 never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped:
-at an epoch boundary, or part-way through an epoch when SIGINT/SIGTERM asked it to stop.
+at an epoch boundary, or part-way through an epoch when a stop signal asked it to.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ class Trainer:
     def fit(self, resume: dict | None = None) -> TrainerState:
         """Run every remaining phase; ``resume`` is a loaded ``last.pth``.
 
-        While it runs, SIGINT/SIGTERM make it finish the current batch (or accumulation window),
-        save ``last.pth`` and return early with ``stopped_early`` set.
+        While it runs, a stop signal (SIGINT/SIGTERM/SIGUSR2) makes it finish the current batch (or
+        accumulation window), save ``last.pth`` and return early with ``stopped_early`` set.
         """
         if resume is not None:
             self._restore(resume)

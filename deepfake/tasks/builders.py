@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -16,14 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
+from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
 from deepfake.tracking.checkpoint import load_checkpoint
 from deepfake.tracking.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def run_dir() -> Path:
@@ -31,11 +26,7 @@ def run_dir() -> Path:
 
 
 def run_name() -> str:
-    """The run dir's name; in a sweep, ``<sweep dir>/<job number>`` so sweep jobs stay apart."""
-    out = run_dir()
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"{out.parent.name}/{out.name}"
-    return out.name
+    return job_run_name(run_dir())
 
 
 def task_overrides() -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def fmt_metric(value) -> str:
@@ -39,13 +40,17 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
     Console(soft_wrap=True).print(table)
 
 
-def print_registry(runs: list[dict], best: dict | None, *, registry_path: str, best_model_path: str, limit: int) -> None:
-    """The registry as a table, best validation AUC first; the global best is starred."""
+def print_registry(
+    runs: list[dict], best: dict | None, *, registry_path: str, best_model_path: str, limit: int, title: str | None = None
+) -> None:
+    """The registry as a table, best validation AUC first; the global best is starred, failures explained."""
     console = Console(soft_wrap=True)
     if not runs:
-        console.print(f"no runs registered yet in {registry_path}; train one with `python scripts/main.py`")
+        where = f"{title} in {registry_path}" if title else registry_path
+        console.print(f"no runs registered yet in {where}; train one with `python scripts/main.py`")
         return
-    table = Table(title=f"{len(runs)} run(s) in {registry_path}", title_justify="left")
+    heading = f"{len(runs)} run(s) in {registry_path}" + (f" — {title}" if title else "")
+    table = Table(title=heading, title_justify="left")
     for column in ("", "run", "backbone", "dataset", "val AUC", "epoch", "test AUC", "test acc", "status", "ended"):
         table.add_column(column)
     for entry in runs[:limit]:
@@ -63,5 +68,8 @@ def print_registry(runs: list[dict], best: dict | None, *, registry_path: str, b
             str(entry.get("ended_at")),
         )
     console.print(table)
+    for entry in runs[:limit]:
+        if entry.get("error"):
+            console.print(Text.assemble((entry["run_name"], "red"), f" failed: {entry['error']}"))
     if best:
         console.print(f"global best: {best['run_name']} -> {best_model_path}")

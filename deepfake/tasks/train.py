@@ -2,8 +2,9 @@
 
 Setup (seed, run metadata, model, resume state, data, pre-flight checks, loaders) -> Trainer.fit
 -> test best.pth -> register the run (promoting it to the global best when its validation AUC is
-the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on);
-a non-finite loss registers the run as failed.
+the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
+under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
+the run as failed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import ConfigError, TrainingError
+from deepfake.errors import ConfigError, RunStopped, TrainingError
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size
@@ -111,9 +111,9 @@ def run(cfg: DictConfig) -> float | None:
     registry = builders.open_registry(cfg)
     try:
         state = trainer.fit(resume=resume_from)
-    except TrainingError:
-        # Recorded so a sweep shows what diverged, never promoted; last.pth stays the last good state.
-        registry.register_run(_finished(entry, trainer, "failed"), out_dir / "best.pth")
+    except TrainingError as err:
+        # Recorded with how far it got, never promoted; last.pth stays the last good state.
+        registry.record_failure(_finished(entry, trainer, "failed"), error=str(err))
         raise
     finally:
         trainer.close()
@@ -123,7 +123,8 @@ def run(cfg: DictConfig) -> float | None:
             signal.Signals(trainer.stop.signum).name, state.epoch,
             f" + {state.batches_done} batch(es)" if state.batches_done else "", out_dir,
         )  # fmt: skip
-        sys.exit(128 + trainer.stop.signum)  # the shell's convention for "ended by this signal"
+        trainer.stop.hand_back()  # under submitit: requeue the job, which then resumes from last.pth
+        raise RunStopped(trainer.stop.signum)
 
     try:
         test_metrics = None
@@ -134,7 +135,7 @@ def run(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
                     out_dir)  # fmt: skip
-        sys.exit(128 + signal.SIGINT)
+        raise RunStopped(signal.SIGINT) from None
     if promoted:
         log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
     if cfg.train.do_cam:

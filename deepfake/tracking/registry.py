@@ -86,6 +86,21 @@ class Registry:
             self._write(registry)
         return promote
 
+    def record_failure(self, entry: dict[str, Any], *, error: str) -> None:
+        """Record a failed run with its one-line ``error``; never promoted, never the best.
+
+        Several layers may report one failure (training with how far it got, then the job with the
+        error line): what an earlier report knew is kept where a later one has no value for it.
+        """
+        with self._locked():
+            registry = self._read()
+            existing = self._find(registry, entry["run_name"]) or {}
+            known = {key: value for key, value in entry.items() if value is not None or key not in existing}
+            merged = _json_safe({**existing, **known, "status": "failed", "error": error})
+            registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
+            registry["runs"].append(merged)
+            self._write(registry)
+
     def update_run(self, run_name: str, *, missing_ok: bool = False, **fields: Any) -> bool:
         """Merge ``fields`` into the entry of ``run_name`` (e.g. test metrics after a test task).
 

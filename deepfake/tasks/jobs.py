@@ -1,0 +1,197 @@
+"""One task run as a job: its outcome recorded where the sweep and the entry point can find it.
+
+Hydra runs the task function once per job: in this process (the basic launcher), in joblib worker
+processes, or on a cluster node through submitit. A job that fails must not end the sweep, so a job
+never exits the process: a user's mistake is logged as its one line and a bug with its traceback,
+both into the job's own run.log; a failed training run is registered as failed (never promoted);
+the outcome goes to the run dir's ``status.json``, from which the sweep summary reads every job
+wherever it ran; and the launcher gets a :class:`FailedJob` back, which Optuna's sweeper records as
+a failed trial. The entry point (scripts/main.py) alone turns outcomes into the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from deepfake.errors import UserError, find_in_chain
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+EXIT_USER_ERROR = 2  # the user's to fix: one line said what
+EXIT_BUG = 1  # a traceback in run.log
+
+# Exit statuses of the jobs that ran in this process, and of the sweep as the summary read it from
+# disk (jobs of other processes included); the entry point exits with the worst.
+_job_exit_codes: list[int] = []
+_sweep_exit_code = 0
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """What a failed job returns to its launcher instead of its metric.
+
+    Not a number, so Optuna's sweeper records the trial as failed, counts it against
+    ``max_failure_rate`` and logs the error line; the basic and joblib launchers just keep it.
+    """
+
+    error: str
+    exit_code: int
+
+    def __float__(self) -> float:
+        raise ValueError(f"the job failed: {self.error}")
+
+    def __str__(self) -> str:
+        return f"failed ({self.error})"
+
+
+def exit_status() -> int:
+    """0 when every job of this process and of the last sweep succeeded, else the worst code."""
+    return max([*_job_exit_codes, _sweep_exit_code], default=0)
+
+
+def record_sweep_exit(code: int) -> None:
+    global _sweep_exit_code
+    _sweep_exit_code = max(_sweep_exit_code, code)
+
+
+def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
+    """Run ``task(cfg)`` in the job's run dir; return its metric, or a :class:`FailedJob`."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    started = time.perf_counter()
+    status = _starting_status(out_dir, cfg.task.name)
+    if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
+        # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
+        # it continues in its own run dir from the last.pth its previous attempt saved.
+        log.info("attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir)
+        cfg.resume = str(out_dir)
+    write_status(out_dir, status)
+    try:
+        value = task(cfg)
+    except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
+        return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
+    except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
+        write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso()})
+        raise
+    _job_exit_codes.append(0)
+    write_status(out_dir, {**status, **_ended(started), "status": "finished", "value": _number_or_none(value)})
+    return value
+
+
+def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, seconds: float) -> FailedJob:
+    user_error = find_in_chain(err, lambda e: isinstance(e, UserError))
+    if user_error is not None:
+        line, code = str(user_error), EXIT_USER_ERROR
+        log.error("%s", line)
+    else:
+        line, code = f"{type(err).__name__}: {err}".splitlines()[0], EXIT_BUG
+        log.exception("the job failed with a bug (traceback below; please report it): %s", line)
+    if cfg.task.name == "train":
+        _register_failure(cfg, out_dir, line)
+    _job_exit_codes.append(code)
+    ended = {"ended_at": now_iso(), "seconds": round(seconds, 3)}
+    write_status(out_dir, {**status, **ended, "status": "failed", "error": line, "exit_code": code})
+    return FailedJob(line, code)
+
+
+def _register_failure(cfg: DictConfig, out_dir: Path, line: str) -> None:
+    """A failed training job is a result: in the registry with its error, never promoted."""
+    try:
+        # Imported here: the registry's module pulls torch in, which task=registry need not pay for.
+        from deepfake.tracking.registry import Registry
+
+        registry = Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model))
+        registry.record_failure(
+            {
+                "run_name": job_run_name(out_dir),
+                "run_dir": str(out_dir),
+                "backbone": cfg.backbone.get("name"),
+                "dataset": cfg.dataset.get("name"),
+                "overrides": list(HydraConfig.get().overrides.task),
+                "best_val_auc": None,
+                "ended_at": now_iso(),
+            },
+            error=line,
+        )
+    except Exception as err:  # noqa: BLE001 - the failure is already logged; a broken registry must not hide it
+        log.warning("could not register the failed run in %s: %s", cfg.paths.registry, err)
+
+
+def job_run_name(out_dir: Path) -> str:
+    """The run dir's name; in a sweep, ``<sweep dir>/<job dir>`` so sweep jobs stay apart."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{out_dir.parent.name}/{out_dir.name}"
+    return out_dir.name
+
+
+def read_status(run_dir: Path) -> dict | None:
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def write_status(run_dir: Path, status: dict) -> None:
+    from deepfake.tracking.checkpoint import atomic_write_text
+
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+
+
+def _starting_status(out_dir: Path, task_name: str) -> dict:
+    hydra = HydraConfig.get()
+    launcher_job_id = _launcher_job_id()
+    previous = read_status(out_dir) or {}
+    same_job = launcher_job_id is not None and previous.get("launcher_job_id") == launcher_job_id
+    return {
+        "status": "running",
+        "task": task_name,
+        "job_num": hydra.job.num if hydra.mode == RunMode.MULTIRUN else None,
+        "overrides": list(hydra.overrides.task),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "launcher_job_id": launcher_job_id,
+        "attempt": int(previous.get("attempt", 1)) + 1 if same_job else 1,
+        "started_at": now_iso(),
+        "ended_at": None,
+        "seconds": None,
+        "value": None,
+        "error": None,
+        "exit_code": None,
+    }
+
+
+def _launcher_job_id() -> str | None:
+    """The cluster job id when submitit runs this process; it survives a requeue."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    import submitit
+
+    return str(submitit.JobEnvironment().job_id)
+
+
+def _ended(started: float) -> dict:
+    return {"ended_at": now_iso(), "seconds": round(time.perf_counter() - started, 3), "exit_code": 0}
+
+
+def _number_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")

@@ -1,0 +1,130 @@
+"""Hydra callbacks for sweeps: the summary of every job when a sweep ends, and Optuna's storage dir.
+
+Jobs may have run in this process, in joblib workers or on cluster nodes, so the summary is read
+from disk: each job dir's ``status.json`` (written by :mod:`deepfake.tasks.jobs`) joined with the
+job's registry entry (best validation AUC, its epoch, test AUC). A job dir without a finished status
+(a job killed by SIGKILL or the out-of-memory killer) counts as failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from deepfake.tasks.display import fmt_metric
+from deepfake.tasks.jobs import EXIT_BUG, read_status, record_sweep_exit
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.csv"
+COLUMNS = ["job", "overrides", "status", "best_val_auc", "best_epoch", "test_auc", "seconds", "run_dir", "error"]
+
+
+class SweepSummary(Callback):
+    """``on_multirun_end``: ``summary.csv`` in the sweep dir, a rich table, and the sweep's exit status."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = summarize(sweep_dir, _registry_entries(config))
+        if not rows:
+            return
+        path = write_summary(sweep_dir, rows)
+        print_summary(rows, path, sweep_dir)
+        record_sweep_exit(max(row["exit_code"] for row in rows))
+
+
+class SqliteStorageDir(Callback):
+    """Optuna's sqlite storage cannot create its folder; make it before the study is opened."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        storage = str(config.hydra.sweeper.get("storage") or "")
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def summarize(sweep_dir: Path, entries: list[dict]) -> list[dict]:
+    """One row per job dir under ``sweep_dir``: best validation AUC first, failed jobs last."""
+    by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
+    job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
+    rows = [_row(job_dir, read_status(job_dir) or {}, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir in job_dirs]
+    _keep_varying_overrides(rows)
+    return sorted(rows, key=_rank)
+
+
+def _row(job_dir: Path, status: dict, entry: dict) -> dict:
+    state = status.get("status") or "no status"
+    if state == "running":
+        state = "killed"  # the sweep is over, so nothing is still running: it died without a word
+    failed = state != "finished"
+    test = entry.get("test_metrics") or {}
+    return {
+        "job": status.get("job_num", job_dir.name),
+        "overrides": status.get("overrides") or [],
+        "status": state,
+        "best_val_auc": entry.get("best_val_auc", status.get("value") if status.get("task") == "train" else None),
+        "best_epoch": entry.get("best_epoch"),
+        "test_auc": test.get("auc"),
+        "seconds": status.get("seconds"),
+        "run_dir": str(job_dir),
+        "error": status.get("error") or ("ended without recording an outcome (killed?)" if failed else None),
+        "exit_code": int(status.get("exit_code") or (EXIT_BUG if failed else 0)),
+    }
+
+
+def _keep_varying_overrides(rows: list[dict]) -> None:
+    """Show what tells the jobs apart: overrides shared by every job are dropped from the rows."""
+    common = set.intersection(*(set(row["overrides"]) for row in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"] if o not in common)
+
+
+def _rank(row: dict) -> tuple:
+    auc = row["best_val_auc"]
+    return (row["status"] != "finished", auc is None, -(auc or 0.0), str(row["job"]))
+
+
+def write_summary(sweep_dir: Path, rows: list[dict]) -> Path:
+    from deepfake.tracking.checkpoint import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = sweep_dir / SUMMARY_FILE
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def print_summary(rows: list[dict], path: Path, sweep_dir: Path) -> None:
+    failed = sum(row["status"] != "finished" for row in rows)
+    title = f"sweep: {len(rows)} job(s), {failed} failed — {path}"
+    table = Table(title=title, title_justify="left")
+    for column in ("job", "overrides", "status", "val AUC", "epoch", "test AUC", "wall s", "job dir / error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        style = None if row["status"] == "finished" else "red"
+        table.add_row(
+            str(row["job"]), row["overrides"], row["status"], fmt_metric(row["best_val_auc"]),
+            fmt_metric(row["best_epoch"]), fmt_metric(row["test_auc"]),
+            "" if row["seconds"] is None else f"{row['seconds']:.1f}",
+            row["error"] or str(Path(row["run_dir"]).relative_to(sweep_dir)), style=style,
+        )  # fmt: skip
+    Console(soft_wrap=True).print(table)
+
+
+def _registry_entries(config: DictConfig) -> list[dict]:
+    from deepfake.tracking.registry import Registry
+
+    try:
+        return Registry(config.paths.registry, config.paths.best_model).runs()
+    except Exception as err:  # noqa: BLE001 - a summary without registry figures beats no summary
+        log.warning("sweep summary without registry figures: %s", err)
+        return []
