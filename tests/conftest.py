@@ -40,13 +40,15 @@ def shared_data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def run_main(root: Path, *overrides: str, data_dir: Path | None = None, check: bool = True, timeout: int = 300):
+def run_main(
+    root: Path, *overrides: str, data_dir: Path | None = None, check: bool = True, timeout: int = 300, env: dict | None = None
+):
     """``python scripts/main.py`` in a subprocess with every path under ``root``."""
     flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides
     args = [sys.executable, str(MAIN), *flags, f"paths.root_dir={root}", *(o for o in overrides if o not in flags)]
     if data_dir is not None:
         args.append(f"paths.data_dir={data_dir}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
     result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
     if check and result.returncode != 0:
         raise AssertionError(f"main.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

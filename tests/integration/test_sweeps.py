@@ -1,0 +1,127 @@
+"""Sweeps as users run them: a failed job is a result, launchers in parallel, Optuna, submitit.
+
+Every sweep runs scripts/main.py -m in a subprocess on the tiny task (timm's test_resnet at 32 px),
+one thread per process so parallel jobs share the two cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_main
+
+pytestmark = pytest.mark.slow
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+# Three experiment presets a user might sweep over: one fine, one naming a model timm does not have,
+# one whose fine-tuning diverges (SGD at an absurd backbone rate).
+PRESETS = {
+    "good": "backbone:\n  name: test_resnet\n",
+    "bad_name": "backbone:\n  name: no_such_model\n",
+    "diverge": "defaults:\n  - override /optimizer: sgd\nbackbone:\n  name: test_resnet\nphase:\n  lr_backbone: 1.0e30\n",
+}
+
+
+def sweep(root: Path, data_dir: Path, *overrides: str, check: bool = True, tiny: list[str] = TINY):
+    return run_main(root, "-m", *tiny, *overrides, data_dir=data_dir, check=check, timeout=600, env=ONE_THREAD)
+
+
+def only_sweep_dir(root: Path) -> Path:
+    [sweep_dir] = [p for p in (root / "multirun").iterdir() if p.is_dir() and p.name != "optuna"]
+    return sweep_dir
+
+
+def summary(sweep_dir: Path) -> list[dict]:
+    return list(csv.DictReader((sweep_dir / "summary.csv").open()))
+
+
+def registry(root: Path) -> dict:
+    return json.loads((root / "models" / "model_metadata.json").read_text())
+
+
+def assert_consistent_best(root: Path, n_jobs: int) -> None:
+    """Distinct run dirs and entries per job, and the global best is the best job's checkpoint."""
+    reg = registry(root)
+    assert len(reg["runs"]) == n_jobs and len({e["run_dir"] for e in reg["runs"]}) == n_jobs
+    best = max(reg["runs"], key=lambda e: e["best_val_auc"])
+    assert reg["best_run"] == best["run_name"]
+    assert (root / "models" / "best_model.pth").read_bytes() == (Path(best["run_dir"]) / "best.pth").read_bytes()
+
+
+def test_failed_jobs_are_results_and_the_sweep_goes_on(tmp_path, shared_data_dir):
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    for name, body in PRESETS.items():
+        (presets / f"{name}.yaml").write_text("# @package _global_\n" + body)
+    result = sweep(
+        tmp_path, shared_data_dir, f"hydra.searchpath=[file://{presets.parent}]", "experiment=bad_name,diverge,good",
+        check=False, tiny=[o for o in TINY if not o.startswith("backbone.name=")],  # the presets name the model
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+
+    sweep_dir = only_sweep_dir(tmp_path)
+    rows = summary(sweep_dir)
+    assert [r["status"] for r in rows] == ["finished", "failed", "failed"]  # failed jobs last
+    by_preset = {r["overrides"]: r for r in rows}
+    good, bad_name, diverge = (by_preset[f"experiment={name}"] for name in ("good", "bad_name", "diverge"))
+    assert rows[0] is good
+    assert float(good["best_val_auc"]) > 0 and good["test_auc"] and good["error"] == ""
+    assert "no_such_model" in bad_name["error"] and "non-finite training loss" in diverge["error"]
+    assert "sweep: 3 job(s), 2 failed" in result.stdout
+
+    entries = {e["run_dir"]: e for e in registry(tmp_path)["runs"]}
+    assert registry(tmp_path)["best_run"] == entries[good["run_dir"]]["run_name"]
+    for row in (bad_name, diverge):
+        entry = entries[row["run_dir"]]
+        assert entry["status"] == "failed" and entry["error"] == row["error"]
+        log_errors = [line for line in (Path(row["run_dir"]) / "run.log").read_text().splitlines() if "[ERROR]" in line]
+        assert len(log_errors) == 1 and row["error"] in log_errors[0]
+    assert entries[diverge["run_dir"]]["epochs"] == 1  # training's own record (how far it got) is kept
+    assert (Path(good["run_dir"]) / "best.pth").is_file()
+
+    listing = run_main(tmp_path, "task=registry", f"task.sweep={sweep_dir.name}", data_dir=shared_data_dir)
+    assert "3 run(s)" in listing.stdout and "no_such_model" in listing.stdout
+
+
+def test_joblib_runs_two_jobs_in_parallel(tmp_path, shared_data_dir):
+    sweep(tmp_path, shared_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
+    sweep_dir = only_sweep_dir(tmp_path)
+    statuses = [json.loads((sweep_dir / job / "status.json").read_text()) for job in ("0", "1")]
+    assert len({s["pid"] for s in statuses}) == 2  # two worker processes, not one after the other
+    assert [r["status"] for r in summary(sweep_dir)] == ["finished", "finished"]
+    assert_consistent_best(tmp_path, 2)
+
+
+def test_submitit_local_runs_the_cluster_code_path(tmp_path, shared_data_dir):
+    sweep(tmp_path, shared_data_dir, "hydra/launcher=submitit_local", "seed=1,2")
+    sweep_dir = only_sweep_dir(tmp_path)
+    statuses = [json.loads((sweep_dir / job / "status.json").read_text()) for job in ("0", "1")]
+    assert all(s["launcher_job_id"] and s["attempt"] == 1 for s in statuses)
+    assert (sweep_dir / ".submitit").is_dir()
+    assert sorted(r["overrides"] for r in summary(sweep_dir)) == ["seed=1", "seed=2"]
+    assert_consistent_best(tmp_path, 2)
+
+
+def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
+    search = ("hparams_search=optuna",)
+    first = sweep(tmp_path, shared_data_dir, *search, "hydra.sweeper.n_trials=3")
+    assert "Study name: deepfake_synthetic" in first.stdout + first.stderr
+    database = tmp_path / "multirun" / "optuna" / "deepfake_synthetic.db"
+    sweep(tmp_path, shared_data_dir, *search, "hydra.sweeper.n_trials=2")
+
+    with sqlite3.connect(database) as db:
+        studies = db.execute("SELECT study_name FROM studies").fetchall()
+        trials = db.execute("SELECT state FROM trials ORDER BY number").fetchall()
+        sampled = {name for (name,) in db.execute("SELECT DISTINCT param_name FROM trial_params")}
+    assert studies == [("deepfake_synthetic",)]
+    assert [state for (state,) in trials] == ["COMPLETE"] * 5
+    # Values fixed on the command line (TINY's epochs and backbone) leave the search space.
+    assert sampled == {"phase.lr_head", "phase.lr_backbone", "optimizer.weight_decay"}
+    sweeps = [p for p in (tmp_path / "multirun").iterdir() if p.name != "optuna"]
+    assert sorted(len(summary(p)) for p in sweeps) == [2, 3]
