@@ -3,7 +3,8 @@
 Hydra runs the task function once per job: in this process (the basic launcher), in joblib worker
 processes, or on a cluster node through submitit. A job that fails must not end the sweep, so a job
 never exits the process: a user's mistake is logged as its one line and a bug with its traceback,
-both into the job's own run.log; a failed training run is registered as failed (never promoted);
+both into the job's own run.log; a failed training job of a sweep is registered as failed (never
+promoted);
 the outcome goes to the run dir's ``status.json``, from which the sweep summary reads every job
 wherever it ran; and the launcher gets a :class:`FailedJob` back, which Optuna's sweeper records as
 a failed trial. The entry point (scripts/main.py) alone turns outcomes into the exit status.
@@ -98,7 +99,9 @@ def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, second
     else:
         line, code = f"{type(err).__name__}: {err}".splitlines()[0], EXIT_BUG
         log.exception("the job failed with a bug (traceback below; please report it): %s", line)
-    if cfg.task.name == "train":
+    if cfg.task.name == "train" and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # In a sweep a failed job is a result to list beside the others; a single run's user sees
+        # the line at once, and a run that never started has nothing to register.
         _register_failure(cfg, out_dir, line)
     _job_exit_codes.append(code)
     ended = {"ended_at": now_iso(), "seconds": round(seconds, 3)}

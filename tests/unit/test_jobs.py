@@ -1,0 +1,102 @@
+"""A job's outcome: recorded, registered when training failed, and never the end of the process."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+from deepfake.errors import ConfigError, RunStopped
+from deepfake.tasks import jobs
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture
+def job_cfg(tmp_path, monkeypatch):
+    """A composed config whose Hydra run dir is tmp_path/run, as Hydra sets it up for a job."""
+    monkeypatch.setattr(jobs, "_job_exit_codes", [])
+    monkeypatch.setattr(jobs, "_sweep_exit_code", 0)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root_dir={tmp_path}", "backbone=resnet18"], return_hydra_config=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def status(cfg) -> dict:
+    return json.loads((Path(cfg.hydra.runtime.output_dir) / jobs.STATUS_FILE).read_text())
+
+
+def test_success_returns_the_metric_and_records_it(job_cfg):
+    assert jobs.run_job(job_cfg, lambda cfg: 0.75) == 0.75
+    recorded = status(job_cfg)
+    assert recorded["status"] == "finished" and recorded["value"] == 0.75 and recorded["exit_code"] == 0
+    assert recorded["task"] == "train" and recorded["attempt"] == 1 and recorded["seconds"] >= 0
+    assert jobs.exit_status() == 0
+
+
+def test_a_single_run_that_fails_registers_nothing(job_cfg):
+    jobs.run_job(job_cfg, lambda cfg: (_ for _ in ()).throw(ConfigError("bad value")))
+    assert not Path(job_cfg.paths.registry).exists()
+    assert jobs.exit_status() == 2
+
+
+def test_a_bug_is_logged_with_its_traceback_and_exits_1(job_cfg, caplog):
+    def buggy(cfg):
+        raise RuntimeError("boom\nsecond line")
+
+    with caplog.at_level(logging.ERROR):
+        outcome = jobs.run_job(job_cfg, buggy)
+    assert isinstance(outcome, jobs.FailedJob) and outcome.exit_code == 1 and outcome.error == "RuntimeError: boom"
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None  # the traceback goes to run.log
+    assert status(job_cfg)["status"] == "failed" and status(job_cfg)["exit_code"] == 1
+    assert jobs.exit_status() == 1
+
+
+def test_a_user_error_is_one_line_and_a_failed_sweep_job_is_registered(job_cfg, caplog, tmp_path):
+    OmegaConf.set_readonly(job_cfg.hydra, False)  # HydraConfig locked it; a sweep job's config says MULTIRUN
+    job_cfg.hydra.mode = RunMode.MULTIRUN
+    job_cfg.hydra.job.num = 3
+    HydraConfig.instance().set_config(job_cfg)
+
+    def mistaken(cfg):
+        raise ConfigError("dataset.img_size=7 is too small; use 32 or more")
+
+    with caplog.at_level(logging.ERROR):
+        outcome = jobs.run_job(job_cfg, mistaken)
+    assert outcome.exit_code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [outcome.error]
+    assert all(r.exc_info is None for r in caplog.records)
+    registry = json.loads(Path(job_cfg.paths.registry).read_text())
+    [entry] = registry["runs"]
+    assert entry["status"] == "failed" and entry["error"] == outcome.error and entry["backbone"] == "resnet18"
+    assert entry["run_name"] == f"{tmp_path.name}/run" and status(job_cfg)["job_num"] == 3
+    assert registry["best_run"] is None
+    assert jobs.exit_status() == 2
+
+
+def test_optuna_reads_a_failed_job_as_a_failed_trial():
+    failed = jobs.FailedJob("backbone.name='x' is not a timm model", 2)
+    with pytest.raises(ValueError, match="is not a timm model"):
+        float(failed)
+
+
+def test_a_stop_is_recorded_and_passed_on(job_cfg):
+    def stopped(cfg):
+        raise RunStopped(15)
+
+    with pytest.raises(RunStopped):
+        jobs.run_job(job_cfg, stopped)
+    assert status(job_cfg)["status"] == "stopped"
+    assert jobs.exit_status() == 0  # the entry point turns the stop itself into 128 + 15
