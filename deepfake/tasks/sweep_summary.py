@@ -1,4 +1,4 @@
-"""Hydra callbacks for sweeps: the summary of every job when a sweep ends, and Optuna's storage dir.
+"""Hydra callbacks for sweeps: the summary of every job when a sweep ends; a continued Optuna study.
 
 Jobs may have run in this process, in joblib workers or on cluster nodes, so the summary is read
 from disk: each job dir's ``status.json`` (written by :mod:`deepfake.tasks.jobs`) joined with the
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 from rich.console import Console
 from rich.table import Table
 
@@ -41,13 +41,35 @@ class SweepSummary(Callback):
         record_sweep_exit(max(row["exit_code"] for row in rows))
 
 
-class SqliteStorageDir(Callback):
-    """Optuna's sqlite storage cannot create its folder; make it before the study is opened."""
+class OptunaStudy(Callback):
+    """Prepares a continued Optuna study before the sweeper opens it.
+
+    sqlite cannot create the storage's folder, so it is made here. And a seeded sampler would
+    propose the same first points again each time the same command continues the study, so the
+    seed is offset by the number of trials the study already holds: the sequence of launches is
+    still reproducible, and no launch repeats another's trials.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        storage = str(config.hydra.sweeper.get("storage") or "")
+        sweeper = config.hydra.sweeper
+        storage = str(sweeper.get("storage") or "")
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        seed = sweeper.get("sampler", {}).get("seed")
+        done = _trials_so_far(storage, str(sweeper.study_name)) if storage and seed is not None else 0
+        if done:
+            with read_write(sweeper.sampler):  # the sweeper is built from this config right after
+                sweeper.sampler.seed = int(seed) + done
+            log.info("continuing study %s (%d trials so far): sampler seed %d", sweeper.study_name, done, int(seed) + done)
+
+
+def _trials_so_far(storage: str, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet: this launch creates it
+        return 0
 
 
 def summarize(sweep_dir: Path, entries: list[dict]) -> list[dict]:
