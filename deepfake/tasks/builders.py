@@ -113,7 +113,7 @@ def check_backbone(checkpoint: dict, model: torch.nn.Module, what: str) -> None:
 
 
 def open_registry(cfg: DictConfig) -> Registry:
-    return Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model))
+    return Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model), float(cfg.registry.lock_timeout_s))
 
 
 def build_loggers(cfg: DictConfig) -> list:

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from deepfake.tracking.promotion import describe, promotion_key, score_on
+
 
 def fmt_metric(value) -> str:
     """4 decimals for floats, ``n/a`` for a missing figure, anything else as it is."""
@@ -43,25 +45,35 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
 def print_registry(
     runs: list[dict], best: dict | None, *, registry_path: str, best_model_path: str, limit: int, title: str | None = None
 ) -> None:
-    """The registry as a table, best validation AUC first; the global best is starred, failures explained."""
+    """The registry as a table ranked on the global best's promotion set: the best is starred, runs
+    with no score on that set (validated on other images, never re-scored) are marked ≠ and listed
+    after; failures are explained below the table."""
     console = Console(soft_wrap=True)
     if not runs:
         where = f"{title} in {registry_path}" if title else registry_path
         console.print(f"no runs registered yet in {where}; train one with `python scripts/main.py`")
         return
+    key = promotion_key(best)
+    runs = sorted(runs, key=lambda entry: _comparable_rank(entry, key))
     heading = f"{len(runs)} run(s) in {registry_path}" + (f" — {title}" if title else "")
     table = Table(title=heading, title_justify="left")
-    for column in ("", "run", "backbone", "dataset", "val AUC", "epoch", "test AUC", "test acc", "status", "ended"):
+    columns = ("", "run", "backbone", "dataset", "val AUC", "epoch", "promotion AUC", "own set", "test AUC", "test acc",
+               "status", "ended")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for entry in runs[:limit]:
         test = entry.get("test_metrics") or {}
+        comparable = score_on(entry, key)
+        mark = "★" if best and entry["run_name"] == best["run_name"] else ("" if comparable is not None else "≠")
         table.add_row(
-            "★" if best and entry["run_name"] == best["run_name"] else "",
+            mark,
             entry["run_name"],
             str(entry.get("backbone")),
             str(entry.get("dataset")),
             fmt_metric(entry.get("best_val_auc")),
             fmt_metric(entry.get("best_epoch")),
+            fmt_metric(comparable),
+            describe((entry.get("promotion") or {}).get("set")),
             fmt_metric(test.get("auc")),
             fmt_metric(test.get("accuracy")),
             str(entry.get("status")),
@@ -72,4 +84,12 @@ def print_registry(
         if entry.get("error"):
             console.print(Text.assemble((entry["run_name"], "red"), f" failed: {entry['error']}"))
     if best:
-        console.print(f"global best: {best['run_name']} -> {best_model_path}")
+        where = describe((best.get("promotion") or {}).get("set")) if key else "validation AUC"
+        console.print(f"global best: {best['run_name']} -> {best_model_path}; promotion AUC is on {where}")
+        if any(score_on(entry, key) is None for entry in runs[:limit]):
+            console.print("≠: no score on that set yet; task=registry registry.rescore=true scores them there")
+
+
+def _comparable_rank(entry: dict, key: str | None) -> tuple:
+    score = score_on(entry, key)
+    return (score is None, -(score or 0.0), -(entry.get("best_val_auc") or 0.0))

@@ -1,7 +1,13 @@
-"""task=registry: the registered runs as a table, best validation AUC first (optionally one sweep's)."""
+"""task=registry: the registered runs as a table (optionally one sweep's), and a fair re-ranking.
+
+``registry.rescore=true`` scores the chosen runs' best.pth on one promotion set
+(``registry.promotion_csv``), keeps each score in its entry, and makes the best of them the global
+best, so runs validated on different images can be ranked after the fact.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -9,6 +15,9 @@ from omegaconf import DictConfig
 from deepfake.errors import ConfigError
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_registry
+from deepfake.tracking.promotion import score_on
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
@@ -18,6 +27,9 @@ def run(cfg: DictConfig) -> None:
     if cfg.task.get("sweep"):
         runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir))
         title = f"sweep {cfg.task.sweep}"
+    if cfg.registry.rescore:
+        title = rescore(cfg, registry, runs)
+        runs = registry.runs()
     print_registry(
         runs,
         registry.best_run(),
@@ -37,3 +49,40 @@ def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path) -> list[dict
         raise ConfigError(f"task.sweep={sweep}: no such sweep dir (looked in {multirun_dir}); pass multirun/<stamp>")
     sweep_dir = sweep_dir.resolve()
     return [run for run in runs if sweep_dir in Path(run.get("run_dir", "")).resolve().parents]
+
+
+def rescore(cfg: DictConfig, registry, runs: list[dict]) -> str:
+    """Score the chosen finished runs (and the current best) on the promotion set; promote the top."""
+    from deepfake.tasks.promotion import promotion_set, rescorer
+
+    chosen = promotion_set(cfg)
+    wanted = set(cfg.registry.runs) if cfg.registry.get("runs") else None
+    if wanted and (unknown := wanted - {run["run_name"] for run in registry.runs()}):
+        raise ConfigError(f"registry.runs: {', '.join(sorted(unknown))} not in {cfg.paths.registry}; see task=registry")
+    best = registry.best_run()
+    candidates = [
+        run for run in runs
+        if run.get("status", "finished") == "finished" and (wanted is None or run["run_name"] in wanted)
+    ]  # fmt: skip
+    if best is not None and best["run_name"] not in {run["run_name"] for run in candidates}:
+        candidates.append(best)  # the current best always takes part: it is what a new top would replace
+    score = rescorer(cfg, chosen)
+    scored = {}
+    for run in candidates:
+        checkpoint = Path(run.get("run_dir", "")) / "best.pth"
+        auc = score_on(run, chosen.key)
+        if auc is None:
+            auc = score(checkpoint) if checkpoint.is_file() else None
+            if auc is None:
+                log.error("skipped %s: %s cannot be scored (missing or unreadable)", run["run_name"], checkpoint)
+                continue
+            registry.record_score(run["run_name"], chosen.identity, auc)
+        scored[run["run_name"]] = (auc, checkpoint)
+    if scored:
+        top = max(scored, key=lambda name: scored[name][0])
+        if best is None or top != best["run_name"]:
+            registry.promote(top, scored[top][1])
+            log.info("re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
+        else:
+            log.info("re-ranked %d run(s) on %s: %s stays the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
+    return f"scores on {chosen}"

@@ -1,8 +1,8 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
 Setup (seed, run metadata, model, resume state, data, pre-flight checks, loaders) -> Trainer.fit
--> test best.pth -> register the run (promoting it to the global best when its validation AUC is
-the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
+-> test best.pth -> register the run (promoting it to the global best when it beats the incumbent on
+the promotion set, the same images for every candidate) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
 under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
 the run as failed.
 """
@@ -24,7 +24,7 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
-from deepfake.tasks import builders
+from deepfake.tasks import builders, promotion
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size
 from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
@@ -74,6 +74,9 @@ def run(cfg: DictConfig) -> float | None:
     val_set = builders.make_split(cfg.dataset, "val_csv", builders.eval_transform(preprocess))
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
     check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
+    # Before training: a promotion set that is the test set is refused now, not after hours.
+    chosen = promotion.promotion_set(cfg)
+    log.info("promotion set (what this run competes for the global best on): %s", chosen)
 
     trainer = Trainer(
         model,
@@ -131,13 +134,18 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.train.do_test:
             test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
-        promoted = registry.register_run(entry, out_dir / "best.pth")
+        entry["promotion"] = promotion.candidate_promotion(
+            cfg, out_dir / "best.pth", state.best_auc, promotion.split_identity(cfg, val_set), chosen
+        )
+        promoted = registry.register_run(
+            entry, out_dir / "best.pth", rescore_incumbent=promotion.rescorer(cfg, chosen)
+        )
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
                     out_dir)  # fmt: skip
         raise RunStopped(signal.SIGINT) from None
     if promoted:
-        log.info("new global best (val AUC %s): %s", state.best_auc, cfg.paths.best_model)
+        log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], chosen, cfg.paths.best_model)
     if cfg.train.do_cam:
         # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
         # metrics join the registry entry registered just above.

@@ -8,9 +8,10 @@ happens under a file lock. The JSON and the best model are each replaced atomica
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,13 @@ from filelock import FileLock, Timeout
 
 from deepfake.errors import UserError
 from deepfake.tracking.checkpoint import atomic_copy, atomic_write_text
+from deepfake.tracking.promotion import describe, finite_or_none, promotion_key, score_on
+
+log = logging.getLogger(__name__)
 
 REGISTRY_VERSION = 1
 DEFAULT_LOCK_TIMEOUT_S = 600.0
-
-
-def _finite_or_none(value: Any) -> float | None:
-    """The value as a float when it is a finite number, else None (NaN never ranks or promotes)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+MAX_RESCORE_ROUNDS = 5
 
 
 def _json_safe(value: Any) -> Any:
@@ -64,26 +58,76 @@ class Registry:
         self.lock_timeout = lock_timeout
         self._lock_path = self.metadata_path.with_name(self.metadata_path.name + ".lock")
 
-    def register_run(self, entry: dict[str, Any], best_checkpoint: str | os.PathLike[str]) -> bool:
-        """Add or replace the entry named ``entry["run_name"]``; promote its checkpoint when its
-        ``best_val_auc`` beats the current best strictly and its ``status`` (default finished) is
-        ``finished``: a failed run is recorded, never promoted. Return whether it was promoted."""
-        run_name = entry["run_name"]
-        with self._locked():
-            registry = self._read()
-            champion = self._find(registry, registry.get("best_run"))
-            champion_auc = _finite_or_none(champion.get("best_val_auc")) if champion else None
-            candidate_auc = _finite_or_none(entry.get("best_val_auc"))
-            finished = entry.get("status", "finished") == "finished"
-            promote = finished and candidate_auc is not None and (champion_auc is None or candidate_auc > champion_auc)
-            if promote:
-                # Copy before writing the JSON: if the JSON write then fails, the best model on
-                # disk is still a better one than the registry claims, never a worse one.
-                atomic_copy(best_checkpoint, self.best_model_path)
-                registry["best_run"] = run_name
-            registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != run_name]
-            registry["runs"].append(_json_safe(entry))
-            self._write(registry)
+    def register_run(
+        self,
+        entry: dict[str, Any],
+        best_checkpoint: str | os.PathLike[str],
+        *,
+        rescore_incumbent: Callable[[Path], float | None] | None = None,
+    ) -> bool:
+        """Add or replace the entry named ``entry["run_name"]``; promote its checkpoint when it beats
+        the incumbent strictly **on the same promotion set** and its ``status`` (default finished) is
+        ``finished``: a failed run is recorded, never promoted. Return whether it was promoted.
+
+        The candidate's score is ``entry["promotion"]["auc"]`` on ``entry["promotion"]["set"]``. An
+        incumbent scored on another set is first re-scored there by ``rescore_incumbent(best model
+        path)``, outside the lock (it takes a pass over the images); the decision and the copy then
+        happen under the lock on a fresh read, and if the best changed meanwhile, the new one is
+        scored in turn. Without a comparable score for the incumbent nothing is replaced.
+        """
+        key = promotion_key(entry)
+        rescored: dict[str, float | None] = {}  # incumbent run -> its AUC on this set, measured here
+        for _ in range(MAX_RESCORE_ROUNDS):
+            incumbent = self.best_run()
+            if self._needs_rescore(incumbent, key, rescored) and rescore_incumbent is not None:
+                rescored[incumbent["run_name"]] = rescore_incumbent(self.best_model_path)
+            with self._locked():
+                registry = self._read()
+                incumbent = self._find(registry, registry.get("best_run"))
+                if self._needs_rescore(incumbent, key, rescored) and rescore_incumbent is not None:
+                    continue  # another run became the best while this one was scoring the old best
+                promote = self._decide(entry, incumbent, key, rescored)
+                if promote:
+                    # Copy before writing the JSON: if the JSON write then fails, the best model on
+                    # disk is still a better one than the registry claims, never a worse one.
+                    atomic_copy(best_checkpoint, self.best_model_path)
+                    registry["best_run"] = entry["run_name"]
+                registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
+                registry["runs"].append(_json_safe(entry))
+                self._write(registry)
+            return promote
+        raise UserError(
+            f"registry {self.metadata_path}: the best run kept changing while this run re-scored it "
+            f"({MAX_RESCORE_ROUNDS} times); register it again with task=registry registry.rescore=true"
+        )
+
+    @staticmethod
+    def _needs_rescore(incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:
+        return incumbent is not None and score_on(incumbent, key) is None and incumbent["run_name"] not in rescored
+
+    def _decide(self, entry: dict[str, Any], incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:
+        """Whether ``entry`` replaces ``incumbent``; both scores go into the entries, the reason to the log."""
+        candidate = score_on(entry, key)
+        if entry.get("status", "finished") != "finished" or candidate is None:
+            return False
+        if incumbent is None or not self.best_model_path.is_file():
+            return True
+        name = incumbent["run_name"]
+        if name in rescored and rescored[name] is not None:
+            incumbent.setdefault("rescored", {})[key] = {"auc": rescored[name], "set": entry["promotion"]["set"]}
+        held = score_on(incumbent, key)
+        promote = held is not None and candidate > held
+        where = describe((entry.get("promotion") or {}).get("set")) if key else "its validation set"
+        if held is None:
+            log.warning(
+                "the incumbent %s has no score on %s (its best model could not be scored); it stays the best "
+                "until task=registry registry.rescore=true", name, where,
+            )  # fmt: skip
+        elif name in rescored:
+            log.info("re-scored the incumbent %s on %s: %.4f vs new %.4f, %s", name, where, held, candidate,
+                     "promoted" if promote else "kept")  # fmt: skip
+        if key is not None:
+            entry["promotion"]["incumbent"] = {"run_name": name, "auc": held, "rescored": name in rescored}
         return promote
 
     def record_failure(self, entry: dict[str, Any], *, error: str) -> None:
@@ -99,6 +143,26 @@ class Registry:
             merged = _json_safe({**existing, **known, "status": "failed", "error": error})
             registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
             registry["runs"].append(merged)
+            self._write(registry)
+
+    def record_score(self, run_name: str, identity: dict[str, Any], auc: float | None) -> None:
+        """Keep a run's AUC on another promotion set (``entry["rescored"][key]``) for later comparisons."""
+        with self._locked():
+            registry = self._read()
+            entry = self._find(registry, run_name)
+            if entry is None:
+                raise UserError(f"run {run_name!r} is not in the registry {self.metadata_path}")
+            entry.setdefault("rescored", {})[identity["key"]] = _json_safe({"auc": auc, "set": identity})
+            self._write(registry)
+
+    def promote(self, run_name: str, checkpoint: str | os.PathLike[str]) -> None:
+        """Make ``run_name`` the global best with ``checkpoint`` (after a fair re-ranking)."""
+        with self._locked():
+            registry = self._read()
+            if self._find(registry, run_name) is None:
+                raise UserError(f"run {run_name!r} is not in the registry {self.metadata_path}")
+            atomic_copy(checkpoint, self.best_model_path)
+            registry["best_run"] = run_name
             self._write(registry)
 
     def update_run(self, run_name: str, *, missing_ok: bool = False, **fields: Any) -> bool:
@@ -125,7 +189,7 @@ class Registry:
         entries = self._read()["runs"]
 
         def rank(entry: dict[str, Any]) -> tuple[bool, float]:
-            auc = _finite_or_none(entry.get("best_val_auc"))
+            auc = finite_or_none(entry.get("best_val_auc"))
             return (auc is None, -(auc or 0.0))
 
         return sorted(entries, key=rank)
@@ -153,7 +217,7 @@ class Registry:
         except Timeout:
             raise UserError(
                 f"registry {self.metadata_path} stayed locked by another run for {self.lock_timeout:g} s "
-                f"({self._lock_path}); wait for it to finish or raise the lock timeout"
+                f"({self._lock_path}); wait for it to finish or raise registry.lock_timeout_s"
             ) from None
         try:
             yield

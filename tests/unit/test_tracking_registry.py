@@ -184,3 +184,81 @@ def test_simultaneous_registrations_from_eight_processes(tmp_path: Path) -> None
     assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-5").read_bytes()
     assert [run["run_name"] for run in registry.runs()][:3] == ["run-5", "run-1", "run-7"]
     assert not [path for path in registry.metadata_path.parent.iterdir() if ".tmp." in path.name]
+
+
+# ----------------------------------------------------------------------------- promotion sets
+def _on_set(key: str, auc: float) -> dict[str, Any]:
+    return {"auc": auc, "set": {"key": key, "csv": f"/data/{key}.csv", "rows": 10}}
+
+
+def test_candidates_compare_on_their_promotion_set_not_on_their_slices(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    assert registry.register_run(
+        {"run_name": "a", "best_val_auc": 0.60, "promotion": _on_set("common", 0.95)}, _checkpoint(tmp_path, "a")
+    )
+    # b's slice score is higher, but on the common set it is worse: not promoted, and no re-scoring needed.
+    calls = []
+    promoted = registry.register_run(
+        {"run_name": "b", "best_val_auc": 0.99, "promotion": _on_set("common", 0.70)},
+        _checkpoint(tmp_path, "b"),
+        rescore_incumbent=lambda path: calls.append(path) or 0.0,
+    )
+    assert not promoted and calls == [] and registry.best_run()["run_name"] == "a"
+    assert registry.get("b")["promotion"]["incumbent"] == {"run_name": "a", "auc": 0.95, "rescored": False}
+
+
+def test_an_incumbent_scored_elsewhere_is_rescored_and_an_unreadable_one_is_kept(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    registry.register_run({"run_name": "old", "promotion": _on_set("slice", 0.99)}, _checkpoint(tmp_path, "old"))
+    seen = []
+    assert registry.register_run(
+        {"run_name": "new", "promotion": _on_set("common", 0.80)},
+        _checkpoint(tmp_path, "new"),
+        rescore_incumbent=lambda path: seen.append(path.read_bytes()) or 0.75,
+    )
+    assert seen == [_checkpoint(tmp_path, "old").read_bytes()]  # the incumbent's own weights, re-scored
+    assert registry.get("old")["rescored"]["common"]["auc"] == 0.75
+    # A best model that cannot be scored any more (None) is reported and never silently replaced.
+    assert not registry.register_run(
+        {"run_name": "newer", "promotion": _on_set("other", 0.99)},
+        _checkpoint(tmp_path, "newer"),
+        rescore_incumbent=lambda path: None,
+    )
+    assert registry.best_run()["run_name"] == "new"
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "new").read_bytes()
+
+
+def _register_with_rescore(root: Path, name: str, auc: float, barrier: Any) -> None:
+    import time
+
+    registry = _registry(root, lock_timeout=30.0)
+    barrier.wait()
+
+    def slow_rescore(path: Path) -> float:
+        time.sleep(0.3)  # a pass over the promotion set, outside the lock
+        return 0.5
+
+    registry.register_run(
+        {"run_name": name, "promotion": _on_set("common", auc)}, root / "runs" / name / "best.pth",
+        rescore_incumbent=slow_rescore,
+    )  # fmt: skip
+
+
+def test_runs_finishing_together_with_rescoring_leave_one_consistent_best(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    registry.register_run({"run_name": "incumbent", "promotion": _on_set("slice", 0.99)}, _checkpoint(tmp_path, "incumbent"))
+    context = multiprocessing.get_context("fork")
+    aucs = {"run-a": 0.6, "run-b": 0.9, "run-c": 0.7, "run-d": 0.4}
+    for name in aucs:
+        _checkpoint(tmp_path, name)
+    barrier = context.Barrier(len(aucs))
+    workers = [context.Process(target=_register_with_rescore, args=(tmp_path, n, a, barrier)) for n, a in aucs.items()]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0] * len(workers)
+    assert registry.best_run()["run_name"] == "run-b"
+    assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-b").read_bytes()
+    assert registry.get("incumbent")["rescored"]["common"]["auc"] == 0.5
+    assert len(registry.runs()) == 5

@@ -1,0 +1,107 @@
+"""The promotion set from the config, and checkpoints scored on it (task=train, task=registry).
+
+Every candidate for the global best is judged on ``registry.promotion_csv``: by default the dataset's
+full validation CSV (for ``dataset=batch``, the source CSV the batches were cut from, not the batch's
+slice). It is never the test CSV: a model chosen on test data has no honest test figure left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from deepfake.errors import CheckpointError, ConfigError, DataError
+from deepfake.tracking.promotion import describe, set_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromotionSet:
+    csv: Path
+    root_dir: Path
+    identity: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.identity["key"]
+
+    def __str__(self) -> str:
+        return describe(self.identity)
+
+
+def promotion_set(cfg: DictConfig) -> PromotionSet:
+    """``registry.promotion_csv`` read and identified; refused when it is the test set."""
+    csv, root = Path(str(cfg.registry.promotion_csv)), Path(str(cfg.registry.promotion_root_dir))
+    chosen = _identity(cfg, csv, root)
+    test_csv = Path(str(cfg.dataset.test_csv))
+    same_file = test_csv.is_file() and test_csv.resolve() == csv.resolve()
+    if same_file or (test_csv.is_file() and _identity(cfg, test_csv, Path(str(cfg.dataset.root_dir)))["images_sha256"]
+                     == chosen["images_sha256"]):  # fmt: skip
+        raise ConfigError(
+            f"registry.promotion_csv={csv} holds the test images ({test_csv}); the global best must be chosen "
+            "on validation images: point registry.promotion_csv at a validation CSV"
+        )
+    return PromotionSet(csv, root, chosen)
+
+
+def split_identity(cfg: DictConfig, dataset) -> dict[str, Any]:
+    """The identity of a split already read (the run's validation set), to see if it is the promotion set."""
+    return set_identity(dataset.csv_path, Path(str(cfg.dataset.root_dir)), dataset.paths, dataset.targets)
+
+
+def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float | None:
+    """AUC of the checkpoint on the promotion set, with the checkpoint's own preprocessing."""
+    # Imported here: task=registry lists the registry without paying for torch unless it re-scores.
+    from deepfake.engine.evaluate import predict
+    from deepfake.engine.metrics import auc_or_none
+    from deepfake.engine.precision import resolve_device, resolve_precision
+    from deepfake.models import detector_from_checkpoint
+    from deepfake.tasks import builders
+    from deepfake.tracking.checkpoint import load_checkpoint
+
+    model = detector_from_checkpoint(load_checkpoint(path))
+    device = resolve_device(cfg.train.device)
+    dataset = instantiate(cfg.dataset.reader)(
+        csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=builders.eval_transform(model.preprocess)
+    )
+    loader = builders.make_loader(dataset, cfg.dataset, train=False, device=device)
+    predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device))
+    return auc_or_none(predictions.targets, predictions.probs)
+
+
+def rescorer(cfg: DictConfig, chosen: PromotionSet) -> Callable[[Path], float | None]:
+    """``score_checkpoint`` for the registry: a checkpoint that cannot be read is reported, scored None."""
+
+    def rescore(path: Path) -> float | None:
+        log.info("scoring %s on the promotion set %s", path, chosen)
+        try:
+            return score_checkpoint(path, cfg, chosen)
+        except (CheckpointError, DataError) as err:
+            log.error("cannot score %s on %s: %s; it is skipped, not replaced", path, chosen, err)
+            return None
+
+    return rescore
+
+
+def candidate_promotion(
+    cfg: DictConfig, best_path: Path, best_val_auc: float | None, val_identity: dict, chosen: PromotionSet
+) -> dict[str, Any]:
+    """The run's own promotion score: its validation AUC when it validated on the promotion set
+    itself (the same images and labels), else a pass of best.pth over the promotion set."""
+    if val_identity["images_sha256"] == chosen.identity["images_sha256"]:
+        auc = best_val_auc
+    else:
+        auc = score_checkpoint(best_path, cfg, chosen)
+        log.info("promotion score of best.pth on %s: %s (its own validation slice: %s)", chosen, auc, best_val_auc)
+    return {"auc": auc, "set": chosen.identity}
+
+
+def _identity(cfg: DictConfig, csv: Path, root: Path) -> dict[str, Any]:
+    dataset = instantiate(cfg.dataset.reader)(csv_path=str(csv), root_dir=str(root), transform=None)
+    return set_identity(csv, root, dataset.paths, dataset.targets)

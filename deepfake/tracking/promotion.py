@@ -1,0 +1,78 @@
+"""The promotion set: the images every candidate for the global best is judged on, by identity.
+
+Two validation AUCs are only comparable when they were measured on the same images with the same
+labels. A promotion set is identified by the sha256 of its image list (each image's path relative
+to the dataset root, and its label, in CSV order): a copy of the dataset elsewhere is the same set,
+a re-cut validation slice or a relabelled CSV is not. Each registry entry carries its own score with
+the set's identity (``entry["promotion"]``), and scores on other sets measured later
+(``entry["rescored"][key]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEY_LENGTH = 16  # hex digits of the image-list hash that name a set in the registry
+
+
+def set_identity(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, targets) -> dict[str, Any]:
+    """What makes a promotion set itself: the CSV file, and the images with their labels.
+
+    ``paths`` are the resolved image paths in CSV order, ``targets`` their labels (1 = fake).
+    """
+    root = Path(os.path.abspath(root_dir))
+    images = hashlib.sha256()
+    for path, target in zip(paths, np.asarray(targets).tolist()):
+        images.update(f"{os.path.relpath(path, root)}\t{int(target)}\n".encode("utf-8"))
+    digest = images.hexdigest()
+    return {
+        "csv": str(Path(csv_path).resolve()),
+        "rows": len(paths),
+        "csv_sha256": hashlib.sha256(Path(csv_path).read_bytes()).hexdigest(),
+        "images_sha256": digest,
+        "key": digest[:KEY_LENGTH],
+    }
+
+
+def describe(identity: dict[str, Any] | None) -> str:
+    """``valid.csv (200 images, 3fa94c1e)``: short enough for a log line or a table cell."""
+    if not identity:
+        return "unknown set"
+    return f"{Path(identity['csv']).name} ({identity['rows']} images, {identity['key'][:8]})"
+
+
+def promotion_key(entry: dict[str, Any] | None) -> str | None:
+    """The set an entry's own promotion score was measured on; None for entries without one."""
+    promotion = (entry or {}).get("promotion") or {}
+    return (promotion.get("set") or {}).get("key")
+
+
+def score_on(entry: dict[str, Any] | None, key: str | None) -> float | None:
+    """The entry's AUC on set ``key``: its own score, or one re-scored later; None when unknown.
+
+    Entries registered without any promotion block (older registries, library callers that pass only
+    ``best_val_auc``) share the key None and compare on ``best_val_auc``, as they always did.
+    """
+    if entry is None:
+        return None
+    if key is None and promotion_key(entry) is None:
+        return finite_or_none(entry.get("best_val_auc"))
+    if promotion_key(entry) == key:
+        return finite_or_none(entry["promotion"].get("auc"))
+    return finite_or_none(((entry.get("rescored") or {}).get(key) or {}).get("auc"))
+
+
+def finite_or_none(value: Any) -> float | None:
+    """The value as a float when it is a finite number, else None (NaN never ranks or promotes)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
