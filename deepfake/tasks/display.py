@@ -43,17 +43,24 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
 
 
 def print_registry(
-    runs: list[dict], best: dict | None, *, registry_path: str, best_model_path: str, limit: int, title: str | None = None
+    runs: list[dict],
+    best: dict | None,
+    *,
+    registry_path: str,
+    best_model_path: str,
+    limit: int,
+    title: str | None = None,
+    set_key: str | None = None,
 ) -> None:
-    """The registry as a table ranked on the global best's promotion set: the best is starred, runs
-    with no score on that set (validated on other images, never re-scored) are marked ≠ and listed
-    after; failures are explained below the table."""
+    """The registry as a table ranked on one promotion set (``set_key``, by default the global best's
+    own): the best is starred, runs with no score on that set (validated on other images, never
+    re-scored) are marked ≠ and listed after; failures are explained below the table."""
     console = Console(soft_wrap=True)
     if not runs:
         where = f"{title} in {registry_path}" if title else registry_path
         console.print(f"no runs registered yet in {where}; train one with `python scripts/main.py`")
         return
-    key = promotion_key(best)
+    key = set_key or promotion_key(best)
     runs = sorted(runs, key=lambda entry: _comparable_rank(entry, key))
     heading = f"{len(runs)} run(s) in {registry_path}" + (f" — {title}" if title else "")
     table = Table(title=heading, title_justify="left")
@@ -84,10 +91,20 @@ def print_registry(
         if entry.get("error"):
             console.print(Text.assemble((entry["run_name"], "red"), f" failed: {entry['error']}"))
     if best:
-        where = describe((best.get("promotion") or {}).get("set")) if key else "validation AUC"
+        where = _set_named(key, [best, *runs]) if key else "validation AUC"
         console.print(f"global best: {best['run_name']} -> {best_model_path}; promotion AUC is on {where}")
         if any(score_on(entry, key) is None for entry in runs[:limit]):
             console.print("≠: no score on that set yet; task=registry registry.rescore=true scores them there")
+
+
+def _set_named(key: str, entries: list[dict]) -> str:
+    """The description of set ``key`` from any entry that holds a score on it."""
+    for entry in entries:
+        if promotion_key(entry) == key:
+            return describe(entry["promotion"]["set"])
+        if key in (entry.get("rescored") or {}):
+            return describe(entry["rescored"][key].get("set"))
+    return key
 
 
 def _comparable_rank(entry: dict, key: str | None) -> tuple:

@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     registry = builders.open_registry(cfg)
     runs = registry.runs()
-    title = None
+    title, set_key = None, None
     if cfg.task.get("sweep"):
         runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir))
         title = f"sweep {cfg.task.sweep}"
     if cfg.registry.rescore:
-        title = rescore(cfg, registry, runs)
-        runs = registry.runs()
+        rescored = {run["run_name"] for run in runs}
+        set_key, title = rescore(cfg, registry, runs)
+        runs = [run for run in registry.runs() if run["run_name"] in rescored]
     print_registry(
         runs,
         registry.best_run(),
@@ -37,6 +38,7 @@ def run(cfg: DictConfig) -> None:
         best_model_path=cfg.paths.best_model,
         limit=int(cfg.task.limit),
         title=title,
+        set_key=set_key,
     )
 
 
@@ -51,7 +53,7 @@ def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path) -> list[dict
     return [run for run in runs if sweep_dir in Path(run.get("run_dir", "")).resolve().parents]
 
 
-def rescore(cfg: DictConfig, registry, runs: list[dict]) -> str:
+def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
     """Score the chosen finished runs (and the current best) on the promotion set; promote the top."""
     from deepfake.tasks.promotion import promotion_set, rescorer
 
@@ -85,4 +87,4 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> str:
             log.info("re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
         else:
             log.info("re-ranked %d run(s) on %s: %s stays the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
-    return f"scores on {chosen}"
+    return chosen.key, f"scores on {chosen}"

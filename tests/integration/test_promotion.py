@@ -1,9 +1,9 @@
 """A fair global best: every candidate is judged on the same images (the promotion set).
 
-The session-by-session workflow gives each batch its own validation slice. Here batch 1's slice
-holds the validation images its recipe finds hardest (found with a reference run of the same recipe,
-deterministic on CPU) and batch 2's run learns nothing (learning rates 0) on an ordinary slice: by
-slice scores batch 2 looks better, on the common promotion set batch 1 is far better.
+The session-by-session workflow gives each batch its own validation slice. Here batch 1's run
+learns, and its slice holds the validation images its recipe finds hardest; batch 2's run learns
+nothing (learning rate 0), and its slice holds the images its untrained model happens to rank best.
+By slice scores batch 2 looks better; on the common promotion set batch 1 is far better.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_main
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR, run_main
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import predict
@@ -27,11 +30,15 @@ from deepfake.models import detector_from_checkpoint
 pytestmark = pytest.mark.slow
 
 COMMON = [
-    "backbone=timm", "backbone.name=test_resnet", "dataset.img_size=32", "dataset.batch_size=16",
+    "backbone=timm", "backbone.name=test_resnet", "dataset.img_size=32", "dataset.batch_size=8",
     "dataset.num_workers=0", "logger=none", "deterministic=true", "train.do_test=false",
 ]  # fmt: skip
-LEARNS = ["phase.head_epochs=1", "phase.finetune_epochs=4", "phase.warmup_epochs=0"]
-LEARNS_NOTHING = ["phase.head_epochs=1", "phase.finetune_epochs=0", "phase.lr_head=0"]
+TINY_DATA = ["dataset.generate.n_train=64", "dataset.generate.n_valid=32", "dataset.generate.n_test=32"]
+# One epoch each, so a reference run of the same recipe is the run itself, bit for bit (with more,
+# the epoch kept as best would depend on the slice). The recipes differ only in their training data:
+# batch 1 trains on all 64 images, batch 2 on 8.
+RECIPE = ["phase.head_epochs=0", "phase.finetune_epochs=1", "phase.warmup_epochs=0", "phase.lr_backbone=3e-3",
+          "phase.lr_head=3e-3"]  # fmt: skip
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -52,23 +59,40 @@ def p_fake(checkpoint: Path, csv: Path, root_dir: Path) -> tuple[np.ndarray, np.
     return out.probs, out.targets
 
 
+def slice_rows(probs: np.ndarray, targets: np.ndarray, candidates: np.ndarray, *, easy: bool, n: int = 6) -> np.ndarray:
+    """``n`` reals and ``n`` fakes among ``candidates`` that a model ranks best (easy) or worst (hard)."""
+    reals, fakes = candidates[targets[candidates] == 0], candidates[targets[candidates] == 1]
+    sign = 1 if easy else -1
+    return np.sort(np.concatenate([reals[np.argsort(sign * probs[reals])][:n], fakes[np.argsort(-sign * probs[fakes])][:n]]))
+
+
 @pytest.fixture(scope="module")
 def two_batches(tmp_path_factory, shared_data_dir):
-    """batch1: full train split, the slice of validation images hardest for its recipe; batch2: an ordinary slice."""
-    reference = tmp_path_factory.mktemp("reference")
-    run_main(reference, *COMMON, *LEARNS, data_dir=shared_data_dir, env=ONE_THREAD)
+    """Batch 1 trains on the full train split and validates on the images its recipe finds hardest;
+    batch 2 trains on 8 images and validates on those its recipe happens to rank best: each slice
+    found with a reference run of the same recipe, which deterministic CPU training reproduces."""
     synthetic = shared_data_dir / "synthetic"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        generate = compose("config", overrides=[f"paths.data_dir={shared_data_dir}", "dataset.img_size=32", *TINY_DATA])
+    instantiate(generate.dataset.generate)  # the tiny set every test shares, made here if no test made it yet
     root_dir = synthetic / "real_vs_fake" / "real-vs-fake"
-    probs, targets = p_fake(latest_run(reference) / "best.pth", synthetic / "valid.csv", root_dir)
-    valid = pd.read_csv(synthetic / "valid.csv")
-    reals, fakes = np.flatnonzero(targets == 0), np.flatnonzero(targets == 1)
-    # The reals it finds most fake and the fakes it finds most real: the slice ranks them backwards.
-    hard = np.concatenate([reals[np.argsort(-probs[reals])][:6], fakes[np.argsort(probs[fakes])][:6]])
-    ordinary = np.setdiff1d(np.arange(len(valid)), hard)
+    scores = {}
     batches = tmp_path_factory.mktemp("batches")
-    for name, rows in (("batch1", np.sort(hard)), ("batch2", ordinary)):
+    train = pd.read_csv(synthetic / "train.csv")
+    few = pd.concat([train[train.label == 0].head(4), train[train.label == 1].head(4)])
+    for name, rows in (("batch1", train), ("batch2", few)):
         (batches / name).mkdir()
-        shutil.copy(synthetic / "train.csv", batches / name / "train.csv")
+        rows.to_csv(batches / name / "train.csv", index=False)
+        shutil.copy(synthetic / "valid.csv", batches / name / "valid.csv")  # replaced below by the slices
+    for name, k, recipe in (("learns", 1, RECIPE), ("weak", 2, RECIPE)):
+        reference = tmp_path_factory.mktemp(f"reference_{name}")
+        batch_run(reference, shared_data_dir, synthetic, batches, k, *recipe)
+        scores[name] = p_fake(latest_run(reference) / "best.pth", synthetic / "valid.csv", root_dir)
+    targets = scores["learns"][1].astype(int)
+    hard = slice_rows(scores["learns"][0], targets, np.arange(len(targets)), easy=False)
+    easy = slice_rows(scores["weak"][0], targets, np.setdiff1d(np.arange(len(targets)), hard), easy=True)
+    valid = pd.read_csv(synthetic / "valid.csv")
+    for name, rows in (("batch1", hard), ("batch2", easy)):
         valid.iloc[rows].to_csv(batches / name / "valid.csv", index=False)
     return synthetic, batches
 
@@ -83,24 +107,24 @@ def batch_run(root: Path, data: Path, synthetic: Path, batches: Path, k: int, *o
 def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_batches):
     synthetic, batches = two_batches
     # Batch 1's run, registered as an older registry would have it: scored on its own slice only.
-    batch_run(tmp_path, shared_data_dir, synthetic, batches, 1, *LEARNS, f"registry.promotion_csv={batches}/batch1/valid.csv")
+    batch_run(tmp_path, shared_data_dir, synthetic, batches, 1, *RECIPE, f"registry.promotion_csv={batches}/batch1/valid.csv")
     first = latest_run(tmp_path)
-    second_result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *LEARNS_NOTHING)
+    second_result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *RECIPE)
     second = latest_run(tmp_path)
 
     reg = registry(tmp_path)
     entries = {Path(e["run_dir"]): e for e in reg["runs"]}
-    good, idle = entries[first], entries[second]
-    assert good["best_val_auc"] < idle["best_val_auc"]  # the naive rule would promote the idle run
+    good, weak = entries[first], entries[second]
+    assert good["best_val_auc"] < weak["best_val_auc"]  # the naive rule would promote the weak run
     assert reg["best_run"] == good["run_name"]  # the fair one keeps the run that learned
 
     # The incumbent was scored on another set, so it was re-scored on the candidate's set first.
-    common_key = idle["promotion"]["set"]["key"]
+    common_key = weak["promotion"]["set"]["key"]
     assert good["promotion"]["set"]["key"] != common_key
-    assert idle["promotion"]["set"]["csv"] == str((synthetic / "valid.csv").resolve())
+    assert weak["promotion"]["set"]["csv"] == str((synthetic / "valid.csv").resolve())
     rescored = good["rescored"][common_key]["auc"]
-    assert rescored > idle["promotion"]["auc"]
-    assert idle["promotion"]["incumbent"] == {"run_name": good["run_name"], "auc": rescored, "rescored": True}
+    assert rescored > weak["promotion"]["auc"]
+    assert weak["promotion"]["incumbent"] == {"run_name": good["run_name"], "auc": rescored, "rescored": True}
     log = (second / "run.log").read_text()
     assert f"re-scored the incumbent {good['run_name']} on valid.csv" in log and "kept" in log
     # The re-scored figure is the incumbent's true AUC on the common set.
@@ -118,7 +142,7 @@ def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_
 
 def test_the_test_set_is_never_the_promotion_set(tmp_path, shared_data_dir, two_batches):
     synthetic, batches = two_batches
-    result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *LEARNS_NOTHING,
+    result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *RECIPE,
                        f"registry.promotion_csv={synthetic}/test.csv", check=False)  # fmt: skip
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert result.returncode == 2 and len(errors) == 1 and "holds the test images" in errors[0], result.stderr
