@@ -42,6 +42,12 @@ def _unit_thumbnails(thumbnails: pd.Series) -> np.ndarray:
     return pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-6)
 
 
+def _correlations(left: np.ndarray, right: np.ndarray, left_index, right_index, block: int = 65536) -> np.ndarray:
+    """Row-wise dot products of ``left[left_index]`` and ``right[right_index]``, in bounded memory."""
+    return np.concatenate([np.einsum("ij,ij->i", left[left_index[i:i + block]], right[right_index[i:i + block]])
+                           for i in range(0, len(left_index), block)] or [np.zeros(0, np.float32)])  # fmt: skip
+
+
 def _near_pairs(
     images: pd.DataFrame, earlier: str, later: str, max_distance: int, min_correlation: float
 ) -> pd.DataFrame:
@@ -51,13 +57,16 @@ def _near_pairs(
     base, queries = hashed[hashed["split"] == earlier], hashed[hashed["split"] == later]
     if not (len(base) and len(queries)):
         return pd.DataFrame(columns=["later", "earlier", "distance", "correlation", "kind"])
-    query_index, base_index, distance = HammingIndex(_hash_values(base["phash"]), max_distance).query(
-        _hash_values(queries["phash"])
-    )
-    correlation = np.einsum("ij,ij->i", _unit_thumbnails(queries["thumbnail"].iloc[query_index]),
-                            _unit_thumbnails(base["thumbnail"].iloc[base_index])) if len(query_index) else []  # fmt: skip
-    found = pd.DataFrame({"later": queries.index.to_numpy()[query_index], "earlier": base.index.to_numpy()[base_index],
-                          "distance": distance, "correlation": correlation})  # fmt: skip
+    index = HammingIndex(_hash_values(base["phash"]), max_distance)
+    query_index, base_index, distance = index.query(_hash_values(queries["phash"]))
+    correlation = _correlations(_unit_thumbnails(queries["thumbnail"]), _unit_thumbnails(base["thumbnail"]),
+                                query_index, base_index)  # fmt: skip
+    found = pd.DataFrame({
+        "later": queries.index.to_numpy()[query_index],
+        "earlier": base.index.to_numpy()[base_index],
+        "distance": distance,
+        "correlation": correlation,
+    })  # fmt: skip
     return found[found["correlation"] >= min_correlation].assign(kind=NEAR)
 
 

@@ -72,7 +72,7 @@ class Split:
     frame: pd.DataFrame
 
 
-def _image_table(splits: list[Split], known_sha256: Mapping[str, str], threads: int, progress) -> pd.DataFrame:
+def image_table(splits: list[Split], known_sha256: Mapping[str, str], threads: int, progress) -> pd.DataFrame:
     rows = pd.concat([split.frame[["path", "target", "row"]].assign(split=split.name) for split in splits],
                      ignore_index=True)  # fmt: skip
     facts = gather_facts(rows["path"].tolist(), known_sha256=known_sha256, threads=threads, progress=progress)
@@ -92,7 +92,7 @@ def _spectrum_sample(images: pd.DataFrame, settings: AuditSettings) -> tuple[dic
     return sample, crop_size(list(zip(chosen["width"], chosen["height"])), settings.spectrum_max_size)
 
 
-def _leakage(images: pd.DataFrame, names: list[str], settings: AuditSettings) -> dict:
+def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSettings) -> dict:
     leaks = find_leaks(images, names, settings.near_duplicate_distance, settings.near_duplicate_min_correlation)
     counts = leak_counts(leaks, images, names)
 
@@ -139,7 +139,7 @@ def run_audit(
     """Every check on ``splits`` (earliest first: train, valid, test); writes the reports into ``out_dir``."""
     started = time.perf_counter()
     names = [split.name for split in splits]
-    images = _image_table(splits, known_sha256 or {}, settings.threads, progress)
+    images = image_table(splits, known_sha256 or {}, settings.threads, progress)
     seconds = {"read": time.perf_counter() - started}
 
     def timed(name: str, check: Callable[[], dict]) -> dict:
@@ -155,7 +155,7 @@ def run_audit(
         "title": title,
         "splits": {split.name: str(split.csv_path) for split in splits},
         "basics": timed("basics", lambda: basics_check(images, names, settings.balance_tolerance)),
-        "leakage": timed("leakage", lambda: _leakage(images, names, settings)),
+        "leakage": timed("leakage", lambda: leakage_check(images, names, settings)),
         "shortcuts": timed("shortcuts", lambda: shortcut_check(
             features, images["target"].to_numpy(), images["split"].to_numpy(), seed=settings.seed,
             warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc, train_split=names[0],

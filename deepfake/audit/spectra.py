@@ -91,12 +91,19 @@ def class_spectrum(paths: Sequence[str], size: int, threads: int = DEFAULT_SCAN_
     return ClassSpectrum(count, radial * scale, residual * scale)
 
 
+def _canonical(fy: float, fx: float) -> tuple[float, float]:
+    """One representative of a frequency and its mirror image (-fy, -fx); -1/2 is the same as 1/2."""
+    if fy < 0 or (fy == 0 and fx < 0):
+        fy, fx = -fy, -fx
+    return (0.5 if fy == -0.5 else fy), (0.5 if fx == -0.5 else fx)
+
+
 def periodic_peaks(log_magnitude: np.ndarray, min_prominence_db: float) -> list[dict]:
     """Local maxima at least ``min_prominence_db`` above the median of their 7x7 neighbourhood.
 
     One of each pair of mirror frequencies is kept (a real image's spectrum is symmetric); the lowest
     frequencies (within 2 bins of zero), where the median filter leaves no residual, are left out.
-    Frequencies are in cycles per pixel, (vertical, horizontal).
+    Frequencies are in cycles per pixel, (vertical, horizontal), strongest first.
     """
     size = log_magnitude.shape[0]
     background = ndimage.median_filter(log_magnitude, size=7, mode="wrap")
@@ -104,13 +111,13 @@ def periodic_peaks(log_magnitude: np.ndarray, min_prominence_db: float) -> list[
     is_peak = (log_magnitude == ndimage.maximum_filter(log_magnitude, size=3, mode="wrap")) & (
         prominence >= min_prominence_db
     )
-    peaks = []
+    peaks: dict[tuple[float, float], float] = {}
     for row, column in zip(*np.nonzero(is_peak)):
-        fy, fx = (row - size // 2) / size, (column - size // 2) / size
-        if fy < 0 or (fy == 0 and fx <= 0) or np.hypot(fy, fx) * size < 2:
-            continue
-        peaks.append({"fy": float(fy), "fx": float(fx), "prominence_db": float(prominence[row, column])})
-    return sorted(peaks, key=lambda peak: -peak["prominence_db"])
+        fy, fx = _canonical((row - size // 2) / size, (column - size // 2) / size)
+        if np.hypot(fy, fx) * size >= 2:
+            peaks[fy, fx] = max(peaks.get((fy, fx), -np.inf), float(prominence[row, column]))
+    found = [{"fy": fy, "fx": fx, "prominence_db": value} for (fy, fx), value in peaks.items()]
+    return sorted(found, key=lambda peak: -peak["prominence_db"])
 
 
 def prominence_at(log_magnitude: np.ndarray, fy: float, fx: float) -> float:
