@@ -17,9 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from deepfake.audit.pipeline import CHECKS, AuditSettings, Split, failed_checks, run_audit
 from deepfake.data.manifest import read_manifest
-from deepfake.errors import DataError
+from deepfake.errors import ConfigError, DataError
 from deepfake.tasks import builders
 from deepfake.tracking.console import console
 
@@ -41,7 +40,11 @@ def run(cfg: DictConfig) -> float | None:
 
 def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     """Audit ``cfg.dataset`` into ``out_dir``; raises AuditFailed when strict and a check fails."""
-    settings: AuditSettings = instantiate(cfg.audit)
+    try:
+        from deepfake.audit.pipeline import Split, failed_checks, run_audit
+    except ImportError as err:
+        raise ConfigError(f"the dataset audit needs {err.name}: pip install -e '.[audit]'") from None
+    settings = instantiate(cfg.audit)
     builders.ensure_dataset(cfg.dataset)
     splits = [
         Split(name, Path(cfg.dataset[key]), builders.make_split(cfg.dataset, key, transform=None).frame)
@@ -84,6 +87,8 @@ def _manifest_digests(dataset_cfg: DictConfig) -> dict[str, str]:
 
 
 def print_audit_summary(report: dict) -> None:
+    from deepfake.audit.pipeline import CHECKS
+
     table = Table(title=f"audit of {report['title']}: {report['verdict'].upper()}", title_justify="left")
     table.add_column("check", style="bold")
     table.add_column("verdict")
