@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
-import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -71,7 +70,7 @@ def image_facts(path: str, known_sha256: str | None = None) -> dict:
     if reason is not None:
         facts["damaged"] = reason
         return facts
-    facts.update(colour_facts(np.asarray(rgb)))
+    facts.update(colour_facts(rgb))
     facts["phash"] = perceptual_hash(rgb)
     facts["thumbnail"] = grey_thumbnail(rgb)
     return facts

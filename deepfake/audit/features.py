@@ -13,7 +13,7 @@ from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageStat, JpegImagePlugin
 
 # The example tables of the JPEG standard (Annex K), natural order; libjpeg and Pillow scale them
 # by the quality setting, so the setting can be read back from a file's tables.
@@ -89,12 +89,11 @@ def header_facts(image: Image.Image) -> dict:
     }
 
 
-def colour_facts(rgb: np.ndarray) -> dict:
-    """Mean and standard deviation of each channel of an HxWx3 uint8 image, in [0, 1]."""
-    pixels = rgb.reshape(-1, 3).astype(np.float32) / 255.0
-    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    return {f"{stat}_{channel}": float(values[i]) for stat, values in (("mean", mean), ("std", std))
-            for i, channel in enumerate("rgb")}  # fmt: skip
+def colour_facts(rgb: Image.Image) -> dict:
+    """Mean and standard deviation of each channel of an RGB image, in [0, 1] (from its histograms)."""
+    stats = ImageStat.Stat(rgb)
+    return {f"{stat}_{channel}": value / 255.0 for stat, values in (("mean", stats.mean), ("std", stats.stddev))
+            for channel, value in zip("rgb", values)}  # fmt: skip
 
 
 def name_features(paths: pd.Series) -> pd.DataFrame:

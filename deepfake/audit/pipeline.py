@@ -39,7 +39,7 @@ class AuditSettings:
     strict: bool = False
     write_clean_csvs: bool = False
     near_duplicate_distance: int = 10
-    near_duplicate_min_correlation: float = 0.95
+    near_duplicate_min_correlation: float = 0.98
     spectrum_samples: int = 2000
     spectrum_split: str = "train"
     spectrum_max_size: int = 256

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
+from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from deepfake.audit.verdict import INFO, PASS, WARN, Verdict
@@ -45,30 +47,36 @@ def crop_size(sizes: Sequence[tuple[int, int]], cap: int) -> int:
     return int(min(cap, np.median([min(width, height) for width, height in sizes])))
 
 
-def grey_crop(path: str, size: int) -> np.ndarray | None:
-    """The central ``size`` x ``size`` square of the image in grey levels [0, 1]; None if smaller or damaged."""
+def grey_crop(path: str, size: int) -> Image.Image | None:
+    """The central ``size`` x ``size`` square of the image in grey levels; None if smaller or damaged."""
     image, reason = load_rgb(path)
     if reason is not None or min(image.size) < size:
         return None
     left, top = (image.width - size) // 2, (image.height - size) // 2
-    grey = image.convert("L").crop((left, top, left + size, top + size))
-    return np.asarray(grey, np.float32) / 255.0
+    return image.convert("L").crop((left, top, left + size, top + size))
+
+
+@lru_cache(maxsize=8)
+def _rings(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ring index (integer radius, -1 beyond size//2) of each bin of a centred spectrum, and ring sizes."""
+    y, x = np.indices((size, size)) - size // 2
+    radius = np.rint(np.hypot(y, x)).astype(int)
+    radius[radius > size // 2] = -1
+    return radius, np.bincount(radius[radius >= 0], minlength=size // 2 + 1)
 
 
 def azimuthal_average(power: np.ndarray) -> np.ndarray:
     """Mean of a centred 2-D spectrum over rings of integer radius 0..size//2."""
-    size = power.shape[0]
-    y, x = np.indices(power.shape) - size // 2
-    radius = np.rint(np.hypot(y, x)).astype(int)
-    inside = radius <= size // 2
-    sums = np.bincount(radius[inside], weights=power[inside], minlength=size // 2 + 1)
-    counts = np.bincount(radius[inside], minlength=size // 2 + 1)
-    return sums / np.maximum(counts, 1)
+    radius, counts = _rings(power.shape[0])
+    inside = radius >= 0
+    return np.bincount(radius[inside], weights=power[inside], minlength=len(counts)) / np.maximum(counts, 1)
 
 
-def _image_spectra(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    power = np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean()))) ** 2
-    residual = grey - ndimage.median_filter(grey, size=3, mode="reflect")
+def _image_spectra(grey: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.asarray(grey, np.float32) / 255.0
+    power = np.abs(np.fft.fftshift(np.fft.fft2(pixels - pixels.mean()))) ** 2
+    # The median of 8-bit grey levels is exact in 8 bits, and PIL's filter is several times faster.
+    residual = pixels - np.asarray(grey.filter(ImageFilter.MedianFilter(3)), np.float32) / 255.0
     magnitude = np.abs(np.fft.fftshift(np.fft.fft2(residual)))
     return azimuthal_average(power), np.log(magnitude + 1e-6)
 
