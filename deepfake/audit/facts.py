@@ -19,7 +19,7 @@ import imagehash
 import pandas as pd
 from PIL import Image
 
-from deepfake.audit.features import colour_facts, header_facts
+from deepfake.audit.features import COLOUR_COLUMNS, HEADER_COLUMNS, colour_facts, header_facts
 from deepfake.data.images import load_rgb
 from deepfake.data.scan import DEFAULT_SCAN_THREADS
 
@@ -95,5 +95,7 @@ def gather_facts(
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         rows = list(pool.map(one, unique))
-    table = pd.DataFrame(rows).set_index("path", drop=False)
+    # Every column, even when no image could be read (then they are all missing).
+    columns = ["path", "damaged", "bytes", "sha256", *HEADER_COLUMNS, *COLOUR_COLUMNS, "phash", "thumbnail"]
+    table = pd.DataFrame(rows).reindex(columns=columns).set_index("path", drop=False)
     return table.loc[list(paths)].reset_index(drop=True)

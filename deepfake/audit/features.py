@@ -51,6 +51,9 @@ FEATURE_GROUPS = {
     "colour statistics": ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"],
 }  # fmt: skip
 FEATURES = [column for columns in FEATURE_GROUPS.values() for column in columns]
+HEADER_COLUMNS = ["format", "width", "height", "mode", "mode_name", "jpeg_quality", "chroma_subsampling",
+                  "progressive", "exif", "icc"]  # fmt: skip
+COLOUR_COLUMNS = FEATURE_GROUPS["colour statistics"]
 
 
 def _code(value: str | None, known: tuple[str, ...]) -> int:
