@@ -142,7 +142,7 @@ def run_audit(
     images = image_table(splits, known_sha256 or {}, settings.threads, progress)
     seconds = {"read": time.perf_counter() - started}
 
-    def timed(name: str, check: Callable[[], dict]) -> dict:
+    def timed(name: str, check: Callable[[], object]):
         begun = time.perf_counter()
         result = check()
         seconds[name] = time.perf_counter() - begun
