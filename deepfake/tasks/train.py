@@ -67,6 +67,10 @@ def run(cfg: DictConfig) -> float | None:
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
     builders.ensure_dataset(cfg.dataset)
+    if cfg.train.audit and resume_from is None:  # a resumed run was audited when it started
+        from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
+
+        audit_dataset(cfg, out_dir)
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )

@@ -1,0 +1,106 @@
+"""Leakage across splits: exact and near duplicates found with an index, de-leaked CSVs written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit_data import IMAGE_ROOT, leaky_items, read_splits, write_dataset
+from deepfake.audit.facts import gather_facts
+from deepfake.audit.hamming import HammingIndex, popcount
+from deepfake.audit.leakage import EXACT, NEAR
+from deepfake.audit.pipeline import AuditSettings, image_table, leakage_check, write_clean_csvs
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("leaky"), leaky_items(SIZE))
+
+
+def _audit_leakage(root, **settings):
+    splits = read_splits(root)
+    images = image_table(splits, {}, threads=4, progress=None)
+    return splits, images, leakage_check(images, [s.name for s in splits], AuditSettings(**settings))
+
+
+def test_all_three_copies_are_found_and_nothing_else(leaky):
+    _, _, leakage = _audit_leakage(leaky)
+    found = {(p["b_path"].rsplit("/", 1)[-1], p["a_path"].rsplit("/", 1)[-1], p["kind"]) for p in leakage["pairs"]}
+
+    assert found == {
+        ("copy_a.jpg", "train000.jpg", EXACT),
+        ("copy_b.jpg", "train001.jpg", EXACT),
+        ("copy_c.jpg", "train002.jpg", NEAR),
+    }
+    train_test = next(c for c in leakage["counts"] if (c["earlier"], c["later"]) == ("train", "test"))
+    assert (train_test["exact"], train_test["near"]) == (2, 1)
+    assert train_test["share_of_later"] == pytest.approx(3 / 23)
+    assert leakage["verdict"].level == "fail"
+    assert leakage["drop_rows"] == {"test": [22, 23, 24]}  # CSV lines of the three copies
+
+
+def test_the_altered_copy_is_close_in_hash_and_thumbnail_as_the_config_says(leaky):
+    """conf/audit/default.yaml: re-encoded or slightly resized copies are 0-4 bits apart, 0.98+ correlated."""
+    _, _, leakage = _audit_leakage(leaky)
+    near = next(p for p in leakage["pairs"] if p["kind"] == NEAR)
+
+    assert near["distance"] <= 4 and near["correlation"] >= 0.98
+
+    _, _, stricter = _audit_leakage(leaky, near_duplicate_min_correlation=min(1.0, near["correlation"] + 1e-3))
+    assert {p["kind"] for p in stricter["pairs"]} == {EXACT}
+
+
+def test_clean_csvs_drop_the_copies_and_pass_a_second_audit(leaky, tmp_path):
+    splits, _, leakage = _audit_leakage(leaky)
+
+    written = write_clean_csvs(splits, leakage["drop_rows"], tmp_path)
+
+    assert {s: w["dropped"] for s, w in written.items()} == {"train": 0, "valid": 0, "test": 3}
+    header = (tmp_path / "clean" / "test.csv").read_text().splitlines()[0]
+    assert header == ",original_path,id,label,label_str,path"  # Kaggle's format, index column included
+    clean_test = pd.read_csv(tmp_path / "clean" / "test.csv", index_col=0)
+    assert len(clean_test) == 20 and not clean_test["path"].str.contains("copy_").any()
+    for name in ("train", "valid"):
+        assert pd.read_csv(tmp_path / "clean" / f"{name}.csv").equals(pd.read_csv(leaky / f"{name}.csv"))
+    _, _, again = _audit_leakage(_clean_root(tmp_path, leaky))
+    assert again["pairs"] == [] and again["verdict"].level == "pass"
+
+
+def _clean_root(tmp_path, leaky):
+    """The clean CSVs beside the original images, as dataset.csv_dir=<run dir>/clean would read them."""
+    root = tmp_path / "clean"
+    (root / IMAGE_ROOT).parent.mkdir(parents=True, exist_ok=True)
+    (root / IMAGE_ROOT).symlink_to(leaky / IMAGE_ROOT, target_is_directory=True)
+    return root
+
+
+def test_the_manifest_digest_is_used_instead_of_hashing(leaky):
+    train_path, test_path = (str(leaky / IMAGE_ROOT / p) for p in ("train/real/train000.jpg", "test/real/test000.jpg"))
+    facts = gather_facts([train_path, test_path], known_sha256={train_path: "same", test_path: "same"}, threads=1)
+
+    assert facts["sha256"].tolist() == ["same", "same"]
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 8, 10, 20])
+def test_hamming_index_finds_exactly_what_brute_force_finds(max_distance):
+    rng = np.random.default_rng(max_distance)
+    items = rng.integers(0, 2**64 - 1, 3000, dtype=np.uint64, endpoint=True)
+    # Queries planted at every distance 0..24 from random items, plus unrelated ones.
+    flips = [rng.choice(64, k, replace=False) for k in rng.integers(0, 25, 400)]
+    planted = [items[rng.integers(len(items))] ^ np.uint64(sum(1 << int(b) for b in bits)) for bits in flips]
+    queries = np.concatenate([np.array(planted, np.uint64), rng.integers(0, 2**63, 100, dtype=np.uint64)])
+
+    query_index, item_index, distance = HammingIndex(items, max_distance).query(queries, block=97)
+
+    brute = popcount(queries[:, None] ^ items[None, :])
+    expected = set(zip(*np.nonzero(brute <= max_distance)))
+    assert set(zip(query_index.tolist(), item_index.tolist())) == {(int(q), int(i)) for q, i in expected}
+    assert (distance == brute[query_index, item_index]).all()
+
+
+def test_hamming_index_refuses_a_distance_it_cannot_search():
+    with pytest.raises(ValueError, match="max_distance=32"):
+        HammingIndex(np.zeros(3, np.uint64), 32)

@@ -1,0 +1,97 @@
+"""The shortcut baseline: JPEG quality read back from the tables, a storage bias caught, a clean set passed."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit_data import faces, read_splits, same_content_items, write_dataset
+from deepfake.audit.features import feature_table, header_facts, jpeg_quality, name_features
+from deepfake.audit.pipeline import AuditSettings, image_table, leakage_check
+from deepfake.audit.shortcuts import ALL_FEATURES, shortcut_check
+
+SIZE = 32
+
+
+def _audit(root):
+    splits = read_splits(root, ("train", "test"))
+    images = image_table(splits, {}, threads=4, progress=None)
+    settings = AuditSettings()
+    shortcuts = shortcut_check(feature_table(images), images["target"].to_numpy(), images["split"].to_numpy(),
+                               seed=0, warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc)
+    return images, shortcuts, leakage_check(images, ["train", "test"], settings)  # fmt: skip
+
+
+def _dataset(tmp_path_factory, name: str, real_quality: int, fake_quality: int):
+    """80 train and 80 test faces from one distribution; reals and fakes differ only in JPEG quality."""
+    items = {split: same_content_items(80, SIZE, seed, real_quality, fake_quality)
+             for split, seed in (("train", 11), ("test", 12))}  # fmt: skip
+    return write_dataset(tmp_path_factory.mktemp(name), items)
+
+
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory):
+    return _audit(_dataset(tmp_path_factory, "biased", 95, 75))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    return _audit(_dataset(tmp_path_factory, "clean", 95, 95))
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75, 90, 95, 100])
+def test_jpeg_quality_is_read_back_from_the_quantisation_tables(quality):
+    buffer = io.BytesIO()
+    Image.fromarray(faces(1, SIZE, 0)[0]).save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer) as image:
+        assert jpeg_quality(image.quantization) == quality
+        assert header_facts(image)["jpeg_quality"] == quality
+
+
+def test_non_jpeg_files_have_no_quality():
+    buffer = io.BytesIO()
+    Image.fromarray(faces(1, SIZE, 0)[0]).save(buffer, format="PNG")
+    with Image.open(buffer) as image:
+        facts = header_facts(image)
+    assert np.isnan(facts["jpeg_quality"]) and facts["chroma_subsampling"] == -1
+
+
+def test_file_name_patterns():
+    names = name_features(pd.Series(["/x/real/00001.jpg", "/x/fake/0A1B2C3D4E.jpg", "/x/y/my-photo_2.PNG"]))
+
+    assert names["name_digits_only"].tolist() == [1, 0, 0]
+    assert names["name_length"].tolist() == [5, 10, 10]
+    assert names["name_upper"].tolist() == [0, 5, 0]
+    assert names["name_other"].tolist() == [0, 0, 2]
+    assert names["extension"].iloc[0] == names["extension"].iloc[1] != names["extension"].iloc[2]
+
+
+def test_reals_at_q95_and_fakes_at_q75_are_caught(biased):
+    images, shortcuts, _ = biased
+
+    assert sorted(images.groupby("target")["jpeg_quality"].unique().map(list).sum()) == [75.0, 95.0]
+    assert shortcuts["groups"][ALL_FEATURES]["auc"] >= 0.95
+    assert shortcuts["groups"]["JPEG settings"]["auc"] >= 0.95
+    assert shortcuts["verdict"].level == "fail"
+    assert "without looking at faces" in shortcuts["verdict"].message
+
+
+def test_a_clean_set_passes(clean):
+    _, shortcuts, leakage = clean
+
+    assert shortcuts["groups"][ALL_FEATURES]["auc"] < 0.7
+    assert shortcuts["verdict"].level == "pass"
+    assert leakage["pairs"] == [] and leakage["verdict"].level == "pass"
+
+
+def test_per_class_distributions_are_the_images_own_statistics(biased):
+    images, shortcuts, _ = biased
+    fake_bytes = images.loc[images["target"] == 1, "bytes"]
+
+    summary = shortcuts["distributions"]["bytes"]["fake"]
+    assert summary["mean"] == pytest.approx(fake_bytes.mean())
+    assert summary["median"] == pytest.approx(fake_bytes.median())
