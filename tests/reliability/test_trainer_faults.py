@@ -16,7 +16,6 @@ import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
-import deepfake.tracking.checkpoint as ckpt
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.stopping import init_worker
 from deepfake.engine.trainer import Trainer
@@ -127,7 +126,7 @@ def test_full_disk_in_epoch_two_keeps_epoch_one_and_says_so(tmp_path, monkeypatc
             if full == "every write":
                 monkeypatch.setattr(os, "fsync", _full_disk)
             else:
-                monkeypatch.setattr(ckpt.torch, "save", _full_disk)
+                monkeypatch.setattr(torch, "save", _full_disk)
         return end_epoch(*args, **kwargs)
 
     trainer._end_epoch = disk_fills_after_epoch_one
