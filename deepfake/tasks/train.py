@@ -1,7 +1,7 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
-The run dir's lock is held throughout. Setup (seed, run metadata, model, pre-flight of what the run
-writes at its end, resume state, data, pre-flight checks, loaders) -> Trainer.fit
+Setup (seed, run metadata, model, pre-flight of what the run writes at its end, resume state, data,
+pre-flight checks, loaders) -> Trainer.fit
 -> test best.pth -> register the run (promoting it to the global best when its validation AUC is
 the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
 under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
@@ -32,7 +32,6 @@ from deepfake.tasks.resume import check_resumed_config, finished_entry, finished
 from deepfake.tasks.test import evaluate_checkpoint, registry_view
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
-from deepfake.tracking.run_lock import RunDirLock
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +40,14 @@ def run(cfg: DictConfig) -> float | None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Without DDP every rank would train alone and write its own run dir and registry entry.
         raise ConfigError("distributed launches (torchrun, WORLD_SIZE>1) are not supported yet; run one process")
-    out_dir = builders.run_dir()
+    started_wall, started = time.perf_counter(), builders.now_iso()
+    out_dir = builders.run_dir()  # this process holds its lock (deepfake.tasks.jobs)
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
-    # One writer per run dir, for the whole run (under torchrun, once DDP exists, rank 0 holds it for the job).
-    with RunDirLock(out_dir, stale_after_s=float(cfg.run_lock.stale_after_s), wait_s=float(cfg.run_lock.wait_s)):
-        finished = finished_entry(cfg, out_dir) if cfg.get("resume") else None
-        if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the rest
+        finished = finished_entry(cfg, out_dir)
+        if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
             log.info("%s", finished_message(out_dir, finished))
             return finished.get("best_val_auc")
-        return _train(cfg, out_dir)
-
-
-def _train(cfg: DictConfig, out_dir: Path) -> float | None:
-    started_wall, started = time.perf_counter(), builders.now_iso()
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):

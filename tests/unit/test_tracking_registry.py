@@ -184,3 +184,23 @@ def test_simultaneous_registrations_from_eight_processes(tmp_path: Path) -> None
     assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-5").read_bytes()
     assert [run["run_name"] for run in registry.runs()][:3] == ["run-5", "run-1", "run-7"]
     assert not [path for path in registry.metadata_path.parent.iterdir() if ".tmp." in path.name]
+
+
+def test_a_run_is_found_by_its_run_dir_however_spelled(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    run_dir = tmp_path / "outputs" / "train" / "run1"
+    run_dir.mkdir(parents=True)
+    _register(registry, tmp_path, "run1", 0.8, run_dir=str(run_dir), status="finished")
+    _register(registry, tmp_path, "run2", 0.7)  # no run_dir recorded
+
+    assert registry.entry_for_run_dir(tmp_path / "outputs" / "." / "train" / "run1")["run_name"] == "run1"
+    assert registry.entry_for_run_dir(tmp_path / "outputs" / "train" / "other") is None
+
+
+def test_check_writable_leaves_only_the_lock_file(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    registry.check_writable()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
+    (tmp_path / "models" / "model_metadata.json").write_text("[1, 2")
+    with pytest.raises(UserError, match="is not valid JSON"):
+        registry.check_writable()

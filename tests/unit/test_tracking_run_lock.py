@@ -158,3 +158,35 @@ def test_a_lock_taken_from_its_holder_is_left_to_the_new_holder(tmp_path, caplog
     lock.release()
     assert json.loads(newcomer.read_text())["host"] == "node-elsewhere"
     assert "it is no longer the run's only writer" in caplog.records[0].getMessage()
+
+
+# Started at the same instant; each holds what it gets long enough for the others to look.
+_CONTEND = textwrap.dedent(
+    """
+    import sys, time
+    from deepfake.errors import RunDirLocked
+    from deepfake.tracking.run_lock import RunDirLock
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+    try:
+        with RunDirLock(sys.argv[1]):
+            print("acquired", flush=True)
+            time.sleep(5)
+    except RunDirLocked as err:
+        print(f"refused: {err}", flush=True)
+    """
+)
+
+
+def test_contenders_for_a_killed_writers_lock_let_exactly_one_in(tmp_path, holder):
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    start_at = str(time.time() + 3)
+    contenders = [
+        subprocess.Popen([sys.executable, "-c", _CONTEND, str(tmp_path), start_at], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=120)[0] for proc in contenders]
+    winners = [proc.pid for proc, out in zip(contenders, outputs) if out.startswith("acquired")]
+    assert len(winners) == 1, outputs
+    refusals = [out for out in outputs if out.startswith("refused")]
+    assert len(refusals) == 3 and all(f"PID {winners[0]} on {HOST}" in out for out in refusals), outputs
