@@ -89,7 +89,12 @@ def _writer_lock(cfg: DictConfig, out_dir: Path):
         return nullcontext()
     from deepfake.tracking.run_lock import RunDirLock
 
-    return RunDirLock(out_dir, stale_after_s=float(cfg.run_lock.stale_after_s), wait_s=float(cfg.run_lock.wait_s))
+    stale_after_s, wait_s = float(cfg.run_lock.stale_after_s), float(cfg.run_lock.wait_s)
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        # A requeued cluster job can start while its predecessor is still exiting, or on another node
+        # before the killed predecessor's heartbeat has aged: it waits for the lock to end or go stale.
+        wait_s = max(wait_s, stale_after_s)
+    return RunDirLock(out_dir, stale_after_s=stale_after_s, wait_s=wait_s)
 
 
 def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path) -> Any:
