@@ -84,8 +84,8 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
 
 def _writer_lock(cfg: DictConfig, out_dir: Path):
     """Training holds its run dir's lock from before its first write (status.json); read-only tasks
-    never take it and never wait for it. Under torchrun (once DDP exists) rank 0 holds it for the job."""
-    if cfg.task.name != "train":
+    never take it and never wait for it. Under torchrun rank 0 holds it for the job (its ranks share it)."""
+    if cfg.task.name != "train" or int(os.environ.get("RANK", "0")) != 0:
         return nullcontext()
     from deepfake.tracking.run_lock import RunDirLock
 
