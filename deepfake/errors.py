@@ -46,6 +46,10 @@ class TrainingError(UserError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
+class RunDirLocked(UserError):
+    """Another live process is writing the run dir: a second writer would interleave two histories."""
+
+
 class RunStopped(BaseException):
     """A stop signal ended the run after ``last.pth`` was saved: not a failure, not an error.
 

@@ -325,12 +325,31 @@ def _write_split(staging: Path, split: str, kinds: list[str], ids: list[str], pa
     pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(staging / f"{split}.csv")
 
 
-def _is_current(root: Path, params: dict) -> bool:
+def _recorded_params(root: Path) -> dict | None:
     try:
-        recorded = json.loads((root / "synthetic.json").read_text())
+        return json.loads((root / "synthetic.json").read_text())
     except (OSError, ValueError):
-        return False
-    return recorded == params and all((root / f"{split}.csv").is_file() for split in SPLITS)
+        return None
+
+
+def _is_current(root: Path, params: dict) -> bool:
+    return _recorded_params(root) == params and all((root / f"{split}.csv").is_file() for split in SPLITS)
+
+
+def _refuse_other_settings(root: Path, params: dict) -> None:
+    """A dataset made with other settings at a root the user chose is theirs: replaced only when asked."""
+    recorded = _recorded_params(root)
+    if not isinstance(recorded, dict) or recorded == params:
+        return  # unreadable record or missing files: nothing the same settings would not rebuild
+    changes = ", ".join(
+        f"{key} {recorded.get(key, '(none)')} -> {params.get(key, '(none)')}"
+        for key in sorted(recorded.keys() | params.keys())
+        if recorded.get(key) != params.get(key)
+    )
+    raise DataError(
+        f"{root} holds a synthetic dataset generated with other settings (recorded -> requested: {changes}); "
+        "pass overwrite=true (dataset.generate.overwrite=true) to replace it, or choose another root"
+    )
 
 
 def _check_params(params: dict) -> None:
@@ -356,12 +375,16 @@ def generate_synthetic_dataset(
     partial_fraction: float = 0.3,
     jpeg_quality: int = 95,
     seed: int = 0,
+    overwrite: bool = False,
+    cache_root: str | os.PathLike | None = None,
 ) -> Path:
     """Write a deterministic Kaggle-layout dataset under ``root`` unless the same one is there.
 
     ``root/{train,valid,test}.csv`` and ``root/real_vs_fake/real-vs-fake/<split>/{real,fake}/``;
     the CSVs add a ``mask_path`` column. Safe to call from several processes at once: one
     generates under a file lock into a staging directory, renamed into place when complete.
+    A dataset there made with other settings is replaced only with ``overwrite``, or when ``root``
+    is ``cache_root``: the project's own cache, regenerated whenever the settings change.
     """
     root = Path(root)
     params = {
@@ -384,6 +407,8 @@ def generate_synthetic_dataset(
                 f"{root}: exists and is not a synthetic dataset (no synthetic.json); "
                 "choose an empty or new directory for it"
             )
+        if not overwrite and (cache_root is None or Path(cache_root).resolve() != root.resolve()):
+            _refuse_other_settings(root, params)
         staging = root.parent / f".{root.name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         rng = np.random.default_rng([params["seed"]])

@@ -56,6 +56,8 @@ class TrainerState:
     epoch_loss_sum: float = 0.0
     epoch_samples: int = 0
     epoch_lrs: dict | None = None
+    # Why the run is no longer an exact continuation of itself (a resume without optimizer state), or None.
+    not_exact: str | None = None
 
 
 class DamagedImageLog:
@@ -97,6 +99,7 @@ class Trainer:
         grad_clip_norm: float | None = None,
         seed: int = 0,
         loggers: Iterable = (),
+        resume_strict: bool = False,
     ) -> None:
         self.model = model.to(device)
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -106,6 +109,7 @@ class Trainer:
         self.accumulate = max(1, int(accumulate_grad_batches))
         self.grad_clip_norm = grad_clip_norm
         self.seed = seed
+        self.resume_strict = resume_strict  # refuse a last.pth whose optimizer state cannot be loaded
         self.run_dir = Path(run_dir)
         self.describe = describe  # model_spec, preprocess, labels, threshold, run_name: makes best.pth self-describing
         self.loggers = list(loggers)
@@ -162,24 +166,14 @@ class Trainer:
     # ------------------------------------------------------------------------------- phases
     def _setup_phase(self, phase: Phase) -> None:
         set_backbone_frozen(self.model, phase.backbone_frozen)
-        groups = param_groups(self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen)
-        self.optimizer = self.make_optimizer(groups)
         per_epoch = steps_per_epoch(len(self.train_loader), self.accumulate)
-        self.scheduler = None
-        if phase.scheduled:
-            warmup = round(phase.warmup_epochs * per_epoch)
-            self.scheduler = self.make_scheduler(
-                self.optimizer, t_initial=max(1, phase.epochs * per_epoch - warmup), warmup_t=warmup
-            )
+        self._build_optimizer(phase, per_epoch)
         self.phase_step = self.state.epoch_in_phase * per_epoch + steps_per_epoch(
             self.state.batches_done, self.accumulate
         )
         if self._resume_from is not None and self._resume_from.get("optimizer") is not None:
             # Only a run stopped inside this phase has optimizer state for it; a new phase starts fresh.
-            self.optimizer.load_state_dict(self._resume_from["optimizer"])
-            if self.scheduler is not None and self._resume_from.get("scheduler") is not None:
-                self.scheduler.load_state_dict(self._resume_from["scheduler"])
-            self.scaler.load_state_dict(self._resume_from["scaler"])
+            self._load_optimizer_state(phase, per_epoch)
         self._resume_from = None
         if self.scheduler is not None:
             self.scheduler.step_update(self.phase_step)
@@ -187,6 +181,40 @@ class Trainer:
             "phase %s: %d epoch(s), %s trainable parameters, lr_head=%g lr_backbone=%g",
             phase.name, phase.epochs, f"{count_trainable(self.model):,}", phase.lr_head, phase.lr_backbone,
         )  # fmt: skip
+
+    def _build_optimizer(self, phase: Phase, per_epoch: int) -> None:
+        groups = param_groups(self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen)
+        self.optimizer = self.make_optimizer(groups)
+        self.scheduler = None
+        if phase.scheduled:
+            warmup = round(phase.warmup_epochs * per_epoch)
+            self.scheduler = self.make_scheduler(
+                self.optimizer, t_initial=max(1, phase.epochs * per_epoch - warmup), warmup_t=warmup
+            )
+
+    def _load_optimizer_state(self, phase: Phase, per_epoch: int) -> None:
+        """The stopped phase's optimizer, schedule and scaler state. State that cannot be loaded (another
+        torch version, param groups that changed) gives fresh ones and a run that is no longer exact,
+        unless ``resume_strict``."""
+        saved = self._resume_from
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+            if self.scheduler is not None and saved.get("scheduler") is not None:
+                self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            cause = f"the optimizer/scheduler/scaler state of {self.run_dir / 'last.pth'} cannot be loaded ({reason})"
+            if self.resume_strict:
+                raise CheckpointError(
+                    f"{cause}; resume_strict=true refuses to go on without it (resume_strict=false continues from "
+                    "the model weights with a fresh optimizer, no longer exactly)"
+                ) from err
+            log.warning("%s: continuing from the model weights with a fresh optimizer; the run is no longer an "
+                        "exact continuation", cause)  # fmt: skip
+            self.state.not_exact = cause
+            self._build_optimizer(phase, per_epoch)
+            self.scaler = make_grad_scaler(self.device, self.precision)
 
     # -------------------------------------------------------------------------------- steps
     def _train_epoch(self, phase: Phase, progress: Progress) -> bool:

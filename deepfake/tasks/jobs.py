@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from deepfake.errors import UserError, find_in_chain
+from deepfake.errors import RunDirLocked, UserError, find_in_chain
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,32 @@ def record_sweep_exit(code: int) -> None:
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
     """Run ``task(cfg)`` in the job's run dir; return its metric, or a :class:`FailedJob`."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with _writer_lock(cfg, out_dir):
+            return _run_held(cfg, task, out_dir)
+    except RunDirLocked as busy:
+        # Another live process writes this run dir: nothing in it is this job's to record or register.
+        log.error("%s", busy)
+        _job_exit_codes.append(EXIT_USER_ERROR)
+        return FailedJob(str(busy), EXIT_USER_ERROR)
+
+
+def _writer_lock(cfg: DictConfig, out_dir: Path):
+    """Training holds its run dir's lock from before its first write (status.json); read-only tasks
+    never take it and never wait for it. Under torchrun rank 0 holds it for the job (its ranks share it)."""
+    if cfg.task.name != "train" or int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    from deepfake.tracking.run_lock import RunDirLock
+
+    stale_after_s, wait_s = float(cfg.run_lock.stale_after_s), float(cfg.run_lock.wait_s)
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        # A requeued cluster job can start while its predecessor is still exiting, or on another node
+        # before the killed predecessor's heartbeat has aged: it waits for the lock to end or go stale.
+        wait_s = max(wait_s, stale_after_s)
+    return RunDirLock(out_dir, stale_after_s=stale_after_s, wait_s=wait_s)
+
+
+def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path) -> Any:
     started = time.perf_counter()
     status = _starting_status(out_dir, cfg.task.name)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):

@@ -1,13 +1,17 @@
 """Checks that run before the first training step, so a mistake costs seconds, not an epoch.
 
-The input size is tried on the model itself, the images are decoded once, and the image tree is
-compared with its manifest when asked. Each failure is a one-line UserError naming the key or files.
+Everything the run writes at its end is tried first (the registry, the models dir, room for the
+checkpoints); then the input size is tried on the model itself, the images are decoded once, and the
+image tree is compared with its manifest when asked. Each failure is a one-line UserError naming the
+key or files.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -15,8 +19,32 @@ from omegaconf import DictConfig
 from deepfake.data.manifest import verify_manifest
 from deepfake.data.scan import find_damaged, list_for_message
 from deepfake.errors import ConfigError, DataError
+from deepfake.tracking.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def check_run_outputs(registry: Registry, run_dir: Path, model: torch.nn.Module, checkpoints: int = 2) -> None:
+    """The registry is readable, valid and writable, the models dir writable, and ``run_dir`` has room
+    for ``checkpoints`` checkpoints of ``model``: otherwise the run would learn it after its compute."""
+    try:
+        registry.check_writable()  # an invalid registry raises its own UserError
+    except OSError as err:
+        raise ConfigError(
+            f"the registry {registry.metadata_path} cannot be written ({err}); point paths.models_dir (or "
+            "paths.registry and paths.best_model) at a writable folder"
+        ) from None
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space(run_dir, checkpoints * weights, f"{checkpoints} checkpoints of this model")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(
+            f"{folder} has {free / 2**20:.1f} MiB free, but {what} need {needed / 2**20:.1f} MiB; free some "
+            "disk space or point paths.log_dir (paths.multirun_dir for sweeps) at a larger disk"
+        )
 
 
 def check_input_size(model: torch.nn.Module, img_size: int, backbone: str) -> None:

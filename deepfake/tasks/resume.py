@@ -32,17 +32,25 @@ ALLOWED_TARGET_PREFIXES = ("deepfake.", "torch.optim.", "torch.nn.", "timm.", "t
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+class _RunFinished(Exception):
+    """resume= of a run that has already finished: said in one line, exit status 0."""
+
+
 def rewrite_argv(argv: list[str], conf_dir: str | Path) -> list[str]:
-    """The command line Hydra should see; a bad ``resume`` ends here with one ERROR line, status 2."""
+    """The command line Hydra should see; a bad ``resume`` ends here with one ERROR line, status 2,
+    and so does any launch into a run dir that a live process is writing (before Hydra writes to it)."""
     try:
         return _rewrite(argv, Path(conf_dir))
+    except _RunFinished as finished:
+        print(finished)
+        sys.exit(0)
     except UserError as err:
         print(f"ERROR {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
-    if not any(arg.startswith("resume=") for arg in argv):
+    if not any(arg.startswith(("resume=", "hydra.run.dir=")) for arg in argv):
         return argv
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     flags = [arg for arg in argv if arg not in overrides]
@@ -50,25 +58,55 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return argv  # Hydra reports the malformed override itself
-    value = next(o for o in reversed(parsed) if o.key_or_group == "resume").value()
+    value = _typed(parsed, "resume")
     if value in (None, False):
+        _refuse_live_run_dir(_typed(parsed, "hydra.run.dir"), parsed, conf_dir)
         return argv
     if any(flag in MULTIRUN_FLAGS for flag in flags):
         raise ConfigError("resume continues one run, not a sweep; resume each job by its dir: resume=<multirun/...>/<job>")
-    if any(o.key_or_group == "hydra.run.dir" for o in parsed):
+    if _typed(parsed, "hydra.run.dir") is not None:
         raise ConfigError("resume picks the run dir itself; drop hydra.run.dir from the command line")
     run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
-    kept = [o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"]
-    return [*flags, *_last_wins(kept), f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
+    kept = _last_wins([o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"])
+    cfg = _compose(conf_dir, kept, f"resume={run_dir}")
+    _refuse_live_run_dir(run_dir, kept, conf_dir, cfg)
+    finished = finished_entry(cfg, run_dir)
+    if finished is None:
+        return [*flags, *_lines(kept), f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
+    if _typed(parsed, "train.do_test") is not True:
+        raise _RunFinished(finished_message(run_dir, finished) + "; to re-run only its test: add train.do_test=true")
+    # Only the test, as task=test of the run's best.pth: its own run dir, the run's registry entry updated.
+    print(f"{run_dir} has already finished: re-running only its test (task=test ckpt={run_dir})", flush=True)
+    retest = OverridesParser.create().parse_overrides(["task=test", f"ckpt={_quoted(run_dir)}"])
+    return [*flags, *_lines(_last_wins(kept + retest))]
+
+
+def _typed(overrides: list[Override], key: str):
+    """The value the command line gives ``key`` (the last one wins), or None."""
+    return next((o.value() for o in reversed(overrides) if o.key_or_group == key), None)
+
+
+def _compose(conf_dir: Path, overrides: list[Override], purpose: str) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return compose(config_name="config", overrides=[o.input_line for o in overrides if not o.is_hydra_override()])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{purpose}: cannot compose the config ({' '.join(str(err).split())})") from None
+
+
+def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg: DictConfig | None = None) -> None:
+    """A run dir that a live process is writing is nobody else's to open: Hydra would rewrite its .hydra/."""
+    from deepfake.tracking.run_lock import LOCK_NAME, refuse_if_held  # torch: only paid for when it matters
+
+    if run_dir is None or not (Path(str(run_dir)) / LOCK_NAME).is_file():
+        return
+    cfg = cfg if cfg is not None else _compose(conf_dir, overrides, f"hydra.run.dir={run_dir}")
+    refuse_if_held(Path(str(run_dir)), float(cfg.run_lock.stale_after_s))
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[o for o in overrides if not o.startswith("resume=")])
-        train_dir = Path(cfg.paths.log_dir) / "train"
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"resume=true: cannot compose the config to find paths.log_dir ({err})") from None
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("resume=")])
+    train_dir = Path(_compose(conf_dir, parsed, "resume=true").paths.log_dir) / "train"
     runs = sorted(d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file())
     if not runs:
         raise ConfigError(f"resume=true: no run to resume under {train_dir}; start one without resume")
@@ -102,11 +140,15 @@ def _previous_overrides(run_dir: Path) -> list[Override]:
     return parsed
 
 
-def _last_wins(overrides: list[Override]) -> list[str]:
-    by_key: dict[tuple, str] = {}
+def _last_wins(overrides: list[Override]) -> list[Override]:
+    by_key: dict[tuple, Override] = {}
     for override in overrides:
-        by_key[(override.key_or_group, override.package)] = override.input_line
+        by_key[(override.key_or_group, override.package)] = override
     return list(by_key.values())
+
+
+def _lines(overrides: list[Override]) -> list[str]:
+    return [override.input_line for override in overrides]
 
 
 def _quoted(path: Path) -> str:
@@ -142,6 +184,21 @@ def _targets(node, prefix: str = ""):
             child = node._get_node(index)
             if isinstance(child, (DictConfig, ListConfig)):
                 yield from _targets(child, f"{prefix}{index}.")
+
+
+def finished_entry(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The registry entry of ``run_dir`` when that run has finished (trained, tested, registered), else None."""
+    from deepfake.tracking.registry import Registry  # not builders: scripts/main.py asks before Hydra starts
+
+    entry = Registry(cfg.paths.registry, cfg.paths.best_model).entry_for_run_dir(run_dir)
+    return entry if entry is not None and entry.get("status") == "finished" else None
+
+
+def finished_message(run_dir: Path, entry: dict) -> str:
+    return (
+        f"{run_dir} has already finished (ended {entry.get('ended_at')}, best val AUC {entry.get('best_val_auc')}): "
+        "nothing to train, test or register again"
+    )
 
 
 def load_last_checkpoint(out_dir: Path, model) -> dict | None:

@@ -1,8 +1,9 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
-Setup (seed, run metadata, model, resume state, data, pre-flight checks, loaders) -> Trainer.fit
--> test best.pth -> register the run (promoting it to the global best when it beats the incumbent on
-the promotion set, the same images for every candidate) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
+Setup (seed, run metadata, model, pre-flight of what the run writes at its end, resume state, data,
+pre-flight checks, loaders) -> Trainer.fit -> test best.pth -> register the run (promoting it to the
+global best when it beats the incumbent on the promotion set, the same images for every candidate)
+-> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
 under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
 the run as failed.
 """
@@ -26,8 +27,8 @@ from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
 from deepfake.tasks import builders, promotion
 from deepfake.tasks.display import print_run_summary
-from deepfake.tasks.preflight import check_dataset_files, check_input_size
-from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
+from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs
+from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
 from deepfake.tasks.test import evaluate_checkpoint, registry_view
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
@@ -40,9 +41,13 @@ def run(cfg: DictConfig) -> float | None:
         # Without DDP every rank would train alone and write its own run dir and registry entry.
         raise ConfigError("distributed launches (torchrun, WORLD_SIZE>1) are not supported yet; run one process")
     started_wall, started = time.perf_counter(), builders.now_iso()
-    out_dir = builders.run_dir()
+    out_dir = builders.run_dir()  # this process holds its lock (deepfake.tasks.jobs)
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
+        finished = finished_entry(cfg, out_dir)
+        if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
+            log.info("%s", finished_message(out_dir, finished))
+            return finished.get("best_val_auc")
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
@@ -55,6 +60,8 @@ def run(cfg: DictConfig) -> float | None:
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     model = instantiate(cfg.backbone)
+    registry = builders.open_registry(cfg)
+    check_run_outputs(registry, out_dir, model)  # what the run writes at its end: before any compute
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
     name = resume_from["run_name"] if resume_from else builders.run_name()
     log.info("run %s in %s", name, out_dir)
@@ -103,6 +110,7 @@ def run(cfg: DictConfig) -> float | None:
         grad_clip_norm=cfg.train.grad_clip_norm,
         seed=int(cfg.seed),
         loggers=builders.build_loggers(cfg),
+        resume_strict=bool(cfg.resume_strict),
     )
     entry = {
         "run_name": name,
@@ -115,7 +123,6 @@ def run(cfg: DictConfig) -> float | None:
         "git_dirty": git["dirty"],
         "started_at": started,
     }
-    registry = builders.open_registry(cfg)
     try:
         state = trainer.fit(resume=resume_from)
     except TrainingError as err:
@@ -175,6 +182,7 @@ def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | N
         "ended_at": builders.now_iso(),
         "damaged_images": trainer.damaged.counts(),
         "test_metrics": test_metrics,
+        "inexact_resume": state.not_exact,  # why a resume could not continue exactly, or None
     }
 
 

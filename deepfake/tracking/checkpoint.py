@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from deepfake.errors import CheckpointError, find_in_chain
 
 CHECKPOINT_FORMAT = "deepfake-checkpoint/1"
@@ -30,7 +28,7 @@ CHECKPOINT_FORMAT = "deepfake-checkpoint/1"
 # A temp is named ".<target>.tmp.<host>.<pid>.<token>": hidden from globs like "*.pth", tied to its
 # target for humans, and carrying the writer's identity so remove_stale_temps can tell a leftover
 # of a killed process from a file that a live writer is still filling.
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown-host"
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "unknown-host"
 _TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}$")
 
 # A pid is only meaningful on its own host, and pids get reused, so liveness alone cannot clear
@@ -40,8 +38,9 @@ _TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?
 STALE_TEMP_AGE_S = 24 * 3600
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+def temp_path(path: Path) -> Path:
+    """A unique temp name beside ``path`` that remove_stale_temps recognises once its writer is gone."""
+    return path.with_name(f".{path.name}.tmp.{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
 def _is_out_of_space(error: BaseException) -> bool:
@@ -67,7 +66,7 @@ def _fsync_directory(directory: Path) -> None:
 def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file that replaces ``path`` only when the block completes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
+    temp = temp_path(path)
     try:
         with open(temp, "xb") as handle:
             yield handle
@@ -87,6 +86,8 @@ def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``obj`` to ``path`` so that a crash leaves the previous file intact."""
+    import torch  # here: the registry and the run-dir lock use this module, scripts/main.py before Hydra starts
+
     with _atomic_file(Path(path)) as handle:
         torch.save(obj, handle)
 
@@ -106,8 +107,9 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
         shutil.copyfileobj(reader, handle)
 
 
-def _writer_is_alive(host: str, pid: int) -> bool:
-    if host != _HOST:
+def process_is_alive(host: str, pid: int) -> bool:
+    """Whether ``pid`` runs on ``host`` (a HOST value); True for other hosts, whose processes are unseen."""
+    if host != HOST:
         return True  # cannot see another machine's processes; leave it to the age rule
     try:
         os.kill(pid, 0)
@@ -137,7 +139,7 @@ def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = 
             age_s = now - candidate.stat().st_mtime
         except FileNotFoundError:
             continue  # its writer just renamed or removed it
-        if age_s > max_age_s or not _writer_is_alive(match["host"], int(match["pid"])):
+        if age_s > max_age_s or not process_is_alive(match["host"], int(match["pid"])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
@@ -148,6 +150,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist; check the path")
+    import torch
+
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

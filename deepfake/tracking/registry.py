@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,6 +202,22 @@ class Registry:
 
     def get(self, run_name: str) -> dict[str, Any] | None:
         return self._find(self._read(), run_name)
+
+    def entry_for_run_dir(self, run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The entry recorded for ``run_dir`` (the same folder, however spelled), or None."""
+        target = Path(run_dir).resolve()
+        runs = self._read()["runs"]
+        return next((run for run in runs if run.get("run_dir") and Path(run["run_dir"]).resolve() == target), None)
+
+    def check_writable(self) -> None:
+        """Fail now the way register_run would fail at the end of a run: an invalid registry (UserError),
+        a lock that cannot be taken or a folder that cannot be written (OSError). Leaves only the lock file."""
+        with self._locked():
+            self._read()
+            for folder in {self.metadata_path.parent, self.best_model_path.parent}:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
 
     @staticmethod
     def _find(registry: dict[str, Any], run_name: str | None) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ Each scenario starts the RELIABLE run and, at each of its stop points (the CSV r
 random fraction of an epoch's duration), sends SIGKILL (nothing saved on the way out), SIGTERM or SIGINT (last.pth saved at the
 next safe point); it then resumes, with ``resume=true`` or ``resume=<run dir>``. At the end best.pth and
 last.pth must hold the same tensors as the uninterrupted run, metrics_log.csv the same rows (timings
-aside), and the registry exactly one entry for the run.
+aside), and the registry exactly one entry for the run; a SIGKILLed run's lock is taken over.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Outcome:
     run_dir: Path | None = None
     landed: list[str] = field(default_factory=list)  # where each stop left last.pth
     stop_outputs: list[tuple[int, str]] = field(default_factory=list)  # (exit status, output) of stopped runs
+    stopped_pids: list[int] = field(default_factory=list)
     final_status: int | None = None
     final_output: str = ""
 
@@ -74,6 +75,7 @@ def _play(root: Path, data_dir: Path, stops: list, epoch_s: float) -> Outcome:
             ready = wait_for(proc, root, lambda d, rows=rows: csv_rows(d) >= rows)
         assert ready is not None, proc.communicate()
         time.sleep(epochs * epoch_s)
+        outcome.stopped_pids.append(proc.pid)
         status, out, err = kill(proc, signum)
         outcome.stop_outputs.append((status, out + err))
         outcome.landed.append(_where(ready))
@@ -108,7 +110,13 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(scenario, outcomes, uninte
     entries = registry(run_dir.parents[2])["runs"]
     assert [e["run_name"] for e in entries] == [run_dir.name]
     assert entries[0]["status"] == "finished" and entries[0]["epochs"] == 3
-    assert not [p for p in run_dir.iterdir() if ".tmp." in p.name]
+    assert not [p for p in run_dir.iterdir() if ".tmp." in p.name or p.name == "run.lock"]
+    # A SIGKILLed run leaves its lock behind: the next run takes it over, saying so once (run.log, unwrapped);
+    # SIGTERM and SIGINT release it on the way out.
+    takeovers = [line for line in (run_dir / "run.log").read_text().splitlines() if "took over the stale lock" in line]
+    killed = [pid for pid, (signum, *_) in zip(outcome.stopped_pids, SCENARIOS[scenario]) if signum == signal.SIGKILL]
+    assert len(takeovers) == len(killed)
+    assert all(f"PID {pid} is no longer running" in line for pid, line in zip(killed, takeovers))
     print(f"{scenario}: stops landed at {outcome.landed}")
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from deepfake.tracking.checkpoint import _HOST
+from deepfake.tracking.checkpoint import HOST
 from reliability.faults import ENV, registry, run
 
 pytestmark = pytest.mark.slow
@@ -91,12 +91,12 @@ def test_leftover_temps_of_killed_writers_are_removed_on_the_next_start(tmp_path
     (tmp_path / "models").mkdir()
     dead_pid = 2**22 + 1  # above any pid the kernel hands out by default
     leftovers = [
-        run_dir / f".last.pth.tmp.{_HOST}.{dead_pid}.0badc0de",
-        tmp_path / "models" / f".model_metadata.json.tmp.{_HOST}.{dead_pid}.0badc0de",
+        run_dir / f".last.pth.tmp.{HOST}.{dead_pid}.0badc0de",
+        tmp_path / "models" / f".model_metadata.json.tmp.{HOST}.{dead_pid}.0badc0de",
     ]
     for temp in leftovers:
         temp.write_bytes(b"half a file")
-    live = run_dir / f".best.pth.tmp.{_HOST}.{os.getpid()}.0feedbee"  # a live writer's: spared
+    live = run_dir / f".best.pth.tmp.{HOST}.{os.getpid()}.0feedbee"  # a live writer's: spared
     live.write_bytes(b"being written")
 
     result = run(tmp_path, reliable_data, f"resume={run_dir}")

@@ -1,6 +1,7 @@
 """Faults inside the training loop, in-process on a tiny task: a real SIGTERM part-way through an
 epoch (with and without DataLoader workers and gradient accumulation) must resume to the very same
-bits as an uninterrupted run; a full disk must keep the previous checkpoint and say so."""
+bits as an uninterrupted run; a full disk must keep the previous checkpoint and say so; optimizer state
+that cannot be loaded is refused under resume_strict, else replaced by a fresh optimizer with a warning."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
-import deepfake.tracking.checkpoint as ckpt
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.stopping import init_worker
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import UserError
+from deepfake.errors import CheckpointError, UserError
 from deepfake.models import create_detector
 from deepfake.tracking.checkpoint import load_checkpoint
 
@@ -127,7 +127,7 @@ def test_full_disk_in_epoch_two_keeps_epoch_one_and_says_so(tmp_path, monkeypatc
             if full == "every write":
                 monkeypatch.setattr(os, "fsync", _full_disk)
             else:
-                monkeypatch.setattr(ckpt.torch, "save", _full_disk)
+                monkeypatch.setattr(torch, "save", _full_disk)
         return end_epoch(*args, **kwargs)
 
     trainer._end_epoch = disk_fills_after_epoch_one
@@ -144,3 +144,24 @@ def test_full_disk_in_epoch_two_keeps_epoch_one_and_says_so(tmp_path, monkeypatc
     resumed.phases = trainer.phases
     resumed.fit(resume=load_checkpoint(tmp_path / "last.pth"))
     assert [row["epoch"] for row in metric_rows(tmp_path)] == ["1", "2"]
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["resume_strict", "lenient"])
+def test_optimizer_state_that_cannot_be_loaded(tmp_path, caplog, strict):
+    make_trainer(tmp_path, signal_on_load=60).fit()  # stopped in epoch 2, the first fine-tuning epoch
+    last = load_checkpoint(tmp_path / "last.pth")
+    groups = last["optimizer"]["param_groups"]
+    groups.append({**groups[0], "params": []})  # the model's param groups have changed since
+    resumed = make_trainer(tmp_path)
+    resumed.resume_strict = strict
+    if strict:
+        with pytest.raises(CheckpointError, match="cannot be loaded .*; resume_strict=true refuses to go on"):
+            resumed.fit(resume=last)
+        return
+    resumed.fit(resume=last)
+    warnings = [r.getMessage() for r in caplog.records if "with a fresh optimizer" in r.getMessage()]
+    assert len(warnings) == 1 and "last.pth cannot be loaded" in warnings[0]
+    assert resumed.state.not_exact and load_checkpoint(tmp_path / "last.pth")["trainer_state"]["not_exact"] == (
+        resumed.state.not_exact
+    )
+    assert [row["epoch"] for row in metric_rows(tmp_path)] == ["1", "2", "3"]

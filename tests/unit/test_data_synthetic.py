@@ -87,13 +87,28 @@ def test_second_call_with_same_parameters_writes_nothing(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in root.rglob("*")} == before
 
 
-def test_changed_parameters_regenerate_in_place(tmp_path):
+def test_a_chosen_root_with_other_settings_is_refused_then_replaced_with_overwrite(tmp_path):
     generate_synthetic_dataset(tmp_path / "set", **TINY)
+    before = _files(tmp_path / "set")
 
-    root = generate_synthetic_dataset(tmp_path / "set", **{**TINY, "n_train": 8})
+    with pytest.raises(DataError) as refused:
+        generate_synthetic_dataset(tmp_path / "set", **{**TINY, "n_train": 8, "seed": 5})
+    assert "(recorded -> requested: n_train 12 -> 8, seed 3 -> 5)" in str(refused.value)
+    assert "overwrite=true" in str(refused.value) and "\n" not in str(refused.value)
+    assert _files(tmp_path / "set") == before
+
+    root = generate_synthetic_dataset(tmp_path / "set", **{**TINY, "n_train": 8, "seed": 5}, overwrite=True)
 
     assert len(pd.read_csv(root / "train.csv")) == 8
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(".lock")) == ["set"]
+
+
+def test_the_projects_own_cache_is_regenerated_in_place(tmp_path):
+    generate_synthetic_dataset(tmp_path / "set", **TINY, cache_root=tmp_path / "set")
+
+    root = generate_synthetic_dataset(tmp_path / "set", **{**TINY, "n_train": 8}, cache_root=tmp_path / "." / "set")
+
+    assert len(pd.read_csv(root / "train.csv")) == 8
 
 
 def test_concurrent_callers_get_one_complete_dataset(tmp_path):

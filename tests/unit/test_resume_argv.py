@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from deepfake.errors import ConfigError
-from deepfake.tasks.resume import _rewrite, check_resumed_config
+from deepfake.errors import ConfigError, RunDirLocked
+from deepfake.tasks.resume import _rewrite, _RunFinished, check_resumed_config
+from deepfake.tracking.registry import Registry
+from deepfake.tracking.run_lock import RunDirLock
 from deepfake.tracking.loggers import MetricsCsv
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -90,3 +93,30 @@ def test_metrics_rows_logged_after_the_restored_epoch_are_dropped(tmp_path):
     log.append({"epoch": 2, "val_auc": 0.25})
     log.close()
     assert path.read_text().splitlines() == ["epoch,val_auc", "1,0.1", "2,0.25"]
+
+
+def test_a_run_dir_being_written_is_refused_before_hydra_opens_it(tmp_path):
+    run_dir = _run_dir(tmp_path, "run", ["seed=1"])
+    with RunDirLock(run_dir):  # held by this (live) process
+        for argv in ([f"resume={run_dir}"], [f"hydra.run.dir={run_dir}", "seed=2"]):
+            with pytest.raises(RunDirLocked, match=f"is being written by PID {os.getpid()}"):
+                _rewrite([f"paths.root_dir={tmp_path}", *argv], CONF_DIR)
+    assert _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)[-1] == f"hydra.run.dir={run_dir}"
+
+
+def test_a_finished_run_is_not_resumed_and_do_test_becomes_a_test_of_its_checkpoint(tmp_path):
+    run_dir = _run_dir(tmp_path, "run", ["seed=1"])
+    best = tmp_path / "best.pth"
+    best.write_bytes(b"weights")
+    registry = Registry(tmp_path / "models" / "model_metadata.json", tmp_path / "models" / "best_model.pth")
+    entry = {"run_name": "run", "run_dir": str(run_dir), "best_val_auc": 0.9, "ended_at": "2026-01-01T00:00:00+00:00"}
+    registry.register_run({**entry, "status": "failed"}, best)
+    argv = _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}"], CONF_DIR)
+    assert argv[-1] == f"hydra.run.dir='{run_dir}'"  # a failed run is resumed
+
+    registry.register_run({**entry, "status": "finished"}, best)
+    with pytest.raises(_RunFinished, match="has already finished .*best val AUC 0.9.*add train.do_test=true"):
+        _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}"], CONF_DIR)
+    argv = _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}", "train.do_test=true"], CONF_DIR)
+    assert argv[-2:] == ["task=test", f"ckpt='{run_dir}'"] and "seed=1" in argv
+    assert not any(arg.startswith(("resume=", "hydra.run.dir=")) for arg in argv)

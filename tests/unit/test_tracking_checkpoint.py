@@ -112,7 +112,7 @@ def _fail_in_torch_save(monkeypatch: pytest.MonkeyPatch) -> None:
         handle.truncate(17)
         raise RuntimeError("simulated crash while serialising")
 
-    monkeypatch.setattr(ckpt.torch, "save", save_half_then_crash)
+    monkeypatch.setattr(torch, "save", save_half_then_crash)
 
 
 def _fail_in_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +299,7 @@ def _dead_pid() -> int:
 
 
 def test_remove_stale_temps_spares_live_writers_and_foreign_files(tmp_path: Path) -> None:
-    host = ckpt._HOST
+    host = ckpt.HOST
     dead = tmp_path / f".last.pth.tmp.{host}.{_dead_pid()}.0badc0de"
     live = tmp_path / f".last.pth.tmp.{host}.{os.getpid()}.12345678"
     remote_fresh = tmp_path / ".best.pth.tmp.otherbox.4242.abcdef01"

@@ -262,3 +262,23 @@ def test_runs_finishing_together_with_rescoring_leave_one_consistent_best(tmp_pa
     assert registry.best_model_path.read_bytes() == _checkpoint(tmp_path, "run-b").read_bytes()
     assert registry.get("incumbent")["rescored"]["common"]["auc"] == 0.5
     assert len(registry.runs()) == 5
+
+
+def test_a_run_is_found_by_its_run_dir_however_spelled(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    run_dir = tmp_path / "outputs" / "train" / "run1"
+    run_dir.mkdir(parents=True)
+    _register(registry, tmp_path, "run1", 0.8, run_dir=str(run_dir), status="finished")
+    _register(registry, tmp_path, "run2", 0.7)  # no run_dir recorded
+
+    assert registry.entry_for_run_dir(tmp_path / "outputs" / "." / "train" / "run1")["run_name"] == "run1"
+    assert registry.entry_for_run_dir(tmp_path / "outputs" / "train" / "other") is None
+
+
+def test_check_writable_leaves_only_the_lock_file(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    registry.check_writable()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
+    (tmp_path / "models" / "model_metadata.json").write_text("[1, 2")
+    with pytest.raises(UserError, match="is not valid JSON"):
+        registry.check_writable()

@@ -1,0 +1,51 @@
+"""The pre-flight of what a training run writes at its end: registry, models dir, disk space."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from deepfake.errors import ConfigError, UserError
+from deepfake.models import create_detector
+from deepfake.tasks.preflight import check_free_space, check_run_outputs
+from deepfake.tracking.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_detector("test_resnet")
+
+
+def _registry(models_dir):
+    return Registry(models_dir / "model_metadata.json", models_dir / "best_model.pth")
+
+
+def test_a_usable_registry_and_models_dir_pass(tmp_path, model):
+    check_run_outputs(_registry(tmp_path / "models"), tmp_path, model)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
+
+
+def test_a_corrupt_registry_is_named(tmp_path, model):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model_metadata.json").write_text('{"version": 1, "runs": [')
+    with pytest.raises(UserError, match="model_metadata.json is not valid JSON"):
+        check_run_outputs(_registry(tmp_path / "models"), tmp_path, model)
+
+
+# Tests run as root, for whom a chmod'ed folder stays writable: a models dir that is a file, or
+# lies under one, cannot be written by anyone.
+@pytest.mark.parametrize("where", ["models", "a_file/models"])
+def test_a_models_dir_that_cannot_be_written_names_the_key(tmp_path, model, where):
+    (tmp_path / where.split("/")[0]).write_text("a file, not a folder")
+    with pytest.raises(ConfigError) as refused:
+        check_run_outputs(_registry(tmp_path / where), tmp_path, model)
+    assert "cannot be written" in str(refused.value) and "paths.models_dir" in str(refused.value)
+    assert str(tmp_path / "models" if where == "models" else tmp_path / where) in str(refused.value)
+
+
+def test_too_little_disk_space_is_said_in_mib(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    check_free_space(tmp_path, 1, "two checkpoints")
+    with pytest.raises(ConfigError, match=r"MiB free, but two checkpoints need .* MiB; free some disk space"):
+        check_free_space(tmp_path, 2 * free + 2**30, "two checkpoints")
