@@ -1,14 +1,15 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
 Setup (seed, run metadata, model, resume state, data, pre-flight checks, loaders) -> Trainer.fit
--> test best.pth -> register the run (promoting it to the global best when its validation AUC is
-the highest) -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
-under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
-the run as failed.
+-> the operating point chosen on validation and stored in best.pth (conf/eval/) -> test best.pth
+-> register the run (promoting it to the global best when its validation AUC is the highest)
+-> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on; under submitit
+the launcher requeues the job, which resumes by itself); a non-finite loss registers the run as failed.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
+from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size
 from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
-from deepfake.tasks.test import evaluate_checkpoint, registry_view
+from deepfake.tasks.scoring import check_eval_settings, store_operating_point
+from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
 
@@ -43,6 +46,7 @@ def run(cfg: DictConfig) -> float | None:
     out_dir = builders.run_dir()
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
+    check_eval_settings(cfg)  # a bad eval.* setting must not wait for the end of training
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
@@ -88,7 +92,6 @@ def run(cfg: DictConfig) -> float | None:
             "model_spec": model.detector_spec,
             "preprocess": preprocess,
             "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
-            "threshold": float(cfg.train.threshold),
             "run_name": name,
         },
         precision=precision,
@@ -117,6 +120,7 @@ def run(cfg: DictConfig) -> float | None:
         raise
     finally:
         trainer.close()
+        _write_training_curves(out_dir)
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
@@ -127,6 +131,7 @@ def run(cfg: DictConfig) -> float | None:
         raise RunStopped(trainer.stop.signum)
 
     try:
+        entry["operating_point"] = store_operating_point(out_dir / "best.pth", cfg, trainer.damaged)["operating_point"]
         test_metrics = None
         if cfg.train.do_test:
             test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
@@ -166,6 +171,14 @@ def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | N
     }
 
 
+def _write_training_curves(out_dir: Path) -> None:
+    """training_curves.png from metrics_log.csv, for readers who never open TensorBoard."""
+    with open(out_dir / "metrics_log.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows:
+        (out_dir / TRAINING_CURVES).write_bytes(training_curves_png(rows))
+
+
 def _hyperparameters(cfg: DictConfig) -> str:
     """One greppable line with what shapes the result (the full config is in config_resolved.yaml)."""
     picked = {
@@ -177,5 +190,6 @@ def _hyperparameters(cfg: DictConfig) -> str:
         "dataset": {k: cfg.dataset[k] for k in ("name", "img_size", "batch_size", "real_label")},
         "augment": {k: v for k, v in cfg.augment.items() if not k.startswith("_")},
         "train": cfg.train,
+        "eval": {k: cfg.eval[k] for k in ("threshold_policy", "threshold", "calibrate")},
     }
     return json.dumps(OmegaConf.to_container(OmegaConf.create(picked), resolve=True), separators=(",", ":"))
