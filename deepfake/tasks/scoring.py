@@ -56,7 +56,9 @@ def check_eval_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.calibrate={cfg.eval.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
     summary_settings(cfg)
     perturbations(cfg)
-    eval_sets(cfg)
+    for name, csv, _ in eval_sets(cfg)[1:]:  # the dataset's own test CSV may still be generated
+        if not Path(csv).is_file():
+            raise ConfigError(f"eval.sets.{name}: {csv} does not exist; fix the path or drop the set")
 
 
 def summary_settings(cfg: DictConfig) -> SummarySettings:
