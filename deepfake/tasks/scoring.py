@@ -80,13 +80,20 @@ def summary_settings(cfg: DictConfig) -> SummarySettings:
 
 
 def perturbations(cfg: DictConfig) -> list[Perturbation]:
-    return perturbations_from(OmegaConf.to_container(cfg.eval.perturbations, resolve=True) or {}, seed=int(cfg.seed))
+    settings = cfg.eval.perturbations
+    kinds = OmegaConf.to_container(settings, resolve=True) if settings is not None else {}
+    if not isinstance(kinds, dict):
+        raise ConfigError(f"eval.perturbations={kinds!r} must be a mapping: {{jpeg: [90, 70], blur: [1], ...}}")
+    return perturbations_from(kinds, seed=int(cfg.seed))
 
 
 def eval_sets(cfg: DictConfig) -> list[tuple[str, str, str | None]]:
     """``(name, csv, root_dir)`` for the dataset's test CSV (named ``test``) and each of ``eval.sets``."""
     sets = [("test", str(cfg.dataset.test_csv), None)]
-    for name, spec in (OmegaConf.to_container(cfg.eval.sets, resolve=True) or {}).items():
+    extra = OmegaConf.to_container(cfg.eval.sets, resolve=True) if cfg.eval.sets is not None else {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"eval.sets={extra!r} must be a mapping: eval.sets={{name: <csv>, ...}}")
+    for name, spec in extra.items():
         if name == "test":
             raise ConfigError("eval.sets.test: `test` is the dataset's own test_csv; give this set another name")
         if isinstance(spec, str):

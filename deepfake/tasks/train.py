@@ -46,7 +46,6 @@ def run(cfg: DictConfig) -> float | None:
     out_dir = builders.run_dir()
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
-    check_eval_settings(cfg)  # a bad eval.* setting must not wait for the end of training
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
@@ -71,6 +70,7 @@ def run(cfg: DictConfig) -> float | None:
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
     builders.ensure_dataset(cfg.dataset)
+    check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )
