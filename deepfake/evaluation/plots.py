@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 from deepfake.evaluation.calibration import reliability_bins
@@ -142,10 +143,15 @@ def training_curves_png(rows: Sequence[dict]) -> bytes:
         axes[2].plot(epochs, np.where(values > 0, values, np.nan), "o-", label=name.removeprefix("lr_"))
     axes[2].set(title="Learning rate (epoch start)", xlabel="epoch", yscale="log")
     phases = [row["phase"] for row in rows]
-    for i in range(1, len(rows)):
-        if phases[i] != phases[i - 1]:
+    starts = [i for i in range(len(rows)) if i == 0 or phases[i] != phases[i - 1]]
+    for i in starts:
+        if i > 0:
             for ax in axes:
                 ax.axvline((epochs[i] + epochs[i - 1]) / 2, color="#999", ls="--", lw=1)
+        axes[1].annotate(phases[i], (epochs[i], 1), xycoords=("data", "axes fraction"), xytext=(2, -12),
+                         textcoords="offset points", fontsize="small", color="#555")  # fmt: skip
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (axes[0], axes[2]):
         ax.legend(fontsize="small")
     return figure_png(fig)

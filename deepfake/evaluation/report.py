@@ -39,7 +39,7 @@ def _operating_point(metrics: dict) -> str:
         origin = f"eval.threshold override (the checkpoint stores {_num(used['stored_threshold'])}, policy {used['policy']})"
     rows = [("threshold (p(fake) at or above: fake)", _num(used["threshold"], 6)), ("where it came from", origin),
             ("temperature", _num(used["temperature"]))]  # fmt: skip
-    parts = [html.table(["", ""], rows)]
+    parts = [html.table(["decision rule", ""], rows)]
     if stored:
         parts.append(html.paragraph(f"Validation figures at the stored threshold ({stored['n_real']} real, "
                                     f"{stored['n_fake']} fake images):"))  # fmt: skip
@@ -69,10 +69,11 @@ def _figures(metrics: dict) -> str:
     boot = metrics.get("bootstrap") or {}
     note = (f"Intervals: {boot.get('confidence', 0):.0%} percentile bootstrap, {boot.get('resamples')} resamples "
             f"stratified by class, seed {boot.get('seed')}." if boot.get("resamples") else "No intervals (eval.bootstrap=0).")  # fmt: skip
-    operating = [(f"{p['max_fpr']:.3%}", p["tpr"], p["fpr"], p["threshold"]) for p in metrics.get("tpr_at_fpr", [])]
+    operating = [(f"{p['max_fpr'] * 100:g}%", p["tpr"], p["fpr"], p["threshold"]) for p in metrics.get("tpr_at_fpr", [])]
+    level = f"{boot['confidence']:.0%} interval" if boot.get("resamples") else "interval"
     return html.section(
         "Test figures",
-        html.table(["metric", "value", "95% interval"], rows, fmt=_num),
+        html.table(["metric", "value", level], rows, fmt=_num),
         html.paragraph(note, "meta"),
         html.paragraph("TPR at fixed false-positive rates (read off the test ROC: a description, not an operating point):"),
         html.table(["FPR at most", "TPR", "FPR", "threshold"], operating, fmt=_num),
@@ -102,7 +103,7 @@ def render(metrics: dict, plots: dict[str, bytes]) -> str:
                                        ["perturbation", "severity", *metric_keys], "robustness", plots))  # fmt: skip
     if len(metrics.get("sets") or []) > 1:
         rows = [{**row, "auc_interval": _interval(row.get("intervals"), "auc")} for row in metrics["sets"]]
-        sections.append(_table_section("Generalisation across test sets", ["set", "images", "AUC", "AUC 95% interval",
+        sections.append(_table_section("Generalisation across test sets", ["set", "images", "AUC", "AUC interval",
                                        *metric_columns[1:]], rows, ["set", "n_samples", "auc", "auc_interval",
                                        *metric_keys[1:]], "generalisation", plots))  # fmt: skip
     if "training_curves" in plots:

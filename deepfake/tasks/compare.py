@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
 from deepfake.tasks import builders
 from deepfake.tasks.display import print_comparison
+from deepfake.tasks.registry import runs_of_sweep
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,10 @@ def comparison_row(entry: dict) -> dict:
 def run(cfg: DictConfig) -> None:
     settings = cfg.compare
     registry = builders.open_registry(cfg)
-    runs = select_runs(registry.runs(), [str(name) for name in settings.runs or []], settings.dataset, settings.backbone)
+    runs = registry.runs()
+    if settings.sweep:
+        runs = runs_of_sweep(runs, str(settings.sweep), Path(cfg.paths.multirun_dir))
+    runs = select_runs(runs, [str(name) for name in settings.runs or []], settings.dataset, settings.backbone)
     rows = [comparison_row(entry) for entry in runs]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
