@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
-from deepfake.engine.evaluate import predict
+from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.trainer import DamagedImageLog
 from deepfake.errors import ConfigError
@@ -38,15 +38,17 @@ class Scorer:
         self.cfg = cfg
         self.damaged = damaged or DamagedImageLog()
 
-    def score(self, name: str, csv_path: str, root_dir: str | None = None, perturbation: Perturbation | None = None):
-        """``(dataset, Predictions)`` of one CSV; ``perturbation`` degrades each decoded image first."""
+    def score(
+        self, name: str, csv_path: str, root_dir: str | None = None, perturbation: Perturbation | None = None
+    ) -> Predictions:
+        """The Predictions of one CSV; ``perturbation`` degrades each decoded image first."""
         transform = self.base_transform if perturbation is None else v2.Compose([perturbation, self.base_transform])
         reader = instantiate(self.cfg.dataset.reader)
         dataset = reader(csv_path=csv_path, transform=transform, **({"root_dir": root_dir} if root_dir else {}))
         loader = builders.make_loader(dataset, self.cfg.dataset, train=False, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision)
         self.damaged.record(name, dataset, preds.damaged)
-        return dataset, preds
+        return preds
 
 
 def check_eval_settings(cfg: DictConfig) -> None:
@@ -109,7 +111,7 @@ def store_operating_point(best_path: Path, cfg: DictConfig, damaged: DamagedImag
     """Score validation with best.pth, choose its threshold (and temperature) by the eval policy,
     and write them into best.pth; returns what was stored."""
     checkpoint = load_checkpoint(best_path)
-    _, preds = Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
+    preds = Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
     if len(np.unique(preds.targets)) < 2:
         raise ConfigError(f"{cfg.dataset.val_csv}: validation holds one class only; no threshold can be chosen on it")
     chosen = fit_operating_point(

@@ -43,16 +43,17 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     chosen_perturbations = perturbations(cfg) if cfg.eval.robustness else []
     builders.ensure_dataset(cfg.dataset)
     scorer = Scorer(checkpoint, cfg, damaged)
-    scored = {name: scorer.score(name, csv, root)[1] for name, csv, root in sets}
+    scored = {name: scorer.score(name, csv, root) for name, csv, root in sets}
+    summaries = {name: summarise(preds.targets, preds.logits, rule, settings) for name, preds in scored.items()}
     test = scored["test"]
     metrics = {
-        **summarise(test.targets, test.logits, rule, settings),
+        **summaries["test"],
         "decision_rule": rule.as_dict(),
         "threshold_source": rule.source,
         "threshold_policy": rule.policy,
         "temperature": rule.temperature,
         "validation_operating_point": checkpoint.get("operating_point"),
-        "sets": [_set_row(name, csv, scored[name], rule, settings) for name, csv, _ in sets],
+        "sets": [_set_row(name, csv, summaries[name]) for name, csv, _ in sets],
         "robustness": _robustness(scorer, cfg, rule, test, chosen_perturbations) if chosen_perturbations else None,
         "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
@@ -69,8 +70,7 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     return metrics
 
 
-def _set_row(name: str, csv: str, preds, rule: DecisionRule, settings) -> dict:
-    summary = summarise(preds.targets, preds.logits, rule, settings)
+def _set_row(name: str, csv: str, summary: dict) -> dict:
     return {"set": name, "csv": csv, **{k: summary[k] for k in (*TABLE_METRICS, "n_samples", "intervals")}}
 
 
@@ -81,7 +81,7 @@ def _robustness(scorer: Scorer, cfg: DictConfig, rule: DecisionRule, clean, chos
         if perturbation.kind == "none":
             preds = clean  # the reference: the test scores themselves
         else:
-            preds = scorer.score("test", str(cfg.dataset.test_csv), perturbation=perturbation)[1]
+            preds = scorer.score("test", str(cfg.dataset.test_csv), perturbation=perturbation)
         row = {"perturbation": perturbation.kind, "severity": perturbation.severity,
                **table_row(preds.targets, preds.logits, rule)}  # fmt: skip
         log.info("robustness %s: auc=%s acc=%.4f", perturbation.name, fmt_metric(row["auc"]), row["accuracy"])
