@@ -34,6 +34,9 @@ from deepfake.tracking.loggers import MetricsCsv
 
 log = logging.getLogger(__name__)
 
+# val_accuracy in metrics_log.csv is at p(fake) 0.5: the operating point is chosen on validation
+# only once training has picked best.pth (tasks/train.py), so no other threshold exists yet.
+VAL_ACCURACY_THRESHOLD = 0.5
 METRICS_FIELDS = [
     "phase", "epoch", "step", "lr_backbone", "lr_head",
     "train_loss", "val_loss", "val_auc", "val_accuracy", "seconds",
@@ -111,7 +114,7 @@ class Trainer:
         self.seed = seed
         self.resume_strict = resume_strict  # refuse a last.pth whose optimizer state cannot be loaded
         self.run_dir = Path(run_dir)
-        self.describe = describe  # model_spec, preprocess, labels, threshold, run_name: makes best.pth self-describing
+        self.describe = describe  # model_spec, preprocess, labels, run_name: makes best.pth self-describing
         self.loggers = list(loggers)
         self.metrics_csv = MetricsCsv(self.run_dir / "metrics_log.csv", METRICS_FIELDS)
         self.state = TrainerState()
@@ -300,7 +303,7 @@ class Trainer:
         started = time.perf_counter()
         preds = self.validate(progress)
         auc = auc_or_none(preds.targets, preds.probs)
-        accuracy = float(((preds.probs >= self.describe["threshold"]) == preds.targets.astype(bool)).mean())
+        accuracy = float(((preds.probs >= VAL_ACCURACY_THRESHOLD) == preds.targets.astype(bool)).mean())
         lrs, train_loss = self.state.epoch_lrs, self._epoch_loss()
         self.state.epoch += 1
         self.state.epoch_in_phase += 1

@@ -87,10 +87,11 @@ class Explainer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+    def probabilities(self, images: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+        """p(fake) = sigmoid(logit / temperature): the checkpoint's calibration, when it has one."""
         with torch.no_grad():
             logits = torch.cat([self.model(chunk.to(self.device)) for chunk in images.split(self.batch_size)])
-        return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
+        return torch.sigmoid(logits.float().reshape(-1) / temperature).cpu().numpy()
 
     def __call__(self, images: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
         """(B, H, W) maps explaining ``labels`` ("fake" / "real" per image), batch by batch."""
@@ -102,8 +103,8 @@ class Explainer:
                 maps.append(self._cam(chunk, targets))
         return np.concatenate(maps).astype(np.float32)
 
-    def explain(self, images: torch.Tensor, target: str, threshold: float = 0.5) -> Explanation:
-        probs = self.probabilities(images)
+    def explain(self, images: torch.Tensor, target: str, threshold: float = 0.5, temperature: float = 1.0) -> Explanation:
+        probs = self.probabilities(images, temperature)
         labels = explained_labels(target, probs, threshold)
         return Explanation(self(images, labels), probs, labels)
 

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 # task name -> module under deepfake.tasks defining run(cfg). Imported lazily: `task=registry`
 # should not pay for importing torch models.
-TASKS = {"train": "train", "test": "test", "registry": "registry", "cam": "cam", "audit": "audit"}
+TASKS = {
+    "train": "train", "test": "test", "registry": "registry", "cam": "cam", "audit": "audit", "compare": "compare",
+}  # fmt: skip
 
 register_resolvers()
 

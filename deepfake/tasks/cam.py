@@ -20,6 +20,7 @@ from deepfake.data.images import load_rgb
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything
 from deepfake.errors import ConfigError, DataError
+from deepfake.evaluation.operating_point import decision_rule
 from deepfake.explain import Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
@@ -48,7 +49,7 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
     checkpoint = load_checkpoint(checkpoint_path)
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
     preprocess = model.preprocess  # the checkpoint's own, img_size included
-    threshold = float(checkpoint.get("threshold", cfg.train.threshold))
+    rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
     builders.ensure_dataset(cfg.dataset)
     dataset = builders.make_split(cfg.dataset, SPLIT_CSV[split], builders.eval_transform(preprocess))
     batch_size = builders.positive_int(settings.batch_size, "cam.batch_size")
@@ -58,7 +59,7 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
     images = torch.stack([dataset[i]["image"] for i in shown])
     explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
     try:
-        explanation = explainer.explain(images, settings.target, threshold)
+        explanation = explainer.explain(images, settings.target, rule.threshold, rule.temperature)
     finally:
         explainer.close()
     samples = [
@@ -77,6 +78,7 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
             "method": settings.method,
             "target_layer": explainer.target_layer,
             "img_size": preprocess["img_size"],
+            "decision_rule": rule.as_dict(),
             **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)),
             "evaluated_at": builders.now_iso(),
         }

@@ -110,3 +110,36 @@ def _set_named(key: str, entries: list[dict]) -> str:
 def _comparable_rank(entry: dict, key: str | None) -> tuple:
     score = score_on(entry, key)
     return (score is None, -(score or 0.0), -(entry.get("best_val_auc") or 0.0))
+
+
+def _three(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _with_interval(row: dict, key: str) -> str:
+    """``0.992`` over ``[0.981, 0.998]``: the figure and its interval, 3 decimals to keep columns narrow."""
+    value, low, high = row.get(f"test_{key}"), row.get(f"test_{key}_low"), row.get(f"test_{key}_high")
+    return _three(value) + (f"\n[{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+
+
+def print_comparison(rows: list[dict], *, registry_path: str, csv_path: str) -> None:
+    """task=compare: one line per run, test figures with their intervals."""
+    console = Console(soft_wrap=True)
+    if not rows:
+        console.print(f"no registered run matches in {registry_path}; task=registry lists them")
+        return
+    table = Table(title=f"{len(rows)} run(s) from {registry_path}", title_justify="left")
+    columns = ("run", "backbone", "dataset", "val AUC", "threshold (policy)", "test AUC", "test AP", "test EER",
+               "test acc", "acc at 0.5", "real / fake acc")  # fmt: skip
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        threshold = "n/a" if row["threshold"] is None else f"{row['threshold']:.4g} ({row['threshold_policy']})"
+        table.add_row(
+            row["run_name"], str(row["backbone"]), str(row["dataset"]), _three(row["best_val_auc"]), threshold,
+            _with_interval(row, "auc"), _with_interval(row, "ap"), _with_interval(row, "eer"),
+            _with_interval(row, "accuracy"), _three(row["test_accuracy_at_0.5"]),
+            f"{_three(row['test_real_accuracy'])} / {_three(row['test_fake_accuracy'])}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"written to {csv_path}")

@@ -1,53 +1,149 @@
-"""task=test: evaluate a checkpoint once on the test CSV and write metrics_test.json."""
+"""task=test: evaluate a checkpoint on the test CSV (and every ``eval.sets`` entry) at its stored
+operating point -> metrics_test.json, the run dir's eval/ PNGs and report.html.
+
+The decision rule (threshold, temperature) comes from the checkpoint, where training stored what
+it chose on validation; ``eval.threshold`` overrides the threshold and is recorded as an override.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
+from PIL import Image
 
-from deepfake.engine.evaluate import predict
-from deepfake.engine.metrics import classification_metrics
 from deepfake.engine.trainer import DamagedImageLog
-from deepfake.engine.precision import resolve_device, resolve_precision
-from deepfake.models import detector_from_checkpoint
+from deepfake.evaluation import plots
+from deepfake.evaluation import report as html_report
+from deepfake.evaluation.calibration import p_fake
+from deepfake.evaluation.operating_point import DecisionRule, decision_rule
+from deepfake.evaluation.perturbations import KINDS
+from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
+from deepfake.reports.html import write_document
 from deepfake.tasks import builders
 from deepfake.tasks.display import fmt_metric
+from deepfake.tasks.scoring import Scorer, eval_sets, perturbations, summary_settings
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 
 log = logging.getLogger(__name__)
 
+TRAINING_CURVES = "training_curves.png"  # written by task=train in its run dir
 
-def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path) -> dict:
-    """Scores on ``dataset.test_csv`` with the checkpoint's own preprocessing and threshold."""
+
+def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, damaged: DamagedImageLog | None = None) -> dict:
+    """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures)."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = detector_from_checkpoint(checkpoint)
-    preprocess = model.preprocess  # the checkpoint's own, img_size included
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
+    rule = decision_rule(checkpoint, cfg.eval.threshold)
+    settings = summary_settings(cfg)
+    sets = eval_sets(cfg)
+    chosen_perturbations = perturbations(cfg) if cfg.eval.robustness else []
     builders.ensure_dataset(cfg.dataset)
-    test_set = builders.make_split(cfg.dataset, "test_csv", builders.eval_transform(preprocess))
-    loader = builders.make_loader(test_set, cfg.dataset, train=False, device=device)
-    preds = predict(model.to(device), loader, device, precision)
-    DamagedImageLog().record("test", test_set, preds.damaged)
-    threshold = float(checkpoint.get("threshold", cfg.train.threshold))
+    scorer = Scorer(checkpoint, cfg, damaged)
+    scored = {name: scorer.score(name, csv, root) for name, csv, root in sets}
+    summaries = {name: summarise(preds.targets, preds.logits, rule, settings) for name, preds in scored.items()}
+    test = scored["test"]
     metrics = {
-        **classification_metrics(preds.targets, preds.probs, threshold),
-        "n_damaged": len(preds.damaged),
+        **summaries["test"],
+        "decision_rule": rule.as_dict(),
+        "threshold_source": rule.source,
+        "threshold_policy": rule.policy,
+        "temperature": rule.temperature,
+        "validation_operating_point": checkpoint.get("operating_point"),
+        "sets": [_set_row(name, csv, summaries[name]) for name, csv, _ in sets],
+        "robustness": _robustness(scorer, cfg, rule, test, chosen_perturbations) if chosen_perturbations else None,
+        "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
         "run_name": checkpoint.get("run_name"),
         "test_csv": str(cfg.dataset.test_csv),
         "evaluated_at": builders.now_iso(),
     }
+    if cfg.eval.report:
+        pictures = _pictures(metrics, test.targets.astype(int), test.logits, rule, out_dir)
+        metrics["report"] = str(write_document(out_dir / "report.html", html_report.render(metrics, pictures)))
+        _log_images(cfg, pictures)
     atomic_write_text(out_dir / "metrics_test.json", json.dumps(metrics, indent=2))
-    log.info(
-        "test on %d images: auc=%s acc=%.4f eer=%s (%s)",
-        metrics["n_samples"], fmt_metric(metrics["auc"]), metrics["accuracy"], fmt_metric(metrics["eer"]),
-        out_dir / "metrics_test.json",
-    )  # fmt: skip
+    _log_summary(metrics, out_dir)
     return metrics
+
+
+def _set_row(name: str, csv: str, summary: dict) -> dict:
+    return {"set": name, "csv": csv, **{k: summary[k] for k in (*TABLE_METRICS, "n_samples", "intervals")}}
+
+
+def _robustness(scorer: Scorer, cfg: DictConfig, rule: DecisionRule, clean, chosen) -> list[dict]:
+    """One row per perturbation: the test set re-scored with every image degraded the same way."""
+    rows = []
+    for perturbation in chosen:
+        if perturbation.kind == "none":
+            preds = clean  # the reference: the test scores themselves
+        else:
+            preds = scorer.score("test", str(cfg.dataset.test_csv), perturbation=perturbation)
+        row = {"perturbation": perturbation.kind, "severity": perturbation.severity,
+               **table_row(preds.targets, preds.logits, rule)}  # fmt: skip
+        log.info("robustness %s: auc=%s acc=%.4f", perturbation.name, fmt_metric(row["auc"]), row["accuracy"])
+        rows.append(row)
+    return rows
+
+
+def _pictures(metrics: dict, targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, out_dir: Path) -> dict:
+    """Every plot as PNG bytes, also written to the run dir's eval/."""
+    probs = rule.p_fake(logits)
+    pictures = {"confusion": plots.confusion_png(metrics["confusion_matrix"], rule.threshold)}
+    if len(np.unique(targets)) == 2:
+        pictures["roc"] = plots.roc_png(targets, probs, rule.threshold, metrics["tpr_at_fpr"])
+        pictures["pr"] = plots.pr_png(targets, probs)
+    pictures["histogram"] = plots.histogram_png(targets, probs, rule.threshold)
+    reliability = {"p(fake), temperature 1": p_fake(logits)}
+    if rule.temperature != 1.0:
+        reliability[f"after temperature {rule.temperature:.3g}"] = probs
+    pictures["reliability"] = plots.reliability_png(targets, reliability, metrics["calibration"]["ece_bins"])
+    if metrics["robustness"]:
+        pictures["robustness"] = plots.robustness_png(metrics["robustness"], {k: v[0] for k, v in KINDS.items()})
+    if len(metrics["sets"]) > 1:
+        pictures["generalisation"] = plots.generalisation_png(metrics["sets"])
+    folder = out_dir / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, png in pictures.items():
+        (folder / f"{name}.png").write_bytes(png)
+    if (out_dir / TRAINING_CURVES).is_file():  # a training run: its curves join the report
+        pictures["training_curves"] = (out_dir / TRAINING_CURVES).read_bytes()
+    return pictures
+
+
+def _log_images(cfg: DictConfig, pictures: dict[str, bytes]) -> None:
+    """The plots as TensorBoard images (logger=tensorboard), under eval/<name>."""
+    loggers = [logger for logger in builders.build_loggers(cfg) if hasattr(logger, "log_image")]
+    try:
+        for logger in loggers:
+            for name, png in pictures.items():
+                rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                logger.log_image(f"eval/{name}", rgb.transpose(2, 0, 1), step=0)
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
+def _log_summary(metrics: dict, out_dir: Path) -> None:
+    intervals = metrics["intervals"] or {}
+
+    def with_interval(key: str) -> str:
+        low_high = intervals.get(key)
+        return fmt_metric(metrics[key]) + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
+
+    rule = metrics["decision_rule"]
+    log.info(
+        "test on %d images: auc=%s ap=%s eer=%s acc=%s at threshold %.6g (%s%s), acc=%.4f at 0.5 (%s)",
+        metrics["n_samples"], with_interval("auc"), with_interval("ap"), with_interval("eer"), with_interval("accuracy"),
+        rule["threshold"], rule["source"], f", policy {rule['policy']}" if rule["policy"] else "",
+        metrics["accuracy_at_0.5"], out_dir / "metrics_test.json",
+    )  # fmt: skip
+    for row in metrics["sets"][1:]:
+        log.info("set %s (%d images): auc=%s real_acc=%s fake_acc=%s", row["set"], row["n_samples"],
+                 fmt_metric(row["auc"]), fmt_metric(row["real_accuracy"]), fmt_metric(row["fake_accuracy"]))  # fmt: skip
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -62,5 +158,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def registry_view(metrics: dict) -> dict:
     """The headline test figures kept in the registry; the full report stays in metrics_test.json."""
-    keys = ("auc", "ap", "eer", "accuracy", "real_accuracy", "fake_accuracy", "f1", "log_loss", "n_samples", "n_damaged")
-    return {key: metrics[key] for key in keys} | {"test_csv": metrics["test_csv"], "evaluated_at": metrics["evaluated_at"]}
+    keys = ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "f1", "log_loss",
+            "threshold", "threshold_source", "threshold_policy", "temperature", "intervals", "n_samples", "n_damaged")  # fmt: skip
+    view = {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
+    return view | {"test_csv": metrics["test_csv"], "evaluated_at": metrics["evaluated_at"]}

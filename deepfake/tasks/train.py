@@ -1,7 +1,8 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
 Setup (seed, run metadata, model, pre-flight of what the run writes at its end, resume state, data,
-pre-flight checks, loaders) -> Trainer.fit -> test best.pth -> register the run (promoting it to the
+pre-flight checks, loaders) -> Trainer.fit -> the operating point chosen on validation and stored
+in best.pth (conf/eval/) -> test best.pth -> register the run (promoting it to the
 global best when it beats the incumbent on the promotion set, the same images for every candidate)
 -> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
 under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
@@ -10,6 +11,7 @@ the run as failed.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -25,11 +27,13 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
+from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import builders, promotion
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs
 from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
-from deepfake.tasks.test import evaluate_checkpoint, registry_view
+from deepfake.tasks.scoring import check_eval_settings, store_operating_point
+from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
 
@@ -74,6 +78,7 @@ def run(cfg: DictConfig) -> float | None:
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
     builders.ensure_dataset(cfg.dataset)
+    check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
     if cfg.train.audit and resume_from is None:  # a resumed run was audited when it started
         from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
 
@@ -102,7 +107,6 @@ def run(cfg: DictConfig) -> float | None:
             "model_spec": model.detector_spec,
             "preprocess": preprocess,
             "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
-            "threshold": float(cfg.train.threshold),
             "run_name": name,
         },
         precision=precision,
@@ -131,6 +135,7 @@ def run(cfg: DictConfig) -> float | None:
         raise
     finally:
         trainer.close()
+        _write_training_curves(out_dir)
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
@@ -141,6 +146,7 @@ def run(cfg: DictConfig) -> float | None:
         raise RunStopped(trainer.stop.signum)
 
     try:
+        entry["operating_point"] = store_operating_point(out_dir / "best.pth", cfg, trainer.damaged)["operating_point"]
         test_metrics = None
         if cfg.train.do_test:
             test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
@@ -186,6 +192,14 @@ def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | N
     }
 
 
+def _write_training_curves(out_dir: Path) -> None:
+    """training_curves.png from metrics_log.csv, for readers who never open TensorBoard."""
+    with open(out_dir / "metrics_log.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows:
+        (out_dir / TRAINING_CURVES).write_bytes(training_curves_png(rows))
+
+
 def _hyperparameters(cfg: DictConfig) -> str:
     """One greppable line with what shapes the result (the full config is in config_resolved.yaml)."""
     picked = {
@@ -197,5 +211,6 @@ def _hyperparameters(cfg: DictConfig) -> str:
         "dataset": {k: cfg.dataset[k] for k in ("name", "img_size", "batch_size", "real_label")},
         "augment": {k: v for k, v in cfg.augment.items() if not k.startswith("_")},
         "train": cfg.train,
+        "eval": {k: cfg.eval[k] for k in ("threshold_policy", "threshold", "calibrate")},
     }
     return json.dumps(OmegaConf.to_container(OmegaConf.create(picked), resolve=True), separators=(",", ":"))

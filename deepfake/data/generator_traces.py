@@ -1,0 +1,89 @@
+"""More generator families for the synthetic set, each leaving its own kind of trace, so that
+"train on one generator, test on the others" can be measured offline.
+
+The default family, ``transposed_conv`` (checkerboards from uneven transposed-convolution kernels,
+a periodic fingerprint, shifted colour statistics), lives in ``synthetic.py``. Here:
+
+- ``upsampling``: the generator works at half resolution and enlarges its output by nearest or
+  bilinear interpolation (pixel replicas or interpolation smoothing), and adds a fixed periodic
+  pattern: one spectral peak, at a frequency the transposed-conv fingerprint does not use;
+- ``blending``: no upsampling at all. A face re-rendered elsewhere (no sensor noise, colour
+  statistics edited) is alpha-blended over the centre of a genuine noisy photo through a feathered
+  ellipse: the traces are a seam, a colour mismatch and a noise level that changes across it.
+
+Each takes the clean rendering (float32 3xHxW in [0, 1]), the image's generator and a strength
+(local edits use stronger traces), and returns the fake in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# The spectral peak of the upsampling family, in cycles per pixel (down, across): odd sixteenths,
+# which the transposed-conv family never uses (its fingerprint and checkerboard sit at multiples
+# of 1/8), on an exact FFT bin of any image whose side is a multiple of 16. It survives JPEG at 95.
+PEAK_FREQUENCY = (1 / 16, 3 / 16)
+_PEAK_AMPLITUDE = 0.03
+
+
+def _half_resolution(image: np.ndarray) -> np.ndarray:
+    """2x2 box average (edge-padded to even sizes)."""
+    _, height, width = image.shape
+    padded = np.pad(image, ((0, 0), (0, height % 2), (0, width % 2)), mode="edge")
+    return padded.reshape(3, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).mean(axis=(2, 4))
+
+
+def _bilinear_double(low: np.ndarray) -> np.ndarray:
+    """x2 bilinear upsampling with half-pixel centres (as torch's align_corners=False)."""
+
+    def along_last(values: np.ndarray) -> np.ndarray:
+        before = np.concatenate([values[..., :1], values[..., :-1]], axis=-1)
+        after = np.concatenate([values[..., 1:], values[..., -1:]], axis=-1)
+        doubled = np.empty(values.shape[:-1] + (2 * values.shape[-1],), values.dtype)
+        doubled[..., 0::2] = 0.75 * values + 0.25 * before
+        doubled[..., 1::2] = 0.75 * values + 0.25 * after
+        return doubled
+
+    return along_last(along_last(low.swapaxes(1, 2)).swapaxes(1, 2))
+
+
+def upsampling_traces(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    _, height, width = image.shape
+    low = _half_resolution(image)
+    if rng.uniform() < 0.5:
+        enlarged = low.repeat(2, axis=1).repeat(2, axis=2)  # nearest: every pixel a 2x2 block
+    else:
+        enlarged = _bilinear_double(low)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 2 * math.pi)
+    peak = np.cos(2 * math.pi * (PEAK_FREQUENCY[0] * y + PEAK_FREQUENCY[1] * x) + phase)
+    amplitude = np.float32(strength * _PEAK_AMPLITUDE * rng.uniform(0.8, 1.2))
+    return np.clip(enlarged[:, :height, :width] + amplitude * peak[None], 0, 1)
+
+
+def _feathered_ellipse(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Blend weights: 1 inside an ellipse around the image centre (where faces are), 0 outside,
+    a soft edge of a few pixels between."""
+    y, x = (np.mgrid[0:height, 0:width] + 0.5) / np.array([height, width])[:, None, None]
+    cy, cx = 0.5 + rng.uniform(-0.04, 0.04, 2)
+    ry, rx = rng.uniform(0.28, 0.36), rng.uniform(0.22, 0.30)
+    distance = 1.0 - np.hypot((y - cy) / ry, (x - cx) / rx)  # > 0 inside
+    feather = rng.uniform(2.0, 4.0) / (min(ry, rx) * min(height, width))
+    return np.clip(distance / feather, 0, 1).astype(np.float32)
+
+
+def blending_traces(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    _, height, width = image.shape
+    host = image + rng.normal(0.0, rng.uniform(0.008, 0.02), image.shape).astype(np.float32)
+    # The pasted face: rendered without this camera's noise, its colours matched only roughly.
+    gain = 1.0 + strength * rng.uniform(0.04, 0.08, 3) * rng.choice([-1, 1], 3)
+    offset = strength * rng.uniform(-0.03, 0.03, 3)
+    donor = image * gain[:, None, None].astype(np.float32) + offset[:, None, None].astype(np.float32)
+    weight = _feathered_ellipse(height, width, rng)[None]
+    return np.clip(host * (1 - weight) + donor * weight, 0, 1)
+
+
+# name -> traces(image, rng, strength); synthetic.py adds its own transposed_conv family.
+FAMILIES = {"upsampling": upsampling_traces, "blending": blending_traces}

@@ -1,0 +1,164 @@
+"""The decision threshold on p(fake): chosen on validation scores by a policy at the end of
+training, stored in best.pth, and turned back into the rule every task applies.
+
+Policies:
+- ``eer``: the ROC point where the false-positive rate (reals called fake) meets the false-negative
+  rate (fakes called real);
+- ``fpr@<rate>`` (``fpr@0.01``): the lowest threshold whose real images are called fake at most
+  at that rate, i.e. the most fakes caught within that false-alarm budget;
+- ``fixed``: a given threshold.
+
+An image is called fake when p(fake) >= threshold. The chosen thresholds are scores of validation
+images, read off scikit-learn's ROC with every point kept.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+from deepfake.errors import CheckpointError, ConfigError
+from deepfake.evaluation.calibration import calibration_figures, fit_temperature, p_fake
+
+_FPR_POLICY = re.compile(r"^fpr@(?P<rate>[0-9.eE+-]+)$")
+POLICIES = ("eer", "fpr@<rate>", "fixed")
+
+
+def parse_policy(policy: str, fixed_threshold: float | None = None) -> tuple[str, float | None]:
+    """``(kind, value)``: ("eer", None), ("fpr", rate) or ("fixed", threshold); ConfigError otherwise."""
+    policy = str(policy).strip()
+    if policy == "eer":
+        return "eer", None
+    if policy == "fixed":
+        if fixed_threshold is None:
+            raise ConfigError("eval.threshold_policy=fixed needs the threshold itself: add eval.threshold=<p_fake>")
+        return "fixed", check_threshold(fixed_threshold)
+    match = _FPR_POLICY.match(policy)
+    if match:
+        try:
+            rate = float(match["rate"])
+        except ValueError:
+            rate = math.nan
+        if 0.0 <= rate < 1.0:
+            return "fpr", rate
+    raise ConfigError(
+        f"eval.threshold_policy={policy!r}; use eer, fixed, or fpr@<rate> with 0 <= rate < 1 (e.g. fpr@0.01)"
+    )
+
+
+def check_threshold(value) -> float:
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"eval.threshold={value!r} must be a p(fake) between 0 and 1")
+    return threshold
+
+
+def _roc(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ROC point; the first one ("call nothing fake") gets a finite threshold just above the top score."""
+    targets, probs = np.asarray(targets, dtype=int), np.asarray(probs, dtype=float)
+    if len(np.unique(targets)) < 2:
+        raise ValueError("an operating point needs real and fake images")
+    fpr, tpr, thresholds = skm.roc_curve(targets, probs, drop_intermediate=False)
+    thresholds[0] = np.nextafter(probs.max(), np.inf)
+    return fpr, tpr, thresholds
+
+
+def tpr_at_fpr(targets: np.ndarray, probs: np.ndarray, max_fpr: float) -> dict:
+    """The most fakes caught with at most ``max_fpr`` of the reals called fake, and the threshold doing it."""
+    fpr, tpr, thresholds = _roc(targets, probs)
+    i = int(np.flatnonzero(fpr <= max_fpr)[-1])  # the ROC starts at fpr 0, so there is always one
+    return {"max_fpr": float(max_fpr), "tpr": float(tpr[i]), "fpr": float(fpr[i]), "threshold": float(thresholds[i])}
+
+
+def choose_threshold(targets: np.ndarray, probs: np.ndarray, policy: str, fixed_threshold: float | None = None) -> float:
+    """The threshold the policy picks on these (validation) scores."""
+    kind, value = parse_policy(policy, fixed_threshold)
+    if kind == "fixed":
+        return value
+    if kind == "fpr":
+        return tpr_at_fpr(targets, probs, value)["threshold"]
+    fpr, tpr, thresholds = _roc(targets, probs)
+    return float(thresholds[int(np.argmin(np.abs(fpr - (1.0 - tpr))))])
+
+
+def rates_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    """Accuracy overall and per class, TPR and FPR of the decisions p(fake) >= threshold."""
+    targets = np.asarray(targets, dtype=int)
+    called_fake = np.asarray(probs) >= threshold
+    fake, real = targets == 1, targets == 0
+    tpr = float(called_fake[fake].mean()) if fake.any() else None
+    fpr = float(called_fake[real].mean()) if real.any() else None
+    return {
+        "accuracy": float((called_fake == fake).mean()),
+        "real_accuracy": None if fpr is None else 1.0 - fpr,
+        "fake_accuracy": tpr,
+        "tpr": tpr,
+        "fpr": fpr,
+    }
+
+
+def fit_operating_point(
+    targets: np.ndarray, logits: np.ndarray, *, policy: str, fixed_threshold: float | None, calibrate: bool, ece_bins: int
+) -> dict:
+    """What best.pth stores: ``threshold``, ``threshold_policy``, ``temperature`` and ``operating_point``
+    (the validation figures at that threshold). Calibration comes first, so the threshold is a
+    calibrated p(fake)."""
+    targets = np.asarray(targets, dtype=int)
+    temperature = fit_temperature(logits, targets) if calibrate else 1.0
+    probs = p_fake(logits, temperature)
+    threshold = choose_threshold(targets, probs, policy, fixed_threshold)
+    figures = {
+        "chosen_on": "validation",
+        "policy": str(policy),
+        "threshold": threshold,
+        "temperature": temperature,
+        "n_real": int((targets == 0).sum()),
+        "n_fake": int((targets == 1).sum()),
+        **rates_at(targets, probs, threshold),
+        "auc": float(skm.roc_auc_score(targets, probs)),
+        **{k: v for k, v in calibration_figures(targets, logits, temperature, ece_bins).items() if k != "temperature"},
+    }
+    return {"threshold": threshold, "threshold_policy": str(policy), "temperature": temperature, "operating_point": figures}
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a task turns a logit into p(fake) and a real/fake call, and where that came from."""
+
+    threshold: float
+    temperature: float
+    source: str  # "checkpoint" or "eval.threshold" (an override)
+    policy: str | None  # the policy that chose the stored threshold (None: an older checkpoint)
+    stored_threshold: float | None
+
+    def p_fake(self, logits: np.ndarray) -> np.ndarray:
+        return p_fake(logits, self.temperature)
+
+    def is_fake(self, probs: np.ndarray) -> np.ndarray:
+        return np.asarray(probs) >= self.threshold
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> DecisionRule:
+    """The (threshold, temperature, source) a task uses: the checkpoint's stored threshold, unless
+    ``threshold_override`` (``eval.threshold``) is given; the stored temperature either way (1 when absent)."""
+    stored = checkpoint.get("threshold")
+    temperature = float(checkpoint.get("temperature") or 1.0)
+    policy = checkpoint.get("threshold_policy")
+    if threshold_override is not None:
+        return DecisionRule(check_threshold(threshold_override), temperature, "eval.threshold", policy, stored)
+    if stored is None:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.get('run_name') or ''} holds no decision threshold (its training stopped "
+            "before choosing one); resume that run, or pass eval.threshold=<p_fake>"
+        )
+    return DecisionRule(float(stored), temperature, "checkpoint", policy, float(stored))

@@ -1,0 +1,130 @@
+"""Config -> scores of a checkpoint's model: on validation at the end of training (to choose and
+store the operating point), on the test set and every ``eval.sets`` entry, and on perturbed copies."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchvision.transforms import v2
+
+from deepfake.engine.evaluate import Predictions, predict
+from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.engine.trainer import DamagedImageLog
+from deepfake.errors import ConfigError
+from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
+from deepfake.evaluation.perturbations import Perturbation, perturbations_from
+from deepfake.evaluation.summary import SummarySettings
+from deepfake.models import detector_from_checkpoint
+from deepfake.tasks import builders
+from deepfake.tracking.checkpoint import atomic_save, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+CALIBRATIONS = ("none", "temperature")
+
+
+class Scorer:
+    """A checkpoint's model on the configured device, scoring CSVs with the checkpoint's own preprocessing."""
+
+    def __init__(self, checkpoint: dict, cfg: DictConfig, damaged: DamagedImageLog | None = None) -> None:
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.model = detector_from_checkpoint(checkpoint).to(self.device)
+        self.base_transform = builders.eval_transform(self.model.preprocess)  # img_size included
+        self.cfg = cfg
+        self.damaged = damaged or DamagedImageLog()
+
+    def score(
+        self, name: str, csv_path: str, root_dir: str | None = None, perturbation: Perturbation | None = None
+    ) -> Predictions:
+        """The Predictions of one CSV; ``perturbation`` degrades each decoded image first."""
+        transform = self.base_transform if perturbation is None else v2.Compose([perturbation, self.base_transform])
+        reader = instantiate(self.cfg.dataset.reader)
+        dataset = reader(csv_path=csv_path, transform=transform, **({"root_dir": root_dir} if root_dir else {}))
+        loader = builders.make_loader(dataset, self.cfg.dataset, train=False, device=self.device)
+        preds = predict(self.model, loader, self.device, self.precision)
+        self.damaged.record(name, dataset, preds.damaged)
+        return preds
+
+
+def check_eval_settings(cfg: DictConfig) -> None:
+    """Fail before training on a setting that would only break after it."""
+    parse_policy(cfg.eval.threshold_policy, cfg.eval.threshold)
+    if cfg.eval.calibrate not in CALIBRATIONS:
+        raise ConfigError(f"eval.calibrate={cfg.eval.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
+    summary_settings(cfg)
+    perturbations(cfg)
+    for name, csv, _ in eval_sets(cfg)[1:]:  # the dataset's own test CSV may still be generated
+        if not Path(csv).is_file():
+            raise ConfigError(f"eval.sets.{name}: {csv} does not exist; fix the path or drop the set")
+
+
+def summary_settings(cfg: DictConfig) -> SummarySettings:
+    settings = cfg.eval
+    if int(settings.bootstrap) < 0:
+        raise ConfigError(f"eval.bootstrap={settings.bootstrap} must be 0 (no intervals) or a number of resamples")
+    if not 0 < float(settings.confidence) < 1:
+        raise ConfigError(f"eval.confidence={settings.confidence} must be between 0 and 1 (e.g. 0.95)")
+    rates = tuple(float(rate) for rate in settings.tpr_at_fpr)
+    if any(not 0 < rate < 1 for rate in rates):
+        raise ConfigError(f"eval.tpr_at_fpr={list(rates)}: every false-positive rate must be between 0 and 1")
+    return SummarySettings(
+        bootstrap=int(settings.bootstrap),
+        confidence=float(settings.confidence),
+        seed=int(cfg.seed),
+        tpr_at_fpr=rates,
+        ece_bins=builders.positive_int(settings.ece_bins, "eval.ece_bins"),
+    )
+
+
+def perturbations(cfg: DictConfig) -> list[Perturbation]:
+    settings = cfg.eval.perturbations
+    kinds = OmegaConf.to_container(settings, resolve=True) if settings is not None else {}
+    if not isinstance(kinds, dict):
+        raise ConfigError(f"eval.perturbations={kinds!r} must be a mapping: {{jpeg: [90, 70], blur: [1], ...}}")
+    return perturbations_from(kinds, seed=int(cfg.seed))
+
+
+def eval_sets(cfg: DictConfig) -> list[tuple[str, str, str | None]]:
+    """``(name, csv, root_dir)`` for the dataset's test CSV (named ``test``) and each of ``eval.sets``."""
+    sets = [("test", str(cfg.dataset.test_csv), None)]
+    extra = OmegaConf.to_container(cfg.eval.sets, resolve=True) if cfg.eval.sets is not None else {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"eval.sets={extra!r} must be a mapping: eval.sets={{name: <csv>, ...}}")
+    for name, spec in extra.items():
+        if name == "test":
+            raise ConfigError("eval.sets.test: `test` is the dataset's own test_csv; give this set another name")
+        if isinstance(spec, str):
+            sets.append((str(name), spec, None))
+        elif isinstance(spec, dict) and set(spec) <= {"csv", "root_dir"} and "csv" in spec:
+            sets.append((str(name), str(spec["csv"]), spec.get("root_dir")))
+        else:
+            raise ConfigError(f"eval.sets.{name}={spec!r}: give a CSV path, or {{csv: <path>, root_dir: <images>}}")
+    return sets
+
+
+def store_operating_point(best_path: Path, cfg: DictConfig, damaged: DamagedImageLog) -> dict:
+    """Score validation with best.pth, choose its threshold (and temperature) by the eval policy,
+    and write them into best.pth; returns what was stored."""
+    checkpoint = load_checkpoint(best_path)
+    preds = Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
+    if len(np.unique(preds.targets)) < 2:
+        raise ConfigError(f"{cfg.dataset.val_csv}: validation holds one class only; no threshold can be chosen on it")
+    chosen = fit_operating_point(
+        preds.targets, preds.logits,
+        policy=cfg.eval.threshold_policy, fixed_threshold=cfg.eval.threshold,
+        calibrate=cfg.eval.calibrate == "temperature", ece_bins=int(cfg.eval.ece_bins),
+    )  # fmt: skip
+    atomic_save({**checkpoint, **chosen}, best_path)
+    point = chosen["operating_point"]
+    log.info(
+        "operating point on validation (%s): threshold %.6g, temperature %.4g; accuracy %.4f (real %.4f, fake %.4f)",
+        point["policy"], point["threshold"], point["temperature"], point["accuracy"], point["real_accuracy"],
+        point["fake_accuracy"],
+    )  # fmt: skip
+    return chosen
+

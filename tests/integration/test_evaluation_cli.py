@@ -1,0 +1,136 @@
+"""The evaluation end to end: the operating point chosen on validation and stored, calibration,
+intervals, robustness, extra test sets, plots, report.html in Chromium, overrides, cam, compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from browser import render
+from deepfake.data.synthetic import IMAGE_SUBDIR, generate_synthetic_dataset
+
+pytestmark = pytest.mark.slow
+
+PLOTS = {"roc", "pr", "histogram", "confusion", "reliability", "robustness", "generalisation"}
+ONE_PER_KIND = "eval.perturbations={jpeg:[30],blur:[2],rescale:[0.5],noise:[0.05]}"
+
+
+def only_dir(parent: Path) -> Path:
+    (child,) = [p for p in parent.iterdir() if p.is_dir()]
+    return child
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_data_dir):
+    blending = generate_synthetic_dataset(tmp_path / "blending", n_train=2, n_valid=2, n_test=16, image_size=32,
+                                          generator="blending")  # fmt: skip
+    valid_csv = shared_data_dir / "synthetic" / "valid.csv"
+    sets = f"eval.sets={{valid:'{valid_csv}',blending:{{csv:'{blending / 'test.csv'}',root_dir:'{blending / IMAGE_SUBDIR}'}}}}"
+    main_runner("logger=tensorboard", "eval.calibrate=temperature", "eval.robustness=true", ONE_PER_KIND, sets,
+                "eval.bootstrap=200")  # fmt: skip
+    run = only_dir(tmp_path / "outputs" / "train")
+
+    # best.pth (and so the global best) holds what was chosen on validation.
+    best = torch.load(run / "best.pth", weights_only=True)
+    assert best["threshold_policy"] == "eer" and 0 < best["threshold"] < 1
+    assert best["temperature"] != 1.0  # a temperature was fitted
+    point = best["operating_point"]
+    assert point["chosen_on"] == "validation" and point["threshold"] == best["threshold"]
+    assert point["n_real"] + point["n_fake"] == 32 and {"accuracy", "fpr", "tpr", "ece", "brier"} <= set(point)
+    assert torch.load(tmp_path / "models" / "best_model.pth", weights_only=True)["threshold"] == best["threshold"]
+
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["threshold"] == best["threshold"] and metrics["threshold_source"] == "checkpoint"
+    assert metrics["temperature"] == best["temperature"] and metrics["threshold_policy"] == "eer"
+    assert 0 <= metrics["accuracy_at_0.5"] <= 1 and metrics["validation_operating_point"] == point
+    for name in ("auc", "ap", "eer", "accuracy"):
+        low, high = metrics["intervals"][name]
+        assert low <= metrics[name] <= high, name
+    assert metrics["bootstrap"]["resamples"] == 200
+    assert [p["max_fpr"] for p in metrics["tpr_at_fpr"]] == [0.001, 0.01, 0.05]
+    assert metrics["calibration"]["temperature"] == best["temperature"] and metrics["calibration"]["ece_bins"] == 15
+    assert [(r["perturbation"], r["severity"]) for r in metrics["robustness"]] == [
+        ("none", None), ("jpeg", 30), ("blur", 2), ("rescale", 0.5), ("noise", 0.05)]  # fmt: skip
+    assert metrics["robustness"][0]["auc"] == metrics["auc"]
+    assert [(s["set"], s["n_samples"]) for s in metrics["sets"]] == [("test", 32), ("valid", 32), ("blending", 16)]
+    assert metrics["sets"][0]["auc"] == metrics["auc"] and metrics["sets"][2]["intervals"]["auc"] is not None
+
+    # Pictures: PNGs in eval/, the training curves beside them, TensorBoard images read back.
+    assert {p.stem for p in (run / "eval").glob("*.png")} == PLOTS
+    assert (run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    tags = set()
+    for events in (run / "tb").glob("events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["images"])
+    assert {f"eval/{name}" for name in PLOTS} <= tags
+
+    # report.html: every plot embedded, nothing fetched, rendered in headless Chromium.
+    page = (run / "report.html").read_text()
+    parser = Images()
+    parser.feed(page)
+    assert len(parser.sources) == len(PLOTS) + 1 and all(s.startswith("data:image/png;base64,") for s in parser.sources)
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    shown = render(run / "report.html", tmp_path / "report.png")
+    assert shown.requests == [] and shown.broken_images == [] and not shown.is_blank()
+    assert len(shown.images) == len(PLOTS) + 1
+    assert "Operating point" in shown.text and "policy eer" in shown.text and "Robustness" in shown.text
+
+    main_runner("task=compare", "compare.backbone=test_resnet")
+    rows = list(csv.DictReader((only_dir(tmp_path / "outputs" / "compare") / "compare.csv").open()))
+    assert [r["run_name"] for r in rows] == [run.name]
+    assert float(rows[0]["threshold"]) == best["threshold"] and rows[0]["threshold_policy"] == "eer"
+    assert float(rows[0]["test_auc_low"]) <= float(rows[0]["test_auc"]) <= float(rows[0]["test_auc_high"])
+    assert rows[0]["test_threshold_source"] == "checkpoint"
+
+    # eval.threshold on the command line wins, and is recorded as an override.
+    main_runner("task=test", f"ckpt={run}", "eval.threshold=0.3", "eval.report=false", "eval.bootstrap=0")
+    override = json.loads((only_dir(tmp_path / "outputs" / "test") / "metrics_test.json").read_text())
+    assert override["threshold"] == 0.3 and override["threshold_source"] == "eval.threshold"
+    assert override["decision_rule"]["stored_threshold"] == best["threshold"]
+    assert override["intervals"]["auc"] is None and "report" not in override
+
+    # task=cam follows the same rule: at threshold 0 every image is called fake, at 1 none is.
+    cam = ["task=cam", f"ckpt={run}", "cam.metrics=false", "cam.num_samples=4", "cam.target_layer=layer2"]
+    for threshold, called in (("0.0", "fake"), ("1.0", "real")):
+        main_runner(*cam, f"eval.threshold={threshold}")
+        gallery = (sorted((tmp_path / "outputs" / "cam").iterdir())[-1] / "cam" / "index.html").read_text()
+        assert gallery.count(f"explains {called}") == 4, threshold
+
+
+
+def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_runner, shared_data_dir):
+    test = pd.read_csv(shared_data_dir / "synthetic" / "test.csv")
+    shuffled = test.assign(label=test["label"].sample(frac=1.0, random_state=0).to_numpy())
+    assert (shuffled["label"] != test["label"]).any()
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    fast = ["deterministic=true", "eval.report=false", "eval.bootstrap=0"]
+    main_runner(*fast)
+    main_runner(*fast, f"dataset.test_csv={tmp_path / 'shuffled.csv'}")
+    first, second = sorted((tmp_path / "outputs" / "train").iterdir())
+    thresholds = [torch.load(run / "best.pth", weights_only=True)["threshold"] for run in (first, second)]
+    assert thresholds[0] == thresholds[1]
+    aucs = [json.loads((run / "metrics_test.json").read_text())["auc"] for run in (first, second)]
+    assert aucs[0] != aucs[1]  # the labels did change what the test measures
+
+
+def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
+    result = main_runner("eval.threshold_policy=youden", check=False)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "eval.threshold_policy='youden'" in errors[0], errors
+    assert not list((tmp_path / "outputs" / "train").glob("*/metrics_log.csv"))
+    assert not (tmp_path / "models" / "model_metadata.json").exists()

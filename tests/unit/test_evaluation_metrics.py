@@ -1,0 +1,152 @@
+"""Operating points, calibration and bootstrap intervals against values computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from deepfake.engine.metrics import classification_metrics
+from deepfake.errors import CheckpointError, ConfigError
+from deepfake.evaluation.bootstrap import bootstrap_intervals, weighted_metrics
+from deepfake.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature, p_fake
+from deepfake.evaluation.operating_point import (
+    choose_threshold,
+    decision_rule,
+    fit_operating_point,
+    parse_policy,
+    tpr_at_fpr,
+)
+
+# 4 reals and 4 fakes; ranked high to low: .9F .8F .7F .6R .4F .3R .2R .1R
+TARGETS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+PROBS = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+
+
+def test_tpr_at_fpr_by_hand():
+    # No real may be called fake: only .9 .8 .7 are above every real -> TPR 3/4 at threshold .7.
+    assert tpr_at_fpr(TARGETS, PROBS, 0.0) == {"max_fpr": 0.0, "tpr": 0.75, "fpr": 0.0, "threshold": 0.7}
+    # One real in four may be: going down to .4 catches every fake and flags only the .6 real.
+    assert tpr_at_fpr(TARGETS, PROBS, 0.25) == {"max_fpr": 0.25, "tpr": 1.0, "fpr": 0.25, "threshold": 0.4}
+    assert tpr_at_fpr(TARGETS, PROBS, 0.49)["threshold"] == 0.4  # .3 would flag a second real (FPR .5)
+
+
+def test_threshold_of_each_policy_by_hand():
+    # EER: at .6, one real in four is called fake (FPR .25) and one fake in four missed (FNR .25).
+    assert choose_threshold(TARGETS, PROBS, "eer") == 0.6
+    assert choose_threshold(TARGETS, PROBS, "fpr@0.01") == 0.7
+    assert choose_threshold(TARGETS, PROBS, "fpr@0.25") == 0.4
+    assert choose_threshold(TARGETS, PROBS, "fixed", 0.35) == 0.35
+
+
+def test_nothing_called_fake_is_a_finite_threshold_above_every_score():
+    # Every real outscores every fake: calling nothing fake is the only point with FPR 0.
+    threshold = choose_threshold(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.8, 1.0]), "fpr@0.1")
+    assert threshold > 1.0 and math.isfinite(threshold)
+
+
+@pytest.mark.parametrize("policy", ["fpr", "fpr@1", "fpr@-0.1", "fpr@x", "youden", "fixed"])
+def test_bad_policies_are_config_errors_naming_the_key(policy):
+    with pytest.raises(ConfigError, match="eval.threshold"):
+        parse_policy(policy, None)
+
+
+def test_operating_point_stores_the_validation_figures_at_the_threshold():
+    stored = fit_operating_point(TARGETS, np.log(PROBS / (1 - PROBS)), policy="eer", fixed_threshold=None,
+                                 calibrate=False, ece_bins=15)  # fmt: skip
+    assert stored["threshold"] == pytest.approx(0.6) and stored["threshold_policy"] == "eer"
+    assert stored["temperature"] == 1.0
+    point = stored["operating_point"]
+    assert point["accuracy"] == pytest.approx(6 / 8)
+    assert (point["real_accuracy"], point["fake_accuracy"], point["fpr"]) == pytest.approx((0.75, 0.75, 0.25))
+    assert (point["n_real"], point["n_fake"], point["chosen_on"]) == (4, 4, "validation")
+
+
+def test_ece_with_15_equal_width_bins_by_hand():
+    targets = np.array([0, 1, 1, 0])
+    probs = np.array([0.05, 0.15, 0.90, 0.92])
+    # Bins of width 1/15: .05 alone (gap .05), .15 alone (gap .85), .90 and .92 together
+    # (mean p .91, half fake: gap .41, weight 2 of 4).
+    assert expected_calibration_error(targets, probs, 15) == pytest.approx((0.05 + 0.85 + 2 * 0.41) / 4)
+    # p(fake) = 1 falls in the last bin, not outside the histogram.
+    assert expected_calibration_error(np.array([1, 1]), np.array([1.0, 0.95]), 15) == pytest.approx(0.025)
+
+
+def test_brier_by_hand():
+    targets = np.array([0, 1, 1, 0])
+    probs = np.array([0.05, 0.15, 0.90, 0.92])
+    assert brier_score(targets, probs) == pytest.approx((0.05**2 + 0.85**2 + 0.1**2 + 0.92**2) / 4)
+
+
+def test_temperature_with_a_known_answer():
+    # Every logit is 2 and 3 of 4 images are fake: the log loss is least where sigmoid(2 / T) = 3/4,
+    # i.e. T = 2 / ln 3.
+    logits = np.full(8, 2.0)
+    targets = np.array([1, 1, 1, 0, 1, 1, 1, 0])
+    temperature = fit_temperature(logits, targets)
+    assert temperature == pytest.approx(2 / math.log(3), rel=1e-4)
+    assert p_fake(logits, temperature) == pytest.approx(np.full(8, 0.75), rel=1e-4)
+
+
+def test_temperature_recovers_the_one_that_made_overconfident_scores():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 40_000)
+    targets = (rng.uniform(size=true_logits.size) < p_fake(true_logits)).astype(int)
+    assert fit_temperature(3.0 * true_logits, targets) == pytest.approx(3.0, rel=0.05)
+
+
+def test_decision_rule_stored_override_and_missing():
+    checkpoint = {"threshold": 0.42, "threshold_policy": "fpr@0.01", "temperature": 2.0, "run_name": "r"}
+    stored = decision_rule(checkpoint)
+    assert (stored.threshold, stored.temperature, stored.source, stored.policy) == (0.42, 2.0, "checkpoint", "fpr@0.01")
+    assert stored.p_fake(np.array([2.0])) == pytest.approx([1 / (1 + math.exp(-1.0))])
+    override = decision_rule(checkpoint, 0.7)
+    assert (override.threshold, override.source, override.stored_threshold) == (0.7, "eval.threshold", 0.42)
+    assert decision_rule({"threshold": 0.5}).temperature == 1.0  # absent = 1
+    with pytest.raises(CheckpointError, match="eval.threshold=<p_fake>"):
+        decision_rule({"run_name": "stopped early"})
+    with pytest.raises(ConfigError, match="eval.threshold"):
+        decision_rule(checkpoint, 1.5)
+
+
+def test_vectorised_metrics_equal_the_metrics_of_the_repeated_images():
+    rng = np.random.default_rng(1)
+    targets = np.repeat([0, 1], 50)
+    probs = np.round(rng.uniform(size=100) * 0.6 + 0.4 * targets, 2)  # rounded: many tied scores
+    counts = rng.integers(0, 4, size=(5, 100))
+    counts[:, 0] += 1  # every row keeps a real and a fake
+    counts[:, -1] += 1
+    values = weighted_metrics(targets, probs, 0.5, counts)
+    for row, row_counts in enumerate(counts):
+        t, p = np.repeat(targets, row_counts), np.repeat(probs, row_counts)
+        expected = classification_metrics(t, p, 0.5)
+        for name in ("auc", "ap", "eer", "accuracy"):
+            assert values[name][row] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_intervals_are_seeded_and_none_without_both_classes():
+    rng = np.random.default_rng(2)
+    targets = np.repeat([0, 1], 30)
+    probs = rng.uniform(size=60) * 0.5 + 0.3 * targets
+    first = bootstrap_intervals(targets, probs, 0.5, n_resamples=200, seed=7)
+    assert first == bootstrap_intervals(targets, probs, 0.5, n_resamples=200, seed=7)
+    assert first != bootstrap_intervals(targets, probs, 0.5, n_resamples=200, seed=8)
+    point = classification_metrics(targets, probs, 0.5)
+    for name, (low, high) in first.items():
+        assert low < point[name] < high, name
+    assert bootstrap_intervals(np.ones(5), probs[:5], 0.5, n_resamples=100, seed=0)["auc"] is None
+    assert bootstrap_intervals(targets, probs, 0.5, n_resamples=0, seed=0)["auc"] is None
+
+
+def test_auc_interval_covers_the_true_auc_at_close_to_the_nominal_rate():
+    # Reals ~ N(0, 1), fakes ~ N(1, 1): the true AUC is P(fake score > real score) = Phi(1 / sqrt 2).
+    true_auc = norm.cdf(1 / math.sqrt(2))
+    rng = np.random.default_rng(3)
+    trials, covered = 300, 0
+    for trial in range(trials):
+        targets = np.repeat([0, 1], 80)
+        scores = rng.normal(size=160) + targets
+        low, high = bootstrap_intervals(targets, scores, 0.5, n_resamples=300, seed=trial)["auc"]
+        covered += low <= true_auc <= high
+    # 95% nominal; 300 trials put the binomial standard error near 1.3 points.
+    assert 0.90 <= covered / trials <= 0.99
