@@ -46,6 +46,10 @@ class TrainingError(UserError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
+class ExportError(UserError):
+    """An exported model that does not reproduce its checkpoint; no file is left behind."""
+
+
 class RunStopped(BaseException):
     """A stop signal ended the run after ``last.pth`` was saved: not a failure, not an error.
 

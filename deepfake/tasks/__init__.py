@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # task name -> module under deepfake.tasks defining run(cfg). Imported lazily: `task=registry`
 # should not pay for importing torch models.
 TASKS = {"train": "train", "test": "test", "registry": "registry", "cam": "cam"}
+TASKS |= {"predict": "predict", "export": "export", "card": "card"}
 
 register_resolvers()
 

@@ -12,6 +12,7 @@ from deepfake.engine.evaluate import predict
 from deepfake.engine.metrics import classification_metrics
 from deepfake.engine.trainer import DamagedImageLog
 from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.inference.predictions import damaged_reasons, item_rows, prediction_table, write_predictions
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import builders
 from deepfake.tasks.display import fmt_metric
@@ -33,6 +34,10 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path) -
     preds = predict(model.to(device), loader, device, precision)
     DamagedImageLog().record("test", test_set, preds.damaged)
     threshold = float(checkpoint.get("threshold", cfg.train.threshold))
+    # Per image, as task=predict writes it: the same images give the same rows there.
+    damaged = damaged_reasons(test_set, preds.damaged)
+    write_predictions(prediction_table(item_rows(test_set), preds.probs, threshold, damaged, labelled=True),
+                      out_dir / "predictions.csv")  # fmt: skip
     metrics = {
         **classification_metrics(preds.targets, preds.probs, threshold),
         "n_damaged": len(preds.damaged),

@@ -25,6 +25,7 @@ from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
 from deepfake.tasks import builders
+from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size
 from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
@@ -131,7 +132,8 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.train.do_test:
             test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
-        promoted = registry.register_run(entry, out_dir / "best.pth")
+        card = write_card(out_dir / "best.pth", cfg, entry)  # travels with best.pth when it is promoted
+        promoted = registry.register_run(entry, out_dir / "best.pth", companions=[card])
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
                     out_dir)  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,18 @@ class Registry:
         self.lock_timeout = lock_timeout
         self._lock_path = self.metadata_path.with_name(self.metadata_path.name + ".lock")
 
-    def register_run(self, entry: dict[str, Any], best_checkpoint: str | os.PathLike[str]) -> bool:
+    def register_run(
+        self,
+        entry: dict[str, Any],
+        best_checkpoint: str | os.PathLike[str],
+        companions: Sequence[str | os.PathLike[str]] = (),
+    ) -> bool:
         """Add or replace the entry named ``entry["run_name"]``; promote its checkpoint when its
         ``best_val_auc`` beats the current best strictly and its ``status`` (default finished) is
-        ``finished``: a failed run is recorded, never promoted. Return whether it was promoted."""
+        ``finished``: a failed run is recorded, never promoted. Return whether it was promoted.
+
+        ``companions`` (the checkpoint's model card) are copied beside the best model under their
+        own names when it is promoted, under the same lock, so they always describe it."""
         run_name = entry["run_name"]
         with self._locked():
             registry = self._read()
@@ -80,6 +88,8 @@ class Registry:
                 # Copy before writing the JSON: if the JSON write then fails, the best model on
                 # disk is still a better one than the registry claims, never a worse one.
                 atomic_copy(best_checkpoint, self.best_model_path)
+                for companion in map(Path, companions):
+                    atomic_copy(companion, self.best_model_path.with_name(companion.name))
                 registry["best_run"] = run_name
             registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != run_name]
             registry["runs"].append(_json_safe(entry))
