@@ -78,8 +78,9 @@ def discover_inputs(
 
 
 def _walk_folder(folder: Path) -> ImageInputs:
-    """Every image file under ``folder``, following symlinked folders once (a link back up the tree
-    would otherwise loop forever); paths are kept as found, not resolved."""
+    """Every image file under ``folder``: a folder's own files in sorted order, then its subfolders in
+    sorted order, depth first. Symlinked folders are followed once (a link back up the tree would
+    otherwise loop forever); paths are kept as found, not resolved."""
     images, skipped = [], []
     visited: set[tuple[int, int]] = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
