@@ -54,6 +54,9 @@ class LbpFaceDetector:
             raise ConfigError("predict.face_detector: scale_factor must be > 1, min_neighbors >= 1, max_side >= 32")
         self.min_size, self.scale_factor = float(min_size), float(scale_factor)
         self.min_neighbors, self.max_side = int(min_neighbors), int(max_side)
+        # Checked here, in the main process: raised in a DataLoader worker it would arrive wrapped
+        # in that worker's traceback instead of as one line.
+        self._cascade_file = _cascade_file()
         self._cascade = None  # built on first use in each process: the Cython object does not pickle
 
     def __getstate__(self) -> dict:
@@ -61,12 +64,9 @@ class LbpFaceDetector:
 
     def _get_cascade(self):
         if self._cascade is None:
-            try:
-                from skimage import data
-                from skimage.feature import Cascade
-            except ImportError:
-                raise ConfigError('predict.face_crop=true needs scikit-image; run: pip install -e ".[face]"') from None
-            self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
+            from skimage.feature import Cascade
+
+            self._cascade = Cascade(self._cascade_file)
         return self._cascade
 
     def __call__(self, image: Image.Image) -> list[FaceBox]:
@@ -90,6 +90,14 @@ class LbpFaceDetector:
             for f in found
         ]  # fmt: skip
         return sorted(boxes, key=lambda box: (box.x0, box.y0))
+
+
+def _cascade_file() -> str:
+    try:
+        from skimage import data
+    except ImportError:
+        raise ConfigError('predict.face_crop=true needs scikit-image; run: pip install -e ".[face]"') from None
+    return data.lbp_frontal_face_cascade_filename()
 
 
 def face_region(box: FaceBox, margin: float, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
