@@ -39,6 +39,8 @@ def run(cfg: DictConfig) -> float | None:
     settings = cfg.predict
     if settings.input is None:
         raise ConfigError("task=predict needs predict.input=<image | folder | CSV>")
+    top_k = builders.positive_int(settings.top_k, "predict.top_k")
+    builders.positive_int(settings.batch_size, "predict.batch_size")
     detector = load_detector(builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
     if settings.cam and detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
@@ -50,19 +52,11 @@ def run(cfg: DictConfig) -> float | None:
     )  # fmt: skip
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
              detector.source, detector.kind, threshold, _policy(detector))  # fmt: skip
+    rows, dataset = _rows_and_dataset(inputs, settings, detector)
 
-    transform = builders.eval_transform(detector.preprocess)  # the checkpoint's own, as task=test uses it
-    fallback = int(detector.preprocess["img_size"])
-    if settings.face_crop:
-        rows, dataset = _find_faces(inputs, settings, transform, fallback)
-    else:
-        dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
-        rows = item_rows(dataset)
-
-    device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(cfg.train.device)
     started = time.perf_counter()
-    preds = _score(detector.model.to(device), dataset, settings, device, resolve_precision(cfg.train.precision, device))
-    seconds = time.perf_counter() - started
+    preds = _score(detector, dataset, settings, cfg.train)
+    images_per_second = len(dataset) / (time.perf_counter() - started)
     probs = np.full(len(dataset), np.nan, dtype=np.float32)
     damaged = {}
     if preds is not None:
@@ -81,12 +75,22 @@ def run(cfg: DictConfig) -> float | None:
     if settings.cam:
         scored = [row for row, p_fake in zip(rows, frame["p_fake"]) if not np.isnan(p_fake)]
         overlays = _explain(cfg, detector, dataset, scored, probs, threshold, out.parent / "cam")
-    log.info("%d row(s) in %s; %.1f images/s", len(frame), out, len(dataset) / seconds if seconds else 0.0)
-    print_predict_summary(
-        frame, inputs, out, threshold=threshold, top_k=builders.positive_int(settings.top_k, "predict.top_k"),
-        images_per_second=len(dataset) / seconds if seconds else None, metrics=metrics, overlays=overlays,
-    )  # fmt: skip
+    log.info("%d row(s) in %s; %.1f images/s", len(frame), out, images_per_second)
+    print_predict_summary(frame, inputs, out, threshold=threshold, top_k=top_k, images_per_second=images_per_second,
+                          metrics=metrics, overlays=overlays)  # fmt: skip
     return metrics["auc"] if metrics else None
+
+
+def _rows_and_dataset(inputs, settings: DictConfig, detector):
+    """The rows of predictions.csv and the dataset they are scored from: one item per image, or with
+    face cropping one per face found; transformed as the checkpoint's own preprocessing says, the very
+    transform task=test builds."""
+    transform = builders.eval_transform(detector.preprocess)
+    fallback = int(detector.preprocess["img_size"])
+    if settings.face_crop:
+        return _find_faces(inputs, settings, transform, fallback)
+    dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
+    return item_rows(dataset), dataset
 
 
 def _threshold(settings: DictConfig, stored: float) -> float:
@@ -121,15 +125,17 @@ def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
     return rows, crops
 
 
-def _score(model, dataset, settings: DictConfig, device: torch.device, precision: str):
-    """engine.evaluate.predict over ``dataset`` with a progress bar; None when there is nothing to score."""
+def _score(detector, dataset, settings: DictConfig, train: DictConfig):
+    """engine.evaluate.predict over ``dataset`` with a progress bar; None when there is nothing to score.
+    An ONNX session runs on the CPU: its inputs stay there."""
     if len(dataset) == 0:
         return None
-    builders.positive_int(settings.batch_size, "predict.batch_size")
+    device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(train.device)
     loader = builders.make_loader(dataset, settings, train=False, device=device)
     with progress_bars() as progress:
         bar = progress.add_task("predict", total=len(loader), status="")
-        return predict(model, loader, device, precision, on_batch=lambda: progress.update(bar, advance=1))
+        return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),
+                       on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
 
 
 def _write_metrics(preds, probs, threshold: float, detector, source: str, out: Path) -> dict:
