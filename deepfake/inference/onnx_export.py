@@ -139,15 +139,18 @@ def verification_images(paths: list[str] | None, preprocess: dict, count: int) -
         faces = [render_sample(("real", "fake")[i % 2], int(preprocess["img_size"]), rng)[0] for i in range(count)]
         return torch.stack([transform(Image.fromarray(face)) for face in faces])
     dataset = ImageFileDataset(paths, transform)
-    images = []
+    images, first_damage = [], None
     for index in range(len(dataset)):
         item = dataset[index]
         if not item["damaged"]:
             images.append(item["image"])
+        elif first_damage is None:
+            first_damage = f"{paths[index]}: {dataset.damage_reason(index)}"
         if len(images) == count:
             break
     if not images:
-        raise DataError(f"export.verify_input: none of its {len(paths)} image(s) can be read; pass readable images")
+        raise DataError(f"export.verify_input: none of its {len(paths)} image(s) can be read (the first, "
+                        f"{first_damage}); pass a folder of readable images")  # fmt: skip
     return torch.stack(images)
 
 
