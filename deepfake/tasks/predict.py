@@ -64,7 +64,8 @@ def run(cfg: DictConfig) -> float | None:
         damaged = damaged_reasons(dataset, preds.damaged)
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
-    out = Path(settings.output) if settings.output else builders.run_dir() / "predictions.csv"
+    out = Path(settings.output).expanduser() if settings.output else builders.run_dir()
+    out = out / "predictions.csv" if out.is_dir() else out
     write_predictions(frame, out)
     for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
         log.warning("damaged image, not scored: %s (%s)", path, reason)
