@@ -50,6 +50,10 @@ class RunDirLocked(UserError):
     """Another live process is writing the run dir: a second writer would interleave two histories."""
 
 
+class ExportError(UserError):
+    """An exported model that does not reproduce its checkpoint; no file is left behind."""
+
+
 class RunStopped(BaseException):
     """A stop signal ended the run after ``last.pth`` was saved: not a failure, not an error.
 

@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as F
 
-from deepfake.data.images import load_rgb
+from deepfake.data.image_files import ImageFileDataset
 from deepfake.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,12 +47,40 @@ def read_raw_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def _require_column(frame: pd.DataFrame, column: str, csv_path: Path, setting: str) -> None:
+def require_column(frame: pd.DataFrame, column: str, csv_path: Path, setting: str) -> None:
     if column not in frame.columns:
         present = ", ".join(map(str, frame.columns))
         raise DataError(
             f"{csv_path}: no column {column!r} (columns: {present}); fix the CSV or set {setting}"
         )
+
+
+def labels_to_targets(
+    frame: pd.DataFrame, label_column: str, csv_path: Path, real_label: int, setting: str = "the dataset's label_column"
+) -> np.ndarray:
+    """The CSV's 0/1 labels as targets, 1 = fake; DataError naming the first row that is not 0 or 1."""
+    if real_label not in (0, 1):
+        raise DataError(f"real_label={real_label!r} must be 0 or 1 (the CSV label that means 'real')")
+    labels = pd.to_numeric(frame[label_column], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        value = frame[label_column].iloc[first]
+        problem = "is empty" if pd.isna(value) else f"'{value}' is not 0 or 1"
+        raise DataError(
+            f"{csv_path}:{first + _FIRST_DATA_LINE}: {label_column} {problem}; fix the row or set {setting}"
+        )
+    return (labels.astype(int) != real_label).astype(int).to_numpy()
+
+
+def image_path_column(frame: pd.DataFrame, path_column: str, csv_path: Path) -> pd.Series:
+    """The path column as stripped strings; DataError naming the first empty row."""
+    paths = frame[path_column].fillna("").astype(str).str.strip()
+    empty = paths == ""
+    if empty.any():
+        line = int(np.flatnonzero(empty.to_numpy())[0]) + _FIRST_DATA_LINE
+        raise DataError(f"{csv_path}:{line}: empty {path_column}; every row needs an image path")
+    return paths
 
 
 def _resolve_under_root(relative: pd.Series, root: Path, csv_path: Path, column: str) -> list[str]:
@@ -94,34 +120,19 @@ def read_split_csv(
     """
     csv_path = Path(csv_path)
     root = Path(os.path.abspath(root_dir))
-    if real_label not in (0, 1):
-        raise DataError(f"real_label={real_label!r} must be 0 or 1 (the CSV label that means 'real')")
     if not root.is_dir():
         raise DataError(f"{root}: image root directory not found (needed by {csv_path}); check the dataset root")
     frame = read_raw_csv(csv_path)
-    _require_column(frame, path_column, csv_path, "the dataset's path_column")
-    _require_column(frame, label_column, csv_path, "the dataset's label_column")
+    require_column(frame, path_column, csv_path, "the dataset's path_column")
+    require_column(frame, label_column, csv_path, "the dataset's label_column")
 
-    rows = np.arange(len(frame)) + _FIRST_DATA_LINE
-    labels = pd.to_numeric(frame[label_column], errors="coerce")
-    bad = ~labels.isin([0, 1])
-    if bad.any():
-        first = int(np.flatnonzero(bad.to_numpy())[0])
-        value = frame[label_column].iloc[first]
-        problem = "is empty" if pd.isna(value) else f"'{value}' is not 0 or 1"
-        raise DataError(
-            f"{csv_path}:{rows[first]}: {label_column} {problem}; fix the row or set the dataset's label_column"
-        )
-    paths = frame[path_column].fillna("").astype(str).str.strip()
-    empty = paths == ""
-    if empty.any():
-        line = rows[int(np.flatnonzero(empty.to_numpy())[0])]
-        raise DataError(f"{csv_path}:{line}: empty {path_column}; every row needs an image path")
+    targets = labels_to_targets(frame, label_column, csv_path, real_label)
+    paths = image_path_column(frame, path_column, csv_path)
 
     frame = frame.drop(columns=[KAGGLE_INDEX_COLUMN], errors="ignore")
     frame["path"] = _resolve_under_root(paths, root, csv_path, path_column)
-    frame["target"] = (labels.astype(int) != real_label).astype(int).to_numpy()
-    frame["row"] = rows
+    frame["target"] = targets
+    frame["row"] = np.arange(len(frame)) + _FIRST_DATA_LINE
     _warn_duplicates(frame, csv_path, path_column)
     if "mask_path" in frame.columns:
         masks = frame["mask_path"].fillna("").astype(str).str.strip()
@@ -142,11 +153,8 @@ def _warn_duplicates(frame: pd.DataFrame, csv_path: Path, column: str) -> None:
     )  # fmt: skip
 
 
-class CsvImageDataset(Dataset):
-    """Images listed in a split CSV; a damaged image is served black and flagged ``damaged``.
-
-    Holds only a DataFrame and a transform, so it pickles into spawned DataLoader workers.
-    """
+class CsvImageDataset(ImageFileDataset):
+    """Images listed in a split CSV; a damaged image is served black and flagged ``damaged``."""
 
     def __init__(
         self,
@@ -163,27 +171,9 @@ class CsvImageDataset(Dataset):
         self.frame = read_split_csv(
             csv_path, root_dir, real_label=real_label, path_column=path_column, label_column=label_column
         )
-        self.transform = transform
-        self.fallback_size = fallback_size
-        self.targets: np.ndarray = self.frame["target"].to_numpy(dtype=np.int64)
-        self.paths: list[str] = self.frame["path"].tolist()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        image, reason = load_rgb(self.paths[index], self.fallback_size)
-        if self.transform is not None:
-            tensor = self.transform(image)
-        else:
-            tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        return {
-            "image": tensor,
-            "target": torch.tensor(self.targets[index], dtype=torch.float32),
-            "index": index,
-            "damaged": reason is not None,
-        }
-
-    def damage_reason(self, index: int) -> str | None:
-        """Why image ``index`` is damaged, or None; decoded again because workers cannot report back."""
-        return load_rgb(self.paths[index], self.fallback_size)[1]
+        super().__init__(
+            self.frame["path"].tolist(),
+            transform,
+            self.frame["target"].to_numpy(dtype=np.int64),
+            fallback_size=fallback_size,
+        )

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# What counts as an image file when a folder is listed (the manifest, task=predict).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
 # Integer modes hold 16-bit samples (PNG stores them this way); PIL's own conversion to "L"
 # clips at 255 instead of rescaling, which would turn most such images white.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")

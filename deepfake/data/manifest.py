@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepfake.data.images import IMAGE_SUFFIXES
 from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message
 from deepfake.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFEST_FIELDS = ["path", "bytes", "sha256"]
 
 
@@ -33,7 +33,8 @@ def image_files(root: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -46,7 +47,7 @@ def hash_tree(root: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS) -> d
     root = Path(root)
     relative = image_files(root)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: _sha256(root / rel), relative))
+        digests = list(pool.map(lambda rel: file_sha256(root / rel), relative))
     return dict(zip(relative, digests))
 
 

@@ -121,5 +121,13 @@ def build_eval_transform(
     return v2.Compose(_resize_and_centre_crop(img_size, interpolation) + _to_normalised_tensor(mean, std))
 
 
+def central_square(image: Image.Image) -> Image.Image:
+    """The region the eval transform keeps of ``image`` (it resizes the shorter side, then centre-crops),
+    at the image's own resolution: what an overlay of the model's view is drawn on."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def _resize_and_centre_crop(img_size: int, interpolation: str) -> list[Callable]:
     return [v2.Resize(img_size, interpolation=_interpolation(interpolation), antialias=True), v2.CenterCrop(img_size)]

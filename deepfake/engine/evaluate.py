@@ -23,12 +23,17 @@ class Predictions:
 
     @property
     def probs(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits))
+        return fake_probability(self.logits)
 
     def loss(self) -> float:
         return float(
             F.binary_cross_entropy_with_logits(torch.from_numpy(self.logits), torch.from_numpy(self.targets)).item()
         )
+
+
+def fake_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """p(fake) = sigmoid(logit / temperature); a calibrated checkpoint stores its temperature."""
+    return 1.0 / (1.0 + np.exp(-logits / temperature))
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from deepfake.engine.evaluate import Predictions, predict
@@ -29,7 +29,7 @@ from deepfake.engine.stopping import StopRequest
 from deepfake.errors import CheckpointError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
-from deepfake.tracking.console import console
+from deepfake.tracking.console import progress_bars
 from deepfake.tracking.loggers import MetricsCsv
 
 log = logging.getLogger(__name__)
@@ -386,13 +386,4 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ display
     def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-            transient=True,
-        )
+        return progress_bars()

@@ -23,7 +23,7 @@ class Sample:
 
     image: Image.Image
     cam: np.ndarray  # (H, W) in [0, 1], upsampled to the image
-    true_label: str
+    true_label: str | None  # None when unknown (task=predict on unlabelled images)
     prob_fake: float
     explained: str
     name: str
@@ -46,8 +46,9 @@ def panel(sample: Sample) -> Image.Image:
     canvas.paste(right, (width, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    colour = (255, 90, 90) if sample.true_label == "fake" else (120, 220, 120)
-    draw.text((4, side + 2), f"true: {sample.true_label}   p(fake)={sample.prob_fake:.3f}", fill=colour, font=font)
+    colour = {"fake": (255, 90, 90), "real": (120, 220, 120)}.get(sample.true_label, (200, 200, 200))
+    truth = sample.true_label or "unknown"
+    draw.text((4, side + 2), f"true: {truth}   p(fake)={sample.prob_fake:.3f}", fill=colour, font=font)
     draw.text((4, side + 17), f"map explains: {sample.explained}", fill=(230, 230, 230), font=font)
     return canvas
 

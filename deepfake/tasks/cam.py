@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from deepfake.data.images import load_rgb
+from deepfake.data.transforms import central_square
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything
 from deepfake.errors import ConfigError, DataError
@@ -105,27 +105,20 @@ def _pick(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.nd
     return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
 
 
-def _crop(image: Image.Image) -> Image.Image:
-    """The central square the eval transform keeps (it resizes the shorter side, then centre-crops)."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
 def _mask(dataset, index: int) -> np.ndarray | None:
     path = dataset.frame["mask_path"].iloc[index] if "mask_path" in dataset.frame.columns else ""
     if not path:
         return None
     try:
         with Image.open(path) as mask:
-            return np.asarray(_crop(mask.convert("L"))) > 127
+            return np.asarray(central_square(mask.convert("L"))) > 127
     except OSError as err:
         row = dataset.frame["row"].iloc[index]
         raise DataError(f"{dataset.csv_path}:{row}: mask_path {path} cannot be read ({err}); fix or drop the mask") from err
 
 
 def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sample:
-    image = _crop(load_rgb(dataset.paths[index], dataset.fallback_size)[0])
+    image = central_square(dataset.load(index)[0])
     return Sample(
         image=image,
         cam=upsample(cam[None], (image.height, image.width))[0],

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from deepfake.tracking.promotion import describe, promotion_key, score_on
+from deepfake.data.scan import list_for_message
 
 
 def fmt_metric(value) -> str:
@@ -143,3 +145,61 @@ def print_comparison(rows: list[dict], *, registry_path: str, csv_path: str) -> 
         )  # fmt: skip
     console.print(table)
     console.print(f"written to {csv_path}")
+
+
+def print_predict_summary(
+    frame: pd.DataFrame,
+    inputs,
+    out: Path,
+    *,
+    threshold: float,
+    top_k: int,
+    images_per_second: float | None,
+    metrics: dict | None,
+    overlays: Path | None,
+) -> None:
+    """What task=predict found: verdicts counted, the most fake-looking images, the damaged files."""
+    console = Console(soft_wrap=True)
+    scored = frame[frame["p_fake"].notna()]
+    counts = scored["label"].value_counts()
+    table = Table(title=f"predictions: {out}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("called fake", f"{counts.get('fake', 0)} (p_fake >= {threshold:.4g})"),
+        ("called real", str(counts.get("real", 0))),
+        ("damaged, not scored", str(int(frame["damaged"].notna().sum()))),
+    ]
+    if "face" in frame.columns:
+        no_face = frame["face"].isna() & frame["damaged"].isna()
+        rows.append(("images without a face", str(int(no_face.sum()))))
+    if inputs.skipped:
+        rows.append(("skipped (not images)", f"{len(inputs.skipped)}: {list_for_message([Path(p).name for p in inputs.skipped], 5)}"))
+    if metrics:
+        rows.append(("labelled: AUC / accuracy", f"{fmt_metric(metrics['auc'])} / {fmt_metric(metrics['accuracy'])}"))
+    if images_per_second:
+        rows.append(("throughput", f"{images_per_second:.1f} images/s"))
+    if overlays:
+        rows.append(("CAM overlays", str(overlays)))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    _print_paths(console, f"top {top_k} most fake-looking", scored.nlargest(top_k, "p_fake"), "p_fake")
+    damaged = frame[frame["damaged"].notna()]
+    more = f" (the first {top_k} of {len(damaged)})" if len(damaged) > top_k else ""
+    _print_paths(console, f"damaged files{more}", damaged.head(top_k), "damaged")
+
+
+def _print_paths(console: Console, title: str, rows: pd.DataFrame, column: str) -> None:
+    if rows.empty:
+        return
+    table = Table(title=title, title_justify="left")
+    table.add_column(column, no_wrap=True)
+    if "face" in rows.columns:
+        table.add_column("face")
+    table.add_column("path", overflow="fold")
+    for _, row in rows.iterrows():
+        value = f"{row[column]:.4f}" if column == "p_fake" else str(row[column])
+        face = [] if "face" not in rows.columns else ["" if pd.isna(row["face"]) else str(row["face"])]
+        table.add_row(value, *face, str(row["path"]))
+    console.print(table)

@@ -37,6 +37,7 @@ class Scorer:
         self.base_transform = builders.eval_transform(self.model.preprocess)  # img_size included
         self.cfg = cfg
         self.damaged = damaged or DamagedImageLog()
+        self.datasets: dict = {}  # name -> the dataset last scored under it (predictions.csv lists its rows)
 
     def score(
         self, name: str, csv_path: str, root_dir: str | None = None, perturbation: Perturbation | None = None
@@ -48,6 +49,7 @@ class Scorer:
         loader = builders.make_loader(dataset, self.cfg.dataset, train=False, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision)
         self.damaged.record(name, dataset, preds.damaged)
+        self.datasets[name] = dataset
         return preds
 
 

@@ -23,6 +23,7 @@ from deepfake.evaluation.calibration import p_fake
 from deepfake.evaluation.operating_point import DecisionRule, decision_rule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
+from deepfake.inference.predictions import damaged_reasons, item_rows, prediction_table, write_predictions
 from deepfake.reports.html import write_document
 from deepfake.tasks import builders
 from deepfake.tasks.display import fmt_metric
@@ -46,6 +47,7 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     scored = {name: scorer.score(name, csv, root) for name, csv, root in sets}
     summaries = {name: summarise(preds.targets, preds.logits, rule, settings) for name, preds in scored.items()}
     test = scored["test"]
+    _write_predictions(scorer.datasets["test"], test, rule, out_dir)
     metrics = {
         **summaries["test"],
         "decision_rule": rule.as_dict(),
@@ -68,6 +70,15 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     atomic_write_text(out_dir / "metrics_test.json", json.dumps(metrics, indent=2))
     _log_summary(metrics, out_dir)
     return metrics
+
+
+def _write_predictions(dataset, preds, rule: DecisionRule, out_dir: Path) -> None:
+    """predictions.csv, one row per test image as task=predict writes it: the same images give the same rows."""
+    probs = np.full(len(dataset), np.nan)
+    probs[preds.indices] = rule.p_fake(preds.logits)
+    table = prediction_table(item_rows(dataset), probs, rule.threshold, damaged_reasons(dataset, preds.damaged),
+                             labelled=True)  # fmt: skip
+    write_predictions(table, out_dir / "predictions.csv")
 
 
 def _set_row(name: str, csv: str, summary: dict) -> dict:

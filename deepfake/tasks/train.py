@@ -29,6 +29,7 @@ from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import builders, promotion
+from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs
 from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
@@ -154,8 +155,9 @@ def run(cfg: DictConfig) -> float | None:
         entry["promotion"] = promotion.candidate_promotion(
             cfg, out_dir / "best.pth", state.best_auc, promotion.split_identity(cfg, val_set), chosen
         )
+        card = write_card(out_dir / "best.pth", cfg, entry)  # travels with best.pth when it is promoted
         promoted = registry.register_run(
-            entry, out_dir / "best.pth", rescore_incumbent=promotion.rescorer(cfg, chosen)
+            entry, out_dir / "best.pth", rescore_incumbent=promotion.rescorer(cfg, chosen), companions=[card]
         )
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",

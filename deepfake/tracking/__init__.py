@@ -3,6 +3,7 @@
 from deepfake.tracking.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_copy,
+    atomic_path,
     atomic_save,
     atomic_write_text,
     load_checkpoint,
@@ -24,6 +25,7 @@ __all__ = [
     "Registry",
     "TensorBoardLogger",
     "atomic_copy",
+    "atomic_path",
     "atomic_save",
     "atomic_write_text",
     "git_info",

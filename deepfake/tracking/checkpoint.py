@@ -63,15 +63,16 @@ def _fsync_directory(directory: Path) -> None:
 
 
 @contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file that replaces ``path`` only when the block completes."""
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` for a writer that wants a file name (an exporter); when the
+    block completes the temp is fsynced and renamed over ``path``, otherwise it is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(path)
     try:
-        with open(temp, "xb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temp
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temp, path)
     except BaseException as error:  # KeyboardInterrupt too: never leave a temp behind
         temp.unlink(missing_ok=True)
@@ -82,6 +83,13 @@ def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
             ) from error
         raise
     _fsync_directory(path.parent)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a binary file that replaces ``path`` only when the block completes."""
+    with atomic_path(path) as temp, open(temp, "xb") as handle:
+        yield handle
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:

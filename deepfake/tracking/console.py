@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 
@@ -39,3 +40,17 @@ def make_console_handler(level: int | str = logging.INFO) -> ConsoleHandler:
     handler = ConsoleHandler(level=level)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
     return handler
+
+
+def progress_bars() -> Progress:
+    """Bars drawn on the shared console, gone when done; each task carries a ``status`` field."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    )

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class Registry:
         best_checkpoint: str | os.PathLike[str],
         *,
         rescore_incumbent: Callable[[Path], float | None] | None = None,
+        companions: Sequence[str | os.PathLike[str]] = (),
     ) -> bool:
         """Add or replace the entry named ``entry["run_name"]``; promote its checkpoint when it beats
         the incumbent strictly **on the same promotion set** and its ``status`` (default finished) is
@@ -75,6 +76,9 @@ class Registry:
         path)``, outside the lock (it takes a pass over the images); the decision and the copy then
         happen under the lock on a fresh read, and if the best changed meanwhile, the new one is
         scored in turn. Without a comparable score for the incumbent nothing is replaced.
+
+        ``companions`` (the checkpoint's model card) are copied beside the best model under their
+        own names when it is promoted, under the same lock, so they always describe it.
         """
         key = promotion_key(entry)
         rescored: dict[str, float | None] = {}  # incumbent run -> its AUC on this set, measured here
@@ -91,7 +95,7 @@ class Registry:
                 if promote:
                     # Copy before writing the JSON: if the JSON write then fails, the best model on
                     # disk is still a better one than the registry claims, never a worse one.
-                    atomic_copy(best_checkpoint, self.best_model_path)
+                    self._copy_best(best_checkpoint, companions)
                     registry["best_run"] = entry["run_name"]
                 registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
                 registry["runs"].append(_json_safe(entry))
@@ -101,6 +105,11 @@ class Registry:
             f"registry {self.metadata_path}: the best run kept changing while this run re-scored it "
             f"({MAX_RESCORE_ROUNDS} times); register it again with task=registry registry.rescore=true"
         )
+
+    def _copy_best(self, checkpoint: str | os.PathLike[str], companions: Sequence[str | os.PathLike[str]]) -> None:
+        atomic_copy(checkpoint, self.best_model_path)
+        for companion in map(Path, companions):
+            atomic_copy(companion, self.best_model_path.with_name(companion.name))
 
     @staticmethod
     def _needs_rescore(incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:
@@ -156,13 +165,15 @@ class Registry:
             entry.setdefault("rescored", {})[identity["key"]] = _json_safe({"auc": auc, "set": identity})
             self._write(registry)
 
-    def promote(self, run_name: str, checkpoint: str | os.PathLike[str]) -> None:
+    def promote(
+        self, run_name: str, checkpoint: str | os.PathLike[str], companions: Sequence[str | os.PathLike[str]] = ()
+    ) -> None:
         """Make ``run_name`` the global best with ``checkpoint`` (after a fair re-ranking)."""
         with self._locked():
             registry = self._read()
             if self._find(registry, run_name) is None:
                 raise UserError(f"run {run_name!r} is not in the registry {self.metadata_path}")
-            atomic_copy(checkpoint, self.best_model_path)
+            self._copy_best(checkpoint, companions)
             registry["best_run"] = run_name
             self._write(registry)
 

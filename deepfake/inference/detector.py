@@ -1,0 +1,81 @@
+"""A trained detector ready to score: a best.pth rebuilt in PyTorch, or an exported model.onnx.
+
+Both come out as a module that returns one logit per image, the preprocessing its inputs need (what
+``build_eval_transform`` takes) and the operating point, so task=predict scores either through the
+same data and scoring code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from deepfake.models import detector_from_checkpoint
+from deepfake.tracking.checkpoint import load_checkpoint
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class OperatingPoint:
+    """How a p(fake) becomes a verdict: fake when ``sigmoid(logit / temperature) >= threshold``.
+
+    Chosen on validation and stored in best.pth (``threshold``, ``threshold_policy``, and
+    ``temperature`` once calibrated); a checkpoint without a temperature is uncalibrated (1.0).
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    policy: str | None = None
+    temperature: float = 1.0
+
+    @classmethod
+    def of(cls, stored: dict) -> OperatingPoint:
+        temperature = stored.get("temperature")
+        return cls(
+            threshold=float(stored.get("threshold", DEFAULT_THRESHOLD)),
+            policy=stored.get("threshold_policy"),
+            temperature=1.0 if temperature is None else float(temperature),
+        )
+
+
+@dataclass
+class Detector:
+    model: torch.nn.Module  # images normalised by ``preprocess`` -> (B, 1) logits
+    preprocess: dict  # img_size, mean, std, interpolation
+    operating_point: OperatingPoint
+    source: Path
+    kind: str  # "pytorch" | "onnx"
+    # Temperature applied when scoring: the checkpoint's for PyTorch; 1.0 for ONNX, whose graph has it.
+    score_temperature: float = 1.0
+    real_label: int = 1  # the training CSVs' label for real images: a labelled input's default polarity
+    checkpoint: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        spec = self.checkpoint.get("model_spec") or {}
+        return str(spec.get("name", self.source.name))
+
+
+def load_detector(path: str | os.PathLike) -> Detector:
+    """``*.onnx`` (with its model.json sidecar) or a checkpoint written by this project."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from deepfake.inference.onnx_runtime import load_onnx_detector  # onnxruntime only when asked
+
+        return load_onnx_detector(path)
+    checkpoint = load_checkpoint(path)
+    model = detector_from_checkpoint(checkpoint)
+    point = OperatingPoint.of(checkpoint)
+    return Detector(
+        model=model,
+        preprocess=model.preprocess,  # the checkpoint's own, img_size included
+        operating_point=point,
+        source=path,
+        kind="pytorch",
+        score_temperature=point.temperature,
+        real_label=int((checkpoint.get("labels") or {}).get("real_label", 1)),
+        checkpoint=checkpoint,
+    )

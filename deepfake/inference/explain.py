@@ -1,0 +1,70 @@
+"""predict.cam: one CAM overlay per scored image (per face), so a user sees why it was called fake.
+
+The maps come from the same Explainer and panels as task=cam; each map explains the verdict the
+image got at the operating point, and is drawn over the region the model saw.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfake.data.transforms import central_square
+from deepfake.explain import Explainer, upsample
+from deepfake.explain.overlays import Sample, panel
+from deepfake.inference.predictions import verdict
+
+
+@dataclass
+class OverlayItem:
+    item: int  # index into the scored dataset
+    name: str  # readable part of the file name; the overlay's number keeps names apart
+    true_label: str | None
+
+
+def safe_stem(text: str, limit: int = 60) -> str:
+    """A file-name-safe, bounded version of ``text`` (image names may hold anything)."""
+    return re.sub(r"[^\w.-]+", "_", text)[:limit] or "image"
+
+
+def write_overlays(
+    model: torch.nn.Module,
+    dataset,
+    items: list[OverlayItem],
+    probs: np.ndarray,
+    threshold: float,
+    out_dir: Path,
+    *,
+    method: str,
+    target_layer: str | None,
+    batch_size: int,
+) -> list[Path]:
+    """``<row>_<name>.png`` per item in ``out_dir``, computed ``batch_size`` images at a time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    explainer = Explainer(model, method, target_layer, batch_size)
+    written = []
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            images = torch.stack([dataset[entry.item]["image"] for entry in chunk])
+            labels = [verdict(float(probs[entry.item]), threshold) for entry in chunk]
+            for entry, cam, label in zip(chunk, explainer(images, labels), labels):
+                region = central_square(dataset.load(entry.item)[0])
+                sample = Sample(
+                    image=region,
+                    cam=upsample(cam[None], (region.height, region.width))[0],
+                    true_label=entry.true_label,
+                    prob_fake=float(probs[entry.item]),
+                    explained=label,
+                    name=entry.name,
+                )
+                path = out_dir / f"{len(written):05d}_{entry.name}.png"
+                panel(sample).save(path)
+                written.append(path)
+    finally:
+        explainer.close()
+    return written

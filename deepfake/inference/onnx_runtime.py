@@ -1,0 +1,76 @@
+"""Score with an exported model.onnx through onnxruntime, behind the same interface as a checkpoint.
+
+The session sits inside a torch module so task=predict runs it through the very loader, transform
+and scoring loop (engine.evaluate.predict) that a .pth goes through: what differs between the two
+is then the artefact alone, which is what a user checking a deployment wants to see.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from deepfake.data.manifest import file_sha256
+from deepfake.errors import CheckpointError
+from deepfake.inference.detector import Detector, OperatingPoint
+from deepfake.inference.onnx_export import (
+    IDENTITY_NORMALISATION,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIDECAR_FORMAT,
+    onnx_modules,
+    sidecar_path,
+)
+
+
+class OnnxDetector(torch.nn.Module):
+    """(B, 3, S, S) pixels in [0, 1] -> (B, 1) logits of the p(fake) the graph outputs.
+
+    The scoring loop collects logits; handing back logit(p) keeps one loop for both kinds of model.
+    The graph already applied the temperature, so the loop must score with temperature 1.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        onnxruntime = onnx_modules()
+        preferred = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in preferred if p in onnxruntime.get_available_providers()]
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        p_fake = self.session.run([OUTPUT_NAME], {INPUT_NAME: image.detach().cpu().float().numpy()})[0]
+        return torch.logit(torch.from_numpy(p_fake).double()).float().reshape(-1, 1)
+
+
+def read_sidecar(onnx_path: Path) -> dict:
+    """model.json beside ``onnx_path``, checked to describe these very bytes."""
+    path = sidecar_path(onnx_path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{onnx_path}: its sidecar {path} is missing; export again with task=export") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); export again with task=export") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise CheckpointError(f"{path} is not a deepfake ONNX sidecar (format {SIDECAR_FORMAT}); export again")
+    if meta.get("onnx_sha256") != file_sha256(onnx_path):
+        raise CheckpointError(f"{onnx_path} does not match its sidecar {path} (sha256 differs); export again")
+    return meta
+
+
+def load_onnx_detector(path: Path) -> Detector:
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={path}: no such ONNX file; pass the model.onnx that task=export wrote")
+    meta = read_sidecar(path)
+    return Detector(
+        model=OnnxDetector(path),
+        preprocess={"img_size": int(meta["img_size"]), "interpolation": meta["interpolation"], **IDENTITY_NORMALISATION},
+        operating_point=OperatingPoint.of(meta),
+        source=path,
+        kind="onnx",
+        score_temperature=1.0,
+        real_label=int(meta["labels"]["training_csv_real_label"]),
+        checkpoint={"model_spec": meta.get("backbone"), "run_name": meta["source_checkpoint"].get("run_name")},
+    )

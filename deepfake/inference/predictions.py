@@ -1,0 +1,88 @@
+"""predictions.csv: one row per image (per face with face cropping), in input order.
+
+Columns: ``path, p_fake, label, damaged`` (the contract), then ``face, box`` with face cropping and
+``true_label`` when the input has labels. A damaged file keeps its row with the reason and no score:
+the score of the black stand-in it was replaced by says nothing about the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from deepfake.tracking.checkpoint import atomic_write_text
+
+COLUMNS = ["path", "p_fake", "label", "damaged"]
+FACE_COLUMNS = ["face", "box"]
+# float32 scores hold about 7 significant digits; 8 keep them exact enough to compare to 1e-7.
+FLOAT_FORMAT = "%.8g"
+
+
+@dataclass
+class Row:
+    """One line of predictions.csv before scoring; ``item`` indexes the scored dataset (None when
+    nothing is scored: a file damaged before scoring, or a photo without a face)."""
+
+    path: str
+    item: int | None
+    damaged: str | None = None
+    face: int | None = None
+    box: str | None = None
+    target: float = math.nan  # 1 = fake, NaN when unknown
+
+
+def item_rows(dataset) -> list[Row]:
+    """One row per item of an ImageFileDataset, in its order (no face cropping)."""
+    pairs = enumerate(zip(dataset.paths, dataset.targets))
+    return [Row(path, item=index, target=float(target)) for index, (path, target) in pairs]
+
+
+def damaged_reasons(dataset, indices) -> dict[int, str]:
+    """Why each of the items the scoring loop flagged is damaged (decoded again: workers cannot tell)."""
+    return {int(index): dataset.damage_reason(int(index)) or "unreadable" for index in indices}
+
+
+def verdict(p_fake: float, threshold: float) -> str:
+    return "fake" if p_fake >= threshold else "real"
+
+
+def prediction_table(
+    rows: list[Row],
+    probs: np.ndarray,
+    threshold: float,
+    damaged: dict[int, str],
+    *,
+    faces: bool = False,
+    labelled: bool = False,
+) -> pd.DataFrame:
+    """The table of ``rows``; ``probs[item]`` is p(fake) of scored item ``item`` and ``damaged``
+    maps the items found damaged while scoring to their reasons."""
+    records = []
+    for row in rows:
+        reason = row.damaged or (damaged.get(row.item) if row.item is not None else None)
+        p_fake = float(probs[row.item]) if row.item is not None and reason is None else math.nan
+        record = {
+            "path": row.path,
+            "p_fake": p_fake,
+            "label": None if math.isnan(p_fake) else verdict(p_fake, threshold),
+            "damaged": reason,
+        }
+        if faces:
+            record |= {"face": row.face, "box": row.box}
+        if labelled:
+            record["true_label"] = "fake" if row.target == 1 else "real"
+        records.append(record)
+    columns = COLUMNS + (FACE_COLUMNS if faces else []) + (["true_label"] if labelled else [])
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    if faces:
+        frame["face"] = frame["face"].astype("Int64")  # an integer column with gaps, not 0.0, 1.0
+    return frame
+
+
+def write_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
+

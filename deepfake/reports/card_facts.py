@@ -1,0 +1,121 @@
+"""What a model card states, gathered from what a run left behind.
+
+The checkpoint describes the model and its operating point; its run dir holds the recipe
+(config_resolved.yaml), the code version (git.txt) and the test report (metrics_test.json); the
+registry entry holds the run's history (epochs, damaged images, later evaluations). The split CSVs
+are read again for their counts and sha256. A missing source leaves its facts out, never fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from deepfake import __version__
+from deepfake.data.csv_dataset import labels_to_targets, read_raw_csv, require_column
+from deepfake.data.manifest import file_sha256
+from deepfake.errors import DataError
+
+SPLITS = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
+
+
+@dataclass
+class CardFacts:
+    checkpoint_path: Path
+    checkpoint_sha256: str
+    checkpoint: dict  # without the weights
+    run_dir: Path | None
+    config: dict = field(default_factory=dict)  # the run's resolved config
+    git: dict = field(default_factory=dict)  # commit, dirty
+    test: dict = field(default_factory=dict)  # metrics_test.json, or the registry's view of it
+    entry: dict = field(default_factory=dict)  # the registry entry
+    data: dict = field(default_factory=dict)  # split -> {csv, images, real, fake, sha256} or {csv, error}
+    written_at: str = ""
+    version: str = __version__
+
+
+def find_run_dir(checkpoint_path: Path, entry: dict | None) -> Path | None:
+    """The run dir behind a checkpoint: its own folder for a run's best.pth, else the registry's record."""
+    if (checkpoint_path.parent / "config_resolved.yaml").is_file():
+        return checkpoint_path.parent
+    recorded = Path(entry["run_dir"]) if entry and entry.get("run_dir") else None
+    return recorded if recorded is not None and recorded.is_dir() else None
+
+
+def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -> CardFacts:
+    run_dir = find_run_dir(checkpoint_path, entry)
+    config = _read_yaml(run_dir / "config_resolved.yaml") if run_dir else {}
+    entry = entry or {}
+    test = _read_json(run_dir / "metrics_test.json") if run_dir else {}
+    return CardFacts(
+        checkpoint_path=checkpoint_path,
+        checkpoint_sha256=file_sha256(checkpoint_path),
+        checkpoint={key: value for key, value in checkpoint.items() if key != "model"},
+        run_dir=run_dir,
+        config=config,
+        git=_read_git(run_dir / "git.txt") if run_dir else {},
+        test=test or entry.get("test_metrics") or {},
+        entry=entry,
+        data=_data_facts(config.get("dataset") or {}),
+        written_at=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def _data_facts(dataset: dict) -> dict:
+    reader = dataset.get("reader") or {}
+    facts = {}
+    for split, key in SPLITS.items():
+        if dataset.get(key):
+            facts[split] = csv_facts(
+                Path(dataset[key]), reader.get("path_column", "path"), reader.get("label_column", "label"),
+                int(dataset.get("real_label", 1)),
+            )  # fmt: skip
+    return facts
+
+
+def csv_facts(csv_path: Path, path_column: str, label_column: str, real_label: int) -> dict:
+    """Image counts per class and the sha256 of the CSV as it is now."""
+    try:
+        frame = read_raw_csv(csv_path)
+        require_column(frame, path_column, csv_path, "the dataset's path_column")
+        require_column(frame, label_column, csv_path, "the dataset's label_column")
+        targets = labels_to_targets(frame, label_column, csv_path, real_label)
+    except DataError as err:
+        return {"csv": str(csv_path), "error": str(err)}
+    return {
+        "csv": str(csv_path),
+        "images": int(len(targets)),
+        "real": int((targets == 0).sum()),
+        "fake": int((targets == 1).sum()),
+        "sha256": file_sha256(csv_path),
+    }
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _read_git(path: Path) -> dict:
+    """git.txt's ``commit <hash>`` and ``dirty <flag>`` lines."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+

@@ -1,0 +1,45 @@
+"""task=export: a checkpoint -> model.onnx + model.json, refused unless onnxruntime reproduces it.
+
+ckpt (run dir | .pth | the global best) -> the graph (normalisation, network, temperature, sigmoid)
+-> onnxruntime against PyTorch at batch 1 and 8 on random and real images -> model.onnx beside the
+checkpoint (or export.output) and its sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from deepfake.errors import ConfigError
+from deepfake.inference import discover_inputs, load_detector
+from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
+from deepfake.tasks import builders
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> float:
+    settings = cfg.export
+    source = builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    if source.suffix.lower() == ".onnx":
+        raise ConfigError(f"ckpt={source} is already an ONNX file; export a run dir or a .pth checkpoint")
+    output = Path(settings.output) if settings.output else source.parent / "model.onnx"
+    if output.suffix.lower() != ".onnx":
+        raise ConfigError(f"export.output={settings.output} must end in .onnx (its sidecar takes the same name, .json)")
+    tolerance = float(settings.tolerance)
+    if not tolerance > 0:
+        raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
+    count = builders.positive_int(settings.verify_images, "export.verify_images")
+    detector = load_detector(source)
+    paths = discover_inputs(settings.verify_input, key="export.verify_input").paths if settings.verify_input else None
+    images = verification_images(paths, detector.preprocess, count)
+    log.info("exporting %s (%s, %d px) to %s; checking on %d %s image(s)", source, detector.name,
+             detector.preprocess["img_size"], output, len(images), "given" if paths else "synthetic")  # fmt: skip
+    verification = export_onnx(detector, output, images, tolerance=tolerance, opset=settings.opset)
+    log.info("onnxruntime vs PyTorch, max |p_fake difference|: %s (tolerance %g)",
+             ", ".join(f"{k} {v:.2e}" for k, v in verification.differences.items()), tolerance)  # fmt: skip
+    log.info("wrote %s and %s; score with: python scripts/main.py task=predict ckpt=%s predict.input=<images>",
+             output, sidecar_path(output), output)  # fmt: skip
+    return verification.max_difference

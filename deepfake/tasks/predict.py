@@ -1,0 +1,171 @@
+"""task=predict: score a user's images with a trained detector.
+
+ckpt (run dir | .pth | model.onnx | the global best) + predict.input (image | folder | CSV)
+-> [faces found and cropped] -> the eval transform and scoring loop of task=test -> predictions.csv,
+with labels the task=test metrics, with predict.cam an overlay per image -> a summary table.
+Only the checkpoint is needed: its own preprocessing, threshold and temperature are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from deepfake.data.image_files import ImageFileDataset
+from deepfake.engine.evaluate import fake_probability, predict
+from deepfake.engine.metrics import classification_metrics
+from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.engine.stopping import init_worker
+from deepfake.errors import ConfigError
+from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
+from deepfake.inference.predictions import damaged_reasons, item_rows
+from deepfake.tasks import builders
+from deepfake.tasks.display import print_predict_summary
+from deepfake.tracking.checkpoint import atomic_write_text
+from deepfake.tracking.console import progress_bars
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> float | None:
+    settings = cfg.predict
+    if settings.input is None:
+        raise ConfigError("task=predict needs predict.input=<image | folder | CSV>")
+    top_k = builders.positive_int(settings.top_k, "predict.top_k")
+    builders.positive_int(settings.batch_size, "predict.batch_size")
+    detector = load_detector(builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
+    if settings.cam and detector.kind == "onnx":
+        raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
+    threshold = _threshold(settings, detector.operating_point.threshold)
+    inputs = discover_inputs(
+        settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
+        label_column=settings.label_column,
+        real_label=detector.real_label if settings.real_label is None else int(settings.real_label),
+    )  # fmt: skip
+    log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
+             detector.source, detector.kind, threshold, _policy(detector))  # fmt: skip
+    rows, dataset = _rows_and_dataset(inputs, settings, detector)
+
+    started = time.perf_counter()
+    preds = _score(detector, dataset, settings, cfg.train)
+    images_per_second = len(dataset) / (time.perf_counter() - started)
+    probs = np.full(len(dataset), np.nan, dtype=np.float32)
+    damaged = {}
+    if preds is not None:
+        probs[preds.indices] = fake_probability(preds.logits, detector.score_temperature)
+        damaged = damaged_reasons(dataset, preds.damaged)
+
+    frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
+    out = Path(settings.output).expanduser() if settings.output else builders.run_dir()
+    out = out / "predictions.csv" if out.is_dir() else out
+    write_predictions(frame, out)
+    for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
+        log.warning("damaged image, not scored: %s (%s)", path, reason)
+    metrics = None
+    if inputs.labelled and preds is not None:
+        metrics = _write_metrics(preds, probs, threshold, detector, str(settings.input), out)
+    overlays = None
+    if settings.cam:
+        scored = [row for row, p_fake in zip(rows, frame["p_fake"]) if not np.isnan(p_fake)]
+        overlays = _explain(cfg, detector, dataset, scored, probs, threshold, out.parent / "cam")
+    log.info("%d row(s) in %s; %.1f images/s", len(frame), out, images_per_second)
+    print_predict_summary(frame, inputs, out, threshold=threshold, top_k=top_k, images_per_second=images_per_second,
+                          metrics=metrics, overlays=overlays)  # fmt: skip
+    return metrics["auc"] if metrics else None
+
+
+def _rows_and_dataset(inputs, settings: DictConfig, detector):
+    """The rows of predictions.csv and the dataset they are scored from: one item per image, or with
+    face cropping one per face found; transformed as the checkpoint's own preprocessing says, the very
+    transform task=test builds."""
+    transform = builders.eval_transform(detector.preprocess)
+    fallback = int(detector.preprocess["img_size"])
+    if settings.face_crop:
+        return _find_faces(inputs, settings, transform, fallback)
+    dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
+    return item_rows(dataset), dataset
+
+
+def _threshold(settings: DictConfig, stored: float) -> float:
+    if settings.threshold is None:
+        return stored
+    value = float(settings.threshold)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"predict.threshold={settings.threshold} must be a p(fake) in [0, 1]")
+    return value
+
+
+def _policy(detector) -> str:
+    point = detector.operating_point
+    return (f", policy {point.policy}" if point.policy else "") + (
+        f", temperature {point.temperature:g}" if point.temperature != 1.0 else ""
+    )
+
+
+def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
+    from deepfake.inference.faces import FaceSearch, plan_face_rows  # scikit-image only when asked
+
+    search = FaceSearch(inputs.paths, instantiate(settings.face_detector), float(settings.face_margin), fallback)
+    loader = DataLoader(search, batch_size=None, num_workers=int(settings.num_workers), worker_init_fn=init_worker)
+    with progress_bars() as progress:
+        bar = progress.add_task("faces", total=len(search), status="")
+        found = []
+        for result in loader:
+            found.append(result)
+            progress.update(bar, advance=1, status=f"{sum(len(r['boxes']) for r in found)} face(s)")
+    rows, crops = plan_face_rows(found, inputs, transform, fallback)
+    log.info("%d face(s) in %d image(s)", len(crops), len(inputs.paths))
+    return rows, crops
+
+
+def _score(detector, dataset, settings: DictConfig, train: DictConfig):
+    """engine.evaluate.predict over ``dataset`` with a progress bar; None when there is nothing to score.
+    An ONNX session runs on the CPU: its inputs stay there."""
+    if len(dataset) == 0:
+        return None
+    device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(train.device)
+    loader = builders.make_loader(dataset, settings, train=False, device=device)
+    with progress_bars() as progress:
+        bar = progress.add_task("predict", total=len(loader), status="")
+        return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),
+                       on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
+
+
+def _write_metrics(preds, probs, threshold: float, detector, source: str, out: Path) -> dict:
+    """The task=test report on a labelled input: every scored image, damaged stand-ins included as
+    task=test counts them, so the same images give the same figures."""
+    metrics = {
+        **classification_metrics(preds.targets, probs[preds.indices], threshold),
+        "n_damaged": len(preds.damaged),
+        "checkpoint": str(detector.source),
+        "input": source,
+        "evaluated_at": builders.now_iso(),
+    }
+    atomic_write_text(out.with_name("metrics_predict.json"), json.dumps(metrics, indent=2))
+    log.info("labelled input: auc=%s accuracy=%.4f (%s)", metrics["auc"], metrics["accuracy"],
+             out.with_name("metrics_predict.json"))  # fmt: skip
+    return metrics
+
+
+def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float, cam_dir: Path) -> Path:
+    """An overlay per scored row (damaged files and photos without a face have no score to explain)."""
+    from deepfake.inference.explain import OverlayItem, safe_stem, write_overlays  # grad-cam only when asked
+
+    items = [
+        OverlayItem(row.item, safe_stem(Path(row.path).stem + ("" if row.face is None else f"_face{row.face}")),
+                    None if np.isnan(row.target) else ("fake" if row.target == 1 else "real"))
+        for row in scored
+    ]  # fmt: skip
+    model = detector.model.to(resolve_device(cfg.train.device))
+    write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cfg.cam.method,
+                   target_layer=cfg.cam.target_layer, batch_size=builders.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
+    log.info("CAM overlays of %d image(s): %s", len(items), cam_dir)
+    return cam_dir

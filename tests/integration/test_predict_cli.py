@@ -1,0 +1,169 @@
+"""task=predict, task=export and task=card end to end: a user's own folders, CSVs and photos scored
+by a trained detector, equal to task=test on the same images, through PyTorch and onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+
+from conftest import TINY, run_main
+
+pytestmark = pytest.mark.slow
+
+
+def only_dir(parent: Path) -> Path:
+    (child,) = [p for p in parent.iterdir() if p.is_dir()]
+    return child
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values={"p_fake": [""]}, dtype={"path": str, "face": str})
+
+
+def errors_of(result) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_data_dir):
+    """A tiny two-phase run (tested at the end: its predictions.csv holds task=test's scores)."""
+    root = tmp_path_factory.mktemp("predict_root")
+    run_main(root, *TINY, data_dir=shared_data_dir)
+    return root, only_dir(root / "outputs" / "train"), shared_data_dir
+
+
+@pytest.fixture(scope="module")
+def user_folder(trained, tmp_path_factory):
+    """A user's folder: copies of test images under nested folders and odd names, a symlink, a
+    grayscale JPEG, a truncated JPEG, an empty file and a text file. Returns it and copy -> original."""
+    _, run, _ = trained
+    test_paths = read(run / "predictions.csv")["path"].tolist()
+    folder = tmp_path_factory.mktemp("user") / "my photos"
+    names = ["a.jpg", "nested/b.JPG", "nested/deeper/c.jpeg", "with space/été ünï.jpg", "e.jpg", "f.jpg"]
+    originals = {}
+    for name, source in zip(names, test_paths):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / name)
+        originals[str(folder / name)] = source
+    os.symlink(test_paths[len(names)], folder / "nested" / "link.jpg")
+    originals[str(folder / "nested" / "link.jpg")] = test_paths[len(names)]
+    Image.open(test_paths[0]).convert("L").save(folder / "gray.jpg")
+    (folder / "truncated.jpg").write_bytes(Path(test_paths[1]).read_bytes()[:300])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    return folder, originals
+
+
+@pytest.fixture(scope="module")
+def folder_predicted(trained, user_folder):
+    """task=predict on the user's folder with the run's best.pth (the global best): its output and log."""
+    root, _, data = trained
+    result = run_main(root, "task=predict", f"predict.input={user_folder[0]}", data_dir=data)
+    (run_dir,) = [p.parent for p in (root / "outputs" / "predict").glob("*/predictions.csv")]
+    return run_dir / "predictions.csv", result.stdout + result.stderr
+
+
+def test_folder_rows_damaged_flags_and_scores_equal_task_test(trained, user_folder, folder_predicted):
+    _, run, _ = trained
+    folder, originals = user_folder
+    predictions, log = folder_predicted
+
+    out = read(predictions)
+    images = {str(p) for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {str(folder / "notes.txt")}
+    assert list(out.columns) == ["path", "p_fake", "label", "damaged"] and set(out["path"]) == images
+    damaged = out.set_index("path")["damaged"]
+    assert damaged[str(folder / "empty.png")] == "empty file (0 bytes)"
+    assert damaged[str(folder / "truncated.jpg")].startswith("unreadable")
+    scored = out[out["damaged"] == ""]
+    assert len(scored) == len(images) - 2 and out.loc[out["damaged"] != "", "p_fake"].isna().all()
+    threshold = 0.5  # what train.threshold stored in best.pth
+    assert (scored["label"] == np.where(scored["p_fake"] >= threshold, "fake", "real")).all()
+    tested = read(run / "predictions.csv").set_index("path")["p_fake"]
+    copies = scored[scored["path"].isin(originals)]
+    assert len(copies) == len(originals)
+    assert np.abs(copies["p_fake"].to_numpy() - tested[copies["path"].map(originals)].to_numpy()).max() < 1e-6
+    assert "skipped (not images) │ 1: notes.txt" in log and "called fake" in log and "most fake-looking" in log
+    assert sum("damaged image, not scored" in line for line in log.splitlines()) == 2
+
+
+def test_labelled_csv_writes_the_task_test_metrics(trained):
+    root, run, data = trained
+    synthetic = data / "synthetic"
+
+    run_main(root, "task=predict", f"predict.input={synthetic / 'test.csv'}",
+             f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}", "predict.output=labelled/preds.csv",
+             data_dir=data)  # fmt: skip
+
+    predicted = json.loads((root / "labelled" / "metrics_predict.json").read_text())
+    tested = json.loads((run / "metrics_test.json").read_text())
+    for key in ("auc", "ap", "eer", "accuracy", "f1", "log_loss", "n_samples", "n_damaged"):
+        assert predicted[key] == pytest.approx(tested[key], abs=1e-6), key
+    assert predicted["confusion_matrix"] == tested["confusion_matrix"]
+    preds, test_preds = read(root / "labelled" / "preds.csv"), read(run / "predictions.csv")
+    assert (preds["path"] == test_preds["path"]).all() and (preds["true_label"] == test_preds["true_label"]).all()
+    assert np.abs(preds["p_fake"] - test_preds["p_fake"]).max() < 1e-6
+
+
+def test_missing_input_is_one_line_and_exit_2(trained, tmp_path):
+    root, _, data = trained
+    result = run_main(root, "task=predict", f"predict.input={tmp_path / 'nowhere'}", "predict.output=out/p.csv",
+                      data_dir=data, check=False)  # fmt: skip
+    assert result.returncode == 2 and len(errors_of(result)) == 1
+    assert f"predict.input={tmp_path / 'nowhere'}: no such file or folder" in errors_of(result)[0]
+    assert not (root / "out").exists()  # an input holding no image is the same one line (unit tests)
+
+
+def test_export_then_predict_with_onnx_equals_predict_with_pth(trained, user_folder, folder_predicted, tmp_path):
+    root, run, data = trained
+    folder, _ = user_folder
+
+    run_main(root, "task=export", f"ckpt={run}", f"export.verify_input={folder}", data_dir=data)
+    run_main(root, "task=predict", f"ckpt={run / 'model.onnx'}", f"predict.input={folder}",
+             f"predict.output={tmp_path}/onnx.csv", data_dir=data)  # fmt: skip
+
+    meta = json.loads((run / "model.json").read_text())
+    assert max(meta["verification"]["max_abs_difference"].values()) < 1e-4
+    pth, onnx = read(folder_predicted[0]), read(tmp_path / "onnx.csv")
+    assert (pth["path"] == onnx["path"]).all() and (pth["damaged"] == onnx["damaged"]).all()
+    assert np.nanmax(np.abs(pth["p_fake"] - onnx["p_fake"])) < 1e-4 and onnx["p_fake"].notna().sum() > 5
+
+
+def test_model_card_beside_best_pth_follows_promotion_and_task_card(trained):
+    root, run, data = trained
+    card = (run / "model_card.md").read_text()
+    tested = json.loads((run / "metrics_test.json").read_text())
+    assert f"| auc | {tested['auc']:.4f} |" in card and f"sha256" in card and "## Ethics, consent and access" in card
+    assert (root / "models" / "model_card.md").read_text() == card  # promoted with its card
+
+    run_main(root, "task=card", data_dir=data)  # the global best, found through the registry
+
+    regenerated = (root / "models" / "model_card.md").read_text()
+    assert f"run dir | {run} |" in regenerated and f"| auc | {tested['auc']:.4f} |" in regenerated
+
+
+def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
+    root, _, data = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(photos / "astronaut.png")
+    Image.fromarray(skimage_data.coffee()).save(photos / "coffee.jpg")
+
+    run_main(root, "task=predict", f"predict.input={photos}", "predict.face_crop=true", "predict.cam=true",
+             "cam.target_layer=layer2", f"predict.output={tmp_path}/out/predictions.csv", data_dir=data)  # fmt: skip
+
+    out = read(tmp_path / "out" / "predictions.csv")
+    assert list(out.columns) == ["path", "p_fake", "label", "damaged", "face", "box"]
+    astronaut, coffee = out.iloc[0], out.iloc[1]
+    x0, y0, x1, y1 = map(int, astronaut["box"].split())
+    assert astronaut["face"] == "0" and 170 < (x0 + x1) / 2 < 280 and 60 < (y0 + y1) / 2 < 170
+    assert 0 <= astronaut["p_fake"] <= 1 and astronaut["label"] in ("real", "fake")
+    assert coffee["face"] == "" and np.isnan(coffee["p_fake"]) and coffee["damaged"] == ""
+    assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["00000_astronaut_face0.png"]

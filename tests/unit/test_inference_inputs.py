@@ -1,0 +1,109 @@
+"""What task=predict scores: folders walked recursively, CSVs with or without labels, one-line errors."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake.errors import DataError
+from deepfake.inference import discover_inputs
+
+
+def _image(path, mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (12, 10), 128).save(path)
+    return path
+
+
+def test_folder_is_walked_recursively_in_sorted_order_and_others_are_skipped(tmp_path):
+    root = tmp_path / "photos"
+    expected = [  # a folder's own files (sorted), then its subfolders (sorted), depth first
+        _image(root / "B.PNG"),
+        _image(root / "a.jpeg"),
+        _image(root / "nested" / "gray.JPG", mode="L"),
+        _image(root / "nested" / "deeper" / "x.webp"),
+        _image(root / "with space" / "z.tif"),
+        _image(root / "with space" / "été ünï.bmp"),  # sorted by code point: z < é
+    ]
+    (root / "notes.txt").write_text("not an image")
+    (root / "nested" / "data.csv").write_text("path\n")
+
+    inputs = discover_inputs(root)
+
+    assert inputs.paths == [str(p) for p in expected]
+    assert sorted(os.path.basename(p) for p in inputs.skipped) == ["data.csv", "notes.txt"]
+    assert inputs.source == "folder" and not inputs.labelled
+    assert np.isnan(inputs.target(0))
+
+
+def test_symlinked_files_and_folders_are_followed_once(tmp_path):
+    outside = tmp_path / "elsewhere"
+    _image(outside / "linked.png")
+    root = tmp_path / "photos"
+    _image(root / "own.png")
+    (root / "link to folder").symlink_to(outside, target_is_directory=True)
+    (root / "alias.png").symlink_to(root / "own.png")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # would walk forever if followed again
+
+    inputs = discover_inputs(root)
+
+    assert [os.path.relpath(p, root) for p in inputs.paths] == ["alias.png", "own.png", "link to folder/linked.png"]
+
+
+def test_a_single_image_is_an_input(tmp_path):
+    image = _image(tmp_path / "one photo.png")
+    assert discover_inputs(image).paths == [str(image)]
+
+
+def test_csv_paths_start_at_root_dir_and_labels_follow_the_polarity(tmp_path):
+    images = tmp_path / "images"
+    _image(images / "r.png")
+    _image(images / "f.png")
+    absolute = _image(tmp_path / "abs.png")
+    csv = tmp_path / "lists" / "mine.csv"
+    csv.parent.mkdir()
+    csv.write_text(f"path,label\nr.png,1\nf.png,0\n{absolute},0\n")
+
+    inputs = discover_inputs(csv, root_dir=images)
+
+    assert inputs.paths == [str(images / "r.png"), str(images / "f.png"), str(absolute)]
+    assert inputs.labelled and inputs.targets.tolist() == [0, 1, 1]  # label 1 = real -> target 0
+    assert discover_inputs(csv, root_dir=images, real_label=0).targets.tolist() == [1, 0, 0]
+
+
+def test_csv_without_labels_defaults_to_its_own_folder(tmp_path):
+    _image(tmp_path / "sub" / "a.png")
+    csv = tmp_path / "list.csv"
+    csv.write_text("file\nsub/a.png\n")
+
+    inputs = discover_inputs(csv, path_column="file")
+
+    assert inputs.paths == [str(tmp_path / "sub" / "a.png")] and not inputs.labelled
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("path,label\na.png,2\n", r"list.csv:2: label '2' is not 0 or 1; fix the row or set predict.label_column"),
+        ("file\na.png\n", r"no column 'path'.*predict.path_column"),
+        ("path\n\n \n", r"CSV has a header but no rows|empty path"),
+    ],
+)
+def test_bad_csvs_name_the_row_or_key(tmp_path, content, message):
+    csv = tmp_path / "list.csv"
+    csv.write_text(content)
+    with pytest.raises(DataError, match=message):
+        discover_inputs(csv)
+
+
+def test_missing_input_and_input_without_images_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match=r"predict.input=.*nowhere: no such file or folder"):
+        discover_inputs(tmp_path / "nowhere")
+    (tmp_path / "empty" / "inner").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"holds no image file \(1 other file\(s\) skipped\)"):
+        discover_inputs(tmp_path / "empty")
+    (tmp_path / "model.pth").write_bytes(b"x")
+    with pytest.raises(DataError, match="export.verify_input=.*model.pth: not an image"):
+        discover_inputs(tmp_path / "model.pth", key="export.verify_input")

@@ -1,0 +1,124 @@
+"""model_card.md: every section, the right numbers from the run's files, and the card travelling with
+the checkpoint when the registry promotes it."""
+
+import hashlib
+import json
+import re
+
+import torch
+import yaml
+
+from deepfake.reports.card_facts import collect_facts
+from deepfake.reports.model_card import render_model_card, write_model_card
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from deepfake.tracking.registry import Registry
+
+SECTIONS = ["Model", "Data", "Training recipe", "Evaluation", "Operating point", "Intended use", "Limitations",
+            "Ethics, consent and access", "Using it"]  # fmt: skip
+
+
+def make_run(root, *, with_test=True):
+    """A run dir as task=train leaves it: checkpoint, resolved config, git.txt, metrics_test.json, CSVs."""
+    run = root / "outputs" / "train" / "run-1"
+    run.mkdir(parents=True)
+    data = root / "data"
+    data.mkdir()
+    # Kaggle polarity: label 1 = real. train: 3 real, 2 fake; valid: 1 real, 1 fake; test: 2 fake.
+    for name, labels in {"train": [1, 1, 1, 0, 0], "valid": [1, 0], "test": [0, 0]}.items():
+        rows = "".join(f"{i},x,{i},{label},l,{name}/{i}.jpg\n" for i, label in enumerate(labels))
+        (data / f"{name}.csv").write_text(",original_path,id,label,label_str,path\n" + rows)
+    config = {
+        "seed": 7, "deterministic": True, "init_from": None,
+        "train": {"precision": "32", "accumulate_grad_batches": 2, "threshold": 0.5},
+        "backbone": {"_target_": "deepfake.models.create_detector", "name": "test_resnet", "pretrained": False,
+                     "weights": "/weights/r.safetensors"},
+        "phase": {"head_epochs": 2, "finetune_epochs": 3, "lr_head": 0.001, "lr_backbone": 2.5e-05, "warmup_epochs": 1},
+        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": 0.05},
+        "scheduler": {"_target_": "timm.scheduler.CosineLRScheduler", "lr_min": 1e-06},
+        "augment": {"_target_": "deepfake.data.transforms.build_train_transform", "hflip": 0.5},
+        "dataset": {"name": "kaggle_140k", "root_dir": str(data), "real_label": 1, "img_size": 32, "batch_size": 16,
+                    "train_csv": str(data / "train.csv"), "val_csv": str(data / "valid.csv"),
+                    "test_csv": str(data / "test.csv"), "reader": {"path_column": "path", "label_column": "label"}},
+    }  # fmt: skip
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    (run / "git.txt").write_text("commit 0123abcd\ndirty false\n")
+    if with_test:
+        test = {"auc": 0.91234, "accuracy": 0.875, "eer": 0.125, "n_samples": 2, "n_damaged": 1,
+                "confusion_matrix": [[0, 0], [1, 1]], "test_csv": str(data / "test.csv"),
+                "robustness": {"jpeg_q50": {"auc": 0.71}}}  # fmt: skip
+        (run / "metrics_test.json").write_text(json.dumps(test))
+    atomic_save({
+        "format": CHECKPOINT_FORMAT, "kind": "best", "model": {"w": torch.zeros(2)},
+        "model_spec": {"name": "test_resnet", "kwargs": {}},
+        "preprocess": {"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
+        "threshold": 0.4375, "threshold_policy": "youden", "temperature": 1.25, "run_name": "run-1", "epoch": 4,
+        "phase": "finetune", "val_metrics": {"val_auc": 0.953125, "val_loss": 0.3125, "val_accuracy": 0.8125},
+    }, run / "best.pth")  # fmt: skip
+    entry = {"run_name": "run-1", "run_dir": str(run), "epochs": 5, "best_epoch": 4, "best_val_auc": 0.953125,
+             "damaged_images": {"train": 3}, "status": "finished"}  # fmt: skip
+    return run, entry
+
+
+def section(card: str, title: str) -> str:
+    return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_card_has_every_section_and_the_run_s_numbers(tmp_path):
+    run, entry = make_run(tmp_path)
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+
+    card = render_model_card(collect_facts(run / "best.pth", checkpoint, entry))
+
+    assert re.findall(r"^## (.+)$", card, flags=re.M) == SECTIONS
+    assert hashlib.sha256((run / "best.pth").read_bytes()).hexdigest() in card
+    data = section(card, "Data")
+    train_sha = hashlib.sha256((tmp_path / "data" / "train.csv").read_bytes()).hexdigest()
+    assert f"| train | {tmp_path / 'data' / 'train.csv'} | 5 | 3 | 2 | 3 | `{train_sha}` |" in data
+    assert "| valid | " in data and " | 2 | 1 | 1 | 0 | " in data
+    assert f"| test | {tmp_path / 'data' / 'test.csv'} | 2 | 0 | 2 | 1 | " in data  # damaged from the test report
+    recipe = section(card, "Training recipe")
+    assert "head only: 2 epoch(s) at lr_head 0.001; fine-tuning: 3 epoch(s) at lr_backbone 2.5e-05" in recipe
+    assert "| seed | 7 (deterministic kernels: True) |" in recipe and "| epochs run | 5; best validation epoch 4 |" in recipe
+    assert "AdamW(weight_decay=0.05)" in recipe and "| batch | 16 x 2 accumulated, precision 32, at 32 px |" in recipe
+    model = section(card, "Model")
+    assert "git commit 0123abcd (uncommitted changes: false)" in model and "weights file /weights/r.safetensors" in model
+    evaluation = section(card, "Evaluation")
+    assert "| val_auc | 0.9531 |" in evaluation and "| auc | 0.9123 |" in evaluation and "| eer | 0.1250 |" in evaluation
+    assert "| fake | 1 | 1 |" in evaluation  # the confusion matrix, true class by row
+    point = section(card, "Operating point")
+    assert "| threshold | 0.4375 |" in point and "| policy | youden |" in point and "| temperature | 1.2500 |" in point
+    assert "| robustness.jpeg_q50.auc | 0.7100 |" in section(card, "Limitations")
+    ethics = section(card, "Ethics, consent and access")
+    assert "consent" in ethics and "non-consensual" in ethics and "authorised people" in ethics
+
+
+def test_card_says_what_is_missing_instead_of_inventing_it(tmp_path):
+    run, _ = make_run(tmp_path, with_test=False)
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    (tmp_path / "data" / "valid.csv").unlink()
+    del checkpoint["threshold_policy"], checkpoint["temperature"]
+
+    card = render_model_card(collect_facts(run / "best.pth", checkpoint, None))
+
+    assert "Not evaluated (train.do_test=false)" in section(card, "Evaluation")
+    assert "valid.csv: CSV file not found" in section(card, "Data")
+    assert "| temperature | 1.0 (not calibrated) |" in card and "no validation policy recorded" in card
+    assert "No robustness measurements were recorded" in card
+
+
+def test_card_of_the_global_best_finds_its_run_dir_and_travels_with_promotion(tmp_path):
+    run, entry = make_run(tmp_path)
+    card = write_model_card(collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry))
+    assert card == run / "model_card.md"
+    registry = Registry(tmp_path / "models" / "model_metadata.json", tmp_path / "models" / "best_model.pth")
+
+    assert registry.register_run(entry, run / "best.pth", companions=[card])
+    assert (tmp_path / "models" / "model_card.md").read_bytes() == card.read_bytes()
+    worse = {**entry, "run_name": "run-2", "best_val_auc": 0.5}
+    card.write_text("run-2's card")
+    assert not registry.register_run(worse, run / "best.pth", companions=[card])
+    assert "run-1" in (tmp_path / "models" / "model_card.md").read_text()  # not replaced: run-2 was not promoted
+
+    best = tmp_path / "models" / "best_model.pth"
+    facts = collect_facts(best, torch.load(best, weights_only=True), registry.get("run-1"))
+    assert facts.run_dir == run and facts.test["auc"] == 0.91234  # found through the registry entry

@@ -1,0 +1,137 @@
+"""ONNX export: onnxruntime reproduces PyTorch (CvT-13, a timm CNN, a timm ViT), dynamic batch,
+normalisation and temperature inside the graph, the sidecar, refusal leaving nothing behind, and
+scoring the .onnx through the same loader and loop as the .pth."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from deepfake.data.image_files import ImageFileDataset
+from deepfake.data.manifest import file_sha256
+from deepfake.data.synthetic import render_sample
+from deepfake.data.transforms import build_eval_transform
+from deepfake.engine.evaluate import fake_probability, predict
+from deepfake.errors import CheckpointError, ExportError
+from deepfake.inference import load_detector
+from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
+from deepfake.models import create_detector
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
+
+TEMPERATURE = 1.7
+
+
+def write_checkpoint(path, name: str, size: int, **kwargs):
+    """A best.pth as training writes it, with a spread-out head so scores are not all 0.5."""
+    torch.manual_seed(0)
+    model = create_detector(name, **kwargs)
+    torch.nn.init.normal_(model.get_classifier().weight, std=5.0)
+    atomic_save({
+        "format": CHECKPOINT_FORMAT, "kind": "best", "model": model.state_dict(),
+        "model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": size},
+        "labels": {"real_label": 1, "output": "logit of p(fake)"}, "threshold": 0.42,
+        "threshold_policy": "youden", "temperature": TEMPERATURE, "run_name": "unit", "epoch": 3,
+    }, path)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A test_resnet best.pth and its model.onnx + model.json, exported once for the tests below."""
+    folder = tmp_path_factory.mktemp("exported")
+    detector = load_detector(write_checkpoint(folder / "best.pth", "test_resnet", 32))
+    verification = export_onnx(detector, folder / "model.onnx", verification_images(None, detector.preprocess, 8))
+    return folder, verification
+
+
+def check_export(folder, verification, name: str, size: int) -> None:
+    assert set(verification.differences) == {"random_batch1", "images_batch1", "random_batch8", "images_batch8"}
+    assert verification.passed and verification.max_difference < 1e-4
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["img_size"] == size and meta["input"]["shape"] == ["batch", 3, size, size]
+    assert (meta["threshold"], meta["threshold_policy"], meta["temperature"]) == (0.42, "youden", TEMPERATURE)
+    assert meta["backbone"]["name"] == name and meta["labels"]["positive_class"] == "fake"
+    assert meta["source_checkpoint"]["sha256"] == file_sha256(folder / "best.pth")
+    assert meta["onnx_sha256"] == file_sha256(folder / "model.onnx")
+    assert meta["verification"]["max_abs_difference"] == verification.differences
+
+
+def test_a_timm_cnn_exports_and_onnxruntime_reproduces_it(exported):
+    check_export(*exported, "test_resnet", 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", [("test_vit", {"img_size": 32}), ("cvt_13", {})])
+def test_a_vit_and_cvt_13_export_and_onnxruntime_reproduces_them(tmp_path, name, kwargs):
+    detector = load_detector(write_checkpoint(tmp_path / "best.pth", name, 32, **kwargs))
+    verification = export_onnx(detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8))
+    check_export(tmp_path, verification, name, 32)
+
+
+def _scores(detector, paths):
+    """p(fake) through the dataset, loader and scoring loop task=predict uses."""
+    dataset = ImageFileDataset(paths, build_eval_transform(**_transform_args(detector.preprocess)))
+    preds = predict(detector.model, DataLoader(dataset, batch_size=3), torch.device("cpu"))
+    return fake_probability(preds.logits, detector.score_temperature)
+
+
+def _transform_args(preprocess):
+    return {k: preprocess[k] for k in ("mean", "std", "interpolation")} | {"img_size": preprocess["img_size"]}
+
+
+def test_onnx_scores_through_the_same_input_code_as_the_checkpoint(exported, tmp_path):
+    folder, _ = exported
+    rng = np.random.default_rng(1)
+    paths = []
+    for number, kind in enumerate(["real", "fake"] * 4):
+        paths.append(tmp_path / f"face {number}.png")
+        # 48 px, not 32: the resize happens in the shared transform, in front of either model.
+        Image.fromarray(render_sample(kind, 48, rng)[0]).save(paths[-1])
+    pytorch, onnx = load_detector(folder / "best.pth"), load_detector(folder / "model.onnx")
+
+    expected, got = _scores(pytorch, paths), _scores(onnx, paths)
+
+    assert onnx.kind == "onnx" and onnx.score_temperature == 1.0 and onnx.operating_point.threshold == 0.42
+    assert np.abs(got - expected).max() < 1e-4
+    assert expected.std() > 0.05  # scores that differ from image to image: the comparison means something
+    # p(fake) is sigmoid(logit / T): the graph carries the checkpoint's temperature.
+    dataset = ImageFileDataset(paths, build_eval_transform(**_transform_args(pytorch.preprocess)))
+    logits = predict(pytorch.model, DataLoader(dataset, batch_size=8), torch.device("cpu")).logits
+    assert np.allclose(got, 1 / (1 + np.exp(-logits / TEMPERATURE)), atol=1e-4)
+    # Real images for the export check go through the graph's own framing: pixels in [0, 1] at 32 px.
+    framed = verification_images([str(p) for p in paths], pytorch.preprocess, 5)
+    assert framed.shape == (5, 3, 32, 32) and 0 <= framed.min() and framed.max() <= 1
+
+
+def _copy(folder, tmp_path):
+    for name in ("best.pth", "model.onnx", "model.json"):
+        shutil.copy(folder / name, tmp_path / name)
+
+
+def test_a_refused_export_leaves_the_previous_files_untouched(exported, tmp_path):
+    _copy(exported[0], tmp_path)
+    detector = load_detector(tmp_path / "best.pth")
+    before = {name: (tmp_path / name).read_bytes() for name in ("model.onnx", "model.json")}
+
+    # Float kernels differ in the last bits between PyTorch and onnxruntime: an impossible tolerance.
+    with pytest.raises(ExportError, match=r"export to .*model.onnx refused: onnxruntime differs from PyTorch by "
+                                          r"\S+ \(> export.tolerance=1e-12\) on \w+; no file written"):  # fmt: skip
+        export_onnx(detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8), tolerance=1e-12)
+
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "model.json", "model.onnx"]  # no temp left
+
+
+def test_an_onnx_file_that_does_not_match_its_sidecar_is_refused(exported, tmp_path):
+    _copy(exported[0], tmp_path)
+    with open(tmp_path / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(CheckpointError, match="does not match its sidecar"):
+        load_detector(tmp_path / "model.onnx")
+    sidecar_path(tmp_path / "model.onnx").unlink()
+    with pytest.raises(CheckpointError, match="its sidecar .*model.json is missing; export again"):
+        load_detector(tmp_path / "model.onnx")
