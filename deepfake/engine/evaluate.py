@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -32,8 +33,11 @@ class Predictions:
 
 
 def fake_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """p(fake) = sigmoid(logit / temperature); a calibrated checkpoint stores its temperature."""
-    return 1.0 / (1.0 + np.exp(-logits / temperature))
+    """p(fake) = sigmoid(logit / temperature); a calibrated checkpoint stores its temperature.
+
+    The one place logits become probabilities (test, predict, calibration, operating points).
+    """
+    return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
 @torch.no_grad()

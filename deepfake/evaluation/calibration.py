@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_expit
+from scipy.special import log_expit
 from sklearn.metrics import brier_score_loss
+
+from deepfake.engine.evaluate import fake_probability
 
 # Fitted temperatures are kept within these bounds: beyond them the scores are all but constant or
 # all but hard 0/1, which says the validation set is degenerate (one class, perfectly separated).
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-
-
-def p_fake(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The detector's p(fake) after temperature scaling."""
-    return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
 def _log_loss(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
@@ -71,7 +68,7 @@ def brier_score(targets: np.ndarray, probs: np.ndarray) -> float:
 
 def calibration_figures(targets: np.ndarray, logits: np.ndarray, temperature: float, n_bins: int) -> dict:
     """ECE and Brier at the stored temperature and without it (temperature 1)."""
-    calibrated, raw = p_fake(logits, temperature), p_fake(logits)
+    calibrated, raw = fake_probability(logits, temperature), fake_probability(logits)
     return {
         "temperature": float(temperature),
         "ece": expected_calibration_error(targets, calibrated, n_bins),

@@ -22,7 +22,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 from deepfake.errors import CheckpointError, ConfigError
-from deepfake.evaluation.calibration import calibration_figures, fit_temperature, p_fake
+from deepfake.engine.evaluate import fake_probability
+from deepfake.evaluation.calibration import calibration_figures, fit_temperature
 
 _FPR_POLICY = re.compile(r"^fpr@(?P<rate>[0-9.eE+-]+)$")
 POLICIES = ("eer", "fpr@<rate>", "fixed")
@@ -112,7 +113,7 @@ def fit_operating_point(
     calibrated p(fake)."""
     targets = np.asarray(targets, dtype=int)
     temperature = fit_temperature(logits, targets) if calibrate else 1.0
-    probs = p_fake(logits, temperature)
+    probs = fake_probability(logits, temperature)
     threshold = choose_threshold(targets, probs, policy, fixed_threshold)
     figures = {
         "chosen_on": "validation",
@@ -139,7 +140,7 @@ class DecisionRule:
     stored_threshold: float | None
 
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
-        return p_fake(logits, self.temperature)
+        return fake_probability(logits, self.temperature)
 
     def is_fake(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs) >= self.threshold

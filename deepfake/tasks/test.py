@@ -19,7 +19,7 @@ from PIL import Image
 from deepfake.engine.trainer import DamagedImageLog
 from deepfake.evaluation import plots
 from deepfake.evaluation import report as html_report
-from deepfake.evaluation.calibration import p_fake
+from deepfake.engine.evaluate import fake_probability
 from deepfake.evaluation.operating_point import DecisionRule, decision_rule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
@@ -108,7 +108,7 @@ def _pictures(metrics: dict, targets: np.ndarray, logits: np.ndarray, rule: Deci
         pictures["roc"] = plots.roc_png(targets, probs, rule.threshold, metrics["tpr_at_fpr"])
         pictures["pr"] = plots.pr_png(targets, probs)
     pictures["histogram"] = plots.histogram_png(targets, probs, rule.threshold)
-    reliability = {"p(fake), temperature 1": p_fake(logits)}
+    reliability = {"p(fake), temperature 1": fake_probability(logits)}
     if rule.temperature != 1.0:
         reliability[f"after temperature {rule.temperature:.3g}"] = probs
     pictures["reliability"] = plots.reliability_png(targets, reliability, metrics["calibration"]["ece_bins"])

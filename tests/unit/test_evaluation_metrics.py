@@ -9,7 +9,8 @@ from scipy.stats import norm
 from deepfake.engine.metrics import classification_metrics
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.evaluation.bootstrap import bootstrap_intervals, weighted_metrics
-from deepfake.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature, p_fake
+from deepfake.engine.evaluate import fake_probability
+from deepfake.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature
 from deepfake.evaluation.operating_point import (
     choose_threshold,
     decision_rule,
@@ -85,13 +86,13 @@ def test_temperature_with_a_known_answer():
     targets = np.array([1, 1, 1, 0, 1, 1, 1, 0])
     temperature = fit_temperature(logits, targets)
     assert temperature == pytest.approx(2 / math.log(3), rel=1e-4)
-    assert p_fake(logits, temperature) == pytest.approx(np.full(8, 0.75), rel=1e-4)
+    assert fake_probability(logits, temperature) == pytest.approx(np.full(8, 0.75), rel=1e-4)
 
 
 def test_temperature_recovers_the_one_that_made_overconfident_scores():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 40_000)
-    targets = (rng.uniform(size=true_logits.size) < p_fake(true_logits)).astype(int)
+    targets = (rng.uniform(size=true_logits.size) < fake_probability(true_logits)).astype(int)
     assert fit_temperature(3.0 * true_logits, targets) == pytest.approx(3.0, rel=0.05)
 
 
