@@ -5,8 +5,8 @@ The default family, ``transposed_conv`` (checkerboards from uneven transposed-co
 a periodic fingerprint, shifted colour statistics), lives in ``synthetic.py``. Here:
 
 - ``upsampling``: the generator works at half resolution and enlarges its output by nearest or
-  bilinear interpolation (pixel replicas or interpolation smoothing), and adds a fixed periodic
-  pattern: one spectral peak, at a frequency the transposed-conv fingerprint does not use;
+  bilinear interpolation (pixel replicas or interpolation smoothing), and adds its fingerprint: one
+  fixed cosine, a single spectral peak at a frequency the transposed-conv family does not use;
 - ``blending``: no upsampling at all. A face re-rendered elsewhere (no sensor noise, colour
   statistics edited) is alpha-blended over the centre of a genuine noisy photo through a feathered
   ellipse: the traces are a seam, a colour mismatch and a noise level that changes across it.
@@ -25,7 +25,9 @@ import numpy as np
 # which the transposed-conv family never uses (its fingerprint and checkerboard sit at multiples
 # of 1/8), on an exact FFT bin of any image whose side is a multiple of 16. It survives JPEG at 95.
 PEAK_FREQUENCY = (1 / 16, 3 / 16)
-_PEAK_AMPLITUDE = 0.03
+# As strong as the transposed-conv fingerprint (RMS ~0.035), and, like it, in a fixed phase: the
+# same pattern in every fake, as one generator's fingerprint is.
+_PEAK_AMPLITUDE = 0.05
 
 
 def _half_resolution(image: np.ndarray) -> np.ndarray:
@@ -57,8 +59,7 @@ def upsampling_traces(image: np.ndarray, rng: np.random.Generator, strength: flo
     else:
         enlarged = _bilinear_double(low)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = rng.uniform(0, 2 * math.pi)
-    peak = np.cos(2 * math.pi * (PEAK_FREQUENCY[0] * y + PEAK_FREQUENCY[1] * x) + phase)
+    peak = np.cos(2 * math.pi * (PEAK_FREQUENCY[0] * y + PEAK_FREQUENCY[1] * x))
     amplitude = np.float32(strength * _PEAK_AMPLITUDE * rng.uniform(0.8, 1.2))
     return np.clip(enlarged[:, :height, :width] + amplitude * peak[None], 0, 1)
 
@@ -78,8 +79,8 @@ def blending_traces(image: np.ndarray, rng: np.random.Generator, strength: float
     _, height, width = image.shape
     host = image + rng.normal(0.0, rng.uniform(0.008, 0.02), image.shape).astype(np.float32)
     # The pasted face: rendered without this camera's noise, its colours matched only roughly.
-    gain = 1.0 + strength * rng.uniform(0.04, 0.08, 3) * rng.choice([-1, 1], 3)
-    offset = strength * rng.uniform(-0.03, 0.03, 3)
+    gain = 1.0 + strength * rng.uniform(0.06, 0.12, 3) * rng.choice([-1, 1], 3)
+    offset = strength * rng.uniform(-0.04, 0.04, 3)
     donor = image * gain[:, None, None].astype(np.float32) + offset[:, None, None].astype(np.float32)
     weight = _feathered_ellipse(height, width, rng)[None]
     return np.clip(host * (1 - weight) + donor * weight, 0, 1)
