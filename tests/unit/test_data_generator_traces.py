@@ -16,8 +16,9 @@ def residuals(family: str, n: int = 6) -> np.ndarray:
     out = []
     for seed in range(n):
         rng = np.random.default_rng(seed)
-        photo = _render(_Canvas(SIZE), _draw_layout(rng, SIZE), _draw_features(rng))
-        out.append(GENERATORS[family](photo.copy(), rng) - photo)
+        layout = _draw_layout(rng, SIZE)
+        photo = _render(_Canvas(SIZE), layout, _draw_features(rng))
+        out.append(GENERATORS[family](photo.copy(), rng, layout["sensor_noise"]) - photo)
     return np.stack(out)
 
 
