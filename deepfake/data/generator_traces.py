@@ -7,9 +7,11 @@ a periodic fingerprint, shifted colour statistics), lives in ``synthetic.py``. H
 - ``upsampling``: the generator works at half resolution and enlarges its output by nearest or
   bilinear interpolation (pixel replicas or interpolation smoothing), and adds its fingerprint: one
   fixed cosine, a single spectral peak at a frequency the transposed-conv family does not use;
-- ``blending``: no upsampling at all. A face re-rendered elsewhere (no sensor noise, colour
-  statistics edited) is alpha-blended over the centre of a genuine noisy photo through a feathered
-  ellipse: the traces are a seam, a colour mismatch and a noise level that changes across it.
+- ``blending``: no upsampling at all. A face from another source (smoother: no sensor noise and
+  less fine detail) has its colour statistics transferred to a fixed reference, as a face-swap
+  pipeline's colour correction does, and is alpha-blended over the centre of a genuine noisy photo
+  through a feathered ellipse: the traces are a seam, colours that are always alike, and a noise
+  and detail level that changes across the seam.
 
 Each takes the clean rendering (float32 3xHxW in [0, 1]), the image's generator and a strength
 (local edits use stronger traces), and returns the fake in [0, 1].
@@ -64,6 +66,11 @@ def upsampling_traces(image: np.ndarray, rng: np.random.Generator, strength: flo
     return np.clip(enlarged[:, :height, :width] + amplitude * peak[None], 0, 1)
 
 
+# The colour statistics a blending pipeline's colour correction aims at (a light skin tone).
+_REFERENCE_MEAN = np.array([0.72, 0.55, 0.46], np.float32)[:, None, None]
+_REFERENCE_STD = np.array([0.10, 0.09, 0.09], np.float32)[:, None, None]
+
+
 def _feathered_ellipse(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Blend weights: 1 inside an ellipse around the image centre (where faces are), 0 outside,
     a soft edge of a few pixels between."""
@@ -75,14 +82,23 @@ def _feathered_ellipse(height: int, width: int, rng: np.random.Generator) -> np.
     return np.clip(distance / feather, 0, 1).astype(np.float32)
 
 
+def _box_blur(image: np.ndarray) -> np.ndarray:
+    """3x3 mean (edge-padded): the pasted face's softer detail."""
+    padded = np.pad(image, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    _, height, width = image.shape
+    return sum(padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / np.float32(9)
+
+
 def blending_traces(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     _, height, width = image.shape
     host = image + rng.normal(0.0, rng.uniform(0.008, 0.02), image.shape).astype(np.float32)
-    # The pasted face: rendered without this camera's noise, its colours matched only roughly.
-    gain = 1.0 + strength * rng.uniform(0.06, 0.12, 3) * rng.choice([-1, 1], 3)
-    offset = strength * rng.uniform(-0.04, 0.04, 3)
-    donor = image * gain[:, None, None].astype(np.float32) + offset[:, None, None].astype(np.float32)
     weight = _feathered_ellipse(height, width, rng)[None]
+    donor = _box_blur(image)
+    inside = weight[0] > 0.5
+    mean, std = donor[:, inside].mean(axis=1), donor[:, inside].std(axis=1) + 1e-3
+    # Colour transfer (per-channel mean and spread) towards the pipeline's reference statistics.
+    transferred = (donor - mean[:, None, None]) / std[:, None, None] * _REFERENCE_STD + _REFERENCE_MEAN
+    donor = donor + np.float32(min(1.0, 0.8 * strength)) * (transferred - donor)
     return np.clip(host * (1 - weight) + donor * weight, 0, 1)
 
 
