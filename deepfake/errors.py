@@ -65,3 +65,7 @@ class RunStopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class OtherRankFailed(UserError):
+    """Under torchrun, another rank failed in a step all ranks take together; its line is in its log."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from deepfake.engine import distributed
 from deepfake.engine.precision import autocast
 
 
@@ -67,4 +68,23 @@ def predict(
         targets=torch.cat(targets).numpy().astype(np.float32),
         logits=torch.cat(logits).numpy().astype(np.float32),
         damaged=damaged,
+    )
+
+
+def gather_predictions(preds: Predictions) -> Predictions:
+    """Every rank's shard of the predictions, merged in dataset order on every rank.
+
+    Shards come from a :class:`~deepfake.data.samplers.ShardSampler` (no padding), so each sample
+    appears exactly once and the metrics equal those of one process scoring the whole set.
+    """
+    shards = distributed.all_gather_objects(preds)
+    if len(shards) == 1:
+        return preds
+    indices = np.concatenate([shard.indices for shard in shards])
+    order = np.argsort(indices, kind="stable")
+    return Predictions(
+        indices=indices[order],
+        targets=np.concatenate([shard.targets for shard in shards])[order],
+        logits=np.concatenate([shard.logits for shard in shards])[order],
+        damaged=sorted(index for shard in shards for index in shard.damaged),
     )

@@ -5,10 +5,17 @@ the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoc
 logs and writes ``best.pth`` and ``last.pth``. Everything it needs comes in as plain objects; it
 never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped:
 at an epoch boundary, or part-way through an epoch when a stop signal asked it to.
+
+Under torchrun (several processes, one per device) the same loop runs on every rank: each rank
+trains on its share of every epoch through DistributedDataParallel, scores its share of the
+validation set, and the predictions are gathered so every rank computes the same metrics; a stop
+signal or a non-finite loss seen by any rank is agreed on by all at the next batch; rank 0 alone
+writes files. Checkpoints hold the unwrapped model, so they load with or without DDP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +27,15 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from deepfake.engine.evaluate import Predictions, predict
+from deepfake.data.damaged import DamagedImageLog
+from deepfake.engine import distributed
+from deepfake.engine.evaluate import Predictions, gather_predictions, predict
 from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
 from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
 from deepfake.engine.stopping import StopRequest
-from deepfake.errors import CheckpointError, TrainingError
+from deepfake.errors import CheckpointError, ConfigError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from deepfake.tracking.console import progress_bars
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 # val_accuracy in metrics_log.csv is at p(fake) 0.5: the operating point is chosen on validation
 # only once training has picked best.pth (tasks/train.py), so no other threshold exists yet.
 VAL_ACCURACY_THRESHOLD = 0.5
+# Worker seeds of rank r are drawn from seed + epoch + r * this: apart from every other rank's.
+_RANK_SEED_STRIDE = 100_003
 METRICS_FIELDS = [
     "phase", "epoch", "step", "lr_backbone", "lr_head",
     "train_loss", "val_loss", "val_auc", "val_accuracy", "seconds",
@@ -63,27 +74,6 @@ class TrainerState:
     not_exact: str | None = None
 
 
-class DamagedImageLog:
-    """Logs each damaged image once (path and reason) and counts them per split."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, set[int]] = {}
-
-    def record(self, split: str, dataset, indices: Iterable[int]) -> None:
-        seen = self.seen.setdefault(split, set())
-        for index in indices:
-            if index not in seen:
-                seen.add(index)
-                log.warning(
-                    "damaged image replaced by a black image: %s (%s)",
-                    dataset.paths[index],
-                    dataset.damage_reason(index) or "unreadable",
-                )
-
-    def counts(self) -> dict[str, int]:
-        return {split: len(indices) for split, indices in self.seen.items() if indices}
-
-
 class Trainer:
     def __init__(
         self,
@@ -103,8 +93,16 @@ class Trainer:
         seed: int = 0,
         loggers: Iterable = (),
         resume_strict: bool = False,
+        sync_batchnorm: bool = False,
     ) -> None:
+        self.ranks = distributed.ranks()
         self.model = model.to(device)
+        if sync_batchnorm and self.ranks.distributed:
+            if device.type != "cuda":
+                raise ConfigError("train.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                                  "kernel); set train.sync_batchnorm=false")  # fmt: skip
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model: torch.nn.Module = self.model  # the DDP wrapper while distributed
         self.train_loader, self.val_loader = train_loader, val_loader
         self.phases = phases
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
@@ -115,21 +113,22 @@ class Trainer:
         self.resume_strict = resume_strict  # refuse a last.pth whose optimizer state cannot be loaded
         self.run_dir = Path(run_dir)
         self.describe = describe  # model_spec, preprocess, labels, run_name: makes best.pth self-describing
-        self.loggers = list(loggers)
-        self.metrics_csv = MetricsCsv(self.run_dir / "metrics_log.csv", METRICS_FIELDS)
+        # Rank 0 alone writes: metrics_log.csv, TensorBoard, checkpoints.
+        self.loggers = list(loggers) if self.ranks.is_main else []
+        self.metrics_csv = MetricsCsv(self.run_dir / "metrics_log.csv", METRICS_FIELDS) if self.ranks.is_main else None
         self.state = TrainerState()
         self.damaged = DamagedImageLog()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.scaler = make_grad_scaler(device, precision)
         self._resume_from: dict | None = None
-        self._replay_rng: dict | None = None
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
 
     def close(self) -> None:
         """Flush and close metrics_log.csv and every extra logger (TensorBoard)."""
-        self.metrics_csv.close()
+        if self.metrics_csv is not None:
+            self.metrics_csv.close()
         for logger in self.loggers:
             logger.close()
 
@@ -142,9 +141,10 @@ class Trainer:
         """
         if resume is not None:
             self._restore(resume)
-        # Rows past the restored epoch were logged by the killed process after its last save; the
-        # resumed run logs those epochs again.
-        self.metrics_csv.drop_rows_after("epoch", self.state.epoch)
+        if self.metrics_csv is not None:
+            # Rows past the restored epoch were logged by the killed process after its last save; the
+            # resumed run logs those epochs again.
+            self.metrics_csv.drop_rows_after("epoch", self.state.epoch)
         total_epochs = sum(phase.epochs for phase in self.phases)
         with self.stop.listening(), self._progress() as progress:
             epochs_bar = progress.add_task("epochs", total=total_epochs, completed=self.state.epoch, status="")
@@ -153,7 +153,7 @@ class Trainer:
                 self._setup_phase(phase)
                 # _end_epoch moves state.phase_index on after the phase's last epoch.
                 while self.state.phase_index == phase_index:
-                    if self.stop.requested:  # at an epoch boundary: last.pth is already up to date
+                    if self._agree_on_stop():  # at an epoch boundary: last.pth is already up to date
                         self.stopped_early = True
                         return self.state
                     started = time.perf_counter()
@@ -164,11 +164,28 @@ class Trainer:
                         return self.state
                     row = self._end_epoch(phase, time.perf_counter() - started, progress)
                     progress.update(epochs_bar, advance=1, status=f"val_auc {row['val_auc']}")
+        # Each rank loaded its own share of the training images: the counts cover them all.
+        self.damaged.merge(distributed.all_gather_objects(self.damaged.seen))
         return self.state
+
+    def _agree_on_stop(self) -> bool:
+        """Whether a stop signal reached any rank; every rank then takes it as its own."""
+        return self._agree(failed=False)[0]
+
+    def _agree(self, failed: bool) -> tuple[bool, bool]:
+        """(a stop signal reached some rank, some rank failed): one collective, so that all ranks
+        stop, or fail, at the same batch instead of leaving the others waiting in the next one."""
+        signum, any_failed = distributed.agree_max(self.stop.signum or 0, int(failed))
+        if signum and not self.stop.requested:
+            self.stop.signum = signum
+        return self.stop.requested, bool(any_failed)
 
     # ------------------------------------------------------------------------------- phases
     def _setup_phase(self, phase: Phase) -> None:
         set_backbone_frozen(self.model, phase.backbone_frozen)
+        # DDP registers the parameters that train when it wraps the model: a new phase, a new wrapper.
+        self.train_model = self._wrap(self.model)
+        self.train_loader.sampler.skip(0)
         per_epoch = steps_per_epoch(len(self.train_loader), self.accumulate)
         self._build_optimizer(phase, per_epoch)
         self.phase_step = self.state.epoch_in_phase * per_epoch + steps_per_epoch(
@@ -184,6 +201,12 @@ class Trainer:
             "phase %s: %d epoch(s), %s trainable parameters, lr_head=%g lr_backbone=%g",
             phase.name, phase.epochs, f"{count_trainable(self.model):,}", phase.lr_head, phase.lr_backbone,
         )  # fmt: skip
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.ranks.distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _build_optimizer(self, phase: Phase, per_epoch: int) -> None:
         groups = param_groups(self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen)
@@ -223,50 +246,70 @@ class Trainer:
     def _train_epoch(self, phase: Phase, progress: Progress) -> bool:
         """Train the epoch, or its rest after a mid-epoch resume; False when a stop signal ended it."""
         set_train_mode(self.model, phase.backbone_frozen)
-        generator = getattr(self.train_loader, "generator", None)
-        if generator is not None:
-            # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
-            generator.manual_seed(self.seed + self.state.epoch)
-        n_batches = len(self.train_loader)
+        loader, sampler = self.train_loader, self.train_loader.sampler
+        # The data order and each sample's augmentation depend only on (seed, epoch), so a resumed
+        # run sees the same batches; worker seeds also on the rank, whose workers are its own.
+        sampler.set_epoch(self.state.epoch)
+        loader.generator.manual_seed(self.seed + self.state.epoch + _RANK_SEED_STRIDE * self.ranks.rank)
+        n_batches = len(loader)
         done = self.state.batches_done
+        # A resumed epoch skips the samples already trained on without loading them.
+        sampler.skip(min(done * loader.batch_size, sampler.per_rank))
         batches_bar = progress.add_task(
             f"{phase.name} epoch {self.state.epoch + 1}", total=n_batches, completed=done, status=""
         )
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(self.train_loader):
-            if i < done:
-                # Loaded again but not trained: loading moves the augmentation RNGs (the workers' and,
-                # without workers, this process's) as the stopped run did; then its saved state rules.
-                if i + 1 == done:
-                    restore_rng_state(self._replay_rng)
-                continue
-            images = batch["image"].to(self.device, non_blocking=True)
-            targets = batch["target"].to(self.device, non_blocking=True)
-            with autocast(self.device, self.precision):
-                logits = self.model(images).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-            if not torch.isfinite(loss):
-                kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
-                raise TrainingError(
-                    f"non-finite training loss ({loss.item()}) at epoch {self.state.epoch + 1}, batch {i + 1}; "
-                    f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
-                )
-            self.scaler.scale(loss / self.accumulate).backward()
-            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
-                self._optimizer_step()
-            if batch["damaged"].any():
-                self.damaged.record("train", self.train_loader.dataset, batch["index"][batch["damaged"]].tolist())
-            self.state.batches_done = i + 1
-            self.state.epoch_loss_sum += loss.item() * len(targets)
-            self.state.epoch_samples += len(targets)
-            progress.update(batches_bar, advance=1, status=f"loss {self._epoch_loss():.4f}")
-            # Stop only after an optimizer step: gradients half-accumulated over a window are not saved.
-            if self.stop.requested and (i + 1) % self.accumulate == 0 and i + 1 < n_batches:
-                atomic_save(self._last_checkpoint(phase, val_metrics=None), self.run_dir / "last.pth")
-                progress.remove_task(batches_bar)
-                return False
-        progress.remove_task(batches_bar)
+        try:
+            for i, batch in enumerate(loader, start=done):
+                if not self._train_batch(batch, i, n_batches):
+                    self._save_last(phase, val_metrics=None)
+                    return False
+                progress.update(batches_bar, advance=1, status=f"loss {self._epoch_loss():.4f}")
+        finally:
+            sampler.skip(0)
+            progress.remove_task(batches_bar)
         return True
+
+    def _train_batch(self, batch: dict, i: int, n_batches: int) -> bool:
+        """Forward, backward and (at the end of an accumulation window) the optimizer step of batch
+        ``i``; False when training must stop after it (a stop signal, at a window's end)."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        targets = batch["target"].to(self.device, non_blocking=True)
+        window_ends = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
+        # Gradients are averaged over the ranks once per optimizer step, not once per micro-batch.
+        no_sync = self.train_model.no_sync if self.ranks.distributed and not window_ends else contextlib.nullcontext
+        with no_sync():
+            with autocast(self.device, self.precision):
+                logits = self.train_model(images).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+            stop = self._stop_or_fail(loss, i)
+            self.scaler.scale(loss / self.accumulate).backward()
+        if window_ends:
+            self._optimizer_step()
+        if batch["damaged"].any():
+            self.damaged.record("train", self.train_loader.dataset, batch["index"][batch["damaged"]].tolist())
+        self.state.batches_done = i + 1
+        self.state.epoch_loss_sum += loss.item() * len(targets)
+        self.state.epoch_samples += len(targets)
+        # Stop only after an optimizer step: gradients half-accumulated over a window are not saved.
+        return not (stop and (i + 1) % self.accumulate == 0 and i + 1 < n_batches)
+
+    def _stop_or_fail(self, loss: torch.Tensor, i: int) -> bool:
+        """Whether to stop after this batch. A non-finite loss on any rank ends training on every
+        rank before its gradients spread; ranks decide both on the same agreed values."""
+        finite = bool(torch.isfinite(loss))
+        if self.ranks.distributed:
+            stop, failed = self._agree(failed=not finite)
+        else:
+            stop, failed = self.stop.requested, not finite
+        if failed:
+            kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
+            value = loss.item() if not finite else "on another rank"
+            raise TrainingError(
+                f"non-finite training loss ({value}) at epoch {self.state.epoch + 1}, batch {i + 1}; "
+                f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
+            )
+        return stop
 
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
@@ -285,6 +328,9 @@ class Trainer:
 
     # --------------------------------------------------------------------------- validation
     def validate(self, progress: Progress | None = None) -> Predictions:
+        """p(fake) of every validation image; under DDP each rank scores its shard and every rank
+        gets all of them back in dataset order, so each computes the same metrics."""
+        distributed.broadcast_buffers(self.model)  # every rank scores with the weights rank 0 saves
         bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
         preds = predict(
             self.model, self.val_loader, self.device, self.precision,
@@ -292,6 +338,7 @@ class Trainer:
         )  # fmt: skip
         if progress:
             progress.remove_task(bar)
+        preds = gather_predictions(preds)
         self.damaged.record("valid", self.val_loader.dataset, preds.damaged)
         return preds
 
@@ -304,7 +351,9 @@ class Trainer:
         preds = self.validate(progress)
         auc = auc_or_none(preds.targets, preds.probs)
         accuracy = float(((preds.probs >= VAL_ACCURACY_THRESHOLD) == preds.targets.astype(bool)).mean())
-        lrs, train_loss = self.state.epoch_lrs, self._epoch_loss()
+        lrs = self.state.epoch_lrs
+        loss_sum, samples = distributed.all_reduce_sum(self.state.epoch_loss_sum, self.state.epoch_samples)
+        train_loss = loss_sum / max(samples, 1)
         self.state.epoch += 1
         self.state.epoch_in_phase += 1
         self.state.batches_done, self.state.epoch_loss_sum, self.state.epoch_samples = 0, 0.0, 0
@@ -327,14 +376,16 @@ class Trainer:
         val_metrics = {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")}
         if improved:
             self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
-            atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
+            if self.ranks.is_main:
+                atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         if self.state.epoch_in_phase == phase.epochs:
             self.state.phase_index += 1
             self.state.epoch_in_phase = 0
         # The row reaches the disk before last.pth: a kill in between leaves an extra row, which the
         # resumed run drops and logs again, never a missing one.
-        self.metrics_csv.append(row)
-        atomic_save(self._last_checkpoint(phase, val_metrics), self.run_dir / "last.pth")
+        if self.metrics_csv is not None:
+            self.metrics_csv.append(row)
+        self._save_last(phase, val_metrics)
         scalars = {k: v for k, v in row.items() if k not in ("phase", "epoch", "step") and v is not None}
         for logger in self.loggers:
             logger.log_metrics(scalars, step=self.state.epoch)
@@ -358,7 +409,22 @@ class Trainer:
             "val_metrics": val_metrics,  # None in a last.pth saved part-way through an epoch
         }
 
-    def _last_checkpoint(self, phase: Phase, val_metrics: dict | None) -> dict:
+    def _save_last(self, phase: Phase, val_metrics: dict | None) -> None:
+        """last.pth, written by rank 0 with every rank's own state; no rank goes on before it is on disk."""
+        ranks_state = distributed.all_gather_objects(self._rank_state()) if self.ranks.distributed else None
+        if self.ranks.is_main:
+            atomic_save(self._last_checkpoint(phase, val_metrics, ranks_state), self.run_dir / "last.pth")
+        distributed.barrier()
+
+    def _rank_state(self) -> dict:
+        """What differs between ranks: RNG streams (dropout) and the epoch's partial loss."""
+        return {
+            "rng": capture_rng_state(),
+            "epoch_loss_sum": self.state.epoch_loss_sum,
+            "epoch_samples": self.state.epoch_samples,
+        }
+
+    def _last_checkpoint(self, phase: Phase, val_metrics: dict | None, ranks_state: list[dict] | None) -> dict:
         phase_finished = self.state.epoch_in_phase == 0 and self.state.batches_done == 0
         return {
             **self._checkpoint("last", phase, val_metrics),
@@ -368,6 +434,14 @@ class Trainer:
             "scheduler": None if phase_finished or self.scheduler is None else self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
+            # Where the loader stands: a resume skips this many samples of each rank's share.
+            "loader": {
+                "epoch": self.state.epoch,
+                "samples_done_per_rank": self.state.batches_done * self.train_loader.batch_size,
+                "batch_size": self.train_loader.batch_size,
+                "world_size": self.ranks.world_size,
+            },
+            "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
         }
 
     def _restore(self, checkpoint: dict) -> None:
@@ -379,9 +453,27 @@ class Trainer:
                 "resume with the run's own backbone settings"
             ) from err
         self.state = TrainerState(**checkpoint["trainer_state"])
-        restore_rng_state(checkpoint["rng"])
-        # Saved part-way through an epoch: _train_epoch restores it again after replaying the batches.
-        self._replay_rng = checkpoint["rng"] if self.state.batches_done else None
+        saved = checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
+        same_world = saved["world_size"] == self.ranks.world_size
+        if self.state.batches_done and not (same_world and saved["batch_size"] == self.train_loader.batch_size):
+            raise CheckpointError(
+                f"{self.run_dir / 'last.pth'} was saved part-way through an epoch by {saved['world_size']} "
+                f"process(es) with dataset.batch_size={saved['batch_size']}; resume it with the same (now "
+                f"{self.ranks.world_size} with {self.train_loader.batch_size})"
+            )
+        ranks_state = checkpoint.get("ranks")
+        if ranks_state and same_world:
+            own = ranks_state[self.ranks.rank]
+            self.state.epoch_loss_sum, self.state.epoch_samples = own["epoch_loss_sum"], own["epoch_samples"]
+            restore_rng_state(own["rng"])
+        else:
+            restore_rng_state(checkpoint["rng"])
+        if not same_world:
+            self.state.not_exact = self.state.not_exact or (
+                f"trained on {saved['world_size']} process(es), resumed on {self.ranks.world_size}: "
+                "another global batch and data split"
+            )
+            log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
 
     # ------------------------------------------------------------------------------ display

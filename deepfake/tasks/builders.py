@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.transforms import build_eval_transform
-from deepfake.engine.stopping import init_worker
+from deepfake.engine import distributed, loaders
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
 from deepfake.tracking.checkpoint import load_checkpoint
@@ -56,21 +56,24 @@ def make_split(dataset_cfg: DictConfig, csv_key: str, transform) -> Dataset:
     return instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
 
 
-def make_loader(dataset: Dataset, dataset_cfg: DictConfig, *, train: bool, device: torch.device) -> DataLoader:
-    workers = int(dataset_cfg.num_workers)
-    return DataLoader(
-        dataset,
-        batch_size=int(dataset_cfg.batch_size),
-        shuffle=train,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=init_worker,
-        # The trainer reseeds this generator every epoch: data order and worker seeds then depend
-        # only on (seed, epoch), which is what exact resume needs.
-        generator=torch.Generator() if train else None,
-        # Workers are restarted each epoch for the same reason: they take their seeds from that generator.
-        persistent_workers=False,
-    )
+def make_loader(
+    dataset: Dataset, dataset_cfg: DictConfig, *, device: torch.device, train_seed: int | None = None, shard: bool = False
+) -> DataLoader:
+    """A training loader (shuffled by ``(train_seed, epoch)``, this rank's share under torchrun) when
+    ``train_seed`` is given, else a scoring loader in dataset order (this rank's shard with ``shard``)."""
+    here = distributed.ranks()
+    common = {
+        "num_workers": int(dataset_cfg.num_workers),
+        "pin_memory": device.type == "cuda",
+        "rank": here.rank,
+        "world_size": here.world_size,
+    }
+    batch_size = positive_int(dataset_cfg.batch_size, "dataset.batch_size")
+    if train_seed is not None:
+        return loaders.train_loader(dataset, batch_size, seed=train_seed, **common)
+    if not shard:
+        common.update(rank=0, world_size=1)
+    return loaders.eval_loader(dataset, batch_size, **common)
 
 
 def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:

@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from deepfake.engine.launcher_env import env_rank, env_world_size
 from deepfake.errors import RunDirLocked, UserError, find_in_chain
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,21 @@ def record_sweep_exit(code: int) -> None:
 
 
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
-    """Run ``task(cfg)`` in the job's run dir; return its metric, or a :class:`FailedJob`."""
+    """Run ``task(cfg)`` in the job's run dir; return its metric, or a :class:`FailedJob`.
+
+    Under torchrun or a multi-task SLURM job, training runs on every rank (rank 0 alone records and
+    registers); any other task runs on rank 0 alone, as one process would.
+    """
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if env_world_size() > 1:
+        if cfg.task.name != "train":
+            if env_rank() != 0:
+                log.info("task=%s runs on rank 0 alone; rank %d has nothing to do", cfg.task.name, env_rank())
+                return None
+        else:
+            from deepfake.engine import distributed  # torch: only for a distributed training job
+
+            distributed.init_from_env()
     try:
         with _writer_lock(cfg, out_dir):
             return _run_held(cfg, task, out_dir)
@@ -85,7 +99,7 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
 def _writer_lock(cfg: DictConfig, out_dir: Path):
     """Training holds its run dir's lock from before its first write (status.json); read-only tasks
     never take it and never wait for it. Under torchrun rank 0 holds it for the job (its ranks share it)."""
-    if cfg.task.name != "train" or int(os.environ.get("RANK", "0")) != 0:
+    if cfg.task.name != "train" or env_rank() != 0:
         return nullcontext()
     from deepfake.tracking.run_lock import RunDirLock
 
@@ -100,6 +114,10 @@ def _writer_lock(cfg: DictConfig, out_dir: Path):
 def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path) -> Any:
     started = time.perf_counter()
     status = _starting_status(out_dir, cfg.task.name)
+    if env_world_size() > 1:  # rank 0's view: the other ranks must not read the status.json it writes next
+        from deepfake.engine import distributed
+
+        status = distributed.broadcast_object(status)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
         # it continues in its own run dir from the last.pth its previous attempt saved.
@@ -126,7 +144,7 @@ def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, second
     else:
         line, code = f"{type(err).__name__}: {err}".splitlines()[0], EXIT_BUG
         log.exception("the job failed with a bug (traceback below; please report it): %s", line)
-    if cfg.task.name == "train" and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if cfg.task.name == "train" and HydraConfig.get().mode == RunMode.MULTIRUN and env_rank() == 0:
         # In a sweep a failed job is a result to list beside the others; a single run's user sees
         # the line at once, and a run that never started has nothing to register.
         _register_failure(cfg, out_dir, line)
@@ -175,6 +193,9 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def write_status(run_dir: Path, status: dict) -> None:
+    """``status.json``; under torchrun rank 0's alone."""
+    if env_rank() != 0:
+        return
     from deepfake.tracking.checkpoint import atomic_write_text
 
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")

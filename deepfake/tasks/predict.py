@@ -132,7 +132,7 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     if len(dataset) == 0:
         return None
     device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(train.device)
-    loader = builders.make_loader(dataset, settings, train=False, device=device)
+    loader = builders.make_loader(dataset, settings, device=device)
     with progress_bars() as progress:
         bar = progress.add_task("predict", total=len(loader), status="")
         return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),

@@ -70,7 +70,7 @@ def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float
     dataset = instantiate(cfg.dataset.reader)(
         csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=builders.eval_transform(model.preprocess)
     )
-    loader = builders.make_loader(dataset, cfg.dataset, train=False, device=device)
+    loader = builders.make_loader(dataset, cfg.dataset, device=device)
     predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device))
     return auc_or_none(predictions.targets, predictions.probs)
 

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import datetime
 
 from omegaconf import OmegaConf
 
+from deepfake.engine.launcher_env import env_rank
+
+# Under torchrun, rank 0's stamp, broadcast by scripts/main.py before Hydra composes: every rank
+# then opens the same run dir.
+RUN_STAMP_ENV = "DEEPFAKE_RUN_STAMP"
+
 
 def run_stamp() -> str:
     """``2026-11-25_08-01-02_3fa9``: sortable by time, and unique even for launches in the same second."""
+    return os.environ.get(RUN_STAMP_ENV) or new_run_stamp()
+
+
+def new_run_stamp() -> str:
     return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(2)}"
+
+
+def rank_log_name() -> str:
+    """``run.log`` for rank 0 (and a single process), ``run.rank<K>.log`` for the other ranks."""
+    rank = env_rank()
+    return "run.log" if rank == 0 else f"run.rank{rank}.log"
+
+
+def rank_console_level() -> str:
+    """Under torchrun only rank 0 narrates on the terminal; the other ranks show their warnings."""
+    return "INFO" if env_rank() == 0 else "WARNING"
+
+
+def hydra_output_subdir() -> str | None:
+    """Hydra's ``.hydra/`` (config, overrides) is written by rank 0 alone."""
+    return ".hydra" if env_rank() == 0 else None
 
 
 def register_resolvers() -> None:
     # use_cache: one value per process, and Hydra copies the cache into each sweep job's config,
     # so every reference to a run's stamp agrees.
-    if not OmegaConf.has_resolver("run_stamp"):
-        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    for name, resolver in (("run_stamp", run_stamp), ("rank_log_name", rank_log_name),
+                           ("rank_console_level", rank_console_level), ("hydra_output_subdir", hydra_output_subdir)):  # fmt: skip
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)

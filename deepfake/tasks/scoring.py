@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
-from deepfake.engine.trainer import DamagedImageLog
+from deepfake.data.damaged import DamagedImageLog
 from deepfake.errors import ConfigError
 from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
@@ -46,7 +46,7 @@ class Scorer:
         transform = self.base_transform if perturbation is None else v2.Compose([perturbation, self.base_transform])
         reader = instantiate(self.cfg.dataset.reader)
         dataset = reader(csv_path=csv_path, transform=transform, **({"root_dir": root_dir} if root_dir else {}))
-        loader = builders.make_loader(dataset, self.cfg.dataset, train=False, device=self.device)
+        loader = builders.make_loader(dataset, self.cfg.dataset, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision)
         self.damaged.record(name, dataset, preds.damaged)
         self.datasets[name] = dataset

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
-from deepfake.engine.trainer import DamagedImageLog
+from deepfake.data.damaged import DamagedImageLog
 from deepfake.evaluation import plots
 from deepfake.evaluation import report as html_report
 from deepfake.engine.evaluate import fake_probability

@@ -1,12 +1,19 @@
 """task=train: two-phase training in a Hydra run dir, then the test evaluation and the registry.
 
-Setup (seed, run metadata, model, pre-flight of what the run writes at its end, resume state, data,
-pre-flight checks, loaders) -> Trainer.fit -> the operating point chosen on validation and stored
-in best.pth (conf/eval/) -> test best.pth -> register the run (promoting it to the
-global best when it beats the incumbent on the promotion set, the same images for every candidate)
--> summary. A stop signal ends it after saving last.pth (resume=<run dir> goes on;
-under submitit the launcher requeues the job, which resumes by itself); a non-finite loss registers
-the run as failed.
+Read in the order it runs (torchtune's recipe shape):
+
+- ``_prepare_run_dir`` (rank 0): what the run writes is tried first (registry, disk), run metadata,
+  the embedded dataset generated on first use, the optional audit;
+- ``_setup`` (every rank): seed, model, resume state, data, pre-flight checks, loaders, the Trainer;
+- ``_train``: ``Trainer.fit``; a non-finite loss registers the run as failed, a stop signal ends it
+  after saving last.pth (resume=<run dir> goes on; under submitit the launcher requeues the job,
+  which resumes by itself);
+- ``_save`` (rank 0): the operating point chosen on validation and stored in best.pth (conf/eval/),
+  the test of best.pth, the model card, the registry (promoting the run when it beats the incumbent
+  on the promotion set, the same images for every candidate), CAM, the summary.
+
+Under torchrun every rank runs the setup and the training loop (DDP); the process group is left
+once training ends, and rank 0 alone evaluates, registers and writes, like a single process.
 """
 
 from __future__ import annotations
@@ -14,19 +21,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from deepfake.engine import distributed
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
-from deepfake.engine.trainer import Trainer
-from deepfake.errors import ConfigError, RunStopped, TrainingError
+from deepfake.engine.trainer import Trainer, TrainerState
+from deepfake.errors import RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import builders, promotion
 from deepfake.tasks.card import write_card
@@ -41,32 +49,65 @@ from deepfake.tracking.run_info import write_run_info
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Session:
+    """What setup built for training and saving."""
+
+    cfg: DictConfig
+    out_dir: Path
+    trainer: Trainer
+    resume_from: dict | None  # the stopped run's last.pth
+    entry: dict  # the registry entry, completed as the run goes
+    promotion_set: promotion.PromotionSet
+    val_identity: dict
+
+
 def run(cfg: DictConfig) -> float | None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without DDP every rank would train alone and write its own run dir and registry entry.
-        raise ConfigError("distributed launches (torchrun, WORLD_SIZE>1) are not supported yet; run one process")
-    started_wall, started = time.perf_counter(), builders.now_iso()
-    out_dir = builders.run_dir()  # this process holds its lock (deepfake.tasks.jobs)
+    started = time.perf_counter()
+    here = distributed.init_from_env()
+    out_dir = builders.run_dir()  # this process (rank 0 under torchrun) holds its lock (deepfake.tasks.jobs)
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
         finished = finished_entry(cfg, out_dir)
         if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
             log.info("%s", finished_message(out_dir, finished))
             return finished.get("best_val_auc")
+    run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
+    session = distributed.together(lambda: _setup(cfg, out_dir, run_info))
+    state = _train(session)
+    distributed.shut_down()  # training's collectives are over: rank 0 goes on alone
+    if not here.is_main:
+        return state.best_auc
+    return _save(session, state, started)
+
+
+# ------------------------------------------------------------------------------------ setup
+def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
+    """Rank 0, before any rank builds anything: the run dir's metadata, what the run writes at its end
+    tried before any compute, the embedded dataset generated on first use, the optional audit."""
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
             log.info("removed %s, left by a process killed while saving", temp)
-    seed_everything(cfg.seed)
-    set_deterministic(bool(cfg.deterministic))
     git = write_run_info(out_dir, Path(cfg.paths.root_dir))
     config_path = builders.save_resolved_config(cfg, out_dir)
+    check_run_outputs(builders.open_registry(cfg), out_dir, instantiate(cfg.backbone))
+    builders.ensure_dataset(cfg.dataset)
+    check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
+    if cfg.train.audit and not (out_dir / "last.pth").is_file():  # a resumed run was audited when it started
+        from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
 
-    device = resolve_device(cfg.train.device)
+        audit_dataset(cfg, out_dir)
+    return {"git": git, "config_path": str(config_path)}
+
+
+def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
+    seed_everything(cfg.seed)
+    set_deterministic(bool(cfg.deterministic))
+    here = distributed.ranks()
+    device = distributed.device_for_rank(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
     model = instantiate(cfg.backbone)
-    registry = builders.open_registry(cfg)
-    check_run_outputs(registry, out_dir, model)  # what the run writes at its end: before any compute
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
     name = resume_from["run_name"] if resume_from else builders.run_name()
     log.info("run %s in %s", name, out_dir)
@@ -78,27 +119,25 @@ def run(cfg: DictConfig) -> float | None:
         log.info("initialised the model from %s", source)
     preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
-    builders.ensure_dataset(cfg.dataset)
-    check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
-    if cfg.train.audit and resume_from is None:  # a resumed run was audited when it started
-        from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
-
-        audit_dataset(cfg, out_dir)
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )
     train_set = builders.make_split(cfg.dataset, "train_csv", train_transform)
     val_set = builders.make_split(cfg.dataset, "val_csv", builders.eval_transform(preprocess))
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
-    check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
+    if here.is_main:  # decodes every image once: one rank is enough
+        check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
+    batch_size = builders.positive_int(cfg.dataset.batch_size, "dataset.batch_size")
+    if here.distributed:
+        log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,
+                 here.world_size, device, distributed.backend(), batch_size, here.world_size * batch_size)  # fmt: skip
     # Before training: a promotion set that is the test set is refused now, not after hours.
     chosen = promotion.promotion_set(cfg)
     log.info("promotion set (what this run competes for the global best on): %s", chosen)
-
     trainer = Trainer(
         model,
-        builders.make_loader(train_set, cfg.dataset, train=True, device=device),
-        builders.make_loader(val_set, cfg.dataset, train=False, device=device),
+        builders.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
+        builders.make_loader(val_set, cfg.dataset, device=device, shard=True),
         plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
         make_optimizer=instantiate(cfg.optimizer),
         make_scheduler=instantiate(cfg.scheduler),
@@ -114,8 +153,9 @@ def run(cfg: DictConfig) -> float | None:
         accumulate_grad_batches=builders.positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         grad_clip_norm=cfg.train.grad_clip_norm,
         seed=int(cfg.seed),
-        loggers=builders.build_loggers(cfg),
+        loggers=builders.build_loggers(cfg) if here.is_main else [],
         resume_strict=bool(cfg.resume_strict),
+        sync_batchnorm=bool(cfg.train.sync_batchnorm),
     )
     entry = {
         "run_name": name,
@@ -123,55 +163,69 @@ def run(cfg: DictConfig) -> float | None:
         "backbone": model.detector_spec["name"],
         "dataset": cfg.dataset.name,
         "overrides": builders.task_overrides(),
-        "config_path": str(config_path),
-        "git_commit": git["commit"],
-        "git_dirty": git["dirty"],
-        "started_at": started,
+        "config_path": run_info.get("config_path"),
+        "git_commit": (run_info.get("git") or {}).get("commit"),
+        "git_dirty": (run_info.get("git") or {}).get("dirty"),
+        "started_at": builders.now_iso(),
+        "world_size": here.world_size,
     }
+    return Session(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
+
+
+# ------------------------------------------------------------------------------------ train
+def _train(session: Session) -> TrainerState:
+    trainer, is_main = session.trainer, distributed.ranks().is_main
     try:
-        state = trainer.fit(resume=resume_from)
+        state = trainer.fit(resume=session.resume_from)
     except TrainingError as err:
-        # Recorded with how far it got, never promoted; last.pth stays the last good state.
-        registry.record_failure(_finished(entry, trainer, "failed"), error=str(err))
+        if is_main:  # recorded with how far it got, never promoted; last.pth stays the last good state
+            builders.open_registry(session.cfg).record_failure(_finished(session.entry, trainer, "failed"), error=str(err))
         raise
     finally:
         trainer.close()
-        _write_training_curves(out_dir)
+        if is_main:
+            _write_training_curves(session.out_dir)
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
             signal.Signals(trainer.stop.signum).name, state.epoch,
-            f" + {state.batches_done} batch(es)" if state.batches_done else "", out_dir,
+            f" + {state.batches_done} batch(es)" if state.batches_done else "", session.out_dir,
         )  # fmt: skip
         trainer.stop.hand_back()  # under submitit: requeue the job, which then resumes from last.pth
         raise RunStopped(trainer.stop.signum)
+    return state
 
+
+# ------------------------------------------------------------------------------------- save
+def _save(session: Session, state: TrainerState, started: float) -> float | None:
+    cfg, out_dir, trainer = session.cfg, session.out_dir, session.trainer
+    best = out_dir / "best.pth"
     try:
-        entry["operating_point"] = store_operating_point(out_dir / "best.pth", cfg, trainer.damaged)["operating_point"]
-        test_metrics = None
-        if cfg.train.do_test:
-            test_metrics = evaluate_checkpoint(out_dir / "best.pth", cfg, out_dir)
+        entry = dict(session.entry)
+        entry["operating_point"] = store_operating_point(best, cfg, trainer.damaged)["operating_point"]
+        test_metrics = evaluate_checkpoint(best, cfg, out_dir) if cfg.train.do_test else None
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
         entry["promotion"] = promotion.candidate_promotion(
-            cfg, out_dir / "best.pth", state.best_auc, promotion.split_identity(cfg, val_set), chosen
+            cfg, best, state.best_auc, session.val_identity, session.promotion_set
         )
-        card = write_card(out_dir / "best.pth", cfg, entry)  # travels with best.pth when it is promoted
-        promoted = registry.register_run(
-            entry, out_dir / "best.pth", rescore_incumbent=promotion.rescorer(cfg, chosen), companions=[card]
+        card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
+        promoted = builders.open_registry(cfg).register_run(
+            entry, best, rescore_incumbent=promotion.rescorer(cfg, session.promotion_set), companions=[card]
         )
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
                     out_dir)  # fmt: skip
         raise RunStopped(signal.SIGINT) from None
     if promoted:
-        log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], chosen, cfg.paths.best_model)
+        log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], session.promotion_set,
+                 cfg.paths.best_model)  # fmt: skip
     if cfg.train.do_cam:
         # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
         # metrics join the registry entry registered just above.
         from deepfake.tasks.cam import explain_checkpoint
 
-        explain_checkpoint(out_dir / "best.pth", cfg, out_dir, split="valid")
-    seconds = time.perf_counter() - started_wall
+        explain_checkpoint(best, cfg, out_dir, split="valid")
+    seconds = time.perf_counter() - started
     log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
     print_run_summary(
         entry, seconds, registry_path=cfg.paths.registry, promoted_to=cfg.paths.best_model if promoted else None

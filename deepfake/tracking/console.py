@@ -11,6 +11,8 @@ import logging
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from deepfake.engine.launcher_env import env_rank
+
 console = Console(stderr=True)
 
 LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
@@ -53,4 +55,5 @@ def progress_bars() -> Progress:
         TextColumn("{task.fields[status]}"),
         console=console,
         transient=True,
+        disable=env_rank() != 0,  # under torchrun, rank 0's bars alone
     )

@@ -18,7 +18,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from deepfake.engine.phases import plan_phases
-from deepfake.engine.stopping import init_worker
+from deepfake.engine.loaders import train_loader
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import CheckpointError, UserError
 from deepfake.models import create_detector
@@ -61,9 +61,9 @@ class AugmentedStripes(torch.utils.data.Dataset):
 def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal_on_load: int | None = None):
     torch.manual_seed(0)
     model = create_detector("test_resnet")
-    train = torch.utils.data.DataLoader(
-        AugmentedStripes(48, 1, signal_on_load), batch_size=8, shuffle=True, generator=torch.Generator(),
-        num_workers=workers, worker_init_fn=init_worker, multiprocessing_context="fork" if workers else None,
+    train = train_loader(
+        AugmentedStripes(48, 1, signal_on_load), 8, seed=3, num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
     )  # fmt: skip
     val = torch.utils.data.DataLoader(AugmentedStripes(32, 2), batch_size=16)
     return Trainer(

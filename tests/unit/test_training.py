@@ -7,6 +7,7 @@ import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
+from deepfake.engine.loaders import train_loader
 from deepfake.engine.phases import plan_phases, steps_per_epoch
 from deepfake.engine.trainer import METRICS_FIELDS, Trainer
 from deepfake.errors import ConfigError
@@ -44,7 +45,7 @@ def tiny_model():
 
 def make_trainer(tmp_path, phases, seed=0, **kwargs):
     model = tiny_model()
-    train = torch.utils.data.DataLoader(StripesDataset(48, 1), batch_size=16, shuffle=True, generator=torch.Generator())
+    train = train_loader(StripesDataset(48, 1), 16, seed=seed)
     val = torch.utils.data.DataLoader(StripesDataset(32, 2), batch_size=16)
     return Trainer(
         model, train, val, phases,
@@ -176,8 +177,9 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     from deepfake.errors import TrainingError
 
     trainer = make_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
-    trainer.train_loader.dataset.images[0, 0, 0, 0] = float("nan")
-    trainer.train_loader = torch.utils.data.DataLoader(trainer.train_loader.dataset, batch_size=48)
+    dataset = trainer.train_loader.dataset.dataset
+    dataset.images[0, 0, 0, 0] = float("nan")
+    trainer.train_loader = train_loader(dataset, 48, seed=0)
     with pytest.raises(TrainingError, match="non-finite training loss"):
         trainer.fit()
     assert not (tmp_path / "last.pth").exists()

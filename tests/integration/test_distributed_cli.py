@@ -1,0 +1,81 @@
+"""scripts/main.py under torchrun, as a user launches it: two ranks on CPU (gloo) share one run dir,
+rank 0 alone writes, validation equals one process scoring best.pth, and the checkpoint loads in a
+plain task=test; a sweep under torchrun is refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import MAIN, TINY, run_main
+from deepfake.data.csv_dataset import CsvImageDataset
+from deepfake.data.transforms import build_eval_transform
+from deepfake.engine.evaluate import predict
+from deepfake.engine.metrics import auc_or_none
+from deepfake.models import detector_from_checkpoint
+from deepfake.tracking.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """torchrun --standalone (a free port of its own) with two CPU ranks."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(MAIN),
+               *[a for a in args if a.startswith("-")], f"paths.root_dir={root}", *[a for a in args if not a.startswith("-")]]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=root, check=False)
+
+
+def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
+    # 30 validation images in batches of 8 on 2 ranks: shards of 15, not a multiple of 2 x 8.
+    result = torchrun(tmp_path, *TINY, "dataset.batch_size=8", "dataset.generate.n_valid=30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = list((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 1, runs  # both ranks composed the same run dir
+    run = runs[0]
+    assert {"run.log", "run.rank1.log", ".hydra", "best.pth", "last.pth", "metrics_test.json"} <= {p.name for p in run.iterdir()}
+    rank0, rank1 = (run / "run.log").read_text(), (run / "run.rank1.log").read_text()
+    assert "rank 0 of 2" in rank0 and "global batch 16" in rank0 and "test on 32 images" in rank0
+    assert "rank 1 of 2" in rank1 and "operating point" not in rank1 and "test on" not in rank1
+    entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
+    assert len(entries) == 1 and entries[0]["world_size"] == 2 and entries[0]["status"] == "finished"
+
+    # Validation: every image once, so the logged figures are those of one process scoring best.pth.
+    rows = list(csv.DictReader((run / "metrics_log.csv").open()))
+    best = load_checkpoint(run / "best.pth")
+    row = next(r for r in rows if int(r["epoch"]) == best["epoch"])
+    model = detector_from_checkpoint(best)
+    preprocess = best["preprocess"]
+    data_dir = tmp_path / "data" / "synthetic"
+    dataset = CsvImageDataset(
+        data_dir / "valid.csv", data_dir / "real_vs_fake" / "real-vs-fake",
+        build_eval_transform(preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"],
+                             interpolation=preprocess["interpolation"]),
+    )  # fmt: skip
+    preds = predict(model, DataLoader(dataset, batch_size=32), torch.device("cpu"))
+    assert len(preds.indices) == 30
+    assert float(row["val_auc"]) == round(auc_or_none(preds.targets, preds.probs), 6)
+    accuracy = ((preds.probs >= 0.5) == preds.targets.astype(bool)).mean()
+    assert float(row["val_accuracy"]) == round(float(accuracy), 6)
+
+    # The DDP run's checkpoint in one process, without torchrun.
+    run_main(tmp_path, "task=test", f"ckpt={run}", "dataset.generate.n_valid=30", *TINY)
+    tested = next((tmp_path / "outputs" / "test").iterdir())
+    assert json.loads((tested / "metrics_test.json").read_text())["auc"] == pytest.approx(
+        json.loads((run / "metrics_test.json").read_text())["auc"]
+    )
+
+
+def test_a_sweep_under_torchrun_is_refused(tmp_path):
+    result = torchrun(tmp_path, "-m", "seed=1,2", timeout=120)
+    assert result.returncode != 0
+    assert "-m under torchrun would run the whole sweep once per rank" in result.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
