@@ -19,7 +19,7 @@ from rich.text import Text
 
 from deepfake.data.manifest import read_manifest
 from deepfake.errors import ConfigError, DataError
-from deepfake.tasks import builders
+from deepfake.tasks import data_setup, session
 from deepfake.tracking.console import console
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class AuditFailed(DataError):
 
 
 def run(cfg: DictConfig) -> float | None:
-    report = audit_dataset(cfg, builders.run_dir())
+    report = audit_dataset(cfg, session.run_dir())
     return report["shortcuts"]["groups"]["all features"]["auc"]
 
 
@@ -45,9 +45,9 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     except ImportError as err:
         raise ConfigError(f"the dataset audit needs {err.name}: pip install -e '.[audit]'") from None
     settings = instantiate(cfg.audit)
-    builders.ensure_dataset(cfg.dataset)
+    data_setup.ensure_dataset(cfg.dataset)
     splits = [
-        Split(name, Path(cfg.dataset[key]), builders.make_split(cfg.dataset, key, transform=None).frame)
+        Split(name, Path(cfg.dataset[key]), data_setup.make_split(cfg.dataset, key, transform=None).frame)
         for name, key in SPLIT_KEYS
         if cfg.dataset.get(key)
     ]

@@ -24,7 +24,7 @@ from deepfake.evaluation.operating_point import decision_rule
 from deepfake.explain import Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
-from deepfake.tasks import builders
+from deepfake.tasks import checkpoints, data_setup, preflight, session
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ SPLIT_CSV = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
 
 def run(cfg: DictConfig) -> float | None:
     seed_everything(cfg.seed)  # RandomCAM baselines and ROAD's noise then repeat from run to run
-    path = builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
-    report = explain_checkpoint(path, cfg, builders.run_dir())
+    path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    report = explain_checkpoint(path, cfg, session.run_dir())
     localisation = (report or {}).get("localisation")
     return localisation[report["method"]]["pointing_game"] if localisation else None
 
@@ -50,12 +50,12 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
     preprocess = model.preprocess  # the checkpoint's own, img_size included
     rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
-    builders.ensure_dataset(cfg.dataset)
-    dataset = builders.make_split(cfg.dataset, SPLIT_CSV[split], builders.eval_transform(preprocess))
-    batch_size = builders.positive_int(settings.batch_size, "cam.batch_size")
+    data_setup.ensure_dataset(cfg.dataset)
+    dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(preprocess))
+    batch_size = preflight.positive_int(settings.batch_size, "cam.batch_size")
     rng = np.random.default_rng(int(cfg.seed))
 
-    shown = _pick(rng, np.arange(len(dataset)), builders.positive_int(settings.num_samples, "cam.num_samples"))
+    shown = _pick(rng, np.arange(len(dataset)), preflight.positive_int(settings.num_samples, "cam.num_samples"))
     images = torch.stack([dataset[i]["image"] for i in shown])
     explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
     try:
@@ -80,7 +80,7 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
             "img_size": preprocess["img_size"],
             "decision_rule": rule.as_dict(),
             **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)),
-            "evaluated_at": builders.now_iso(),
+            "evaluated_at": session.now_iso(),
         }
         atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
         _log_report(report)
@@ -135,7 +135,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
     without masks, on the overlay images and their targets (no localisation then)."""
     masked = np.flatnonzero(dataset.frame["mask_path"] != "") if "mask_path" in dataset.frame.columns else []
     if len(masked):
-        chosen = _pick(rng, masked, builders.positive_int(settings.metric_samples, "cam.metric_samples"))
+        chosen = _pick(rng, masked, preflight.positive_int(settings.metric_samples, "cam.metric_samples"))
         images = torch.stack([dataset[i]["image"] for i in chosen])
         masks = [_mask(dataset, i) for i in chosen]
         if len({m.shape for m in masks}) > 1:
@@ -165,7 +165,7 @@ def registry_view(report: dict) -> dict:
 
 
 def _record_in_registry(cfg: DictConfig, report: dict) -> None:
-    registry = builders.open_registry(cfg)
+    registry = session.open_registry(cfg)
     if report["run_name"]:
         registry.update_run(report["run_name"], missing_ok=True, cam_metrics=registry_view(report))
 
@@ -183,7 +183,7 @@ def _log_report(report: dict) -> None:
 
 
 def _log_grid(cfg: DictConfig, sheet: Image.Image) -> None:
-    loggers = builders.build_loggers(cfg)
+    loggers = session.build_loggers(cfg)
     try:
         for logger in loggers:
             if hasattr(logger, "log_image"):

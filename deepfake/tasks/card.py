@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from deepfake.reports.card_facts import collect_facts
 from deepfake.reports.model_card import write_model_card
-from deepfake.tasks import builders
+from deepfake.tasks import checkpoints, session
 from deepfake.tracking.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -20,11 +20,11 @@ def write_card(checkpoint_path: Path, cfg: DictConfig, entry: dict | None = None
     """The card of ``checkpoint_path``; ``entry`` is its registry entry (looked up when not given)."""
     checkpoint = load_checkpoint(checkpoint_path)
     if entry is None and checkpoint.get("run_name"):
-        entry = builders.open_registry(cfg).get(checkpoint["run_name"])
+        entry = session.open_registry(cfg).get(checkpoint["run_name"])
     path = write_model_card(collect_facts(Path(checkpoint_path), checkpoint, entry))
     log.info("model card: %s", path)
     return path
 
 
 def run(cfg: DictConfig) -> None:
-    write_card(builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"), cfg)
+    write_card(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"), cfg)

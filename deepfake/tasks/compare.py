@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
-from deepfake.tasks import builders
+from deepfake.tasks import session
 from deepfake.tasks.display import print_comparison
 from deepfake.tasks.registry import runs_of_sweep
 from deepfake.tracking.checkpoint import atomic_write_text
@@ -62,7 +62,7 @@ def comparison_row(entry: dict) -> dict:
 
 def run(cfg: DictConfig) -> None:
     settings = cfg.compare
-    registry = builders.open_registry(cfg)
+    registry = session.open_registry(cfg)
     runs = registry.runs()
     if settings.sweep:
         runs = runs_of_sweep(runs, str(settings.sweep), Path(cfg.paths.multirun_dir))
@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> None:
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    path = builders.run_dir() / "compare.csv"
+    path = session.run_dir() / "compare.csv"
     atomic_write_text(path, text.getvalue())
     log.info("%d run(s) compared: %s", len(rows), path)
     print_comparison(rows, registry_path=cfg.paths.registry, csv_path=str(path))

@@ -15,14 +15,14 @@ from omegaconf import DictConfig
 from deepfake.errors import ConfigError
 from deepfake.inference import discover_inputs, load_detector
 from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
-from deepfake.tasks import builders
+from deepfake.tasks import checkpoints, preflight
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
     settings = cfg.export
-    source = builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    source = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     if source.suffix.lower() == ".onnx":
         raise ConfigError(f"ckpt={source} is already an ONNX file; export a run dir or a .pth checkpoint")
     output = Path(settings.output) if settings.output else source.parent / "model.onnx"
@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> float:
     tolerance = float(settings.tolerance)
     if not tolerance > 0:
         raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
-    count = builders.positive_int(settings.verify_images, "export.verify_images")
+    count = preflight.positive_int(settings.verify_images, "export.verify_images")
     detector = load_detector(source)
     paths = discover_inputs(settings.verify_input, key="export.verify_input").paths if settings.verify_input else None
     images = verification_images(paths, detector.preprocess, count)

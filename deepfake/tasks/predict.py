@@ -27,7 +27,7 @@ from deepfake.engine.stopping import init_worker
 from deepfake.errors import ConfigError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import damaged_reasons, item_rows
-from deepfake.tasks import builders
+from deepfake.tasks import checkpoints, data_setup, preflight, session
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import progress_bars
@@ -39,9 +39,9 @@ def run(cfg: DictConfig) -> float | None:
     settings = cfg.predict
     if settings.input is None:
         raise ConfigError("task=predict needs predict.input=<image | folder | CSV>")
-    top_k = builders.positive_int(settings.top_k, "predict.top_k")
-    builders.positive_int(settings.batch_size, "predict.batch_size")
-    detector = load_detector(builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
+    top_k = preflight.positive_int(settings.top_k, "predict.top_k")
+    preflight.positive_int(settings.batch_size, "predict.batch_size")
+    detector = load_detector(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
     if settings.cam and detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
     threshold = _threshold(settings, detector.operating_point.threshold)
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> float | None:
         damaged = damaged_reasons(dataset, preds.damaged)
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
-    out = Path(settings.output).expanduser() if settings.output else builders.run_dir()
+    out = Path(settings.output).expanduser() if settings.output else session.run_dir()
     out = out / "predictions.csv" if out.is_dir() else out
     write_predictions(frame, out)
     for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
@@ -86,7 +86,7 @@ def _rows_and_dataset(inputs, settings: DictConfig, detector):
     """The rows of predictions.csv and the dataset they are scored from: one item per image, or with
     face cropping one per face found; transformed as the checkpoint's own preprocessing says, the very
     transform task=test builds."""
-    transform = builders.eval_transform(detector.preprocess)
+    transform = data_setup.eval_transform(detector.preprocess)
     fallback = int(detector.preprocess["img_size"])
     if settings.face_crop:
         return _find_faces(inputs, settings, transform, fallback)
@@ -132,7 +132,7 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     if len(dataset) == 0:
         return None
     device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(train.device)
-    loader = builders.make_loader(dataset, settings, device=device)
+    loader = data_setup.make_loader(dataset, settings, device=device)
     with progress_bars() as progress:
         bar = progress.add_task("predict", total=len(loader), status="")
         return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),
@@ -147,7 +147,7 @@ def _write_metrics(preds, probs, threshold: float, detector, source: str, out: P
         "n_damaged": len(preds.damaged),
         "checkpoint": str(detector.source),
         "input": source,
-        "evaluated_at": builders.now_iso(),
+        "evaluated_at": session.now_iso(),
     }
     atomic_write_text(out.with_name("metrics_predict.json"), json.dumps(metrics, indent=2))
     log.info("labelled input: auc=%s accuracy=%.4f (%s)", metrics["auc"], metrics["accuracy"],
@@ -166,6 +166,6 @@ def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float,
     ]  # fmt: skip
     model = detector.model.to(resolve_device(cfg.train.device))
     write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cfg.cam.method,
-                   target_layer=cfg.cam.target_layer, batch_size=builders.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
+                   target_layer=cfg.cam.target_layer, batch_size=preflight.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
     log.info("CAM overlays of %d image(s): %s", len(items), cam_dir)
     return cam_dir

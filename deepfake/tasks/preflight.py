@@ -94,3 +94,9 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
     if dataset_cfg.scan_images:
         for split, dataset in splits.items():
             check_images(dataset, split, float(dataset_cfg.max_bad_fraction))
+
+
+def positive_int(value, key: str) -> int:
+    if int(value) <= 0:
+        raise ConfigError(f"{key}={value} must be a positive integer")
+    return int(value)

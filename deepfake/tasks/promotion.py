@@ -62,15 +62,15 @@ def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float
     from deepfake.engine.metrics import auc_or_none
     from deepfake.engine.precision import resolve_device, resolve_precision
     from deepfake.models import detector_from_checkpoint
-    from deepfake.tasks import builders
+    from deepfake.tasks import data_setup
     from deepfake.tracking.checkpoint import load_checkpoint
 
     model = detector_from_checkpoint(load_checkpoint(path))
     device = resolve_device(cfg.train.device)
     dataset = instantiate(cfg.dataset.reader)(
-        csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=builders.eval_transform(model.preprocess)
+        csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=data_setup.eval_transform(model.preprocess)
     )
-    loader = builders.make_loader(dataset, cfg.dataset, device=device)
+    loader = data_setup.make_loader(dataset, cfg.dataset, device=device)
     predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device))
     return auc_or_none(predictions.targets, predictions.probs)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
-from deepfake.tasks import builders
+from deepfake.tasks import session
 from deepfake.tasks.display import print_registry
 from deepfake.tracking.promotion import score_on
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
-    registry = builders.open_registry(cfg)
+    registry = session.open_registry(cfg)
     runs = registry.runs()
     title, set_key = None, None
     if cfg.task.get("sweep"):

@@ -188,7 +188,7 @@ def _targets(node, prefix: str = ""):
 
 def finished_entry(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The registry entry of ``run_dir`` when that run has finished (trained, tested, registered), else None."""
-    from deepfake.tracking.registry import Registry  # not builders: scripts/main.py asks before Hydra starts
+    from deepfake.tracking.registry import Registry  # not session.open_registry: scripts/main.py asks before Hydra starts
 
     entry = Registry(cfg.paths.registry, cfg.paths.best_model).entry_for_run_dir(run_dir)
     return entry if entry is not None and entry.get("status") == "finished" else None
@@ -204,7 +204,7 @@ def finished_message(run_dir: Path, entry: dict) -> str:
 def load_last_checkpoint(out_dir: Path, model) -> dict | None:
     """The resumed run's last.pth, or None when it was stopped before its first epoch ended."""
     # Imported here: scripts/main.py imports this module on every launch, torch only matters now.
-    from deepfake.tasks.builders import check_backbone
+    from deepfake.tasks.checkpoints import check_backbone
     from deepfake.tracking.checkpoint import load_checkpoint
 
     last = out_dir / "last.pth"

@@ -19,7 +19,7 @@ from deepfake.evaluation.operating_point import fit_operating_point, parse_polic
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
 from deepfake.evaluation.summary import SummarySettings
 from deepfake.models import detector_from_checkpoint
-from deepfake.tasks import builders
+from deepfake.tasks import data_setup, preflight
 from deepfake.tracking.checkpoint import atomic_save, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Scorer:
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.model = detector_from_checkpoint(checkpoint).to(self.device)
-        self.base_transform = builders.eval_transform(self.model.preprocess)  # img_size included
+        self.base_transform = data_setup.eval_transform(self.model.preprocess)  # img_size included
         self.cfg = cfg
         self.damaged = damaged or DamagedImageLog()
         self.datasets: dict = {}  # name -> the dataset last scored under it (predictions.csv lists its rows)
@@ -46,7 +46,7 @@ class Scorer:
         transform = self.base_transform if perturbation is None else v2.Compose([perturbation, self.base_transform])
         reader = instantiate(self.cfg.dataset.reader)
         dataset = reader(csv_path=csv_path, transform=transform, **({"root_dir": root_dir} if root_dir else {}))
-        loader = builders.make_loader(dataset, self.cfg.dataset, device=self.device)
+        loader = data_setup.make_loader(dataset, self.cfg.dataset, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision)
         self.damaged.record(name, dataset, preds.damaged)
         self.datasets[name] = dataset
@@ -79,7 +79,7 @@ def summary_settings(cfg: DictConfig) -> SummarySettings:
         confidence=float(settings.confidence),
         seed=int(cfg.seed),
         tpr_at_fpr=rates,
-        ece_bins=builders.positive_int(settings.ece_bins, "eval.ece_bins"),
+        ece_bins=preflight.positive_int(settings.ece_bins, "eval.ece_bins"),
     )
 
 

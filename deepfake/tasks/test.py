@@ -25,7 +25,7 @@ from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
 from deepfake.inference.predictions import damaged_reasons, item_rows, prediction_table, write_predictions
 from deepfake.reports.html import write_document
-from deepfake.tasks import builders
+from deepfake.tasks import checkpoints, data_setup, session
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.scoring import Scorer, eval_sets, perturbations, summary_settings
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
@@ -42,7 +42,7 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     settings = summary_settings(cfg)
     sets = eval_sets(cfg)
     chosen_perturbations = perturbations(cfg) if cfg.eval.robustness else []
-    builders.ensure_dataset(cfg.dataset)
+    data_setup.ensure_dataset(cfg.dataset)
     scorer = Scorer(checkpoint, cfg, damaged)
     scored = {name: scorer.score(name, csv, root) for name, csv, root in sets}
     summaries = {name: summarise(preds.targets, preds.logits, rule, settings) for name, preds in scored.items()}
@@ -61,7 +61,7 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
         "checkpoint": str(checkpoint_path),
         "run_name": checkpoint.get("run_name"),
         "test_csv": str(cfg.dataset.test_csv),
-        "evaluated_at": builders.now_iso(),
+        "evaluated_at": session.now_iso(),
     }
     if cfg.eval.report:
         pictures = _pictures(metrics, test.targets.astype(int), test.logits, rule, out_dir)
@@ -127,7 +127,7 @@ def _pictures(metrics: dict, targets: np.ndarray, logits: np.ndarray, rule: Deci
 
 def _log_images(cfg: DictConfig, pictures: dict[str, bytes]) -> None:
     """The plots as TensorBoard images (logger=tensorboard), under eval/<name>."""
-    loggers = [logger for logger in builders.build_loggers(cfg) if hasattr(logger, "log_image")]
+    loggers = [logger for logger in session.build_loggers(cfg) if hasattr(logger, "log_image")]
     try:
         for logger in loggers:
             for name, png in pictures.items():
@@ -158,10 +158,10 @@ def _log_summary(metrics: dict, out_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    path = builders.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
-    out_dir = builders.run_dir()
+    path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    out_dir = session.run_dir()
     metrics = evaluate_checkpoint(path, cfg, out_dir)
-    registry = builders.open_registry(cfg)
+    registry = session.open_registry(cfg)
     if metrics["run_name"]:
         registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
     return metrics["auc"]

@@ -36,10 +36,10 @@ from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer, TrainerState
 from deepfake.errors import RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
-from deepfake.tasks import builders, promotion
+from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
-from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs
+from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs, positive_int
 from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Session:
+class TrainingRun:
     """What setup built for training and saving."""
 
     cfg: DictConfig
@@ -65,7 +65,7 @@ class Session:
 def run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     here = distributed.init_from_env()
-    out_dir = builders.run_dir()  # this process (rank 0 under torchrun) holds its lock (deepfake.tasks.jobs)
+    out_dir = session.run_dir()  # this process (rank 0 under torchrun) holds its lock (deepfake.tasks.jobs)
     if cfg.get("resume"):
         check_resumed_config(cfg, out_dir)
         finished = finished_entry(cfg, out_dir)
@@ -73,12 +73,12 @@ def run(cfg: DictConfig) -> float | None:
             log.info("%s", finished_message(out_dir, finished))
             return finished.get("best_val_auc")
     run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
-    session = distributed.together(lambda: _setup(cfg, out_dir, run_info))
-    state = _train(session)
+    training = distributed.together(lambda: _setup(cfg, out_dir, run_info))
+    state = _train(training)
     distributed.shut_down()  # training's collectives are over: rank 0 goes on alone
     if not here.is_main:
         return state.best_auc
-    return _save(session, state, started)
+    return _save(training, state, started)
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -90,9 +90,9 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
         for temp in remove_stale_temps(folder):
             log.info("removed %s, left by a process killed while saving", temp)
     git = write_run_info(out_dir, Path(cfg.paths.root_dir))
-    config_path = builders.save_resolved_config(cfg, out_dir)
-    check_run_outputs(builders.open_registry(cfg), out_dir, instantiate(cfg.backbone))
-    builders.ensure_dataset(cfg.dataset)
+    config_path = session.save_resolved_config(cfg, out_dir)
+    check_run_outputs(session.open_registry(cfg), out_dir, instantiate(cfg.backbone))
+    data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
     if cfg.train.audit and not (out_dir / "last.pth").is_file():  # a resumed run was audited when it started
         from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
@@ -101,7 +101,7 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     return {"git": git, "config_path": str(config_path)}
 
 
-def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
+def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
     seed_everything(cfg.seed)
     set_deterministic(bool(cfg.deterministic))
     here = distributed.ranks()
@@ -109,25 +109,25 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
     precision = resolve_precision(cfg.train.precision, device)
     model = instantiate(cfg.backbone)
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
-    name = resume_from["run_name"] if resume_from else builders.run_name()
+    name = resume_from["run_name"] if resume_from else session.run_name()
     log.info("run %s in %s", name, out_dir)
-    log.info("overrides: %s", " ".join(builders.task_overrides()) or "(none)")
+    log.info("overrides: %s", " ".join(session.task_overrides()) or "(none)")
     log.info("hyperparameters: %s", _hyperparameters(cfg))
     if cfg.get("init_from") and resume_from is None:
-        source = builders.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
-        builders.load_weights_into(model, source)
+        source = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
+        checkpoints.load_weights_into(model, source)
         log.info("initialised the model from %s", source)
-    preprocess = {**model.preprocess, "img_size": builders.positive_int(cfg.dataset.img_size, "dataset.img_size")}
+    preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )
-    train_set = builders.make_split(cfg.dataset, "train_csv", train_transform)
-    val_set = builders.make_split(cfg.dataset, "val_csv", builders.eval_transform(preprocess))
+    train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform)
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
-    batch_size = builders.positive_int(cfg.dataset.batch_size, "dataset.batch_size")
+    batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
     if here.distributed:
         log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,
                  here.world_size, device, distributed.backend(), batch_size, here.world_size * batch_size)  # fmt: skip
@@ -136,8 +136,8 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
     log.info("promotion set (what this run competes for the global best on): %s", chosen)
     trainer = Trainer(
         model,
-        builders.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
-        builders.make_loader(val_set, cfg.dataset, device=device, shard=True),
+        data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
+        data_setup.make_loader(val_set, cfg.dataset, device=device, shard=True),
         plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
         make_optimizer=instantiate(cfg.optimizer),
         make_scheduler=instantiate(cfg.scheduler),
@@ -150,10 +150,10 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
             "run_name": name,
         },
         precision=precision,
-        accumulate_grad_batches=builders.positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
+        accumulate_grad_batches=positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         grad_clip_norm=cfg.train.grad_clip_norm,
         seed=int(cfg.seed),
-        loggers=builders.build_loggers(cfg) if here.is_main else [],
+        loggers=session.build_loggers(cfg) if here.is_main else [],
         resume_strict=bool(cfg.resume_strict),
         sync_batchnorm=bool(cfg.train.sync_batchnorm),
     )
@@ -162,34 +162,34 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> Session:
         "run_dir": str(out_dir),
         "backbone": model.detector_spec["name"],
         "dataset": cfg.dataset.name,
-        "overrides": builders.task_overrides(),
+        "overrides": session.task_overrides(),
         "config_path": run_info.get("config_path"),
         "git_commit": (run_info.get("git") or {}).get("commit"),
         "git_dirty": (run_info.get("git") or {}).get("dirty"),
-        "started_at": builders.now_iso(),
+        "started_at": session.now_iso(),
         "world_size": here.world_size,
     }
-    return Session(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
+    return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
 
 
 # ------------------------------------------------------------------------------------ train
-def _train(session: Session) -> TrainerState:
-    trainer, is_main = session.trainer, distributed.ranks().is_main
+def _train(training: TrainingRun) -> TrainerState:
+    trainer, is_main = training.trainer, distributed.ranks().is_main
     try:
-        state = trainer.fit(resume=session.resume_from)
+        state = trainer.fit(resume=training.resume_from)
     except TrainingError as err:
         if is_main:  # recorded with how far it got, never promoted; last.pth stays the last good state
-            builders.open_registry(session.cfg).record_failure(_finished(session.entry, trainer, "failed"), error=str(err))
+            session.open_registry(training.cfg).record_failure(_finished(training.entry, trainer, "failed"), error=str(err))
         raise
     finally:
         trainer.close()
         if is_main:
-            _write_training_curves(session.out_dir)
+            _write_training_curves(training.out_dir)
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
             signal.Signals(trainer.stop.signum).name, state.epoch,
-            f" + {state.batches_done} batch(es)" if state.batches_done else "", session.out_dir,
+            f" + {state.batches_done} batch(es)" if state.batches_done else "", training.out_dir,
         )  # fmt: skip
         trainer.stop.hand_back()  # under submitit: requeue the job, which then resumes from last.pth
         raise RunStopped(trainer.stop.signum)
@@ -197,27 +197,27 @@ def _train(session: Session) -> TrainerState:
 
 
 # ------------------------------------------------------------------------------------- save
-def _save(session: Session, state: TrainerState, started: float) -> float | None:
-    cfg, out_dir, trainer = session.cfg, session.out_dir, session.trainer
+def _save(training: TrainingRun, state: TrainerState, started: float) -> float | None:
+    cfg, out_dir, trainer = training.cfg, training.out_dir, training.trainer
     best = out_dir / "best.pth"
     try:
-        entry = dict(session.entry)
+        entry = dict(training.entry)
         entry["operating_point"] = store_operating_point(best, cfg, trainer.damaged)["operating_point"]
         test_metrics = evaluate_checkpoint(best, cfg, out_dir) if cfg.train.do_test else None
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
         entry["promotion"] = promotion.candidate_promotion(
-            cfg, best, state.best_auc, session.val_identity, session.promotion_set
+            cfg, best, state.best_auc, training.val_identity, training.promotion_set
         )
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
-        promoted = builders.open_registry(cfg).register_run(
-            entry, best, rescore_incumbent=promotion.rescorer(cfg, session.promotion_set), companions=[card]
+        promoted = session.open_registry(cfg).register_run(
+            entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
         )
     except KeyboardInterrupt:
         log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
                     out_dir)  # fmt: skip
         raise RunStopped(signal.SIGINT) from None
     if promoted:
-        log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], session.promotion_set,
+        log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], training.promotion_set,
                  cfg.paths.best_model)  # fmt: skip
     if cfg.train.do_cam:
         # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
@@ -241,7 +241,7 @@ def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | N
         "best_val_auc": state.best_auc,
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
-        "ended_at": builders.now_iso(),
+        "ended_at": session.now_iso(),
         "damaged_images": trainer.damaged.counts(),
         "test_metrics": test_metrics,
         "inexact_resume": state.not_exact,  # why a resume could not continue exactly, or None

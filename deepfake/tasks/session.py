@@ -1,0 +1,39 @@
+"""The Hydra session a task runs in: its run dir and name, its overrides, its registry and loggers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
+from deepfake.tracking.registry import Registry
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_name() -> str:
+    return job_run_name(run_dir())
+
+
+def task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task)
+
+
+def save_resolved_config(cfg: DictConfig, out_dir: Path) -> Path:
+    """A resolved copy beside Hydra's own .hydra/config.yaml: the values as they were used."""
+    path = out_dir / "config_resolved.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def open_registry(cfg: DictConfig) -> Registry:
+    return Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model), float(cfg.registry.lock_timeout_s))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values()]
