@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from deepfake.data.samplers import ShardSampler
 from deepfake.engine import distributed
 from deepfake.engine.precision import autocast
 
@@ -62,6 +63,9 @@ def predict(
         if on_batch is not None:
             on_batch()
     if not logits:
+        if isinstance(loader.sampler, ShardSampler):  # more ranks than images: this rank's share is empty
+            empty = np.zeros(0, dtype=np.float32)
+            return Predictions(indices=np.zeros(0, dtype=np.int64), targets=empty, logits=empty.copy())
         raise ValueError("the loader produced no batches")
     return Predictions(
         indices=torch.cat(indices).numpy(),

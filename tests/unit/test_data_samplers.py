@@ -1,0 +1,71 @@
+"""Samplers: an epoch is fixed by (seed, epoch); ranks split it without overlap; a resumed epoch skips
+what was trained without changing what comes next; validation shards hold every sample once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepfake.data.samplers import EpochSampler, SeededSamples, ShardSampler
+
+
+def test_an_epoch_depends_only_on_seed_and_epoch():
+    a, b = EpochSampler(10, seed=3), EpochSampler(10, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    assert sorted(index for index, _ in a) == list(range(10))
+    b.set_epoch(3)
+    assert [i for i, _ in a] != [i for i, _ in b]
+    # The order is torch.randperm seeded with seed + epoch, like a shuffled DataLoader reseeded each epoch.
+    assert [i for i, _ in a] == torch.randperm(10, generator=torch.Generator().manual_seed(5)).tolist()
+
+
+def test_ranks_split_the_epoch_like_one_process_with_their_batches_side_by_side():
+    n, world, batch = 11, 2, 2
+    one = [index for index, _ in EpochSampler(n, seed=1)]
+    shares = [[index for index, _ in EpochSampler(n, seed=1, rank=r, world_size=world)] for r in range(world)]
+    assert [len(s) for s in shares] == [6, 6]  # 11 padded to 12: the first image once more
+    padded = one + one[:1]
+    assert sorted(shares[0] + shares[1]) == sorted(padded)
+    # The k-th batches of both ranks together are the k-th batch of one process with batch 2 x 2.
+    for k in range(3):
+        together = shares[0][k * batch : (k + 1) * batch] + shares[1][k * batch : (k + 1) * batch]
+        assert sorted(together) == sorted(padded[k * world * batch : (k + 1) * world * batch])
+
+
+def test_skipping_resumes_with_the_same_samples_and_seeds():
+    sampler = EpochSampler(20, seed=7, rank=1, world_size=2)
+    sampler.set_epoch(4)
+    whole = list(sampler)
+    sampler.skip(4)
+    assert list(sampler) == whole[4:] and len(sampler) == 6
+    sampler.skip(0)
+    assert list(sampler) == whole
+    with pytest.raises(ValueError):
+        sampler.skip(11)
+    seeds = [seed for _, seed in whole]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_a_sample_is_augmented_from_its_own_seed_and_leaves_the_process_rng_alone():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3)
+
+    samples = SeededSamples(Noise())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = samples[(2, 123)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(samples[(2, 123)], first) and not torch.equal(samples[(2, 124)], first)
+
+
+@pytest.mark.parametrize(("n", "world"), [(29, 2), (5, 3), (2, 4)])
+def test_validation_shards_hold_every_sample_exactly_once(n, world):
+    shards = [list(ShardSampler(n, rank=r, world_size=world)) for r in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+    assert [len(ShardSampler(n, rank=r, world_size=world)) for r in range(world)] == [len(s) for s in shards]
