@@ -13,6 +13,14 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (setup.cfg: one worker per core) every worker and the runs it starts use one
+# thread: two workers with torch's default of one thread per core would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 MAIN = REPO / "scripts" / "main.py"

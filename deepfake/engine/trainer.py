@@ -2,9 +2,12 @@
 
 Read it top to bottom: ``fit`` walks the phases; ``_setup_phase`` freezes the backbone and builds
 the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoch`` validates,
-logs and writes ``best.pth`` and ``last.pth``. Everything it needs comes in as plain objects; it
-never sees a config. ``last.pth`` holds all the state needed to continue exactly where it stopped:
-at an epoch boundary, or part-way through an epoch when a stop signal asked it to.
+logs and writes ``best.pth`` and ``last.pth`` (:mod:`deepfake.engine.train_state`). Everything it
+needs comes in as plain objects; it never sees a config. The training loader comes from
+:func:`deepfake.engine.loaders.train_loader`, whose sampler fixes each epoch from (seed, epoch) and
+lets a run stopped part-way through an epoch skip what it already trained on. ``last.pth`` holds all
+the state needed to continue exactly where it stopped: at an epoch boundary, or part-way through an
+epoch when a stop signal asked it to.
 
 Under torchrun (several processes, one per device) the same loop runs on every rank: each rank
 trains on its share of every epoch through DistributedDataParallel, scores its share of the
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -33,11 +35,11 @@ from deepfake.engine.evaluate import Predictions, gather_predictions, predict
 from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
-from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
 from deepfake.engine.stopping import StopRequest
-from deepfake.errors import CheckpointError, ConfigError, TrainingError
+from deepfake.engine.train_state import Checkpointing, TrainerState
+from deepfake.errors import ConfigError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
-from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from deepfake.tracking.checkpoint import atomic_save
 from deepfake.tracking.console import progress_bars
 from deepfake.tracking.loggers import MetricsCsv
 
@@ -54,27 +56,7 @@ METRICS_FIELDS = [
 ]  # fmt: skip
 
 
-@dataclass
-class TrainerState:
-    """Where training stands; saved in ``last.pth`` so a resumed run continues from here."""
-
-    phase_index: int = 0
-    epoch_in_phase: int = 0  # completed epochs of the current phase
-    epoch: int = 0  # completed epochs over all phases
-    step: int = 0  # optimizer steps over all phases
-    best_auc: float | None = None
-    best_epoch: int | None = None
-    # The epoch in progress: batches trained, their summed loss and count, the lrs it started with.
-    # Non-zero in a last.pth only when a stop signal ended the epoch part-way.
-    batches_done: int = 0
-    epoch_loss_sum: float = 0.0
-    epoch_samples: int = 0
-    epoch_lrs: dict | None = None
-    # Why the run is no longer an exact continuation of itself (a resume without optimizer state), or None.
-    not_exact: str | None = None
-
-
-class Trainer:
+class Trainer(Checkpointing):
     def __init__(
         self,
         model: torch.nn.Module,
@@ -217,30 +199,6 @@ class Trainer:
             self.scheduler = self.make_scheduler(
                 self.optimizer, t_initial=max(1, phase.epochs * per_epoch - warmup), warmup_t=warmup
             )
-
-    def _load_optimizer_state(self, phase: Phase, per_epoch: int) -> None:
-        """The stopped phase's optimizer, schedule and scaler state. State that cannot be loaded (another
-        torch version, param groups that changed) gives fresh ones and a run that is no longer exact,
-        unless ``resume_strict``."""
-        saved = self._resume_from
-        try:
-            self.optimizer.load_state_dict(saved["optimizer"])
-            if self.scheduler is not None and saved.get("scheduler") is not None:
-                self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
-            cause = f"the optimizer/scheduler/scaler state of {self.run_dir / 'last.pth'} cannot be loaded ({reason})"
-            if self.resume_strict:
-                raise CheckpointError(
-                    f"{cause}; resume_strict=true refuses to go on without it (resume_strict=false continues from "
-                    "the model weights with a fresh optimizer, no longer exactly)"
-                ) from err
-            log.warning("%s: continuing from the model weights with a fresh optimizer; the run is no longer an "
-                        "exact continuation", cause)  # fmt: skip
-            self.state.not_exact = cause
-            self._build_optimizer(phase, per_epoch)
-            self.scaler = make_grad_scaler(self.device, self.precision)
 
     # -------------------------------------------------------------------------------- steps
     def _train_epoch(self, phase: Phase, progress: Progress) -> bool:
@@ -396,85 +354,6 @@ class Trainer:
             row["lr_backbone"], row["lr_head"], row["seconds"], " (best)" if improved else "",
         )  # fmt: skip
         return row
-
-    # -------------------------------------------------------------------------- checkpoints
-    def _checkpoint(self, kind: str, phase: Phase, val_metrics: dict | None) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "kind": kind,
-            "model": self.model.state_dict(),
-            **self.describe,
-            "epoch": self.state.epoch,
-            "phase": phase.name,
-            "val_metrics": val_metrics,  # None in a last.pth saved part-way through an epoch
-        }
-
-    def _save_last(self, phase: Phase, val_metrics: dict | None) -> None:
-        """last.pth, written by rank 0 with every rank's own state; no rank goes on before it is on disk."""
-        ranks_state = distributed.all_gather_objects(self._rank_state()) if self.ranks.distributed else None
-        if self.ranks.is_main:
-            atomic_save(self._last_checkpoint(phase, val_metrics, ranks_state), self.run_dir / "last.pth")
-        distributed.barrier()
-
-    def _rank_state(self) -> dict:
-        """What differs between ranks: RNG streams (dropout) and the epoch's partial loss."""
-        return {
-            "rng": capture_rng_state(),
-            "epoch_loss_sum": self.state.epoch_loss_sum,
-            "epoch_samples": self.state.epoch_samples,
-        }
-
-    def _last_checkpoint(self, phase: Phase, val_metrics: dict | None, ranks_state: list[dict] | None) -> dict:
-        phase_finished = self.state.epoch_in_phase == 0 and self.state.batches_done == 0
-        return {
-            **self._checkpoint("last", phase, val_metrics),
-            "trainer_state": asdict(self.state),
-            # A finished phase's optimizer is never needed again: the next phase builds its own.
-            "optimizer": None if phase_finished else self.optimizer.state_dict(),
-            "scheduler": None if phase_finished or self.scheduler is None else self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            # Where the loader stands: a resume skips this many samples of each rank's share.
-            "loader": {
-                "epoch": self.state.epoch,
-                "samples_done_per_rank": self.state.batches_done * self.train_loader.batch_size,
-                "batch_size": self.train_loader.batch_size,
-                "world_size": self.ranks.world_size,
-            },
-            "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
-        }
-
-    def _restore(self, checkpoint: dict) -> None:
-        try:
-            self.model.load_state_dict(checkpoint["model"])
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{self.run_dir / 'last.pth'} does not fit this model ({str(err).splitlines()[0]}); "
-                "resume with the run's own backbone settings"
-            ) from err
-        self.state = TrainerState(**checkpoint["trainer_state"])
-        saved = checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
-        same_world = saved["world_size"] == self.ranks.world_size
-        if self.state.batches_done and not (same_world and saved["batch_size"] == self.train_loader.batch_size):
-            raise CheckpointError(
-                f"{self.run_dir / 'last.pth'} was saved part-way through an epoch by {saved['world_size']} "
-                f"process(es) with dataset.batch_size={saved['batch_size']}; resume it with the same (now "
-                f"{self.ranks.world_size} with {self.train_loader.batch_size})"
-            )
-        ranks_state = checkpoint.get("ranks")
-        if ranks_state and same_world:
-            own = ranks_state[self.ranks.rank]
-            self.state.epoch_loss_sum, self.state.epoch_samples = own["epoch_loss_sum"], own["epoch_samples"]
-            restore_rng_state(own["rng"])
-        else:
-            restore_rng_state(checkpoint["rng"])
-        if not same_world:
-            self.state.not_exact = self.state.not_exact or (
-                f"trained on {saved['world_size']} process(es), resumed on {self.ranks.world_size}: "
-                "another global batch and data split"
-            )
-            log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
-        self._resume_from = checkpoint
 
     # ------------------------------------------------------------------------------ display
     def _progress(self) -> Progress:

@@ -33,7 +33,8 @@ from deepfake.engine import distributed
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
-from deepfake.engine.trainer import Trainer, TrainerState
+from deepfake.engine.train_state import TrainerState
+from deepfake.engine.trainer import Trainer
 from deepfake.errors import RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session

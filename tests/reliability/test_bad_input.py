@@ -18,7 +18,8 @@ import torch
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
 from reliability.faults import ENV, RELIABLE, error_lines, registry, run
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module: its cases share one pool of runs (the bad_runs fixture).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliable_runs")]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,6 +78,8 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "ckpt of another backbone": (
             [f"init_from={best}", "backbone.name=test_vit"], [str(best), "'test_resnet'", "'test_vit'"]),
         "missing weights file": (["backbone.weights=/nonexistent/w.pth"], ["backbone.weights=/nonexistent/w.pth"]),
+        "model timm does not have": (["backbone.name=no_such_net"], ["backbone.name='no_such_net' is not a timm model"]),
+        "no global best yet": (["task=test", "ckpt=best"], ["no global best model yet"]),
         "resume dir that is no run dir": ([f"resume={work}"], [f"resume={work}", "not a run dir"]),
     }  # fmt: skip
 
@@ -99,7 +102,7 @@ CASES = [
     "csv missing", "csv unreadable", "csv empty", "no path column", "no label column", "label outside the classes",
     "path outside root_dir", "unknown config key", "unknown group option", "img_size the backbone cannot take",
     "ckpt not ours", "ckpt code-carrying pickle", "ckpt of another backbone", "missing weights file",
-    "resume dir that is no run dir",
+    "model timm does not have", "no global best yet", "resume dir that is no run dir",
 ]  # fmt: skip
 
 
