@@ -18,6 +18,7 @@ def train_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    prefetch_factor: int = 2,
     **loader_kwargs,
 ) -> DataLoader:
     """Shuffled by ``(seed, epoch)`` through an :class:`EpochSampler` (the trainer sets the epoch and,
@@ -30,11 +31,11 @@ def train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=init_worker,
-        # Worker seeds come from this generator, reseeded by the trainer with (seed, epoch, rank);
-        # augmentations do not depend on them (each sample has its own seed), anything else random
-        # in a worker does. Workers restart each epoch so they take the new seeds.
+        # Worker seeds come from this generator, reseeded by the trainer with (seed, epoch, rank).
+        # Augmentations do not depend on them (each sample has its own seed), so workers can live
+        # for the whole run instead of starting again every epoch.
         generator=torch.Generator(),
-        persistent_workers=False,
+        **_worker_options(num_workers, prefetch_factor),
         **loader_kwargs,
     )
 
@@ -47,6 +48,7 @@ def eval_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    prefetch_factor: int = 2,
 ) -> DataLoader:
     """In dataset order; with ``world_size > 1`` this rank's shard (every sample scored once overall)."""
     return DataLoader(
@@ -56,4 +58,12 @@ def eval_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=init_worker,
+        **_worker_options(num_workers, prefetch_factor),
     )
+
+
+def _worker_options(num_workers: int, prefetch_factor: int) -> dict:
+    """Workers kept between epochs (validation runs every epoch too), each with batches in flight."""
+    if num_workers == 0:
+        return {}
+    return {"persistent_workers": True, "prefetch_factor": prefetch_factor}

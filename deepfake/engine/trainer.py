@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine import distributed
 from deepfake.engine.evaluate import Predictions, gather_predictions, predict
+from deepfake.engine.loss_watch import LossWatch
 from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
@@ -76,6 +77,9 @@ class Trainer(Checkpointing):
         loggers: Iterable = (),
         resume_strict: bool = False,
         sync_batchnorm: bool = False,
+        log_every_n_batches: int = 20,
+        channels_last: bool = False,
+        compile_model: bool = False,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -84,6 +88,10 @@ class Trainer(Checkpointing):
                 raise ConfigError("train.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm has no CPU "
                                   "kernel); set train.sync_batchnorm=false")  # fmt: skip
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # Convolutions run faster on NHWC tensors on GPUs (tensor cores); inputs follow in _train_batch.
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: torch.nn.Module = self.model  # the DDP wrapper while distributed
         self.train_loader, self.val_loader = train_loader, val_loader
         self.phases = phases
@@ -104,6 +112,9 @@ class Trainer(Checkpointing):
         self.scheduler = None
         self.scaler = make_grad_scaler(device, precision)
         self._resume_from: dict | None = None
+        self.log_every = max(1, int(log_every_n_batches))
+        self.compile_model = compile_model
+        self.losses = LossWatch(device)
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
 
@@ -151,22 +162,21 @@ class Trainer(Checkpointing):
         return self.state
 
     def _agree_on_stop(self) -> bool:
-        """Whether a stop signal reached any rank; every rank then takes it as its own."""
-        return self._agree(failed=False)[0]
-
-    def _agree(self, failed: bool) -> tuple[bool, bool]:
-        """(a stop signal reached some rank, some rank failed): one collective, so that all ranks
-        stop, or fail, at the same batch instead of leaving the others waiting in the next one."""
-        signum, any_failed = distributed.agree_max(self.stop.signum or 0, int(failed))
+        """Whether a stop signal reached any rank; every rank then takes it as its own, so all ranks
+        stop after the same batch instead of leaving the others waiting in the next collective.
+        A CPU collective: no wait for the GPU."""
+        (signum,) = distributed.agree_max(self.stop.signum or 0)
         if signum and not self.stop.requested:
             self.stop.signum = signum
-        return self.stop.requested, bool(any_failed)
+        return self.stop.requested
 
     # ------------------------------------------------------------------------------- phases
     def _setup_phase(self, phase: Phase) -> None:
         set_backbone_frozen(self.model, phase.backbone_frozen)
         # DDP registers the parameters that train when it wraps the model: a new phase, a new wrapper.
         self.train_model = self._wrap(self.model)
+        if self.compile_model:  # compiled again per phase: the frozen parameters differ
+            self.train_model = torch.compile(self.train_model)
         self.train_loader.sampler.skip(0)
         per_epoch = steps_per_epoch(len(self.train_loader), self.accumulate)
         self._build_optimizer(phase, per_epoch)
@@ -217,12 +227,16 @@ class Trainer(Checkpointing):
             f"{phase.name} epoch {self.state.epoch + 1}", total=n_batches, completed=done, status=""
         )
         self.optimizer.zero_grad(set_to_none=True)
+        self.losses.start(self.state.epoch_loss_sum)
         try:
             for i, batch in enumerate(loader, start=done):
-                if not self._train_batch(batch, i, n_batches):
+                stop = self._train_batch(batch, i, n_batches)
+                if stop or (i + 1) % self.log_every == 0 or i + 1 == n_batches:
+                    self._read_losses()  # the host waits for the device here, not on every step
+                    progress.update(batches_bar, completed=i + 1, status=f"loss {self._epoch_loss():.4f}")
+                if stop:
                     self._save_last(phase, val_metrics=None)
                     return False
-                progress.update(batches_bar, advance=1, status=f"loss {self._epoch_loss():.4f}")
         finally:
             sampler.skip(0)
             progress.remove_task(batches_bar)
@@ -230,9 +244,11 @@ class Trainer(Checkpointing):
 
     def _train_batch(self, batch: dict, i: int, n_batches: int) -> bool:
         """Forward, backward and (at the end of an accumulation window) the optimizer step of batch
-        ``i``; False when training must stop after it (a stop signal, at a window's end)."""
+        ``i``; True when training must stop after it (a stop signal, at a window's end)."""
         images = batch["image"].to(self.device, non_blocking=True)
         targets = batch["target"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         window_ends = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
         # Gradients are averaged over the ranks once per optimizer step, not once per micro-batch.
         no_sync = self.train_model.no_sync if self.ranks.distributed and not window_ends else contextlib.nullcontext
@@ -240,34 +256,32 @@ class Trainer(Checkpointing):
             with autocast(self.device, self.precision):
                 logits = self.train_model(images).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-            stop = self._stop_or_fail(loss, i)
+            self.losses.add(loss, i, len(targets))
             self.scaler.scale(loss / self.accumulate).backward()
         if window_ends:
             self._optimizer_step()
         if batch["damaged"].any():
             self.damaged.record("train", self.train_loader.dataset, batch["index"][batch["damaged"]].tolist())
         self.state.batches_done = i + 1
-        self.state.epoch_loss_sum += loss.item() * len(targets)
         self.state.epoch_samples += len(targets)
+        stop = self._agree_on_stop() if self.ranks.distributed else self.stop.requested
         # Stop only after an optimizer step: gradients half-accumulated over a window are not saved.
-        return not (stop and (i + 1) % self.accumulate == 0 and i + 1 < n_batches)
+        return stop and (i + 1) % self.accumulate == 0 and i + 1 < n_batches
 
-    def _stop_or_fail(self, loss: torch.Tensor, i: int) -> bool:
-        """Whether to stop after this batch. A non-finite loss on any rank ends training on every
-        rank before its gradients spread; ranks decide both on the same agreed values."""
-        finite = bool(torch.isfinite(loss))
-        if self.ranks.distributed:
-            stop, failed = self._agree(failed=not finite)
-        else:
-            stop, failed = self.stop.requested, not finite
+    def _read_losses(self) -> None:
+        """The epoch's loss so far into the state; a non-finite loss on any rank ends training on
+        every rank (they all read at the same batches) before anything is saved."""
+        reading = self.losses.read()
+        self.state.epoch_loss_sum = reading.loss_sum
+        (failed,) = distributed.agree_max(int(reading.first_bad_batch is not None))
         if failed:
             kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
-            value = loss.item() if not finite else "on another rank"
+            where = "on another rank" if reading.first_bad_batch is None else f"batch {reading.first_bad_batch + 1}"
+            value = "" if reading.first_bad_value is None else f" ({reading.first_bad_value})"
             raise TrainingError(
-                f"non-finite training loss ({value}) at epoch {self.state.epoch + 1}, batch {i + 1}; "
+                f"non-finite training loss{value} at epoch {self.state.epoch + 1}, {where}; "
                 f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
             )
-        return stop
 
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine import distributed, loaders
+from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.tasks.preflight import positive_int
 
 
@@ -35,7 +36,8 @@ def make_loader(
     ``train_seed`` is given, else a scoring loader in dataset order (this rank's shard with ``shard``)."""
     here = distributed.ranks()
     common = {
-        "num_workers": int(dataset_cfg.num_workers),
+        "num_workers": resolve_num_workers(dataset_cfg.num_workers, device),
+        "prefetch_factor": positive_int(dataset_cfg.get("prefetch_factor", 2), "dataset.prefetch_factor"),
         "pin_memory": device.type == "cuda",
         "rank": here.rank,
         "world_size": here.world_size,

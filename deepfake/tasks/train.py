@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine import distributed
+from deepfake.engine.fast_path import resolve_channels_last
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
@@ -157,6 +158,9 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         loggers=session.build_loggers(cfg) if here.is_main else [],
         resume_strict=bool(cfg.resume_strict),
         sync_batchnorm=bool(cfg.train.sync_batchnorm),
+        log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
+        channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
+        compile_model=bool(cfg.train.compile),
     )
     entry = {
         "run_name": name,

@@ -1,0 +1,164 @@
+"""Measuring where training and scoring time goes: the model's own limit against the real pipeline.
+
+Every figure is images per second, the median of several timed repeats after untimed warm-up ones,
+with the device synchronised around each repeat. The bare figures run the model on tensors already
+on the device (the most the hardware allows this model); the pipeline figures run the project's own
+loaders and trainer from image files; their ratio says how much of the machine the pipeline leaves
+to the model.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from deepfake.engine.precision import autocast
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: int, warmup: int) -> dict:
+    """``run()`` processes some images and returns how many; the median rate over ``repeats`` calls.
+    ``warmup_s``: the untimed calls first (with ``train.compile``, the compilation)."""
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    warmup_s = time.perf_counter() - started
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        images = run()
+        synchronize(device)
+        rates.append(images / (time.perf_counter() - started))
+    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates],
+            "warmup_s": round(warmup_s, 3)}  # fmt: skip
+
+
+def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,
+                     steps: int, channels_last: bool = False) -> Callable[[], int]:  # fmt: skip
+    """``steps`` forward + backward + AdamW steps on one batch already on the device."""
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = (torch.arange(batch_size, device=device) % 2).float()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+
+    def run() -> int:
+        for _ in range(steps):
+            with autocast(device, precision):
+                logits = model(images).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return steps * batch_size
+
+    return run
+
+
+def bare_forward(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,
+                 batches: int, channels_last: bool = False) -> Callable[[], int]:  # fmt: skip
+    """``batches`` eval-mode forward passes on one batch already on the device."""
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def run() -> int:
+        model.eval()
+        for _ in range(batches):
+            with autocast(device, precision):
+                model(images)
+        return batches * batch_size
+
+    return run
+
+
+def loader_pass(loader) -> Callable[[], int]:
+    """One pass over ``loader`` (decoding, augmentation, collation), nothing else."""
+
+    def run() -> int:
+        return sum(len(batch["target"]) for batch in loader)
+
+    return run
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (DataLoader workers), sampled every
+    ``interval_s``, and CUDA's peak allocation."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.05) -> None:
+        import psutil  # the bench extra
+
+        self.device, self.interval_s = device, interval_s
+        self.process = psutil.Process()
+        self.peak_rss = 0
+        self._stop = threading.Event()
+
+    def _tree_rss(self) -> int:
+        total = 0
+        for proc in (self.process, *self.process.children(recursive=True)):
+            try:
+                total += proc.memory_info().rss
+            except Exception:  # noqa: BLE001 - a worker that ended between listing and reading
+                continue
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_rss = max(self.peak_rss, self._tree_rss())
+
+    @contextmanager
+    def watching(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.peak_rss = self._tree_rss()
+        self._stop.clear()
+        sampler = threading.Thread(target=self._sample, daemon=True)
+        sampler.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            sampler.join()
+            self.peak_rss = max(self.peak_rss, self._tree_rss())
+
+    def report(self) -> dict:
+        report = {"peak_rss_mib": round(self.peak_rss / 2**20, 1)}
+        if self.device.type == "cuda":
+            report["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return report
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    description = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    return description

@@ -1,0 +1,176 @@
+"""task=bench: how much of the machine the pipeline leaves to the model (deepfake/engine/benchmark.py).
+
+For the configured backbone, img_size, batch size, precision, device and workers, in one process:
+(a) the bare training step on tensors already on the device, and (a_eval) the bare forward pass;
+(b) the training pipeline from the image files (loader, augmentation, step, logging, a checkpoint
+per epoch), timed per epoch by the trainer itself; (c) scoring the validation images from files;
+(d) the training loader alone; (e) peak resident memory of this process and its workers (and CUDA's
+peak allocation). bench.json in the run dir holds the figures, the ratios b/a and c/a_eval, and the
+machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.table import Table
+from torch.utils.data import Subset
+
+from deepfake.engine import benchmark
+from deepfake.engine.evaluate import predict
+from deepfake.engine.fast_path import resolve_channels_last, resolve_num_workers
+from deepfake.engine.phases import plan_phases
+from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.engine.reproducibility import seed_everything
+from deepfake.engine.trainer import Trainer
+from deepfake.errors import ConfigError
+from deepfake.tasks import data_setup, session
+from deepfake.tasks.preflight import positive_int
+from deepfake.tracking.checkpoint import atomic_write_text
+from deepfake.tracking.console import console
+
+log = logging.getLogger(__name__)
+
+
+class EpochClock:
+    """A trainer logger that only notes when each epoch ended (after its checkpoints were written)."""
+
+    def __init__(self) -> None:
+        self.ends = [time.perf_counter()]
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.ends.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+
+def run(cfg: DictConfig) -> float:
+    out_dir = session.run_dir()
+    settings = cfg.bench
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    data_setup.ensure_dataset(cfg.dataset)
+    model = instantiate(cfg.backbone).to(device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, device, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # The bare figures run what training runs: compiled when train.compile is on (its cost lands in warmup_s).
+    fast_model = torch.compile(model) if cfg.train.compile else model
+    preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
+    batch_size, img_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size"), preprocess["img_size"]
+    train_set = data_setup.make_split(cfg.dataset, "train_csv", instantiate(cfg.augment)(
+        mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]))  # fmt: skip
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
+    timed = partial(benchmark.images_per_second, device=device,
+                    repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup))  # fmt: skip
+    memory = benchmark.PeakMemory(device)
+
+    figures = {
+        "bare_train_step": timed(benchmark.bare_train_steps(
+            fast_model, batch_size, img_size, device, precision, positive_int(settings.steps, "bench.steps"), channels_last)),  # fmt: skip
+        "bare_forward": timed(benchmark.bare_forward(
+            model, batch_size, img_size, device, precision, positive_int(settings.forward_batches, "bench.forward_batches"),
+            channels_last)),  # fmt: skip
+        "loader": timed(benchmark.loader_pass(
+            data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)))),  # fmt: skip
+    }
+    with memory.watching():
+        figures["train_pipeline"] = _train_pipeline(cfg, train_set, val_set, device, precision, out_dir / "pipeline")
+    figures["train_pipeline"].update(memory.report())
+    eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
+    with memory.watching():
+        figures["eval_pipeline"] = timed(lambda: len(predict(model, eval_loader, device, precision).indices))
+    figures["eval_pipeline"].update(memory.report())
+
+    report = {
+        "settings": {
+            "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
+            "precision": precision, "device": str(device),
+            "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
+            "compile": bool(cfg.train.compile),
+            "train_images": len(train_set), "val_images": len(val_set),
+        },  # fmt: skip
+        "figures": figures,
+        "ratios": {
+            "train_pipeline_over_bare_step": _ratio(figures["train_pipeline"], figures["bare_train_step"]),
+            "eval_pipeline_over_bare_forward": _ratio(figures["eval_pipeline"], figures["bare_forward"]),
+        },
+        "machine": benchmark.machine(),
+    }
+    atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
+    _print(report, out_dir)
+    return report["ratios"]["train_pipeline_over_bare_step"]
+
+
+def _train_pipeline(cfg: DictConfig, train_set, val_set, device, precision: str, run_dir: Path) -> dict:
+    """(b): the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each epoch
+    timed from the end of the previous one (its validation is one batch, its checkpoints are written)."""
+    epochs = positive_int(cfg.bench.epochs, "bench.epochs")
+    if epochs < 2:
+        raise ConfigError(f"bench.epochs={epochs}: the first epoch is the warm-up; use at least 2")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = instantiate(cfg.backbone)
+    clock = EpochClock()
+    trainer = Trainer(
+        model,
+        data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
+        data_setup.make_loader(Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset,
+                               device=device),  # fmt: skip
+        plan_phases(0, epochs, lr_head=float(cfg.phase.lr_head), lr_backbone=float(cfg.phase.lr_backbone)),
+        make_optimizer=instantiate(cfg.optimizer),
+        make_scheduler=instantiate(cfg.scheduler),
+        device=device,
+        run_dir=run_dir,
+        describe={"model_spec": model.detector_spec, "run_name": "bench"},
+        precision=precision,
+        seed=int(cfg.seed),
+        loggers=[clock],
+        log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
+        channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
+        compile_model=bool(cfg.train.compile),
+    )
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    rates = [len(train_set) / (end - start) for start, end in zip(clock.ends[1:-1], clock.ends[2:])]
+    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates],
+            "warmup_s": round(clock.ends[1] - clock.ends[0], 3)}  # fmt: skip
+
+
+def _ratio(pipeline: dict, bare: dict) -> float:
+    return round(pipeline["images_per_s"] / bare["images_per_s"], 3)
+
+
+def _print(report: dict, out_dir: Path) -> None:
+    table = Table(title=f"task=bench: {report['settings']['backbone']} at {report['settings']['img_size']} px, "
+                        f"batch {report['settings']['batch_size']}, {report['settings']['precision']} on "
+                        f"{report['settings']['device']}")  # fmt: skip
+    table.add_column("measured")
+    table.add_column("images/s", justify="right")
+    table.add_column("repeats", justify="right")
+    labels = {
+        "bare_train_step": "(a) bare training step", "bare_forward": "(a_eval) bare forward",
+        "train_pipeline": "(b) training from files", "eval_pipeline": "(c) scoring from files",
+        "loader": "(d) training loader alone",
+    }  # fmt: skip
+    for key, label in labels.items():
+        figure = report["figures"][key]
+        table.add_row(label, f"{figure['images_per_s']:.1f}", ", ".join(f"{r:.0f}" for r in figure["repeats"]))
+    console.print(table)
+    ratios = report["ratios"]
+    memory = report["figures"]["train_pipeline"]
+    console.print(
+        f"b/a = {ratios['train_pipeline_over_bare_step']:.3f}, c/a_eval = {ratios['eval_pipeline_over_bare_forward']:.3f}; "
+        f"peak RSS (main + workers) while training {memory['peak_rss_mib']} MiB; {out_dir / 'bench.json'}"
+    )

@@ -1,0 +1,37 @@
+"""task=bench as a user runs it: every figure measured, the ratios from them, the machine described."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
+    main_runner("task=bench", "bench.repeats=2", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",
+                "bench.epochs=3")  # fmt: skip
+    [run] = list((tmp_path / "outputs" / "bench").iterdir())
+    report = json.loads((run / "bench.json").read_text())
+    figures = report["figures"]
+    assert set(figures) == {"bare_train_step", "bare_forward", "loader", "train_pipeline", "eval_pipeline"}
+    for name, figure in figures.items():
+        assert figure["images_per_s"] > 0, name
+    assert len(figures["bare_train_step"]["repeats"]) == 2
+    assert len(figures["train_pipeline"]["repeats"]) == 2  # 3 epochs, the first one the warm-up
+    ratios = report["ratios"]
+    assert ratios["train_pipeline_over_bare_step"] == round(
+        figures["train_pipeline"]["images_per_s"] / figures["bare_train_step"]["images_per_s"], 3)  # fmt: skip
+    assert ratios["eval_pipeline_over_bare_forward"] == round(
+        figures["eval_pipeline"]["images_per_s"] / figures["bare_forward"]["images_per_s"], 3)  # fmt: skip
+    assert figures["train_pipeline"]["peak_rss_mib"] > 50  # torch alone takes more than that
+    assert report["settings"] == {**report["settings"], "backbone": "test_resnet", "img_size": 32, "batch_size": 16,
+                                  "train_images": 64, "val_images": 32}  # fmt: skip
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+    assert (run / "pipeline" / "last.pth").is_file()  # the pipeline wrote its checkpoints like a run
+
+
+def test_a_single_epoch_bench_is_refused(tmp_path, main_runner):
+    result = main_runner("task=bench", "bench.epochs=1", check=False)
+    assert result.returncode == 2 and "bench.epochs=1" in result.stderr
