@@ -18,8 +18,7 @@ import torch
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
 from reliability.faults import ENV, RELIABLE, error_lines, registry, run
 
-# One xdist worker runs the whole module: its cases share one pool of runs (the bad_runs fixture).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliable_runs")]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

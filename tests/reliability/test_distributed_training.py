@@ -25,8 +25,7 @@ from deepfake.models import create_detector
 from deepfake.tracking.checkpoint import load_checkpoint
 from reliability.test_trainer_faults import AugmentedStripes, assert_same_models, metric_rows
 
-# Both tests compare with one uninterrupted two-rank run: one xdist worker runs the module.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("two_ranks")]
+pytestmark = pytest.mark.slow
 
 WORLD = 2
 

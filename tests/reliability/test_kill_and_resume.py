@@ -33,9 +33,7 @@ from reliability.faults import (
     wait_for,
 )
 
-# One xdist worker runs the module (its scenarios share one pool of runs) beside test_bad_input,
-# which needs the same uninterrupted reference run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliable_runs")]
+pytestmark = pytest.mark.slow
 
 _rng = random.Random(6)  # the kill points are random, but the same on every run of the suite
 # (signal, rows in metrics_log.csv before it is sent, then a delay in epochs); rows=0 aims at epoch 1.
