@@ -98,13 +98,20 @@ def test_joblib_runs_two_jobs_in_parallel(tmp_path, shared_data_dir):
     assert_consistent_best(tmp_path, 2)
 
 
-def test_submitit_local_runs_the_cluster_code_path(tmp_path, shared_data_dir):
-    sweep(tmp_path, shared_data_dir, "hydra/launcher=submitit_local", "seed=1,2")
+def test_submitit_local_runs_the_cluster_code_path_with_two_ranks_per_job(tmp_path, shared_data_dir):
+    # Two tasks per job, as hydra.launcher.tasks_per_node=2 asks SLURM for: each job is one DDP run
+    # of two ranks (gloo), set up from submitit's environment.
+    sweep(tmp_path, shared_data_dir, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "seed=1,2")
     sweep_dir = only_sweep_dir(tmp_path)
     statuses = [json.loads((sweep_dir / job / "status.json").read_text()) for job in ("0", "1")]
-    assert all(s["launcher_job_id"] and s["attempt"] == 1 for s in statuses)
+    assert all(s["launcher_job_id"] and s["attempt"] == 1 and s["status"] == "finished" for s in statuses)
     assert (sweep_dir / ".submitit").is_dir()
+    for job in ("0", "1"):
+        assert "rank 1 of 2" in (sweep_dir / job / "run.rank1.log").read_text()
+        assert "rank 0 of 2" in (sweep_dir / job / "run.log").read_text()
     assert sorted(r["overrides"] for r in summary(sweep_dir)) == ["seed=1", "seed=2"]
+    entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
+    assert [e["world_size"] for e in entries] == [2, 2]
     assert_consistent_best(tmp_path, 2)
 
 
