@@ -56,6 +56,8 @@ class EpochClock:
 def run(cfg: DictConfig) -> float:
     out_dir = session.run_dir()
     settings = cfg.bench
+    if positive_int(settings.epochs, "bench.epochs") < 2:  # before any measuring
+        raise ConfigError(f"bench.epochs={settings.epochs}: the first epoch is the warm-up; use at least 2")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
@@ -115,9 +117,7 @@ def run(cfg: DictConfig) -> float:
 def _train_pipeline(cfg: DictConfig, train_set, val_set, device, precision: str, run_dir: Path) -> dict:
     """(b): the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each epoch
     timed from the end of the previous one (its validation is one batch, its checkpoints are written)."""
-    epochs = positive_int(cfg.bench.epochs, "bench.epochs")
-    if epochs < 2:
-        raise ConfigError(f"bench.epochs={epochs}: the first epoch is the warm-up; use at least 2")
+    epochs = int(cfg.bench.epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
     clock = EpochClock()

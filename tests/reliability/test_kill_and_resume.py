@@ -41,7 +41,6 @@ SCENARIOS = {
     "sigkill in epoch 1": [(signal.SIGKILL, 0, _rng.uniform(0.0, 0.5))],
     "sigkill after epoch 1": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0))],
     "sigkill twice": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0)), (signal.SIGKILL, 2, _rng.uniform(0.0, 1.0))],
-    "sigkill after epoch 2": [(signal.SIGKILL, 2, _rng.uniform(0.0, 1.0))],
     "sigterm mid-run": [(signal.SIGTERM, 1, _rng.uniform(0.0, 0.6))],
     "sigint mid-run": [(signal.SIGINT, 1, _rng.uniform(0.0, 0.6))],
 }
