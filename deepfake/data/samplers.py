@@ -29,10 +29,10 @@ class EpochSampler(Sampler):
     batches of all ranks together are the k-th batch of one process with batch ``B * world_size``.
     """
 
-    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
-        self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
+        self.n, self.seed = int(n), int(seed)
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0  # samples of this rank's share to skip (a resumed epoch)
@@ -51,15 +51,9 @@ class EpochSampler(Sampler):
             raise ValueError(f"cannot skip {samples} of {self.per_rank} samples")
         self.start = int(samples)
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start": self.start, "rank": self.rank, "world_size": self.world_size}
-
     def _order(self) -> list[int]:
-        if not self.shuffle:
-            order = list(range(self.n))
-        else:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
         padding = self.per_rank * self.world_size - self.n
         return order + order[:padding]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deepfake.data.samplers import EpochSampler, SeededSamples, ShardSampler
 from deepfake.engine.stopping import init_worker
+
+# Worker seeds of rank r come from seed + r * this: apart from every other rank's.
+_RANK_SEED_STRIDE = 100_003
 
 
 def train_loader(
@@ -23,21 +26,15 @@ def train_loader(
 ) -> DataLoader:
     """Shuffled by ``(seed, epoch)`` through an :class:`EpochSampler` (the trainer sets the epoch and,
     on a resume part-way through one, the samples to skip); this rank's share when ``world_size > 1``."""
-    sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
-        SeededSamples(dataset),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        worker_init_fn=init_worker,
-        # Worker seeds come from this generator, reseeded by the trainer with (seed, epoch, rank).
+    return _loader(
+        SeededSamples(dataset), batch_size, EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
+        num_workers, pin_memory, prefetch_factor,
+        # Worker seeds (python and numpy in each worker, init_worker) depend on the seed and rank only.
         # Augmentations do not depend on them (each sample has its own seed), so workers can live
         # for the whole run instead of starting again every epoch.
-        generator=torch.Generator(),
-        **_worker_options(num_workers, prefetch_factor),
+        generator=torch.Generator().manual_seed(seed + _RANK_SEED_STRIDE * rank),
         **loader_kwargs,
-    )
+    )  # fmt: skip
 
 
 def eval_loader(
@@ -51,19 +48,17 @@ def eval_loader(
     prefetch_factor: int = 2,
 ) -> DataLoader:
     """In dataset order; with ``world_size > 1`` this rank's shard (every sample scored once overall)."""
+    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size) if world_size > 1 else None
+    return _loader(dataset, batch_size, sampler, num_workers, pin_memory, prefetch_factor)
+
+
+def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int, pin_memory: bool,
+            prefetch_factor: int, **loader_kwargs) -> DataLoader:  # fmt: skip
+    """Workers deaf to stop signals, kept between epochs (validation runs every epoch too), each with
+    batches in flight."""
+    if num_workers > 0:
+        loader_kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, **loader_kwargs}
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), rank=rank, world_size=world_size) if world_size > 1 else None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        worker_init_fn=init_worker,
-        **_worker_options(num_workers, prefetch_factor),
-    )
-
-
-def _worker_options(num_workers: int, prefetch_factor: int) -> dict:
-    """Workers kept between epochs (validation runs every epoch too), each with batches in flight."""
-    if num_workers == 0:
-        return {}
-    return {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        worker_init_fn=init_worker, **loader_kwargs,
+    )  # fmt: skip

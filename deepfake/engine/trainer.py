@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 # val_accuracy in metrics_log.csv is at p(fake) 0.5: the operating point is chosen on validation
 # only once training has picked best.pth (tasks/train.py), so no other threshold exists yet.
 VAL_ACCURACY_THRESHOLD = 0.5
-# Worker seeds of rank r are drawn from seed + epoch + r * this: apart from every other rank's.
-_RANK_SEED_STRIDE = 100_003
 METRICS_FIELDS = [
     "phase", "epoch", "step", "lr_backbone", "lr_head",
     "train_loss", "val_loss", "val_auc", "val_accuracy", "seconds",
@@ -73,7 +71,6 @@ class Trainer(Checkpointing):
         precision: str = "32",
         accumulate_grad_batches: int = 1,
         grad_clip_norm: float | None = None,
-        seed: int = 0,
         loggers: Iterable = (),
         resume_strict: bool = False,
         sync_batchnorm: bool = False,
@@ -99,7 +96,6 @@ class Trainer(Checkpointing):
         self.device, self.precision = device, precision
         self.accumulate = max(1, int(accumulate_grad_batches))
         self.grad_clip_norm = grad_clip_norm
-        self.seed = seed
         self.resume_strict = resume_strict  # refuse a last.pth whose optimizer state cannot be loaded
         self.run_dir = Path(run_dir)
         self.describe = describe  # model_spec, preprocess, labels, run_name: makes best.pth self-describing
@@ -216,9 +212,8 @@ class Trainer(Checkpointing):
         set_train_mode(self.model, phase.backbone_frozen)
         loader, sampler = self.train_loader, self.train_loader.sampler
         # The data order and each sample's augmentation depend only on (seed, epoch), so a resumed
-        # run sees the same batches; worker seeds also on the rank, whose workers are its own.
+        # run sees the same batches.
         sampler.set_epoch(self.state.epoch)
-        loader.generator.manual_seed(self.seed + self.state.epoch + _RANK_SEED_STRIDE * self.ranks.rank)
         n_batches = len(loader)
         done = self.state.batches_done
         # A resumed epoch skips the samples already trained on without loading them.

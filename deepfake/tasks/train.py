@@ -154,7 +154,6 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         precision=precision,
         accumulate_grad_batches=positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         grad_clip_norm=cfg.train.grad_clip_norm,
-        seed=int(cfg.seed),
         loggers=session.build_loggers(cfg) if here.is_main else [],
         resume_strict=bool(cfg.resume_strict),
         sync_batchnorm=bool(cfg.train.sync_batchnorm),

@@ -70,7 +70,7 @@ def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal
         model, train, val, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.5),
         make_optimizer=partial(torch.optim.AdamW, weight_decay=0.01),
         make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
-        device=torch.device("cpu"), run_dir=run_dir, seed=3, accumulate_grad_batches=accumulate,
+        device=torch.device("cpu"), run_dir=run_dir, accumulate_grad_batches=accumulate,
         describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
                   "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "faults"},
     )  # fmt: skip

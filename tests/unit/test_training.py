@@ -51,7 +51,7 @@ def make_trainer(tmp_path, phases, seed=0, **kwargs):
         model, train, val, phases,
         make_optimizer=partial(torch.optim.AdamW, weight_decay=0.0),
         make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
-        device=torch.device("cpu"), run_dir=tmp_path, seed=seed,
+        device=torch.device("cpu"), run_dir=tmp_path,
         describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
                   "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "unit"},
         **kwargs,
