@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +81,17 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner):
     main_runner("task=test", f"ckpt={run}")
     assert len(list((tmp_path / "outputs" / "test").iterdir())) == 2
 
-    listing = main_runner("task=registry", tiny=False)
+    # The listing answers without importing torch: it reads one JSON file.
+    probe = (
+        "import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+        f"sys.argv = [{str(MAIN)!r}, 'paths.root_dir={tmp_path}', 'task=registry']; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    listing = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                             env={**os.environ, "COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
     assert run.name in listing.stdout and "test_resnet" in listing.stdout
+    assert "torch imported: False" in listing.stdout
 
 
 def test_multirun_registers_every_job(tmp_path, main_runner):
