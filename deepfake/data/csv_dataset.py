@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from deepfake.data.image_files import ImageFileDataset
+from deepfake.data.path_table import PathTable
 from deepfake.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,11 @@ def _warn_duplicates(frame: pd.DataFrame, csv_path: Path, column: str) -> None:
 
 
 class CsvImageDataset(ImageFileDataset):
-    """Images listed in a split CSV; a damaged image is served black and flagged ``damaged``."""
+    """Images listed in a split CSV; a damaged image is served black and flagged ``damaged``.
+
+    Keeps only numpy arrays per row (paths, targets, CSV lines, mask paths), not the DataFrame:
+    forked workers would copy its Python objects page by page. :meth:`read_frame` reads it again.
+    """
 
     def __init__(
         self,
@@ -168,12 +173,15 @@ class CsvImageDataset(ImageFileDataset):
         fallback_size: int = 256,
     ) -> None:
         self.csv_path = Path(csv_path)
-        self.frame = read_split_csv(
-            csv_path, root_dir, real_label=real_label, path_column=path_column, label_column=label_column
-        )
+        self.root_dir = Path(os.path.abspath(root_dir))
+        self._columns = {"real_label": real_label, "path_column": path_column, "label_column": label_column}
+        frame = self.read_frame()
         super().__init__(
-            self.frame["path"].tolist(),
-            transform,
-            self.frame["target"].to_numpy(dtype=np.int64),
-            fallback_size=fallback_size,
+            PathTable(frame["path"]), transform, frame["target"].to_numpy(dtype=np.int64), fallback_size=fallback_size
         )
+        self.rows = frame["row"].to_numpy(dtype=np.int64)  # the CSV line of each item, for messages
+        self.mask_paths = PathTable(frame["mask_path"]) if "mask_path" in frame.columns else None
+
+    def read_frame(self) -> pd.DataFrame:
+        """The CSV as :func:`read_split_csv` returns it (every column, resolved paths, targets, lines)."""
+        return read_split_csv(self.csv_path, self.root_dir, **self._columns)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,13 +17,21 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from deepfake.data.images import load_rgb
+from deepfake.data.path_table import PathTable
+from deepfake.data.scan import find_damaged
+
+if TYPE_CHECKING:
+    from deepfake.data.decoded_cache import DecodedImages
 
 
 class ImageFileDataset(Dataset):
     """``paths`` with optional ``targets`` (1 = fake; NaN when unknown).
 
-    An item is ``{"image", "target", "index", "damaged"}``. Holds only lists and a transform, so it
-    pickles into spawned DataLoader workers.
+    An item is ``{"image", "target", "index", "damaged"}``. Per-sample data lives in numpy arrays
+    (:class:`PathTable` for the paths), so forked DataLoader workers share it instead of copying it
+    page by page, and the dataset pickles into spawned workers. With ``cache`` (a
+    :class:`~deepfake.data.decoded_cache.DecodedImages` of these paths) images come from the
+    decoded-image cache instead of the files.
     """
 
     def __init__(
@@ -33,7 +42,7 @@ class ImageFileDataset(Dataset):
         *,
         fallback_size: int = 256,
     ) -> None:
-        self.paths: list[str] = [os.fspath(path) for path in paths]
+        self.paths = paths if isinstance(paths, PathTable) else PathTable(paths)
         if targets is None:
             targets = np.full(len(self.paths), np.nan, dtype=np.float32)
         if len(targets) != len(self.paths):
@@ -41,13 +50,22 @@ class ImageFileDataset(Dataset):
         self.targets = np.asarray(targets)
         self.transform = transform
         self.fallback_size = fallback_size
+        self.cache: DecodedImages | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> tuple[Image.Image, str | None]:
         """The RGB image behind item ``index`` (a black one when damaged) and why it is damaged."""
+        if self.cache is not None:
+            return self.cache.image(index), self.cache.reason(index)
         return load_rgb(self.paths[index], self.fallback_size)
+
+    def find_damaged(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every damaged image: from the cache, which decoded them all, or a scan."""
+        if self.cache is not None:
+            return [(self.paths[index], reason) for index, reason in sorted(self.cache.damaged.items())]
+        return find_damaged(self.paths)
 
     def __getitem__(self, index: int) -> dict:
         image, reason = self.load(index)
@@ -63,5 +81,7 @@ class ImageFileDataset(Dataset):
         }
 
     def damage_reason(self, index: int) -> str | None:
-        """Why item ``index`` is damaged, or None; decoded again because workers cannot report back."""
-        return self.load(index)[1]
+        """Why item ``index`` is damaged, or None; decoded again (workers cannot report back) unless cached."""
+        if self.cache is not None:
+            return self.cache.reason(index)
+        return load_rgb(self.paths[index], self.fallback_size)[1]

@@ -121,6 +121,13 @@ def build_eval_transform(
     return v2.Compose(_resize_and_centre_crop(img_size, interpolation) + _to_normalised_tensor(mean, std))
 
 
+def eval_framing(img_size: int, interpolation: str = "bicubic") -> v2.Compose:
+    """The PIL-to-PIL half of the eval transform (resize the shorter side, centre crop): what the
+    decoded-image cache stores. On an image it already framed it changes nothing (torchvision
+    returns an image of the target size as it is), so cached images evaluate bit for bit alike."""
+    return v2.Compose(_resize_and_centre_crop(img_size, interpolation))
+
+
 def central_square(image: Image.Image) -> Image.Image:
     """The region the eval transform keeps of ``image`` (it resizes the shorter side, then centre-crops),
     at the image's own resolution: what an overlay of the model's view is drawn on."""

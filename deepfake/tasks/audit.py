@@ -47,7 +47,7 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     settings = instantiate(cfg.audit)
     data_setup.ensure_dataset(cfg.dataset)
     splits = [
-        Split(name, Path(cfg.dataset[key]), data_setup.make_split(cfg.dataset, key, transform=None).frame)
+        Split(name, Path(cfg.dataset[key]), data_setup.make_split(cfg.dataset, key, transform=None).read_frame())
         for name, key in SPLIT_KEYS
         if cfg.dataset.get(key)
     ]

@@ -106,14 +106,14 @@ def _pick(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.nd
 
 
 def _mask(dataset, index: int) -> np.ndarray | None:
-    path = dataset.frame["mask_path"].iloc[index] if "mask_path" in dataset.frame.columns else ""
+    path = dataset.mask_paths[index] if dataset.mask_paths is not None else ""
     if not path:
         return None
     try:
         with Image.open(path) as mask:
             return np.asarray(central_square(mask.convert("L"))) > 127
     except OSError as err:
-        row = dataset.frame["row"].iloc[index]
+        row = dataset.rows[index]
         raise DataError(f"{dataset.csv_path}:{row}: mask_path {path} cannot be read ({err}); fix or drop the mask") from err
 
 
@@ -133,7 +133,7 @@ def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sa
 def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_images, shown, seed) -> dict:
     """Measure on the images with ground-truth masks, explaining "fake" (what the mask marks);
     without masks, on the overlay images and their targets (no localisation then)."""
-    masked = np.flatnonzero(dataset.frame["mask_path"] != "") if "mask_path" in dataset.frame.columns else []
+    masked = np.flatnonzero(dataset.mask_paths.non_empty()) if dataset.mask_paths is not None else []
     if len(masked):
         chosen = _pick(rng, masked, preflight.positive_int(settings.metric_samples, "cam.metric_samples"))
         images = torch.stack([dataset[i]["image"] for i in chosen])

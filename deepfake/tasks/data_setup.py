@@ -7,9 +7,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from deepfake.data.decoded_cache import CACHE_MODES, open_cache
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine import distributed, loaders
 from deepfake.engine.fast_path import resolve_num_workers
+from deepfake.errors import ConfigError
 from deepfake.tasks.preflight import positive_int
 
 
@@ -25,8 +27,30 @@ def eval_transform(preprocess: dict):
     )
 
 
-def make_split(dataset_cfg: DictConfig, csv_key: str, transform) -> Dataset:
-    return instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
+def make_split(
+    dataset_cfg: DictConfig, csv_key: str, transform, *, preprocess: dict | None = None, training: bool = False
+) -> Dataset:
+    """The dataset of one split CSV; with ``preprocess`` (the model's img_size and interpolation) it
+    reads from the decoded-image cache when ``dataset.cache`` covers it."""
+    dataset = instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
+    if preprocess is not None:
+        attach_cache(dataset, dataset_cfg, preprocess, training=training)
+    return dataset
+
+
+def attach_cache(dataset: Dataset, dataset_cfg: DictConfig, preprocess: dict, *, training: bool = False) -> Dataset:
+    """Serve ``dataset`` from its decoded-image cache (built on first use) when ``dataset.cache`` is
+    ``all``, or ``eval`` and this is not the training split."""
+    mode = str(dataset_cfg.get("cache", "none"))
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"dataset.cache={mode!r}; use one of {', '.join(CACHE_MODES)}")
+    if mode == "all" or (mode == "eval" and not training):
+        dataset.cache = open_cache(
+            dataset.paths, csv_path=dataset.csv_path, root_dir=dataset.root_dir, img_size=int(preprocess["img_size"]),
+            interpolation=preprocess["interpolation"], fallback_size=dataset.fallback_size,
+            cache_dir=dataset_cfg.cache_dir,
+        )  # fmt: skip
+    return dataset
 
 
 def make_loader(

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from deepfake.data.manifest import verify_manifest
-from deepfake.data.scan import find_damaged, list_for_message
+from deepfake.data.scan import list_for_message
 from deepfake.errors import ConfigError, DataError
 from deepfake.tracking.registry import Registry
 
@@ -67,9 +67,10 @@ def check_images(dataset, split: str, max_bad_fraction: float) -> int:
     """Decode every image of ``dataset`` once; abort when more than ``max_bad_fraction`` are damaged.
 
     Below the limit the damaged files are only reported: the loader substitutes them. Returns their count.
+    A cached dataset answers from its cache, whose build decoded every image.
     """
     started = time.perf_counter()
-    damaged = find_damaged(dataset.paths)
+    damaged = dataset.find_damaged()
     log.info("checked %d %s images in %.1f s: %d damaged", len(dataset.paths), split, time.perf_counter() - started,
              len(damaged))  # fmt: skip
     if not damaged:

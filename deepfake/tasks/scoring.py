@@ -46,6 +46,8 @@ class Scorer:
         transform = self.base_transform if perturbation is None else v2.Compose([perturbation, self.base_transform])
         reader = instantiate(self.cfg.dataset.reader)
         dataset = reader(csv_path=csv_path, transform=transform, **({"root_dir": root_dir} if root_dir else {}))
+        if perturbation is None:  # a perturbation degrades the full-size decoded image, not the cached one
+            data_setup.attach_cache(dataset, self.cfg.dataset, self.model.preprocess)
         loader = data_setup.make_loader(dataset, self.cfg.dataset, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision)
         self.damaged.record(name, dataset, preds.damaged)

@@ -124,8 +124,8 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
     train_transform = instantiate(cfg.augment)(
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )
-    train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform)
-    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
+    train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform, preprocess=preprocess, training=True)
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess)
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})

@@ -151,7 +151,7 @@ def test_dataset_items(kaggle):
     assert item["target"].dtype == torch.float32 and item["target"].item() == 1.0
     assert item["index"] == 1 and item["damaged"] is False
     assert dataset.targets.tolist() == [0, 1, 0]
-    assert dataset.paths == dataset.frame["path"].tolist()
+    assert dataset.paths == dataset.read_frame()["path"].tolist()
     assert dataset.damage_reason(1) is None
 
 

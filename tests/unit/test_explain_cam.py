@@ -45,9 +45,9 @@ def trained(tmp_path_factory):
             loss.backward()
             optimizer.step()
     model.eval()
-    masked = [i for i in range(len(valid)) if valid.frame["mask_path"].iloc[i]]
+    masked = [i for i in range(len(valid)) if valid.mask_paths[i]]
     images = torch.stack([valid[i]["image"] for i in masked])
-    masks = np.stack([np.asarray(Image.open(valid.frame["mask_path"].iloc[i])) > 127 for i in masked])
+    masks = np.stack([np.asarray(Image.open(valid.mask_paths[i])) > 127 for i in masked])
     return model, images, masks
 
 

@@ -1,0 +1,190 @@
+"""The decoded-image cache (``dataset.cache``): a split's images decoded once, framed as evaluation
+frames them, in one uint8 memmap (N x S x S x 3) under ``data/cache/``.
+
+Decoding a JPEG with Pillow costs more than scoring it with a small model, and every epoch decodes
+every image again. The cache stores what evaluation's transform makes of each image before the
+tensor conversion (shorter side resized to ``img_size``, centre crop), so reading it and normalising
+gives the very tensors decoding the file would; training with ``dataset.cache=all`` applies its random
+augmentations to the cached image instead of the full-size file.
+
+A cache is keyed by the CSV's bytes, the image root, the size and modification time of every image,
+``img_size`` and the resize rule: change any of them and another cache is built, never a stale one
+served (the original README warned that changing img_size invalidates cached sets). It is built in
+``<name>.partial/`` with its progress saved after every chunk, so a killed build resumes where it
+stopped, and renamed into place only when complete; a file lock keeps two runs or two ranks from
+building it twice. Damaged images are stored black (as the loader would serve them) and recorded
+with their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image
+
+from deepfake.data.images import load_rgb
+from deepfake.data.scan import DEFAULT_SCAN_THREADS
+from deepfake.data.transforms import eval_framing
+from deepfake.errors import DataError
+from deepfake.tracking.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("none", "eval", "all")
+# The resize rule, part of every key: a change to evaluation's framing must change this string.
+FRAMING = "resize-shorter-side-then-centre-crop"
+_FORMAT = 1
+_IMAGES, _META, _PROGRESS = "images.npy", "meta.json", "progress.json"
+_LOG_EVERY_S = 30.0
+
+
+class DecodedImages:
+    """A finished cache: ``image(i)`` and ``reason(i)`` for item ``i`` of the split it was built from.
+
+    The memmap opens on first use in each process, so the object pickles into spawned workers and
+    forked ones map the file themselves (its pages live in the OS page cache, shared by all).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        meta = json.loads((self.directory / _META).read_text())
+        self.count, self.img_size = int(meta["count"]), int(meta["img_size"])
+        self.damaged = {int(index): reason for index, reason in meta["damaged"].items()}
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.directory / _IMAGES, mmap_mode="r")
+        return self._array
+
+    def image(self, index: int) -> Image.Image:
+        # A copy: a PIL image over the map would keep the file open and its pages read-only.
+        return Image.fromarray(np.array(self.array[index]))
+
+    def reason(self, index: int) -> str | None:
+        return self.damaged.get(index)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.img_size * self.img_size * 3
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+
+def cache_key(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, img_size: int, interpolation: str,
+              threads: int = DEFAULT_SCAN_THREADS) -> str:  # fmt: skip
+    """What the cached pixels depend on: the CSV, the root, every file's size and mtime, the framing."""
+    digest = hashlib.sha256(Path(csv_path).read_bytes())
+    settings = {"root": os.path.abspath(root_dir), "img_size": int(img_size), "interpolation": interpolation,
+                "framing": FRAMING, "format": _FORMAT}  # fmt: skip
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    # Sizes and times, not contents: hashing 20 GB at every start would cost more than decoding. A dataset
+    # regenerated or re-downloaded in place under the same CSV changes them, so it is not served stale.
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for signature in pool.map(_file_signature, paths):
+            digest.update(signature)
+    return digest.hexdigest()
+
+
+def _file_signature(path: str) -> bytes:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return b"missing\n"
+    return f"{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+
+
+def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLike, img_size: int, interpolation: str,
+               fallback_size: int, cache_dir: str | os.PathLike, chunk: int = 512,
+               threads: int = DEFAULT_SCAN_THREADS) -> DecodedImages:  # fmt: skip
+    """The cache of ``paths`` (the split's resolved image paths, in CSV order), built first if needed."""
+    key = cache_key(csv_path, root_dir, paths, img_size, interpolation, threads)
+    final = Path(cache_dir) / f"{Path(csv_path).stem}-{img_size}px-{key[:16]}"
+    if not (final / _META).is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{final}.lock"):
+            if not (final / _META).is_file():  # another run or rank may have built it meanwhile
+                builder = _Builder(paths, key, img_size, interpolation, fallback_size, threads)
+                builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk)
+    cache = DecodedImages(final)
+    if cache.count != len(paths):  # the key covers the CSV, so only a hand-edited cache gets here
+        raise DataError(f"{final}: holds {cache.count} images for {len(paths)} rows of {csv_path}; delete it")
+    return cache
+
+
+class _Builder:
+    def __init__(self, paths, key: str, img_size: int, interpolation: str, fallback_size: int, threads: int) -> None:
+        self.paths, self.key, self.img_size, self.fallback_size = paths, key, int(img_size), int(fallback_size)
+        self.interpolation, self.threads = interpolation, max(1, threads)
+        self.framing = eval_framing(self.img_size, interpolation)
+
+    def build(self, final: Path, *, csv_path, root_dir, chunk: int) -> None:
+        partial = final.with_name(final.name + ".partial")
+        images, state = self._open(partial)
+        count, started = len(self.paths), time.perf_counter()
+        done_before, last_log = state["done"], started
+        log.info("decoding %d images of %s into the cache %s (%.2f GiB, once)%s", count, csv_path, final,
+                 images.nbytes / 2**30, f"; resuming at image {done_before}" if done_before else "")  # fmt: skip
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for start in range(state["done"], count, chunk):
+                stop = min(count, start + chunk)
+                for index, (pixels, reason) in enumerate(pool.map(self._decode, self.paths[start:stop]), start):
+                    images[index] = pixels
+                    if reason is not None:
+                        state["damaged"][str(index)] = reason
+                images.flush()  # pixels on disk before the progress that counts them
+                state["done"] = stop
+                atomic_write_text(partial / _PROGRESS, json.dumps(state))
+                if time.perf_counter() - last_log > _LOG_EVERY_S:
+                    last_log = time.perf_counter()
+                    log.info("cache %s: %d of %d images decoded", final.name, stop, count)
+        del images
+        meta = {"count": count, "img_size": self.img_size, "interpolation": self.interpolation, "framing": FRAMING,
+                "format": _FORMAT, "csv": os.path.abspath(csv_path), "root_dir": os.path.abspath(root_dir),
+                "key": self.key, "damaged": state["damaged"],
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        atomic_write_text(partial / _META, json.dumps(meta, indent=1) + "\n")
+        (partial / _PROGRESS).unlink()
+        if final.exists():  # a directory without meta.json: never a finished cache
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        log.info("cached %d images (%d damaged) in %.1f s", count - done_before, len(state["damaged"]),
+                 time.perf_counter() - started)  # fmt: skip
+
+    def _open(self, partial: Path) -> tuple[np.ndarray, dict]:
+        """The partial cache's memmap and progress: resumed when it is this key's, else started afresh."""
+        shape = (len(self.paths), self.img_size, self.img_size, 3)
+        try:
+            state = json.loads((partial / _PROGRESS).read_text())
+            if state.get("key") == self.key:
+                images = np.lib.format.open_memmap(partial / _IMAGES, mode="r+")
+                if images.shape == shape and images.dtype == np.uint8:
+                    return images, state
+        except (OSError, ValueError):
+            pass  # no partial build, or one too damaged to trust: start again
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        needed, free = int(np.prod(shape)), shutil.disk_usage(partial).free
+        if needed > free:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(f"the decoded-image cache needs {needed / 2**30:.1f} GiB but {partial.parent} has "
+                            f"{free / 2**30:.1f} GiB free; free space, move dataset.cache_dir or set dataset.cache=none")  # fmt: skip
+        state = {"key": self.key, "done": 0, "damaged": {}}
+        atomic_write_text(partial / _PROGRESS, json.dumps(state))
+        return np.lib.format.open_memmap(partial / _IMAGES, mode="w+", dtype=np.uint8, shape=shape), state
+
+    def _decode(self, path: str) -> tuple[np.ndarray, str | None]:
+        image, reason = load_rgb(path, self.fallback_size)
+        return np.asarray(self.framing(image)), reason

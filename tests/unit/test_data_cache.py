@@ -1,0 +1,128 @@
+"""The decoded-image cache: the same tensors as decoding on the fly, keyed rebuilds, a resumed build."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepfake.data.csv_dataset import CsvImageDataset
+from deepfake.data.decoded_cache import open_cache
+from deepfake.data.transforms import build_eval_transform, build_train_transform
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _dataset(tmp_path: Path, sizes: list[tuple[int, int]], *, damaged: bool = True) -> Path:
+    """Images of several shapes (landscape, portrait, square, smaller than img_size) plus one empty file."""
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for number, (width, height) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / f"{number}.jpg", quality=90)
+        rows.append(f"{number}.jpg,{number % 2}")
+    if damaged:
+        (root / "empty.jpg").write_bytes(b"")
+        rows.append("empty.jpg,0")
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "split.csv"
+
+
+def _cached(csv: Path, transform, img_size: int, cache_dir: Path, **kwargs) -> CsvImageDataset:
+    dataset = CsvImageDataset(csv, csv.parent / "images", transform, fallback_size=img_size)
+    dataset.cache = open_cache(dataset.paths, csv_path=csv, root_dir=dataset.root_dir, img_size=img_size,
+                               interpolation="bicubic", fallback_size=img_size, cache_dir=cache_dir, **kwargs)  # fmt: skip
+    return dataset
+
+
+def test_cached_images_evaluate_to_the_same_tensors_as_the_files(tmp_path):
+    csv = _dataset(tmp_path, [(40, 30), (30, 50), (24, 24), (16, 20)])
+    transform = build_eval_transform(24, mean=MEAN, std=STD)
+    files = CsvImageDataset(csv, tmp_path / "images", transform, fallback_size=24)
+    cached = _cached(csv, transform, 24, tmp_path / "cache")
+
+    for index in range(len(files)):
+        expected, got = files[index], cached[index]
+        assert torch.equal(got["image"], expected["image"]), index
+        assert got["damaged"] == expected["damaged"] and got["index"] == expected["index"]
+    assert cached.find_damaged() == files.find_damaged() == [(str(tmp_path / "images" / "empty.jpg"), "empty file (0 bytes)")]
+    assert cached.damage_reason(4) == "empty file (0 bytes)" and cached.damage_reason(0) is None
+    # Training augments the cached image: the same random crop of the same framed pixels.
+    train = build_train_transform(24, mean=MEAN, std=STD, crop_scale=(0.5, 1.0))
+    cached.transform = train
+    torch.manual_seed(3)
+    augmented = cached[1]["image"]
+    torch.manual_seed(3)
+    assert torch.equal(augmented, train(cached.cache.image(1)))
+
+
+def test_a_changed_img_size_or_file_builds_a_new_cache_and_an_unchanged_one_is_reused(tmp_path, caplog):
+    csv = _dataset(tmp_path, [(40, 30), (30, 50)], damaged=False)
+    cache_dir = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="deepfake.data.decoded_cache"):
+        first = _cached(csv, None, 24, cache_dir).cache
+        again = _cached(csv, None, 24, cache_dir).cache
+        assert first.directory == again.directory
+        assert sum("decoding" in record.message for record in caplog.records) == 1  # reused, not rebuilt
+
+        bigger = _cached(csv, None, 32, cache_dir).cache
+        assert bigger.directory != first.directory and bigger.array.shape == (2, 32, 32, 3)
+
+        image = tmp_path / "images" / "0.jpg"
+        Image.new("RGB", (40, 30), (255, 0, 0)).save(image)
+        os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))  # a later mtime even on a coarse clock
+        redone = _cached(csv, None, 24, cache_dir).cache
+    assert redone.directory not in (first.directory, bigger.directory)
+    assert tuple(redone.array[0, 12, 12]) == pytest.approx((254, 0, 0), abs=2)  # the new pixels, not stale ones
+    assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "24px", "32px"]
+
+
+BUILD = """
+import sys
+from deepfake.data.csv_dataset import CsvImageDataset
+from deepfake.data.decoded_cache import open_cache
+csv, cache_dir = sys.argv[1], sys.argv[2]
+dataset = CsvImageDataset(csv, sys.argv[3])
+open_cache(dataset.paths, csv_path=csv, root_dir=dataset.root_dir, img_size=48, interpolation="bicubic",
+           fallback_size=48, cache_dir=cache_dir, chunk=8, threads=1)
+"""
+
+
+def test_a_killed_build_resumes_where_it_stopped_and_matches_a_fresh_one(tmp_path, caplog):
+    csv = _dataset(tmp_path, [(256, 256)] * 600)
+    cache_dir = tmp_path / "cache"
+    build = subprocess.Popen([sys.executable, "-c", BUILD, str(csv), str(cache_dir), str(tmp_path / "images")])
+    progress = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and build.poll() is None:
+        found = list(cache_dir.glob("*.partial/progress.json"))
+        try:
+            if found and json.loads(found[0].read_text())["done"] >= 16:
+                progress = found[0]
+                break
+        except (OSError, ValueError):  # replaced while being read
+            pass
+        time.sleep(0.01)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    assert progress is not None, "the build ended before it could be killed"
+    done = json.loads(progress.read_text())["done"]
+    assert 16 <= done < 601
+
+    with caplog.at_level(logging.INFO, logger="deepfake.data.decoded_cache"):
+        resumed = _cached(csv, None, 48, cache_dir, chunk=64).cache
+    assert f"resuming at image {done}" in caplog.text
+    assert not list(cache_dir.glob("*.partial"))
+    fresh = _cached(csv, None, 48, tmp_path / "fresh").cache
+    assert np.array_equal(resumed.array, fresh.array) and resumed.damaged == fresh.damaged == {600: "empty file (0 bytes)"}
