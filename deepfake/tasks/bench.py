@@ -5,7 +5,7 @@ For the configured backbone, img_size, batch size, precision, device and workers
 (b) the training pipeline from the image files (loader, augmentation, step, logging, a checkpoint
 per epoch), timed per epoch by the trainer itself; (c) scoring the validation images from files;
 (d) the training loader alone; (e) peak resident memory of this process and its workers (and CUDA's
-peak allocation). bench.json in the run dir holds the figures, the ratios b/a and c/a_eval, and the
+peak allocation); with ``bench.cache``, (c') scoring and (d') the loader from the decoded-image cache. bench.json in the run dir holds the figures, the ratios b/a and c/a_eval, and the
 machine they were measured on.
 """
 
@@ -93,25 +93,58 @@ def run(cfg: DictConfig) -> float:
     with memory.watching():
         figures["eval_pipeline"] = timed(lambda: len(predict(model, eval_loader, device, precision).indices))
     figures["eval_pipeline"].update(memory.report())
+    cached = _cached_figures(cfg, preprocess, timed, model, device, precision)
+    figures.update(cached)
 
     report = {
         "settings": {
             "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
             "precision": precision, "device": str(device),
             "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
-            "compile": bool(cfg.train.compile),
+            "compile": bool(cfg.train.compile), "cache": str(settings.cache),
             "train_images": len(train_set), "val_images": len(val_set),
         },  # fmt: skip
         "figures": figures,
         "ratios": {
             "train_pipeline_over_bare_step": _ratio(figures["train_pipeline"], figures["bare_train_step"]),
             "eval_pipeline_over_bare_forward": _ratio(figures["eval_pipeline"], figures["bare_forward"]),
-        },
+            **({"eval_cached_over_bare_forward": _ratio(figures["eval_cached"], figures["bare_forward"]),
+                "cache_gain_eval": _ratio(figures["eval_cached"], figures["eval_pipeline"])} if cached else {}),
+            **({"cache_gain_loader": _ratio(figures["loader_cached"], figures["loader"])}
+               if "loader_cached" in cached else {}),
+        },  # fmt: skip
         "machine": benchmark.machine(),
     }
     atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     _print(report, out_dir)
     return report["ratios"]["train_pipeline_over_bare_step"]
+
+
+def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, precision: str) -> dict:
+    """(c') scoring and, with ``bench.cache=all``, (d') the training loader, from the decoded-image cache
+    (built first when absent, in dataset.cache_dir where training finds it later; its cost reported)."""
+    mode = str(cfg.bench.cache)
+    if mode not in ("none", "eval", "all"):
+        raise ConfigError(f"bench.cache={mode!r}; use none, eval (scoring from the cache) or all (the loader too)")
+    figures = {}
+    if mode == "none":
+        return figures
+    started = time.perf_counter()
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
+    data_setup.attach_cache(val_set, cfg.dataset, preprocess, mode="eval")
+    opened_s = time.perf_counter() - started
+    eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
+    figures["eval_cached"] = {**timed(lambda: len(predict(model, eval_loader, device, precision).indices)),
+                              "cache_open_s": round(opened_s, 3)}  # fmt: skip
+    if mode == "all":
+        started = time.perf_counter()
+        train_set = data_setup.make_split(cfg.dataset, "train_csv", instantiate(cfg.augment)(
+            mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]))  # fmt: skip
+        data_setup.attach_cache(train_set, cfg.dataset, preprocess, training=True, mode="all")
+        opened_s = time.perf_counter() - started
+        loader = data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed))
+        figures["loader_cached"] = {**timed(benchmark.loader_pass(loader)), "cache_open_s": round(opened_s, 3)}
+    return figures
 
 
 def _train_pipeline(cfg: DictConfig, train_set, val_set, device, precision: str, run_dir: Path) -> dict:
@@ -178,9 +211,12 @@ def _print(report: dict, out_dir: Path) -> None:
     labels = {
         "bare_train_step": "(a) bare training step", "bare_forward": "(a_eval) bare forward",
         "train_pipeline": "(b) training from files", "eval_pipeline": "(c) scoring from files",
-        "loader": "(d) training loader alone",
+        "loader": "(d) training loader alone", "eval_cached": "(c') scoring from the decoded cache",
+        "loader_cached": "(d') training loader from the cache",
     }  # fmt: skip
     for key, label in labels.items():
+        if key not in report["figures"]:
+            continue
         figure = report["figures"][key]
         table.add_row(label, f"{figure['images_per_s']:.1f}", ", ".join(f"{r:.0f}" for r in figure["repeats"]))
     console.print(table)
@@ -192,3 +228,7 @@ def _print(report: dict, out_dir: Path) -> None:
         f"{memory['images_per_s_without_checkpoints']:.1f} images/s); peak RSS (main + workers) while training "
         f"{memory['peak_rss_mib']} MiB; {out_dir / 'bench.json'}"
     )
+    gains = {key: ratios[key] for key in ("cache_gain_eval", "cache_gain_loader") if key in ratios}
+    if gains:
+        console.print("decoded-image cache: " + ", ".join(f"{key.replace('cache_gain_', '')} {value:.2f}x"
+                                                          for key, value in gains.items()))  # fmt: skip

@@ -38,10 +38,12 @@ def make_split(
     return dataset
 
 
-def attach_cache(dataset: Dataset, dataset_cfg: DictConfig, preprocess: dict, *, training: bool = False) -> Dataset:
-    """Serve ``dataset`` from its decoded-image cache (built on first use) when ``dataset.cache`` is
-    ``all``, or ``eval`` and this is not the training split."""
-    mode = str(dataset_cfg.get("cache", "none"))
+def attach_cache(
+    dataset: Dataset, dataset_cfg: DictConfig, preprocess: dict, *, training: bool = False, mode: str | None = None
+) -> Dataset:
+    """Serve ``dataset`` from its decoded-image cache (built on first use) when ``mode`` (by default
+    ``dataset.cache``) is ``all``, or ``eval`` and this is not the training split."""
+    mode = str(dataset_cfg.get("cache", "none") if mode is None else mode)
     if mode not in CACHE_MODES:
         raise ConfigError(f"dataset.cache={mode!r}; use one of {', '.join(CACHE_MODES)}")
     if mode == "all" or (mode == "eval" and not training):

@@ -11,11 +11,12 @@ pytestmark = pytest.mark.slow
 
 def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
     main_runner("task=bench", "bench.repeats=2", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",
-                "bench.epochs=3")  # fmt: skip
+                "bench.epochs=3", "bench.cache=all", f"dataset.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     [run] = list((tmp_path / "outputs" / "bench").iterdir())
     report = json.loads((run / "bench.json").read_text())
     figures = report["figures"]
-    assert set(figures) == {"bare_train_step", "bare_forward", "loader", "train_pipeline", "eval_pipeline"}
+    assert set(figures) == {"bare_train_step", "bare_forward", "loader", "train_pipeline", "eval_pipeline",
+                            "eval_cached", "loader_cached"}  # fmt: skip
     for name, figure in figures.items():
         assert figure["images_per_s"] > 0, name
     assert len(figures["bare_train_step"]["repeats"]) == 2
@@ -25,6 +26,10 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
         figures["train_pipeline"]["images_per_s"] / figures["bare_train_step"]["images_per_s"], 3)  # fmt: skip
     assert ratios["eval_pipeline_over_bare_forward"] == round(
         figures["eval_pipeline"]["images_per_s"] / figures["bare_forward"]["images_per_s"], 3)  # fmt: skip
+    assert ratios["cache_gain_eval"] == round(
+        figures["eval_cached"]["images_per_s"] / figures["eval_pipeline"]["images_per_s"], 3)  # fmt: skip
+    assert ratios["cache_gain_loader"] == round(figures["loader_cached"]["images_per_s"] / figures["loader"]["images_per_s"], 3)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["train", "valid"]
     assert figures["train_pipeline"]["peak_rss_mib"] > 50  # torch alone takes more than that
     assert report["settings"] == {**report["settings"], "backbone": "test_resnet", "img_size": 32, "batch_size": 16,
                                   "train_images": 64, "val_images": 32}  # fmt: skip
