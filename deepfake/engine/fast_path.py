@@ -43,3 +43,19 @@ def resolve_num_workers(setting, device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, max(1, share - 1))
     return min(4, share // 2)
+
+
+def resolve_compile(setting) -> str | None:
+    """``train.compile``: false (eager), true (torch.compile's default backend, inductor) or a backend's
+    name (``aot_eager`` to debug a graph without generating code, ``cudagraphs``, ...). None: eager."""
+    if setting is False or setting is None or str(setting).lower() == "false":
+        return None
+    if setting is True or str(setting).lower() == "true":
+        return "inductor"
+    backend = str(setting)
+    from torch._dynamo import list_backends  # imported only when compiling
+
+    if backend not in list_backends(exclude_tags=()):  # debugging backends (aot_eager, eager) included
+        raise ConfigError(f"train.compile={backend!r}; use false, true (inductor) or a backend: "
+                          f"{', '.join(list_backends())}, aot_eager")  # fmt: skip
+    return backend

@@ -76,7 +76,8 @@ class Trainer(Checkpointing):
         sync_batchnorm: bool = False,
         log_every_n_batches: int = 20,
         channels_last: bool = False,
-        compile_model: bool = False,
+        compile_model: str | None = None,
+        batch_images: Callable[[dict], torch.Tensor] | None = None,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -110,6 +111,8 @@ class Trainer(Checkpointing):
         self._resume_from: dict | None = None
         self.log_every = max(1, int(log_every_n_batches))
         self.compile_model = compile_model
+        # Makes a training batch into model input on the device (dataset.decode=cuda); None: batch["image"].
+        self.batch_images = batch_images
         self.losses = LossWatch(device)
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
@@ -171,8 +174,8 @@ class Trainer(Checkpointing):
         set_backbone_frozen(self.model, phase.backbone_frozen)
         # DDP registers the parameters that train when it wraps the model: a new phase, a new wrapper.
         self.train_model = self._wrap(self.model)
-        if self.compile_model:  # compiled again per phase: the frozen parameters differ
-            self.train_model = torch.compile(self.train_model)
+        if self.compile_model:  # compiled again per phase (a backend name): the frozen parameters differ
+            self.train_model = torch.compile(self.train_model, backend=self.compile_model)
         self.train_loader.sampler.skip(0)
         per_epoch = steps_per_epoch(len(self.train_loader), self.accumulate)
         self._build_optimizer(phase, per_epoch)
@@ -240,7 +243,10 @@ class Trainer(Checkpointing):
     def _train_batch(self, batch: dict, i: int, n_batches: int) -> bool:
         """Forward, backward and (at the end of an accumulation window) the optimizer step of batch
         ``i``; True when training must stop after it (a stop signal, at a window's end)."""
-        images = batch["image"].to(self.device, non_blocking=True)
+        if self.batch_images is not None:
+            images = self.batch_images(batch)
+        else:
+            images = batch["image"].to(self.device, non_blocking=True)
         targets = batch["target"].to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 
 from deepfake.engine import benchmark
 from deepfake.engine.evaluate import predict
-from deepfake.engine.fast_path import resolve_channels_last, resolve_num_workers
+from deepfake.engine.fast_path import resolve_channels_last, resolve_compile, resolve_num_workers
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything
@@ -67,7 +67,8 @@ def run(cfg: DictConfig) -> float:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The bare figures run what training runs: compiled when train.compile is on (its cost lands in warmup_s).
-    fast_model = torch.compile(model) if cfg.train.compile else model
+    backend = resolve_compile(cfg.train.compile)
+    fast_model = torch.compile(model, backend=backend) if backend else model
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     batch_size, img_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size"), preprocess["img_size"]
     train_set = data_setup.make_split(cfg.dataset, "train_csv", instantiate(cfg.augment)(
@@ -83,11 +84,11 @@ def run(cfg: DictConfig) -> float:
         "bare_forward": timed(benchmark.bare_forward(
             model, batch_size, img_size, device, precision, positive_int(settings.forward_batches, "bench.forward_batches"),
             channels_last)),  # fmt: skip
-        "loader": timed(benchmark.loader_pass(
-            data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)))),  # fmt: skip
+        "loader": timed(benchmark.loader_pass(_train_loader(cfg, train_set, preprocess, device)[0])),
     }
     with memory.watching():
-        figures["train_pipeline"] = _train_pipeline(cfg, train_set, val_set, device, precision, out_dir / "pipeline")
+        figures["train_pipeline"] = _train_pipeline(cfg, train_set, val_set, preprocess, device, precision,
+                                                    out_dir / "pipeline")  # fmt: skip
     figures["train_pipeline"].update(memory.report())
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
     with memory.watching():
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> float:
             "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
             "precision": precision, "device": str(device),
             "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
-            "compile": bool(cfg.train.compile), "cache": str(settings.cache),
+            "compile": backend or False, "cache": str(settings.cache), "decode": str(cfg.dataset.decode),
             "train_images": len(train_set), "val_images": len(val_set),
         },  # fmt: skip
         "figures": figures,
@@ -142,21 +143,28 @@ def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, pre
             mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]))  # fmt: skip
         data_setup.attach_cache(train_set, cfg.dataset, preprocess, training=True, mode="all")
         opened_s = time.perf_counter() - started
-        loader = data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed))
+        loader = _train_loader(cfg, train_set, preprocess, device)[0]
         figures["loader_cached"] = {**timed(benchmark.loader_pass(loader)), "cache_open_s": round(opened_s, 3)}
     return figures
 
 
-def _train_pipeline(cfg: DictConfig, train_set, val_set, device, precision: str, run_dir: Path) -> dict:
+def _train_loader(cfg: DictConfig, train_set, preprocess: dict, device):
+    """The training loader as a run builds it (dataset.decode included), and its device-side step."""
+    served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
+    return data_setup.make_loader(served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs), batch_images
+
+
+def _train_pipeline(cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path) -> dict:
     """(b): the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each epoch
     timed from the end of the previous one (its validation is one batch, its checkpoints are written)."""
     epochs = int(cfg.bench.epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
     clock = EpochClock()
+    loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
     trainer = Trainer(
         model,
-        data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
+        loader,
         data_setup.make_loader(Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset,
                                device=device),  # fmt: skip
         plan_phases(0, epochs, lr_head=float(cfg.phase.lr_head), lr_backbone=float(cfg.phase.lr_backbone)),
@@ -169,7 +177,8 @@ def _train_pipeline(cfg: DictConfig, train_set, val_set, device, precision: str,
         loggers=[clock],
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
         channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
-        compile_model=bool(cfg.train.compile),
+        compile_model=resolve_compile(cfg.train.compile),
+        batch_images=batch_images,
     )
     try:
         trainer.fit()

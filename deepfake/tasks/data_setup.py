@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.decoded_cache import CACHE_MODES, open_cache
+from deepfake.data.encoded import EncodedSamples, collate_encoded
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine import distributed, loaders
+from deepfake.engine.device_images import DeviceImages
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.errors import ConfigError
 from deepfake.tasks.preflight import positive_int
+
+log = logging.getLogger(__name__)
 
 
 def ensure_dataset(dataset_cfg: DictConfig) -> None:
@@ -55,8 +61,34 @@ def attach_cache(
     return dataset
 
 
+def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: torch.device):
+    """``(dataset, loader_kwargs, batch_images)``: the training split as its loader serves it, and what
+    makes a batch into model input on the device (None: the loader's images already are).
+
+    ``dataset.decode=cuda``: workers send JPEG bytes (or, with ``dataset.cache=all``, cached pixels),
+    the device decodes, crops and flips them; the augmentations it cannot run are refused up front.
+    """
+    decode = str(cfg.dataset.get("decode", "cpu"))
+    if decode == "cpu":
+        return train_set, {}, None
+    if decode != "cuda":
+        raise ConfigError(f"dataset.decode={decode!r}; use cpu (Pillow in the loader workers) or cuda (on the GPU)")
+    augment = cfg.augment
+    unsupported = [key for key in ("color_jitter", "jpeg_quality", "blur_sigma") if augment.get(key)]
+    if unsupported:
+        raise ConfigError(f"dataset.decode=cuda crops and flips on the device, but the augment group also sets "
+                          f"{', '.join(unsupported)}; use augment=flip, or dataset.decode=cpu")  # fmt: skip
+    if device.type != "cuda":
+        log.warning("dataset.decode=cuda on %s: torchvision decodes the JPEGs in the main process, not on a GPU", device)
+    encoded = EncodedSamples(train_set, crop_scale=augment.get("crop_scale", (1.0, 1.0)), hflip=augment.get("hflip", 0.0))
+    to_device = DeviceImages(device, preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"],
+                             interpolation=preprocess["interpolation"])  # fmt: skip
+    return encoded, {"collate_fn": collate_encoded}, to_device
+
+
 def make_loader(
-    dataset: Dataset, dataset_cfg: DictConfig, *, device: torch.device, train_seed: int | None = None, shard: bool = False
+    dataset: Dataset, dataset_cfg: DictConfig, *, device: torch.device, train_seed: int | None = None, shard: bool = False,
+    **loader_kwargs,
 ) -> DataLoader:
     """A training loader (shuffled by ``(train_seed, epoch)``, this rank's share under torchrun) when
     ``train_seed`` is given, else a scoring loader in dataset order (this rank's shard with ``shard``)."""
@@ -70,7 +102,7 @@ def make_loader(
     }
     batch_size = positive_int(dataset_cfg.batch_size, "dataset.batch_size")
     if train_seed is not None:
-        return loaders.train_loader(dataset, batch_size, seed=train_seed, **common)
+        return loaders.train_loader(dataset, batch_size, seed=train_seed, **common, **loader_kwargs)
     if not shard:
         common.update(rank=0, world_size=1)
     return loaders.eval_loader(dataset, batch_size, **common)

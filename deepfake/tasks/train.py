@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine import distributed
-from deepfake.engine.fast_path import resolve_channels_last
+from deepfake.engine.fast_path import resolve_channels_last, resolve_compile
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
@@ -127,6 +127,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
     train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform, preprocess=preprocess, training=True)
     val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess)
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
+    served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
     batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
@@ -138,7 +139,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
     log.info("promotion set (what this run competes for the global best on): %s", chosen)
     trainer = Trainer(
         model,
-        data_setup.make_loader(train_set, cfg.dataset, device=device, train_seed=int(cfg.seed)),
+        data_setup.make_loader(served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs),
         data_setup.make_loader(val_set, cfg.dataset, device=device, shard=True),
         plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
         make_optimizer=instantiate(cfg.optimizer),
@@ -159,7 +160,8 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         sync_batchnorm=bool(cfg.train.sync_batchnorm),
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
         channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
-        compile_model=bool(cfg.train.compile),
+        compile_model=resolve_compile(cfg.train.compile),
+        batch_images=batch_images,
     )
     entry = {
         "run_name": name,

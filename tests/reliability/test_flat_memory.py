@@ -24,10 +24,11 @@ pytestmark = pytest.mark.slow
 ROWS, WORKERS, EPOCHS = 140_000, 4, 4
 
 
-def _memory(process) -> tuple[int, int]:
-    """(RSS, USS) summed over ``process`` and its workers."""
-    tree = [process, *process.children(recursive=True)]
-    return sum(p.memory_info().rss for p in tree), sum(p.memory_full_info().uss for p in tree)
+def _memory(process, others: set[int]) -> tuple[int, list]:
+    """(RSS, USS) summed over ``process`` and its workers (children not in ``others``), and the workers."""
+    workers = [child for child in process.children(recursive=True) if child.pid not in others]
+    tree = [process, *workers]
+    return (sum(p.memory_info().rss for p in tree), sum(p.memory_full_info().uss for p in tree)), workers
 
 
 def test_memory_of_the_process_and_its_workers_is_flat_from_epoch_2_to_4(tmp_path):
@@ -44,12 +45,15 @@ def test_memory_of_the_process_and_its_workers_is_flat_from_epoch_2_to_4(tmp_pat
 
     loader = train_loader(dataset, 2048, seed=0, num_workers=WORKERS)
     process = psutil.Process()
-    measured = []
+    others = {child.pid for child in process.children(recursive=True)}  # not ours (pytest-xdist's, say)
+    measured, workers = [], []
     for epoch in range(EPOCHS):
         loader.sampler.set_epoch(epoch)
         assert sum(len(batch["index"]) for batch in loader) == ROWS
-        measured.append(_memory(process))
-    assert len(process.children()) == WORKERS  # persistent: the same workers all along
+        sizes, now = _memory(process, others)
+        measured.append(sizes)
+        workers.append({worker.pid for worker in now})
+    assert len(workers[0]) == WORKERS and all(pids == workers[0] for pids in workers)  # the same 4 all along
 
     (rss_2, uss_2), (rss_4, uss_4) = measured[1], measured[3]
     print(f"RSS epoch 2 -> 4: {rss_2 / 2**20:.0f} -> {rss_4 / 2**20:.0f} MiB; "

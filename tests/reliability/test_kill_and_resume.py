@@ -39,7 +39,6 @@ _rng = random.Random(6)  # the kill points are random, but the same on every run
 # (signal, rows in metrics_log.csv before it is sent, then a delay in epochs); rows=0 aims at epoch 1.
 SCENARIOS = {
     "sigkill in epoch 1": [(signal.SIGKILL, 0, _rng.uniform(0.0, 0.5))],
-    "sigkill after epoch 1": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0))],
     "sigkill twice": [(signal.SIGKILL, 1, _rng.uniform(0.0, 1.0)), (signal.SIGKILL, 2, _rng.uniform(0.0, 1.0))],
     "sigterm mid-run": [(signal.SIGTERM, 1, _rng.uniform(0.0, 0.6))],
     "sigint mid-run": [(signal.SIGINT, 1, _rng.uniform(0.0, 0.6))],
