@@ -78,6 +78,19 @@ def onnx_modules():
     return onnxruntime
 
 
+def open_session(onnxruntime, path: str | os.PathLike, providers: list[str]):
+    """An onnxruntime session using as many threads as torch does (OMP_NUM_THREADS and the user's
+    torch.set_num_threads apply alike), without busy-waiting between runs: ORT's spinning threads
+    otherwise take cores from the DataLoader workers feeding it; on a loaded 2-core machine a
+    prediction was seen to stall for minutes."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
 def export_onnx(
     detector: Detector,
     output: str | os.PathLike,
@@ -101,7 +114,7 @@ def export_onnx(
     ).eval()
     with atomic_path(output) as temp:  # a refused export raises inside: the temp goes, nothing replaced
         _write_graph(graph, temp, int(preprocess["img_size"]), opset)
-        session = onnxruntime.InferenceSession(str(temp), providers=["CPUExecutionProvider"])
+        session = open_session(onnxruntime, temp, ["CPUExecutionProvider"])
         verification = verify(session, graph, real_images, tolerance)
         if not verification.passed:
             raise ExportError(

@@ -21,6 +21,7 @@ from deepfake.inference.onnx_export import (
     OUTPUT_NAME,
     SIDECAR_FORMAT,
     onnx_modules,
+    open_session,
     sidecar_path,
 )
 
@@ -37,7 +38,7 @@ class OnnxDetector(torch.nn.Module):
         onnxruntime = onnx_modules()
         preferred = ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in preferred if p in onnxruntime.get_available_providers()]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.session = open_session(onnxruntime, path, providers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         p_fake = self.session.run([OUTPUT_NAME], {INPUT_NAME: image.detach().cpu().float().numpy()})[0]

@@ -1,0 +1,101 @@
+"""A whole training run of this project against timm's own train.py: same images, model, epochs, batch.
+
+    git clone https://github.com/huggingface/pytorch-image-models /tmp/pim     # timm's train.py (not in its wheel)
+    python scripts/compare_with_timm.py --timm-train /tmp/pim/train.py        # CvT-13, 64 px, 3 epochs, CPU
+    python scripts/compare_with_timm.py --timm-train /tmp/pim/train.py --epochs 5 --device cuda --batch 64
+
+Both fine-tune every parameter from a random start for ``--epochs`` epochs on the embedded dataset's
+train split (ImageFolder-shaped: ``train/real``, ``train/fake``), validate on its valid split after
+every epoch, and write their checkpoints; augmentation is a horizontal flip in both, no workers by
+default. Each is timed as a whole process, start-up included, and each epoch from its own log.
+timm's script gets this project's models by importing ``deepfake.models`` before it runs (CvT-13 is
+registered with timm there). Prints the times and their ratio and writes ``<out>/timm_comparison.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# timm's train.py run after importing this project's models, so that --model cvt_13 resolves.
+_RUN_TIMM = "import runpy, sys; import deepfake.models; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def timed(args: list[str], log: Path) -> float:
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        subprocess.run(args, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timm-train", type=Path, required=True, help="timm's train.py (pytorch-image-models)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "timm_comparison")
+    parser.add_argument("--model", default="cvt_13")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    common = [f"paths.data_dir={data}", f"dataset.img_size={args.img_size}"]
+    images = generate(common)
+
+    ours = timed([sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
+                  f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
+                  f"phase.lr_head={args.lr}", f"dataset.batch_size={args.batch}", f"dataset.num_workers={args.workers}",
+                  f"train.device={args.device}", "train.do_test=false", "logger=none", "augment=flip",
+                  f"paths.models_dir={out / 'models'}", f"hydra.run.dir={out / 'ours'}"], out / "ours.log")  # fmt: skip
+    timm = timed([sys.executable, "-c", _RUN_TIMM, str(args.timm_train), "--data-dir", str(images),
+                  "--train-split", "train", "--val-split", "valid", "--model", args.model, "--num-classes", "2",
+                  "--img-size", str(args.img_size), "-b", str(args.batch), "--epochs", str(args.epochs),
+                  "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05", "--sched", "cosine",
+                  "--warmup-epochs", "0", "--workers", str(args.workers), "--device", args.device, "--no-prefetcher",
+                  "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0.5", "--color-jitter", "0", "--reprob", "0",
+                  "--output", str(out / "timm"), "--experiment", "run", "--log-interval", "1000",
+                  "--checkpoint-hist", "1"], out / "timm.log")  # fmt: skip
+
+    our_epochs = [float(row["seconds"]) for row in csv.DictReader((out / "ours" / "metrics_log.csv").open())]
+    report = {
+        "settings": {**{k: str(v) for k, v in vars(args).items()}, "train_images": _count(images / "train")},
+        "whole_run_s": {"ours": round(ours, 2), "timm_train_py": round(timm, 2)},
+        "ours_over_timm_time": round(ours / timm, 3),
+        "our_epoch_s": our_epochs,
+    }
+    (out / "timm_comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epochs on {args.device}: "
+          f"this project {ours:.1f} s, timm's train.py {timm:.1f} s (ratio {ours / timm:.3f}); "
+          f"epochs {', '.join(f'{s:.1f}' for s in our_epochs)} s; logs in {out}")  # fmt: skip
+
+
+def generate(overrides: list[str]) -> Path:
+    """The embedded dataset as the training run composes it, generated before either run is timed."""
+    from hydra import compose, initialize_config_dir
+
+    from deepfake import tasks  # noqa: F401  (registers the config resolvers)
+    from deepfake.tasks.data_setup import ensure_dataset
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    ensure_dataset(cfg.dataset)
+    return Path(cfg.dataset.root_dir)
+
+
+def _count(folder: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+if __name__ == "__main__":
+    main()
