@@ -5,7 +5,7 @@
     python scripts/compare_with_timm.py --timm-train /tmp/pim/train.py --epochs 5 --device cuda --batch 64
 
 Both fine-tune every parameter from a random start for ``--epochs`` epochs on the embedded dataset's
-train split (ImageFolder-shaped: ``train/real``, ``train/fake``), validate on its valid split after
+train split (linked into the class folders timm reads), validate on its valid split after
 every epoch, and write their checkpoints; augmentation is a horizontal flip in both, no workers by
 default. Each is timed as a whole process, start-up included, and each epoch from its own log.
 timm's script gets this project's models by importing ``deepfake.models`` before it runs (CvT-13 is
@@ -51,7 +51,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     common = [f"paths.data_dir={data}", f"dataset.img_size={args.img_size}"]
-    images = generate(common)
+    images = image_folder(generate(common), out / "timm_images")
 
     ours = timed([sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
                   f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
@@ -90,7 +90,22 @@ def generate(overrides: list[str]) -> Path:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     ensure_dataset(cfg.dataset)
-    return Path(cfg.dataset.root_dir)
+    return Path(cfg.dataset.csv_dir)
+
+
+def image_folder(csv_dir: Path, folder: Path) -> Path:
+    """The images the CSVs list, as the class folders timm's ImageFolder reads (symbolic links):
+    the generated tree also holds the partial fakes' masks, which neither run must train on."""
+    from deepfake.data.csv_dataset import read_split_csv
+
+    for split in ("train", "valid"):
+        frame = read_split_csv(csv_dir / f"{split}.csv", csv_dir / "real_vs_fake" / "real-vs-fake")
+        for number, (path, target) in enumerate(zip(frame["path"], frame["target"])):
+            link = folder / split / ("fake" if target else "real") / f"{number}{Path(path).suffix}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(path)
+    return folder
 
 
 def _count(folder: Path) -> int:
