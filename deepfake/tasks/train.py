@@ -266,7 +266,7 @@ def _hyperparameters(cfg: DictConfig) -> str:
     """One greppable line with what shapes the result (the full config is in config_resolved.yaml)."""
     picked = {
         "seed": cfg.seed,
-        "backbone": {k: v for k, v in cfg.backbone.items() if k != "_target_"},
+        "backbone": {k: v for k, v in cfg.backbone.items() if not k.startswith("_")},
         "phase": cfg.phase,
         "optimizer": cfg.optimizer,
         "scheduler": cfg.scheduler,

@@ -115,3 +115,21 @@ def test_experiment_overrides_groups(tmp_path):
     cfg = compose_with(tmp_path, "experiment=kaggle_resnet50")
     assert cfg.dataset.name == "kaggle_140k" and cfg.backbone.name == "resnet50" and cfg.backbone.pretrained
     assert cfg.dataset.img_size == 256 and cfg.dataset.generate is None
+
+
+def test_a_list_valued_backbone_kwarg_round_trips_through_a_checkpoint(tmp_path):
+    """_convert_: all: the kwargs reach the model (and so every checkpoint) as plain lists, which the
+    weights_only load accepts; an OmegaConf ListConfig there would make best.pth unloadable."""
+    from deepfake.models import detector_from_checkpoint
+    from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+
+    cfg = compose_with(tmp_path, "backbone=timm", "backbone.name=test_resnet", "+backbone.layers=[1,1,1,1]")
+    model = instantiate(cfg.backbone)
+    assert type(model.detector_spec["kwargs"]["layers"]) is list
+    atomic_save({"format": CHECKPOINT_FORMAT, "model_spec": model.detector_spec, "model": model.state_dict()},
+                tmp_path / "best.pth")
+    loaded = load_checkpoint(tmp_path / "best.pth")
+    assert loaded["model_spec"]["kwargs"]["layers"] == [1, 1, 1, 1]
+    rebuilt = detector_from_checkpoint(loaded)
+    rebuilt.load_state_dict(loaded["model"])
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())
