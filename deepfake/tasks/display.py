@@ -70,6 +70,7 @@ def print_registry(
                "status", "ended")  # fmt: skip
     for column in columns:
         table.add_column(column)
+    gone = [entry for entry in runs if entry.get("run_dir") and not Path(entry["run_dir"]).is_dir()]
     for entry in runs[:limit]:
         test = entry.get("test_metrics") or {}
         comparable = score_on(entry, key)
@@ -85,10 +86,14 @@ def print_registry(
             describe((entry.get("promotion") or {}).get("set")),
             fmt_metric(test.get("auc")),
             fmt_metric(test.get("accuracy")),
-            str(entry.get("status")),
+            str(entry.get("status")) + (" (run dir missing)" if entry in gone else ""),
             str(entry.get("ended_at")),
         )
     console.print(table)
+    if gone:
+        # The registry stays the record of every run: a run dir moved, archived or deleted is shown, not an error.
+        console.print(f"{len(gone)} run dir(s) no longer on disk (moved or deleted; their entries and figures stay): "
+                      + list_for_message([entry["run_name"] for entry in gone]))  # fmt: skip
     for entry in runs[:limit]:
         if entry.get("error"):
             console.print(Text.assemble((entry["run_name"], "red"), f" failed: {entry['error']}"))

@@ -282,3 +282,18 @@ def test_check_writable_leaves_only_the_lock_file(tmp_path: Path) -> None:
     (tmp_path / "models" / "model_metadata.json").write_text("[1, 2")
     with pytest.raises(UserError, match="is not valid JSON"):
         registry.check_writable()
+
+
+def test_the_listing_shows_runs_whose_run_dir_is_gone_as_missing(tmp_path: Path, capsys, monkeypatch) -> None:
+    from deepfake.tasks.display import print_registry
+
+    monkeypatch.setenv("COLUMNS", "250")  # a terminal wide enough that no cell wraps
+
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    kept.mkdir()
+    runs = [{"run_name": "kept", "run_dir": str(kept), "status": "finished", "best_val_auc": 0.9},
+            {"run_name": "gone", "run_dir": str(gone), "status": "finished", "best_val_auc": 0.8}]  # fmt: skip
+    print_registry(runs, None, registry_path="r.json", best_model_path="b.pth", limit=10)
+    out = capsys.readouterr().out
+    assert "finished (run dir missing)" in out and out.count("run dir missing") == 1
+    assert "1 run dir(s) no longer on disk (moved or deleted; their entries and figures stay): gone" in out
