@@ -19,6 +19,7 @@ writes files. Checkpoints hold the unwrapped model, so they load with or without
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ class Trainer(Checkpointing):
         channels_last: bool = False,
         compile_model: str | None = None,
         batch_images: Callable[[dict], torch.Tensor] | None = None,
+        log_sample_paths: int = 8,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -113,6 +115,7 @@ class Trainer(Checkpointing):
         self.compile_model = compile_model
         # Makes a training batch into model input on the device (dataset.decode=cuda); None: batch["image"].
         self.batch_images = batch_images
+        self.log_sample_paths = max(0, int(log_sample_paths))
         self.losses = LossWatch(device)
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
@@ -228,6 +231,8 @@ class Trainer(Checkpointing):
         self.losses.start(self.state.epoch_loss_sum)
         try:
             for i, batch in enumerate(loader, start=done):
+                if i == done:
+                    self._log_samples("training", loader.dataset, batch["index"].tolist())
                 stop = self._train_batch(batch, i, n_batches)
                 if stop or (i + 1) % self.log_every == 0 or i + 1 == n_batches:
                     self._read_losses()  # the host waits for the device here, not on every step
@@ -239,6 +244,14 @@ class Trainer(Checkpointing):
             sampler.skip(0)
             progress.remove_task(batches_bar)
         return True
+
+    def _log_samples(self, what: str, dataset, indices: list[int]) -> None:
+        """The first images of an epoch's first batch in run.log: enough to reproduce the run's input
+        order, or to find the image that broke it."""
+        paths = getattr(dataset, "paths", None)
+        if self.log_sample_paths and paths is not None:
+            shown = [paths[index] for index in indices[: self.log_sample_paths]]
+            log.info("epoch %d, first %s batch starts with: %s", self.state.epoch + 1, what, ", ".join(shown))
 
     def _train_batch(self, batch: dict, i: int, n_batches: int) -> bool:
         """Forward, backward and (at the end of an accumulation window) the optimizer step of batch
@@ -304,6 +317,10 @@ class Trainer(Checkpointing):
         """p(fake) of every validation image; under DDP each rank scores its shard and every rank
         gets all of them back in dataset order, so each computes the same metrics."""
         distributed.broadcast_buffers(self.model)  # every rank scores with the weights rank 0 saves
+        # Validation runs in a fixed order: its first batch is the sampler's first indices (this rank's).
+        sampler = self.val_loader.sampler
+        first = list(itertools.islice(iter(sampler), self.val_loader.batch_size))
+        self._log_samples("validation", self.val_loader.dataset, first)
         bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
         preds = predict(
             self.model, self.val_loader, self.device, self.precision,

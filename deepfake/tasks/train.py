@@ -162,6 +162,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
         compile_model=resolve_compile(cfg.train.compile),
         batch_images=batch_images,
+        log_sample_paths=int(cfg.train.log_sample_paths),
     )
     entry = {
         "run_name": name,

@@ -32,7 +32,7 @@ def registry(root: Path) -> dict:
     return json.loads((root / "models" / "model_metadata.json").read_text())
 
 
-def test_two_phase_train_then_test_then_registry(tmp_path, main_runner):
+def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_data_dir):
     result = main_runner("logger=tensorboard")
     run = only_run_dir(tmp_path / "outputs" / "train")
     assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}
@@ -50,6 +50,13 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner):
 
     log = (run / "run.log").read_text()
     assert "epoch 1 [head]" in log and "epoch 2 [finetune]" in log and "overrides:" in log
+    # Each epoch names the first 8 images of its first training batch (shuffled) and validation batch (in order).
+    for epoch in (1, 2):
+        [train_line] = [line for line in log.splitlines() if f"epoch {epoch}, first training batch starts with: " in line]
+        assert len(train_line.split(": ", 1)[1].split(", ")) == 8 and "/train/" in train_line
+    valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / "valid.csv").open()))[:8]
+    expected = ", ".join(str(shared_data_dir / "synthetic" / "real_vs_fake" / "real-vs-fake" / row["path"]) for row in valid_rows)
+    assert f"epoch 2, first validation batch starts with: {expected}" in log
 
     best = torch.load(run / "best.pth", weights_only=True)
     assert best["model_spec"]["name"] == "test_resnet" and best["preprocess"]["img_size"] == 32
