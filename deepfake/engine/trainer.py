@@ -56,6 +56,13 @@ METRICS_FIELDS = [
 ]  # fmt: skip
 
 
+def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing for one logit: 1 -> 1 - smoothing/2, 0 -> smoothing/2, what timm's
+    BinaryCrossEntropy(smoothing=...) gives a two-class one-hot target. Training loss only: the
+    validation loss stays comparable across settings."""
+    return targets if smoothing == 0 else targets * (1.0 - smoothing) + 0.5 * smoothing
+
+
 class Trainer(Checkpointing):
     def __init__(
         self,
@@ -80,6 +87,7 @@ class Trainer(Checkpointing):
         compile_model: str | None = None,
         batch_images: Callable[[dict], torch.Tensor] | None = None,
         log_sample_paths: int = 8,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -116,6 +124,9 @@ class Trainer(Checkpointing):
         # Makes a training batch into model input on the device (dataset.decode=cuda); None: batch["image"].
         self.batch_images = batch_images
         self.log_sample_paths = max(0, int(log_sample_paths))
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.label_smoothing = float(label_smoothing)
         self.losses = LossWatch(device)
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
@@ -269,7 +280,7 @@ class Trainer(Checkpointing):
         with no_sync():
             with autocast(self.device, self.precision):
                 logits = self.train_model(images).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), smooth_targets(targets, self.label_smoothing))
             self.losses.add(loss, i, len(targets))
             self.scaler.scale(loss / self.accumulate).backward()
         if window_ends:

@@ -163,6 +163,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         compile_model=resolve_compile(cfg.train.compile),
         batch_images=batch_images,
         log_sample_paths=int(cfg.train.log_sample_paths),
+        label_smoothing=float(cfg.train.label_smoothing),
     )
     entry = {
         "run_name": name,

@@ -1,5 +1,6 @@
 """Phase freezing, the fine-tuning schedule, and the trainer's checkpoints on a tiny in-memory task."""
 
+import csv
 import math
 from functools import partial
 
@@ -195,3 +196,29 @@ def test_a_frozen_backbone_still_applies_the_heads_dropout():
         outputs = {tuple(model(x).flatten().tolist()) for _ in range(5)}
     assert len(outputs) > 1  # dropout before the head is live; the frozen backbone itself is deterministic
     assert not model.conv1[1].training
+
+
+def test_label_smoothing_matches_timms_binary_cross_entropy_and_bounds_the_training_loss(tmp_path):
+    from timm.loss import BinaryCrossEntropy
+
+    from deepfake.engine.trainer import smooth_targets
+
+    logits, targets = torch.randn(64), (torch.arange(64) % 2).float()
+    ours = torch.nn.functional.binary_cross_entropy_with_logits(logits, smooth_targets(targets, 0.2))
+    timms = BinaryCrossEntropy(smoothing=0.2, smooth_dense=True)(logits.view(-1, 1), targets.view(-1, 1))
+    assert torch.allclose(ours, timms)
+    # Two-class one-hot smoothing (timm's sparse path) gives the fake column the same target.
+    assert smooth_targets(torch.tensor([0.0, 1.0]), 0.2).tolist() == pytest.approx([0.1, 0.9])
+
+    # With smoothing s no prediction can push the loss below the targets' own entropy H(s/2).
+    trainer = make_trainer(tmp_path, plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2), label_smoothing=0.5)
+    trainer.fit()
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    losses = [float(row["train_loss"]) for row in csv.DictReader((tmp_path / "metrics_log.csv").open())]
+    assert all(loss >= entropy - 1e-6 for loss in losses), losses
+    plain = make_trainer(tmp_path / "plain", plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2))
+    plain.fit()
+    unsmoothed = [float(row["train_loss"]) for row in csv.DictReader((tmp_path / "plain" / "metrics_log.csv").open())]
+    assert unsmoothed[-1] < entropy  # the bound binds: without smoothing the same run goes below it
+    with pytest.raises(ConfigError, match="train.label_smoothing=1.0 must be in"):
+        make_trainer(tmp_path / "bad", plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0), label_smoothing=1.0)
