@@ -133,3 +133,26 @@ def test_train_transform_without_cropping_frames_odd_sizes_like_evaluation():
     assert train.shape == evaluated.shape == (3, 32, 32)
     assert torch.equal(train, evaluated)
     assert train[0].max() < 0.5  # the band is not squashed into view
+
+
+def test_the_cnndetection_preset_blurs_and_recompresses_each_half_of_the_time(tmp_path):
+    """augment=cnndetection (Wang et al. 2020): blur sigma in (0, 3] and JPEG quality 30-100, each p=0.5."""
+    from hydra.utils import instantiate
+    from test_config import compose_with
+    from torchvision.transforms import v2
+
+    cfg = compose_with(tmp_path, "augment=cnndetection", "augment.hflip=0", "dataset.img_size=32")
+    transform = instantiate(cfg.augment)(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    applied = [step for step in transform.transforms if isinstance(step, v2.RandomApply)]
+    (blur,), (jpeg,) = applied[0].transforms, applied[1].transforms
+    assert isinstance(blur, v2.GaussianBlur) and list(blur.sigma) == [0.001, 3.0] and applied[0].p == 0.5
+    assert isinstance(jpeg, RandomJpeg) and jpeg.quality == (30, 100) and applied[1].p == 0.5
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    untouched = build_eval_transform(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(image)
+    changed = 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        changed += not torch.equal(transform(image), untouched)
+    assert 0.65 < changed / 200 < 0.85  # neither blur nor JPEG a quarter of the time: 1 - 0.5 * 0.5 = 0.75
