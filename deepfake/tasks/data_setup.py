@@ -10,10 +10,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.decoded_cache import CACHE_MODES, open_cache
-from deepfake.data.encoded import EncodedSamples, collate_encoded
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine import distributed, loaders
-from deepfake.engine.device_images import DeviceImages
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.errors import ConfigError
 from deepfake.tasks.preflight import positive_int
@@ -80,6 +78,10 @@ def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: t
                           f"{', '.join(unsupported)}; use augment=flip, or dataset.decode=cpu")  # fmt: skip
     if device.type != "cuda":
         log.warning("dataset.decode=cuda on %s: torchvision decodes the JPEGs in the main process, not on a GPU", device)
+    # Imported only when asked: every other run does without torchvision.io and the device pipeline.
+    from deepfake.data.encoded import EncodedSamples, collate_encoded
+    from deepfake.engine.device_images import DeviceImages
+
     encoded = EncodedSamples(train_set, crop_scale=augment.get("crop_scale", (1.0, 1.0)), hflip=augment.get("hflip", 0.0))
     to_device = DeviceImages(device, preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"],
                              interpolation=preprocess["interpolation"])  # fmt: skip

@@ -358,6 +358,7 @@ def test_gradcam_is_finite_and_not_constant(scratch13, size):
 def test_backbone_config_matches_the_model(variant):
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{variant}.yaml"))
     assert cfg.pop("_target_") == "deepfake.models.create_detector"
+    assert cfg.pop("_convert_") == "all"  # plain lists reach the checkpoint (test_config)
     assert cfg.pop("name") == variant
     assert cfg.pop("pretrained") is False and cfg.pop("weights") is None
     pretrained_cfg = timm.models.get_pretrained_cfg(variant).to_dict()
