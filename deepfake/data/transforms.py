@@ -24,7 +24,7 @@ _INTERPOLATIONS = {
 }
 
 
-def _interpolation(name: str) -> v2.InterpolationMode:
+def interpolation_mode(name: str) -> v2.InterpolationMode:
     try:
         return _INTERPOLATIONS[name]
     except KeyError:
@@ -94,7 +94,7 @@ def build_train_transform(
     else:
         steps = [
             v2.RandomResizedCrop(
-                img_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
+                img_size, scale=tuple(crop_scale), interpolation=interpolation_mode(interpolation), antialias=True
             ),
         ]
     if hflip > 0:
@@ -137,4 +137,4 @@ def central_square(image: Image.Image) -> Image.Image:
 
 
 def _resize_and_centre_crop(img_size: int, interpolation: str) -> list[Callable]:
-    return [v2.Resize(img_size, interpolation=_interpolation(interpolation), antialias=True), v2.CenterCrop(img_size)]
+    return [v2.Resize(img_size, interpolation=interpolation_mode(interpolation), antialias=True), v2.CenterCrop(img_size)]

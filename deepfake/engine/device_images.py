@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-_INTERPOLATIONS = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
-                   "bicubic": InterpolationMode.BICUBIC}  # fmt: skip
+from deepfake.data.transforms import interpolation_mode
+
 
 
 class DeviceImages:
@@ -31,7 +30,7 @@ class DeviceImages:
     def __init__(self, device: torch.device, img_size: int, *, mean: Sequence[float], std: Sequence[float],
                  interpolation: str = "bicubic") -> None:  # fmt: skip
         self.device, self.img_size = device, int(img_size)
-        self.interpolation = _INTERPOLATIONS[interpolation]
+        self.interpolation = interpolation_mode(interpolation)  # the same names as the Pillow pipeline's
         self.mean = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
 
