@@ -240,6 +240,7 @@ class Trainer(Checkpointing):
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.start(self.state.epoch_loss_sum)
+        self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
         try:
             for i, batch in enumerate(loader, start=done):
                 if i == done:
@@ -248,6 +249,7 @@ class Trainer(Checkpointing):
                 if stop or (i + 1) % self.log_every == 0 or i + 1 == n_batches:
                     self._read_losses()  # the host waits for the device here, not on every step
                     progress.update(batches_bar, completed=i + 1, status=f"loss {self._epoch_loss():.4f}")
+                    self._log_interval()
                 if stop:
                     self._save_last(phase, val_metrics=None)
                     return False
@@ -307,6 +309,25 @@ class Trainer(Checkpointing):
                 f"non-finite training loss{value} at epoch {self.state.epoch + 1}, {where}; "
                 f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
             )
+
+    def _log_interval(self) -> None:
+        """``train/loss`` over the batches since the last call (this rank's), and the learning rates."""
+        loss_sum, samples = self._logged_loss
+        if self.state.epoch_samples > samples and self.loggers:
+            interval_loss = (self.state.epoch_loss_sum - loss_sum) / (self.state.epoch_samples - samples)
+            metrics = {"train/loss": interval_loss, **{f"lr/{part}": lr for part, lr in self._part_lrs().items()}}
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.state.step)
+        self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
+
+    def _part_lrs(self) -> dict[str, float]:
+        """The learning rate of the backbone and of the head now: the largest of each part's groups
+        (a part may be split into decay/no-decay groups or scaled per layer); 0 for a frozen backbone."""
+        lrs = {"backbone": 0.0}
+        for group in self.optimizer.param_groups:
+            part = "head" if group["name"].startswith("head") else "backbone"
+            lrs[part] = max(lrs.get(part, 0.0), group["lr"])
+        return lrs
 
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
@@ -387,9 +408,10 @@ class Trainer(Checkpointing):
         if self.metrics_csv is not None:
             self.metrics_csv.append(row)
         self._save_last(phase, val_metrics)
-        scalars = {k: v for k, v in row.items() if k not in ("phase", "epoch", "step") and v is not None}
+        tracked = {"epoch": row["epoch"], "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
+                   "val/auc": row["val_auc"], "val/accuracy": row["val_accuracy"], "time/epoch_s": row["seconds"]}  # fmt: skip
         for logger in self.loggers:
-            logger.log_metrics(scalars, step=self.state.epoch)
+            logger.log_metrics({k: v for k, v in tracked.items() if v is not None}, step=self.state.step)
         log.info(
             "epoch %d [%s] train_loss=%.4f val_loss=%.4f val_auc=%s val_acc=%.4f lr_backbone=%.3g lr_head=%.3g "
             "%.1fs%s",

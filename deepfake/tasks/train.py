@@ -155,7 +155,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         precision=precision,
         accumulate_grad_batches=positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         grad_clip_norm=cfg.train.grad_clip_norm,
-        loggers=session.build_loggers(cfg) if here.is_main else [],
+        loggers=_trackers(cfg) if here.is_main else [],
         resume_strict=bool(cfg.resume_strict),
         sync_batchnorm=bool(cfg.train.sync_batchnorm),
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
@@ -178,6 +178,15 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         "world_size": here.world_size,
     }
     return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
+
+
+def _trackers(cfg: DictConfig) -> list:
+    """The enabled trackers, each told the run's config before the first step."""
+    trackers = session.build_loggers(cfg)
+    params = session.flat_config(cfg)
+    for tracker in trackers:
+        tracker.log_params(params)
+    return trackers
 
 
 # ------------------------------------------------------------------------------------ train

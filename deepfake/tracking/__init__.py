@@ -13,7 +13,7 @@ from deepfake.tracking.checkpoint import (
 # `console` (the rich Console) is not re-exported: as a package attribute it would shadow the
 # deepfake.tracking.console module, which logging's dictConfig resolves by attribute lookup.
 from deepfake.tracking.console import ConsoleHandler, make_console_handler
-from deepfake.tracking.loggers import MetricsCsv, MetricsLogger, TensorBoardLogger
+from deepfake.tracking.loggers import MetricsCsv, MetricsLogger, TensorBoardLogger, Tracker
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.run_info import git_info, installed_requirements, write_run_info
 
@@ -24,6 +24,7 @@ __all__ = [
     "MetricsLogger",
     "Registry",
     "TensorBoardLogger",
+    "Tracker",
     "atomic_copy",
     "atomic_path",
     "atomic_save",

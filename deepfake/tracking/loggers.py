@@ -1,4 +1,11 @@
-"""Per-epoch metric sinks: a CSV that survives crashes and resumes, and TensorBoard."""
+"""Metric sinks: a CSV that survives crashes and resumes, and the trackers a user enables (TensorBoard
+here; MLflow and W&B in deepfake.tracking.trackers).
+
+Every tracker sees the same calls, with the same names: ``train/loss`` (the mean over the last log
+interval) and ``lr/backbone``, ``lr/head`` every ``train.log_every_n_batches`` batches; ``epoch``,
+``train/epoch_loss``, ``val/loss``, ``val/auc``, ``val/accuracy`` after each epoch; ``test/...`` after
+the test. ``step`` is always the global optimizer step, so every curve shares one x axis.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +26,36 @@ if TYPE_CHECKING:
 
 
 class MetricsLogger(Protocol):
-    """What the training loop calls on every logger."""
+    """What tasks and the training loop call on every tracker (subclass :class:`Tracker`)."""
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None: ...
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Tracker:
+    """A tracker that records nothing; real ones override what their backend can hold."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """The run's flattened config (``optimizer.weight_decay: 0.05``), once, before training."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Numbers under their grouped names (module docstring) at the global optimizer step."""
+
+    def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None:
+        """``image`` is channels-first (C, H, W), float in [0, 1] or uint8."""
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        """A file of the run dir (metrics_test.json, report.html, the model card, best.pth)."""
+
+    def close(self) -> None:
+        pass
 
 
 class MetricsCsv:
@@ -109,25 +141,49 @@ class MetricsCsv:
         self._handle.close()
 
 
-class TensorBoardLogger:
-    """Scalars and images for ``tensorboard --logdir``, written under ``log_dir``."""
+# The metrics TensorBoard's HParams dashboard shows beside each run's hyperparameters.
+HPARAM_METRICS = ("val/auc", "val/loss", "val/accuracy", "test/auc", "test/accuracy", "test/eer")
+
+
+def hparam_value(value: Any) -> bool | int | float | str:
+    """What the HParams plugin can hold: numbers, booleans and text (None and lists as text)."""
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+class TensorBoardLogger(Tracker):
+    """Scalars, images and the HParams dashboard for ``tensorboard --logdir``, under ``log_dir``."""
 
     def __init__(self, log_dir: str | os.PathLike[str], flush_secs: int = 30) -> None:
         # Importing tensorboard takes seconds; pay it only in runs that enable this logger.
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=os.fspath(log_dir), flush_secs=flush_secs)
+        self._session_open = False
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """The HParams dashboard's row for this run, written into the run's own event file (not a
+        sub-run, as ``SummaryWriter.add_hparams`` makes): the metrics it shows are the scalars of
+        :data:`HPARAM_METRICS` this run logs, so sweep jobs line up as rows of one table."""
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, session_start, _ = hparams(
+            {name: hparam_value(value) for name, value in params.items()}, dict.fromkeys(HPARAM_METRICS, 0.0)
+        )
+        self._writer.file_writer.add_summary(experiment)
+        self._writer.file_writer.add_summary(session_start)
+        self._session_open = True
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for name, value in metrics.items():
-            # The CSV row also carries text columns (e.g. the phase name); they have no curve.
-            if value is None or isinstance(value, str):
-                continue
-            self._writer.add_scalar(name, value, global_step=step)
+            if value is not None and not isinstance(value, str):
+                self._writer.add_scalar(name, value, global_step=step)
 
     def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None:
-        """``image`` is channels-first (C, H, W), float in [0, 1] or uint8."""
         self._writer.add_image(tag, image, global_step=step, dataformats="CHW")
 
     def close(self) -> None:
+        if self._session_open:  # marks the HParams row finished
+            from torch.utils.tensorboard.summary import hparams
+
+            self._writer.file_writer.add_summary(hparams({}, {})[2])
         self._writer.close()

@@ -48,6 +48,8 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "seconds", "lr_head"):
         assert all(r[key] != "" for r in rows), key
 
+    _check_tensorboard(run / "tb", rows)
+
     log = (run / "run.log").read_text()
     assert "epoch 1 [head]" in log and "epoch 2 [finetune]" in log and "overrides:" in log
     # Each epoch names the first 8 images of its first training batch (shuffled) and validation batch (in order).
@@ -99,6 +101,33 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     assert listing.returncode == 0, listing.stderr
     assert run.name in listing.stdout and "test_resnet" in listing.stdout
     assert "torch imported: False" in listing.stdout
+
+
+def _check_tensorboard(tb: Path, rows: list[dict]) -> None:
+    """TensorBoard's own reader sees grouped tags at the global step, the figures metrics_log.csv holds,
+    and the run's hyperparameters for the HParams dashboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tb)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/epoch_loss", "lr/head", "lr/backbone", "val/loss", "val/auc", "val/accuracy",
+            "epoch"} <= tags  # fmt: skip
+    steps = [int(r["step"]) for r in rows]
+    for tag, column in {"val/auc": "val_auc", "val/loss": "val_loss", "train/epoch_loss": "train_loss"}.items():
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert logged == [(step, pytest.approx(float(r[column]), abs=1e-6)) for step, r in zip(steps, rows)], tag
+    # Per-interval points, at optimizer steps up to the last epoch's end; the backbone's lr is 0 while frozen.
+    loss_steps = [e.step for e in events.Scalars("train/loss")]
+    assert loss_steps == sorted(loss_steps) and len(loss_steps) >= len(rows) and loss_steps[-1] == steps[-1]
+    backbone_lr = {e.step: e.value for e in events.Scalars("lr/backbone")}
+    assert min(backbone_lr.values()) == 0 and max(backbone_lr.values()) > 0
+    hparams = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["backbone.name"].string_value == "test_resnet"
+    assert session.hparams["phase.head_epochs"].number_value == 1
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert "val/auc" in {info.name.tag for info in experiment.metric_infos}
 
 
 def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tmp_path, main_runner):

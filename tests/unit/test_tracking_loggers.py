@@ -85,14 +85,25 @@ def test_tensorboard_scalars_and_images_are_written(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path / "tb")
-    logger.log_metrics({"val_auc": 0.5, "phase": "head", "train_loss": np.float32(0.25)}, step=1)
-    logger.log_metrics({"val_auc": 0.75}, step=2)
+    logger.log_params({"optimizer.weight_decay": 0.05, "train.grad_clip_norm": None, "augment.scale": [0.8, 1.0]})
+    logger.log_metrics({"val/auc": 0.5, "phase": "head", "train/loss": np.float32(0.25)}, step=1)
+    logger.log_metrics({"val/auc": 0.75}, step=2)
     logger.log_image("cam/overlay", torch.rand(3, 8, 8), step=2)
     logger.close()
 
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    assert sorted(events.Tags()["scalars"]) == ["train_loss", "val_auc"]
-    assert [(event.step, event.value) for event in events.Scalars("val_auc")] == [(1, 0.5), (2, 0.75)]
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "val/auc"]
+    assert [(event.step, event.value) for event in events.Scalars("val/auc")] == [(1, 0.5), (2, 0.75)]
+    # The HParams dashboard's row: the run's settings (None and lists as text), opened and closed.
+    assert set(events.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}  # fmt: skip
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info  # fmt: skip
+    assert start.hparams["optimizer.weight_decay"].number_value == 0.05
+    assert start.hparams["train.grad_clip_norm"].string_value == "None"
+    assert start.hparams["augment.scale"].string_value == "[0.8, 1.0]"
     [image] = events.Images("cam/overlay")
     assert (image.step, image.width, image.height) == (2, 8, 8)
