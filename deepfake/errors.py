@@ -26,6 +26,11 @@ def find_in_chain(error: BaseException, matches: Callable[[BaseException], bool]
     return None
 
 
+def error_line(message: str) -> str:
+    """The one form every script and task ends a user's mistake with: ``ERROR <what>; <what to do>``."""
+    return f"ERROR {message}"
+
+
 class UserError(Exception):
     """A mistake in the user's input (config, CSV, file path, checkpoint): one line, no traceback."""
 

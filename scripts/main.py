@@ -17,7 +17,7 @@ os.environ.setdefault("DEEPFAKE_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from deepfake import tasks  # noqa: E402  (registers the config resolvers before Hydra composes)
 from deepfake.engine.launcher_env import env_world_size, under_torchrun  # noqa: E402
-from deepfake.errors import RunStopped  # noqa: E402
+from deepfake.errors import RunStopped, error_line  # noqa: E402
 from deepfake.tasks.resolvers import RUN_STAMP_ENV, new_run_stamp  # noqa: E402
 from deepfake.tasks.resume import rewrite_argv  # noqa: E402
 
@@ -34,11 +34,10 @@ def join_torchrun(argv: list[str]) -> None:
     take rank 0's run stamp, so that every rank composes the same run dir."""
     sweep = [arg for arg in argv if arg in ("-m", "--multirun") or arg.startswith(("hparams_search=", "hydra.mode="))]
     if sweep:
-        print(
-            f"error: {sweep[0]} under torchrun would run the whole sweep once per rank; run torchrun once per "
-            "setting, or sweep distributed jobs with hydra/launcher=slurm hydra.launcher.tasks_per_node=N",
-            file=sys.stderr,
-        )
+        print(error_line(
+            f"{sweep[0]} under torchrun would run the whole sweep once per rank; run torchrun once per "
+            "setting, or sweep distributed jobs with hydra/launcher=slurm hydra.launcher.tasks_per_node=N"),
+            file=sys.stderr)  # fmt: skip
         sys.exit(2)
     from deepfake.engine import distributed
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from deepfake.data.manifest import hash_tree, manifest_text
+from deepfake.errors import error_line
 from deepfake.tracking.checkpoint import atomic_write_text
 
 
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="manifest path (default: <root-dir>/manifest.csv)")
     args = parser.parse_args(argv)
     if not args.root_dir.is_dir():
-        print(f"ERROR: --root-dir {args.root_dir}: no such directory", file=sys.stderr)
+        print(error_line(f"--root-dir {args.root_dir}: no such directory; pass the image root (dataset.root_dir)"),
+              file=sys.stderr)  # fmt: skip
         return 2
     out = args.out or args.root_dir / "manifest.csv"
     started = time.perf_counter()

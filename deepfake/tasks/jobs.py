@@ -160,7 +160,7 @@ def _register_failure(cfg: DictConfig, out_dir: Path, line: str) -> None:
         # Imported here: the registry's module pulls torch in, which task=registry need not pay for.
         from deepfake.tracking.registry import Registry
 
-        registry = Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model))
+        registry = Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model), float(cfg.registry.lock_timeout_s))
         registry.record_failure(
             {
                 "run_name": job_run_name(out_dir),

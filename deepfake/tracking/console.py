@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from deepfake.engine.launcher_env import env_rank
+from deepfake.errors import error_line
 
 console = Console(stderr=True)
 
@@ -34,13 +35,23 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+class ConsoleFormatter(logging.Formatter):
+    """Timestamped lines, except a user's mistake (an error without a traceback), which reads
+    ``ERROR <what>; <what to do>`` as in every script; run.log keeps its timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.ERROR and not record.exc_info:
+            return error_line(record.getMessage())
+        return super().format(record)
+
+
 def make_console_handler(level: int | str = logging.INFO) -> ConsoleHandler:
     """Factory for ``logging.config.dictConfig`` (``"()": deepfake.tracking.console.make_console_handler``).
 
     A ``formatter`` given in the dictConfig replaces the short default set here.
     """
     handler = ConsoleHandler(level=level)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
+    handler.setFormatter(ConsoleFormatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
     return handler
 
 

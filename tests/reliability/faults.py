@@ -107,4 +107,5 @@ def registry(root: Path) -> dict:
 
 
 def error_lines(result) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    """The lines in the one format of a user's mistake: ``ERROR <what>; <what to do>``."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("ERROR ")]

@@ -137,4 +137,24 @@ def test_make_batches_script_reports_one_line_and_exits_2(tmp_path, capsys):
 
     stderr = capsys.readouterr().err
     assert code == 2
-    assert stderr.count("\n") == 1 and "nope.csv: CSV file not found" in stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("ERROR ") and "nope.csv: CSV file not found" in stderr
+
+    assert main(["--n-batches", "2", "nokey=1"]) == 2
+    assert capsys.readouterr().err.startswith("ERROR Could not override 'nokey'")
+
+
+def test_make_batches_defaults_come_from_the_paths_config_not_the_working_directory(tmp_path, monkeypatch):
+    # The Kaggle layout under paths.root_dir/data/140k, as dataset=kaggle_140k reads it.
+    source = tmp_path / "data" / "140k"
+    source.mkdir(parents=True)
+    _write_kaggle_csv(_kaggle_frame(10, 10), source / "train.csv")
+    _write_kaggle_csv(_kaggle_frame(4, 4), source / "valid.csv")
+    monkeypatch.chdir(tmp_path / "data")  # nothing is found relative to here
+    main = runpy.run_path(str(REPO / "scripts" / "make_batches.py"))["main"]
+
+    assert main(["--n-batches", "2", f"paths.root_dir={tmp_path}"]) == 0
+
+    out = tmp_path / "data" / "batches"  # dataset=batch's batches_dir
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv")) == [
+        "batch1/train.csv", "batch1/valid.csv", "batch2/train.csv", "batch2/valid.csv"
+    ]

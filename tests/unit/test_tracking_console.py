@@ -91,3 +91,18 @@ def test_records_during_a_progress_bar_stay_whole_above_it(
     [log_line] = [index for index, line in enumerate(lines) if message in line]
     assert lines[log_line].endswith("[INFO] " + message)
     assert any("epoch 1" in line and "50%" in line for line in lines[log_line + 1 :])
+
+
+def test_a_users_mistake_reads_error_what_then_what_to_do(logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    logger.addHandler(make_console_handler())
+    logger.setLevel(logging.INFO)
+    logger.error("%s", "ckpt=x.pth: no such checkpoint; pass a run dir or a .pth file")
+    logger.warning("a warning keeps its time stamp")
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        logger.exception("a bug keeps its traceback")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "ERROR ckpt=x.pth: no such checkpoint; pass a run dir or a .pth file"
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]\[WARNING\] a warning keeps its time stamp", lines[1])
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]\[ERROR\] a bug keeps its traceback", lines[2]) and "Traceback" in lines[3]
