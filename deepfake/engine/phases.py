@@ -17,6 +17,8 @@ class Phase:
     lr_backbone: float
     warmup_epochs: float = 0.0
     scheduled: bool = False  # cosine with linear warmup; otherwise constant learning rates
+    weight_decay_exclude_1d: bool = True  # no weight decay on biases, norm weights and other 1-d parameters
+    layer_decay: float | None = None  # layer-wise decay of the backbone's rate (its groups' lr_scale); None: off
 
 
 def steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:
@@ -25,13 +27,29 @@ def steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:
 
 
 def plan_phases(
-    head_epochs: int, finetune_epochs: int, lr_head: float, lr_backbone: float, warmup_epochs: float = 0.0
+    head_epochs: int,
+    finetune_epochs: int,
+    lr_head: float,
+    lr_backbone: float,
+    warmup_epochs: float = 0.0,
+    weight_decay_exclude_1d: bool = True,
+    layer_decay: float | None = None,
 ) -> list[Phase]:
-    """The phases that actually run; a phase of 0 epochs is left out."""
+    """The phases that actually run; a phase of 0 epochs is left out. Layer decay applies where the
+    backbone trains: in fine-tuning, whose schedule applies the groups' ``lr_scale``."""
     if head_epochs < 0 or finetune_epochs < 0:
         raise ConfigError(f"phase.head_epochs={head_epochs}, phase.finetune_epochs={finetune_epochs}: epochs must be >= 0")
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"phase.layer_decay={layer_decay}: must be in (0, 1] (e.g. 0.75), or null for none")
     phases = [
-        Phase("head", head_epochs, backbone_frozen=True, lr_head=lr_head, lr_backbone=0.0),
+        Phase(
+            "head",
+            head_epochs,
+            backbone_frozen=True,
+            lr_head=lr_head,
+            lr_backbone=0.0,
+            weight_decay_exclude_1d=weight_decay_exclude_1d,
+        ),
         Phase(
             "finetune",
             finetune_epochs,
@@ -40,6 +58,8 @@ def plan_phases(
             lr_backbone=lr_backbone,
             warmup_epochs=warmup_epochs,
             scheduled=True,
+            weight_decay_exclude_1d=weight_decay_exclude_1d,
+            layer_decay=layer_decay,
         ),
     ]
     return [phase for phase in phases if phase.epochs > 0]

@@ -257,6 +257,20 @@ class CvT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {f"stage{self.num_stages - 1}.cls_token"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups in depth order, for timm's layer-wise lr decay: the first convolutional
+        embedding (the stem), then per stage its embedding and cls token with its first block, then each
+        block, the final norm, and (unmatched) the head."""
+        return {
+            "stem": r"^stage0\.patch_embed",
+            "blocks": [(r"^stage(\d+)", None), (r"^norm", (99999,))] if coarse else [
+                (r"^stage(\d+)\.(?:patch_embed|cls_token)", (0,)),
+                (r"^stage(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        }  # fmt: skip
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

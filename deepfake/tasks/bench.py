@@ -167,7 +167,9 @@ def _train_pipeline(cfg: DictConfig, train_set, val_set, preprocess: dict, devic
         loader,
         data_setup.make_loader(Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset,
                                device=device),  # fmt: skip
-        plan_phases(0, epochs, lr_head=float(cfg.phase.lr_head), lr_backbone=float(cfg.phase.lr_backbone)),
+        plan_phases(0, epochs, lr_head=float(cfg.phase.lr_head), lr_backbone=float(cfg.phase.lr_backbone),
+                    weight_decay_exclude_1d=bool(cfg.phase.weight_decay_exclude_1d),
+                    layer_decay=cfg.phase.layer_decay),  # fmt: skip
         make_optimizer=instantiate(cfg.optimizer),
         make_scheduler=instantiate(cfg.scheduler),
         device=device,

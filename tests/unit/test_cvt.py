@@ -19,6 +19,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import save_file
 from timm.layers import GELU, QuickGELU
+from timm.models import group_parameters
 
 import deepfake.models.cvt  # noqa: F401  (registers cvt_13 / cvt_21)
 from deepfake.errors import CheckpointError
@@ -330,6 +331,22 @@ def test_timm_model_api(scratch13):
 
 
 # --- GradCAM ---------------------------------------------------------------------------------------
+
+
+def test_group_matcher_orders_stem_stages_blocks_then_head(scratch13):
+    fine = group_parameters(scratch13, scratch13.group_matcher(coarse=False), reverse=True)
+    assert fine["stage0.patch_embed.proj.weight"] == 0
+    assert fine["stage0.blocks.0.attn.proj_q.weight"] == 1
+    # A stage's embedding (and the last stage's cls token) goes with its first block, as timm's ConvNeXt.
+    assert fine["stage1.patch_embed.proj.weight"] == fine["stage1.blocks.0.norm1.weight"] == 2
+    assert fine["stage2.cls_token"] == fine["stage2.blocks.0.mlp.fc2.bias"] == 4
+    assert fine["stage2.blocks.9.norm2.bias"] == fine["norm.weight"] == 13  # the final norm with the last block
+    assert fine["head.weight"] == fine["head.bias"] == 14
+    names = [n for n, _ in scratch13.named_parameters()]
+    assert [fine[n] for n in names] == sorted(fine[n] for n in names)  # depth order is parameter order
+    coarse = group_parameters(scratch13, scratch13.group_matcher(coarse=True), reverse=True)
+    assert sorted(set(coarse.values())) == [0, 1, 2, 3, 4]
+    assert (coarse["stage0.patch_embed.norm.bias"], coarse["stage2.cls_token"], coarse["head.bias"]) == (0, 3, 4)
 
 
 def test_cam_reshape_transform():

@@ -11,7 +11,7 @@ from timm.scheduler import CosineLRScheduler
 from deepfake.engine.loaders import train_loader
 from deepfake.engine.phases import plan_phases, steps_per_epoch
 from deepfake.engine.trainer import METRICS_FIELDS, Trainer
-from deepfake.errors import ConfigError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.models import create_detector, detector_from_checkpoint
 from deepfake.models.param_groups import param_groups, set_backbone_frozen, set_train_mode
 from deepfake.tracking.checkpoint import load_checkpoint
@@ -83,11 +83,11 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_batchnorm_statistics():
 def test_param_groups_split_head_and_backbone():
     model = tiny_model()
     groups = param_groups(model, lr_backbone=1e-5, lr_head=1e-3, backbone_frozen=False)
-    assert [g["name"] for g in groups] == ["backbone", "head"]
-    assert [g["lr"] for g in groups] == [1e-5, 1e-3]
+    assert [g["name"] for g in groups] == ["backbone_no_decay", "backbone", "head_no_decay", "head"]
+    assert [g["lr"] for g in groups] == [1e-5, 1e-5, 1e-3, 1e-3]
     n_total = sum(1 for _ in model.parameters())
-    assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_total
-    assert [g["name"] for g in param_groups(model, 1e-5, 1e-3, backbone_frozen=True)] == ["head"]
+    assert sum(len(g["params"]) for g in groups) == n_total
+    assert [g["name"] for g in param_groups(model, 1e-5, 1e-3, backbone_frozen=True)] == ["head_no_decay", "head"]
 
 
 def test_plan_phases_skips_empty_phases_and_rejects_negative_epochs():
@@ -96,6 +96,10 @@ def test_plan_phases_skips_empty_phases_and_rejects_negative_epochs():
     assert [p.name for p in plan_phases(2, 0, 1e-3, 1e-4)] == ["head"]
     with pytest.raises(ConfigError, match="phase.head_epochs=-1"):
         plan_phases(-1, 3, 1e-3, 1e-4)
+    head, finetune = plan_phases(2, 3, 1e-3, 1e-4, layer_decay=0.75)
+    assert (head.layer_decay, finetune.layer_decay) == (None, 0.75)  # only where the backbone trains
+    with pytest.raises(ConfigError, match="phase.layer_decay=0"):
+        plan_phases(2, 3, 1e-3, 1e-4, layer_decay=0)
     assert steps_per_epoch(10, 3) == 4  # the partial last window still steps
 
 
@@ -112,16 +116,88 @@ def test_finetune_schedule_warms_up_linearly_then_follows_the_cosine(tmp_path):
     trainer._optimizer_step = record_step
     trainer.fit()
     assert len(seen) == 9
-
-    def expected(step, base):
-        if step < 3:
-            return 1e-6 + step * (base - 1e-6) / 3
-        t = (step - 3) / 6
-        return 1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * t))
-
     for step, lrs in enumerate(seen):
-        assert lrs["head"] == pytest.approx(expected(step, 1e-3), rel=1e-6), step
-        assert lrs["backbone"] == pytest.approx(expected(step, 1e-4), rel=1e-6), step
+        assert lrs["head"] == pytest.approx(warmup_cosine(step, 1e-3), rel=1e-6), step
+        assert lrs["backbone"] == pytest.approx(warmup_cosine(step, 1e-4), rel=1e-6), step
+
+
+def warmup_cosine(step, base):
+    """The rate at a step of 3 warmup steps from 1e-6 then 6 cosine steps down to 1e-6."""
+    if step < 3:
+        return 1e-6 + step * (base - 1e-6) / 3
+    t = (step - 3) / 6
+    return 1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * t))
+
+
+def test_layer_decay_scales_each_backbone_layers_schedule(tmp_path):
+    phases = plan_phases(0, 3, lr_head=1e-3, lr_backbone=1e-4, warmup_epochs=1, layer_decay=0.5)
+    trainer = make_trainer(tmp_path, phases)
+    seen = []
+    original_step = trainer._optimizer_step
+
+    def record_step():
+        seen.append([(g["name"], g["lr"], g.get("lr_scale")) for g in trainer.optimizer.param_groups])
+        original_step()
+
+    trainer._optimizer_step = record_step
+    trainer.fit()
+    assert len(seen) == 9
+    assert {scale for _, _, scale in seen[0]} == {None, 0.5, 0.25, 0.125, 0.0625, 0.03125}
+    for step, groups in enumerate(seen):
+        for name, lr, scale in groups:
+            # timm's scheduler scales the whole schedule, warmup and floor included, by the layer's lr_scale.
+            base = 1e-3 if name.startswith("head") else 1e-4
+            assert lr == pytest.approx(warmup_cosine(step, base) * (scale or 1.0), rel=1e-6), (step, name)
+    # The logged rate of each part is its base rate, as the epoch starts (steps 0, 3, 6).
+    rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
+    assert [float(r["lr_backbone"]) for r in rows] == pytest.approx([warmup_cosine(s, 1e-4) for s in (0, 3, 6)])
+    assert [float(r["lr_head"]) for r in rows] == pytest.approx([warmup_cosine(s, 1e-3) for s in (0, 3, 6)])
+
+
+def stopped_phase_state(tmp_path, phase):
+    """What last.pth holds for a phase stopped after one optimizer step: (trainer, saved state)."""
+    trainer = make_trainer(tmp_path, [phase])
+    trainer._setup_phase(phase)
+    trainer.model(torch.randn(4, 3, 32, 32)).sum().backward()
+    trainer.optimizer.step()
+    saved = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+             "scaler": trainer.scaler.state_dict()}  # fmt: skip
+    return trainer, saved
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["resume_strict", "lenient"])
+def test_a_last_pth_with_the_old_two_group_layout_gets_the_clear_path(tmp_path, caplog, strict):
+    (old,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4, weight_decay_exclude_1d=False)
+    _, saved = stopped_phase_state(tmp_path / "old", old)
+    assert [g["name"] for g in saved["optimizer"]["param_groups"]] == ["backbone", "head"]
+    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
+    resumed = make_trainer(tmp_path / "new", [phase])
+    resumed.resume_strict, resumed._resume_from = strict, saved
+    if strict:
+        with pytest.raises(CheckpointError, match="cannot be loaded .*; resume_strict=true refuses to go on"):
+            resumed._setup_phase(phase)
+        return
+    resumed._setup_phase(phase)
+    assert any("with a fresh optimizer" in r.getMessage() for r in caplog.records)
+    names = [g["name"] for g in resumed.optimizer.param_groups]
+    assert names == ["backbone_no_decay", "backbone", "head_no_decay", "head"]
+    assert resumed.state.not_exact
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.5], ids=["weight_decay", "layer_decay"])
+def test_a_last_pth_with_the_same_layout_resumes_exactly(tmp_path, layer_decay):
+    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4, layer_decay=layer_decay)
+    stopped, saved = stopped_phase_state(tmp_path / "a", phase)
+    resumed = make_trainer(tmp_path / "b", [phase])
+    resumed.resume_strict, resumed._resume_from = True, saved
+    resumed._setup_phase(phase)
+    assert resumed.state.not_exact is None
+    loaded = resumed.optimizer.state_dict()
+    assert loaded["param_groups"] == saved["optimizer"]["param_groups"]
+    assert loaded["state"].keys() == saved["optimizer"]["state"].keys()
+    for key, state in saved["optimizer"]["state"].items():
+        assert all(torch.equal(loaded["state"][key][k], v) for k, v in state.items())
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in stopped.optimizer.param_groups]
 
 
 def test_two_phase_fit_trains_head_first_then_everything(tmp_path):
@@ -222,3 +298,27 @@ def test_label_smoothing_matches_timms_binary_cross_entropy_and_bounds_the_train
     assert unsmoothed[-1] < entropy  # the bound binds: without smoothing the same run goes below it
     with pytest.raises(ConfigError, match="train.label_smoothing=1.0 must be in"):
         make_trainer(tmp_path / "bad", plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0), label_smoothing=1.0)
+
+
+def test_the_moving_average_is_what_validation_scores_and_best_pth_keeps(tmp_path):
+    from timm.utils import ModelEmaV3
+
+    from deepfake.engine.evaluate import predict
+
+    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3),
+                           ema=partial(ModelEmaV3, decay=0.9, use_warmup=False))  # fmt: skip
+    state = trainer.fit()
+    best, last = load_checkpoint(tmp_path / "best.pth"), load_checkpoint(tmp_path / "last.pth")
+    assert best["ema"] is True and last["ema_model"] is not None
+    # The raw weights trained on; the average lags behind them.
+    assert not torch.equal(last["model"]["conv1.0.weight"], last["ema_model"]["conv1.0.weight"])
+    if state.best_epoch == state.epoch:
+        assert all(torch.equal(best["model"][k], last["ema_model"][k]) for k in best["model"])
+    # The validation loss logged for the best epoch is the average's, not the raw weights'.
+    rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
+    logged = float(rows[state.best_epoch - 1]["val_loss"])
+    model = tiny_model()
+    model.load_state_dict(best["model"])
+    assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() == pytest.approx(logged, abs=1e-5)
+    model.load_state_dict(last["model"])
+    assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() != pytest.approx(logged, abs=1e-5)
