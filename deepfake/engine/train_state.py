@@ -73,7 +73,8 @@ class Checkpointing:
         return {
             "format": CHECKPOINT_FORMAT,
             "kind": kind,
-            "model": self.model.state_dict(),
+            "model": (self.scored_model() if kind == "best" else self.model).state_dict(),
+            "ema": self.ema is not None,  # best.pth's weights are the moving average
             **self.describe,
             "epoch": self.state.epoch,
             "phase": phase.name,
@@ -113,6 +114,7 @@ class Checkpointing:
                 "world_size": self.ranks.world_size,
             },
             "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
+            "ema_model": None if self.ema is None else self.ema.module.state_dict(),
         }
 
     def _restore(self, checkpoint: dict) -> None:
@@ -123,6 +125,11 @@ class Checkpointing:
                 f"{self.run_dir / 'last.pth'} does not fit this model ({str(err).splitlines()[0]}); "
                 "resume with the run's own backbone settings"
             ) from err
+        if self.ema is not None:
+            if checkpoint.get("ema_model") is None:
+                raise CheckpointError(f"{self.run_dir / 'last.pth'} holds no moving average of the weights; resume "
+                                      "it with the run's own train.ema.enabled=false")  # fmt: skip
+            self.ema.module.load_state_dict(checkpoint["ema_model"])
         self.state = TrainerState(**checkpoint["trainer_state"])
         saved = checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
         same_world = saved["world_size"] == self.ranks.world_size

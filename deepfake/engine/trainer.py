@@ -88,6 +88,7 @@ class Trainer(Checkpointing):
         batch_images: Callable[[dict], torch.Tensor] | None = None,
         log_sample_paths: int = 8,
         label_smoothing: float = 0.0,
+        ema: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -101,6 +102,9 @@ class Trainer(Checkpointing):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: torch.nn.Module = self.model  # the DDP wrapper while distributed
+        # An exponential moving average of the weights (timm's ModelEmaV3, train.ema): what is validated
+        # and saved as best.pth; the raw weights go on training and are saved in last.pth beside it.
+        self.ema = ema(self.model) if ema is not None else None
         self.train_loader, self.val_loader = train_loader, val_loader
         self.phases = phases
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
@@ -214,7 +218,10 @@ class Trainer(Checkpointing):
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _build_optimizer(self, phase: Phase, per_epoch: int) -> None:
-        groups = param_groups(self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen)
+        groups = param_groups(
+            self.model, phase.lr_backbone, phase.lr_head, phase.backbone_frozen,
+            weight_decay_exclude_1d=phase.weight_decay_exclude_1d, layer_decay=phase.layer_decay,
+        )  # fmt: skip
         self.optimizer = self.make_optimizer(groups)
         self.scheduler = None
         if phase.scheduled:
@@ -321,13 +328,10 @@ class Trainer(Checkpointing):
         self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
 
     def _part_lrs(self) -> dict[str, float]:
-        """The learning rate of the backbone and of the head now: the largest of each part's groups
-        (a part may be split into decay/no-decay groups or scaled per layer); 0 for a frozen backbone."""
-        lrs = {"backbone": 0.0}
-        for group in self.optimizer.param_groups:
-            part = "head" if group["name"].startswith("head") else "backbone"
-            lrs[part] = max(lrs.get(part, 0.0), group["lr"])
-        return lrs
+        """The backbone's and the head's base learning rate now, as metrics_log.csv has them (before
+        layer decay scales them); 0 for a frozen backbone."""
+        lrs = self._learning_rates()
+        return {"backbone": lrs.get("backbone", 0.0), "head": lrs["head"]}
 
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
@@ -343,19 +347,25 @@ class Trainer(Checkpointing):
         self.phase_step += 1
         if self.scheduler is not None:
             self.scheduler.step_update(self.phase_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.step)
+
+    def scored_model(self) -> torch.nn.Module:
+        """The weights validation judges and best.pth keeps: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # --------------------------------------------------------------------------- validation
     def validate(self, progress: Progress | None = None) -> Predictions:
         """p(fake) of every validation image; under DDP each rank scores its shard and every rank
         gets all of them back in dataset order, so each computes the same metrics."""
-        distributed.broadcast_buffers(self.model)  # every rank scores with the weights rank 0 saves
+        distributed.broadcast_buffers(self.scored_model())  # every rank scores with the weights rank 0 saves
         # Validation runs in a fixed order: its first batch is the sampler's first indices (this rank's).
         sampler = self.val_loader.sampler
         first = list(itertools.islice(iter(sampler), self.val_loader.batch_size))
         self._log_samples("validation", self.val_loader.dataset, first)
         bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
         preds = predict(
-            self.model, self.val_loader, self.device, self.precision,
+            self.scored_model(), self.val_loader, self.device, self.precision,
             on_batch=(lambda: progress.update(bar, advance=1)) if progress else None,
         )  # fmt: skip
         if progress:
@@ -365,8 +375,12 @@ class Trainer(Checkpointing):
         return preds
 
     def _learning_rates(self) -> dict[str, float]:
-        """Per param group, as the epoch starts (the schedule moves them every step)."""
-        return {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        """Per param group, as the epoch starts (the schedule moves them every step); "backbone" and
+        "head" are each part's base rate, before layer decay scales it."""
+        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        for group in self.optimizer.param_groups:
+            lrs.setdefault(group["name"].split("_")[0], group["lr"] / group.get("lr_scale", 1.0))
+        return lrs
 
     def _end_epoch(self, phase: Phase, train_seconds: float, progress: Progress) -> dict:
         started = time.perf_counter()

@@ -36,21 +36,20 @@ from deepfake.tasks import data_setup, session
 from deepfake.tasks.preflight import positive_int
 from deepfake.tracking.checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from deepfake.tracking.console import console
+from deepfake.tracking.loggers import Tracker
 
 log = logging.getLogger(__name__)
 
 
-class EpochClock:
-    """A trainer logger that only notes when each epoch ended (after its checkpoints were written)."""
+class EpochClock(Tracker):
+    """A tracker that only notes when each epoch ended (after its checkpoints were written)."""
 
     def __init__(self) -> None:
         self.ends = [time.perf_counter()]
 
     def log_metrics(self, metrics, step: int) -> None:
-        self.ends.append(time.perf_counter())
-
-    def close(self) -> None:
-        pass
+        if "epoch" in metrics:  # not the per-interval training loss
+            self.ends.append(time.perf_counter())
 
 
 def run(cfg: DictConfig) -> float:

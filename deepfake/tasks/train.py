@@ -24,6 +24,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -36,7 +37,7 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import RunStopped, TrainingError
+from deepfake.errors import ConfigError, RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -164,6 +165,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         batch_images=batch_images,
         log_sample_paths=int(cfg.train.log_sample_paths),
         label_smoothing=float(cfg.train.label_smoothing),
+        ema=_moving_average(cfg.train.ema),
     )
     entry = {
         "run_name": name,
@@ -178,6 +180,18 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         "world_size": here.world_size,
     }
     return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
+
+
+def _moving_average(settings: DictConfig):
+    """train.ema: timm's ModelEmaV3 with the configured decay, or None."""
+    if not settings.enabled:
+        return None
+    decay = float(settings.decay)
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"train.ema.decay={settings.decay} must be in (0, 1); 0.9998 is timm's usual choice")
+    from timm.utils import ModelEmaV3
+
+    return partial(ModelEmaV3, decay=decay, use_warmup=bool(settings.warmup))
 
 
 def _trackers(cfg: DictConfig) -> list:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.loaders import train_loader
@@ -58,7 +59,8 @@ class AugmentedStripes(torch.utils.data.Dataset):
         return None
 
 
-def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal_on_load: int | None = None):
+def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal_on_load: int | None = None,
+                 ema: bool = False):  # fmt: skip
     torch.manual_seed(0)
     model = create_detector("test_resnet")
     train = train_loader(
@@ -73,6 +75,7 @@ def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal
         device=torch.device("cpu"), run_dir=run_dir, accumulate_grad_batches=accumulate,
         describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
                   "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "faults"},
+        ema=partial(ModelEmaV3, decay=0.99, use_warmup=True) if ema else None,
     )  # fmt: skip
 
 
@@ -82,18 +85,24 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 def assert_same_models(a: Path, b: Path) -> None:
-    left, right = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
-    assert left.keys() == right.keys()
-    for key in left:
-        assert torch.equal(left[key], right[key]), key
+    left, right = load_checkpoint(a), load_checkpoint(b)
+    for weights in ("model", "ema_model"):  # the moving average of train.ema too
+        if left.get(weights) is None:
+            assert right.get(weights) is None
+            continue
+        assert left[weights].keys() == right[weights].keys()
+        for key in left[weights]:
+            assert torch.equal(left[weights][key], right[weights][key]), (weights, key)
 
 
-@pytest.mark.parametrize(("workers", "accumulate"), [(0, 1), (2, 2)])
-def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, workers, accumulate):
-    make_trainer(tmp_path / "straight", workers=workers, accumulate=accumulate).fit()
+@pytest.mark.parametrize(("workers", "accumulate", "ema"), [(0, 1, False), (2, 2, False), (0, 1, True)])
+def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, workers, accumulate, ema):
+    make_trainer(tmp_path / "straight", workers=workers, accumulate=accumulate, ema=ema).fit()
+    if ema:
+        assert load_checkpoint(tmp_path / "straight" / "last.pth")["ema_model"] is not None
 
     # 48 train images in batches of 8: the 60th load falls in epoch 2's second batch.
-    stopped = make_trainer(tmp_path / "stopped", workers=workers, accumulate=accumulate, signal_on_load=60)
+    stopped = make_trainer(tmp_path / "stopped", workers=workers, accumulate=accumulate, signal_on_load=60, ema=ema)
     state = stopped.fit()
     assert stopped.stopped_early and stopped.stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are given back
@@ -104,7 +113,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, workers, accum
     assert state.batches_done % accumulate == 0
     assert len(metric_rows(tmp_path / "stopped")) == 1
 
-    resumed = make_trainer(tmp_path / "stopped", workers=workers, accumulate=accumulate)
+    resumed = make_trainer(tmp_path / "stopped", workers=workers, accumulate=accumulate, ema=ema)
     resumed.fit(resume=load_checkpoint(tmp_path / "stopped" / "last.pth"))
     assert not resumed.stopped_early
     assert_same_models(tmp_path / "straight" / "best.pth", tmp_path / "stopped" / "best.pth")
