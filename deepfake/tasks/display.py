@@ -59,15 +59,16 @@ def print_registry(
     re-scored) are marked ≠ and listed after; failures are explained below the table."""
     console = Console(soft_wrap=True)
     if not runs:
-        where = f"{title} in {registry_path}" if title else registry_path
-        console.print(f"no runs registered yet in {where}; train one with `python scripts/main.py`")
+        which = f" ({title})" if title else ""
+        console.print(f"no runs{which} registered in {registry_path}; train one with `python scripts/main.py`")
         return
     key = set_key or promotion_key(best)
     runs = sorted(runs, key=lambda entry: _comparable_rank(entry, key))
     heading = f"{len(runs)} run(s) in {registry_path}" + (f" — {title}" if title else "")
     table = Table(title=heading, title_justify="left")
-    columns = ("", "run", "backbone", "dataset", "val AUC", "epoch", "promotion AUC", "own set", "test AUC", "test acc",
-               "status", "ended")  # fmt: skip
+    tagged = any(entry.get("tags") for entry in runs[:limit])
+    columns = ("", "run", *(("tags",) if tagged else ()), "backbone", "dataset", "val AUC", "epoch", "promotion AUC",
+               "own set", "test AUC", "test acc", "status", "ended")  # fmt: skip
     for column in columns:
         table.add_column(column)
     gone = [entry for entry in runs if entry.get("run_dir") and not Path(entry["run_dir"]).is_dir()]
@@ -78,6 +79,7 @@ def print_registry(
         table.add_row(
             mark,
             entry["run_name"],
+            *((Text(", ".join(entry.get("tags") or [])),) if tagged else ()),  # Text: a tag is never markup
             str(entry.get("backbone")),
             str(entry.get("dataset")),
             fmt_metric(entry.get("best_val_auc")),

@@ -158,12 +158,14 @@ def _register_failure(cfg: DictConfig, out_dir: Path, line: str) -> None:
     """A failed training job is a result: in the registry with its error, never promoted."""
     try:
         # Imported here: the registry's module pulls torch in, which task=registry need not pay for.
+        from deepfake.tasks.session import run_labels
         from deepfake.tracking.registry import Registry
 
         registry = Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model), float(cfg.registry.lock_timeout_s))
         registry.record_failure(
             {
                 "run_name": job_run_name(out_dir),
+                **run_labels(cfg),
                 "run_dir": str(out_dir),
                 "backbone": cfg.backbone.get("name"),
                 "dataset": cfg.dataset.get("name"),

@@ -27,6 +27,9 @@ def run(cfg: DictConfig) -> None:
     if cfg.task.get("sweep"):
         runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir))
         title = f"sweep {cfg.task.sweep}"
+    runs, chosen = matching(runs, cfg.task.get("match"), cfg.task.get("tags"))
+    if chosen:
+        title = ", ".join(filter(None, [title, chosen]))
     if cfg.registry.rescore:
         rescored = {run["run_name"] for run in runs}
         set_key, title = rescore(cfg, registry, runs)
@@ -40,6 +43,18 @@ def run(cfg: DictConfig) -> None:
         title=title,
         set_key=set_key,
     )
+
+
+def matching(runs: list[dict], match: str | None, tags) -> tuple[list[dict], str]:
+    """The entries whose run name or ``name`` holds ``match`` and that carry every tag of ``tags``
+    (``task.tags=x`` or ``[x,y]``), and a title saying so ("" when nothing narrows them)."""
+    wanted = [] if not tags else [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+    if match:
+        runs = [run for run in runs if str(match) in run["run_name"] or str(match) in str(run.get("name") or "")]
+    if wanted:
+        runs = [run for run in runs if set(wanted) <= set(run.get("tags") or [])]
+    said = [f"matching {match!r}"] * bool(match) + [f"tagged {', '.join(wanted)}"] * bool(wanted)
+    return runs, ", ".join(said)
 
 
 def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import datetime
 
@@ -40,10 +41,22 @@ def hydra_output_subdir() -> str | None:
     return ".hydra" if env_rank() == 0 else None
 
 
+DIR_SUFFIX_MAX = 120
+
+
+def dir_suffix(text) -> str:
+    """``_<text>`` for a run dir's name (``name=expt 1`` -> ``_expt-1``; a sweep job's overrides),
+    with what a file name cannot hold replaced and cut to DIR_SUFFIX_MAX characters; "" for none."""
+    if text is None or str(text) == "":
+        return ""
+    return "_" + re.sub(r"[^A-Za-z0-9._,=+-]+", "-", str(text))[:DIR_SUFFIX_MAX].strip("-")
+
+
 def register_resolvers() -> None:
     # use_cache: one value per process, and Hydra copies the cache into each sweep job's config,
     # so every reference to a run's stamp agrees.
     for name, resolver in (("run_stamp", run_stamp), ("rank_log_name", rank_log_name),
-                           ("rank_console_level", rank_console_level), ("hydra_output_subdir", hydra_output_subdir)):  # fmt: skip
+                           ("rank_console_level", rank_console_level), ("hydra_output_subdir", hydra_output_subdir),
+                           ("dir_suffix", dir_suffix)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver, use_cache=True)

@@ -20,6 +20,14 @@ def run_name() -> str:
     return job_run_name(run_dir())
 
 
+def run_labels(cfg: DictConfig) -> dict:
+    """The run's ``name`` (or None) and ``tags`` (a list of text; ``tags=x`` is ``[x]``) for its
+    registry entry."""
+    tags = cfg.get("tags") or []
+    tags = [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+    return {"name": None if cfg.get("name") is None else str(cfg.name), "tags": tags}
+
+
 def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 

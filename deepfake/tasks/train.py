@@ -169,6 +169,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
     )
     entry = {
         "run_name": name,
+        **session.run_labels(cfg),
         "run_dir": str(out_dir),
         "backbone": model.detector_spec["name"],
         "dataset": cfg.dataset.name,

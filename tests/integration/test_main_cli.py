@@ -33,8 +33,9 @@ def registry(root: Path) -> dict:
 
 
 def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_data_dir):
-    result = main_runner("logger=tensorboard")
+    result = main_runner("logger=tensorboard", "name=expt 1", "tags=[baseline,cpu]")
     run = only_run_dir(tmp_path / "outputs" / "train")
+    assert run.name.endswith("_expt-1")  # the name, as a file name can hold it
     assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
     assert any((run / "tb").iterdir())
@@ -74,6 +75,7 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     assert entry["best_val_auc"] == pytest.approx(max(float(r["val_auc"]) for r in rows), abs=1e-6)
     assert entry["test_metrics"]["auc"] == test_metrics["auc"]
     assert entry["backbone"] == "test_resnet" and entry["dataset"] == "synthetic"
+    assert entry["name"] == "expt 1" and entry["tags"] == ["baseline", "cpu"]
     assert "phase.head_epochs=1" in entry["overrides"]
     assert (tmp_path / "models" / "best_model.pth").read_bytes() == (run / "best.pth").read_bytes()
     assert "run dir" in result.stdout and str(run) in result.stdout
@@ -99,8 +101,11 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     listing = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                              env={**os.environ, "COLUMNS": "200"})
     assert listing.returncode == 0, listing.stderr
-    assert run.name in listing.stdout and "test_resnet" in listing.stdout
+    assert run.name in listing.stdout and "test_resnet" in listing.stdout and "baseline, cpu" in listing.stdout
     assert "torch imported: False" in listing.stdout
+    # Filtered by name and tags.
+    assert run.name in main_runner("task=registry", "task.match=expt 1", "task.tags=[cpu]").stdout
+    assert "no runs (tagged gpu) registered" in main_runner("task=registry", "task.tags=[gpu]").stdout
 
 
 def _check_tensorboard(tb: Path, rows: list[dict]) -> None:
@@ -133,13 +138,15 @@ def _check_tensorboard(tb: Path, rows: list[dict]) -> None:
 def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tmp_path, main_runner):
     main_runner("-m", "dataset.cache=none,all", f"dataset.cache_dir={tmp_path / 'cache'}")
     sweep = only_run_dir(tmp_path / "multirun")
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [j.name for j in jobs] == ["0", "1"]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    # Each job's dir: its number, then its overrides, sorted by key as Hydra's override_dirname has them.
+    assert [j.name[:2] for j in jobs] == ["0_", "1_"]
+    assert ",dataset.cache=none," in jobs[0].name and ",dataset.cache=all," in jobs[1].name and "/" not in jobs[0].name
     for job in jobs:
         assert (job / "best.pth").is_file() and (job / "metrics_test.json").is_file()
     reg = registry(tmp_path)
     names = sorted(e["run_name"] for e in reg["runs"])
-    assert names == [f"{sweep.name}/{n}" for n in range(2)]
+    assert names == [f"{sweep.name}/{job.name}" for job in jobs]
     best = next(e for e in reg["runs"] if e["run_name"] == reg["best_run"])
     assert best["best_val_auc"] == max(e["best_val_auc"] for e in reg["runs"])
     assert (tmp_path / "models" / "best_model.pth").read_bytes() == (Path(best["run_dir"]) / "best.pth").read_bytes()

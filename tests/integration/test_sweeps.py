@@ -37,6 +37,12 @@ def only_sweep_dir(root: Path) -> Path:
     return sweep_dir
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The jobs' dirs in job order: each is named <job number>_<its overrides>."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0]))  # fmt: skip
+
+
 def summary(sweep_dir: Path) -> list[dict]:
     return list(csv.DictReader((sweep_dir / "summary.csv").open()))
 
@@ -92,7 +98,7 @@ def test_failed_jobs_are_results_and_the_sweep_goes_on(tmp_path, shared_data_dir
 def test_joblib_runs_two_jobs_in_parallel(tmp_path, shared_data_dir):
     sweep(tmp_path, shared_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
     sweep_dir = only_sweep_dir(tmp_path)
-    statuses = [json.loads((sweep_dir / job / "status.json").read_text()) for job in ("0", "1")]
+    statuses = [json.loads((job / "status.json").read_text()) for job in job_dirs(sweep_dir)]
     assert len({s["pid"] for s in statuses}) == 2  # two worker processes, not one after the other
     assert [r["status"] for r in summary(sweep_dir)] == ["finished", "finished"]
     assert_consistent_best(tmp_path, 2)
@@ -103,12 +109,12 @@ def test_submitit_local_runs_the_cluster_code_path_with_two_ranks_per_job(tmp_pa
     # of two ranks (gloo), set up from submitit's environment.
     sweep(tmp_path, shared_data_dir, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "seed=1,2")
     sweep_dir = only_sweep_dir(tmp_path)
-    statuses = [json.loads((sweep_dir / job / "status.json").read_text()) for job in ("0", "1")]
+    statuses = [json.loads((job / "status.json").read_text()) for job in job_dirs(sweep_dir)]
     assert all(s["launcher_job_id"] and s["attempt"] == 1 and s["status"] == "finished" for s in statuses)
     assert (sweep_dir / ".submitit").is_dir()
-    for job in ("0", "1"):
-        assert "rank 1 of 2" in (sweep_dir / job / "run.rank1.log").read_text()
-        assert "rank 0 of 2" in (sweep_dir / job / "run.log").read_text()
+    for job in job_dirs(sweep_dir):
+        assert "rank 1 of 2" in (job / "run.rank1.log").read_text()
+        assert "rank 0 of 2" in (job / "run.log").read_text()
     assert sorted(r["overrides"] for r in summary(sweep_dir)) == ["seed=1", "seed=2"]
     entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
     assert [e["world_size"] for e in entries] == [2, 2]

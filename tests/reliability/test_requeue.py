@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def _job_dir(root: Path) -> Path | None:
-    found = sorted((root / "multirun").glob("*/0/status.json"))
+    found = sorted((root / "multirun").glob("*/0_*/status.json"))  # job 0's dir: 0_<its overrides>
     return found[0].parent if found else None
 
 
