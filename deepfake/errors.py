@@ -59,6 +59,10 @@ class ExportError(UserError):
     """An exported model that does not reproduce its checkpoint; no file is left behind."""
 
 
+class ArchiveError(UserError):
+    """An archive that, read back, does not hold what was packed into it; no source was removed."""
+
+
 class RunStopped(BaseException):
     """A stop signal ended the run after ``last.pth`` was saved: not a failure, not an error.
 

@@ -43,6 +43,11 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp.{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
+def is_temp(name: str) -> bool:
+    """Whether a file name is one :func:`temp_path` gives: a write in progress, or a killed writer's leftover."""
+    return _TEMP_PATTERN.match(name) is not None
+
+
 def _is_out_of_space(error: BaseException) -> bool:
     # torch.save reports a failed write as a RuntimeError whose context is the OSError, so the whole
     # chain has to be searched.
@@ -128,16 +133,16 @@ def process_is_alive(host: str, pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """Remove temps of killed writers in ``directory``; return the paths removed.
+def stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """The temps of killed writers in ``directory`` (task=prune lists them before removing anything).
 
     A temp is stale when its writer (same host) is no longer running, or when nothing has touched
-    it for ``max_age_s`` seconds. Files that do not follow the temp naming scheme are never touched.
+    it for ``max_age_s`` seconds. Files that do not follow the temp naming scheme are never listed.
     """
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    removed: list[Path] = []
+    stale: list[Path] = []
     now = time.time()
     for candidate in folder.iterdir():
         match = _TEMP_PATTERN.match(candidate.name)
@@ -148,8 +153,15 @@ def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = 
         except FileNotFoundError:
             continue  # its writer just renamed or removed it
         if age_s > max_age_s or not process_is_alive(match["host"], int(match["pid"])):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
+            stale.append(candidate)
+    return stale
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the :func:`stale_temps` of ``directory``; return the paths removed."""
+    removed = stale_temps(directory, max_age_s=max_age_s)
+    for temp in removed:
+        temp.unlink(missing_ok=True)
     return removed
 
 
