@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # should not pay for importing torch models.
 TASKS = {
     "train": "train", "test": "test", "registry": "registry", "cam": "cam", "audit": "audit", "compare": "compare",
-    "predict": "predict", "export": "export", "card": "card", "bench": "bench",
+    "predict": "predict", "export": "export", "card": "card", "bench": "bench", "prune": "prune",
+    "archive": "archive",
 }  # fmt: skip
 
 register_resolvers()
