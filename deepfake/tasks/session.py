@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from deepfake.engine.launcher_env import env_rank
 from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
 from deepfake.tracking.registry import Registry
+from deepfake.tracking.trackers import GuardedTracker
 
 
 def run_dir() -> Path:
@@ -57,5 +63,31 @@ def flat_config(cfg: DictConfig) -> dict:
     return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+def build_loggers(cfg: DictConfig) -> list[GuardedTracker]:
+    """Every ``logger.<key>`` entry, each behind a guard: a tracker that fails to start, or later,
+    costs one warning and never the run. An entry's ``run_name: null`` becomes this run's name."""
+    return [GuardedTracker(f"logger.{key}", partial(_instantiate_tracker, node)) for key, node in
+            (cfg.get("logger") or {}).items()]  # fmt: skip
+
+
+def _instantiate_tracker(node: DictConfig):
+    named = {"run_name": run_name()} if "run_name" in node and node.run_name is None else {}
+    try:
+        return instantiate(node, **named)
+    except InstantiationException as error:  # the tracker's own error says what went wrong, not Hydra's wrapper
+        raise (error.__cause__ or error) from None
+
+
+@contextmanager
+def trackers(cfg: DictConfig) -> Iterator[list[GuardedTracker]]:
+    """The task's trackers (rank 0's; none on the other ranks), told the run's config, closed when
+    the task ends. The task owns them: a training logs its test to the same tracker runs."""
+    opened = build_loggers(cfg) if env_rank() == 0 else []
+    params = flat_config(cfg)
+    for tracker in opened:
+        tracker.log_params(params)
+    try:
+        yield opened
+    finally:
+        for tracker in opened:
+            tracker.close()
