@@ -136,11 +136,10 @@ class Trainer(Checkpointing):
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
 
     def close(self) -> None:
-        """Flush and close metrics_log.csv and every extra logger (TensorBoard)."""
+        """Flush and close metrics_log.csv. The trackers stay open: they belong to the task that made
+        them, which logs the test of best.pth to the same tracker runs after training."""
         if self.metrics_csv is not None:
             self.metrics_csv.close()
-        for logger in self.loggers:
-            logger.close()
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: dict | None = None) -> TrainerState:

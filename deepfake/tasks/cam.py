@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import checkpoints, data_setup, preflight, session
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
+from deepfake.tracking.loggers import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,22 @@ SPLIT_CSV = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
 def run(cfg: DictConfig) -> float | None:
     seed_everything(cfg.seed)  # RandomCAM baselines and ROAD's noise then repeat from run to run
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
-    report = explain_checkpoint(path, cfg, session.run_dir())
+    with session.trackers(cfg) as trackers:
+        report = explain_checkpoint(path, cfg, session.run_dir(), trackers=trackers)
     localisation = (report or {}).get("localisation")
     return localisation[report["method"]]["pointing_game"] if localisation else None
 
 
-def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, split: str | None = None) -> dict | None:
-    """Overlays and (with cam.metrics) the metrics report of one checkpoint; returns the report."""
+def explain_checkpoint(
+    checkpoint_path: Path,
+    cfg: DictConfig,
+    out_dir: Path,
+    split: str | None = None,
+    trackers: Sequence[Tracker] = (),
+    step: int = 0,
+) -> dict | None:
+    """Overlays and (with cam.metrics) the metrics report of one checkpoint; returns the report.
+    ``trackers`` get the overlay grid at ``step`` (a training's last step)."""
     settings = cfg.cam
     split = split or settings.split
     if split not in SPLIT_CSV:
@@ -94,7 +105,8 @@ def explain_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, sp
     sheet.save(cam_dir / "grid.png")
     title = f"{settings.method} on {split}: {checkpoint.get('run_name') or checkpoint_path}"
     write_gallery(cam_dir, files, samples, report, title)
-    _log_grid(cfg, sheet)
+    for tracker in trackers:
+        tracker.log_image("cam/overlays", np.asarray(sheet).transpose(2, 0, 1), step=step)
     log.info("CAM overlays of %d %s images (%s, layer %s): %s", len(samples), split, settings.method,
              explainer.target_layer, cam_dir / "index.html")  # fmt: skip
     return report
@@ -180,15 +192,3 @@ def _log_report(report: dict) -> None:
              method, view["road_combined"], view["road_combined_random"])  # fmt: skip
     log.info("CAM sanity (Spearman to the trained model's maps as layers are randomised from the top): %s",
              ", ".join(f"{s['layers']} layers {s['spearman']:.3f}" for s in report["sanity"]))  # fmt: skip
-
-
-def _log_grid(cfg: DictConfig, sheet: Image.Image) -> None:
-    loggers = session.build_loggers(cfg)
-    try:
-        for logger in loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image("cam/overlays", np.asarray(sheet).transpose(2, 0, 1), step=0)
-    finally:
-        for logger in loggers:
-            logger.close()
-

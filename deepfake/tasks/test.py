@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,23 @@ from deepfake.tasks import checkpoints, data_setup, session
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.scoring import Scorer, eval_sets, perturbations, summary_settings
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
+from deepfake.tracking.loggers import Tracker
 
 log = logging.getLogger(__name__)
 
 TRAINING_CURVES = "training_curves.png"  # written by task=train in its run dir
 
 
-def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, damaged: DamagedImageLog | None = None) -> dict:
-    """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures)."""
+def evaluate_checkpoint(
+    checkpoint_path: Path,
+    cfg: DictConfig,
+    out_dir: Path,
+    damaged: DamagedImageLog | None = None,
+    trackers: Sequence[Tracker] = (),
+    step: int = 0,
+) -> dict:
+    """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures);
+    ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step)."""
     checkpoint = load_checkpoint(checkpoint_path)
     rule = decision_rule(checkpoint, cfg.eval.threshold)
     settings = summary_settings(cfg)
@@ -66,9 +76,10 @@ def evaluate_checkpoint(checkpoint_path: Path, cfg: DictConfig, out_dir: Path, d
     if cfg.eval.report:
         pictures = _pictures(metrics, test.targets.astype(int), test.logits, rule, out_dir)
         metrics["report"] = str(write_document(out_dir / "report.html", html_report.render(metrics, pictures)))
-        _log_images(cfg, pictures)
+        _log_images(trackers, pictures, step)
     atomic_write_text(out_dir / "metrics_test.json", json.dumps(metrics, indent=2))
     _log_summary(metrics, out_dir)
+    _track(trackers, metrics, out_dir, step)
     return metrics
 
 
@@ -125,17 +136,23 @@ def _pictures(metrics: dict, targets: np.ndarray, logits: np.ndarray, rule: Deci
     return pictures
 
 
-def _log_images(cfg: DictConfig, pictures: dict[str, bytes]) -> None:
-    """The plots as TensorBoard images (logger=tensorboard), under eval/<name>."""
-    loggers = [logger for logger in session.build_loggers(cfg) if hasattr(logger, "log_image")]
-    try:
-        for logger in loggers:
-            for name, png in pictures.items():
-                rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-                logger.log_image(f"eval/{name}", rgb.transpose(2, 0, 1), step=0)
-    finally:
-        for logger in loggers:
-            logger.close()
+def _log_images(trackers: Sequence[Tracker], pictures: dict[str, bytes], step: int) -> None:
+    """The plots as tracker images, under eval/<name>."""
+    for name, png in pictures.items():
+        rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        for tracker in trackers:
+            tracker.log_image(f"eval/{name}", rgb.transpose(2, 0, 1), step=step)
+
+
+def _track(trackers: Sequence[Tracker], metrics: dict, out_dir: Path, step: int) -> None:
+    """The headline numbers of metrics_test.json as ``test/<name>``, and the files themselves."""
+    figures = {f"test/{key}": value for key, value in metrics.items() if isinstance(value, int | float)
+               and not isinstance(value, bool)}  # fmt: skip
+    files = [out_dir / name for name in ("metrics_test.json", "report.html") if (out_dir / name).is_file()]
+    for tracker in trackers:
+        tracker.log_metrics(figures, step=step)
+        for path in files:
+            tracker.log_artifact(path)
 
 
 def _log_summary(metrics: dict, out_dir: Path) -> None:
@@ -160,7 +177,8 @@ def _log_summary(metrics: dict, out_dir: Path) -> None:
 def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     out_dir = session.run_dir()
-    metrics = evaluate_checkpoint(path, cfg, out_dir)
+    with session.trackers(cfg) as trackers:
+        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers)
     registry = session.open_registry(cfg)
     if metrics["run_name"]:
         registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))

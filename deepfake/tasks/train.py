@@ -63,6 +63,7 @@ class TrainingRun:
     entry: dict  # the registry entry, completed as the run goes
     promotion_set: promotion.PromotionSet
     val_identity: dict
+    trackers: list  # rank 0's (session.trackers); the task closes them
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -76,12 +77,15 @@ def run(cfg: DictConfig) -> float | None:
             log.info("%s", finished_message(out_dir, finished))
             return finished.get("best_val_auc")
     run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
-    training = distributed.together(lambda: _setup(cfg, out_dir, run_info))
-    state = _train(training)
-    distributed.shut_down()  # training's collectives are over: rank 0 goes on alone
-    if not here.is_main:
-        return state.best_auc
-    return _save(training, state, started)
+    # The trackers stay open from the first step through the test and CAM of best.pth: one tracker run
+    # holds the whole training, and a tracker that is down is found (and warned about) once.
+    with session.trackers(cfg) as trackers:
+        training = distributed.together(lambda: _setup(cfg, out_dir, run_info, trackers))
+        state = _train(training)
+        distributed.shut_down()  # training's collectives are over: rank 0 goes on alone
+        if not here.is_main:
+            return state.best_auc
+        return _save(training, state, started)
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -104,7 +108,7 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     return {"git": git, "config_path": str(config_path)}
 
 
-def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
+def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> TrainingRun:
     seed_everything(cfg.seed)
     set_deterministic(bool(cfg.deterministic))
     here = distributed.ranks()
@@ -156,7 +160,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         precision=precision,
         accumulate_grad_batches=positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         grad_clip_norm=cfg.train.grad_clip_norm,
-        loggers=_trackers(cfg) if here.is_main else [],
+        loggers=trackers,
         resume_strict=bool(cfg.resume_strict),
         sync_batchnorm=bool(cfg.train.sync_batchnorm),
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
@@ -180,7 +184,9 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict) -> TrainingRun:
         "started_at": session.now_iso(),
         "world_size": here.world_size,
     }
-    return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set))
+    return TrainingRun(
+        cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set), trackers
+    )
 
 
 def _moving_average(settings: DictConfig):
@@ -193,15 +199,6 @@ def _moving_average(settings: DictConfig):
     from timm.utils import ModelEmaV3
 
     return partial(ModelEmaV3, decay=decay, use_warmup=bool(settings.warmup))
-
-
-def _trackers(cfg: DictConfig) -> list:
-    """The enabled trackers, each told the run's config before the first step."""
-    trackers = session.build_loggers(cfg)
-    params = session.flat_config(cfg)
-    for tracker in trackers:
-        tracker.log_params(params)
-    return trackers
 
 
 # ------------------------------------------------------------------------------------ train
@@ -235,12 +232,19 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
     try:
         entry = dict(training.entry)
         entry["operating_point"] = store_operating_point(best, cfg, trainer.damaged)["operating_point"]
-        test_metrics = evaluate_checkpoint(best, cfg, out_dir) if cfg.train.do_test else None
+        test_metrics = (
+            evaluate_checkpoint(best, cfg, out_dir, trackers=training.trackers, step=state.step)
+            if cfg.train.do_test
+            else None
+        )
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
         entry["promotion"] = promotion.candidate_promotion(
             cfg, best, state.best_auc, training.val_identity, training.promotion_set
         )
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
+        for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints
+            tracker.log_artifact(card)
+            tracker.log_artifact(best)
         promoted = session.open_registry(cfg).register_run(
             entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
         )
@@ -256,7 +260,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         # metrics join the registry entry registered just above.
         from deepfake.tasks.cam import explain_checkpoint
 
-        explain_checkpoint(best, cfg, out_dir, split="valid")
+        explain_checkpoint(best, cfg, out_dir, split="valid", trackers=training.trackers, step=state.step)
     seconds = time.perf_counter() - started
     log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
     print_run_summary(
