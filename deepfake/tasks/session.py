@@ -83,7 +83,7 @@ def trackers(cfg: DictConfig) -> Iterator[list[GuardedTracker]]:
     """The task's trackers (rank 0's; none on the other ranks), told the run's config, closed when
     the task ends. The task owns them: a training logs its test to the same tracker runs."""
     opened = build_loggers(cfg) if env_rank() == 0 else []
-    params = flat_config(cfg)
+    params = flat_config(cfg) if opened else {}
     for tracker in opened:
         tracker.log_params(params)
     try:
