@@ -11,6 +11,7 @@ robbed of it: once ``last.pth`` is saved, :meth:`StopRequest.hand_back` calls th
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -80,3 +81,8 @@ def init_worker(worker_id: int) -> None:
     seed_worker(worker_id)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    # Everything inherited from the main process leaves the garbage collector's view (O(1)). Otherwise
+    # the worker's first full collection writes into the header of every object it inherited (torch,
+    # timm, the dataset) and so copies each page holding one: measured, each of 4 workers grew from 21
+    # to 107 MiB of private memory at its third epoch. Those objects live as long as the worker anyway.
+    gc.freeze()

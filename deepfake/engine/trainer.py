@@ -134,6 +134,9 @@ class Trainer(Checkpointing):
         self.losses = LossWatch(device)
         self.stop = StopRequest()
         self.stopped_early = False  # fit returned because of a stop signal; last.pth holds where
+        # Validation's predictions by the weights best.pth holds, when this process scored them: the
+        # operating point is chosen on them instead of scoring validation once more.
+        self.best_predictions: Predictions | None = None
 
     def close(self) -> None:
         """Flush and close metrics_log.csv. The trackers stay open: they belong to the task that made
@@ -411,6 +414,7 @@ class Trainer(Checkpointing):
         val_metrics = {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")}
         if improved:
             self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
+            self.best_predictions = preds
             if self.ranks.is_main:
                 atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         if self.state.epoch_in_phase == phase.epochs:

@@ -111,11 +111,14 @@ def eval_sets(cfg: DictConfig) -> list[tuple[str, str, str | None]]:
     return sets
 
 
-def store_operating_point(best_path: Path, cfg: DictConfig, damaged: DamagedImageLog) -> dict:
-    """Score validation with best.pth, choose its threshold (and temperature) by the eval policy,
-    and write them into best.pth; returns what was stored."""
+def store_operating_point(
+    best_path: Path, cfg: DictConfig, damaged: DamagedImageLog, valid_predictions: Predictions | None = None
+) -> dict:
+    """Choose best.pth's threshold (and temperature) on validation by the eval policy and write them
+    into best.pth; returns what was stored. ``valid_predictions``: validation already scored by exactly
+    these weights (the training's best epoch, same transform and precision); otherwise it is scored here."""
     checkpoint = load_checkpoint(best_path)
-    preds = Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
+    preds = valid_predictions or Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
     if len(np.unique(preds.targets)) < 2:
         raise ConfigError(f"{cfg.dataset.val_csv}: validation holds one class only; no threshold can be chosen on it")
     chosen = fit_operating_point(

@@ -231,7 +231,9 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
     best = out_dir / "best.pth"
     try:
         entry = dict(training.entry)
-        entry["operating_point"] = store_operating_point(best, cfg, trainer.damaged)["operating_point"]
+        entry["operating_point"] = store_operating_point(best, cfg, trainer.damaged, trainer.best_predictions)[
+            "operating_point"
+        ]
         test_metrics = (
             evaluate_checkpoint(best, cfg, out_dir, trackers=training.trackers, step=state.step)
             if cfg.train.do_test

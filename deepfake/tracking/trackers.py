@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -197,8 +197,14 @@ class MlflowTracker(Tracker):
 
 
 def _mlflow_tags(run_dir, tags: Mapping[str, Any] | None, source_dir) -> dict[str, str]:
-    """The configured tags, the run dir, and the code's commit where MLflow's UI shows it."""
-    result = {str(key): str(value) for key, value in (tags or {}).items()} | {"run_dir": str(run_dir)}
+    """The configured tags (a list, the run's ``tags=[...]``, as one tag each: ``baseline: true``), the
+    run dir, and the code's commit where MLflow's UI shows it."""
+    result = {"run_dir": str(run_dir)}
+    for key, value in (tags or {}).items():
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            result |= {str(label): "true" for label in value}
+        elif value is not None:
+            result[str(key)] = str(value)
     commit = git_info(source_dir)["commit"] if source_dir is not None else None
     return result | ({"mlflow.source.git.commit": commit} if commit else {})
 
@@ -224,6 +230,7 @@ class WandbTracker(Tracker):
         mode: str | None = None,
         run_name: str | None = None,
         job_type: str | None = None,
+        tags: Sequence[str] = (),
         log_checkpoint: bool = False,
         init_timeout_s: int = 60,
     ) -> None:
@@ -234,7 +241,8 @@ class WandbTracker(Tracker):
         run_id = json.loads(record.read_text(encoding="utf-8"))["run_id"] if record.is_file() else secrets.token_hex(6)
         self.mode = mode or ("online" if wandb_key_configured() else "offline")
         self._run = wandb.init(
-            project=project, entity=entity, name=run_name, job_type=job_type, id=run_id, resume="allow",
+            project=project, entity=entity, name=run_name, job_type=job_type, tags=[str(tag) for tag in tags] or None,
+            id=run_id, resume="allow",
             dir=os.fspath(run_dir), mode=self.mode,
             reinit="create_new",  # its own run object, never the process-global wandb.run
             # run.log holds the console already; capturing it would also wrap the rich progress display.

@@ -82,7 +82,7 @@ def _healthy(url: str) -> bool:
 def test_training_logs_params_metrics_test_and_files_to_a_real_mlflow_server(tmp_path, main_runner, mlflow_server):
     from mlflow import MlflowClient
 
-    main_runner("logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_server}")
+    main_runner("logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_server}", "name=nm", "tags=[baseline]")
     run = only_run_dir(tmp_path / "outputs" / "train")
     assert "WARNING" not in (run / "run.log").read_text()
     assert any((run / "tb").iterdir())  # both trackers of the list ran
@@ -95,6 +95,7 @@ def test_training_logs_params_metrics_test_and_files_to_a_real_mlflow_server(tmp
     params = logged.data.params
     assert params["phase.head_epochs"] == "1" and params["backbone.name"] == "test_resnet", len(params)
     assert logged.data.tags["task"] == "train" and logged.data.tags["run_dir"] == str(run)
+    assert logged.data.tags["name"] == "nm" and logged.data.tags["baseline"] == "true"  # name= and tags=[...]
 
     rows = metrics_rows(run)
     steps = [int(r["step"]) for r in rows]
