@@ -7,7 +7,7 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def find_in_chain(error: BaseException, matches: Callable[[BaseException], bool]) -> BaseException | None:

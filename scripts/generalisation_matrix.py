@@ -36,7 +36,9 @@ def main() -> None:
     for family in FAMILIES:
         main_py(f"dataset.generate.generator={family}", f"dataset.root={data[family]}",
                 f"hydra.run.dir={out / 'train' / family}", "train.do_test=false", *common)  # fmt: skip
-    sets = ",".join(f"{f}:{{csv:{data[f] / 'test.csv'},root_dir:{data[f] / 'real_vs_fake' / 'real-vs-fake'}}}" for f in FAMILIES)
+    sets = ",".join(
+        f"{f}:{{csv:{data[f] / 'test.csv'},root_dir:{data[f] / 'real_vs_fake' / 'real-vs-fake'}}}" for f in FAMILIES
+    )
     matrix = {}
     for family in FAMILIES:
         test_dir = out / "test" / family

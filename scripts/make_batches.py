@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-batches", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.root_dir=/data or dataset.csv_dir=...")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. paths.root_dir=/data or dataset.csv_dir=..."
+    )
     return parser.parse_args(argv)
 
 

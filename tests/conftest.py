@@ -49,7 +49,12 @@ def shared_data_dir(tmp_path_factory) -> Path:
 
 
 def run_main(
-    root: Path, *overrides: str, data_dir: Path | None = None, check: bool = True, timeout: int = 300, env: dict | None = None
+    root: Path,
+    *overrides: str,
+    data_dir: Path | None = None,
+    check: bool = True,
+    timeout: int = 300,
+    env: dict | None = None,
 ):
     """``python scripts/main.py`` in a subprocess with every path under ``root``."""
     flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides

@@ -47,7 +47,7 @@ class HammingIndex:
     def query(self, queries: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(query index, item index, distance)`` of every pair within ``max_distance``, each once."""
         queries = np.asarray(queries, dtype=np.uint64)
-        found = [self._query_block(queries[start:start + block], start) for start in range(0, len(queries), block)]
+        found = [self._query_block(queries[start : start + block], start) for start in range(0, len(queries), block)]
         if not found:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty

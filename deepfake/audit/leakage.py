@@ -80,7 +80,7 @@ def find_leaks(images: pd.DataFrame, splits: Sequence[str], max_distance: int, m
     columns = ["later", "earlier", "kind", "distance", "correlation", "partners"]
     found = []
     for i, earlier in enumerate(splits):
-        for later in splits[i + 1:]:
+        for later in splits[i + 1 :]:
             near = _near_pairs(images, earlier, later, max_distance, min_correlation)
             found_here = [frame for frame in (_exact_pairs(images, earlier, later), near) if len(frame)]
             if not found_here:
@@ -91,7 +91,8 @@ def find_leaks(images: pd.DataFrame, splits: Sequence[str], max_distance: int, m
             pairs["dissimilarity"] = -pairs["correlation"].astype(float)
             pairs = pairs.sort_values(["later", "rank", "distance", "dissimilarity", "earlier"])
             partners = pairs.drop_duplicates(["later", "earlier"]).groupby("later").size()
-            best = pairs.drop_duplicates("later").assign(partners=lambda p: p["later"].map(partners).to_numpy())
+            best = pairs.drop_duplicates("later")
+            best = best.assign(partners=best["later"].map(partners).to_numpy())
             found.append(best[columns])
     if not found:
         return pd.DataFrame(columns=columns)
@@ -104,7 +105,7 @@ def leak_counts(leaks: pd.DataFrame, images: pd.DataFrame, splits: Sequence[str]
     """Per (earlier, later) split pair: leaked images of the later split, exact and near, and their share."""
     counts = []
     for i, earlier in enumerate(splits):
-        for later in splits[i + 1:]:
+        for later in splits[i + 1 :]:
             pair = leaks[(images["split"].to_numpy()[leaks["earlier"]] == earlier)
                          & (images["split"].to_numpy()[leaks["later"]] == later)]  # fmt: skip
             n_later = int((images["split"] == later).sum())

@@ -100,8 +100,13 @@ def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSetting
         part = images.loc[positions.to_numpy(), ["split", "row", "path", "target"]]
         return {f"{prefix}_{key}": part[key].to_numpy() for key in part.columns}
 
-    pairs = pd.DataFrame({**side(leaks["earlier"], "a"), **side(leaks["later"], "b"),
-                          **{key: leaks[key].to_numpy() for key in ("kind", "distance", "correlation", "partners")}})
+    pairs = pd.DataFrame(
+        {
+            **side(leaks["earlier"], "a"),
+            **side(leaks["later"], "b"),
+            **{key: leaks[key].to_numpy() for key in ("kind", "distance", "correlation", "partners")},
+        }
+    )
     return {
         "near_duplicate_distance": settings.near_duplicate_distance,
         "near_duplicate_min_correlation": settings.near_duplicate_min_correlation,

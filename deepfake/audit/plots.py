@@ -39,7 +39,7 @@ def feature_distributions(features: pd.DataFrame, target: np.ndarray) -> bytes |
             ax.stairs(counts, edges, fill=True, alpha=0.5, color=COLOURS[name], label=name)
         ax.set_title(f"{column} ({group_of.get(column, '')})", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(varying):]:
+    for ax in list(axes.flat)[len(varying) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     return figure_png(fig)

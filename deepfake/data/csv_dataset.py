@@ -51,9 +51,7 @@ def read_raw_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
 def require_column(frame: pd.DataFrame, column: str, csv_path: Path, setting: str) -> None:
     if column not in frame.columns:
         present = ", ".join(map(str, frame.columns))
-        raise DataError(
-            f"{csv_path}: no column {column!r} (columns: {present}); fix the CSV or set {setting}"
-        )
+        raise DataError(f"{csv_path}: no column {column!r} (columns: {present}); fix the CSV or set {setting}")
 
 
 def labels_to_targets(

@@ -35,7 +35,9 @@ class EncodedSamples(Dataset):
     of the crop in that image; ``flip``: mirror it.
     """
 
-    def __init__(self, dataset: ImageFileDataset, *, crop_scale: Sequence[float] = (0.8, 1.0), hflip: float = 0.5) -> None:
+    def __init__(
+        self, dataset: ImageFileDataset, *, crop_scale: Sequence[float] = (0.8, 1.0), hflip: float = 0.5
+    ) -> None:
         self.dataset = dataset
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.hflip = float(hflip)

@@ -56,10 +56,8 @@ def _bilinear_double(low: np.ndarray) -> np.ndarray:
 def upsampling_traces(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     _, height, width = image.shape
     low = _half_resolution(image)
-    if rng.uniform() < 0.5:
-        enlarged = low.repeat(2, axis=1).repeat(2, axis=2)  # nearest: every pixel a 2x2 block
-    else:
-        enlarged = _bilinear_double(low)
+    # Nearest (every pixel a 2x2 block) or bilinear, at random.
+    enlarged = low.repeat(2, axis=1).repeat(2, axis=2) if rng.uniform() < 0.5 else _bilinear_double(low)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     peak = np.cos(2 * math.pi * (PEAK_FREQUENCY[0] * y + PEAK_FREQUENCY[1] * x))
     amplitude = np.float32(strength * _PEAK_AMPLITUDE * rng.uniform(0.8, 1.2))

@@ -28,9 +28,7 @@ def interpolation_mode(name: str) -> v2.InterpolationMode:
     try:
         return _INTERPOLATIONS[name]
     except KeyError:
-        raise ConfigError(
-            f"interpolation={name!r} is not supported; use one of {', '.join(_INTERPOLATIONS)}"
-        ) from None
+        raise ConfigError(f"interpolation={name!r} is not supported; use one of {', '.join(_INTERPOLATIONS)}") from None
 
 
 class RandomJpeg:
@@ -137,4 +135,7 @@ def central_square(image: Image.Image) -> Image.Image:
 
 
 def _resize_and_centre_crop(img_size: int, interpolation: str) -> list[Callable]:
-    return [v2.Resize(img_size, interpolation=interpolation_mode(interpolation), antialias=True), v2.CenterCrop(img_size)]
+    return [
+        v2.Resize(img_size, interpolation=interpolation_mode(interpolation), antialias=True),
+        v2.CenterCrop(img_size),
+    ]

@@ -22,7 +22,6 @@ from torchvision.transforms.v2 import functional as F
 from deepfake.data.transforms import interpolation_mode
 
 
-
 class DeviceImages:
     """``batch -> images`` (float, normalised, N x 3 x img_size x img_size on ``device``); marks the
     samples it could not decode in ``batch["damaged"]``."""

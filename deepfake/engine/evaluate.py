@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 from torch.utils.data import DataLoader
 
 from deepfake.data.samplers import ShardSampler

@@ -13,7 +13,9 @@ from deepfake.errors import ConfigError
 def is_convolutional(model: torch.nn.Module) -> bool:
     """Most of the weights sit in 2-d convolutions (ResNet, EfficientNet, ConvNeXt), unlike a ViT
     or CvT, whose convolutions are thin depthwise projections."""
-    conv = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters(recurse=False))
+    conv = sum(
+        p.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters(recurse=False)
+    )
     return conv > 0.5 * sum(p.numel() for p in model.parameters())
 
 

@@ -38,7 +38,9 @@ def plan_phases(
     """The phases that actually run; a phase of 0 epochs is left out. Layer decay applies where the
     backbone trains: in fine-tuning, whose schedule applies the groups' ``lr_scale``."""
     if head_epochs < 0 or finetune_epochs < 0:
-        raise ConfigError(f"phase.head_epochs={head_epochs}, phase.finetune_epochs={finetune_epochs}: epochs must be >= 0")
+        raise ConfigError(
+            f"phase.head_epochs={head_epochs}, phase.finetune_epochs={finetune_epochs}: epochs must be >= 0"
+        )
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"phase.layer_decay={layer_decay}: must be in (0, 1] (e.g. 0.75), or null for none")
     phases = [

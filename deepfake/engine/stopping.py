@@ -60,7 +60,6 @@ class StopRequest:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-
     def hand_back(self) -> None:
         """Run the handler the received signal had before training took it over, if it was a
         launcher's (a Python callable other than Ctrl-C's KeyboardInterrupt): submitit's handler

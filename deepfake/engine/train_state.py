@@ -40,7 +40,6 @@ class TrainerState:
     not_exact: str | None = None
 
 
-
 class Checkpointing:
     """The Trainer's checkpoint methods (a mixin: they read and set the trainer's own attributes)."""
 

@@ -57,7 +57,9 @@ class _SortedScores:
         return {"auc": auc, "ap": ap, "eer": eer, "accuracy": accuracy}
 
 
-def weighted_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float, counts: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    targets: np.ndarray, probs: np.ndarray, threshold: float, counts: np.ndarray
+) -> dict[str, np.ndarray]:
     """The metrics of each row of ``counts`` (n_rows x n_images, how often each image is taken):
     row r gives what the metrics of the data set with image i repeated counts[r, i] times would be."""
     sorted_scores = _SortedScores(targets, probs, threshold)

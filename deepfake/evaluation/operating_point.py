@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn import metrics as skm
 
-from deepfake.errors import CheckpointError, ConfigError
 from deepfake.engine.evaluate import fake_probability
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.evaluation.calibration import calibration_figures, fit_temperature
 
 _FPR_POLICY = re.compile(r"^fpr@(?P<rate>[0-9.eE+-]+)$")
@@ -78,7 +78,9 @@ def tpr_at_fpr(targets: np.ndarray, probs: np.ndarray, max_fpr: float) -> dict:
     return {"max_fpr": float(max_fpr), "tpr": float(tpr[i]), "fpr": float(fpr[i]), "threshold": float(thresholds[i])}
 
 
-def choose_threshold(targets: np.ndarray, probs: np.ndarray, policy: str, fixed_threshold: float | None = None) -> float:
+def choose_threshold(
+    targets: np.ndarray, probs: np.ndarray, policy: str, fixed_threshold: float | None = None
+) -> float:
     """The threshold the policy picks on these (validation) scores."""
     kind, value = parse_policy(policy, fixed_threshold)
     if kind == "fixed":
@@ -106,7 +108,13 @@ def rates_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
 
 
 def fit_operating_point(
-    targets: np.ndarray, logits: np.ndarray, *, policy: str, fixed_threshold: float | None, calibrate: bool, ece_bins: int
+    targets: np.ndarray,
+    logits: np.ndarray,
+    *,
+    policy: str,
+    fixed_threshold: float | None,
+    calibrate: bool,
+    ece_bins: int,
 ) -> dict:
     """What best.pth stores: ``threshold``, ``threshold_policy``, ``temperature`` and ``operating_point``
     (the validation figures at that threshold). Calibration comes first, so the threshold is a
@@ -126,7 +134,12 @@ def fit_operating_point(
         "auc": float(skm.roc_auc_score(targets, probs)),
         **{k: v for k, v in calibration_figures(targets, logits, temperature, ece_bins).items() if k != "temperature"},
     }
-    return {"threshold": threshold, "threshold_policy": str(policy), "temperature": temperature, "operating_point": figures}
+    return {
+        "threshold": threshold,
+        "threshold_policy": str(policy),
+        "temperature": temperature,
+        "operating_point": figures,
+    }
 
 
 @dataclass(frozen=True)

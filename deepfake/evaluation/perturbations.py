@@ -35,7 +35,9 @@ class Perturbation:
                 raise ConfigError(f"eval.perturbations.{kind}: unknown perturbation; use {', '.join(KINDS)}")
             low, high = KINDS[kind][1]
             if severity is None or not low <= float(severity) <= high:
-                raise ConfigError(f"eval.perturbations.{kind}={severity!r}: {KINDS[kind][0]} must be in [{low}, {high}]")
+                raise ConfigError(
+                    f"eval.perturbations.{kind}={severity!r}: {KINDS[kind][0]} must be in [{low}, {high}]"
+                )
         self.kind, self.severity, self.seed = kind, severity, int(seed)
 
     @property

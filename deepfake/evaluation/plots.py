@@ -34,7 +34,13 @@ def roc_png(targets, probs, threshold: float, tpr_at_fpr: Sequence[dict]) -> byt
     ax.plot(np.maximum(fpr, floor), tpr, color=FAKE_COLOUR, label=f"AUC {skm.roc_auc_score(targets, probs):.4f}")
     called = np.asarray(probs) >= threshold
     real, fake = np.asarray(targets) == 0, np.asarray(targets) == 1
-    ax.plot(max(called[real].mean(), floor), called[fake].mean(), "o", color=POINT_COLOUR, label=f"threshold {threshold:.4g}")
+    ax.plot(
+        max(called[real].mean(), floor),
+        called[fake].mean(),
+        "o",
+        color=POINT_COLOUR,
+        label=f"threshold {threshold:.4g}",
+    )
     for point in tpr_at_fpr:
         ax.axvline(point["max_fpr"], color="#999", lw=0.8, ls=":")
     ax.set(xscale="log", xlim=(floor, 1), ylim=(0, 1.01), xlabel="false-positive rate (reals called fake)",

@@ -36,7 +36,9 @@ def _operating_point(metrics: dict) -> str:
     if used["source"] == "checkpoint":
         origin = f"stored in the checkpoint, chosen on validation by policy {used['policy'] or 'unrecorded'}"
     else:
-        origin = f"eval.threshold override (the checkpoint stores {_num(used['stored_threshold'])}, policy {used['policy']})"
+        origin = (
+            f"eval.threshold override (the checkpoint stores {_num(used['stored_threshold'])}, policy {used['policy']})"
+        )
     rows = [("threshold (p(fake) at or above: fake)", _num(used["threshold"], 6)), ("where it came from", origin),
             ("temperature", _num(used["temperature"]))]  # fmt: skip
     parts = [html.table(["decision rule", ""], rows)]
@@ -55,27 +57,43 @@ def _figures(metrics: dict) -> str:
         ("AUC", metrics["auc"], _interval(intervals, "auc")),
         ("AP", metrics["ap"], _interval(intervals, "ap")),
         ("EER", metrics["eer"], _interval(intervals, "eer")),
-        (f"accuracy at the threshold ({metrics['threshold']:.4g})", metrics["accuracy"], _interval(intervals, "accuracy")),
+        (
+            f"accuracy at the threshold ({metrics['threshold']:.4g})",
+            metrics["accuracy"],
+            _interval(intervals, "accuracy"),
+        ),
         ("accuracy at 0.5", metrics["accuracy_at_0.5"], ""),
         ("real accuracy (reals called real)", metrics["real_accuracy"], ""),
         ("fake accuracy (fakes caught)", metrics["fake_accuracy"], ""),
-        ("precision / recall / F1", f"{_num(metrics['precision'])} / {_num(metrics['recall'])} / {_num(metrics['f1'])}", ""),
+        (
+            "precision / recall / F1",
+            f"{_num(metrics['precision'])} / {_num(metrics['recall'])} / {_num(metrics['f1'])}",
+            "",
+        ),
         ("log loss", metrics["log_loss"], ""),
         (f"ECE ({calibration['ece_bins']} bins), uncalibrated", calibration["ece_uncalibrated"], ""),
         (f"ECE at temperature {calibration['temperature']:.3g}", calibration["ece"], ""),
-        ("Brier, uncalibrated / calibrated", f"{_num(calibration['brier_uncalibrated'])} / {_num(calibration['brier'])}", ""),
+        (
+            "Brier, uncalibrated / calibrated",
+            f"{_num(calibration['brier_uncalibrated'])} / {_num(calibration['brier'])}",
+            "",
+        ),
         ("images (real / fake)", f"{metrics['n_samples']} ({metrics['n_real']} / {metrics['n_fake']})", ""),
     ]
     boot = metrics.get("bootstrap") or {}
     note = (f"Intervals: {boot.get('confidence', 0):.0%} percentile bootstrap, {boot.get('resamples')} resamples "
             f"stratified by class, seed {boot.get('seed')}." if boot.get("resamples") else "No intervals (eval.bootstrap=0).")  # fmt: skip
-    operating = [(f"{p['max_fpr'] * 100:g}%", p["tpr"], p["fpr"], p["threshold"]) for p in metrics.get("tpr_at_fpr", [])]
+    operating = [
+        (f"{p['max_fpr'] * 100:g}%", p["tpr"], p["fpr"], p["threshold"]) for p in metrics.get("tpr_at_fpr", [])
+    ]
     level = f"{boot['confidence']:.0%} interval" if boot.get("resamples") else "interval"
     return html.section(
         "Test figures",
         html.table(["metric", "value", level], rows, fmt=_num),
         html.paragraph(note, "meta"),
-        html.paragraph("TPR at fixed false-positive rates (read off the test ROC: a description, not an operating point):"),
+        html.paragraph(
+            "TPR at fixed false-positive rates (read off the test ROC: a description, not an operating point):"
+        ),
         html.table(["FPR at most", "TPR", "FPR", "threshold"], operating, fmt=_num),
     )
 
@@ -97,7 +115,10 @@ def render(metrics: dict, plots: dict[str, bytes]) -> str:
     metric_columns = ["AUC", "AP", "accuracy", "real accuracy", "fake accuracy"]
     metric_keys = ["auc", "ap", "accuracy", "real_accuracy", "fake_accuracy"]
     if metrics.get("robustness"):
-        rows = [{**row, "severity": "" if row["severity"] is None else f"{row['severity']:g}"} for row in metrics["robustness"]]
+        rows = [
+            {**row, "severity": "" if row["severity"] is None else f"{row['severity']:g}"}
+            for row in metrics["robustness"]
+        ]
         sections.append(_table_section("Robustness (test set, each perturbation before preprocessing)",
                                        ["perturbation", "severity", *metric_columns], rows,
                                        ["perturbation", "severity", *metric_keys], "robustness", plots))  # fmt: skip

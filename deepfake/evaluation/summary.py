@@ -38,7 +38,12 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
     report["tpr_at_fpr"] = [tpr_at_fpr(targets, probs, rate) for rate in settings.tpr_at_fpr] if both_classes else []
     report["calibration"] = calibration_figures(targets, logits, rule.temperature, settings.ece_bins)
     report["intervals"] = bootstrap_intervals(
-        targets, probs, rule.threshold, n_resamples=settings.bootstrap, seed=settings.seed, confidence=settings.confidence
+        targets,
+        probs,
+        rule.threshold,
+        n_resamples=settings.bootstrap,
+        seed=settings.seed,
+        confidence=settings.confidence,
     )
     report["bootstrap"] = {"resamples": settings.bootstrap, "confidence": settings.confidence, "seed": settings.seed,
                            "stratified": True, "interval": "percentile"}  # fmt: skip

@@ -103,7 +103,9 @@ class Explainer:
                 maps.append(self._cam(chunk, targets))
         return np.concatenate(maps).astype(np.float32)
 
-    def explain(self, images: torch.Tensor, target: str, threshold: float = 0.5, temperature: float = 1.0) -> Explanation:
+    def explain(
+        self, images: torch.Tensor, target: str, threshold: float = 0.5, temperature: float = 1.0
+    ) -> Explanation:
         probs = self.probabilities(images, temperature)
         labels = explained_labels(target, probs, threshold)
         return Explanation(self(images, labels), probs, labels)

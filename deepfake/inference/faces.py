@@ -161,5 +161,7 @@ def plan_face_rows(found: Iterable[dict], inputs: ImageInputs, transform, fallba
             paths.append(path)
             regions.append(region)
             targets.append(target)
-    crops = FaceCropDataset(paths, regions, transform, np.asarray(targets, dtype=np.float32), fallback_size=fallback_size)
+    crops = FaceCropDataset(
+        paths, regions, transform, np.asarray(targets, dtype=np.float32), fallback_size=fallback_size
+    )
     return rows, crops

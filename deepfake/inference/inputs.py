@@ -67,9 +67,7 @@ def discover_inputs(
     elif is_image_file(path):
         inputs = ImageInputs([str(path)], "image")
     else:
-        raise DataError(
-            f"{key}={spec}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a folder or a .csv file"
-        )
+        raise DataError(f"{key}={spec}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a folder or a .csv file")
     if not inputs.paths:
         skipped = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
         raise DataError(f"{key}={spec}: holds no image file{skipped}; extensions looked for: "

@@ -74,7 +74,7 @@ def onnx_modules():
         import onnxruntime
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as err:
-        raise ConfigError(f"ONNX needs {err.name}, which is not installed; run: pip install -e \".[export]\"") from None
+        raise ConfigError(f'ONNX needs {err.name}, which is not installed; run: pip install -e ".[export]"') from None
     return onnxruntime
 
 

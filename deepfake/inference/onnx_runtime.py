@@ -67,7 +67,11 @@ def load_onnx_detector(path: Path) -> Detector:
     meta = read_sidecar(path)
     return Detector(
         model=OnnxDetector(path),
-        preprocess={"img_size": int(meta["img_size"]), "interpolation": meta["interpolation"], **IDENTITY_NORMALISATION},
+        preprocess={
+            "img_size": int(meta["img_size"]),
+            "interpolation": meta["interpolation"],
+            **IDENTITY_NORMALISATION,
+        },
         operating_point=OperatingPoint.of(meta),
         source=path,
         kind="onnx",

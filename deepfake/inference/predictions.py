@@ -85,4 +85,3 @@ def prediction_table(
 
 def write_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
-

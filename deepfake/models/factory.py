@@ -36,7 +36,7 @@ def create_detector(
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ConfigError(
             f"backbone.name={name!r} is not a timm model; list them with "
-            "`python -c \"import timm; print(timm.list_models())\"`"
+            '`python -c "import timm; print(timm.list_models())"`'
         )
     overlay = None
     if weights is not None:

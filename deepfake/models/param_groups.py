@@ -110,5 +110,3 @@ def _layer_ids(model: nn.Module) -> dict[str, int]:
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-

@@ -118,4 +118,3 @@ def _read_git(path: Path) -> dict:
     except OSError:
         return {}
     return dict(line.split(" ", 1) for line in lines if " " in line)
-

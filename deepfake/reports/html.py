@@ -88,10 +88,10 @@ def document(title: str, subtitle: str, *sections: str) -> str:
     """The whole page: no script, no external resource; the CSP forbids loading any if one slipped in."""
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{escape(title)}</h1><p class=\"meta\">{escape(subtitle)}</p>{''.join(sections)}</body></html>\n"
+        f'<h1>{escape(title)}</h1><p class="meta">{escape(subtitle)}</p>{"".join(sections)}</body></html>\n'
     )
 
 

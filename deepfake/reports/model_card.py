@@ -95,7 +95,9 @@ def _data(facts: CardFacts) -> str:
     rows = []
     for split, info in facts.data.items():
         if "error" in info:
-            rows.append((split, info["csv"], None, None, None, damaged.get(split, 0), f"unreadable now: {info['error']}"))
+            rows.append(
+                (split, info["csv"], None, None, None, damaged.get(split, 0), f"unreadable now: {info['error']}")
+            )
         else:
             rows.append((split, info["csv"], info["images"], info["real"], info["fake"], damaged.get(split, 0),
                          f"`{info['sha256']}`"))  # fmt: skip
@@ -104,8 +106,7 @@ def _data(facts: CardFacts) -> str:
         f"Dataset `{dataset.get('name')}`, images under `{dataset.get('root_dir')}`; CSV label "
         f"{dataset.get('real_label')} means real. Counts and sha256 are of the CSVs as found when this card "
         "was written; damaged images (replaced by black images in training, counted per split) come from "
-        "the run's records.\n\n"
-        + table(rows, ("split", "CSV", "images", "real", "fake", "damaged", "sha256"))
+        "the run's records.\n\n" + table(rows, ("split", "CSV", "images", "real", "fake", "damaged", "sha256"))
     )
 
 
@@ -138,19 +139,25 @@ def _target_and_args(node: dict) -> str:
 def _evaluation(facts: CardFacts) -> str:
     parts = ["## Evaluation"]
     val = facts.checkpoint.get("val_metrics") or {}
-    parts.append("### Validation (the epoch kept)\n\n" + (table(val.items(), ("figure", "value")) if val else "Not recorded."))
+    parts.append(
+        "### Validation (the epoch kept)\n\n" + (table(val.items(), ("figure", "value")) if val else "Not recorded.")
+    )
     if facts.test:
         ordered = [k for k in TEST_FIGURES if k in facts.test]
         others = [k for k in facts.test if k not in TEST_FIGURES and k not in BOOKKEEPING]
         flat = [(k, facts.test[k]) for k in ordered] + [row for k in others for row in _flatten(k, facts.test[k])]
         source = facts.test.get("test_csv", "the test CSV")
         matrix = facts.test.get("confusion_matrix")
-        text = f"### Test ({source}, evaluated {facts.test.get('evaluated_at', 'n/a')})\n\n" + table(flat, ("figure", "value"))
+        text = f"### Test ({source}, evaluated {facts.test.get('evaluated_at', 'n/a')})\n\n" + table(
+            flat, ("figure", "value")
+        )
         if matrix:
             text += "\n\n" + table([("real", *matrix[0]), ("fake", *matrix[1])], ("true \\ called", "real", "fake"))
         parts.append(text)
     else:
-        parts.append("### Test\n\nNot evaluated (train.do_test=false); run `python scripts/main.py task=test ckpt=...`.")
+        parts.append(
+            "### Test\n\nNot evaluated (train.do_test=false); run `python scripts/main.py task=test ckpt=...`."
+        )
     extra = [row for key in ("cam_metrics",) if facts.entry.get(key) for row in _flatten(key, facts.entry[key])]
     if extra:
         parts.append("### Explanations (GradCAM against a random-map baseline)\n\n" + table(extra, ("figure", "value")))

@@ -78,11 +78,28 @@ def run(cfg: DictConfig) -> float:
     memory = benchmark.PeakMemory(device)
 
     figures = {
-        "bare_train_step": timed(benchmark.bare_train_steps(
-            fast_model, batch_size, img_size, device, precision, positive_int(settings.steps, "bench.steps"), channels_last)),  # fmt: skip
-        "bare_forward": timed(benchmark.bare_forward(
-            model, batch_size, img_size, device, precision, positive_int(settings.forward_batches, "bench.forward_batches"),
-            channels_last)),  # fmt: skip
+        "bare_train_step": timed(
+            benchmark.bare_train_steps(
+                fast_model,
+                batch_size,
+                img_size,
+                device,
+                precision,
+                positive_int(settings.steps, "bench.steps"),
+                channels_last,
+            )
+        ),  # fmt: skip
+        "bare_forward": timed(
+            benchmark.bare_forward(
+                model,
+                batch_size,
+                img_size,
+                device,
+                precision,
+                positive_int(settings.forward_batches, "bench.forward_batches"),
+                channels_last,
+            )
+        ),  # fmt: skip
         "loader": timed(benchmark.loader_pass(_train_loader(cfg, train_set, preprocess, device)[0])),
     }
     with memory.watching():
@@ -98,20 +115,36 @@ def run(cfg: DictConfig) -> float:
 
     report = {
         "settings": {
-            "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
-            "precision": precision, "device": str(device),
-            "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
-            "compile": backend or False, "cache": str(settings.cache), "decode": str(cfg.dataset.decode),
-            "train_images": len(train_set), "val_images": len(val_set),
+            "backbone": model.detector_spec["name"],
+            "img_size": img_size,
+            "batch_size": batch_size,
+            "precision": precision,
+            "device": str(device),
+            "num_workers": resolve_num_workers(cfg.dataset.num_workers, device),
+            "channels_last": channels_last,
+            "compile": backend or False,
+            "cache": str(settings.cache),
+            "decode": str(cfg.dataset.decode),
+            "train_images": len(train_set),
+            "val_images": len(val_set),
         },  # fmt: skip
         "figures": figures,
         "ratios": {
             "train_pipeline_over_bare_step": _ratio(figures["train_pipeline"], figures["bare_train_step"]),
             "eval_pipeline_over_bare_forward": _ratio(figures["eval_pipeline"], figures["bare_forward"]),
-            **({"eval_cached_over_bare_forward": _ratio(figures["eval_cached"], figures["bare_forward"]),
-                "cache_gain_eval": _ratio(figures["eval_cached"], figures["eval_pipeline"])} if cached else {}),
-            **({"cache_gain_loader": _ratio(figures["loader_cached"], figures["loader"])}
-               if "loader_cached" in cached else {}),
+            **(
+                {
+                    "eval_cached_over_bare_forward": _ratio(figures["eval_cached"], figures["bare_forward"]),
+                    "cache_gain_eval": _ratio(figures["eval_cached"], figures["eval_pipeline"]),
+                }
+                if cached
+                else {}
+            ),
+            **(
+                {"cache_gain_loader": _ratio(figures["loader_cached"], figures["loader"])}
+                if "loader_cached" in cached
+                else {}
+            ),
         },  # fmt: skip
         "machine": benchmark.machine(),
     }
@@ -150,10 +183,14 @@ def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, pre
 def _train_loader(cfg: DictConfig, train_set, preprocess: dict, device):
     """The training loader as a run builds it (dataset.decode included), and its device-side step."""
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
-    return data_setup.make_loader(served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs), batch_images
+    return data_setup.make_loader(
+        served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs
+    ), batch_images
 
 
-def _train_pipeline(cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path) -> dict:
+def _train_pipeline(
+    cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path
+) -> dict:
     """(b): the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each epoch
     timed from the end of the previous one (its validation is one batch, its checkpoints are written)."""
     epochs = int(cfg.bench.epochs)
@@ -164,11 +201,17 @@ def _train_pipeline(cfg: DictConfig, train_set, val_set, preprocess: dict, devic
     trainer = Trainer(
         model,
         loader,
-        data_setup.make_loader(Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset,
-                               device=device),  # fmt: skip
-        plan_phases(0, epochs, lr_head=float(cfg.phase.lr_head), lr_backbone=float(cfg.phase.lr_backbone),
-                    weight_decay_exclude_1d=bool(cfg.phase.weight_decay_exclude_1d),
-                    layer_decay=cfg.phase.layer_decay),  # fmt: skip
+        data_setup.make_loader(
+            Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset, device=device
+        ),  # fmt: skip
+        plan_phases(
+            0,
+            epochs,
+            lr_head=float(cfg.phase.lr_head),
+            lr_backbone=float(cfg.phase.lr_backbone),
+            weight_decay_exclude_1d=bool(cfg.phase.weight_decay_exclude_1d),
+            layer_decay=cfg.phase.layer_decay,
+        ),  # fmt: skip
         make_optimizer=instantiate(cfg.optimizer),
         make_scheduler=instantiate(cfg.scheduler),
         device=device,

@@ -90,7 +90,9 @@ def explain_checkpoint(
             "target_layer": explainer.target_layer,
             "img_size": preprocess["img_size"],
             "decision_rule": rule.as_dict(),
-            **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)),
+            **_measure(
+                model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)
+            ),
             "evaluated_at": session.now_iso(),
         }
         atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
@@ -126,7 +128,9 @@ def _mask(dataset, index: int) -> np.ndarray | None:
             return np.asarray(central_square(mask.convert("L"))) > 127
     except OSError as err:
         row = dataset.rows[index]
-        raise DataError(f"{dataset.csv_path}:{row}: mask_path {path} cannot be read ({err}); fix or drop the mask") from err
+        raise DataError(
+            f"{dataset.csv_path}:{row}: mask_path {path} cannot be read ({err}); fix or drop the mask"
+        ) from err
 
 
 def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sample:

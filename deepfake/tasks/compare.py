@@ -48,7 +48,10 @@ def comparison_row(entry: dict) -> dict:
     point = entry.get("operating_point") or {}
     test = entry.get("test_metrics") or {}
     intervals = test.get("intervals") or {}
-    row = {key: entry.get(key) for key in ("run_name", "status", "backbone", "dataset", "best_val_auc", "best_epoch", "run_dir")}
+    row = {
+        key: entry.get(key)
+        for key in ("run_name", "status", "backbone", "dataset", "best_val_auc", "best_epoch", "run_dir")
+    }
     row |= {"threshold": point.get("threshold"), "threshold_policy": point.get("policy"),
             "temperature": point.get("temperature"), "val_accuracy_at_threshold": point.get("accuracy")}  # fmt: skip
     for key in ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "ece", "test_csv"):

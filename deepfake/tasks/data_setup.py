@@ -27,7 +27,10 @@ def ensure_dataset(dataset_cfg: DictConfig) -> None:
 
 def eval_transform(preprocess: dict):
     return build_eval_transform(
-        preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
+        preprocess["img_size"],
+        mean=preprocess["mean"],
+        std=preprocess["std"],
+        interpolation=preprocess["interpolation"],
     )
 
 
@@ -77,19 +80,28 @@ def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: t
         raise ConfigError(f"dataset.decode=cuda crops and flips on the device, but the augment group also sets "
                           f"{', '.join(unsupported)}; use augment=flip, or dataset.decode=cpu")  # fmt: skip
     if device.type != "cuda":
-        log.warning("dataset.decode=cuda on %s: torchvision decodes the JPEGs in the main process, not on a GPU", device)
+        log.warning(
+            "dataset.decode=cuda on %s: torchvision decodes the JPEGs in the main process, not on a GPU", device
+        )
     # Imported only when asked: every other run does without torchvision.io and the device pipeline.
     from deepfake.data.encoded import EncodedSamples, collate_encoded
     from deepfake.engine.device_images import DeviceImages
 
-    encoded = EncodedSamples(train_set, crop_scale=augment.get("crop_scale", (1.0, 1.0)), hflip=augment.get("hflip", 0.0))
+    encoded = EncodedSamples(
+        train_set, crop_scale=augment.get("crop_scale", (1.0, 1.0)), hflip=augment.get("hflip", 0.0)
+    )
     to_device = DeviceImages(device, preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"],
                              interpolation=preprocess["interpolation"])  # fmt: skip
     return encoded, {"collate_fn": collate_encoded}, to_device
 
 
 def make_loader(
-    dataset: Dataset, dataset_cfg: DictConfig, *, device: torch.device, train_seed: int | None = None, shard: bool = False,
+    dataset: Dataset,
+    dataset_cfg: DictConfig,
+    *,
+    device: torch.device,
+    train_seed: int | None = None,
+    shard: bool = False,
     **loader_kwargs,
 ) -> DataLoader:
     """A training loader (shuffled by ``(train_seed, epoch)``, this rank's share under torchrun) when

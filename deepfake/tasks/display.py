@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from deepfake.tracking.promotion import describe, promotion_key, score_on
 from deepfake.data.scan import list_for_message
+from deepfake.tracking.promotion import describe, promotion_key, score_on
 
 
 def fmt_metric(value) -> str:
@@ -29,8 +29,10 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
     test = entry["test_metrics"] or {}
     rows = [
         ("best val AUC", f"{fmt_metric(entry['best_val_auc'])} (epoch {entry['best_epoch']} of {entry['epochs']})"),
-        ("test AUC / accuracy",
-         f"{fmt_metric(test['auc'])} / {fmt_metric(test['accuracy'])}" if test else "not run (train.do_test=false)"),
+        (
+            "test AUC / accuracy",
+            f"{fmt_metric(test['auc'])} / {fmt_metric(test['accuracy'])}" if test else "not run (train.do_test=false)",
+        ),
         ("damaged images", ", ".join(f"{k} {v}" for k, v in entry["damaged_images"].items()) or "none"),
         ("wall time", f"{seconds:.1f} s"),
         ("run dir", str(out)),
@@ -181,7 +183,12 @@ def print_predict_summary(
         no_face = frame["face"].isna() & frame["damaged"].isna()
         rows.append(("images without a face", str(int(no_face.sum()))))
     if inputs.skipped:
-        rows.append(("skipped (not images)", f"{len(inputs.skipped)}: {list_for_message([Path(p).name for p in inputs.skipped], 5)}"))
+        rows.append(
+            (
+                "skipped (not images)",
+                f"{len(inputs.skipped)}: {list_for_message([Path(p).name for p in inputs.skipped], 5)}",
+            )
+        )
     if metrics:
         rows.append(("labelled: AUC / accuracy", f"{fmt_metric(metrics['auc'])} / {fmt_metric(metrics['accuracy'])}"))
     if images_per_second:

@@ -17,11 +17,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -121,7 +122,9 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
         # it continues in its own run dir from the last.pth its previous attempt saved.
-        log.info("attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir)
+        log.info(
+            "attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir
+        )
         cfg.resume = str(out_dir)
     write_status(out_dir, status)
     try:

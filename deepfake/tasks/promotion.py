@@ -8,9 +8,10 @@ slice). It is never the test CSV: a model chosen on test data has no honest test
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig

@@ -100,7 +100,15 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
         if best is None or top != best["run_name"]:
             card = scored[top][1].with_name("model_card.md")
             registry.promote(top, scored[top][1], companions=[card] if card.is_file() else [])
-            log.info("re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
+            log.info(
+                "re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0]
+            )
         else:
-            log.info("re-ranked %d run(s) on %s: %s stays the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0])
+            log.info(
+                "re-ranked %d run(s) on %s: %s stays the global best (AUC %.4f)",
+                len(scored),
+                chosen,
+                top,
+                scored[top][0],
+            )
     return chosen.key, f"scores on {chosen}"

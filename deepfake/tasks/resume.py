@@ -63,7 +63,9 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
         _refuse_live_run_dir(_typed(parsed, "hydra.run.dir"), parsed, conf_dir)
         return argv
     if any(flag in MULTIRUN_FLAGS for flag in flags):
-        raise ConfigError("resume continues one run, not a sweep; resume each job by its dir: resume=<multirun/...>/<job>")
+        raise ConfigError(
+            "resume continues one run, not a sweep; resume each job by its dir: resume=<multirun/...>/<job>"
+        )
     if _typed(parsed, "hydra.run.dir") is not None:
         raise ConfigError("resume picks the run dir itself; drop hydra.run.dir from the command line")
     run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
@@ -89,7 +91,9 @@ def _typed(overrides: list[Override], key: str):
 def _compose(conf_dir: Path, overrides: list[Override], purpose: str) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return compose(config_name="config", overrides=[o.input_line for o in overrides if not o.is_hydra_override()])
+            return compose(
+                config_name="config", overrides=[o.input_line for o in overrides if not o.is_hydra_override()]
+            )
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{purpose}: cannot compose the config ({' '.join(str(err).split())})") from None
 
@@ -188,7 +192,9 @@ def _targets(node, prefix: str = ""):
 
 def finished_entry(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The registry entry of ``run_dir`` when that run has finished (trained, tested, registered), else None."""
-    from deepfake.tracking.registry import Registry  # not session.open_registry: scripts/main.py asks before Hydra starts
+    from deepfake.tracking.registry import (
+        Registry,  # not session.open_registry: scripts/main.py asks before Hydra starts
+    )
 
     entry = Registry(cfg.paths.registry, cfg.paths.best_model).entry_for_run_dir(run_dir)
     return entry if entry is not None and entry.get("status") == "finished" else None

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
+from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
-from deepfake.data.damaged import DamagedImageLog
 from deepfake.errors import ConfigError
 from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
@@ -134,4 +134,3 @@ def store_operating_point(
         point["fake_accuracy"],
     )  # fmt: skip
     return chosen
-

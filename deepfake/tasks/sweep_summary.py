@@ -60,7 +60,9 @@ class OptunaStudy(Callback):
         if done:
             with read_write(sweeper.sampler):  # the sweeper is built from this config right after
                 sweeper.sampler.seed = int(seed) + done
-            log.info("continuing study %s (%d trials so far): sampler seed %d", sweeper.study_name, done, int(seed) + done)
+            log.info(
+                "continuing study %s (%d trials so far): sampler seed %d", sweeper.study_name, done, int(seed) + done
+            )
 
 
 def _trials_so_far(storage: str, study_name: str) -> int:
@@ -76,7 +78,9 @@ def summarize(sweep_dir: Path, entries: list[dict]) -> list[dict]:
     """One row per job dir under ``sweep_dir``: best validation AUC first, failed jobs last."""
     by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
     job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
-    rows = [_row(job_dir, read_status(job_dir) or {}, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir in job_dirs]
+    rows = [
+        _row(job_dir, read_status(job_dir) or {}, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir in job_dirs
+    ]
     _keep_varying_overrides(rows)
     return sorted(rows, key=_rank)
 

@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from deepfake.data.damaged import DamagedImageLog
+from deepfake.engine.evaluate import fake_probability
 from deepfake.evaluation import plots
 from deepfake.evaluation import report as html_report
-from deepfake.engine.evaluate import fake_probability
 from deepfake.evaluation.operating_point import DecisionRule, decision_rule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row

@@ -130,7 +130,9 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
     )
     train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform, preprocess=preprocess, training=True)
-    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess)
+    val_set = data_setup.make_split(
+        cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess
+    )
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
     if here.is_main:  # decodes every image once: one rank is enough
@@ -208,7 +210,9 @@ def _train(training: TrainingRun) -> TrainerState:
         state = trainer.fit(resume=training.resume_from)
     except TrainingError as err:
         if is_main:  # recorded with how far it got, never promoted; last.pth stays the last good state
-            session.open_registry(training.cfg).record_failure(_finished(training.entry, trainer, "failed"), error=str(err))
+            session.open_registry(training.cfg).record_failure(
+                _finished(training.entry, trainer, "failed"), error=str(err)
+            )
         raise
     finally:
         trainer.close()

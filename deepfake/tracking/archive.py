@@ -122,9 +122,12 @@ def _writer(path: Path, fmt: str) -> Iterator[tarfile.TarFile]:
         return
     import zstandard
 
-    with open(path, "xb") as raw, zstandard.ZstdCompressor(threads=-1).stream_writer(raw) as stream:
-        with tarfile.open(fileobj=stream, mode="w|") as tar:
-            yield tar
+    with (
+        open(path, "xb") as raw,
+        zstandard.ZstdCompressor(threads=-1).stream_writer(raw) as stream,
+        tarfile.open(fileobj=stream, mode="w|") as tar,
+    ):
+        yield tar
 
 
 @contextmanager
@@ -135,6 +138,9 @@ def _reader(path: Path, fmt: str) -> Iterator[tarfile.TarFile]:
         return
     import zstandard
 
-    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            yield tar
+    with (
+        open(path, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        yield tar

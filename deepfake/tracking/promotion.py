@@ -28,7 +28,7 @@ def set_identity(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths
     root = Path(os.path.abspath(root_dir))
     images = hashlib.sha256()
     for path, target in zip(paths, np.asarray(targets).tolist()):
-        images.update(f"{os.path.relpath(path, root)}\t{int(target)}\n".encode("utf-8"))
+        images.update(f"{os.path.relpath(path, root)}\t{int(target)}\n".encode())
     digest = images.hexdigest()
     return {
         "csv": str(Path(csv_path).resolve()),

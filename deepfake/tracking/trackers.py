@@ -158,7 +158,9 @@ class MlflowTracker(Tracker):
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._client.create_experiment(name, artifact_location=artifact_location or _local_artifacts(self.tracking_uri))
+            return self._client.create_experiment(
+                name, artifact_location=artifact_location or _local_artifacts(self.tracking_uri)
+            )
         except MlflowException:  # a parallel sweep job created it first
             found = self._client.get_experiment_by_name(name)
             if found is None:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from audit_data import IMAGE_ROOT, leaky_items, write_dataset
 from browser import render
 from conftest import TINY

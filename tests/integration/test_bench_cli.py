@@ -31,7 +31,9 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
         figures["eval_pipeline"]["images_per_s"] / figures["bare_forward"]["images_per_s"], 3)  # fmt: skip
     assert ratios["cache_gain_eval"] == round(
         figures["eval_cached"]["images_per_s"] / figures["eval_pipeline"]["images_per_s"], 3)  # fmt: skip
-    assert ratios["cache_gain_loader"] == round(figures["loader_cached"]["images_per_s"] / figures["loader"]["images_per_s"], 3)
+    assert ratios["cache_gain_loader"] == round(
+        figures["loader_cached"]["images_per_s"] / figures["loader"]["images_per_s"], 3
+    )
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["train", "valid"]
     assert figures["train_pipeline"]["peak_rss_mib"] > 50  # torch alone takes more than that
     assert report["settings"] == {**report["settings"], "backbone": "test_resnet", "img_size": 32, "batch_size": 16,

@@ -45,7 +45,6 @@ def test_do_cam_then_task_cam(tmp_path, main_runner):
     assert len(list(explained.glob("0*.png"))) == 6 and not (explained / "metrics.json").exists()
     assert "explains real" in (explained / "index.html").read_text()
 
-
     # A mistake in cam.* is one ERROR line naming the key, exit status 2.
     result = main_runner("task=cam", f"ckpt={run}", "cam.method=nope", check=False)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MAIN, TINY, run_main
 from torch.utils.data import DataLoader
 
-from conftest import MAIN, TINY, run_main
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import predict
@@ -41,7 +41,9 @@ def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
     runs = list((tmp_path / "outputs" / "train").iterdir())
     assert len(runs) == 1, runs  # both ranks composed the same run dir
     run = runs[0]
-    assert {"run.log", "run.rank1.log", ".hydra", "best.pth", "last.pth", "metrics_test.json"} <= {p.name for p in run.iterdir()}
+    assert {"run.log", "run.rank1.log", ".hydra", "best.pth", "last.pth", "metrics_test.json"} <= {
+        p.name for p in run.iterdir()
+    }
     rank0, rank1 = (run / "run.log").read_text(), (run / "run.rank1.log").read_text()
     assert "rank 0 of 2" in rank0 and "global batch 16" in rank0 and "test on 32 images" in rank0
     assert "rank 1 of 2" in rank1 and "operating point" not in rank1 and "test on" not in rank1

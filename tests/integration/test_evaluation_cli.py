@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from browser import render
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from browser import render
 from deepfake.data.synthetic import IMAGE_SUBDIR, generate_synthetic_dataset
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,6 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
         main_runner(*cam, f"eval.threshold={threshold}")
         gallery = (sorted((tmp_path / "outputs" / "cam").iterdir())[-1] / "cam" / "index.html").read_text()
         assert gallery.count(f"explains {called}") == 4, threshold
-
 
 
 def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_runner, shared_data_dir):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MAIN, REPO
 
 pytestmark = pytest.mark.slow
@@ -55,10 +54,14 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     assert "epoch 1 [head]" in log and "epoch 2 [finetune]" in log and "overrides:" in log
     # Each epoch names the first 8 images of its first training batch (shuffled) and validation batch (in order).
     for epoch in (1, 2):
-        [train_line] = [line for line in log.splitlines() if f"epoch {epoch}, first training batch starts with: " in line]
+        [train_line] = [
+            line for line in log.splitlines() if f"epoch {epoch}, first training batch starts with: " in line
+        ]
         assert len(train_line.split(": ", 1)[1].split(", ")) == 8 and "/train/" in train_line
     valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / "valid.csv").open()))[:8]
-    expected = ", ".join(str(shared_data_dir / "synthetic" / "real_vs_fake" / "real-vs-fake" / row["path"]) for row in valid_rows)
+    expected = ", ".join(
+        str(shared_data_dir / "synthetic" / "real_vs_fake" / "real-vs-fake" / row["path"]) for row in valid_rows
+    )
     assert f"epoch 2, first validation batch starts with: {expected}" in log
 
     best = torch.load(run / "best.pth", weights_only=True)
@@ -98,8 +101,14 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
         f"sys.argv = [{str(MAIN)!r}, 'paths.root_dir={tmp_path}', 'task=registry']; "
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    listing = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                             env={**os.environ, "COLUMNS": "200"})
+    listing = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert listing.returncode == 0, listing.stderr
     assert run.name in listing.stdout and "test_resnet" in listing.stdout and "baseline, cpu" in listing.stdout
     assert "torch imported: False" in listing.stdout
@@ -191,8 +200,6 @@ def test_batches_session_by_session_from_the_global_best(tmp_path, main_runner, 
     assert sorted(e["dataset"] for e in entries) == ["batch2", "synthetic"]
 
 
-
-
 def test_launches_in_the_same_second_get_their_own_run_dirs(tmp_path):
     args = [sys.executable, str(MAIN), f"paths.root_dir={tmp_path}", "task=registry"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
@@ -224,6 +231,3 @@ def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, s
     assert "train 2, valid 1" in result.stdout
     entry = next(e for e in registry(tmp_path)["runs"] if e["run_dir"] == str(run))
     assert entry["damaged_images"] == {"train": 2, "valid": 1}
-
-
-

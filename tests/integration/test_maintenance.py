@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_main
+
 from deepfake.tracking.checkpoint import HOST
 from deepfake.tracking.run_lock import RunDirLock
 
@@ -113,7 +113,9 @@ def test_archive_packs_marks_and_removes_but_never_a_live_run(tmp_path, trained)
     with tarfile.open(archive) as tar:
         members = set(tar.getnames())
     for name in ("a", "b"):
-        assert {f"{name}/{file}" for file in ("best.pth", "last.pth", "metrics_log.csv", ".hydra/config.yaml")} <= members
+        assert {
+            f"{name}/{file}" for file in ("best.pth", "last.pth", "metrics_log.csv", ".hydra/config.yaml")
+        } <= members
         assert not dirs[name].exists()
     assert not any(member.split("/")[0] not in {"a", "b"} or member.endswith("run.lock") for member in members)
     assert all(dirs[name].is_dir() for name in ("best", "busy", "fresh"))

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, run_main
 from PIL import Image
 from skimage import data as skimage_data
-
-from conftest import TINY, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +139,7 @@ def test_model_card_beside_best_pth_follows_promotion_and_task_card(trained):
     root, run, data = trained
     card = (run / "model_card.md").read_text()
     tested = json.loads((run / "metrics_test.json").read_text())
-    assert f"| auc | {tested['auc']:.4f} |" in card and f"sha256" in card and "## Ethics, consent and access" in card
+    assert f"| auc | {tested['auc']:.4f} |" in card and "sha256" in card and "## Ethics, consent and access" in card
     assert (root / "models" / "model_card.md").read_text() == card  # promoted with its card
 
     run_main(root, "task=card", data_dir=data)  # the global best, found through the registry

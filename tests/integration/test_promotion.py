@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
+from conftest import CONF_DIR, run_main
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from sklearn.metrics import roc_auc_score
 
-from conftest import CONF_DIR, run_main
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import predict
@@ -53,7 +52,9 @@ def latest_run(root: Path) -> Path:
 def p_fake(checkpoint: Path, csv: Path, root_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     model = detector_from_checkpoint(torch.load(checkpoint, weights_only=True))
     pre = model.preprocess
-    transform = build_eval_transform(pre["img_size"], mean=pre["mean"], std=pre["std"], interpolation=pre["interpolation"])
+    transform = build_eval_transform(
+        pre["img_size"], mean=pre["mean"], std=pre["std"], interpolation=pre["interpolation"]
+    )
     loader = torch.utils.data.DataLoader(CsvImageDataset(csv, root_dir, transform), batch_size=64)
     out = predict(model, loader, torch.device("cpu"))
     return out.probs, out.targets
@@ -63,7 +64,9 @@ def slice_rows(probs: np.ndarray, targets: np.ndarray, candidates: np.ndarray, *
     """``n`` reals and ``n`` fakes among ``candidates`` that a model ranks best (easy) or worst (hard)."""
     reals, fakes = candidates[targets[candidates] == 0], candidates[targets[candidates] == 1]
     sign = 1 if easy else -1
-    return np.sort(np.concatenate([reals[np.argsort(sign * probs[reals])][:n], fakes[np.argsort(-sign * probs[fakes])][:n]]))
+    return np.sort(
+        np.concatenate([reals[np.argsort(sign * probs[reals])][:n], fakes[np.argsort(-sign * probs[fakes])][:n]])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,9 @@ def batch_run(root: Path, data: Path, synthetic: Path, batches: Path, k: int, *o
 def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_batches):
     synthetic, batches = two_batches
     # Batch 1's run, registered as an older registry would have it: scored on its own slice only.
-    batch_run(tmp_path, shared_data_dir, synthetic, batches, 1, *RECIPE, f"registry.promotion_csv={batches}/batch1/valid.csv")
+    batch_run(
+        tmp_path, shared_data_dir, synthetic, batches, 1, *RECIPE, f"registry.promotion_csv={batches}/batch1/valid.csv"
+    )
     first = latest_run(tmp_path)
     second_result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *RECIPE)
     second = latest_run(tmp_path)

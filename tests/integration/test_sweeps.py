@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_main
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_main
 
 pytestmark = pytest.mark.slow
@@ -82,7 +81,9 @@ def _healthy(url: str) -> bool:
 def test_training_logs_params_metrics_test_and_files_to_a_real_mlflow_server(tmp_path, main_runner, mlflow_server):
     from mlflow import MlflowClient
 
-    main_runner("logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_server}", "name=nm", "tags=[baseline]")
+    main_runner(
+        "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_server}", "name=nm", "tags=[baseline]"
+    )
     run = only_run_dir(tmp_path / "outputs" / "train")
     assert "WARNING" not in (run / "run.log").read_text()
     assert any((run / "tb").iterdir())  # both trackers of the list ran
@@ -114,7 +115,9 @@ def test_training_logs_params_metrics_test_and_files_to_a_real_mlflow_server(tmp
     files = _artifacts(client, record["run_id"])
     assert {"metrics_test.json", "report.html", "model_card.md", "eval/roc.png"} <= files, files
     assert "best.pth" not in files  # logger.mlflow.log_checkpoint=false
-    print(f"{len(params)} params, {len(loss_steps)} train/loss points, {len(rows)} val/auc points, files {sorted(files)}")
+    print(
+        f"{len(params)} params, {len(loss_steps)} train/loss points, {len(rows)} val/auc points, files {sorted(files)}"
+    )
 
 
 def _artifacts(client, run_id: str, folder: str | None = None) -> set[str]:

@@ -63,11 +63,15 @@ def make_trainer(run_dir: Path, backbone: str, batch_size: int, *, signal_on_loa
     )  # fmt: skip
 
 
-def train_on_rank(run_dir: str, backbone: str, batch_size: int, stop_rank_at_load: tuple[int, int] | None, resume: bool):
+def train_on_rank(
+    run_dir: str, backbone: str, batch_size: int, stop_rank_at_load: tuple[int, int] | None, resume: bool
+):
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     stop_rank, load = stop_rank_at_load or (None, None)
-    trainer = make_trainer(Path(run_dir), backbone, batch_size, signal_on_load=load if dist.get_rank() == stop_rank else None)
+    trainer = make_trainer(
+        Path(run_dir), backbone, batch_size, signal_on_load=load if dist.get_rank() == stop_rank else None
+    )
     state = trainer.fit(resume=load_checkpoint(Path(run_dir) / "last.pth") if resume else None)
     trainer.close()
     dist.destroy_process_group()

@@ -53,7 +53,9 @@ def test_memory_of_the_process_and_its_workers_is_flat_from_epoch_2_to_4(tmp_pat
         workers = sorted((c for c in process.children(recursive=True) if c.pid not in others), key=lambda c: c.pid)
         worker_pids.append([worker.pid for worker in workers])
         snapshots.append(_snapshot(process, workers))
-    assert len(worker_pids[0]) == WORKERS and all(pids == worker_pids[0] for pids in worker_pids)  # the same 4 all along
+    assert len(worker_pids[0]) == WORKERS and all(
+        pids == worker_pids[0] for pids in worker_pids
+    )  # the same 4 all along
 
     epoch_2, epoch_4 = snapshots[1], snapshots[3]
     for name in epoch_2:  # per process, for whoever reads a failure

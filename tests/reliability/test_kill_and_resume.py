@@ -74,7 +74,9 @@ def _play(root: Path, data_dir: Path, stops: list, epoch_s: float) -> Outcome:
     proc = start(root, data_dir, *RELIABLE)
     for number, (signum, rows, epochs) in enumerate(stops):
         if rows == 0:
-            ready = wait_for(proc, root, lambda d: (d / "run.log").is_file() and "phase head" in (d / "run.log").read_text())
+            ready = wait_for(
+                proc, root, lambda d: (d / "run.log").is_file() and "phase head" in (d / "run.log").read_text()
+            )
         else:
             # A resumed process counts only once it holds the run (its "run ... in" line): the rows may
             # all be there already, and a kill during its start-up would test nothing.
@@ -96,7 +98,9 @@ def _play(root: Path, data_dir: Path, stops: list, epoch_s: float) -> Outcome:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, reliable_data, uninterrupted) -> dict[str, Outcome]:
     roots = {name: tmp_path_factory.mktemp("kill") for name in SCENARIOS}
-    epoch_s = statistics.median(float(row["seconds"]) for row in csv.DictReader((uninterrupted / "metrics_log.csv").open()))
+    epoch_s = statistics.median(
+        float(row["seconds"]) for row in csv.DictReader((uninterrupted / "metrics_log.csv").open())
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:  # one thread per run, two cores
         futures = {
             name: pool.submit(_play, roots[name], reliable_data, stops, epoch_s) for name, stops in SCENARIOS.items()

@@ -141,7 +141,9 @@ def test_what_the_run_writes_at_its_end_is_tried_before_its_first_batch(end_faul
         assert (root / "models" / "model_metadata.json").read_text() == '{"version": 1, "runs": ['
 
 
-def test_resuming_a_finished_run_changes_no_file_and_do_test_reruns_only_the_test(tmp_path, reliable_data, uninterrupted):
+def test_resuming_a_finished_run_changes_no_file_and_do_test_reruns_only_the_test(
+    tmp_path, reliable_data, uninterrupted
+):
     assert run(tmp_path, reliable_data, *RELIABLE, "phase.finetune_epochs=0").returncode == 0
     run_dir = run_dir_of(tmp_path)
     [trained] = registry(tmp_path)["runs"]
@@ -149,7 +151,9 @@ def test_resuming_a_finished_run_changes_no_file_and_do_test_reruns_only_the_tes
 
     again = run(tmp_path, reliable_data, f"resume={run_dir}")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("has already finished") == 1 and "nothing to train, test or register again" in again.stdout
+    assert (
+        again.stdout.count("has already finished") == 1 and "nothing to train, test or register again" in again.stdout
+    )
     assert _snapshot(tmp_path) == before
 
     retest = run(tmp_path, reliable_data, f"resume={run_dir}", "train.do_test=true")
@@ -160,7 +164,9 @@ def test_resuming_a_finished_run_changes_no_file_and_do_test_reruns_only_the_tes
     [tested] = list((tmp_path / "outputs" / "test").glob("*/metrics_test.json"))
     [entry] = registry(tmp_path)["runs"]
     assert entry["test_metrics"]["evaluated_at"] == json.loads(tested.read_text())["evaluated_at"]
-    assert {k: v for k, v in entry.items() if k != "test_metrics"} == {k: v for k, v in trained.items() if k != "test_metrics"}
+    assert {k: v for k, v in entry.items() if k != "test_metrics"} == {
+        k: v for k, v in trained.items() if k != "test_metrics"
+    }
 
 
 def test_a_synthetic_dataset_at_a_chosen_root_is_replaced_only_when_asked(tmp_path, reliable_data):

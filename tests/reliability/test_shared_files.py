@@ -40,10 +40,14 @@ _WRITER = textwrap.dedent(
 
 
 def test_eight_processes_registering_at_once_lose_nothing(tmp_path):
-    aucs = {w: [round(0.5 + 0.49 * ((w * 7 + r * 3) % 41) / 40, 4) for r in range(RUNS_PER_WRITER)] for w in range(WRITERS)}
+    aucs = {
+        w: [round(0.5 + 0.49 * ((w * 7 + r * 3) % 41) / 40, 4) for r in range(RUNS_PER_WRITER)] for w in range(WRITERS)
+    }
     start_at = time.time() + 3.0  # time for all interpreters to import
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(w), str(start_at), *map(str, aucs[w])], env=ENV)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(w), str(start_at), *map(str, aucs[w])], env=ENV
+        )
         for w in range(WRITERS)
     ]
     assert [w.wait(timeout=120) for w in writers] == [0] * WRITERS

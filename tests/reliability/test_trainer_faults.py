@@ -18,8 +18,8 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-from deepfake.engine.phases import plan_phases
 from deepfake.engine.loaders import train_loader
+from deepfake.engine.phases import plan_phases
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import CheckpointError, UserError
 from deepfake.models import create_detector

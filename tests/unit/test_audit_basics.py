@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from audit_data import IMAGE_ROOT, Item, faces, read_splits, write_dataset
+
 from deepfake.audit.basics import basics_check
 from deepfake.audit.pipeline import image_table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from audit_data import IMAGE_ROOT, leaky_items, read_splits, write_dataset
+
 from deepfake.audit.facts import gather_facts
 from deepfake.audit.hamming import HammingIndex, popcount
 from deepfake.audit.leakage import EXACT, NEAR

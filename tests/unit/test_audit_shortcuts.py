@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from audit_data import faces, read_splits, same_content_items, write_dataset
 from PIL import Image
 
-from audit_data import faces, read_splits, same_content_items, write_dataset
 from deepfake.audit.features import feature_table, header_facts, jpeg_quality, name_features
 from deepfake.audit.pipeline import AuditSettings, image_table, leakage_check
 from deepfake.audit.shortcuts import ALL_FEATURES, shortcut_check
@@ -21,8 +21,14 @@ def _audit(root):
     splits = read_splits(root, ("train", "test"))
     images = image_table(splits, {}, threads=4, progress=None)
     settings = AuditSettings()
-    shortcuts = shortcut_check(feature_table(images), images["target"].to_numpy(), images["split"].to_numpy(),
-                               seed=0, warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc)
+    shortcuts = shortcut_check(
+        feature_table(images),
+        images["target"].to_numpy(),
+        images["split"].to_numpy(),
+        seed=0,
+        warn_auc=settings.shortcut_warn_auc,
+        fail_auc=settings.shortcut_fail_auc,
+    )
     return images, shortcuts, leakage_check(images, ["train", "test"], settings)  # fmt: skip
 
 

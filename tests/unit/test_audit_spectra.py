@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audit_data import Item, faces, write_dataset
+
 from deepfake.audit.spectra import azimuthal_average, class_spectrum, periodic_peaks, prominence_at, spectra_check
 
 SIZE = 64

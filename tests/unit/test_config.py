@@ -25,7 +25,9 @@ def options(group: str) -> list[str]:
 
 def compose_with(tmp_path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides])
+        return compose(
+            "config", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides]
+        )
 
 
 def target_nodes(node, path=""):
@@ -78,7 +80,10 @@ def test_instantiate_every_object_of_the_default_config(tmp_path):
     make_optimizer = instantiate(cfg.optimizer)
     optimizer = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}])
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999) or list(optimizer.param_groups[0]["betas"]) == [0.9, 0.999]
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999) or list(optimizer.param_groups[0]["betas"]) == [
+        0.9,
+        0.999,
+    ]
     assert type(optimizer.param_groups[0]["betas"]).__module__ == "builtins"  # plain, survives weights_only
     scheduler = instantiate(cfg.scheduler)(optimizer, t_initial=10, warmup_t=2)
     scheduler.step_update(0)
@@ -126,8 +131,10 @@ def test_a_list_valued_backbone_kwarg_round_trips_through_a_checkpoint(tmp_path)
     cfg = compose_with(tmp_path, "backbone=timm", "backbone.name=test_resnet", "+backbone.layers=[1,1,1,1]")
     model = instantiate(cfg.backbone)
     assert type(model.detector_spec["kwargs"]["layers"]) is list
-    atomic_save({"format": CHECKPOINT_FORMAT, "model_spec": model.detector_spec, "model": model.state_dict()},
-                tmp_path / "best.pth")
+    atomic_save(
+        {"format": CHECKPOINT_FORMAT, "model_spec": model.detector_spec, "model": model.state_dict()},
+        tmp_path / "best.pth",
+    )
     loaded = load_checkpoint(tmp_path / "best.pth")
     assert loaded["model_spec"]["kwargs"]["layers"] == [1, 1, 1, 1]
     rebuilt = detector_from_checkpoint(loaded)

@@ -118,14 +118,27 @@ def test_make_batches_script(tmp_path):
     train_csv = _write_kaggle_csv(_kaggle_frame(10, 10), tmp_path / "train.csv")
     val_csv = _write_kaggle_csv(_kaggle_frame(4, 4), tmp_path / "valid.csv")
     out = tmp_path / "batches"
-    command = [sys.executable, str(REPO / "scripts" / "make_batches.py"), "--train-csv", str(train_csv),
-               "--val-csv", str(val_csv), "--out-dir", str(out), "--n-batches", "2"]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "make_batches.py"),
+        "--train-csv",
+        str(train_csv),
+        "--val-csv",
+        str(val_csv),
+        "--out-dir",
+        str(out),
+        "--n-batches",
+        "2",
+    ]
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv")) == [
-        "batch1/train.csv", "batch1/valid.csv", "batch2/train.csv", "batch2/valid.csv"
+        "batch1/train.csv",
+        "batch1/valid.csv",
+        "batch2/train.csv",
+        "batch2/valid.csv",
     ]
 
 
@@ -156,5 +169,8 @@ def test_make_batches_defaults_come_from_the_paths_config_not_the_working_direct
 
     out = tmp_path / "data" / "batches"  # dataset=batch's batches_dir
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv")) == [
-        "batch1/train.csv", "batch1/valid.csv", "batch2/train.csv", "batch2/valid.csv"
+        "batch1/train.csv",
+        "batch1/valid.csv",
+        "batch2/train.csv",
+        "batch2/valid.csv",
     ]

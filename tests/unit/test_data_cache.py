@@ -30,7 +30,9 @@ def _dataset(tmp_path: Path, sizes: list[tuple[int, int]], *, damaged: bool = Tr
     rng = np.random.default_rng(0)
     rows = ["path,label"]
     for number, (width, height) in enumerate(sizes):
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / f"{number}.jpg", quality=90)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+            root / f"{number}.jpg", quality=90
+        )
         rows.append(f"{number}.jpg,{number % 2}")
     if damaged:
         (root / "empty.jpg").write_bytes(b"")
@@ -56,7 +58,11 @@ def test_cached_images_evaluate_to_the_same_tensors_as_the_files(tmp_path):
         expected, got = files[index], cached[index]
         assert torch.equal(got["image"], expected["image"]), index
         assert got["damaged"] == expected["damaged"] and got["index"] == expected["index"]
-    assert cached.find_damaged() == files.find_damaged() == [(str(tmp_path / "images" / "empty.jpg"), "empty file (0 bytes)")]
+    assert (
+        cached.find_damaged()
+        == files.find_damaged()
+        == [(str(tmp_path / "images" / "empty.jpg"), "empty file (0 bytes)")]
+    )
     assert cached.damage_reason(4) == "empty file (0 bytes)" and cached.damage_reason(0) is None
     # Training augments the cached image: the same random crop of the same framed pixels.
     train = build_train_transform(24, mean=MEAN, std=STD, crop_scale=(0.5, 1.0))
@@ -125,4 +131,6 @@ def test_a_killed_build_resumes_where_it_stopped_and_matches_a_fresh_one(tmp_pat
     assert f"resuming at image {done}" in caplog.text
     assert not list(cache_dir.glob("*.partial"))
     fresh = _cached(csv, None, 48, tmp_path / "fresh").cache
-    assert np.array_equal(resumed.array, fresh.array) and resumed.damaged == fresh.damaged == {600: "empty file (0 bytes)"}
+    assert np.array_equal(resumed.array, fresh.array) and resumed.damaged == fresh.damaged == {
+        600: "empty file (0 bytes)"
+    }

@@ -105,8 +105,17 @@ def test_mask_path_is_resolved_and_empty_stays_empty(kaggle, tmp_path):
         ([KAGGLE_HEADER, KAGGLE_ROWS[0], "1,o,i,0,fake,"], "train.csv:3: empty path"),
         ([KAGGLE_HEADER, '0,"unclosed,1,1,real,x.jpg'], "cannot read CSV"),
     ],
-    ids=["empty file", "header only", "no path column", "no label column", "label 2", "label text", "label empty",
-         "path empty", "bad quoting"],
+    ids=[
+        "empty file",
+        "header only",
+        "no path column",
+        "no label column",
+        "label 2",
+        "label text",
+        "label empty",
+        "path empty",
+        "bad quoting",
+    ],
 )
 def test_bad_csv_raises_one_line_naming_the_problem(kaggle, lines, expected):
     csv_path, root = kaggle

@@ -34,7 +34,9 @@ def test_defaults(tmp_path):
 def test_two_extra_sets_as_a_path_and_as_a_mapping(tmp_path):
     (tmp_path / "a.csv").write_text("x\n")
     (tmp_path / "b.csv").write_text("x\n")
-    cfg = compose_eval(tmp_path, f"eval.sets={{other:'{tmp_path}/a.csv',far:{{csv:'{tmp_path}/b.csv',root_dir:/images}}}}")
+    cfg = compose_eval(
+        tmp_path, f"eval.sets={{other:'{tmp_path}/a.csv',far:{{csv:'{tmp_path}/b.csv',root_dir:/images}}}}"
+    )
     check_eval_settings(cfg)
     assert eval_sets(cfg)[1:] == [("other", f"{tmp_path}/a.csv", None), ("far", f"{tmp_path}/b.csv", "/images")]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from deepfake.engine.evaluate import fake_probability
 from deepfake.engine.metrics import classification_metrics
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.evaluation.bootstrap import bootstrap_intervals, weighted_metrics
-from deepfake.engine.evaluate import fake_probability
 from deepfake.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature
 from deepfake.evaluation.operating_point import (
     choose_threshold,

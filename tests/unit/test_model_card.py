@@ -78,12 +78,19 @@ def test_card_has_every_section_and_the_run_s_numbers(tmp_path):
     assert f"| test | {tmp_path / 'data' / 'test.csv'} | 2 | 0 | 2 | 1 | " in data  # damaged from the test report
     recipe = section(card, "Training recipe")
     assert "head only: 2 epoch(s) at lr_head 0.001; fine-tuning: 3 epoch(s) at lr_backbone 2.5e-05" in recipe
-    assert "| seed | 7 (deterministic kernels: True) |" in recipe and "| epochs run | 5; best validation epoch 4 |" in recipe
+    assert (
+        "| seed | 7 (deterministic kernels: True) |" in recipe
+        and "| epochs run | 5; best validation epoch 4 |" in recipe
+    )
     assert "AdamW(weight_decay=0.05)" in recipe and "| batch | 16 x 2 accumulated, precision 32, at 32 px |" in recipe
     model = section(card, "Model")
-    assert "git commit 0123abcd (uncommitted changes: false)" in model and "weights file /weights/r.safetensors" in model
+    assert (
+        "git commit 0123abcd (uncommitted changes: false)" in model and "weights file /weights/r.safetensors" in model
+    )
     evaluation = section(card, "Evaluation")
-    assert "| val_auc | 0.9531 |" in evaluation and "| auc | 0.9123 |" in evaluation and "| eer | 0.1250 |" in evaluation
+    assert (
+        "| val_auc | 0.9531 |" in evaluation and "| auc | 0.9123 |" in evaluation and "| eer | 0.1250 |" in evaluation
+    )
     assert "| fake | 1 | 1 |" in evaluation  # the confusion matrix, true class by row
     point = section(card, "Operating point")
     assert "| threshold | 0.4375 |" in point and "| policy | youden |" in point and "| temperature | 1.2500 |" in point

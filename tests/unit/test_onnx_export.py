@@ -104,7 +104,7 @@ def test_onnx_scores_through_the_same_input_code_as_the_checkpoint(exported, tmp
     assert np.allclose(got, 1 / (1 + np.exp(-logits / TEMPERATURE)), atol=1e-4)
     # Real images for the export check go through the graph's own framing: pixels in [0, 1] at 32 px.
     framed = verification_images([str(p) for p in paths], pytorch.preprocess, 5)
-    assert framed.shape == (5, 3, 32, 32) and 0 <= framed.min() and framed.max() <= 1
+    assert framed.shape == (5, 3, 32, 32) and framed.min() >= 0 and framed.max() <= 1
 
 
 def _copy(folder, tmp_path):
@@ -120,7 +120,9 @@ def test_a_refused_export_leaves_the_previous_files_untouched(exported, tmp_path
     # Float kernels differ in the last bits between PyTorch and onnxruntime: an impossible tolerance.
     with pytest.raises(ExportError, match=r"export to .*model.onnx refused: onnxruntime differs from PyTorch by "
                                           r"\S+ \(> export.tolerance=1e-12\) on \w+; no file written"):  # fmt: skip
-        export_onnx(detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8), tolerance=1e-12)
+        export_onnx(
+            detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8), tolerance=1e-12
+        )
 
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "model.json", "model.onnx"]  # no temp left

@@ -7,8 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-
 from browser import render  # noqa: E402
+
 from deepfake.reports import html  # noqa: E402
 
 

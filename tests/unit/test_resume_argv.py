@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 from deepfake.errors import ConfigError, RunDirLocked
 from deepfake.tasks.resume import _rewrite, _RunFinished, check_resumed_config
+from deepfake.tracking.loggers import MetricsCsv
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.run_lock import RunDirLock
-from deepfake.tracking.loggers import MetricsCsv
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -101,7 +101,9 @@ def test_a_run_dir_being_written_is_refused_before_hydra_opens_it(tmp_path):
         for argv in ([f"resume={run_dir}"], [f"hydra.run.dir={run_dir}", "seed=2"]):
             with pytest.raises(RunDirLocked, match=f"is being written by PID {os.getpid()}"):
                 _rewrite([f"paths.root_dir={tmp_path}", *argv], CONF_DIR)
-    assert _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)[-1] == f"hydra.run.dir={run_dir}"
+    assert (
+        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)[-1] == f"hydra.run.dir={run_dir}"
+    )
 
 
 def test_a_finished_run_is_not_resumed_and_do_test_becomes_a_test_of_its_checkpoint(tmp_path):

@@ -93,7 +93,9 @@ def test_records_during_a_progress_bar_stay_whole_above_it(
     assert any("epoch 1" in line and "50%" in line for line in lines[log_line + 1 :])
 
 
-def test_a_users_mistake_reads_error_what_then_what_to_do(logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_users_mistake_reads_error_what_then_what_to_do(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
     logger.addHandler(make_console_handler())
     logger.setLevel(logging.INFO)
     logger.error("%s", "ckpt=x.pth: no such checkpoint; pass a run dir or a .pth file")

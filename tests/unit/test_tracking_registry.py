@@ -246,7 +246,9 @@ def _register_with_rescore(root: Path, name: str, auc: float, barrier: Any) -> N
 
 def test_runs_finishing_together_with_rescoring_leave_one_consistent_best(tmp_path: Path) -> None:
     registry = _registry(tmp_path)
-    registry.register_run({"run_name": "incumbent", "promotion": _on_set("slice", 0.99)}, _checkpoint(tmp_path, "incumbent"))
+    registry.register_run(
+        {"run_name": "incumbent", "promotion": _on_set("slice", 0.99)}, _checkpoint(tmp_path, "incumbent")
+    )
     context = multiprocessing.get_context("fork")
     aucs = {"run-a": 0.6, "run-b": 0.9, "run-c": 0.7, "run-d": 0.4}
     for name in aucs:

@@ -40,6 +40,7 @@ def test_a_run_keeps_its_last_pth_if_either_rule_keeps_it():
         decided = plan(RUNS, keep_days=keep_days, keep_last=keep_last)
         assert {name for name, prune in decided.items() if prune} == expected, (keep_days, keep_last)
 
+
 def test_unfinished_locked_and_undated_runs_are_never_pruned():
     runs = [state("stopped", 2, "stopped"), state("failed", 90, "failed"), state("busy", 90, locked=True),
             state("undated", None), state("gone", 90, size=None)]  # fmt: skip

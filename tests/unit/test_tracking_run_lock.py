@@ -54,7 +54,11 @@ def _write_record(run_dir: Path, age_s: float = 0.0, **changes) -> Path:
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "deepfake.tracking.run_lock" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "deepfake.tracking.run_lock" and r.levelno == logging.WARNING
+    ]
 
 
 def test_the_holder_is_recorded_kept_alive_by_its_heartbeat_and_gone_after_release(tmp_path):
