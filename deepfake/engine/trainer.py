@@ -2,7 +2,8 @@
 
 Read it top to bottom: ``fit`` walks the phases; ``_setup_phase`` freezes the backbone and builds
 the phase's optimizer and schedule; ``_train_epoch`` runs the steps; ``_end_epoch`` validates,
-logs and writes ``best.pth`` and ``last.pth`` (:mod:`deepfake.engine.train_state`). Everything it
+logs and writes ``best.pth`` and ``last.pth`` (:mod:`deepfake.engine.epoch_end`,
+:mod:`deepfake.engine.train_state`). Everything it
 needs comes in as plain objects; it never sees a config. The training loader comes from
 :func:`deepfake.engine.loaders.train_loader`, whose sampler fixes each epoch from (seed, epoch) and
 lets a run stopped part-way through an epoch skip what it already trained on. ``last.pth`` holds all
@@ -19,7 +20,6 @@ writes files. Checkpoints hold the unwrapped model, so they load with or without
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -32,28 +32,19 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine import distributed
-from deepfake.engine.evaluate import Predictions, gather_predictions, predict
+from deepfake.engine.epoch_end import METRICS_FIELDS, EpochEnd
+from deepfake.engine.evaluate import Predictions
 from deepfake.engine.loss_watch import LossWatch
-from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
 from deepfake.engine.stopping import StopRequest
 from deepfake.engine.train_state import Checkpointing, TrainerState
 from deepfake.errors import ConfigError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
-from deepfake.tracking.checkpoint import atomic_save
 from deepfake.tracking.console import progress_bars
 from deepfake.tracking.loggers import MetricsCsv
 
 log = logging.getLogger(__name__)
-
-# val_accuracy in metrics_log.csv is at p(fake) 0.5: the operating point is chosen on validation
-# only once training has picked best.pth (tasks/train.py), so no other threshold exists yet.
-VAL_ACCURACY_THRESHOLD = 0.5
-METRICS_FIELDS = [
-    "phase", "epoch", "step", "lr_backbone", "lr_head",
-    "train_loss", "val_loss", "val_auc", "val_accuracy", "seconds",
-]  # fmt: skip
 
 
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -63,7 +54,7 @@ def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     return targets if smoothing == 0 else targets * (1.0 - smoothing) + 0.5 * smoothing
 
 
-class Trainer(Checkpointing):
+class Trainer(EpochEnd, Checkpointing):
     def __init__(
         self,
         model: torch.nn.Module,
@@ -267,14 +258,6 @@ class Trainer(Checkpointing):
             progress.remove_task(batches_bar)
         return True
 
-    def _log_samples(self, what: str, dataset, indices: list[int]) -> None:
-        """The first images of an epoch's first batch in run.log: enough to reproduce the run's input
-        order, or to find the image that broke it."""
-        paths = getattr(dataset, "paths", None)
-        if self.log_sample_paths and paths is not None:
-            shown = [paths[index] for index in indices[: self.log_sample_paths]]
-            log.info("epoch %d, first %s batch starts with: %s", self.state.epoch + 1, what, ", ".join(shown))
-
     def _train_batch(self, batch: dict, i: int, n_batches: int) -> bool:
         """Forward, backward and (at the end of an accumulation window) the optimizer step of batch
         ``i``; True when training must stop after it (a stop signal, at a window's end)."""
@@ -319,22 +302,6 @@ class Trainer(Checkpointing):
                 f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
             )
 
-    def _log_interval(self) -> None:
-        """``train/loss`` over the batches since the last call (this rank's), and the learning rates."""
-        loss_sum, samples = self._logged_loss
-        if self.state.epoch_samples > samples and self.loggers:
-            interval_loss = (self.state.epoch_loss_sum - loss_sum) / (self.state.epoch_samples - samples)
-            metrics = {"train/loss": interval_loss, **{f"lr/{part}": lr for part, lr in self._part_lrs().items()}}
-            for logger in self.loggers:
-                logger.log_metrics(metrics, step=self.state.step)
-        self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
-
-    def _part_lrs(self) -> dict[str, float]:
-        """The backbone's and the head's base learning rate now, as metrics_log.csv has them (before
-        layer decay scales them); 0 for a frozen backbone."""
-        lrs = self._learning_rates()
-        return {"backbone": lrs.get("backbone", 0.0), "head": lrs["head"]}
-
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
 
@@ -351,91 +318,6 @@ class Trainer(Checkpointing):
             self.scheduler.step_update(self.phase_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
-
-    def scored_model(self) -> torch.nn.Module:
-        """The weights validation judges and best.pth keeps: the moving average when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-    # --------------------------------------------------------------------------- validation
-    def validate(self, progress: Progress | None = None) -> Predictions:
-        """p(fake) of every validation image; under DDP each rank scores its shard and every rank
-        gets all of them back in dataset order, so each computes the same metrics."""
-        distributed.broadcast_buffers(self.scored_model())  # every rank scores with the weights rank 0 saves
-        # Validation runs in a fixed order: its first batch is the sampler's first indices (this rank's).
-        sampler = self.val_loader.sampler
-        first = list(itertools.islice(iter(sampler), self.val_loader.batch_size))
-        self._log_samples("validation", self.val_loader.dataset, first)
-        bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
-        preds = predict(
-            self.scored_model(), self.val_loader, self.device, self.precision,
-            on_batch=(lambda: progress.update(bar, advance=1)) if progress else None,
-        )  # fmt: skip
-        if progress:
-            progress.remove_task(bar)
-        preds = gather_predictions(preds)
-        self.damaged.record("valid", self.val_loader.dataset, preds.damaged)
-        return preds
-
-    def _learning_rates(self) -> dict[str, float]:
-        """Per param group, as the epoch starts (the schedule moves them every step); "backbone" and
-        "head" are each part's base rate, before layer decay scales it."""
-        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
-        for group in self.optimizer.param_groups:
-            lrs.setdefault(group["name"].split("_")[0], group["lr"] / group.get("lr_scale", 1.0))
-        return lrs
-
-    def _end_epoch(self, phase: Phase, train_seconds: float, progress: Progress) -> dict:
-        started = time.perf_counter()
-        preds = self.validate(progress)
-        auc = auc_or_none(preds.targets, preds.probs)
-        accuracy = float(((preds.probs >= VAL_ACCURACY_THRESHOLD) == preds.targets.astype(bool)).mean())
-        lrs = self.state.epoch_lrs
-        loss_sum, samples = distributed.all_reduce_sum(self.state.epoch_loss_sum, self.state.epoch_samples)
-        train_loss = loss_sum / max(samples, 1)
-        self.state.epoch += 1
-        self.state.epoch_in_phase += 1
-        self.state.batches_done, self.state.epoch_loss_sum, self.state.epoch_samples = 0, 0.0, 0
-        self.state.epoch_lrs = None
-        row = {
-            "phase": phase.name,
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "lr_backbone": lrs.get("backbone", 0.0),
-            "lr_head": lrs["head"],
-            "train_loss": round(train_loss, 6),
-            "val_loss": round(preds.loss(), 6),
-            "val_auc": None if auc is None else round(auc, 6),
-            "val_accuracy": round(accuracy, 6),
-            "seconds": round(train_seconds + time.perf_counter() - started, 2),
-        }
-        improved = self.state.best_epoch is None or (
-            auc is not None and (self.state.best_auc is None or auc > self.state.best_auc)
-        )
-        val_metrics = {k: row[k] for k in ("val_loss", "val_auc", "val_accuracy")}
-        if improved:
-            self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
-            self.best_predictions = preds
-            if self.ranks.is_main:
-                atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
-        if self.state.epoch_in_phase == phase.epochs:
-            self.state.phase_index += 1
-            self.state.epoch_in_phase = 0
-        # The row reaches the disk before last.pth: a kill in between leaves an extra row, which the
-        # resumed run drops and logs again, never a missing one.
-        if self.metrics_csv is not None:
-            self.metrics_csv.append(row)
-        self._save_last(phase, val_metrics)
-        tracked = {"epoch": row["epoch"], "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
-                   "val/auc": row["val_auc"], "val/accuracy": row["val_accuracy"], "time/epoch_s": row["seconds"]}  # fmt: skip
-        for logger in self.loggers:
-            logger.log_metrics({k: v for k, v in tracked.items() if v is not None}, step=self.state.step)
-        log.info(
-            "epoch %d [%s] train_loss=%.4f val_loss=%.4f val_auc=%s val_acc=%.4f lr_backbone=%.3g lr_head=%.3g "
-            "%.1fs%s",
-            row["epoch"], phase.name, row["train_loss"], row["val_loss"], row["val_auc"], row["val_accuracy"],
-            row["lr_backbone"], row["lr_head"], row["seconds"], " (best)" if improved else "",
-        )  # fmt: skip
-        return row
 
     # ------------------------------------------------------------------------------ display
     def _progress(self) -> Progress:
