@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank
+from deepfake.errors import RunStopped
 from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.trackers import GuardedTracker
@@ -86,8 +87,15 @@ def trackers(cfg: DictConfig) -> Iterator[list[GuardedTracker]]:
     params = flat_config(cfg) if opened else {}
     for tracker in opened:
         tracker.log_params(params)
+    status = "finished"
     try:
         yield opened
+    except (RunStopped, KeyboardInterrupt):
+        status = "stopped"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         for tracker in opened:
-            tracker.close()
+            tracker.close(status)

@@ -36,7 +36,7 @@ class MetricsLogger(Protocol):
 
     def log_artifact(self, path: str | os.PathLike[str]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str = "finished") -> None: ...
 
 
 class Tracker:
@@ -54,8 +54,8 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
         """A file of the run dir (metrics_test.json, report.html, the model card, best.pth)."""
 
-    def close(self) -> None:
-        pass
+    def close(self, status: str = "finished") -> None:
+        """The task ended: ``finished``, ``failed`` (an error) or ``stopped`` (a stop signal, resumable)."""
 
 
 class MetricsCsv:
@@ -181,7 +181,7 @@ class TensorBoardLogger(Tracker):
     def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None:
         self._writer.add_image(tag, image, global_step=step, dataformats="CHW")
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         if self._session_open:  # marks the HParams row finished
             from torch.utils.tensorboard.summary import hparams
 

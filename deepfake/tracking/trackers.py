@@ -37,6 +37,10 @@ WANDB_RUN_FILE = "wandb_run.json"
 CHECKPOINT_SUFFIX = ".pth"
 
 
+# How MLflow names the way a run ended (a stopped training is resumable: MLflow's KILLED).
+MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+
+
 class GuardedTracker(Tracker):
     """The tracker ``build`` makes, with every call passed on; the first exception, in building it or in
     any call, costs one warning and switches that tracker off for the rest of the run. A tracking server
@@ -71,8 +75,8 @@ class GuardedTracker(Tracker):
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
         self._pass_on("log_artifact", path)
 
-    def close(self) -> None:
-        self._pass_on("close")
+    def close(self, status: str = "finished") -> None:
+        self._pass_on("close", status)
         self._tracker = None
 
 
@@ -194,8 +198,8 @@ class MlflowTracker(Tracker):
         if Path(path).suffix != CHECKPOINT_SUFFIX or self.log_checkpoint:
             self._client.log_artifact(self.run_id, os.fspath(path))
 
-    def close(self) -> None:
-        self._client.set_terminated(self.run_id, "FINISHED")
+    def close(self, status: str = "finished") -> None:
+        self._client.set_terminated(self.run_id, MLFLOW_STATUS[status])
 
 
 def _mlflow_tags(run_dir, tags: Mapping[str, Any] | None, source_dir) -> dict[str, str]:
@@ -270,9 +274,9 @@ class WandbTracker(Tracker):
             copy = shutil.copy2(path, Path(self._run.dir) / path.name)
             self._run.save(copy, base_path=self._run.dir, policy="now")
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         offline_dir = Path(self._run.dir).parent
-        self._run.finish()
+        self._run.finish(exit_code=0 if status == "finished" else 1)
         if self.mode == "offline":
             log.info("W&B run saved offline; upload it with: wandb sync %s", offline_dir)
 

@@ -144,8 +144,9 @@ def test_a_resumed_run_dir_goes_on_in_the_same_mlflow_run(tmp_path, mlflow_serve
     assert client.get_run(first.run_id).info.status == "RUNNING"
     resumed.log_params({"resume": str(tmp_path), "seed": 1, "init_from": "x.pth"})
     resumed.log_metrics({"val/auc": 0.75}, step=8)
-    resumed.close()
+    resumed.close("stopped")  # a stop signal ended the task: resumable, MLflow's KILLED
     logged = client.get_run(first.run_id)
+    assert logged.info.status == "KILLED"
     assert logged.data.params["resume"] == "None" and logged.data.params["init_from"] == "x.pth"
     assert len(logged.data.params["long"]) == 6000  # cut to MLflow's limit instead of refused
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val/auc")] == [(4, 0.5), (8, 0.75)]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake.errors import UserError
+from deepfake.errors import RunStopped, UserError
 from deepfake.tracking import loggers
-from deepfake.tracking.loggers import MetricsCsv, TensorBoardLogger
+from deepfake.tracking.loggers import MetricsCsv, TensorBoardLogger, Tracker
 
 FIELDS = ["step", "phase", "train_loss", "val_auc"]
 
@@ -107,3 +107,31 @@ def test_tensorboard_scalars_and_images_are_written(tmp_path: Path) -> None:
     assert start.hparams["augment.scale"].string_value == "[0.8, 1.0]"
     [image] = events.Images("cam/overlay")
     assert (image.step, image.width, image.height) == (2, 8, 8)
+
+
+class _Recorder(Tracker):
+    """A tracker that notes how the task said it ended."""
+
+    ended: list[str] = []
+
+    def close(self, status: str = "finished") -> None:
+        _Recorder.ended.append(status)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"), [(None, "finished"), (RunStopped(15), "stopped"), (ValueError("a bug"), "failed")]
+)
+def test_the_task_tells_its_trackers_how_it_ended(raised, status) -> None:
+    from omegaconf import OmegaConf
+
+    from deepfake.tasks.session import trackers
+
+    cfg = OmegaConf.create({"logger": {"recorder": {"_target_": f"{_Recorder.__module__}._Recorder"}}, "seed": 1})
+    _Recorder.ended.clear()
+    try:
+        with trackers(cfg):
+            if raised is not None:
+                raise raised
+    except (RunStopped, ValueError):
+        pass
+    assert _Recorder.ended == [status]
