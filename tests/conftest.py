@@ -26,45 +26,6 @@ CONF_DIR = REPO / "conf"
 MAIN = REPO / "scripts" / "main.py"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Compile the project's modules once, before any test starts a run. Where PYTHONDONTWRITEBYTECODE
-    is set (CI images often set it), every ``scripts/main.py`` the suite starts would otherwise compile
-    them again: measured here, 2.3 s of each run's 12 s start-up, over hundreds of runs."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, or a run without xdist
-        import compileall
-
-        compileall.compile_dir(REPO / "deepfake", quiet=1)
-
-
-# The longest files (measured: minutes each, mostly runs of scripts/main.py) go first, so that the two
-# xdist workers (--dist loadfile: a file stays on one worker) end together instead of one of them
-# running a long file alone at the end. The rest keep their collection order.
-LONGEST_FIRST = (
-    "reliability/test_bad_input.py",
-    "reliability/test_one_writer.py",
-    "integration/test_sweeps.py",
-    "integration/test_main_cli.py",
-    "reliability/test_flat_memory.py",
-    "reliability/test_kill_and_resume.py",
-    "integration/test_promotion.py",
-    "integration/test_evaluation_cli.py",
-    "integration/test_predict_cli.py",
-    "integration/test_audit_cli.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
-
-    def place(item: pytest.Item) -> int:
-        try:
-            return rank.get(item.path.relative_to(REPO / "tests").as_posix(), len(rank))
-        except ValueError:  # a test outside tests/
-            return len(rank)
-
-    items.sort(key=place)
-
-
 # A model of ~0.4M parameters (timm's own test network, with BatchNorm) on 32 px images: a full
 # two-phase run takes seconds on two CPU cores.
 TINY = [
