@@ -45,14 +45,13 @@ def configured_paths(overrides: list[str]) -> dict[str, Path]:
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ.setdefault("DEEPFAKE_ROOT", str(REPO))  # as scripts/main.py anchors paths.root_dir
-    try:
+    try:  # composing and resolving both raise on a bad override
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             dataset = compose("config", overrides=["dataset=batch", *overrides]).dataset
-            dataset.csv_dir, dataset.batches_dir  # noqa: B018 - resolved here, inside the error handling
+            csv_dir, batches_dir = Path(dataset.csv_dir), Path(dataset.batches_dir)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{' '.join(str(error).split())}; check the overrides: {' '.join(overrides)}") from error
-    return {"train_csv": Path(dataset.csv_dir) / "train.csv", "val_csv": Path(dataset.csv_dir) / "valid.csv",
-            "out_dir": Path(dataset.batches_dir)}  # fmt: skip
+    return {"train_csv": csv_dir / "train.csv", "val_csv": csv_dir / "valid.csv", "out_dir": batches_dir}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> None:
 def matching(runs: list[dict], match: str | None, tags) -> tuple[list[dict], str]:
     """The entries whose run name or ``name`` holds ``match`` and that carry every tag of ``tags``
     (``task.tags=x`` or ``[x,y]``), and a title saying so ("" when nothing narrows them)."""
-    wanted = [] if not tags else [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+    wanted = session.as_tags(tags)
     if match:
         runs = [run for run in runs if str(match) in run["run_name"] or str(match) in str(run.get("name") or "")]
     if wanted:

@@ -118,7 +118,9 @@ def store_operating_point(
     into best.pth; returns what was stored. ``valid_predictions``: validation already scored by exactly
     these weights (the training's best epoch, same transform and precision); otherwise it is scored here."""
     checkpoint = load_checkpoint(best_path)
-    preds = valid_predictions or Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
+    preds = valid_predictions
+    if preds is None:
+        preds = Scorer(checkpoint, cfg, damaged).score("valid", str(cfg.dataset.val_csv))
     if len(np.unique(preds.targets)) < 2:
         raise ConfigError(f"{cfg.dataset.val_csv}: validation holds one class only; no threshold can be chosen on it")
     chosen = fit_operating_point(

@@ -27,12 +27,16 @@ def run_name() -> str:
     return job_run_name(run_dir())
 
 
+def as_tags(value) -> list[str]:
+    """Tags as a list of text, from a config list or a single value (``tags=x`` is ``[x]``)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(tag) for tag in value]
+
+
 def run_labels(cfg: DictConfig) -> dict:
-    """The run's ``name`` (or None) and ``tags`` (a list of text; ``tags=x`` is ``[x]``) for its
-    registry entry."""
-    tags = cfg.get("tags") or []
-    tags = [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
-    return {"name": None if cfg.get("name") is None else str(cfg.name), "tags": tags}
+    """The run's ``name`` (or None) and ``tags`` for its registry entry."""
+    return {"name": None if cfg.get("name") is None else str(cfg.name), "tags": as_tags(cfg.get("tags"))}
 
 
 def task_overrides() -> list[str]:
