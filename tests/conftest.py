@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset, config composition and scripts/main.py as a subprocess.
+"""Shared fixtures: a tiny synthetic dataset, config composition and scripts/main.py in its own process.
 
 Everything is written under pytest's tmp dirs; ``paths.root_dir`` moves data/, models/, outputs/ and
 multirun/ there, so no test touches the repository's own folders.
@@ -7,10 +7,9 @@ multirun/ there, so no test touches the repository's own folders.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import forked_cli
 import pytest
 
 # Under pytest-xdist (setup.cfg: one worker per core) every worker and the runs it starts use one
@@ -56,14 +55,16 @@ def run_main(
     check: bool = True,
     timeout: int = 300,
     env: dict | None = None,
+    fresh: bool = False,
 ):
-    """``python scripts/main.py`` in a subprocess with every path under ``root``."""
+    """``python scripts/main.py`` in its own process with every path under ``root``: forked from a warm
+    interpreter (forked_cli.py), or a fresh interpreter with ``fresh=True``."""
     flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides
-    args = [sys.executable, str(MAIN), *flags, f"paths.root_dir={root}", *(o for o in overrides if o not in flags)]
+    args = [*flags, f"paths.root_dir={root}", *(o for o in overrides if o not in flags)]
     if data_dir is not None:
         args.append(f"paths.data_dir={data_dir}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    result = forked_cli.run(args, root, env, timeout, fresh)
     if check and result.returncode != 0:
         raise AssertionError(f"main.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -71,7 +72,9 @@ def run_main(
 
 @pytest.fixture
 def main_runner(tmp_path, shared_data_dir):
-    def _run(*overrides: str, check: bool = True, tiny: bool = True):
-        return run_main(tmp_path, *(TINY if tiny else []), *overrides, data_dir=shared_data_dir, check=check)
+    def _run(*overrides: str, check: bool = True, tiny: bool = True, fresh: bool = False):
+        return run_main(
+            tmp_path, *(TINY if tiny else []), *overrides, data_dir=shared_data_dir, check=check, fresh=fresh
+        )
 
     return _run

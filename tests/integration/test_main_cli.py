@@ -32,7 +32,8 @@ def registry(root: Path) -> dict:
 
 
 def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_data_dir):
-    result = main_runner("logger=tensorboard", "name=expt 1", "tags=[baseline,cpu]")
+    # A fresh interpreter, as a user starts it (the other CLI tests fork theirs from a warm one).
+    result = main_runner("logger=tensorboard", "name=expt 1", "tags=[baseline,cpu]", fresh=True)
     run = only_run_dir(tmp_path / "outputs" / "train")
     assert run.name.endswith("_expt-1")  # the name, as a file name can hold it
     assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked_cli
 import torch
 
 MAIN = Path(__file__).resolve().parents[2] / "scripts" / "main.py"
@@ -44,17 +45,12 @@ def main_args(root: Path, data_dir: Path, *overrides: str) -> list[str]:
 
 
 def run(root: Path, data_dir: Path, *overrides: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        main_args(root, data_dir, *overrides), capture_output=True, text=True, timeout=timeout, env=ENV, cwd=root,
-        check=False,
-    )  # fmt: skip
+    return forked_cli.run(main_args(root, data_dir, *overrides)[2:], root, ENV, timeout)
 
 
-def start(root: Path, data_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        main_args(root, data_dir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=ENV, cwd=root,
-    )  # fmt: skip
+def start(root: Path, data_dir: Path, *overrides: str) -> forked_cli.ForkedRun | subprocess.Popen:
+    """The run in its own process, to be signalled or waited on like a Popen."""
+    return forked_cli.start(main_args(root, data_dir, *overrides)[2:], root, ENV)
 
 
 def run_dir_of(root: Path) -> Path | None:

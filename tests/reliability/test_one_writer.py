@@ -15,6 +15,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import forked_cli
 import pandas as pd
 import pytest
 import torch
@@ -50,9 +51,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def _sweep(root: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = main_args(root, data_dir, *overrides)
-    return subprocess.run([*args[:2], "-m", *args[2:]], capture_output=True, text=True, timeout=180, env=ENV, cwd=root,
-                          check=False)  # fmt: skip
+    return forked_cli.run(["-m", *main_args(root, data_dir, *overrides)[2:]], root, ENV, timeout=180)
 
 
 def _log_has(run_dir: Path, text: str) -> bool:

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import forked_cli
 import pytest
 
 from reliability.faults import ENV, RELIABLE, bitwise_equal, main_args, metric_rows, registry
@@ -44,7 +45,7 @@ def _wait_for_epoch(proc: subprocess.Popen, root: Path, timeout: float = 240.0) 
 def test_preempted_job_is_requeued_and_resumes_exactly(tmp_path, reliable_data, uninterrupted):
     args = main_args(tmp_path, reliable_data, "-m", "hydra/launcher=submitit_local", *RELIABLE)
     args.insert(2, args.pop(args.index("-m")))  # Hydra wants -m before the overrides
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    proc = forked_cli.start(args[2:], tmp_path, ENV)
     job = _wait_for_epoch(proc, tmp_path)
     first = json.loads((job / "status.json").read_text())
     time.sleep(0.3)  # land inside the second epoch
