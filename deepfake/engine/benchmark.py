@@ -99,47 +99,70 @@ def loader_pass(loader) -> Callable[[], int]:
 
 
 class PeakMemory:
-    """Peak resident memory of this process and its children (DataLoader workers), sampled every
-    ``interval_s``, and CUDA's peak allocation."""
+    """Peak resident memory of this process and its children (DataLoader workers), and CUDA's peak
+    allocation.
 
-    def __init__(self, device: torch.device, interval_s: float = 0.05) -> None:
+    The kernel keeps each process's own peak (VmHWM in /proc/<pid>/status; this process's is reset
+    when watching starts), so a slow poll finds every child and reads its peak so far, where sampling
+    the resident size itself would have to poll fast enough to catch each peak: at 20 polls a
+    second, walking the process table cost the training step 4% of its speed on 2 cores. Without
+    /proc (not Linux), the resident size is sampled at the same pace. The figure is the sum of the
+    processes' peaks.
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.5) -> None:
         import psutil  # the bench extra
 
         self.device, self.interval_s = device, interval_s
         self.process = psutil.Process()
-        self.peak_rss = 0
+        self.peaks: dict[int, int] = {}
         self._stop = threading.Event()
 
-    def _tree_rss(self) -> int:
-        total = 0
+    @staticmethod
+    def _peak_bytes(proc) -> int:
+        try:
+            with open(f"/proc/{proc.pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024  # kB
+        except (OSError, ValueError):
+            pass
+        return proc.memory_info().rss
+
+    def _poll(self) -> None:
         for proc in (self.process, *self.process.children(recursive=True)):
             try:
-                total += proc.memory_info().rss
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), self._peak_bytes(proc))
             except Exception:  # noqa: BLE001 - a worker that ended between listing and reading
                 continue
-        return total
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak_rss = max(self.peak_rss, self._tree_rss())
+            self._poll()
 
     @contextmanager
     def watching(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak_rss = self._tree_rss()
+        try:  # this process's peak so far would hide the watched part's ("5": reset VmHWM, Linux 4.0+)
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+                clear_refs.write("5")
+        except OSError:
+            pass
+        self.peaks = {}
+        self._poll()
         self._stop.clear()
         sampler = threading.Thread(target=self._sample, daemon=True)
         sampler.start()
         try:
             yield self
         finally:
+            self._poll()  # before the caller's loaders let their workers go
             self._stop.set()
             sampler.join()
-            self.peak_rss = max(self.peak_rss, self._tree_rss())
 
     def report(self) -> dict:
-        report = {"peak_rss_mib": round(self.peak_rss / 2**20, 1)}
+        report = {"peak_rss_mib": round(sum(self.peaks.values()) / 2**20, 1)}
         if self.device.type == "cuda":
             report["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return report

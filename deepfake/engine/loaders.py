@@ -22,10 +22,12 @@ def train_loader(
     world_size: int = 1,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    drop_last: bool = False,
     **loader_kwargs,
 ) -> DataLoader:
     """Shuffled by ``(seed, epoch)`` through an :class:`EpochSampler` (the trainer sets the epoch and,
-    on a resume part-way through one, the samples to skip); this rank's share when ``world_size > 1``."""
+    on a resume part-way through one, the samples to skip); this rank's share when ``world_size > 1``.
+    ``drop_last``: without the epoch's last batch when it is partial."""
     return _loader(
         SeededSamples(dataset), batch_size, EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
         num_workers, pin_memory, prefetch_factor,
@@ -33,6 +35,7 @@ def train_loader(
         # Augmentations do not depend on them (each sample has its own seed), so workers can live
         # for the whole run instead of starting again every epoch.
         generator=torch.Generator().manual_seed(seed + _RANK_SEED_STRIDE * rank),
+        drop_last=drop_last,
         **loader_kwargs,
     )  # fmt: skip
 

@@ -66,5 +66,7 @@ def progress_bars() -> Progress:
         TextColumn("{task.fields[status]}"),
         console=console,
         transient=True,
+        # Twice a second is enough to watch a bar move; every redraw takes the GIL from the training loop.
+        refresh_per_second=2,
         disable=env_rank() != 0,  # under torchrun, rank 0's bars alone
     )

@@ -69,3 +69,36 @@ def test_validation_shards_hold_every_sample_exactly_once(n, world):
     shards = [list(ShardSampler(n, rank=r, world_size=world)) for r in range(world)]
     assert sorted(i for shard in shards for i in shard) == list(range(n))
     assert [len(ShardSampler(n, rank=r, world_size=world)) for r in range(world)] == [len(s) for s in shards]
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return {"index": index, "target": index % 2}
+
+
+def test_training_drops_the_partial_last_batch_and_resumes_within_the_rest():
+    from omegaconf import OmegaConf
+
+    from deepfake.errors import ConfigError
+    from deepfake.tasks.data_setup import make_loader
+
+    settings = {"batch_size": 4, "num_workers": 0, "prefetch_factor": 2}
+    cpu = torch.device("cpu")
+    dropping = make_loader(_Numbers(), OmegaConf.create({**settings, "drop_last": True}), device=cpu, train_seed=0)
+    keeping = make_loader(_Numbers(), OmegaConf.create({**settings, "drop_last": False}), device=cpu, train_seed=0)
+    dropped = [batch["index"].tolist() for batch in dropping]
+    kept = [batch["index"].tolist() for batch in keeping]
+    assert [len(b) for b in dropped] == [4, 4] and [len(b) for b in kept] == [4, 4, 2]
+    assert dropped == kept[:2]  # the same order; only the partial batch goes
+    # A resume after batch 1 (trainer: skip the samples already trained on) serves the rest only.
+    dropping.sampler.skip(4)
+    assert len(dropping) == 1 and [b["index"].tolist() for b in dropping] == dropped[1:]
+    # Scoring loaders keep every image, whatever drop_last says.
+    scoring = make_loader(_Numbers(), OmegaConf.create({**settings, "drop_last": True}), device=cpu)
+    assert sum(len(b["index"]) for b in scoring) == 10
+    with pytest.raises(ConfigError, match=r"dataset.batch_size=16 is more than the 10 training images"):
+        make_loader(_Numbers(), OmegaConf.create({**settings, "batch_size": 16, "drop_last": True}), device=cpu,
+                    train_seed=0)  # fmt: skip
