@@ -48,6 +48,30 @@ def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: 
             "warmup_s": round(warmup_s, 3)}  # fmt: skip
 
 
+def paired_rates(pipeline: Callable[[], int], bare: Callable[[], int], device: torch.device, *, repeats: int,
+                 warmup: int) -> tuple[dict, dict, float]:  # fmt: skip
+    """``pipeline`` and ``bare`` timed in alternation, ``(pipeline figure, bare figure, ratio)``; the
+    ratio is the median of each repeat's pipeline rate over the bare rate measured just before it,
+    so that a machine slowing down or speeding up over the run moves both sides of every ratio."""
+    for _ in range(warmup):
+        bare()
+        pipeline()
+    pairs = []
+    for _ in range(repeats):
+        bare_rate = images_per_second(bare, device, repeats=1, warmup=0)["images_per_s"]
+        pairs.append((bare_rate, images_per_second(pipeline, device, repeats=1, warmup=0)["images_per_s"]))
+    return _figure([p for _, p in pairs]), _figure([b for b, _ in pairs]), paired_ratio(pairs)
+
+
+def paired_ratio(pairs: list[tuple[float, float]]) -> float:
+    """The median over ``(bare rate, pipeline rate)`` pairs of pipeline / bare."""
+    return round(statistics.median(pipeline / bare for bare, pipeline in pairs), 3)
+
+
+def _figure(rates: list[float]) -> dict:
+    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates]}
+
+
 def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,
                      steps: int, channels_last: bool = False) -> Callable[[], int]:  # fmt: skip
     """``steps`` forward + backward + AdamW steps on one batch already on the device."""

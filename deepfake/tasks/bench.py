@@ -15,6 +15,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -42,14 +43,23 @@ log = logging.getLogger(__name__)
 
 
 class EpochClock(Tracker):
-    """A tracker that only notes when each epoch ended (after its checkpoints were written)."""
+    """A tracker that notes when each epoch's training started and when the epoch ended (after its
+    checkpoints were written). Between epochs it times one repeat of ``bare`` (the bare step), so
+    every timed epoch has a bare figure measured just before it."""
 
-    def __init__(self) -> None:
-        self.ends = [time.perf_counter()]
+    def __init__(self, epochs: int, bare: Callable[[], int] | None = None, device=None) -> None:
+        self.epochs, self.bare, self.device = epochs, bare, device
+        self.starts, self.ends, self.bare_rates = [time.perf_counter()], [], []
 
     def log_metrics(self, metrics, step: int) -> None:
-        if "epoch" in metrics:  # not the per-interval training loss
-            self.ends.append(time.perf_counter())
+        if "epoch" not in metrics:  # the per-interval training loss
+            return
+        self.ends.append(time.perf_counter())
+        if self.bare is not None and len(self.ends) < self.epochs:
+            self.bare_rates.append(
+                benchmark.images_per_second(self.bare, self.device, repeats=1, warmup=0)["images_per_s"]
+            )
+        self.starts.append(time.perf_counter())
 
 
 def run(cfg: DictConfig) -> float:
@@ -79,38 +89,26 @@ def run(cfg: DictConfig) -> float:
                     repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup))  # fmt: skip
     memory = benchmark.PeakMemory(device)
 
+    bare_step = benchmark.bare_train_steps(fast_model, batch_size, img_size, device, precision,
+                                           positive_int(settings.steps, "bench.steps"), channels_last)  # fmt: skip
+    bare_forward = benchmark.bare_forward(model, batch_size, img_size, device, precision,
+                                          positive_int(settings.forward_batches, "bench.forward_batches"),
+                                          channels_last)  # fmt: skip
     figures = {
-        "bare_train_step": timed(
-            benchmark.bare_train_steps(
-                fast_model,
-                batch_size,
-                img_size,
-                device,
-                precision,
-                positive_int(settings.steps, "bench.steps"),
-                channels_last,
-            )
-        ),  # fmt: skip
-        "bare_forward": timed(
-            benchmark.bare_forward(
-                model,
-                batch_size,
-                img_size,
-                device,
-                precision,
-                positive_int(settings.forward_batches, "bench.forward_batches"),
-                channels_last,
-            )
-        ),  # fmt: skip
+        "bare_train_step": timed(bare_step),
         "loader": timed(benchmark.loader_pass(_train_loader(cfg, train_set, preprocess, device)[0])),
     }
+    # Each ratio pairs every pipeline repeat with a bare repeat run just before it (noisy machines).
     with memory.watching():
-        figures["train_pipeline"] = _train_pipeline(cfg, train_set, val_set, preprocess, device, precision,
-                                                    out_dir / "pipeline")  # fmt: skip
+        figures["train_pipeline"], train_ratio = _train_pipeline(cfg, train_set, val_set, preprocess, device,
+                                                                 precision, out_dir / "pipeline", bare_step)  # fmt: skip
     figures["train_pipeline"].update(memory.report())
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
     with memory.watching():
-        figures["eval_pipeline"] = timed(lambda: len(predict(model, eval_loader, device, precision).indices))
+        figures["eval_pipeline"], figures["bare_forward"], eval_ratio = benchmark.paired_rates(
+            lambda: len(predict(model, eval_loader, device, precision).indices), bare_forward, device,
+            repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup),
+        )  # fmt: skip
     figures["eval_pipeline"].update(memory.report())
     cached = _cached_figures(cfg, preprocess, timed, model, device, precision)
     figures.update(cached)
@@ -132,8 +130,8 @@ def run(cfg: DictConfig) -> float:
         },  # fmt: skip
         "figures": figures,
         "ratios": {
-            "train_pipeline_over_bare_step": _ratio(figures["train_pipeline"], figures["bare_train_step"]),
-            "eval_pipeline_over_bare_forward": _ratio(figures["eval_pipeline"], figures["bare_forward"]),
+            "train_pipeline_over_bare_step": train_ratio,
+            "eval_pipeline_over_bare_forward": eval_ratio,
             **(
                 {
                     "eval_cached_over_bare_forward": _ratio(figures["eval_cached"], figures["bare_forward"]),
@@ -191,14 +189,15 @@ def _train_loader(cfg: DictConfig, train_set, preprocess: dict, device):
 
 
 def _train_pipeline(
-    cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path
-) -> dict:
-    """(b): the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each epoch
-    timed from the end of the previous one (its validation is one batch, its checkpoints are written)."""
+    cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path, bare_step
+) -> tuple[dict, float]:
+    """(b) and b/a: the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each
+    epoch timed from its first batch to its end (its validation is one batch, its checkpoints are
+    written), with one repeat of ``bare_step`` timed before it, apart."""
     epochs = int(cfg.bench.epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
-    clock = EpochClock()
+    clock = EpochClock(epochs, bare_step, device)
     loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
     trainer = Trainer(
         model,
@@ -230,18 +229,20 @@ def _train_pipeline(
         trainer.fit()
     finally:
         trainer.close()
-    epoch_s = [end - start for start, end in zip(clock.ends[1:-1], clock.ends[2:])]
+    epoch_s = [end - start for start, end in zip(clock.starts[1:], clock.ends[1:])]  # the first: warm-up
     checkpoint_s = _checkpoint_seconds(run_dir)
     trained = len(loader) * loader.batch_size if loader.drop_last else len(train_set)  # images per epoch
+    rates = [trained / s for s in epoch_s]
     return {
-        "images_per_s": statistics.median(trained / s for s in epoch_s),
-        "repeats": [round(trained / s, 2) for s in epoch_s],
-        "warmup_s": round(clock.ends[1] - clock.ends[0], 3),
+        "images_per_s": statistics.median(rates),
+        "repeats": [round(rate, 2) for rate in rates],
+        "bare_step_before_each": [round(rate, 2) for rate in clock.bare_rates],
+        "warmup_s": round(clock.ends[0] - clock.starts[0], 3),
         # What writing best.pth and last.pth costs per epoch (an epoch that improves writes both):
         # on a small epoch a large share, on 100k images next to nothing.
         "checkpoint_s": round(checkpoint_s, 3),
         "images_per_s_without_checkpoints": statistics.median(trained / (s - checkpoint_s) for s in epoch_s),
-    }
+    }, benchmark.paired_ratio(list(zip(clock.bare_rates, rates)))
 
 
 def _checkpoint_seconds(run_dir: Path) -> float:
