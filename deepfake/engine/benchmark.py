@@ -127,11 +127,12 @@ class PeakMemory:
     allocation.
 
     The kernel keeps each process's own peak (VmHWM in /proc/<pid>/status; this process's is reset
-    when watching starts), so a slow poll finds every child and reads its peak so far, where sampling
-    the resident size itself would have to poll fast enough to catch each peak: at 20 polls a
-    second, walking the process table cost the training step 4% of its speed on 2 cores. Without
-    /proc (not Linux), the resident size is sampled at the same pace. The figure is the sum of the
-    processes' peaks.
+    when watching starts), so a slow poll finds the live processes and reads their peaks so far,
+    where sampling the resident size itself would have to poll fast enough to catch each peak: at
+    20 polls a second, walking the process table cost the training step 4% of its speed on 2 cores.
+    Without /proc (not Linux), the resident size is sampled at the same pace. The figure is the
+    largest sum, over one poll's live processes, of their peaks (workers that have ended, such as
+    each validation pass's, no longer count).
     """
 
     def __init__(self, device: torch.device, interval_s: float = 0.5) -> None:
@@ -139,7 +140,7 @@ class PeakMemory:
 
         self.device, self.interval_s = device, interval_s
         self.process = psutil.Process()
-        self.peaks: dict[int, int] = {}
+        self.peak = 0
         self._stop = threading.Event()
 
     @staticmethod
@@ -154,11 +155,13 @@ class PeakMemory:
         return proc.memory_info().rss
 
     def _poll(self) -> None:
+        total = 0
         for proc in (self.process, *self.process.children(recursive=True)):
             try:
-                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), self._peak_bytes(proc))
+                total += self._peak_bytes(proc)
             except Exception:  # noqa: BLE001 - a worker that ended between listing and reading
                 continue
+        self.peak = max(self.peak, total)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -173,7 +176,7 @@ class PeakMemory:
                 clear_refs.write("5")
         except OSError:
             pass
-        self.peaks = {}
+        self.peak = 0
         self._poll()
         self._stop.clear()
         sampler = threading.Thread(target=self._sample, daemon=True)
@@ -186,7 +189,7 @@ class PeakMemory:
             sampler.join()
 
     def report(self) -> dict:
-        report = {"peak_rss_mib": round(sum(self.peaks.values()) / 2**20, 1)}
+        report = {"peak_rss_mib": round(self.peak / 2**20, 1)}
         if self.device.type == "cuda":
             report["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return report
