@@ -110,44 +110,17 @@ def run(cfg: DictConfig) -> float:
             repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup),
         )  # fmt: skip
     figures["eval_pipeline"].update(memory.report())
-    cached = _cached_figures(cfg, preprocess, timed, model, device, precision)
-    figures.update(cached)
+    figures.update(_cached_figures(cfg, preprocess, timed, model, device, precision))
 
-    report = {
-        "settings": {
-            "backbone": model.detector_spec["name"],
-            "img_size": img_size,
-            "batch_size": batch_size,
-            "precision": precision,
-            "device": str(device),
-            "num_workers": resolve_num_workers(cfg.dataset.num_workers, device),
-            "channels_last": channels_last,
-            "compile": backend or False,
-            "cache": str(settings.cache),
-            "decode": str(cfg.dataset.decode),
-            "train_images": len(train_set),
-            "val_images": len(val_set),
-        },  # fmt: skip
-        "figures": figures,
-        "ratios": {
-            "train_pipeline_over_bare_step": train_ratio,
-            "eval_pipeline_over_bare_forward": eval_ratio,
-            **(
-                {
-                    "eval_cached_over_bare_forward": _ratio(figures["eval_cached"], figures["bare_forward"]),
-                    "cache_gain_eval": _ratio(figures["eval_cached"], figures["eval_pipeline"]),
-                }
-                if cached
-                else {}
-            ),
-            **(
-                {"cache_gain_loader": _ratio(figures["loader_cached"], figures["loader"])}
-                if "loader_cached" in cached
-                else {}
-            ),
-        },  # fmt: skip
-        "machine": benchmark.machine(),
-    }
+    settings_used = {
+        "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
+        "precision": precision, "device": str(device),
+        "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
+        "compile": backend or False, "cache": str(settings.cache), "decode": str(cfg.dataset.decode),
+        "train_images": len(train_set), "val_images": len(val_set),
+    }  # fmt: skip
+    report = {"settings": settings_used, "figures": figures, "ratios": _ratios(figures, train_ratio, eval_ratio),
+              "machine": benchmark.machine()}  # fmt: skip
     atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     _print(report, out_dir)
     return report["ratios"]["train_pipeline_over_bare_step"]
@@ -252,6 +225,17 @@ def _checkpoint_seconds(run_dir: Path) -> float:
     for name, checkpoint in checkpoints.items():
         atomic_save(checkpoint, run_dir / f"rewritten_{name}")
     return time.perf_counter() - started
+
+
+def _ratios(figures: dict, train_ratio: float, eval_ratio: float) -> dict:
+    """b/a and c/a_eval (paired), and what the decoded-image cache gained where it was measured."""
+    ratios = {"train_pipeline_over_bare_step": train_ratio, "eval_pipeline_over_bare_forward": eval_ratio}
+    if "eval_cached" in figures:
+        ratios["eval_cached_over_bare_forward"] = _ratio(figures["eval_cached"], figures["bare_forward"])
+        ratios["cache_gain_eval"] = _ratio(figures["eval_cached"], figures["eval_pipeline"])
+    if "loader_cached" in figures:
+        ratios["cache_gain_loader"] = _ratio(figures["loader_cached"], figures["loader"])
+    return ratios
 
 
 def _ratio(pipeline: dict, bare: dict) -> float:
