@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from deepfake.errors import ConfigError
 
@@ -56,14 +57,29 @@ class RandomJpeg:
         return f"{type(self).__name__}(quality={self.quality})"
 
 
+class NormalisedTensor:
+    """PIL image -> float tensor in [0, 1], normalised by ``mean`` and ``std``: v2's ToImage,
+    ToDtype(scale=True), Normalize and ToPureTensor, through their functional forms in one step.
+
+    The same values bit for bit; in a Compose, each of the four classes flattens and inspects its
+    input first, which on a 64 px image took 356 µs against 169 µs for the work itself, per image
+    in every loader.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        scaled = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+        return F.normalize(scaled, mean=self.mean, std=self.std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
-    # ToPureTensor: downstream code (collate, CAM, metrics) expects plain tensors, not tv_tensors.
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-        v2.ToPureTensor(),
-    ]
+    # A plain tensor, not a tv_tensor: downstream code (collate, CAM, metrics) expects plain tensors.
+    return [NormalisedTensor(mean, std)]
 
 
 def build_train_transform(

@@ -156,3 +156,17 @@ def test_the_cnndetection_preset_blurs_and_recompresses_each_half_of_the_time(tm
         torch.manual_seed(seed)
         changed += not torch.equal(transform(image), untouched)
     assert 0.65 < changed / 200 < 0.85  # neither blur nor JPEG a quarter of the time: 1 - 0.5 * 0.5 = 0.75
+
+
+def test_the_normalised_tensor_step_equals_torchvision_s_four_classes():
+    from torchvision.transforms import v2
+
+    from deepfake.data.transforms import NormalisedTensor
+
+    image = _noise_image(40, 36)
+    chain = v2.Compose(
+        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD), v2.ToPureTensor()]
+    )
+    ours = NormalisedTensor(MEAN, STD)(image)
+    assert type(ours) is torch.Tensor and ours.dtype == torch.float32 and ours.shape == (3, 36, 40)
+    assert torch.equal(ours, chain(image))
