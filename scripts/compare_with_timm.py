@@ -9,7 +9,9 @@ train split (linked into the class folders timm reads), validate on its valid sp
 every epoch, and write their checkpoints; augmentation is a horizontal flip in both, no workers by
 default. Each is timed as a whole process, start-up included, and each epoch from its own log.
 timm's script gets this project's models by importing ``deepfake.models`` before it runs (CvT-13 is
-registered with timm there). Prints the times and their ratio and writes ``<out>/timm_comparison.json``.
+registered with timm there). With ``--repeats N`` the two run N times each, alternating, and the
+ratio is the median over the pairs (the machine's speed drifts over minutes). Prints the times and
+their ratio and writes ``<out>/timm_comparison.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import csv
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +50,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each, alternating; the ratio is the median over the pairs")  # fmt: skip
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -53,30 +59,42 @@ def main() -> None:
     common = [f"paths.data_dir={data}", f"dataset.img_size={args.img_size}"]
     images = image_folder(generate(common), out / "timm_images")
 
-    ours = timed([sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
+    ours_args = [sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
                   f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
                   f"phase.lr_head={args.lr}", f"dataset.batch_size={args.batch}", f"dataset.num_workers={args.workers}",
                   f"train.device={args.device}", "train.do_test=false", "logger=none", "augment=flip",
-                  f"paths.models_dir={out / 'models'}", f"hydra.run.dir={out / 'ours'}"], out / "ours.log")  # fmt: skip
-    timm = timed([sys.executable, "-c", _RUN_TIMM, str(args.timm_train), "--data-dir", str(images),
+                  f"paths.models_dir={out / 'models'}"]  # fmt: skip
+    timm_args = [sys.executable, "-c", _RUN_TIMM, str(args.timm_train), "--data-dir", str(images),
                   "--train-split", "train", "--val-split", "valid", "--model", args.model, "--num-classes", "2",
                   "--img-size", str(args.img_size), "-b", str(args.batch), "--epochs", str(args.epochs),
                   "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05", "--sched", "cosine",
                   "--warmup-epochs", "0", "--workers", str(args.workers), "--device", args.device, "--no-prefetcher",
                   "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0.5", "--color-jitter", "0", "--reprob", "0",
-                  "--output", str(out / "timm"), "--experiment", "run", "--log-interval", "1000",
-                  "--checkpoint-hist", "1"], out / "timm.log")  # fmt: skip
+                  "--output", str(out / "timm"), "--log-interval", "1000",
+                  "--checkpoint-hist", "1"]  # fmt: skip
+    # Alternating, each pair side by side: the machine's speed drifts over minutes.
+    pairs = []
+    for number in range(args.repeats):
+        for run in (out / f"ours_{number}", out / "timm" / f"run_{number}"):
+            shutil.rmtree(run, ignore_errors=True)
+        pairs.append((timed([*ours_args, f"hydra.run.dir={out / f'ours_{number}'}"], out / f"ours_{number}.log"),
+                      timed([*timm_args, "--experiment", f"run_{number}"], out / f"timm_{number}.log")))  # fmt: skip
+    ours, timm = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    ratio = statistics.median(o / t for o, t in pairs)
 
-    our_epochs = [float(row["seconds"]) for row in csv.DictReader((out / "ours" / "metrics_log.csv").open())]
+    last = out / f"ours_{args.repeats - 1}" / "metrics_log.csv"
+    our_epochs = [float(row["seconds"]) for row in csv.DictReader(last.open())]
     report = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "train_images": _count(images / "train")},
         "whole_run_s": {"ours": round(ours, 2), "timm_train_py": round(timm, 2)},
-        "ours_over_timm_time": round(ours / timm, 3),
+        "pairs_s": [[round(o, 2), round(t, 2)] for o, t in pairs],
+        "ours_over_timm_time": round(ratio, 3),
         "our_epoch_s": our_epochs,
     }
     (out / "timm_comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epochs on {args.device}: "
-          f"this project {ours:.1f} s, timm's train.py {timm:.1f} s (ratio {ours / timm:.3f}); "
+          f"this project {ours:.1f} s, timm's train.py {timm:.1f} s (ratio {ratio:.3f}; pairs "
+          f"{', '.join(f'{o:.1f}/{t:.1f}' for o, t in pairs)}); "
           f"epochs {', '.join(f'{s:.1f}' for s in our_epochs)} s; logs in {out}")  # fmt: skip
 
 
