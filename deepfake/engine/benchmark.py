@@ -28,6 +28,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def rate(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of one call of ``run()``, which returns how many images it processed; the
+    device is synchronised around the call."""
+    synchronize(device)
+    started = time.perf_counter()
+    images = run()
+    synchronize(device)
+    return images / (time.perf_counter() - started)
+
+
+def figure(rates: list[float]) -> dict:
+    """A figure as bench.json holds it: the median rate and every repeat's."""
+    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates]}
+
+
 def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: int, warmup: int) -> dict:
     """``run()`` processes some images and returns how many; the median rate over ``repeats`` calls.
     ``warmup_s``: the untimed calls first (with ``train.compile``, the compilation)."""
@@ -37,15 +52,7 @@ def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: 
         run()
     synchronize(device)
     warmup_s = time.perf_counter() - started
-    rates = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        images = run()
-        synchronize(device)
-        rates.append(images / (time.perf_counter() - started))
-    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates],
-            "warmup_s": round(warmup_s, 3)}  # fmt: skip
+    return {**figure([rate(run, device) for _ in range(repeats)]), "warmup_s": round(warmup_s, 3)}
 
 
 def paired_rates(pipeline: Callable[[], int], bare: Callable[[], int], device: torch.device, *, repeats: int,
@@ -58,18 +65,14 @@ def paired_rates(pipeline: Callable[[], int], bare: Callable[[], int], device: t
         pipeline()
     pairs = []
     for _ in range(repeats):
-        bare_rate = images_per_second(bare, device, repeats=1, warmup=0)["images_per_s"]
-        pairs.append((bare_rate, images_per_second(pipeline, device, repeats=1, warmup=0)["images_per_s"]))
-    return _figure([p for _, p in pairs]), _figure([b for b, _ in pairs]), paired_ratio(pairs)
+        bare_rate = rate(bare, device)
+        pairs.append((bare_rate, rate(pipeline, device)))
+    return figure([p for _, p in pairs]), figure([b for b, _ in pairs]), paired_ratio(pairs)
 
 
 def paired_ratio(pairs: list[tuple[float, float]]) -> float:
     """The median over ``(bare rate, pipeline rate)`` pairs of pipeline / bare."""
     return round(statistics.median(pipeline / bare for bare, pipeline in pairs), 3)
-
-
-def _figure(rates: list[float]) -> dict:
-    return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates]}
 
 
 def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,

@@ -56,9 +56,7 @@ class EpochClock(Tracker):
             return
         self.ends.append(time.perf_counter())
         if self.bare is not None and len(self.ends) < self.epochs:
-            self.bare_rates.append(
-                benchmark.images_per_second(self.bare, self.device, repeats=1, warmup=0)["images_per_s"]
-            )
+            self.bare_rates.append(benchmark.rate(self.bare, self.device))
         self.starts.append(time.perf_counter())
 
 
@@ -85,8 +83,8 @@ def run(cfg: DictConfig) -> float:
         mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]),
         preprocess=preprocess, training=True)  # fmt: skip
     val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
-    timed = partial(benchmark.images_per_second, device=device,
-                    repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup))  # fmt: skip
+    repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"), "warmup": int(settings.warmup)}
+    timed = partial(benchmark.images_per_second, device=device, **repeats)
     memory = benchmark.PeakMemory(device)
 
     bare_step = benchmark.bare_train_steps(fast_model, batch_size, img_size, device, precision,
@@ -107,7 +105,7 @@ def run(cfg: DictConfig) -> float:
     with memory.watching():
         figures["eval_pipeline"], figures["bare_forward"], eval_ratio = benchmark.paired_rates(
             lambda: len(predict(model, eval_loader, device, precision).indices), bare_forward, device,
-            repeats=positive_int(settings.repeats, "bench.repeats"), warmup=int(settings.warmup),
+            **repeats,
         )  # fmt: skip
     figures["eval_pipeline"].update(memory.report())
     figures.update(_cached_figures(cfg, preprocess, timed, model, device, precision))
@@ -207,8 +205,7 @@ def _train_pipeline(
     trained = len(loader) * loader.batch_size if loader.drop_last else len(train_set)  # images per epoch
     rates = [trained / s for s in epoch_s]
     return {
-        "images_per_s": statistics.median(rates),
-        "repeats": [round(rate, 2) for rate in rates],
+        **benchmark.figure(rates),
         "bare_step_before_each": [round(rate, 2) for rate in clock.bare_rates],
         "warmup_s": round(clock.ends[0] - clock.starts[0], 3),
         # What writing best.pth and last.pth costs per epoch (an epoch that improves writes both):

@@ -116,17 +116,17 @@ def make_loader(
     }
     batch_size = positive_int(dataset_cfg.batch_size, "dataset.batch_size")
     if train_seed is not None:
-        drop_last = bool(dataset_cfg.get("drop_last", False))
-        per_rank = -(-len(dataset) // here.world_size)
-        if drop_last and per_rank < batch_size:
+        loader = loaders.train_loader(
+            dataset, batch_size, seed=train_seed, drop_last=bool(dataset_cfg.get("drop_last", False)),
+            **common, **loader_kwargs,
+        )  # fmt: skip
+        if loader.drop_last and len(loader) == 0:  # the only batch was partial, and dropped
             raise ConfigError(
-                f"dataset.batch_size={batch_size} is more than the {per_rank} training images "
+                f"dataset.batch_size={batch_size} is more than the {loader.sampler.per_rank} training images "
                 f"{'each rank gets' if here.world_size > 1 else 'there are'}, and dataset.drop_last=true drops a "
                 "partial batch: no batch would be left; lower dataset.batch_size, or set dataset.drop_last=false"
             )
-        return loaders.train_loader(
-            dataset, batch_size, seed=train_seed, drop_last=drop_last, **common, **loader_kwargs
-        )
+        return loader
     if not shard:
         common.update(rank=0, world_size=1)
     return loaders.eval_loader(dataset, batch_size, **common)
