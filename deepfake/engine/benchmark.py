@@ -76,13 +76,16 @@ def paired_ratio(pairs: list[tuple[float, float]]) -> float:
 
 
 def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,
-                     steps: int, channels_last: bool = False) -> Callable[[], int]:  # fmt: skip
-    """``steps`` forward + backward + AdamW steps on one batch already on the device."""
+                     steps: int, channels_last: bool = False,
+                     make_optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None) -> Callable[[], int]:  # fmt: skip
+    """``steps`` forward + backward + optimizer steps on one batch already on the device; the optimizer
+    is ``make_optimizer(param_groups)`` (the run's, e.g. fused AdamW), plain AdamW without one."""
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     targets = (torch.arange(batch_size, device=device) % 2).float()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-5}]
+    optimizer = (make_optimizer or torch.optim.AdamW)(groups)
     model.train()
 
     def run() -> int:

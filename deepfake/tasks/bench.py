@@ -88,7 +88,8 @@ def run(cfg: DictConfig) -> float:
     memory = benchmark.PeakMemory(device)
 
     bare_step = benchmark.bare_train_steps(fast_model, batch_size, img_size, device, precision,
-                                           positive_int(settings.steps, "bench.steps"), channels_last)  # fmt: skip
+                                           positive_int(settings.steps, "bench.steps"), channels_last,
+                                           make_optimizer=instantiate(cfg.optimizer))  # fmt: skip
     bare_forward = benchmark.bare_forward(model, batch_size, img_size, device, precision,
                                           positive_int(settings.forward_batches, "bench.forward_batches"),
                                           channels_last)  # fmt: skip
