@@ -19,7 +19,6 @@ from deepfake.engine import distributed
 from deepfake.engine.evaluate import Predictions, gather_predictions, predict
 from deepfake.engine.metrics import auc_or_none
 from deepfake.engine.phases import Phase
-from deepfake.tracking.checkpoint import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,8 @@ class EpochEnd:
         started = time.perf_counter()
         preds = self.validate(progress)
         auc = auc_or_none(preds.targets, preds.probs)
-        row = self._epoch_row(phase, preds, auc, train_seconds + time.perf_counter() - started)
+        validation_s = time.perf_counter() - started
+        row = self._epoch_row(phase, preds, auc, train_seconds + validation_s)
         improved = self.state.best_epoch is None or (
             auc is not None and (self.state.best_auc is None or auc > self.state.best_auc)
         )
@@ -104,7 +104,7 @@ class EpochEnd:
             self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
             self.best_predictions = preds
             if self.ranks.is_main:
-                atomic_save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
+                self.checkpoints.save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         if self.state.epoch_in_phase == phase.epochs:
             self.state.phase_index += 1
             self.state.epoch_in_phase = 0
@@ -113,7 +113,7 @@ class EpochEnd:
         if self.metrics_csv is not None:
             self.metrics_csv.append(row)
         self._save_last(phase, val_metrics)
-        self._report_epoch(row, improved)
+        self._report_epoch(row, improved, validation_s)
         return row
 
     def _epoch_row(self, phase: Phase, preds: Predictions, auc: float | None, seconds: float) -> dict:
@@ -138,10 +138,11 @@ class EpochEnd:
             "seconds": round(seconds, 2),
         }
 
-    def _report_epoch(self, row: dict, improved: bool) -> None:
+    def _report_epoch(self, row: dict, improved: bool, validation_s: float) -> None:
         """The epoch to the trackers (under grouped names, at the global step) and to run.log."""
         tracked = {"epoch": row["epoch"], "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
-                   "val/auc": row["val_auc"], "val/accuracy": row["val_accuracy"], "time/epoch_s": row["seconds"]}  # fmt: skip
+                   "val/auc": row["val_auc"], "val/accuracy": row["val_accuracy"], "time/epoch_s": row["seconds"],
+                   "time/validation_s": round(validation_s, 3)}  # fmt: skip
         for logger in self.loggers:
             logger.log_metrics({k: v for k, v in tracked.items() if v is not None}, step=self.state.step)
         log.info(

@@ -15,7 +15,7 @@ from deepfake.engine.phases import Phase
 from deepfake.engine.precision import make_grad_scaler
 from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
 from deepfake.errors import CheckpointError
-from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,11 @@ class Checkpointing:
         }
 
     def _save_last(self, phase: Phase, val_metrics: dict | None) -> None:
-        """last.pth, written by rank 0 with every rank's own state; no rank goes on before it is on disk."""
+        """last.pth, saved by rank 0 with every rank's own state (written in the background: fit returns
+        once it is on disk); no rank goes on before rank 0 has taken its copy."""
         ranks_state = distributed.all_gather_objects(self._rank_state()) if self.ranks.distributed else None
         if self.ranks.is_main:
-            atomic_save(self._last_checkpoint(phase, val_metrics, ranks_state), self.run_dir / "last.pth")
+            self.checkpoints.save(self._last_checkpoint(phase, val_metrics, ranks_state), self.run_dir / "last.pth")
         distributed.barrier()
 
     def _rank_state(self) -> dict:

@@ -41,6 +41,7 @@ from deepfake.engine.stopping import StopRequest
 from deepfake.engine.train_state import Checkpointing, TrainerState
 from deepfake.errors import ConfigError, TrainingError
 from deepfake.models.param_groups import count_trainable, param_groups, set_backbone_frozen, set_train_mode
+from deepfake.tracking.checkpoint_writer import CheckpointWriter
 from deepfake.tracking.console import progress_bars
 from deepfake.tracking.loggers import MetricsCsv
 
@@ -80,6 +81,7 @@ class Trainer(EpochEnd, Checkpointing):
         log_sample_paths: int = 8,
         label_smoothing: float = 0.0,
         ema: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        background_checkpoints: bool = True,
     ) -> None:
         self.ranks = distributed.ranks()
         self.model = model.to(device)
@@ -108,6 +110,9 @@ class Trainer(EpochEnd, Checkpointing):
         # Rank 0 alone writes: metrics_log.csv, TensorBoard, checkpoints.
         self.loggers = list(loggers) if self.ranks.is_main else []
         self.metrics_csv = MetricsCsv(self.run_dir / "metrics_log.csv", METRICS_FIELDS) if self.ranks.is_main else None
+        # best.pth and last.pth are copied, then written on a thread while training goes on
+        # (train.background_checkpoints); fit returns once they are on disk.
+        self.checkpoints = CheckpointWriter(background=background_checkpoints)
         self.state = TrainerState()
         self.damaged = DamagedImageLog()
         self.optimizer: torch.optim.Optimizer | None = None
@@ -130,18 +135,30 @@ class Trainer(EpochEnd, Checkpointing):
         self.best_predictions: Predictions | None = None
 
     def close(self) -> None:
-        """Flush and close metrics_log.csv. The trackers stay open: they belong to the task that made
-        them, which logs the test of best.pth to the same tracker runs after training."""
+        """Flush and close metrics_log.csv; stop the checkpoint writer. The trackers stay open: they
+        belong to the task that made them, which logs the test of best.pth to the same tracker runs
+        after training."""
         if self.metrics_csv is not None:
             self.metrics_csv.close()
+        self.checkpoints.close()
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: dict | None = None) -> TrainerState:
         """Run every remaining phase; ``resume`` is a loaded ``last.pth``.
 
         While it runs, a stop signal (SIGINT/SIGTERM/SIGUSR2) makes it finish the current batch (or
-        accumulation window), save ``last.pth`` and return early with ``stopped_early`` set.
+        accumulation window), save ``last.pth`` and return early with ``stopped_early`` set. It
+        returns once the checkpoints it saved are on disk.
         """
+        try:
+            state = self._fit(resume)
+        except BaseException:
+            self.checkpoints.drain()  # a failed write must not hide the error on its way out
+            raise
+        self.checkpoints.wait()
+        return state
+
+    def _fit(self, resume: dict | None) -> TrainerState:
         if resume is not None:
             self._restore(resume)
         if self.metrics_csv is not None:
@@ -294,6 +311,7 @@ class Trainer(EpochEnd, Checkpointing):
         self.state.epoch_loss_sum = reading.loss_sum
         (failed,) = distributed.agree_max(int(reading.first_bad_batch is not None))
         if failed:
+            self.checkpoints.drain()  # the last good state may still be on its way to the disk
             kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
             where = "on another rank" if reading.first_bad_batch is None else f"batch {reading.first_bad_batch + 1}"
             value = "" if reading.first_bad_value is None else f" ({reading.first_bad_value})"

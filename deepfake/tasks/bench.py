@@ -2,8 +2,8 @@
 
 For the configured backbone, img_size, batch size, precision, device and workers, in one process:
 (a) the bare training step on tensors already on the device, and (a_eval) the bare forward pass;
-(b) the training pipeline from the image files (loader, augmentation, step, logging, a checkpoint
-per epoch), timed per epoch by the trainer itself; (c) scoring the validation images from files;
+(b) the training pipeline from the image files (loader, augmentation, step, logging, best.pth and
+last.pth saved per epoch as a run saves them), timed per epoch, its validation left out; (c) scoring the validation images from files;
 (d) the training loader alone; (e) peak resident memory of this process and its workers (and CUDA's
 peak allocation); with ``bench.cache``, (c') scoring and (d') the loader from the decoded-image cache. bench.json in the run dir holds the figures, the ratios b/a and c/a_eval, and the
 machine they were measured on.
@@ -35,7 +35,7 @@ from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError
 from deepfake.tasks import data_setup, session
 from deepfake.tasks.preflight import positive_int
-from deepfake.tracking.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import console
 from deepfake.tracking.loggers import Tracker
 
@@ -43,21 +43,32 @@ log = logging.getLogger(__name__)
 
 
 class EpochClock(Tracker):
-    """A tracker that notes when each epoch's training started and when the epoch ended (after its
-    checkpoints were written). Between epochs it times one repeat of ``bare`` (the bare step), so
-    every timed epoch has a bare figure measured just before it."""
+    """Times each epoch of (b) as the trackers see it: from its first batch to its end (checkpoints
+    saved), less its validation ((c) measures scoring) and less one repeat of ``bare`` (the bare
+    step) run after its last training batch, so every timed epoch has a bare figure measured inside
+    it. Before that repeat the background checkpoint writes in flight are waited for (``settle``),
+    and the wait counts as the epoch's: they overlap only with training."""
 
-    def __init__(self, epochs: int, bare: Callable[[], int] | None = None, device=None) -> None:
-        self.epochs, self.bare, self.device = epochs, bare, device
-        self.starts, self.ends, self.bare_rates = [time.perf_counter()], [], []
+    def __init__(self, epochs: int, steps_per_epoch: int, bare: Callable[[], int] | None = None, device=None,
+                 settle: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        self.epochs, self.steps_per_epoch, self.bare, self.device, self.settle = (
+            epochs, steps_per_epoch, bare, device, settle
+        )  # fmt: skip
+        self.epoch_s, self.wall_s, self.validation_s, self.bare_rates = [], [], [], []
+        self.started, self.excluded = time.perf_counter(), 0.0
 
     def log_metrics(self, metrics, step: int) -> None:
-        if "epoch" not in metrics:  # the per-interval training loss
-            return
-        self.ends.append(time.perf_counter())
-        if self.bare is not None and len(self.ends) < self.epochs:
+        now = time.perf_counter()
+        if "epoch" in metrics:  # the epoch's end
+            self.validation_s.append(float(metrics["time/validation_s"]))
+            self.wall_s.append(now - self.started)
+            self.epoch_s.append(now - self.started - self.excluded - self.validation_s[-1])
+            self.started, self.excluded = time.perf_counter(), 0.0
+        elif self.bare is not None and step % self.steps_per_epoch == 0 and step > self.steps_per_epoch:
+            self.settle()  # after the epoch's last batch (not the warm-up's)
+            paused = time.perf_counter()
             self.bare_rates.append(benchmark.rate(self.bare, self.device))
-        self.starts.append(time.perf_counter())
+            self.excluded += time.perf_counter() - paused
 
 
 def run(cfg: DictConfig) -> float:
@@ -116,6 +127,8 @@ def run(cfg: DictConfig) -> float:
         "precision": precision, "device": str(device),
         "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
         "compile": backend or False, "cache": str(settings.cache), "decode": str(cfg.dataset.decode),
+        "fused_optimizer": bool(cfg.optimizer.get("fused", False)),
+        "background_checkpoints": bool(cfg.train.background_checkpoints),
         "train_images": len(train_set), "val_images": len(val_set),
     }  # fmt: skip
     report = {"settings": settings_used, "figures": figures, "ratios": _ratios(figures, train_ratio, eval_ratio),
@@ -164,13 +177,13 @@ def _train_pipeline(
     cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path, bare_step
 ) -> tuple[dict, float]:
     """(b) and b/a: the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each
-    epoch timed from its first batch to its end (its validation is one batch, its checkpoints are
-    written), with one repeat of ``bare_step`` timed before it, apart."""
+    epoch timed by an EpochClock (its checkpoints saved as a run saves them, its validation, one
+    batch, left out), with one repeat of ``bare_step`` timed inside it, apart."""
     epochs = int(cfg.bench.epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
-    clock = EpochClock(epochs, bare_step, device)
     loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
+    clock = EpochClock(epochs, len(loader), bare_step, device)
     trainer = Trainer(
         model,
         loader,
@@ -195,34 +208,22 @@ def _train_pipeline(
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
         channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
         compile_model=resolve_compile(cfg.train.compile),
+        background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
     )
+    clock.settle = trainer.checkpoints.wait
     try:
         trainer.fit()
     finally:
         trainer.close()
-    epoch_s = [end - start for start, end in zip(clock.starts[1:], clock.ends[1:])]  # the first: warm-up
-    checkpoint_s = _checkpoint_seconds(run_dir)
     trained = len(loader) * loader.batch_size if loader.drop_last else len(train_set)  # images per epoch
-    rates = [trained / s for s in epoch_s]
+    rates = [trained / s for s in clock.epoch_s[1:]]  # the first epoch: warm-up
     return {
         **benchmark.figure(rates),
-        "bare_step_before_each": [round(rate, 2) for rate in clock.bare_rates],
-        "warmup_s": round(clock.ends[0] - clock.starts[0], 3),
-        # What writing best.pth and last.pth costs per epoch (an epoch that improves writes both):
-        # on a small epoch a large share, on 100k images next to nothing.
-        "checkpoint_s": round(checkpoint_s, 3),
-        "images_per_s_without_checkpoints": statistics.median(trained / (s - checkpoint_s) for s in epoch_s),
+        "bare_step_inside_each": [round(rate, 2) for rate in clock.bare_rates],
+        "warmup_s": round(clock.wall_s[0], 3),
+        "validation_s": round(statistics.median(clock.validation_s[1:]), 3),  # per epoch, not in (b)
     }, benchmark.paired_ratio(list(zip(clock.bare_rates, rates)))
-
-
-def _checkpoint_seconds(run_dir: Path) -> float:
-    """Time to write the pipeline's own best.pth and last.pth again, the way the trainer writes them."""
-    checkpoints = {name: load_checkpoint(run_dir / name) for name in ("best.pth", "last.pth")}
-    started = time.perf_counter()
-    for name, checkpoint in checkpoints.items():
-        atomic_save(checkpoint, run_dir / f"rewritten_{name}")
-    return time.perf_counter() - started
 
 
 def _ratios(figures: dict, train_ratio: float, eval_ratio: float) -> dict:
@@ -263,8 +264,7 @@ def _print(report: dict, out_dir: Path) -> None:
     memory = report["figures"]["train_pipeline"]
     console.print(
         f"b/a = {ratios['train_pipeline_over_bare_step']:.3f}, c/a_eval = {ratios['eval_pipeline_over_bare_forward']:.3f}; "
-        f"(b without its checkpoint writes, {memory['checkpoint_s']:.2f} s per epoch: "
-        f"{memory['images_per_s_without_checkpoints']:.1f} images/s); peak RSS (main + workers) while training "
+        f"(b leaves out each epoch's validation, {memory['validation_s']:.2f} s); peak RSS (main + workers) while training "
         f"{memory['peak_rss_mib']} MiB; {out_dir / 'bench.json'}"
     )
     gains = {key: ratios[key] for key in ("cache_gain_eval", "cache_gain_loader") if key in ratios}

@@ -168,6 +168,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
         channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
         compile_model=resolve_compile(cfg.train.compile),
+        background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
         log_sample_paths=int(cfg.train.log_sample_paths),
         label_smoothing=float(cfg.train.label_smoothing),

@@ -25,12 +25,13 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
         assert figure["images_per_s"] > 0, name
     assert len(figures["bare_train_step"]["repeats"]) == 2
     train = figures["train_pipeline"]
-    assert len(train["repeats"]) == len(train["bare_step_before_each"]) == 2  # 3 epochs, the first the warm-up
+    assert len(train["repeats"]) == len(train["bare_step_inside_each"]) == 2  # 3 epochs, the first the warm-up
+    assert 0 < train["validation_s"] < train["warmup_s"]  # timed apart: (c) is the scoring figure
     assert len(figures["eval_pipeline"]["repeats"]) == len(figures["bare_forward"]["repeats"]) == 2
-    # Each ratio is the median over repeats of the pipeline's rate over the bare rate taken just before it.
+    # Each ratio is the median over repeats of the pipeline's rate over the bare rate taken beside it.
     ratios = report["ratios"]
     assert ratios["train_pipeline_over_bare_step"] == pytest.approx(
-        statistics.median(p / b for p, b in zip(train["repeats"], train["bare_step_before_each"])), abs=2e-3)  # fmt: skip
+        statistics.median(p / b for p, b in zip(train["repeats"], train["bare_step_inside_each"])), abs=2e-3)  # fmt: skip
     assert ratios["eval_pipeline_over_bare_forward"] == pytest.approx(statistics.median(
         p / b for p, b in zip(figures["eval_pipeline"]["repeats"], figures["bare_forward"]["repeats"])), abs=2e-3)  # fmt: skip
     assert ratios["cache_gain_eval"] == round(
@@ -41,7 +42,8 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["train", "valid"]
     assert figures["train_pipeline"]["peak_rss_mib"] > 50  # torch alone takes more than that
     assert report["settings"] == {**report["settings"], "backbone": "test_resnet", "img_size": 32, "batch_size": 16,
-                                  "train_images": 64, "val_images": 32, "decode": "cuda", "cache": "all"}  # fmt: skip
+                                  "train_images": 64, "val_images": 32, "decode": "cuda", "cache": "all",
+                                  "fused_optimizer": True, "background_checkpoints": True}  # fmt: skip
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     assert (run / "pipeline" / "last.pth").is_file()  # the pipeline wrote its checkpoints like a run
 

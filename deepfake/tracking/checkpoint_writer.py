@@ -1,0 +1,102 @@
+"""Checkpoints written behind the training loop.
+
+``CheckpointWriter.save`` copies every tensor of a checkpoint into staging buffers (pinned host
+memory for CUDA tensors; the buffers are kept and reused by the next save to the same file), then
+one background thread writes the copy with :func:`~deepfake.tracking.checkpoint.atomic_save`
+(temp + fsync + ``os.replace``) while the loop goes on. The copy is what makes that safe: the
+optimizer changes the live tensors in place at the next step. Writing last.pth (model and AdamW
+moments, ~236 MB for CvT-13) took ~0.45 s of every epoch on a 2-core CPU; the copy takes a few
+tens of ms, and a GPU never waits for the disk.
+
+The promises of a synchronous save hold: files are written in the order they were saved (best.pth
+before last.pth), each atomically, so a kill leaves the previous version; ``wait()`` returns once
+everything saved is on disk, and raises the error of a write that failed (a full disk:
+:class:`~deepfake.errors.CheckpointError`, the previous file kept). With ``background=False`` every
+``save`` writes before it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepfake.tracking.checkpoint import atomic_save
+
+
+class CheckpointWriter:
+    """Atomic checkpoint writes on one background thread, from staged copies (see the module doc)."""
+
+    def __init__(self, background: bool = True) -> None:
+        self.background = background
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer") if background else None
+        )
+        self._pending: dict[Path, Future] = {}  # per file: its write in flight, whose buffers it reads
+        self._buffers: dict[Path, dict[tuple, torch.Tensor]] = {}
+
+    def save(self, obj: Any, path: str | os.PathLike[str]) -> None:
+        """Write ``obj`` to ``path`` atomically: in the background, from a copy taken now."""
+        path = Path(path)
+        if self._executor is None:
+            atomic_save(obj, path)
+            return
+        previous = self._pending.pop(path, None)
+        if previous is not None:  # its buffers are about to be refilled; a failed write is raised here
+            previous.result()
+        devices: set[str] = set()
+        staged = _stage(obj, self._buffers.setdefault(path, {}), (), devices)
+        if "cuda" in devices:
+            torch.cuda.synchronize()  # the device-to-host copies were queued without blocking
+        self._pending[path] = self._executor.submit(atomic_save, staged, path)
+
+    def wait(self) -> None:
+        """Block until every saved checkpoint is on disk; raise the first failed write's error."""
+        pending, self._pending = list(self._pending.values()), {}
+        errors = [future.exception() for future in pending]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def drain(self) -> None:
+        """Block until the writes in flight end, raising nothing: for when another error is already on
+        its way out, which a failed write must not replace (the file in question keeps its previous version)."""
+        pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.exception()
+
+    def close(self) -> None:
+        """Finish the writes in flight (raising a failure) and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+
+
+def _stage(obj: Any, buffers: dict[tuple, torch.Tensor], key: tuple, devices: set[str]) -> Any:
+    """``obj`` with each tensor copied into ``buffers[key]`` (allocated when its shape, dtype or
+    strides changed) and every other leaf deep-copied: nothing in the copy is shared with the live
+    objects the loop goes on changing. ``devices`` collects the device types copied from."""
+    if isinstance(obj, torch.Tensor):
+        source = obj.detach()
+        devices.add(source.device.type)
+        buffer = buffers.get(key)
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.stride()) != (
+            source.shape,
+            source.dtype,
+            source.stride(),
+        ):
+            buffer = torch.empty_like(source, device="cpu", pin_memory=source.is_cuda)
+            buffers[key] = buffer
+        buffer.copy_(source, non_blocking=source.is_cuda)
+        return buffer
+    if isinstance(obj, dict):
+        return {name: _stage(value, buffers, (*key, name), devices) for name, value in obj.items()}
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(_stage(value, buffers, (*key, index), devices) for index, value in enumerate(obj))
+    return copy.deepcopy(obj)
