@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,54 @@ def paired_rates(pipeline: Callable[[], int], bare: Callable[[], int], device: t
 def paired_ratio(pairs: list[tuple[float, float]]) -> float:
     """The median over ``(bare rate, pipeline rate)`` pairs of pipeline / bare."""
     return round(statistics.median(pipeline / bare for bare, pipeline in pairs), 3)
+
+
+def alternating_seconds(variants: dict[str, Callable[[], None]], device: torch.device, repeats: int,
+                        between: Callable[[], None] = lambda: None) -> dict[str, float]:  # fmt: skip
+    """The median seconds of each variant's call, the variants called in turn ``repeats`` times after
+    one untimed round (the machine's drift falls on all of them alike); ``between()`` runs untimed
+    after each call."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(repeats + 1):
+        for name, run in variants.items():
+            synchronize(device)
+            started = time.perf_counter()
+            run()
+            synchronize(device)
+            if round_:
+                seconds[name].append(time.perf_counter() - started)
+            between()
+    return {name: round(statistics.median(values), 4) for name, values in seconds.items()}
+
+
+def switch_costs(model: torch.nn.Module, make_optimizer: Callable[..., torch.optim.Optimizer], device: torch.device,
+                 directory: Path, repeats: int) -> dict:  # fmt: skip
+    """What two fast-path switches save, each side timed in alternation: an optimizer step fused and
+    per tensor (``make_optimizer(groups, fused=...)``), and how long the training loop waits for a
+    last.pth-sized save (model and optimizer state) written in the background or synchronously."""
+    from deepfake.tracking.checkpoint import atomic_save
+    from deepfake.tracking.checkpoint_writer import CheckpointWriter
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for param in params:
+        param.grad = torch.randn_like(param) * 1e-3
+    optimizers = {name: make_optimizer([{"params": params, "lr": 1e-8}], fused=fused)
+                  for name, fused in (("fused", True), ("per_tensor", False))}  # fmt: skip
+    steps = alternating_seconds({name: opt.step for name, opt in optimizers.items()}, device, repeats)
+    state = {"model": model.state_dict(), "optimizer": optimizers["fused"].state_dict()}
+    writer = CheckpointWriter()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        waits = alternating_seconds({
+            "background": lambda: writer.save(state, directory / "background.pth"),
+            "synchronous": lambda: atomic_save(state, directory / "synchronous.pth"),
+        }, device, repeats, between=writer.wait)  # fmt: skip
+        megabytes = (directory / "synchronous.pth").stat().st_size / 2**20
+    finally:
+        writer.close()
+        for name in ("background.pth", "synchronous.pth"):
+            (directory / name).unlink(missing_ok=True)
+    return {"optimizer_step_s": steps, "checkpoint_wait_s": waits, "checkpoint_mib": round(megabytes, 1)}
 
 
 def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,

@@ -11,6 +11,7 @@ machine they were measured on.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import statistics
@@ -121,6 +122,9 @@ def run(cfg: DictConfig) -> float:
         )  # fmt: skip
     figures["eval_pipeline"].update(memory.report())
     figures.update(_cached_figures(cfg, preprocess, timed, model, device, precision))
+    if "fused" in cfg.optimizer:  # an optimizer with a fused kernel (AdamW, SGD)
+        figures["switches"] = benchmark.switch_costs(copy.deepcopy(model), instantiate(cfg.optimizer), device,
+                                                     out_dir / "switches", repeats["repeats"])  # fmt: skip
 
     settings_used = {
         "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
@@ -267,6 +271,13 @@ def _print(report: dict, out_dir: Path) -> None:
         f"(b leaves out each epoch's validation, {memory['validation_s']:.2f} s); peak RSS (main + workers) while training "
         f"{memory['peak_rss_mib']} MiB; {out_dir / 'bench.json'}"
     )
+    switches = report["figures"].get("switches")
+    if switches:
+        steps, waits = switches["optimizer_step_s"], switches["checkpoint_wait_s"]
+        console.print(f"optimizer.fused: a step takes {steps['fused'] * 1000:.1f} ms fused, {steps['per_tensor'] * 1000:.1f} ms "
+                      f"per tensor; train.background_checkpoints: saving {switches['checkpoint_mib']:.0f} MiB (model and "
+                      f"optimizer state) keeps the loop waiting {waits['background']:.3f} s in the background, "
+                      f"{waits['synchronous']:.3f} s written synchronously")  # fmt: skip
     gains = {key: ratios[key] for key in ("cache_gain_eval", "cache_gain_loader") if key in ratios}
     if gains:
         console.print("decoded-image cache: " + ", ".join(f"{key.replace('cache_gain_', '')} {value:.2f}x"

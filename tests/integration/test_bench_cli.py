@@ -20,7 +20,12 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
     report = json.loads((run / "bench.json").read_text())
     figures = report["figures"]
     assert set(figures) == {"bare_train_step", "bare_forward", "loader", "train_pipeline", "eval_pipeline",
-                            "eval_cached", "loader_cached"}  # fmt: skip
+                            "eval_cached", "loader_cached", "switches"}  # fmt: skip
+    switches = figures.pop("switches")
+    assert set(switches["optimizer_step_s"]) == {"fused", "per_tensor"}
+    assert set(switches["checkpoint_wait_s"]) == {"background", "synchronous"}
+    assert min(switches["optimizer_step_s"].values()) > 0 and min(switches["checkpoint_wait_s"].values()) > 0
+    assert switches["checkpoint_mib"] > 0 and not any((run / "switches").iterdir())  # its files removed
     for name, figure in figures.items():
         assert figure["images_per_s"] > 0, name
     assert len(figures["bare_train_step"]["repeats"]) == 2

@@ -105,6 +105,10 @@ def test_every_optimizer_builds_from_param_groups(tmp_path, option):
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = instantiate(cfg.optimizer)([{"params": params, "lr": 0.1, "name": "head"}])
     assert optimizer.param_groups[0]["lr"] == 0.1
+    assert optimizer.param_groups[0]["fused"] is True  # one kernel per parameter (the fast path)
+    params[0].grad = torch.ones(2)
+    optimizer.step()  # the fused kernel runs on the CPU
+    assert params[0].detach().abs().sum() > 0
 
 
 @pytest.mark.parametrize("option", [o for o in options("backbone") if o != "timm"])
