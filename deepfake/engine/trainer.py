@@ -265,6 +265,7 @@ class Trainer(EpochEnd, Checkpointing):
                 stop = self._train_batch(batch, i, n_batches)
                 if stop or (i + 1) % self.log_every == 0 or i + 1 == n_batches:
                     self._read_losses()  # the host waits for the device here, not on every step
+                    self.checkpoints.check()  # a background write that failed ends the run now
                     progress.update(batches_bar, completed=i + 1, status=f"loss {self._epoch_loss():.4f}")
                     self._log_interval()
                 if stop:

@@ -54,6 +54,14 @@ class CheckpointWriter:
             torch.cuda.synchronize()  # the device-to-host copies were queued without blocking
         self._pending[path] = self._executor.submit(atomic_save, staged, path)
 
+    def check(self) -> None:
+        """Raise the error of a write that has already failed, without waiting for any other: the
+        trainer asks every log interval, so a full disk ends the run within a few batches."""
+        for path, future in list(self._pending.items()):
+            if future.done() and future.exception() is not None:
+                del self._pending[path]
+                raise future.exception()
+
     def wait(self) -> None:
         """Block until every saved checkpoint is on disk; raise the first failed write's error."""
         pending, self._pending = list(self._pending.values()), {}

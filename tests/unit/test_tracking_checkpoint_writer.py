@@ -79,4 +79,12 @@ def test_a_failed_write_is_raised_and_the_previous_file_kept(tmp_path):
 
     writer.save(_state(model, optimizer), tmp_path / "blocker" / "best.pth")
     writer.drain()  # while another error is on its way out: waits, raises nothing
+    writer.wait()
+
+    # check() raises a write that has failed without waiting for the others (the trainer's poll).
+    writer.save(_state(model, optimizer), tmp_path / "blocker" / "last.pth")
+    writer._pending[tmp_path / "blocker" / "last.pth"].exception()  # let it fail first
+    with pytest.raises(OSError):
+        writer.check()
+    writer.check()  # raised once
     writer.close()
