@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.image_files import ImageFileDataset
 from deepfake.engine.evaluate import fake_probability, predict
-from deepfake.engine.metrics import classification_metrics
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import ConfigError
@@ -142,6 +141,10 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
 def _write_metrics(preds, probs, threshold: float, detector, source: str, out: Path) -> dict:
     """The task=test report on a labelled input: every scored image, damaged stand-ins included as
     task=test counts them, so the same images give the same figures."""
+    # Imported here: scikit-learn (with SciPy and pandas, ~1.4 s) is needed only for labelled input,
+    # and an unlabelled predict should not wait for it at start-up.
+    from deepfake.engine.metrics import classification_metrics
+
     metrics = {
         **classification_metrics(preds.targets, probs[preds.indices], threshold),
         "n_damaged": len(preds.damaged),
