@@ -76,11 +76,10 @@ def paired_ratio(pairs: list[tuple[float, float]]) -> float:
     return round(statistics.median(pipeline / bare for bare, pipeline in pairs), 3)
 
 
-def alternating_seconds(variants: dict[str, Callable[[], None]], device: torch.device, repeats: int,
-                        between: Callable[[], None] = lambda: None) -> dict[str, float]:  # fmt: skip
-    """The median seconds of each variant's call, the variants called in turn ``repeats`` times after
-    one untimed round (the machine's drift falls on all of them alike); ``between()`` runs untimed
-    after each call."""
+def alternating_seconds(variants: dict[str, Callable[[], object]], device: torch.device,
+                        repeats: int) -> dict[str, list[float]]:  # fmt: skip
+    """Each variant's seconds per call, the variants called in turn ``repeats`` times after one
+    untimed round, so that the machine's drift falls on all of them alike."""
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(repeats + 1):
         for name, run in variants.items():
@@ -90,15 +89,16 @@ def alternating_seconds(variants: dict[str, Callable[[], None]], device: torch.d
             synchronize(device)
             if round_:
                 seconds[name].append(time.perf_counter() - started)
-            between()
-    return {name: round(statistics.median(values), 4) for name, values in seconds.items()}
+    return seconds
 
 
-def switch_costs(model: torch.nn.Module, make_optimizer: Callable[..., torch.optim.Optimizer], device: torch.device,
-                 directory: Path, repeats: int) -> dict:  # fmt: skip
+def switch_costs(model: torch.nn.Module, make_optimizer: Callable[..., torch.optim.Optimizer],
+                 train_steps: Callable[[], int], device: torch.device, directory: Path, repeats: int) -> dict:  # fmt: skip
     """What two fast-path switches save, each side timed in alternation: an optimizer step fused and
-    per tensor (``make_optimizer(groups, fused=...)``), and how long the training loop waits for a
-    last.pth-sized save (model and optimizer state) written in the background or synchronously."""
+    per tensor (``make_optimizer(groups, fused=...)``); and what a last.pth-sized save (``model``'s
+    weights and optimizer state) adds to a few training steps (``train_steps``, on ``model``) when it
+    is written in the background, where the write shares the machine with those steps, or
+    synchronously: the median over rounds of (save + steps) - (steps alone)."""
     from deepfake.tracking.checkpoint import atomic_save
     from deepfake.tracking.checkpoint_writer import CheckpointWriter
 
@@ -107,21 +107,31 @@ def switch_costs(model: torch.nn.Module, make_optimizer: Callable[..., torch.opt
         param.grad = torch.randn_like(param) * 1e-3
     optimizers = {name: make_optimizer([{"params": params, "lr": 1e-8}], fused=fused)
                   for name, fused in (("fused", True), ("per_tensor", False))}  # fmt: skip
-    steps = alternating_seconds({name: opt.step for name, opt in optimizers.items()}, device, repeats)
+    step_s = alternating_seconds({name: opt.step for name, opt in optimizers.items()}, device, repeats)
     state = {"model": model.state_dict(), "optimizer": optimizers["fused"].state_dict()}
     writer = CheckpointWriter()
     directory.mkdir(parents=True, exist_ok=True)
+    background, synchronous = directory / "background.pth", directory / "synchronous.pth"
     try:
-        waits = alternating_seconds({
-            "background": lambda: writer.save(state, directory / "background.pth"),
-            "synchronous": lambda: atomic_save(state, directory / "synchronous.pth"),
-        }, device, repeats, between=writer.wait)  # fmt: skip
-        megabytes = (directory / "synchronous.pth").stat().st_size / 2**20
+        rounds = alternating_seconds({
+            "steps_alone": train_steps,
+            "background": lambda: (writer.save(state, background), train_steps(), writer.wait()),
+            "synchronous": lambda: (atomic_save(state, synchronous), train_steps()),
+        }, device, repeats)  # fmt: skip
+        megabytes = synchronous.stat().st_size / 2**20
     finally:
         writer.close()
-        for name in ("background.pth", "synchronous.pth"):
-            (directory / name).unlink(missing_ok=True)
-    return {"optimizer_step_s": steps, "checkpoint_wait_s": waits, "checkpoint_mib": round(megabytes, 1)}
+        background.unlink(missing_ok=True)
+        synchronous.unlink(missing_ok=True)
+    return {
+        "optimizer_step_s": {name: round(statistics.median(values), 4) for name, values in step_s.items()},
+        "checkpoint_cost_s": {
+            name: round(statistics.median(t - alone for t, alone in zip(rounds[name], rounds["steps_alone"])), 4)
+            for name in ("background", "synchronous")
+        },
+        "steps_alone_s": round(statistics.median(rounds["steps_alone"]), 4),
+        "checkpoint_mib": round(megabytes, 1),
+    }
 
 
 def bare_train_steps(model: torch.nn.Module, batch_size: int, img_size: int, device: torch.device, precision: str,

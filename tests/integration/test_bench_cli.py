@@ -23,8 +23,8 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
                             "eval_cached", "loader_cached", "switches"}  # fmt: skip
     switches = figures.pop("switches")
     assert set(switches["optimizer_step_s"]) == {"fused", "per_tensor"}
-    assert set(switches["checkpoint_wait_s"]) == {"background", "synchronous"}
-    assert min(switches["optimizer_step_s"].values()) > 0 and min(switches["checkpoint_wait_s"].values()) > 0
+    assert set(switches["checkpoint_cost_s"]) == {"background", "synchronous"}  # (save + steps) - steps: any sign
+    assert min(switches["optimizer_step_s"].values()) > 0 and switches["steps_alone_s"] > 0
     assert switches["checkpoint_mib"] > 0 and not any((run / "switches").iterdir())  # its files removed
     for name, figure in figures.items():
         assert figure["images_per_s"] > 0, name
