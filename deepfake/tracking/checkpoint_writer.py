@@ -4,9 +4,11 @@
 memory for CUDA tensors; the buffers are kept and reused by the next save to the same file), then
 one background thread writes the copy with :func:`~deepfake.tracking.checkpoint.atomic_save`
 (temp + fsync + ``os.replace``) while the loop goes on. The copy is what makes that safe: the
-optimizer changes the live tensors in place at the next step. Writing last.pth (model and AdamW
-moments, ~236 MB for CvT-13) took ~0.45 s of every epoch on a 2-core CPU; the copy takes a few
-tens of ms, and a GPU never waits for the disk.
+optimizer changes the live tensors in place at the next step. The loop waits for the copy (a few
+tens of ms for CvT-13's last.pth, 236 MB with AdamW's moments), not for the write and its fsync
+(~0.5 s on a 2-core CPU). Where the step keeps every core busy the write still takes its CPU time
+from it (task=bench measures what a save adds to the steps beside it); on a GPU machine the cores
+are free and the GPU never waits for the disk.
 
 The promises of a synchronous save hold: files are written in the order they were saved (best.pth
 before last.pth), each atomically, so a kill leaves the previous version; ``wait()`` returns once
