@@ -29,14 +29,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rate(run: Callable[[], int], device: torch.device) -> float:
-    """Images per second of one call of ``run()``, which returns how many images it processed; the
-    device is synchronised around the call."""
+def timed_call(run: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """``(run(), seconds)``, the device synchronised around the call."""
     synchronize(device)
     started = time.perf_counter()
-    images = run()
+    result = run()
     synchronize(device)
-    return images / (time.perf_counter() - started)
+    return result, time.perf_counter() - started
+
+
+def rate(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of one call of ``run()``, which returns how many images it processed."""
+    images, seconds = timed_call(run, device)
+    return images / seconds
 
 
 def figure(rates: list[float]) -> dict:
@@ -83,12 +88,9 @@ def alternating_seconds(variants: dict[str, Callable[[], object]], device: torch
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(repeats + 1):
         for name, run in variants.items():
-            synchronize(device)
-            started = time.perf_counter()
-            run()
-            synchronize(device)
+            _, took = timed_call(run, device)
             if round_:
-                seconds[name].append(time.perf_counter() - started)
+                seconds[name].append(took)
     return seconds
 
 

@@ -54,11 +54,9 @@ class EpochClock(Tracker):
     it. Before that repeat the background checkpoint writes in flight are waited for (``settle``),
     and the wait counts as the epoch's: they overlap only with training."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, bare: Callable[[], int] | None = None, device=None,
+    def __init__(self, steps_per_epoch: int, bare: Callable[[], int] | None = None, device=None,
                  settle: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-        self.epochs, self.steps_per_epoch, self.bare, self.device, self.settle = (
-            epochs, steps_per_epoch, bare, device, settle
-        )  # fmt: skip
+        self.steps_per_epoch, self.bare, self.device, self.settle = steps_per_epoch, bare, device, settle
         self.epoch_s, self.wall_s, self.validation_s, self.bare_rates = [], [], [], []
         self.started, self.excluded = time.perf_counter(), 0.0
 
@@ -103,9 +101,10 @@ def run(cfg: DictConfig) -> float:
     timed = partial(benchmark.images_per_second, device=device, **repeats)
     memory = benchmark.PeakMemory(device)
 
+    make_optimizer = instantiate(cfg.optimizer)  # the run's optimizer, for every bare step
     bare_step = benchmark.bare_train_steps(fast_model, batch_size, img_size, device, precision,
                                            positive_int(settings.steps, "bench.steps"), channels_last,
-                                           make_optimizer=instantiate(cfg.optimizer))  # fmt: skip
+                                           make_optimizer=make_optimizer)  # fmt: skip
     bare_forward = benchmark.bare_forward(model, batch_size, img_size, device, precision,
                                           positive_int(settings.forward_batches, "bench.forward_batches"),
                                           channels_last)  # fmt: skip
@@ -129,8 +128,8 @@ def run(cfg: DictConfig) -> float:
     if "fused" in cfg.optimizer:  # an optimizer with a fused kernel (AdamW, SGD)
         twin = copy.deepcopy(model)
         steps = benchmark.bare_train_steps(twin, batch_size, img_size, device, precision, SWITCH_STEPS,
-                                           channels_last, make_optimizer=instantiate(cfg.optimizer))  # fmt: skip
-        figures["switches"] = benchmark.switch_costs(twin, instantiate(cfg.optimizer), steps, device,
+                                           channels_last, make_optimizer=make_optimizer)  # fmt: skip
+        figures["switches"] = benchmark.switch_costs(twin, make_optimizer, steps, device,
                                                      out_dir / "switches", repeats["repeats"])  # fmt: skip
 
     settings_used = {
@@ -194,7 +193,7 @@ def _train_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
     loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
-    clock = EpochClock(epochs, len(loader), bare_step, device)
+    clock = EpochClock(len(loader), bare_step, device)
     trainer = Trainer(
         model,
         loader,

@@ -34,7 +34,6 @@ class CheckpointWriter:
     """Atomic checkpoint writes on one background thread, from staged copies (see the module doc)."""
 
     def __init__(self, background: bool = True) -> None:
-        self.background = background
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer") if background else None
         )
@@ -66,18 +65,19 @@ class CheckpointWriter:
 
     def wait(self) -> None:
         """Block until every saved checkpoint is on disk; raise the first failed write's error."""
-        pending, self._pending = list(self._pending.values()), {}
-        errors = [future.exception() for future in pending]
-        for error in errors:
-            if error is not None:
-                raise error
+        errors = self._finish()
+        if errors:
+            raise errors[0]
 
     def drain(self) -> None:
         """Block until the writes in flight end, raising nothing: for when another error is already on
         its way out, which a failed write must not replace (the file in question keeps its previous version)."""
+        self._finish()
+
+    def _finish(self) -> list[BaseException]:
+        """Wait for every write in flight; the errors of those that failed, in the order saved."""
         pending, self._pending = list(self._pending.values()), {}
-        for future in pending:
-            future.exception()
+        return [error for error in (future.exception() for future in pending) if error is not None]
 
     def close(self) -> None:
         """Finish the writes in flight (raising a failure) and stop the thread."""
