@@ -8,6 +8,8 @@ process; scripts/main.py turns the outcomes into the exit status (2 for a user's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from importlib import import_module
 
 from omegaconf import DictConfig
@@ -29,15 +31,20 @@ TASKS = {
 register_resolvers()
 
 
-def run(cfg: DictConfig):
-    """Run the configured task as a job; returns its optimised metric (sweepers read it)."""
+def run(cfg: DictConfig, loaded: Callable[[], None] | None = None):
+    """Run the configured task as a job; returns its optimised metric (sweepers read it).
+    ``loaded`` is called once the task's modules are imported, before it runs (the entry point
+    freezes the start-up heap there: scripts/main.py)."""
     # Library warnings (torch, timm, PIL) then reach run.log too, not only the terminal.
     logging.captureWarnings(True)
-    return run_job(cfg, _dispatch)
+    return run_job(cfg, partial(_dispatch, loaded=loaded))
 
 
-def _dispatch(cfg: DictConfig):
+def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task={name} is unknown; choose one of: {', '.join(TASKS)}")
-    return import_module(f"deepfake.tasks.{TASKS[name]}").run(cfg)
+    task = import_module(f"deepfake.tasks.{TASKS[name]}")
+    if loaded is not None:
+        loaded()
+    return task.run(cfg)

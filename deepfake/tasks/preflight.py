@@ -24,9 +24,9 @@ from deepfake.tracking.registry import Registry
 log = logging.getLogger(__name__)
 
 
-def check_run_outputs(registry: Registry, run_dir: Path, model: torch.nn.Module, checkpoints: int = 2) -> None:
-    """The registry is readable, valid and writable, the models dir writable, and ``run_dir`` has room
-    for ``checkpoints`` checkpoints of ``model``: otherwise the run would learn it after its compute."""
+def check_registry(registry: Registry) -> None:
+    """The registry is readable, valid and writable, and the models dir writable: otherwise the run
+    would learn it after its compute."""
     try:
         registry.check_writable()  # an invalid registry raises its own UserError
     except OSError as err:
@@ -34,6 +34,11 @@ def check_run_outputs(registry: Registry, run_dir: Path, model: torch.nn.Module,
             f"the registry {registry.metadata_path} cannot be written ({err}); point paths.models_dir (or "
             "paths.registry and paths.best_model) at a writable folder"
         ) from None
+
+
+def check_checkpoint_space(run_dir: Path, model: torch.nn.Module, checkpoints: int = 2) -> None:
+    """``run_dir`` has room for ``checkpoints`` checkpoints of ``model`` (its weights; optimizer state
+    comes on top in last.pth)."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     check_free_space(run_dir, checkpoints * weights, f"{checkpoints} checkpoints of this model")
 

@@ -2,9 +2,10 @@
 
 Read in the order it runs (torchtune's recipe shape):
 
-- ``_prepare_run_dir`` (rank 0): what the run writes is tried first (registry, disk), run metadata,
-  the embedded dataset generated on first use, the optional audit;
-- ``_setup`` (every rank): seed, model, resume state, data, pre-flight checks, loaders, the Trainer;
+- ``_prepare_run_dir`` (rank 0): the registry it writes at its end tried first, run metadata, the
+  embedded dataset generated on first use, the optional audit;
+- ``_setup`` (every rank): seed, model (and room for its checkpoints), resume state, data,
+  pre-flight checks, loaders, the Trainer;
 - ``_train``: ``Trainer.fit``; a non-finite loss registers the run as failed, a stop signal ends it
   after saving last.pth (resume=<run dir> goes on; under submitit the launcher requeues the job,
   which resumes by itself);
@@ -42,7 +43,13 @@ from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
-from deepfake.tasks.preflight import check_dataset_files, check_input_size, check_run_outputs, positive_int
+from deepfake.tasks.preflight import (
+    check_checkpoint_space,
+    check_dataset_files,
+    check_input_size,
+    check_registry,
+    positive_int,
+)
 from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
@@ -90,15 +97,16 @@ def run(cfg: DictConfig) -> float | None:
 
 # ------------------------------------------------------------------------------------ setup
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
-    """Rank 0, before any rank builds anything: the run dir's metadata, what the run writes at its end
-    tried before any compute, the embedded dataset generated on first use, the optional audit."""
+    """Rank 0, before any rank builds anything: the run dir's metadata, the registry the run writes at
+    its end tried before any compute, the embedded dataset generated on first use, the optional audit.
+    (The room for the checkpoints is checked once the model is built: building it twice costs 0.3 s.)"""
     # Temps left by a process killed mid-save: this run dir's (when resumed) and the shared registry's.
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
             log.info("removed %s, left by a process killed while saving", temp)
     git = write_run_info(out_dir, Path(cfg.paths.root_dir))
     config_path = session.save_resolved_config(cfg, out_dir)
-    check_run_outputs(session.open_registry(cfg), out_dir, instantiate(cfg.backbone))
+    check_registry(session.open_registry(cfg))  # the room for checkpoints: once the model is built (_setup)
     data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
     if cfg.train.audit and not (out_dir / "last.pth").is_file():  # a resumed run was audited when it started
@@ -115,6 +123,8 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     device = distributed.device_for_rank(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
     model = instantiate(cfg.backbone)
+    if here.is_main:
+        check_checkpoint_space(out_dir, model)
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
     name = resume_from["run_name"] if resume_from else session.run_name()
     log.info("run %s in %s", name, out_dir)

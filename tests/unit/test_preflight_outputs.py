@@ -8,7 +8,7 @@ import pytest
 
 from deepfake.errors import ConfigError, UserError
 from deepfake.models import create_detector
-from deepfake.tasks.preflight import check_free_space, check_run_outputs
+from deepfake.tasks.preflight import check_checkpoint_space, check_free_space, check_registry
 from deepfake.tracking.registry import Registry
 
 
@@ -22,7 +22,8 @@ def _registry(models_dir):
 
 
 def test_a_usable_registry_and_models_dir_pass(tmp_path, model):
-    check_run_outputs(_registry(tmp_path / "models"), tmp_path, model)
+    check_registry(_registry(tmp_path / "models"))
+    check_checkpoint_space(tmp_path, model)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
 
 
@@ -30,7 +31,7 @@ def test_a_corrupt_registry_is_named(tmp_path, model):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model_metadata.json").write_text('{"version": 1, "runs": [')
     with pytest.raises(UserError, match="model_metadata.json is not valid JSON"):
-        check_run_outputs(_registry(tmp_path / "models"), tmp_path, model)
+        check_registry(_registry(tmp_path / "models"))
 
 
 # Tests run as root, for whom a chmod'ed folder stays writable: a models dir that is a file, or
@@ -39,7 +40,7 @@ def test_a_corrupt_registry_is_named(tmp_path, model):
 def test_a_models_dir_that_cannot_be_written_names_the_key(tmp_path, model, where):
     (tmp_path / where.split("/")[0]).write_text("a file, not a folder")
     with pytest.raises(ConfigError) as refused:
-        check_run_outputs(_registry(tmp_path / where), tmp_path, model)
+        check_registry(_registry(tmp_path / where))
     assert "cannot be written" in str(refused.value) and "paths.models_dir" in str(refused.value)
     assert str(tmp_path / "models" if where == "models" else tmp_path / where) in str(refused.value)
 
