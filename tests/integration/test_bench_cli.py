@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +59,42 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
 def test_a_single_epoch_bench_is_refused(tmp_path, main_runner):
     result = main_runner("task=bench", "bench.epochs=1", check=False)
     assert result.returncode == 2 and "bench.epochs=1" in result.stderr
+
+
+BENCH_TINY = ["task=bench", "bench.repeats=1", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",
+              "bench.epochs=2", "bench.cache=none", "train.device=cpu"]  # fmt: skip
+
+
+def test_bench_switches_runs_each_setting_and_compares_it_with_the_defaults(tmp_path, shared_data_dir):
+    from conftest import TINY
+
+    overrides = [*TINY, *BENCH_TINY[1:], f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}"]
+    out = tmp_path / "switches"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch",
+                             "optimizer.fused=false", "--out", str(out), "--", *overrides],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "switches.json").read_text())
+    table = report["settings"]
+    assert list(table) == ["defaults", "optimizer.fused=false"]
+    for setting, row in table.items():
+        assert row["a"] > 0 and row["b"] > 0 and row["c"] > 0 and row["peak_rss_mib"] > 50, setting
+    assert table["defaults"]["b_vs_defaults"] == table["defaults"]["c_vs_defaults"] == 1.0
+    variant = table["optimizer.fused=false"]
+    assert variant["b_vs_defaults"] == round(variant["b"] / table["defaults"]["b"], 3)
+    # Each setting ran as its own task=bench, the switch reaching the run it names.
+    fused = {p.name: json.loads((p / "bench.json").read_text())["settings"]["fused_optimizer"] for p in out.iterdir()
+             if p.is_dir()}  # fmt: skip
+    assert fused == {"0_0": True, "0_1": False}
+    assert "optimizer.fused=false" in result.stdout and "b_vs_defaults" in result.stdout
+
+
+def test_bench_switches_names_the_setting_that_failed(tmp_path, shared_data_dir):
+    # A setting task=bench refuses (one epoch) stops the comparison with task=bench's own line.
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"),
+                             "--out", str(tmp_path / "switches"), "--", "train.device=cpu",
+                             f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", "backbone=timm",
+                             "backbone.name=test_resnet", "bench.epochs=1"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: task=bench with defaults failed (2): ")

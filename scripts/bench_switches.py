@@ -1,0 +1,117 @@
+"""What each fast-path switch gives on this machine: task=bench with the defaults, then with each switch set the other way.
+
+    python scripts/bench_switches.py                                   # this device's switches, the embedded data
+    python scripts/bench_switches.py --repeats 2 -- dataset.img_size=256 train.precision=bf16
+    python scripts/bench_switches.py --switch train.compile=true --switch dataset.decode=cuda -- dataset.img_size=256
+
+Each setting is one ``scripts/main.py task=bench <overrides after --> <switch>`` in its own process,
+so every switch meets a fresh interpreter and a fresh CUDA context. With ``--repeats N`` the settings
+take turns N times and each figure is the median over its runs (a machine's speed drifts over
+minutes). From each bench.json it keeps (a), (b), (c), the ratios b/a and c/a_eval, the warm-up
+(compile) time and the peak memory, and gives (b) and (c) relative to the defaults' (above 1: the
+switch's other side is faster). Prints the table and writes ``<out>/switches.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each switch set against its default (README, "The fast path").
+CUDA_SWITCHES = [
+    "train.compile=true", "dataset.decode=cuda", "dataset.cache=all", "train.log_every_n_batches=1",
+    "deterministic=true", "dataset.num_workers=0", "train.channels_last=true", "optimizer.fused=false",
+    "train.background_checkpoints=false",
+]  # fmt: skip
+CPU_SWITCHES = ["optimizer.fused=false", "train.background_checkpoints=false", "dataset.cache=all"]
+
+# What each run contributes: name -> (bench.json section, key).
+FIGURES = {
+    "a": ("figures", "bare_train_step"), "b": ("figures", "train_pipeline"), "c": ("figures", "eval_pipeline"),
+    "b/a": ("ratios", "train_pipeline_over_bare_step"), "c/a_eval": ("ratios", "eval_pipeline_over_bare_forward"),
+}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="overrides every run shares (after --)")
+    parser.add_argument("--switch", action="append", dest="switches", metavar="KEY=VALUE",
+                        help="a setting to compare with the defaults (repeatable); default: this device's")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="turns the settings take; figures are medians")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_switches")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give at least 1")
+    switches = args.switches or default_switches(args.overrides)
+    out = args.out.resolve()
+    settings = ["defaults", *switches]
+    runs: dict[str, list[dict]] = {setting: [] for setting in settings}
+    for turn in range(args.repeats):
+        for number, setting in enumerate(settings):
+            run_dir = out / f"{turn}_{number}"
+            extra = [] if setting == "defaults" else [setting]
+            command = [sys.executable, str(REPO / "scripts" / "main.py"), "task=bench", *args.overrides, *extra,
+                       f"hydra.run.dir={run_dir}"]  # fmt: skip
+            print(f"[{turn + 1}/{args.repeats}] {setting}", flush=True)
+            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = result.stderr.strip().splitlines() or ["(no output)"]
+                sys.exit(f"error: task=bench with {setting} failed ({result.returncode}): {lines[-1]}")
+            runs[setting].append(json.loads((run_dir / "bench.json").read_text()))
+    table = summarise(runs)
+    report = {"overrides": args.overrides, "repeats": args.repeats, "machine": runs["defaults"][0]["machine"],
+              "settings": table}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "switches.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(table)
+    print(f"{out / 'switches.json'}")
+
+
+def default_switches(overrides: list[str]) -> list[str]:
+    """The CUDA list where the runs will have a GPU (train.device auto or cuda), the CPU list otherwise."""
+    device = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.device=")), "auto")
+    if device == "cpu":
+        return CPU_SWITCHES
+    import torch  # only here: the switches given on the command line need no torch in this process
+
+    return CUDA_SWITCHES if torch.cuda.is_available() and device in ("auto", "cuda") else CPU_SWITCHES
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per setting: the median of each figure over its runs, and (b), (c) over the defaults'."""
+    table = {}
+    for setting, reports in runs.items():
+        row = {}
+        for name, (section, key) in FIGURES.items():
+            values = [r[section][key]["images_per_s"] if section == "figures" else r[section][key] for r in reports]
+            row[name] = round(statistics.median(values), 3)
+        pipeline = [r["figures"]["train_pipeline"] for r in reports]
+        row["warmup_s"] = round(statistics.median(p["warmup_s"] for p in pipeline), 2)
+        row["peak_rss_mib"] = max(p["peak_rss_mib"] for p in pipeline)
+        if "cuda_max_allocated_mib" in pipeline[0]:
+            row["cuda_max_allocated_mib"] = max(p["cuda_max_allocated_mib"] for p in pipeline)
+        table[setting] = row
+    for row in table.values():
+        for name in ("b", "c"):
+            row[f"{name}_vs_defaults"] = round(row[name] / table["defaults"][name], 3)
+    return table
+
+
+def print_table(table: dict[str, dict]) -> None:
+    columns = ["a", "b", "c", "b/a", "c/a_eval", "b_vs_defaults", "c_vs_defaults", "warmup_s", "peak_rss_mib"]
+    if any("cuda_max_allocated_mib" in row for row in table.values()):
+        columns.append("cuda_max_allocated_mib")
+    width = max(len(setting) for setting in table)
+    print(f"{'setting':<{width}}  " + "  ".join(f"{c:>13}" for c in columns))
+    for setting, row in table.items():
+        print(f"{setting:<{width}}  " + "  ".join(f"{row.get(c, ''):>13}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()
