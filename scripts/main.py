@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Importing torch, timm and scikit-learn makes ~900k objects that live as long as the process. The
 # cyclic garbage collector would walk them all in each full pass (~0.5 s once they are all in): a
-# 3-epoch CvT-13 run spent 1.9 s in collections and 1.6 s more in its exit. So it is off while they
+# 3-epoch CvT-13 run spent 1.9 s in collections and 2.0 s more in its exit. So it is off while they
 # load, and once the first task's modules are in (settle_heap) what exists is frozen out of its reach
 # (gc.freeze, which also spares forked data-loader workers copying those pages); it then collects
 # as usual whatever is made after. The price: start-up's own cyclic garbage (~12k objects, a few MB)
