@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deepfake.errors import error_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Each switch set against its default (README, "The fast path").
@@ -61,8 +63,9 @@ def main() -> None:
             print(f"[{turn + 1}/{args.repeats}] {setting}", flush=True)
             result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
             if result.returncode != 0:
-                lines = result.stderr.strip().splitlines() or ["(no output)"]
-                sys.exit(f"error: task=bench with {setting} failed ({result.returncode}): {lines[-1]}")
+                last = (result.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("ERROR ")
+                print(error_line(f"task=bench with {setting} failed ({result.returncode}): {last}"), file=sys.stderr)
+                sys.exit(1)
             runs[setting].append(json.loads((run_dir / "bench.json").read_text()))
     table = summarise(runs)
     report = {"overrides": args.overrides, "repeats": args.repeats, "machine": runs["defaults"][0]["machine"],
@@ -70,7 +73,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "switches.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(table)
-    print(f"{out / 'switches.json'}")
+    print(out / "switches.json")
 
 
 def default_switches(overrides: list[str]) -> list[str]:

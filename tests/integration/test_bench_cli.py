@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +66,6 @@ BENCH_TINY = ["task=bench", "bench.repeats=1", "bench.warmup=0", "bench.steps=2"
 
 
 def test_bench_switches_runs_each_setting_and_compares_it_with_the_defaults(tmp_path, shared_data_dir):
-    from conftest import TINY
-
     overrides = [*TINY, *BENCH_TINY[1:], f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}"]
     out = tmp_path / "switches"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch",
@@ -97,4 +95,6 @@ def test_bench_switches_names_the_setting_that_failed(tmp_path, shared_data_dir)
                              "backbone.name=test_resnet", "bench.epochs=1"],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: task=bench with defaults failed (2): ")
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("ERROR task=bench with defaults failed (2): bench.epochs=1")
+    )

@@ -21,8 +21,8 @@ assert gc.isenabled()
 frozen = gc.get_freeze_count()
 assert frozen > 100_000, frozen  # torch's objects, out of the collector's reach
 
-class Job:  # a finished job's state, held in a reference cycle as trainers and their callbacks are
-    pass
+class Job:
+    "A finished job's state, held in a reference cycle as trainers and their callbacks are."
 
 job = Job()
 job.itself, job.weights = job, torch.zeros(1000)
