@@ -50,13 +50,16 @@ def predict(
     precision: str = "32",
     on_batch=None,
 ) -> Predictions:
-    """Eval-mode forward over ``loader``; ``on_batch()`` is called once per batch (progress bars)."""
+    """Eval-mode forward over ``loader``; ``on_batch()`` is called once per batch (progress bars).
+
+    The logits stay on the device until the pass ends: a copy to the host per batch would make the
+    host wait for each forward pass before it may queue the next, leaving a GPU idle in between."""
     model.eval()
     indices, targets, logits, damaged = [], [], [], []
     for batch in loader:
         with autocast(device, precision):
             out = model(batch["image"].to(device, non_blocking=True)).squeeze(1)
-        logits.append(out.float().cpu())
+        logits.append(out.float())
         targets.append(batch["target"].float())
         indices.append(batch["index"])
         damaged.extend(batch["index"][batch["damaged"]].tolist())
@@ -70,7 +73,7 @@ def predict(
     return Predictions(
         indices=torch.cat(indices).numpy(),
         targets=torch.cat(targets).numpy().astype(np.float32),
-        logits=torch.cat(logits).numpy().astype(np.float32),
+        logits=torch.cat(logits).cpu().numpy().astype(np.float32),  # the pass's one wait for the device
         damaged=damaged,
     )
 

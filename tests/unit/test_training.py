@@ -322,3 +322,23 @@ def test_the_moving_average_is_what_validation_scores_and_best_pth_keeps(tmp_pat
     assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() == pytest.approx(logged, abs=1e-5)
     model.load_state_dict(last["model"])
     assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() != pytest.approx(logged, abs=1e-5)
+
+
+def test_scoring_copies_the_logits_to_the_host_once_per_pass_not_per_batch(monkeypatch):
+    """A copy to the host per batch makes the host wait for each forward pass on a GPU. No GPU here,
+    and a CPU tensor's .cpu() costs nothing, so the copies are counted: one for the whole pass."""
+    from deepfake.engine.evaluate import predict
+
+    model = tiny_model().eval()
+    data = StripesDataset(80, 3)
+    loader = torch.utils.data.DataLoader(data, batch_size=16)  # five batches
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(self.shape) or real_cpu(self, *a, **k))
+    preds = predict(model, loader, torch.device("cpu"), "32")
+    monkeypatch.undo()
+    assert copies == [torch.Size([80])]
+    with torch.no_grad():
+        expected = model(data.images).squeeze(1)
+    assert preds.indices.tolist() == list(range(80))
+    assert torch.allclose(torch.from_numpy(preds.logits), expected, atol=1e-5)
