@@ -33,7 +33,7 @@ from filelock import FileLock
 from PIL import Image
 
 from deepfake.data.images import load_rgb
-from deepfake.data.scan import DEFAULT_SCAN_THREADS
+from deepfake.data.scan import DEFAULT_SCAN_THREADS, file_signatures
 from deepfake.data.transforms import eval_framing
 from deepfake.errors import DataError
 from deepfake.tracking.checkpoint import atomic_write_text
@@ -90,20 +90,11 @@ def cache_key(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, i
     settings = {"root": os.path.abspath(root_dir), "img_size": int(img_size), "interpolation": interpolation,
                 "framing": FRAMING, "format": _FORMAT}  # fmt: skip
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    # Sizes and times, not contents: hashing 20 GB at every start would cost more than decoding. A dataset
-    # regenerated or re-downloaded in place under the same CSV changes them, so it is not served stale.
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for signature in pool.map(_file_signature, paths):
-            digest.update(signature)
+    # A dataset regenerated or re-downloaded in place under the same CSV changes its files' sizes and
+    # times, so it is not served stale.
+    for signature in file_signatures(paths, threads):
+        digest.update(signature)
     return digest.hexdigest()
-
-
-def _file_signature(path: str) -> bytes:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return b"missing\n"
-    return f"{stat.st_size}:{stat.st_mtime_ns}\n".encode()
 
 
 def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLike, img_size: int, interpolation: str,

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as F
 
 from deepfake.data.images import load_rgb
 from deepfake.data.path_table import PathTable
-from deepfake.data.scan import find_damaged
+from deepfake.data.scan import find_damaged, find_damaged_remembered
 
 if TYPE_CHECKING:
     from deepfake.data.decoded_cache import DecodedImages
@@ -61,11 +61,15 @@ class ImageFileDataset(Dataset):
             return self.cache.image(index), self.cache.reason(index)
         return load_rgb(self.paths[index], self.fallback_size)
 
-    def find_damaged(self) -> list[tuple[str, str]]:
-        """``(path, reason)`` of every damaged image: from the cache, which decoded them all, or a scan."""
+    def find_damaged(self, memo_dir: str | os.PathLike | None = None) -> tuple[list[tuple[str, str]], bool]:
+        """``((path, reason) of every damaged image, remembered)``: from the cache, which decoded them
+        all, or a scan; with ``memo_dir``, an earlier scan of the same unchanged files is read back
+        (``remembered``) and a new one is kept there."""
         if self.cache is not None:
-            return [(self.paths[index], reason) for index, reason in sorted(self.cache.damaged.items())]
-        return find_damaged(self.paths)
+            return [(self.paths[index], reason) for index, reason in sorted(self.cache.damaged.items())], True
+        if memo_dir is None:
+            return find_damaged(self.paths), False
+        return find_damaged_remembered(self.paths, memo_dir)
 
     def __getitem__(self, index: int) -> dict:
         image, reason = self.load(index)

@@ -3,19 +3,29 @@
 The loader already substitutes a damaged image by a black one, which is right for a handful of
 scraped files; a dataset in which a large share is broken (a failed unzip, a wrong root) should
 instead stop before the first epoch, with the files named.
+
+A scan's answer is remembered (:func:`find_damaged_remembered`) under the files' names, sizes and
+modification times: the next session over the same files reads it back instead of decoding every
+image again (the Kaggle set's 120k images cost about 25 s on 2 cores; their sizes and times, under 1 s).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from deepfake.data.images import probe_image
+from deepfake.tracking.checkpoint import atomic_write_text
 
 # Decoding releases the GIL and reading waits on the disk, so threads overlap well beyond the core
 # count (a network filesystem benefits most).
 DEFAULT_SCAN_THREADS = min(32, 4 * (os.cpu_count() or 1))
+# Part of every remembered scan's key: a change to what counts as damaged (probe_image) bumps it.
+_SCAN_FORMAT = 1
 
 
 def find_damaged(paths: Sequence[str], threads: int = DEFAULT_SCAN_THREADS) -> list[tuple[str, str]]:
@@ -23,6 +33,41 @@ def find_damaged(paths: Sequence[str], threads: int = DEFAULT_SCAN_THREADS) -> l
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         reasons = list(pool.map(probe_image, paths))
     return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+
+
+def find_damaged_remembered(
+    paths: Sequence[str], memo_dir: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS
+) -> tuple[list[tuple[str, str]], bool]:
+    """``(find_damaged(paths), remembered)``: the answer of an earlier scan of the same files (same
+    names, sizes and modification times) when ``memo_dir`` holds one, else a scan, then remembered."""
+    digest = hashlib.sha256(f"scan format {_SCAN_FORMAT}\n".encode())
+    for path, signature in zip(paths, file_signatures(paths, threads)):
+        digest.update(f"{path}\n".encode() + signature)
+    memo = Path(memo_dir) / f"{digest.hexdigest()[:32]}.json"
+    try:
+        return [(path, reason) for path, reason in json.loads(memo.read_text(encoding="utf-8"))["damaged"]], True
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: scan again
+        pass
+    damaged = find_damaged(paths, threads)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(memo, json.dumps({"images": len(paths), "damaged": damaged}) + "\n")
+    return damaged, False
+
+
+def file_signatures(paths: Sequence[str], threads: int = DEFAULT_SCAN_THREADS) -> Iterator[bytes]:
+    """Each file's ``size:mtime_ns`` line (``missing`` when it cannot be read), in ``paths`` order:
+    what says a file has changed without reading it (hashing 20 GB at every start would cost more
+    than decoding it)."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        yield from pool.map(_file_signature, paths)
+
+
+def _file_signature(path: str) -> bytes:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return b"missing\n"
+    return f"{stat.st_size}:{stat.st_mtime_ns}\n".encode()
 
 
 def list_for_message(items: Sequence[str], limit: int = 10) -> str:

@@ -59,8 +59,8 @@ def test_cached_images_evaluate_to_the_same_tensors_as_the_files(tmp_path):
         assert torch.equal(got["image"], expected["image"]), index
         assert got["damaged"] == expected["damaged"] and got["index"] == expected["index"]
     assert (
-        cached.find_damaged()
-        == files.find_damaged()
+        cached.find_damaged()[0]
+        == files.find_damaged()[0]
         == [(str(tmp_path / "images" / "empty.jpg"), "empty file (0 bytes)")]
     )
     assert cached.damage_reason(4) == "empty file (0 bytes)" and cached.damage_reason(0) is None
