@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from deepfake.data.transforms import interpolation_mode
+from deepfake.data.transforms import interpolation_mode, normalised
 
 
 class DeviceImages:
@@ -30,8 +30,7 @@ class DeviceImages:
                  interpolation: str = "bicubic") -> None:  # fmt: skip
         self.device, self.img_size = device, int(img_size)
         self.interpolation = interpolation_mode(interpolation)  # the same names as the Pillow pipeline's
-        self.mean = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
 
     def __call__(self, batch: dict) -> torch.Tensor:
         images = self._decode(batch)
@@ -42,7 +41,7 @@ class DeviceImages:
             framed = F.resized_crop(image, top, left, height, width, [self.img_size, self.img_size],
                                     interpolation=self.interpolation, antialias=True)  # fmt: skip
             out[i] = F.horizontal_flip(framed) if flip else framed
-        return (out.float().div_(255) - self.mean) / self.std
+        return normalised(out, self.mean, self.std)
 
     def _decode(self, batch: dict) -> list[torch.Tensor]:
         """Every sample's uint8 CHW image on the device: decoded JPEGs and pixels sent from the workers."""

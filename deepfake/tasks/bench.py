@@ -93,9 +93,8 @@ def run(cfg: DictConfig) -> float:
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     batch_size, img_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size"), preprocess["img_size"]
     # As a run reads them: from the decoded-image cache when dataset.cache covers the split.
-    train_set = data_setup.make_split(cfg.dataset, "train_csv", instantiate(cfg.augment)(
-        mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]),
-        preprocess=preprocess, training=True)  # fmt: skip
+    train_set = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess),
+                                      preprocess=preprocess, training=True)  # fmt: skip
     val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
     repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"), "warmup": int(settings.warmup)}
     timed = partial(benchmark.images_per_second, device=device, **repeats)
@@ -166,8 +165,7 @@ def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, pre
                               "cache_open_s": round(opened_s, 3)}  # fmt: skip
     if mode == "all":
         started = time.perf_counter()
-        train_set = data_setup.make_split(cfg.dataset, "train_csv", instantiate(cfg.augment)(
-            mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]))  # fmt: skip
+        train_set = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess))
         data_setup.attach_cache(train_set, cfg.dataset, preprocess, training=True, mode="all")
         opened_s = time.perf_counter() - started
         loader = _train_loader(cfg, train_set, preprocess, device)[0]

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake.data.decoded_cache import CACHE_MODES, open_cache
-from deepfake.data.transforms import build_eval_transform
+from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform
 from deepfake.engine import distributed, loaders
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.errors import ConfigError
@@ -23,6 +23,12 @@ def ensure_dataset(dataset_cfg: DictConfig) -> None:
     """Generate the embedded dataset on first use; other datasets must already be on disk."""
     if dataset_cfg.get("generate"):
         instantiate(dataset_cfg.generate)
+
+
+def train_transform(cfg: DictConfig, preprocess: dict):
+    """The augment group's training transform, ending in uint8 images: :func:`train_input`'s
+    ``batch_images`` normalises each batch on the device."""
+    return instantiate(cfg.augment)(interpolation=preprocess["interpolation"])
 
 
 def eval_transform(preprocess: dict):
@@ -63,15 +69,16 @@ def attach_cache(
 
 
 def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: torch.device):
-    """``(dataset, loader_kwargs, batch_images)``: the training split as its loader serves it, and what
-    makes a batch into model input on the device (None: the loader's images already are).
+    """``(dataset, loader_kwargs, batch_images)``: the training split (its transform from
+    :func:`train_transform`) as its loader serves it, and what makes a batch into model input on the device.
 
+    ``dataset.decode=cpu``: workers decode and augment, and send uint8 images; the device normalises them.
     ``dataset.decode=cuda``: workers send JPEG bytes (or, with ``dataset.cache=all``, cached pixels),
     the device decodes, crops and flips them; the augmentations it cannot run are refused up front.
     """
     decode = str(cfg.dataset.get("decode", "cpu"))
     if decode == "cpu":
-        return train_set, {}, None
+        return train_set, {}, NormaliseOnDevice(device, preprocess["mean"], preprocess["std"])
     if decode != "cuda":
         raise ConfigError(f"dataset.decode={decode!r}; use cpu (Pillow in the loader workers) or cuda (on the GPU)")
     augment = cfg.augment

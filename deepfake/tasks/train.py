@@ -136,10 +136,9 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         log.info("initialised the model from %s", source)
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
-    train_transform = instantiate(cfg.augment)(
-        mean=preprocess["mean"], std=preprocess["std"], interpolation=preprocess["interpolation"]
+    train_set = data_setup.make_split(
+        cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess), preprocess=preprocess, training=True
     )
-    train_set = data_setup.make_split(cfg.dataset, "train_csv", train_transform, preprocess=preprocess, training=True)
     val_set = data_setup.make_split(
         cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess
     )

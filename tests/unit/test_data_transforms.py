@@ -170,3 +170,27 @@ def test_the_normalised_tensor_step_equals_torchvision_s_four_classes():
     ours = NormalisedTensor(MEAN, STD)(image)
     assert type(ours) is torch.Tensor and ours.dtype == torch.float32 and ours.shape == (3, 36, 40)
     assert torch.equal(ours, chain(image))
+
+
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION], ids=["defaults", "every option"])
+def test_uint8_training_images_normalised_as_a_batch_on_the_device_equal_normalising_each_image(options):
+    """Training's loaders send uint8 images and the device normalises the batch: the same values,
+    bit for bit, as normalising each image in the worker."""
+    from deepfake.data.transforms import NormaliseOnDevice
+
+    images = [_noise_image(40 + 3 * i, 36, seed=i) for i in range(6)]
+    as_uint8 = build_train_transform(32, crop_scale=(0.6, 1.0), **options)
+    as_float = build_train_transform(32, mean=MEAN, std=STD, crop_scale=(0.6, 1.0), **options)
+    torch.manual_seed(3)
+    sent = torch.stack([as_uint8(image) for image in images])
+    torch.manual_seed(3)
+    expected = torch.stack([as_float(image) for image in images])
+
+    assert sent.dtype == torch.uint8 and sent.shape == (6, 3, 32, 32)
+    got = NormaliseOnDevice(torch.device("cpu"), MEAN, STD)({"image": sent})
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_a_train_transform_takes_both_mean_and_std_or_neither():
+    with pytest.raises(ValueError, match="both mean and std"):
+        build_train_transform(32, mean=MEAN)

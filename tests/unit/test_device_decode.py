@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.data.encoded import EncodedSamples, collate_encoded
-from deepfake.data.transforms import build_eval_transform
+from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform
 from deepfake.engine.device_images import DeviceImages
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -110,6 +110,7 @@ def test_augmentations_the_device_cannot_run_are_refused_before_training(tmp_pat
                                                    torch.device("cpu"))  # fmt: skip
     assert isinstance(served, EncodedSamples) and loader_kwargs == {"collate_fn": collate_encoded}
     assert served.crop_scale == (1.0, 1.0) and served.hflip == 0.5  # augment=flip's own settings
-    assert train_input(compose_with(tmp_path), files, preprocess, torch.device("cpu")) == (files, {}, None)
+    served, loader_kwargs, to_device = train_input(compose_with(tmp_path), files, preprocess, torch.device("cpu"))
+    assert (served, loader_kwargs) == (files, {}) and isinstance(to_device, NormaliseOnDevice)  # decode=cpu
     with pytest.raises(ConfigError, match="dataset.decode='gpu'"):
         train_input(compose_with(tmp_path, "dataset.decode=gpu"), files, preprocess, torch.device("cpu"))
