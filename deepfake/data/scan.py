@@ -6,7 +6,8 @@ instead stop before the first epoch, with the files named.
 
 A scan's answer is remembered (:func:`find_damaged_remembered`) under the files' names, sizes and
 modification times: the next session over the same files reads it back instead of decoding every
-image again (the Kaggle set's 120k images cost about 25 s on 2 cores; their sizes and times, under 1 s).
+image again (3000 JPEGs of 256 px on 2 cores: 0.82 s to decode, 0.06 s to read their sizes and times
+and the answer back).
 """
 
 from __future__ import annotations
