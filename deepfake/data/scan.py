@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from deepfake.data.images import probe_image
 from deepfake.tracking.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # Decoding releases the GIL and reading waits on the disk, so threads overlap well beyond the core
 # count (a network filesystem benefits most).
@@ -50,8 +53,12 @@ def find_damaged_remembered(
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: scan again
         pass
     damaged = find_damaged(paths, threads)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(memo, json.dumps({"images": len(paths), "damaged": damaged}) + "\n")
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo, json.dumps({"images": len(paths), "damaged": damaged}) + "\n")
+    except OSError as error:  # a read-only data folder: the scan stands, the next session scans again
+        log.warning("could not keep the image scan's answer in %s (%s); the next session scans again", memo_dir,
+                    error.strerror or error)  # fmt: skip
     return damaged, False
 
 

@@ -80,3 +80,12 @@ def test_the_preflight_check_says_when_it_answered_from_an_earlier_scan_and_stil
     assert "4 train images unchanged since they were checked" in infos[1] and infos[1].endswith("1 damaged")
     with pytest.raises(DataError, match=r"1 of 4 images are damaged .* > dataset.max_bad_fraction=0.1"):
         check_images(dataset, "train", 0.1, memo)  # remembered, and still over this limit
+
+
+def test_a_memo_folder_that_cannot_be_written_leaves_the_scan_standing(tmp_path, images, caplog):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="deepfake.data.scan"):
+        damaged, remembered = find_damaged_remembered(images, blocked / "scans")
+    assert not remembered and [path for path, _ in damaged] == [images[2]]
+    assert any("could not keep the image scan's answer" in r.getMessage() for r in caplog.records)
