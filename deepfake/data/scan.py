@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deepfake.data.images import probe_image
+from deepfake.errors import CheckpointError
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ def find_damaged_remembered(
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(memo, json.dumps({"images": len(paths), "damaged": damaged}) + "\n")
-    except OSError as error:  # a read-only data folder: the scan stands, the next session scans again
+    except (OSError, CheckpointError) as error:  # a read-only or full disk: the scan stands
         log.warning("could not keep the image scan's answer in %s (%s); the next session scans again", memo_dir,
-                    error.strerror or error)  # fmt: skip
+                    getattr(error, "strerror", None) or error)  # fmt: skip
     return damaged, False
 
 
