@@ -1,5 +1,5 @@
-"""Train and eval preprocessing: PIL image in, normalised float tensor out (training: uint8 out, the
-batch normalised on the device by :class:`NormaliseOnDevice`).
+"""Train and eval preprocessing: PIL image in, normalised float tensor out, or uint8 out for loaders
+whose batches are normalised on the device (:class:`NormaliseOnDevice`: training and scoring).
 
 Built from torchvision v2 classes and plain classes (no lambdas) so a transform pickles into
 spawned DataLoader workers. Pixel operations run on the PIL image, so train and eval resample
@@ -96,7 +96,7 @@ def normalised(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 class NormaliseOnDevice:
-    """``batch -> model input``: a batch of uint8 training images sent to ``device`` and normalised there.
+    """``batch -> model input``: a batch of uint8 images sent to ``device`` and normalised there.
 
     Workers, shared memory, pinned buffers and the host-to-device copy then carry a quarter of the
     bytes that float images take (at 256 px, 197 KB an image instead of 786 KB), and the GPU does the
@@ -164,11 +164,12 @@ def build_train_transform(
 def build_eval_transform(
     img_size: int,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     interpolation: str = "bicubic",
 ) -> v2.Compose:
-    """Deterministic: resize the shorter side to ``img_size``, centre crop, normalise."""
+    """Deterministic: resize the shorter side to ``img_size``, centre crop, normalise (without ``mean``
+    and ``std``: uint8, for batches normalised on the device)."""
     return v2.Compose(_resize_and_centre_crop(img_size, interpolation) + _to_normalised_tensor(mean, std))
 
 

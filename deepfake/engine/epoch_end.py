@@ -73,7 +73,7 @@ class EpochEnd:
         bar = progress.add_task("validate", total=len(self.val_loader), status="") if progress else None
         preds = predict(
             self.scored_model(), self.val_loader, self.device, self.precision,
-            on_batch=(lambda: progress.update(bar, advance=1)) if progress else None,
+            on_batch=(lambda: progress.update(bar, advance=1)) if progress else None, to_input=self.val_input,
         )  # fmt: skip
         if progress:
             progress.remove_task(bar)

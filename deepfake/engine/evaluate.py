@@ -49,16 +49,22 @@ def predict(
     device: torch.device,
     precision: str = "32",
     on_batch=None,
+    to_input=None,
 ) -> Predictions:
     """Eval-mode forward over ``loader``; ``on_batch()`` is called once per batch (progress bars).
+    ``to_input(batch)`` makes a batch into model input on the device (uint8 images normalised there,
+    ``data_setup.model_input``); without it the batch's images are the input already.
 
     The logits stay on the device until the pass ends: a copy to the host per batch would make the
     host wait for each forward pass before it may queue the next, leaving a GPU idle in between."""
     model.eval()
     indices, targets, logits, damaged = [], [], [], []
     for batch in loader:
+        images = batch["image"].to(device, non_blocking=True) if to_input is None else to_input(batch)
+        if images.dtype == torch.uint8:
+            raise TypeError("predict: the loader serves uint8 images; pass to_input=data_setup.model_input(...)")
         with autocast(device, precision):
-            out = model(batch["image"].to(device, non_blocking=True)).squeeze(1)
+            out = model(images).squeeze(1)
         logits.append(out.float())
         targets.append(batch["target"].float())
         indices.append(batch["index"])

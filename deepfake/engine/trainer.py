@@ -78,6 +78,7 @@ class Trainer(EpochEnd, Checkpointing):
         channels_last: bool = False,
         compile_model: str | None = None,
         batch_images: Callable[[dict], torch.Tensor] | None = None,
+        val_input: Callable[[dict], torch.Tensor] | None = None,
         log_sample_paths: int = 8,
         label_smoothing: float = 0.0,
         ema: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
@@ -121,8 +122,9 @@ class Trainer(EpochEnd, Checkpointing):
         self._resume_from: dict | None = None
         self.log_every = max(1, int(log_every_n_batches))
         self.compile_model = compile_model
-        # Makes a training batch into model input on the device (dataset.decode=cuda); None: batch["image"].
-        self.batch_images = batch_images
+        # Make a training / validation batch into model input on the device (uint8 images normalised
+        # there; JPEGs decoded there with dataset.decode=cuda); None: the batch's images are the input.
+        self.batch_images, self.val_input = batch_images, val_input
         self.log_sample_paths = max(0, int(log_sample_paths))
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")

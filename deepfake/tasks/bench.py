@@ -95,7 +95,8 @@ def run(cfg: DictConfig) -> float:
     # As a run reads them: from the decoded-image cache when dataset.cache covers the split.
     train_set = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess),
                                       preprocess=preprocess, training=True)  # fmt: skip
-    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False))
+    to_input = data_setup.model_input(preprocess, device)
     repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"), "warmup": int(settings.warmup)}
     timed = partial(benchmark.images_per_second, device=device, **repeats)
     memory = benchmark.PeakMemory(device)
@@ -119,7 +120,7 @@ def run(cfg: DictConfig) -> float:
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
     with memory.watching():
         figures["eval_pipeline"], figures["bare_forward"], eval_ratio = benchmark.paired_rates(
-            lambda: len(predict(model, eval_loader, device, precision).indices), bare_forward, device,
+            lambda: len(predict(model, eval_loader, device, precision, to_input=to_input).indices), bare_forward, device,
             **repeats,
         )  # fmt: skip
     figures["eval_pipeline"].update(memory.report())
@@ -157,11 +158,12 @@ def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, pre
     if mode == "none":
         return figures
     started = time.perf_counter()
-    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess))
+    val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False))
     data_setup.attach_cache(val_set, cfg.dataset, preprocess, mode="eval")
     opened_s = time.perf_counter() - started
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
-    figures["eval_cached"] = {**timed(lambda: len(predict(model, eval_loader, device, precision).indices)),
+    to_input = data_setup.model_input(preprocess, device)
+    figures["eval_cached"] = {**timed(lambda: len(predict(model, eval_loader, device, precision, to_input=to_input).indices)),
                               "cache_open_s": round(opened_s, 3)}  # fmt: skip
     if mode == "all":
         started = time.perf_counter()
@@ -218,6 +220,7 @@ def _train_pipeline(
         compile_model=resolve_compile(cfg.train.compile),
         background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
+        val_input=data_setup.model_input(preprocess, device),
     )
     clock.settle = trainer.checkpoints.wait
     try:

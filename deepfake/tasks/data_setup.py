@@ -31,13 +31,17 @@ def train_transform(cfg: DictConfig, preprocess: dict):
     return instantiate(cfg.augment)(interpolation=preprocess["interpolation"])
 
 
-def eval_transform(preprocess: dict):
-    return build_eval_transform(
-        preprocess["img_size"],
-        mean=preprocess["mean"],
-        std=preprocess["std"],
-        interpolation=preprocess["interpolation"],
-    )
+def eval_transform(preprocess: dict, *, normalise: bool = True):
+    """Evaluation's framing of each image (shorter side resized, centre crop): normalised floats the
+    model takes as they are, or with ``normalise=False`` uint8 images for a scoring loader whose
+    batches :func:`model_input` normalises on the device (``predict(..., to_input=...)``)."""
+    norm = {"mean": preprocess["mean"], "std": preprocess["std"]} if normalise else {}
+    return build_eval_transform(preprocess["img_size"], interpolation=preprocess["interpolation"], **norm)
+
+
+def model_input(preprocess: dict, device: torch.device) -> NormaliseOnDevice:
+    """``batch -> model input`` for loaders of uint8 images: the batch normalised on ``device``."""
+    return NormaliseOnDevice(device, preprocess["mean"], preprocess["std"])
 
 
 def make_split(
@@ -78,7 +82,7 @@ def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: t
     """
     decode = str(cfg.dataset.get("decode", "cpu"))
     if decode == "cpu":
-        return train_set, {}, NormaliseOnDevice(device, preprocess["mean"], preprocess["std"])
+        return train_set, {}, model_input(preprocess, device)
     if decode != "cuda":
         raise ConfigError(f"dataset.decode={decode!r}; use cpu (Pillow in the loader workers) or cuda (on the GPU)")
     augment = cfg.augment

@@ -68,11 +68,13 @@ def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float
 
     model = detector_from_checkpoint(load_checkpoint(path))
     device = resolve_device(cfg.train.device)
+    transform = data_setup.eval_transform(model.preprocess, normalise=False)
     dataset = instantiate(cfg.dataset.reader)(
-        csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=data_setup.eval_transform(model.preprocess)
+        csv_path=str(chosen.csv), root_dir=str(chosen.root_dir), transform=transform
     )
     loader = data_setup.make_loader(dataset, cfg.dataset, device=device)
-    predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device))
+    predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device),
+                          to_input=data_setup.model_input(model.preprocess, device))  # fmt: skip
     return auc_or_none(predictions.targets, predictions.probs)
 
 

@@ -34,7 +34,9 @@ class Scorer:
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.model = detector_from_checkpoint(checkpoint).to(self.device)
-        self.base_transform = data_setup.eval_transform(self.model.preprocess)  # img_size included
+        # uint8 images (img_size framing included), normalised on the device batch by batch
+        self.base_transform = data_setup.eval_transform(self.model.preprocess, normalise=False)
+        self.to_input = data_setup.model_input(self.model.preprocess, self.device)
         self.cfg = cfg
         self.damaged = damaged or DamagedImageLog()
         self.datasets: dict = {}  # name -> the dataset last scored under it (predictions.csv lists its rows)
@@ -49,7 +51,7 @@ class Scorer:
         if perturbation is None:  # a perturbation degrades the full-size decoded image, not the cached one
             data_setup.attach_cache(dataset, self.cfg.dataset, self.model.preprocess)
         loader = data_setup.make_loader(dataset, self.cfg.dataset, device=self.device)
-        preds = predict(self.model, loader, self.device, self.precision)
+        preds = predict(self.model, loader, self.device, self.precision, to_input=self.to_input)
         self.damaged.record(name, dataset, preds.damaged)
         self.datasets[name] = dataset
         return preds

@@ -140,7 +140,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess), preprocess=preprocess, training=True
     )
     val_set = data_setup.make_split(
-        cfg.dataset, "val_csv", data_setup.eval_transform(preprocess), preprocess=preprocess
+        cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False), preprocess=preprocess
     )
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
@@ -179,6 +179,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         compile_model=resolve_compile(cfg.train.compile),
         background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
+        val_input=data_setup.model_input(preprocess, device),
         log_sample_paths=int(cfg.train.log_sample_paths),
         label_smoothing=float(cfg.train.label_smoothing),
         ema=_moving_average(cfg.train.ema),

@@ -342,3 +342,33 @@ def test_scoring_copies_the_logits_to_the_host_once_per_pass_not_per_batch(monke
         expected = model(data.images).squeeze(1)
     assert preds.indices.tolist() == list(range(80))
     assert torch.allclose(torch.from_numpy(preds.logits), expected, atol=1e-5)
+
+
+def test_scoring_uint8_images_normalised_on_the_device_gives_the_float_pipelines_logits_bit_for_bit(tmp_path):
+    """Scoring loaders serve uint8 images and ``to_input`` normalises each batch on the device: the
+    same logits as images normalised one by one in the loader; a uint8 batch without it is refused."""
+    from PIL import Image
+
+    from deepfake.data.image_files import ImageFileDataset
+    from deepfake.engine.evaluate import predict
+    from deepfake.tasks.data_setup import eval_transform, model_input
+
+    paths = []
+    for number in range(10):
+        pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(number), dtype=torch.uint8)
+        paths.append(tmp_path / f"{number}.png")
+        Image.fromarray(pixels.numpy()).save(paths[-1])
+    model = tiny_model().eval()
+    preprocess = {**model.preprocess, "img_size": 32}
+    cpu = torch.device("cpu")
+
+    def loader(normalise):
+        dataset = ImageFileDataset([str(p) for p in paths], eval_transform(preprocess, normalise=normalise))
+        return torch.utils.data.DataLoader(dataset, batch_size=4)
+
+    floats = predict(model, loader(True), cpu, "32")
+    uint8 = predict(model, loader(False), cpu, "32", to_input=model_input(preprocess, cpu))
+    assert next(iter(loader(False)))["image"].dtype == torch.uint8
+    assert (uint8.logits == floats.logits).all() and (uint8.indices == floats.indices).all()
+    with pytest.raises(TypeError, match="uint8 images; pass to_input"):
+        predict(model, loader(False), cpu, "32")
