@@ -12,7 +12,7 @@ from PIL import Image
 
 from deepfake.audit.pipeline import Split
 from deepfake.data.csv_dataset import read_split_csv
-from deepfake.data.synthetic import render_sample
+from deepfake.data.synthetic_faces import render_sample
 
 IMAGE_ROOT = Path("real_vs_fake") / "real-vs-fake"
 SPLITS = ("train", "valid", "test")

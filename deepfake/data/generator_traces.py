@@ -2,7 +2,7 @@
 "train on one generator, test on the others" can be measured offline.
 
 The default family, ``transposed_conv`` (checkerboards from uneven transposed-convolution kernels,
-a periodic fingerprint, shifted colour statistics), lives in ``synthetic.py``. Here:
+a periodic fingerprint, shifted colour statistics), lives in ``synthetic_faces.py``. Here:
 
 - ``upsampling``: the generator works at half resolution and enlarges its output by nearest or
   bilinear interpolation (pixel replicas or interpolation smoothing), and adds its fingerprint: one
@@ -100,5 +100,5 @@ def blending_traces(image: np.ndarray, rng: np.random.Generator, strength: float
     return np.clip(host * (1 - weight) + donor * weight, 0, 1)
 
 
-# name -> traces(image, rng, strength); synthetic.py adds its own transposed_conv family.
+# name -> traces(image, rng, strength); synthetic_faces.py adds its own transposed_conv family.
 FAMILIES = {"upsampling": upsampling_traces, "blending": blending_traces}

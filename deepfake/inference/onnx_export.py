@@ -20,7 +20,7 @@ from PIL import Image
 
 from deepfake.data.image_files import ImageFileDataset
 from deepfake.data.manifest import file_sha256
-from deepfake.data.synthetic import render_sample
+from deepfake.data.synthetic_faces import render_sample
 from deepfake.data.transforms import build_eval_transform
 from deepfake.errors import ConfigError, DataError, ExportError
 from deepfake.inference.detector import Detector

@@ -9,7 +9,7 @@ from audit_data import Item, faces, write_dataset
 from deepfake.audit.spectra import azimuthal_average, class_spectrum, periodic_peaks, prominence_at, spectra_check
 
 SIZE = 64
-# The harmonics the generator's fingerprint is built from (deepfake.data.synthetic._fingerprint), in
+# The harmonics the generator's fingerprint is built from (deepfake.data.synthetic_faces._fingerprint), in
 # cycles per pixel: multiples of 1/8 along each axis.
 FINGERPRINT = [(1 / 8, 1 / 8), (1 / 8, -1 / 8), (1 / 8, 1 / 4), (1 / 4, 1 / 8), (1 / 4, -1 / 8), (1 / 8, -1 / 4),
                (1 / 4, 1 / 4)]  # fmt: skip

@@ -5,14 +5,8 @@ import pandas as pd
 import pytest
 
 from deepfake.data.generator_traces import PEAK_FREQUENCY
-from deepfake.data.synthetic import (
-    GENERATORS,
-    _Canvas,
-    _draw_features,
-    _draw_layout,
-    _render,
-    generate_synthetic_dataset,
-)
+from deepfake.data.synthetic import generate_synthetic_dataset
+from deepfake.data.synthetic_faces import GENERATORS, _Canvas, _draw_features, _draw_layout, _render
 from deepfake.errors import ConfigError
 
 SIZE = 64

@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from deepfake.data.csv_dataset import read_split_csv
 from deepfake.data.images import load_rgb
-from deepfake.data.synthetic import _FINGERPRINT, IMAGE_SUBDIR, SPLITS, generate_synthetic_dataset, render_sample
+from deepfake.data.synthetic import IMAGE_SUBDIR, SPLITS, generate_synthetic_dataset
+from deepfake.data.synthetic_faces import _FINGERPRINT, render_sample
 from deepfake.errors import ConfigError, DataError
 
 TINY = dict(n_train=12, n_valid=6, n_test=6, image_size=32, partial_fraction=0.5, seed=3)

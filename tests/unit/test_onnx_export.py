@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.image_files import ImageFileDataset
 from deepfake.data.manifest import file_sha256
-from deepfake.data.synthetic import render_sample
+from deepfake.data.synthetic_faces import render_sample
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import fake_probability, predict
 from deepfake.errors import CheckpointError, ExportError
