@@ -36,6 +36,7 @@ from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError
 from deepfake.tasks import data_setup, session
 from deepfake.tasks.preflight import positive_int
+from deepfake.tasks.trainer_options import trainer_options
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import console
 from deepfake.tracking.loggers import Tracker
@@ -83,13 +84,7 @@ def run(cfg: DictConfig) -> float:
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data_setup.ensure_dataset(cfg.dataset)
-    model = instantiate(cfg.backbone).to(device)
-    channels_last = resolve_channels_last(cfg.train.channels_last, device, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # The bare figures run what training runs: compiled when train.compile is on (its cost lands in warmup_s).
-    backend = resolve_compile(cfg.train.compile)
-    fast_model = torch.compile(model, backend=backend) if backend else model
+    model, fast_model, channels_last, backend = _bare_model(cfg, device)
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     batch_size, img_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size"), preprocess["img_size"]
     # As a run reads them: from the decoded-image cache when dataset.cache covers the split.
@@ -134,18 +129,34 @@ def run(cfg: DictConfig) -> float:
 
     settings_used = {
         "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
-        "precision": precision, "device": str(device),
-        "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "channels_last": channels_last,
-        "compile": backend or False, "cache": str(settings.cache), "decode": str(cfg.dataset.decode),
-        "fused_optimizer": bool(cfg.optimizer.get("fused", False)),
-        "background_checkpoints": bool(cfg.train.background_checkpoints),
-        "train_images": len(train_set), "val_images": len(val_set),
+        "precision": precision, "device": str(device), "channels_last": channels_last, "compile": backend or False,
+        **_switches(cfg, device), "train_images": len(train_set), "val_images": len(val_set),
     }  # fmt: skip
     report = {"settings": settings_used, "figures": figures, "ratios": _ratios(figures, train_ratio, eval_ratio),
               "machine": benchmark.machine()}  # fmt: skip
     atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     _print(report, out_dir)
     return report["ratios"]["train_pipeline_over_bare_step"]
+
+
+def _bare_model(cfg: DictConfig, device: torch.device):
+    """``(model, the model the bare steps run, channels_last, compile backend)``: the bare figures
+    run what training runs, compiled when train.compile is on (its cost lands in warmup_s)."""
+    model = instantiate(cfg.backbone).to(device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, device, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    backend = resolve_compile(cfg.train.compile)
+    return model, torch.compile(model, backend=backend) if backend else model, channels_last, backend
+
+
+def _switches(cfg: DictConfig, device: torch.device) -> dict:
+    """The fast-path settings bench.json records beside its figures."""
+    return {
+        "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "cache": str(cfg.bench.cache),
+        "decode": str(cfg.dataset.decode), "fused_optimizer": bool(cfg.optimizer.get("fused", False)),
+        "background_checkpoints": bool(cfg.train.background_checkpoints),
+    }  # fmt: skip
 
 
 def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, precision: str) -> dict:
@@ -208,19 +219,13 @@ def _train_pipeline(
             weight_decay_exclude_1d=bool(cfg.phase.weight_decay_exclude_1d),
             layer_decay=cfg.phase.layer_decay,
         ),  # fmt: skip
-        make_optimizer=instantiate(cfg.optimizer),
-        make_scheduler=instantiate(cfg.scheduler),
         device=device,
         run_dir=run_dir,
         describe={"model_spec": model.detector_spec, "run_name": "bench"},
-        precision=precision,
         loggers=[clock],
-        log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
-        channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
-        compile_model=resolve_compile(cfg.train.compile),
-        background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
         val_input=data_setup.model_input(preprocess, device),
+        **trainer_options(cfg, device, model),  # as a run trains: the same train.* settings
     )
     clock.settle = trainer.checkpoints.wait
     try:

@@ -25,20 +25,19 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine import distributed
-from deepfake.engine.fast_path import resolve_channels_last, resolve_compile
 from deepfake.engine.phases import plan_phases
-from deepfake.engine.precision import resolve_device, resolve_precision
+from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import ConfigError, RunStopped, TrainingError
+from deepfake.errors import RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -53,6 +52,7 @@ from deepfake.tasks.preflight import (
 from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
+from deepfake.tasks.trainer_options import trainer_options
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
 
@@ -121,45 +121,23 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     set_deterministic(bool(cfg.deterministic))
     here = distributed.ranks()
     device = distributed.device_for_rank(resolve_device(cfg.train.device))
-    precision = resolve_precision(cfg.train.precision, device)
-    model = instantiate(cfg.backbone)
-    if here.is_main:
-        check_checkpoint_space(out_dir, model)
-    resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
+    model, resume_from = _model(cfg, out_dir, here.is_main)
+    options = trainer_options(cfg, device, model)  # the train.* settings checked before any data is read
     name = resume_from["run_name"] if resume_from else session.run_name()
     log.info("run %s in %s", name, out_dir)
     log.info("overrides: %s", " ".join(session.task_overrides()) or "(none)")
     log.info("hyperparameters: %s", _hyperparameters(cfg))
-    if cfg.get("init_from") and resume_from is None:
-        source = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
-        checkpoints.load_weights_into(model, source)
-        log.info("initialised the model from %s", source)
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
-    train_set = data_setup.make_split(
-        cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess), preprocess=preprocess, training=True
-    )
-    val_set = data_setup.make_split(
-        cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False), preprocess=preprocess
-    )
-    log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
-    served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
-    if here.is_main:  # decodes every image once: one rank is enough
-        check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
-    batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
-    if here.distributed:
-        log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,
-                 here.world_size, device, distributed.backend(), batch_size, here.world_size * batch_size)  # fmt: skip
+    train_loader, val_loader, batch_images, val_set = _loaders(cfg, preprocess, device, here)
     # Before training: a promotion set that is the test set is refused now, not after hours.
     chosen = promotion.promotion_set(cfg)
     log.info("promotion set (what this run competes for the global best on): %s", chosen)
     trainer = Trainer(
         model,
-        data_setup.make_loader(served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs),
-        data_setup.make_loader(val_set, cfg.dataset, device=device, shard=True),
+        train_loader,
+        val_loader,
         plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
-        make_optimizer=instantiate(cfg.optimizer),
-        make_scheduler=instantiate(cfg.scheduler),
         device=device,
         run_dir=out_dir,
         describe={
@@ -168,21 +146,11 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
             "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
             "run_name": name,
         },
-        precision=precision,
-        accumulate_grad_batches=positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches"),
-        grad_clip_norm=cfg.train.grad_clip_norm,
         loggers=trackers,
         resume_strict=bool(cfg.resume_strict),
-        sync_batchnorm=bool(cfg.train.sync_batchnorm),
-        log_every_n_batches=positive_int(cfg.train.log_every_n_batches, "train.log_every_n_batches"),
-        channels_last=resolve_channels_last(cfg.train.channels_last, device, model),
-        compile_model=resolve_compile(cfg.train.compile),
-        background_checkpoints=bool(cfg.train.background_checkpoints),
         batch_images=batch_images,
         val_input=data_setup.model_input(preprocess, device),
-        log_sample_paths=int(cfg.train.log_sample_paths),
-        label_smoothing=float(cfg.train.label_smoothing),
-        ema=_moving_average(cfg.train.ema),
+        **options,
     )
     entry = {
         "run_name": name,
@@ -202,16 +170,43 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     )
 
 
-def _moving_average(settings: DictConfig):
-    """train.ema: timm's ModelEmaV3 with the configured decay, or None."""
-    if not settings.enabled:
-        return None
-    decay = float(settings.decay)
-    if not 0.0 < decay < 1.0:
-        raise ConfigError(f"train.ema.decay={settings.decay} must be in (0, 1); 0.9998 is timm's usual choice")
-    from timm.utils import ModelEmaV3
+def _model(cfg: DictConfig, out_dir: Path, is_main: bool) -> tuple[torch.nn.Module, dict | None]:
+    """The backbone, room for its checkpoints checked (rank 0), and the stopped run's last.pth when
+    resuming; a new run may start from another checkpoint's weights (init_from)."""
+    model = instantiate(cfg.backbone)
+    if is_main:
+        check_checkpoint_space(out_dir, model)
+    resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
+    if cfg.get("init_from") and resume_from is None:
+        source = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
+        checkpoints.load_weights_into(model, source)
+        log.info("initialised the model from %s", source)
+    return model, resume_from
 
-    return partial(ModelEmaV3, decay=decay, use_warmup=bool(settings.warmup))
+
+def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: distributed.Ranks):
+    """``(train loader, validation loader, the training batch's device step, validation set)``; rank 0
+    decodes every image once first (damaged files, the promotion set's limits)."""
+    train_set = data_setup.make_split(
+        cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess), preprocess=preprocess, training=True
+    )
+    val_set = data_setup.make_split(
+        cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False), preprocess=preprocess
+    )
+    log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
+    served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
+    if here.is_main:  # decodes every image once: one rank is enough
+        check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
+    batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
+    if here.distributed:
+        log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,
+                 here.world_size, device, distributed.backend(), batch_size, here.world_size * batch_size)  # fmt: skip
+    return (
+        data_setup.make_loader(served, cfg.dataset, device=device, train_seed=int(cfg.seed), **loader_kwargs),
+        data_setup.make_loader(val_set, cfg.dataset, device=device, shard=True),
+        batch_images,
+        val_set,
+    )
 
 
 # ------------------------------------------------------------------------------------ train
