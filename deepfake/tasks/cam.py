@@ -99,19 +99,25 @@ def explain_checkpoint(
         _log_report(report)
         _record_in_registry(cfg, report)
 
-    files = []
-    for number, sample in enumerate(samples):
-        files.append(f"{number:03d}_{sample.true_label}_{sample.name}.png")
-        panel(sample).save(cam_dir / files[-1])
-    sheet = grid([panel(s) for s in samples])
-    sheet.save(cam_dir / "grid.png")
     title = f"{settings.method} on {split}: {checkpoint.get('run_name') or checkpoint_path}"
-    write_gallery(cam_dir, files, samples, report, title)
+    sheet = _write_overlays(cam_dir, samples, report, title)
     for tracker in trackers:
         tracker.log_image("cam/overlays", np.asarray(sheet).transpose(2, 0, 1), step=step)
     log.info("CAM overlays of %d %s images (%s, layer %s): %s", len(samples), split, settings.method,
              explainer.target_layer, cam_dir / "index.html")  # fmt: skip
     return report
+
+
+def _write_overlays(cam_dir: Path, samples: list, report: dict | None, title: str):
+    """One panel PNG per sample, grid.png and the index.html gallery; returns the grid image."""
+    panels = [panel(sample) for sample in samples]
+    files = [f"{number:03d}_{sample.true_label}_{sample.name}.png" for number, sample in enumerate(samples)]
+    for image, name in zip(panels, files):
+        image.save(cam_dir / name)
+    sheet = grid(panels)
+    sheet.save(cam_dir / "grid.png")
+    write_gallery(cam_dir, files, samples, report, title)
+    return sheet
 
 
 def _pick(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.ndarray:
