@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 from torchvision.transforms import RandomResizedCrop
@@ -87,9 +87,22 @@ def _read_jpeg(path: str) -> tuple[torch.Tensor | None, tuple[int, int] | None]:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as header:  # parses the header only, decodes nothing
                 size = header.size
+                if _turned(header):  # nvjpeg ignores EXIF orientation: Pillow turns it as evaluation does
+                    return None, None
     except (OSError, ValueError, SyntaxError):
         return None, None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), size
+
+
+def _turned(header: Image.Image) -> bool:
+    """Whether the JPEG's EXIF orientation asks for a turn or a mirror (an unreadable one does not:
+    :func:`deepfake.data.images.upright` shows such an image as stored)."""
+    if "exif" not in header.info:  # most files: nothing to parse
+        return False
+    try:
+        return header.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    except Exception:
+        return False
 
 
 def collate_encoded(samples: list[dict]) -> dict:

@@ -46,6 +46,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; as stored when its EXIF block cannot be parsed.
+
+    Pillow's EXIF parser raises assorted errors on a damaged block (struct.error, TypeError,
+    KeyError...), after the pixels themselves decoded fine: losing the image, or the run, to one bad
+    metadata byte would be worse than showing it as stored.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+
+
 def _damage_reason(error: BaseException) -> str:
     if isinstance(error, FileNotFoundError):
         return "missing file"
@@ -79,8 +92,7 @@ def load_rgb(path: str | os.PathLike, fallback_size: int = 256) -> tuple[Image.I
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image), None
+                return _to_rgb(upright(image)), None
     except _DAMAGE_ERRORS as error:
         return _black_image(fallback_size), _damage_reason(error)
 

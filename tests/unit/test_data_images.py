@@ -1,12 +1,13 @@
 """load_rgb: every PIL mode becomes RGB; every kind of damaged file becomes a black image + reason."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from deepfake.data.images import load_rgb
+from deepfake.data.images import load_rgb, probe_image
 from deepfake.data.transforms import build_eval_transform
 
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -99,6 +100,25 @@ def test_exif_orientation_is_applied(tmp_path):
     image, reason = load_rgb(path)
 
     assert reason is None and image.size == (20, 40)
+
+
+def test_a_damaged_exif_block_leaves_the_image_as_stored(tmp_path):
+    """Pillow's EXIF parser raises struct.error on this block (two bytes of its directory flipped)
+    after the pixels decoded fine: the image is kept, unturned, and not counted as damaged."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"
+    path = _save(Image.new("RGB", (40, 20), (90, 90, 90)), tmp_path / "bad_exif.jpg", exif=exif)
+    data = bytearray(path.read_bytes())
+    tiff = data.find(b"Exif\x00\x00") + 6
+    data[tiff + 11], data[tiff + 20] = 61, 205
+    path.write_bytes(bytes(data))
+    with pytest.raises(struct.error):  # what load_rgb used to let through, ending the run
+        ImageOps.exif_transpose(Image.open(path))
+
+    image, reason = load_rgb(path)
+
+    assert reason is None and image.size == (40, 20)
+    assert probe_image(path) is None
 
 
 def _truncated_jpeg(path: Path) -> Path:

@@ -84,6 +84,22 @@ def test_a_stream_the_batched_decode_refuses_is_decoded_alone_or_by_pillow(files
     assert images.shape == reference.shape
 
 
+def test_a_jpeg_stored_sideways_is_turned_by_pillow_as_evaluation_turns_it(tmp_path):
+    """nvjpeg ignores EXIF orientation: such a file travels as Pillow's upright pixels instead of
+    bytes, so training and evaluation see it the same way up."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(tmp_path / "sideways.jpg", exif=exif)
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(tmp_path / "upright.jpg")
+    (tmp_path / "split.csv").write_text("path,label\nsideways.jpg,0\nupright.jpg,1\n")
+    dataset = CsvImageDataset(tmp_path / "split.csv", tmp_path, fallback_size=SIZE)
+
+    sideways, upright = EncodedSamples(dataset)[0], EncodedSamples(dataset)[1]
+
+    assert sideways["encoded"] is None and sideways["pixels"].shape == (3, 40, 20)
+    assert upright["encoded"] is not None and upright["pixels"] is None
+
+
 def test_random_crops_are_drawn_per_sample_from_torchs_rng(files):
     samples = EncodedSamples(files, crop_scale=(0.3, 0.6), hflip=0.5)
     torch.manual_seed(7)
