@@ -23,7 +23,7 @@ _SEED_STRIDE = 1_000_003
 class EpochSampler(Sampler):
     """Shuffled by ``(seed, epoch)``, sharded across ranks, resumable part-way; yields ``(index, seed)``.
 
-    The permutation is padded by repeating its head until every rank gets the same number of
+    The permutation is padded by repeating it from its head until every rank gets the same number of
     samples (DistributedSampler's rule: training needs the ranks to take the same number of steps).
     Rank ``r`` takes positions ``r, r + world_size, ...``, so with batch ``B`` per rank the k-th
     batches of all ranks together are the k-th batch of one process with batch ``B * world_size``.
@@ -52,10 +52,13 @@ class EpochSampler(Sampler):
         self.start = int(samples)
 
     def _order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # Not seed + epoch: seed 1's first epoch would replay seed 0's second, and replicates with
+        # seeds 0, 1, 2 would share their orders shifted by an epoch.
+        generator = torch.Generator().manual_seed((self.seed * _SEED_STRIDE + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=generator).tolist()
         padding = self.per_rank * self.world_size - self.n
-        return order + order[:padding]
+        # Repeated as often as needed: fewer samples than ranks still gives every rank its share.
+        return order + (order * math.ceil(padding / max(self.n, 1)))[:padding]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         share = self._order()[self.rank :: self.world_size]

@@ -17,8 +17,26 @@ def test_an_epoch_depends_only_on_seed_and_epoch():
     assert sorted(index for index, _ in a) == list(range(10))
     b.set_epoch(3)
     assert [i for i, _ in a] != [i for i, _ in b]
-    # The order is torch.randperm seeded with seed + epoch, like a shuffled DataLoader reseeded each epoch.
-    assert [i for i, _ in a] == torch.randperm(10, generator=torch.Generator().manual_seed(5)).tolist()
+    # The order is torch.randperm seeded from (seed, epoch), like a shuffled DataLoader reseeded each epoch.
+    assert [i for i, _ in a] == torch.randperm(10, generator=torch.Generator().manual_seed(3 * 1_000_003 + 2)).tolist()
+
+
+def test_seeds_do_not_replay_each_others_epochs():
+    """Replicates with seeds 0, 1, 2 must not see the same orders shifted by an epoch (seed + epoch did)."""
+    orders = set()
+    for seed in range(3):
+        sampler = EpochSampler(50, seed=seed)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            orders.add(tuple(index for index, _ in sampler))
+    assert len(orders) == 9
+
+
+@pytest.mark.parametrize(("n", "world"), [(1, 4), (2, 7), (3, 3)])
+def test_every_rank_gets_its_share_even_with_fewer_samples_than_ranks(n, world):
+    shares = [[index for index, _ in EpochSampler(n, rank=r, world_size=world)] for r in range(world)]
+    assert [len(share) for share in shares] == [EpochSampler(n, world_size=world).per_rank] * world
+    assert {index for share in shares for index in share} == set(range(n))
 
 
 def test_ranks_split_the_epoch_like_one_process_with_their_batches_side_by_side():
