@@ -69,7 +69,7 @@ def write_batches(
     """
     splits = {}
     for name, csv_path in (("train", train_csv), ("valid", val_csv)):
-        frame = read_raw_csv(csv_path)
+        frame = read_raw_csv(csv_path, as_text=True)  # rows written back exactly as they were read
         try:
             splits[name] = split_into_batches(frame, n_batches, label_column=label_column, seed=seed)
         except DataError as error:

@@ -28,16 +28,18 @@ _FIRST_DATA_LINE = 2  # line 1 of the file is the header
 KAGGLE_INDEX_COLUMN = "Unnamed: 0"
 
 
-def read_raw_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
+def read_raw_csv(csv_path: str | os.PathLike, *, as_text: bool = False) -> pd.DataFrame:
     """Read a split CSV as it is; Kaggle's unnamed index column appears as ``KAGGLE_INDEX_COLUMN``.
 
-    Raises DataError for a CSV that is missing, unreadable or has no rows.
+    ``as_text``: every cell the string it is in the file (no ``00123`` -> 123.0, no ``NA`` -> NaN),
+    for writing rows back out unchanged. Raises DataError for a CSV that is missing, unreadable or
+    has no rows.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file not found; check the dataset's csv paths")
     try:
-        frame = pd.read_csv(csv_path)
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False) if as_text else pd.read_csv(csv_path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv_path}: CSV file is empty; regenerate or re-download it") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:

@@ -95,6 +95,26 @@ def test_write_batches_keeps_kaggle_format(tmp_path):
             assert frame["target"].mean() == pytest.approx(original["label"].eq(0).mean())
 
 
+def test_write_batches_copies_every_row_verbatim(tmp_path):
+    """Cells that look like numbers or missing values stay as written: 00123 is an id, not 123.0."""
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text(
+        ",original_path,id,label,label_str,path\n"
+        "0,/ffhq/00123.png,00123,1,real,train/real/00123.jpg\n"
+        "1,/gan/NA.jpg,NA,0,fake,train/fake/NA.jpg\n"
+        "2,/ffhq/04567.png,04567,1,real,train/real/04567.jpg\n"
+        "3,/gan/1E5.jpg,1E5,0,fake,train/fake/1E5.jpg\n"
+    )
+
+    (directory,) = write_batches(train_csv, train_csv, tmp_path / "out", 1)
+
+    assert (directory / "train.csv").read_text() == train_csv.read_text()
+    (first, second) = write_batches(train_csv, train_csv, tmp_path / "two", 2)
+    source = train_csv.read_text().splitlines()
+    written = [line for d in (first, second) for line in (d / "train.csv").read_text().splitlines()[1:]]
+    assert sorted(written) == sorted(source[1:])
+
+
 def test_write_batches_without_index_column_writes_none(tmp_path):
     train_csv = tmp_path / "train.csv"
     _kaggle_frame(4, 4).to_csv(train_csv, index=False)
