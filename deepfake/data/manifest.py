@@ -23,13 +23,26 @@ MANIFEST_FIELDS = ["path", "bytes", "sha256"]
 
 
 def image_files(root: str | os.PathLike) -> list[str]:
-    """Every image under ``root``, as sorted POSIX paths relative to it."""
+    """Every image under ``root``, as sorted POSIX paths relative to it.
+
+    Linked folders are followed, as the CSV loader reads through them (a class folder linked from
+    another disk), each real folder once (a link back up the tree does not loop). A file name that
+    is not valid UTF-8 cannot be written into the manifest: DataError names it.
+    """
     root = Path(root)
-    found = []
-    for folder, _dirs, files in os.walk(root):
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in seen]
         for name in files:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(folder, name).relative_to(root).as_posix())
+                relative = Path(folder, name).relative_to(root).as_posix()
+                try:
+                    relative.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
+                    raise DataError(f"{root}: the file name {shown} is not UTF-8; rename it") from None
+                found.append(relative)
     return sorted(found)
 
 

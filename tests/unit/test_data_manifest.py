@@ -1,0 +1,35 @@
+"""The manifest's file list: linked folders followed once, no loop on a link up the tree, and a
+file name the manifest cannot hold named in one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deepfake.data.manifest import hash_tree, image_files
+from deepfake.errors import DataError
+
+
+def test_linked_folders_are_hashed_and_a_link_up_the_tree_does_not_loop(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "disk2" / "fake"
+    (root / "real").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    (root / "real" / "a.jpg").write_bytes(b"a")
+    (elsewhere / "b.jpg").write_bytes(b"b")
+    (root / "fake").symlink_to(elsewhere, target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+
+    assert image_files(root) == ["fake/b.jpg", "real/a.jpg"]
+    before = hash_tree(root)
+    (elsewhere / "b.jpg").write_bytes(b"changed")
+    assert hash_tree(root)["fake/b.jpg"] != before["fake/b.jpg"]
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "ok.jpg").write_bytes(b"a")
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"b")
+
+    with pytest.raises(DataError, match=r"caf\\xe9\.jpg is not UTF-8; rename it"):
+        image_files(tmp_path)
