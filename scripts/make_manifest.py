@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from deepfake.data.manifest import hash_tree, manifest_text
-from deepfake.errors import error_line
+from deepfake.errors import DataError, error_line
 from deepfake.tracking.checkpoint import atomic_write_text
 
 
@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.root_dir / "manifest.csv"
     started = time.perf_counter()
-    digests = hash_tree(args.root_dir)
+    try:
+        digests = hash_tree(args.root_dir)
+    except DataError as error:
+        print(error_line(str(error)), file=sys.stderr)
+        return 2
     atomic_write_text(out, manifest_text(args.root_dir, digests))
     print(f"{len(digests)} images hashed in {time.perf_counter() - started:.1f} s -> {out}")
     return 0

@@ -4,6 +4,9 @@ file name the manifest cannot hold named in one line."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +36,15 @@ def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
 
     with pytest.raises(DataError, match=r"caf\\xe9\.jpg is not UTF-8; rename it"):
         image_files(tmp_path)
+
+
+def test_make_manifest_says_it_in_one_line(tmp_path):
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"b")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_manifest.py"
+
+    done = subprocess.run([sys.executable, script, "--root-dir", tmp_path, "--out", tmp_path / "m.csv"],
+                          capture_output=True, text=True)  # fmt: skip
+
+    assert done.returncode == 2 and done.stderr.startswith("ERROR ") and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "m.csv").exists()
