@@ -118,14 +118,16 @@ def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSetting
 
 
 def write_clean_csvs(splits: list[Split], drop_rows: dict[str, list[int]], out_dir: Path) -> dict[str, dict]:
-    """Each split's CSV as it was, minus the rows whose image duplicates one of an earlier split."""
+    """Each split's CSV as it was (every cell as written), minus the rows whose image duplicates one of
+    an earlier split, as ``clean/<split>.csv`` (train, valid, test: the names dataset.csv_dir reads;
+    two splits' CSVs of the same name no longer overwrite each other)."""
     written = {}
     for split in splits:
-        raw = read_raw_csv(split.csv_path)
+        raw = read_raw_csv(split.csv_path, as_text=True)
         drop = set(drop_rows.get(split.name, []))
         keep = [line not in drop for line in range(2, len(raw) + 2)]  # CSV line 1 is the header
         clean = raw[keep].rename(columns={KAGGLE_INDEX_COLUMN: ""})
-        path = out_dir / "clean" / split.csv_path.name
+        path = out_dir / "clean" / f"{split.name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, clean.to_csv(index=False))
         written[split.name] = {"path": str(path), "rows": len(clean), "dropped": len(drop)}

@@ -63,8 +63,8 @@ def test_clean_csvs_drop_the_copies_and_pass_a_second_audit(leaky, tmp_path):
     assert header == ",original_path,id,label,label_str,path"  # Kaggle's format, index column included
     clean_test = pd.read_csv(tmp_path / "clean" / "test.csv", index_col=0)
     assert len(clean_test) == 20 and not clean_test["path"].str.contains("copy_").any()
-    for name in ("train", "valid"):
-        assert pd.read_csv(tmp_path / "clean" / f"{name}.csv").equals(pd.read_csv(leaky / f"{name}.csv"))
+    for name in ("train", "valid"):  # untouched splits come out as they went in, byte for byte
+        assert (tmp_path / "clean" / f"{name}.csv").read_text() == (leaky / f"{name}.csv").read_text()
     _, _, again = _audit_leakage(_clean_root(tmp_path, leaky))
     assert again["pairs"] == [] and again["verdict"].level == "pass"
 
@@ -104,3 +104,19 @@ def test_hamming_index_finds_exactly_what_brute_force_finds(max_distance):
 def test_hamming_index_refuses_a_distance_it_cannot_search():
     with pytest.raises(ValueError, match="max_distance=32"):
         HammingIndex(np.zeros(3, np.uint64), 32)
+
+
+def test_clean_csvs_of_splits_whose_files_share_a_name_do_not_overwrite_each_other(leaky, tmp_path):
+    splits, _, leakage = _audit_leakage(leaky)
+    for split in splits:  # train/data.csv, valid/data.csv, test/data.csv
+        (tmp_path / split.name).mkdir()
+        split.csv_path = (tmp_path / split.name / "data.csv").resolve()
+        split.csv_path.write_text((leaky / f"{split.name}.csv").read_text())
+
+    written = write_clean_csvs(splits, leakage["drop_rows"], tmp_path / "out")
+
+    assert sorted(p.name for p in (tmp_path / "out" / "clean").iterdir()) == ["test.csv", "train.csv", "valid.csv"]
+    for name, facts in written.items():  # each split's own rows, less what it leaked
+        source_rows = len((leaky / f"{name}.csv").read_text().splitlines()) - 1
+        assert facts["rows"] == source_rows - facts["dropped"], name
+    assert written["test"]["dropped"] == 3
