@@ -28,11 +28,17 @@ def run(cfg: DictConfig) -> float:
     output = Path(settings.output) if settings.output else source.parent / "model.onnx"
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"export.output={settings.output} must end in .onnx (its sidecar takes the same name, .json)")
-    tolerance = float(settings.tolerance)
+    tolerance = preflight.number(settings.tolerance, "export.tolerance")
     if not tolerance > 0:
         raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
     count = preflight.positive_int(settings.verify_images, "export.verify_images")
     detector = load_detector(source)
+    if detector.operating_point.threshold is None:
+        log.warning(
+            "%s holds no decision threshold (its training stopped before choosing one): model.json's "
+            "threshold is null, and task=predict on the export needs predict.threshold=<p_fake>",
+            source,
+        )
     paths = discover_inputs(settings.verify_input, key="export.verify_input").paths if settings.verify_input else None
     images = verification_images(paths, detector.preprocess, count)
     log.info("exporting %s (%s, %d px) to %s; checking on %d %s image(s)", source, detector.name,

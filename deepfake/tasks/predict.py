@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from deepfake.data.image_files import ImageFileDataset
 from deepfake.engine.evaluate import fake_probability, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
-from deepfake.errors import ConfigError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import damaged_reasons, item_rows
 from deepfake.tasks import checkpoints, data_setup, preflight, session
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> float | None:
     detector = load_detector(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
     if settings.cam and detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
-    threshold = _threshold(settings, detector.operating_point.threshold)
+    threshold = _threshold(settings, detector)
     inputs = discover_inputs(
         settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
         label_column=settings.label_column,
@@ -56,15 +57,15 @@ def run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     preds = _score(detector, dataset, settings, cfg.train)
     images_per_second = len(dataset) / (time.perf_counter() - started)
-    probs = np.full(len(dataset), np.nan, dtype=np.float32)
+    # float64, as task=test keeps them: a score equal to the stored threshold must fall on the same side.
+    probs = np.full(len(dataset), np.nan)
     damaged = {}
     if preds is not None:
         probs[preds.indices] = fake_probability(preds.logits, detector.score_temperature)
         damaged = damaged_reasons(dataset, preds.damaged)
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
-    out = Path(settings.output).expanduser() if settings.output else session.run_dir()
-    out = out / "predictions.csv" if out.is_dir() else out
+    out = _output_file(settings.output)
     write_predictions(frame, out)
     for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
         log.warning("damaged image, not scored: %s (%s)", path, reason)
@@ -93,10 +94,27 @@ def _rows_and_dataset(inputs, settings: DictConfig, detector):
     return item_rows(dataset), dataset
 
 
-def _threshold(settings: DictConfig, stored: float) -> float:
+def _output_file(output) -> Path:
+    """predictions.csv's path: ``predict.output`` is a file, or a folder to hold predictions.csv: one
+    that exists, ends in a separator or has no suffix (made when missing); unset: the run dir."""
+    if not output:
+        return session.run_dir() / "predictions.csv"
+    out = Path(output).expanduser()
+    if out.is_dir() or str(output).endswith(("/", os.sep)) or not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+        return out / "predictions.csv"
+    return out
+
+
+def _threshold(settings: DictConfig, detector) -> float:
+    """predict.threshold (eval.threshold by default), else the one stored with the model; a model
+    stopped before choosing one gets no silent 0.5: task=test refuses it the same way."""
     if settings.threshold is None:
-        return stored
-    value = float(settings.threshold)
+        if detector.operating_point.threshold is None:
+            raise CheckpointError(f"{detector.source} holds no decision threshold (its training stopped before "
+                                  "choosing one); resume that run, or pass predict.threshold=<p_fake>")  # fmt: skip
+        return detector.operating_point.threshold
+    value = preflight.number(settings.threshold, "predict.threshold")
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"predict.threshold={settings.threshold} must be a p(fake) in [0, 1]")
     return value
