@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> None:
 
 def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:
     """The entries to archive, in the order named, then the old ones; the best only when allowed."""
-    named = list(cfg.archive.runs or [])
+    named = session.text_list(cfg.archive.runs)
     older_than = number_setting(cfg.archive.older_than_days, "archive.older_than_days", (int, float))
     if not named and older_than is None:
         raise ConfigError("nothing chosen to archive; name runs with archive.runs=[<run name or dir>,...] "

@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> None:
     runs = registry.runs()
     if settings.sweep:
         runs = runs_of_sweep(runs, str(settings.sweep), Path(cfg.paths.multirun_dir))
-    runs = select_runs(runs, [str(name) for name in settings.runs or []], settings.dataset, settings.backbone)
+    runs = select_runs(runs, session.text_list(settings.runs), settings.dataset, settings.backbone)
     rows = [comparison_row(entry) for entry in runs]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=COLUMNS)

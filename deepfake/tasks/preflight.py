@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -105,7 +106,24 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
             check_images(dataset, split, float(dataset_cfg.max_bad_fraction), Path(dataset_cfg.cache_dir) / "scans")
 
 
+def check_both_classes(dataset, csv_path) -> None:
+    """Validation needs real and fake images: the operating point and AUC are chosen on it after
+    training, so a one-class CSV is refused before the first batch instead of after the last."""
+    if len(np.unique(np.asarray(dataset.targets))) < 2:
+        raise DataError(f"{csv_path}: validation holds one class only; no threshold can be chosen on it. "
+                        "Give dataset.val_csv real and fake images")  # fmt: skip
+
+
+def number(value, key: str, kind: type = float):
+    """``kind(value)`` (float or int), or a ConfigError naming ``key`` for a value that is not one,
+    such as ``predict.top_k=all``, instead of int()'s traceback."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value} is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def positive_int(value, key: str) -> int:
-    if int(value) <= 0:
+    if number(value, key, int) <= 0:
         raise ConfigError(f"{key}={value} must be a positive integer")
     return int(value)

@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> None:
 def matching(runs: list[dict], match: str | None, tags) -> tuple[list[dict], str]:
     """The entries whose run name or ``name`` holds ``match`` and that carry every tag of ``tags``
     (``task.tags=x`` or ``[x,y]``), and a title saying so ("" when nothing narrows them)."""
-    wanted = session.as_tags(tags)
+    wanted = session.text_list(tags)
     if match:
         runs = [run for run in runs if str(match) in run["run_name"] or str(match) in str(run.get("name") or "")]
     if wanted:
@@ -73,7 +73,7 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
     from deepfake.tasks.promotion import promotion_set, rescorer
 
     chosen = promotion_set(cfg)
-    wanted = set(cfg.registry.runs) if cfg.registry.get("runs") else None
+    wanted = set(session.text_list(cfg.registry.get("runs"))) or None
     if wanted and (unknown := wanted - {run["run_name"] for run in registry.runs()}):
         raise ConfigError(f"registry.runs: {', '.join(sorted(unknown))} not in {cfg.paths.registry}; see task=registry")
     best = registry.best_run()

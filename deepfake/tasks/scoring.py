@@ -71,16 +71,18 @@ def check_eval_settings(cfg: DictConfig) -> None:
 
 def summary_settings(cfg: DictConfig) -> SummarySettings:
     settings = cfg.eval
-    if int(settings.bootstrap) < 0:
+    bootstrap = preflight.number(settings.bootstrap, "eval.bootstrap", int)
+    if bootstrap < 0:
         raise ConfigError(f"eval.bootstrap={settings.bootstrap} must be 0 (no intervals) or a number of resamples")
-    if not 0 < float(settings.confidence) < 1:
+    confidence = preflight.number(settings.confidence, "eval.confidence")
+    if not 0 < confidence < 1:
         raise ConfigError(f"eval.confidence={settings.confidence} must be between 0 and 1 (e.g. 0.95)")
-    rates = tuple(float(rate) for rate in settings.tpr_at_fpr)
+    rates = tuple(preflight.number(rate, "eval.tpr_at_fpr") for rate in settings.tpr_at_fpr)
     if any(not 0 < rate < 1 for rate in rates):
         raise ConfigError(f"eval.tpr_at_fpr={list(rates)}: every false-positive rate must be between 0 and 1")
     return SummarySettings(
-        bootstrap=int(settings.bootstrap),
-        confidence=float(settings.confidence),
+        bootstrap=bootstrap,
+        confidence=confidence,
         seed=int(cfg.seed),
         tpr_at_fpr=rates,
         ece_bins=preflight.positive_int(settings.ece_bins, "eval.ece_bins"),

@@ -27,8 +27,9 @@ def run_name() -> str:
     return job_run_name(run_dir())
 
 
-def as_tags(value) -> list[str]:
-    """Tags as a list of text, from a config list or a single value (``tags=x`` is ``[x]``)."""
+def text_list(value) -> list[str]:
+    """A list of text from a config list or a single value: ``tags=x`` is ``[x]``, and so is
+    ``registry.runs=run1`` (a string is one name, not its letters)."""
     if not value:
         return []
     return [value] if isinstance(value, str) else [str(tag) for tag in value]
@@ -36,7 +37,7 @@ def as_tags(value) -> list[str]:
 
 def run_labels(cfg: DictConfig) -> dict:
     """The run's ``name`` (or None) and ``tags`` for its registry entry."""
-    return {"name": None if cfg.get("name") is None else str(cfg.name), "tags": as_tags(cfg.get("tags"))}
+    return {"name": None if cfg.get("name") is None else str(cfg.name), "tags": text_list(cfg.get("tags"))}
 
 
 def task_overrides() -> list[str]:

@@ -43,6 +43,7 @@ from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
 from deepfake.tasks.preflight import (
+    check_both_classes,
     check_checkpoint_space,
     check_dataset_files,
     check_input_size,
@@ -194,6 +195,7 @@ def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: dist
         cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False), preprocess=preprocess
     )
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
+    check_both_classes(val_set, cfg.dataset.val_csv)
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})

@@ -80,6 +80,9 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "model timm does not have": (["backbone.name=no_such_net"], ["backbone.name='no_such_net' is not a timm model"]),
         "no global best yet": (["task=test", "ckpt=best"], ["no global best model yet"]),
         "resume dir that is no run dir": ([f"resume={work}"], [f"resume={work}", "not a run dir"]),
+        "a number that is not one": (["dataset.batch_size=all"], ["dataset.batch_size=all is not an integer"]),
+        "validation of one class": (
+            [f"dataset.val_csv={_csv(work, 'fakes.csv', train[train.label == 0])}"], ["fakes.csv", "one class only"]),
     }  # fmt: skip
 
 
@@ -101,7 +104,8 @@ CASES = [
     "csv missing", "csv unreadable", "csv empty", "no path column", "no label column", "label outside the classes",
     "path outside root_dir", "unknown config key", "unknown group option", "img_size the backbone cannot take",
     "ckpt not ours", "ckpt code-carrying pickle", "ckpt of another backbone", "missing weights file",
-    "model timm does not have", "no global best yet", "resume dir that is no run dir",
+    "model timm does not have", "no global best yet", "resume dir that is no run dir", "a number that is not one",
+    "validation of one class",
 ]  # fmt: skip
 
 

@@ -1,0 +1,71 @@
+"""Settings as the tasks read them: numbers that are not numbers, single names, output folders."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from deepfake.errors import ConfigError
+from deepfake.tasks import session
+from deepfake.tasks.predict import _output_file
+from deepfake.tasks.preflight import number, positive_int
+from deepfake.tasks.scoring import summary_settings
+
+
+@pytest.mark.parametrize(("value", "kind", "message"), [
+    ("all", int, "predict.top_k=all is not an integer"), ("2.5", int, "is not an integer"),
+    ("high", float, "predict.top_k=high is not a number"), (None, float, "is not a number"),
+])  # fmt: skip
+def test_a_number_that_is_not_one_is_a_config_error_naming_the_key(value, kind, message):
+    with pytest.raises(ConfigError, match=message):
+        number(value, "predict.top_k", kind)
+
+
+def test_positive_int_names_the_key_for_text_and_for_zero():
+    assert positive_int("8", "dataset.batch_size") == 8
+    with pytest.raises(ConfigError, match="dataset.batch_size=all is not an integer"):
+        positive_int("all", "dataset.batch_size")
+    with pytest.raises(ConfigError, match="must be a positive integer"):
+        positive_int(0, "dataset.batch_size")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("bootstrap", "many"), ("confidence", "high"), ("tpr_at_fpr", [0.01, "low"])]
+)
+def test_eval_settings_that_are_not_numbers_are_named(key, value):
+    settings = {"bootstrap": 100, "confidence": 0.95, "tpr_at_fpr": [0.01], "ece_bins": 15}
+    cfg = OmegaConf.create({"seed": 0, "eval": {**settings, key: value}})
+    with pytest.raises(ConfigError, match=f"eval.{key}="):
+        summary_settings(cfg)
+
+
+def test_a_single_run_name_is_one_name_not_its_letters():
+    assert session.text_list("run1") == ["run1"]
+    assert session.text_list(OmegaConf.create(["a", "b"])) == ["a", "b"]
+    assert session.text_list(None) == []
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ("out/", "out/predictions.csv"), ("out", "out/predictions.csv"), ("out/mine.csv", "out/mine.csv"),
+])  # fmt: skip
+def test_predict_output_is_a_file_or_a_folder_made_for_predictions_csv(tmp_path, output, expected):
+    path = _output_file(f"{tmp_path}/{output}")
+    assert path == tmp_path / expected
+    assert path.parent.is_dir() or output.endswith(".csv")
+
+
+def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given(tmp_path):
+    """No silent 0.5 where task=test refuses: a training stopped before choosing one stored none."""
+    from types import SimpleNamespace
+
+    from deepfake.errors import CheckpointError
+    from deepfake.inference import OperatingPoint
+    from deepfake.tasks.predict import _threshold
+
+    stopped = SimpleNamespace(operating_point=OperatingPoint.of({}), source=tmp_path / "best.pth")
+    assert stopped.operating_point.threshold is None
+    with pytest.raises(CheckpointError, match="holds no decision threshold.*predict.threshold=<p_fake>"):
+        _threshold(OmegaConf.create({"threshold": None}), stopped)
+    assert _threshold(OmegaConf.create({"threshold": 0.7}), stopped) == 0.7
+    chosen = SimpleNamespace(operating_point=OperatingPoint.of({"threshold": 0.25}), source=tmp_path / "best.pth")
+    assert _threshold(OmegaConf.create({"threshold": None}), chosen) == 0.25
