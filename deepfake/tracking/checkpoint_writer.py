@@ -13,7 +13,8 @@ are free and the GPU never waits for the disk.
 The promises of a synchronous save hold: files are written in the order they were saved (best.pth
 before last.pth), each atomically, so a kill leaves the previous version; ``wait()`` returns once
 everything saved is on disk, and raises the error of a write that failed (a full disk:
-:class:`~deepfake.errors.CheckpointError`, the previous file kept). With ``background=False`` every
+:class:`~deepfake.errors.CheckpointError`, the previous file kept); after a failed write the later
+ones are not written, as a synchronous save would have raised before them. With ``background=False`` every
 ``save`` writes before it returns.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from deepfake.errors import CheckpointError
 from deepfake.tracking.checkpoint import atomic_save
 
 
@@ -39,6 +41,7 @@ class CheckpointWriter:
         )
         self._pending: dict[Path, Future] = {}  # per file: its write in flight, whose buffers it reads
         self._buffers: dict[Path, dict[tuple, torch.Tensor]] = {}
+        self._failed: BaseException | None = None  # the first write that failed, set on the writer thread
 
     def save(self, obj: Any, path: str | os.PathLike[str]) -> None:
         """Write ``obj`` to ``path`` atomically: in the background, from a copy taken now."""
@@ -49,11 +52,23 @@ class CheckpointWriter:
         previous = self._pending.pop(path, None)
         if previous is not None:  # its buffers are about to be refilled; a failed write is raised here
             previous.result()
-        devices: set[str] = set()
+        devices: set[torch.device] = set()
         staged = _stage(obj, self._buffers.setdefault(path, {}), (), devices)
-        if "cuda" in devices:
-            torch.cuda.synchronize()  # the device-to-host copies were queued without blocking
-        self._pending[path] = self._executor.submit(atomic_save, staged, path)
+        for device in devices:  # the device-to-host copies were queued without blocking, on each device
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        self._pending[path] = self._executor.submit(self._write, staged, path)
+
+    def _write(self, staged: Any, path: Path) -> None:
+        """On the writer thread, in the order saved. After a failed write nothing more is written: a
+        last.pth naming epoch N as best must not reach the disk when best.pth of epoch N did not."""
+        if self._failed is not None:
+            raise CheckpointError(f"{path} not written: an earlier checkpoint write failed ({self._failed})")
+        try:
+            atomic_save(staged, path)
+        except BaseException as error:
+            self._failed = error
+            raise
 
     def check(self) -> None:
         """Raise the error of a write that has already failed, without waiting for any other: the
@@ -88,13 +103,13 @@ class CheckpointWriter:
                 self._executor.shutdown(wait=True)
 
 
-def _stage(obj: Any, buffers: dict[tuple, torch.Tensor], key: tuple, devices: set[str]) -> Any:
+def _stage(obj: Any, buffers: dict[tuple, torch.Tensor], key: tuple, devices: set[torch.device]) -> Any:
     """``obj`` with each tensor copied into ``buffers[key]`` (allocated when its shape, dtype or
     strides changed) and every other leaf deep-copied: nothing in the copy is shared with the live
-    objects the loop goes on changing. ``devices`` collects the device types copied from."""
+    objects the loop goes on changing. ``devices`` collects the devices copied from."""
     if isinstance(obj, torch.Tensor):
         source = obj.detach()
-        devices.add(source.device.type)
+        devices.add(source.device)
         buffer = buffers.get(key)
         if buffer is None or (buffer.shape, buffer.dtype, buffer.stride()) != (
             source.shape,

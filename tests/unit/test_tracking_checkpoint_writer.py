@@ -80,11 +80,30 @@ def test_a_failed_write_is_raised_and_the_previous_file_kept(tmp_path):
     writer.save(_state(model, optimizer), tmp_path / "blocker" / "best.pth")
     writer.drain()  # while another error is on its way out: waits, raises nothing
     writer.wait()
+    writer.close()
 
     # check() raises a write that has failed without waiting for the others (the trainer's poll).
+    writer = CheckpointWriter()
     writer.save(_state(model, optimizer), tmp_path / "blocker" / "last.pth")
     writer._pending[tmp_path / "blocker" / "last.pth"].exception()  # let it fail first
     with pytest.raises(OSError):
         writer.check()
     writer.check()  # raised once
+    writer.close()
+
+
+def test_after_a_failed_write_the_later_ones_are_not_written(tmp_path):
+    """best.pth of epoch 2 failed: last.pth of epoch 2, which names epoch 2 the best, must not land
+    either, as a synchronous save would have raised before writing it."""
+    model, optimizer = _trained()
+    writer = CheckpointWriter()
+    writer.save({**_state(model, optimizer), "epoch": 1}, tmp_path / "last.pth")
+    writer.wait()
+    (tmp_path / "blocker").write_text("a file where best.pth's folder should be")
+    writer.save({**_state(model, optimizer), "epoch": 2}, tmp_path / "blocker" / "best.pth")
+    writer.save({**_state(model, optimizer), "epoch": 2}, tmp_path / "last.pth")
+
+    with pytest.raises(OSError):  # the first failure is the one raised
+        writer.wait()
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
     writer.close()
