@@ -44,18 +44,21 @@ class Checkpointing:
     """The Trainer's checkpoint methods (a mixin: they read and set the trainer's own attributes)."""
 
     def _load_optimizer_state(self, phase: Phase, per_epoch: int) -> None:
-        """The stopped phase's optimizer, schedule and scaler state. State that cannot be loaded (another
-        torch version, param groups that changed) gives fresh ones and a run that is no longer exact,
+        """The stopped phase's optimizer state. State that cannot be loaded (another torch version, param
+        groups that changed) gives a fresh optimizer and scaler and a run that is no longer exact,
         unless ``resume_strict``."""
         saved = self._resume_from
         try:
+            # The moments resume; the settings stay this run's (lr, weight decay: later overrides win).
+            # The schedule is not loaded either: _setup_phase re-derives it from the step, for this run's
+            # epochs and batch size, where the stopped run's scheduler state would impose its own.
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
             self.optimizer.load_state_dict(saved["optimizer"])
-            if self.scheduler is not None and saved.get("scheduler") is not None:
-                self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
+            for group, own in zip(self.optimizer.param_groups, settings):
+                group.update(own)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
-            cause = f"the optimizer/scheduler/scaler state of {self.run_dir / 'last.pth'} cannot be loaded ({reason})"
+            cause = f"the optimizer state of {self.run_dir / 'last.pth'} cannot be loaded ({reason})"
             if self.resume_strict:
                 raise CheckpointError(
                     f"{cause}; resume_strict=true refuses to go on without it (resume_strict=false continues from "
@@ -131,6 +134,10 @@ class Checkpointing:
                                       "it with the run's own train.ema.enabled=false")  # fmt: skip
             self.ema.module.load_state_dict(checkpoint["ema_model"])
         self.state = TrainerState(**checkpoint["trainer_state"])
+        # Here, not with the optimizer: a run stopped at a phase boundary has no optimizer state to load,
+        # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         saved = checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
         same_world = saved["world_size"] == self.ranks.world_size
         if self.state.batches_done and not (same_world and saved["batch_size"] == self.train_loader.batch_size):

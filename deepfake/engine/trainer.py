@@ -84,6 +84,9 @@ class Trainer(EpochEnd, Checkpointing):
         ema: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         background_checkpoints: bool = True,
     ) -> None:
+        # Settings first: a mistake must not leave a half-begun run dir (metrics_log.csv) behind.
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")
         self.ranks = distributed.ranks()
         self.model = model.to(device)
         if sync_batchnorm and self.ranks.distributed:
@@ -126,8 +129,6 @@ class Trainer(EpochEnd, Checkpointing):
         # there; JPEGs decoded there with dataset.decode=cuda); None: the batch's images are the input.
         self.batch_images, self.val_input = batch_images, val_input
         self.log_sample_paths = max(0, int(log_sample_paths))
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")
         self.label_smoothing = float(label_smoothing)
         self.losses = LossWatch(device)
         self.stop = StopRequest()

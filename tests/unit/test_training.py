@@ -200,6 +200,66 @@ def test_a_last_pth_with_the_same_layout_resumes_exactly(tmp_path, layer_decay):
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in stopped.optimizer.param_groups]
 
 
+def _stop_after(trainer, optimizer_steps: int):
+    """The trainer stops (as on SIGTERM) once it has taken ``optimizer_steps`` steps."""
+    step = trainer._optimizer_step
+
+    def stepping():
+        step()
+        if trainer.state.step == optimizer_steps:
+            trainer.stop.signum = 15
+
+    trainer._optimizer_step = stepping
+    return trainer
+
+
+def test_a_resume_at_a_phase_boundary_carries_the_loss_scale_on(tmp_path, monkeypatch):
+    """last.pth at a phase's end holds no optimizer state, but the fp16 loss scale goes on."""
+    import deepfake.engine.trainer as trainer_module
+
+    # A scale that moves within the run (torch's default waits 2000 steps).
+    monkeypatch.setattr(trainer_module, "make_grad_scaler",
+                        lambda device, precision: torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=2))  # fmt: skip
+    phases = plan_phases(2, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=1)
+    whole = make_trainer(tmp_path / "whole", phases, precision="16")
+    whole.fit()
+    stopped = _stop_after(make_trainer(tmp_path / "run", phases, precision="16"), 6)  # 3 steps an epoch
+    stopped.fit()
+    stopped.close()
+    assert stopped.stopped_early and (stopped.state.phase_index, stopped.state.batches_done) == (1, 0)
+
+    resumed = make_trainer(tmp_path / "run", phases, precision="16")
+    resumed.fit(load_checkpoint(tmp_path / "run" / "last.pth"))
+
+    assert resumed.scaler.get_scale() == whole.scaler.get_scale() != 16.0
+    assert all(
+        torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
+    )
+
+
+def test_a_resume_with_more_epochs_follows_the_new_schedule_not_the_stopped_one(tmp_path):
+    """phase.finetune_epochs=6 on resume: the cosine spans 6 epochs (later overrides win) instead of
+    the stopped run's 2, whose scheduler state used to be loaded and left the lr at its floor."""
+    stopped = _stop_after(make_trainer(tmp_path, plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
+    stopped.fit()
+    stopped.close()
+    (longer,) = plan_phases(0, 6, lr_head=1e-3, lr_backbone=1e-4)
+    resumed = make_trainer(tmp_path, [longer])
+    lrs = []
+    step = resumed._optimizer_step
+    resumed._optimizer_step = lambda: (lrs.append(resumed.optimizer.param_groups[-1]["lr"]), step())
+    resumed.fit(load_checkpoint(tmp_path / "last.pth"))
+
+    fresh = make_trainer(tmp_path / "fresh", [longer])
+    fresh._setup_phase(longer)
+    expected = []
+    for phase_step in range(4, 18):  # 6 epochs x 3 steps, resumed after step 4
+        fresh.scheduler.step_update(phase_step)
+        expected.append(fresh.optimizer.param_groups[-1]["lr"])
+    assert lrs == pytest.approx(expected)
+    assert lrs[-1] > 1e-6  # still on the cosine, not at lr_min
+
+
 def test_two_phase_fit_trains_head_first_then_everything(tmp_path):
     trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -298,6 +358,7 @@ def test_label_smoothing_matches_timms_binary_cross_entropy_and_bounds_the_train
     assert unsmoothed[-1] < entropy  # the bound binds: without smoothing the same run goes below it
     with pytest.raises(ConfigError, match="train.label_smoothing=1.0 must be in"):
         make_trainer(tmp_path / "bad", plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0), label_smoothing=1.0)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())  # nothing half-begun
 
 
 def test_the_moving_average_is_what_validation_scores_and_best_pth_keeps(tmp_path):
