@@ -99,7 +99,7 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
         top = max(scored, key=lambda name: scored[name][0])
         if best is None or top != best["run_name"]:
             card = scored[top][1].with_name("model_card.md")
-            registry.promote(top, scored[top][1], companions=[card] if card.is_file() else [])
+            registry.promote(top, scored[top][1], companions=[card])
             log.info(
                 "re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0]
             )

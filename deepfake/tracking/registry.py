@@ -78,7 +78,8 @@ class Registry:
         scored in turn. Without a comparable score for the incumbent nothing is replaced.
 
         ``companions`` (the checkpoint's model card) are copied beside the best model under their
-        own names when it is promoted, under the same lock, so they always describe it.
+        own names when it is promoted, under the same lock, so they always describe it; one the new
+        best does not have is removed from beside it.
         """
         key = promotion_key(entry)
         rescored: dict[str, float | None] = {}  # incumbent run -> its AUC on this set, measured here
@@ -109,7 +110,11 @@ class Registry:
     def _copy_best(self, checkpoint: str | os.PathLike[str], companions: Sequence[str | os.PathLike[str]]) -> None:
         atomic_copy(checkpoint, self.best_model_path)
         for companion in map(Path, companions):
-            atomic_copy(companion, self.best_model_path.with_name(companion.name))
+            beside = self.best_model_path.with_name(companion.name)
+            if companion.is_file():
+                atomic_copy(companion, beside)
+            else:  # the new best has none: the previous best's must not stay to describe it
+                beside.unlink(missing_ok=True)
 
     @staticmethod
     def _needs_rescore(incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:

@@ -129,3 +129,8 @@ def test_card_of_the_global_best_finds_its_run_dir_and_travels_with_promotion(tm
     best = tmp_path / "models" / "best_model.pth"
     facts = collect_facts(best, torch.load(best, weights_only=True), registry.get("run-1"))
     assert facts.run_dir == run and facts.test["auc"] == 0.91234  # found through the registry entry
+
+    # A better run without a card: run-1's card must not stay beside run-3's model.
+    cardless = {**entry, "run_name": "run-3", "best_val_auc": 0.99}
+    assert registry.register_run(cardless, run / "best.pth", companions=[tmp_path / "absent" / "model_card.md"])
+    assert not (tmp_path / "models" / "model_card.md").exists()
