@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -93,6 +94,9 @@ class EpochEnd:
         """Validate, write the epoch's row, best.pth when it improved and last.pth; tell the trackers."""
         started = time.perf_counter()
         preds = self.validate(progress)
+        if not np.isfinite(preds.logits).all():  # every rank holds all of them: all stop here
+            bad = int((~np.isfinite(preds.logits)).sum())
+            raise self._non_finite(f"validation scores ({bad} of {len(preds.logits)}) at epoch {self.state.epoch + 1}")
         auc = auc_or_none(preds.targets, preds.probs)
         validation_s = time.perf_counter() - started
         row = self._epoch_row(phase, preds, auc, train_seconds + validation_s)

@@ -315,14 +315,17 @@ class Trainer(EpochEnd, Checkpointing):
         self.state.epoch_loss_sum = reading.loss_sum
         (failed,) = distributed.agree_max(int(reading.first_bad_batch is not None))
         if failed:
-            self.checkpoints.drain()  # the last good state may still be on its way to the disk
-            kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
             where = "on another rank" if reading.first_bad_batch is None else f"batch {reading.first_bad_batch + 1}"
             value = "" if reading.first_bad_value is None else f" ({reading.first_bad_value})"
-            raise TrainingError(
-                f"non-finite training loss{value} at epoch {self.state.epoch + 1}, {where}; "
-                f"lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
-            )
+            raise self._non_finite(f"training loss{value} at epoch {self.state.epoch + 1}, {where}")
+
+    def _non_finite(self, what: str) -> TrainingError:
+        """The error that ends training on a non-finite ``what``, once the last good state is on disk."""
+        self.checkpoints.drain()  # the last good state may still be on its way to the disk
+        kept = "last.pth is the last good state" if (self.run_dir / "last.pth").is_file() else "nothing saved"
+        return TrainingError(
+            f"non-finite {what}; lower phase.lr_head/phase.lr_backbone or use train.precision=32 ({kept})"
+        )
 
     def _epoch_loss(self) -> float:
         return self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)

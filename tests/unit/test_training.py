@@ -322,6 +322,17 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     assert not (tmp_path / "last.pth").exists()
 
 
+def test_non_finite_validation_scores_stop_with_a_clear_error_not_sklearns_traceback(tmp_path):
+    """fp16 can overflow in scoring alone; roc_auc_score would raise 'Input contains NaN'."""
+    from deepfake.errors import TrainingError
+
+    trainer = make_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
+    trainer.val_loader.dataset.images[3] = float("inf")
+    with pytest.raises(TrainingError, match=r"non-finite validation scores \(1 of 32\) at epoch 1; .*nothing saved"):
+        trainer.fit()
+    assert not (tmp_path / "best.pth").exists() and not (tmp_path / "last.pth").exists()
+
+
 def test_a_frozen_backbone_still_applies_the_heads_dropout():
     torch.manual_seed(0)
     model = create_detector("test_resnet", drop_rate=0.5)
