@@ -72,4 +72,7 @@ def restore_rng_state(state: dict) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Saved on a machine (or job) that saw more GPUs: the ones visible here get theirs, where
+        # set_rng_state_all would index past the last device and fail the resume.
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
