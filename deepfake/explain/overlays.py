@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,26 +72,27 @@ def grid(panels: list[Image.Image], columns: int = 4) -> Image.Image:
     return sheet
 
 
-def write_gallery(out_dir: Path, files: list[str], samples: list[Sample], metrics: dict | None, title: str) -> Path:
-    """``index.html`` beside the panel files: the metrics, then every panel with its caption."""
-    cards = "\n".join(
-        f'<figure><img src="{html.escape(file)}" alt="{html.escape(s.name)}"><figcaption>{html.escape(s.name)}: '
-        f"true {s.true_label}, p(fake) {s.prob_fake:.3f}, explains {s.explained}</figcaption></figure>"
-        for file, s in zip(files, samples)
+def write_gallery(out_dir: Path, files: list[str], panels: list[Image.Image], samples: list[Sample],
+                  metrics: dict | None, title: str) -> Path:  # fmt: skip
+    """``index.html``: the metrics, then every panel with its caption, in one self-contained page (the
+    panels embedded, as every report is: it can be mailed or archived alone). Each caption names the
+    panel's PNG beside it."""
+    from deepfake.reports import html as page
+
+    figures = []
+    for file, image, sample in zip(files, panels, samples):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        caption = f"{file}: true {sample.true_label}, p(fake) {sample.prob_fake:.3f}, explains {sample.explained}"
+        figures.append(page.image(buffer.getvalue(), caption))
+    report = (
+        f"<pre>{page.escape(json.dumps(metrics, indent=2))}</pre>" if metrics else page.paragraph("(cam.metrics=false)")
     )
-    report = html.escape(json.dumps(metrics, indent=2)) if metrics else "(metrics off)"
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;background:#111;color:#ddd}} figure{{display:inline-block;margin:6px}}
-figcaption{{font-size:12px}} pre{{background:#222;padding:8px}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>Left: the image as the model saw it (central crop). Right: the map over it; a white outline marks the
-ground-truth manipulated region when the dataset has one.</p>
-<h2>Metrics (cam/metrics.json)</h2><pre>{report}</pre>
-<h2>Overlays</h2>
-{cards}
-</body></html>
-"""
-    path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    document = page.document(
+        title,
+        "Left: the image as the model saw it (central crop). Right: the map over it; a white outline marks "
+        "the ground-truth manipulated region when the dataset has one.",
+        page.section("Metrics (cam/metrics.json)", report),
+        page.section("Overlays", *figures),
+    )
+    return page.write_document(out_dir / "index.html", document)

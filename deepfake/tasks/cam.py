@@ -116,7 +116,7 @@ def _write_overlays(cam_dir: Path, samples: list, report: dict | None, title: st
         image.save(cam_dir / name)
     sheet = grid(panels)
     sheet.save(cam_dir / "grid.png")
-    write_gallery(cam_dir, files, samples, report, title)
+    write_gallery(cam_dir, files, panels, samples, report, title)
     return sheet
 
 

@@ -24,7 +24,11 @@ def test_do_cam_then_task_cam(tmp_path, main_runner):
     cam = run / "cam"
     panels = sorted(cam.glob("0*.png"))
     assert len(panels) == 6 and (cam / "grid.png").is_file()
-    assert all(p.name in (cam / "index.html").read_text() for p in panels)
+    gallery = (cam / "index.html").read_text()
+    assert all(p.name in gallery for p in panels)  # each caption names its PNG beside the page
+    # Self-contained like every report: the panels embedded, nothing loaded from beside it.
+    assert gallery.count('src="data:image/png;base64,') == 6 and 'src="0' not in gallery
+    assert "Content-Security-Policy" in gallery
     # One writer for the whole run: training's scalars and then the CAM grid in the same event file.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
