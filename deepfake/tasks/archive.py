@@ -21,13 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 
 from deepfake.errors import ConfigError
 from deepfake.tasks import session
 from deepfake.tasks.run_states import number_setting, run_states
 from deepfake.tracking.archive import SUFFIXES, available_formats, write_archive
+from deepfake.tracking.console import summary_console
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.retention import age_days
 from deepfake.tracking.run_lock import LOCK_NAME, RunDirLock
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> None:
     registry = session.open_registry(cfg)
     chosen = _chosen(cfg, registry)
     if not chosen:
-        Console(soft_wrap=True).print(f"nothing to archive: no finished run in {cfg.paths.registry} ended more than "
+        summary_console().print(f"nothing to archive: no finished run in {cfg.paths.registry} ended more than "
                                       f"archive.older_than_days={cfg.archive.older_than_days} days ago")  # fmt: skip
         return
     path = Path(cfg.archive.dir) / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
@@ -139,7 +139,7 @@ def _print_archived(chosen: list[dict], packed: dict, path: Path, *, removed: bo
         files = [value for value in members if value[0] == "file"]
         table.add_row(entry["run_name"], str(len(files)), str(sum(value[1] for value in files)),
                       f"{entry['run_dir']} (removed)" if removed else entry["run_dir"])  # fmt: skip
-    console = Console(soft_wrap=True)
+    console = summary_console()
     console.print(table)
     console.print("registry entries marked archived (task=registry still lists them)"
                   + ("" if removed else "; archive.remove=true would also delete the run dirs"))  # fmt: skip

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deepfake.data.scan import list_for_message
+from deepfake.tracking.console import summary_console
 from deepfake.tracking.promotion import describe, promotion_key, score_on
 
 
@@ -43,7 +44,7 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
     ]
     for key, value in rows:
         table.add_row(key, value)
-    Console(soft_wrap=True).print(table)
+    summary_console().print(table)
 
 
 def print_registry(
@@ -59,7 +60,7 @@ def print_registry(
     """The registry as a table ranked on one promotion set (``set_key``, by default the global best's
     own): the best is starred, runs with no score on that set (validated on other images, never
     re-scored) are marked ≠ and listed after; failures are explained below the table."""
-    console = Console(soft_wrap=True)
+    console = summary_console()
     if not runs:
         which = f" ({title})" if title else ""
         console.print(f"no runs{which} registered in {registry_path}; train one with `python scripts/main.py`")
@@ -135,7 +136,7 @@ def _with_interval(row: dict, key: str) -> str:
 
 def print_comparison(rows: list[dict], *, registry_path: str, csv_path: str) -> None:
     """task=compare: one line per run, test figures with their intervals."""
-    console = Console(soft_wrap=True)
+    console = summary_console()
     if not rows:
         console.print(f"no registered run matches in {registry_path}; task=registry lists them")
         return
@@ -168,7 +169,7 @@ def print_predict_summary(
     overlays: Path | None,
 ) -> None:
     """What task=predict found: verdicts counted, the most fake-looking images, the damaged files."""
-    console = Console(soft_wrap=True)
+    console = summary_console()
     scored = frame[frame["p_fake"].notna()]
     counts = scored["label"].value_counts()
     table = Table(title=f"predictions: {out}", show_header=False, title_justify="left")

@@ -13,12 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from deepfake.tasks import session
 from deepfake.tasks.run_states import number_setting, run_states
 from deepfake.tracking.checkpoint import stale_temps
+from deepfake.tracking.console import summary_console
 from deepfake.tracking.retention import PruneDecision, plan_prune
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,12 @@ def run(cfg: DictConfig) -> None:
     freed = sum(decision.run.last_bytes for decision in doomed) + sum(map(_size, temps.values()))
     what = f"{len(doomed)} last.pth and {len(temps)} temp file(s): {_mib(freed)} ({freed} bytes)"
     if not cfg.prune.apply:
-        Console(soft_wrap=True).print(f"dry run: would delete {what}; prune.apply=true deletes them")
+        summary_console().print(f"dry run: would delete {what}; prune.apply=true deletes them")
         return
     for path in [decision.run.run_dir / "last.pth" for decision in doomed] + list(temps.values()):
         path.unlink(missing_ok=True)
         log.info("deleted %s", path)  # run.log keeps what went
-    Console(soft_wrap=True).print(f"deleted {what}")
+    summary_console().print(f"deleted {what}")
 
 
 def _print_plan(decisions: list[PruneDecision], temps: dict[str, Path], *, registry_path: str) -> None:
@@ -56,12 +57,12 @@ def _print_plan(decisions: list[PruneDecision], temps: dict[str, Path], *, regis
         table.add_column(column)
     for decision in decisions:
         table.add_row(
-            decision.run.run_name, _mib(decision.run.last_bytes), "[red]prune[/red]" if decision.prune else "keep",
+            decision.run.run_name, _mib(decision.run.last_bytes), Text("prune", style="red") if decision.prune else "keep",
             decision.reason,
         )  # fmt: skip
     for label, temp in temps.items():
-        table.add_row(label, _mib(_size(temp)), "[red]prune[/red]", "a temp left by a killed writer")
-    Console(soft_wrap=True).print(table)
+        table.add_row(label, _mib(_size(temp)), Text("prune", style="red"), "a temp left by a killed writer")
+    summary_console().print(table)
 
 
 def _size(path: Path) -> int:

@@ -16,11 +16,11 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
-from rich.console import Console
 from rich.table import Table
 
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.jobs import EXIT_BUG, read_status, record_sweep_exit
+from deepfake.tracking.console import summary_console
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def print_summary(rows: list[dict], path: Path, sweep_dir: Path) -> None:
             "" if row["seconds"] is None else f"{row['seconds']:.1f}",
             row["error"] or str(Path(row["run_dir"]).relative_to(sweep_dir)), style=style,
         )  # fmt: skip
-    Console(soft_wrap=True).print(table)
+    summary_console().print(table)
 
 
 def _registry_entries(config: DictConfig) -> list[dict]:

@@ -16,6 +16,13 @@ from deepfake.errors import error_line
 
 console = Console(stderr=True)
 
+
+def summary_console() -> Console:
+    """A task's summary on stdout: long lines kept whole, and no markup, since what it prints (paths,
+    run names, overrides such as ``tags=[a]``) is the user's text, which rich would read as tags."""
+    return Console(soft_wrap=True, markup=False)
+
+
 LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 

@@ -108,3 +108,22 @@ def test_a_users_mistake_reads_error_what_then_what_to_do(
     assert lines[0] == "ERROR ckpt=x.pth: no such checkpoint; pass a run dir or a .pth file"
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]\[WARNING\] a warning keeps its time stamp", lines[1])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]\[ERROR\] a bug keeps its traceback", lines[2]) and "Traceback" in lines[3]
+
+
+def test_a_predict_summary_prints_bracketed_paths_as_they_are(tmp_path, capsys):
+    """File names are the user's text: 'holiday [edited].jpg' must not lose '[edited]' to rich markup."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from deepfake.tasks.display import print_predict_summary
+
+    frame = pd.DataFrame({"path": ["/photos/holiday [edited].jpg", "/photos/[red]x[/red].png"],
+                          "p_fake": [0.9, 0.1], "label": ["fake", "real"], "damaged": [None, None]})  # fmt: skip
+    inputs = SimpleNamespace(skipped=[], labelled=False)
+
+    print_predict_summary(frame, inputs, tmp_path / "predictions.csv", threshold=0.5, top_k=2,
+                          images_per_second=None, metrics=None, overlays=None)  # fmt: skip
+
+    out = capsys.readouterr().out
+    assert "holiday [edited].jpg" in out and "[red]x[/red].png" in out
