@@ -211,7 +211,7 @@ LIMITATIONS = """
 
 
 def _limitations(facts: CardFacts) -> str:
-    measured = [row for key, value in {**facts.entry, **facts.test}.items() if "robust" in key
+    measured = [row for key, value in {**facts.entry, **facts.test}.items() if "robust" in key and value is not None
                 for row in _flatten(key, value)]  # fmt: skip
     if not measured:
         return LIMITATIONS + "\nNo robustness measurements were recorded for this checkpoint."

@@ -1,6 +1,7 @@
 """model_card.md: every section, the right numbers from the run's files, and the card travelling with
 the checkpoint when the registry promotes it."""
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -111,6 +112,9 @@ def test_card_says_what_is_missing_instead_of_inventing_it(tmp_path):
     assert "valid.csv: CSV file not found" in section(card, "Data")
     assert "| temperature | 1.0 (not calibrated) |" in card and "no validation policy recorded" in card
     assert "No robustness measurements were recorded" in card
+    # eval.robustness=false writes "robustness": null: still nothing measured, not a row of n/a.
+    facts = dataclasses.replace(collect_facts(run / "best.pth", checkpoint, None), test={"robustness": None})
+    assert "No robustness measurements were recorded" in render_model_card(facts)
 
 
 def test_card_of_the_global_best_finds_its_run_dir_and_travels_with_promotion(tmp_path):
