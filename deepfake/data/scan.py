@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import PIL.features
+
 from deepfake.data.images import probe_image
 from deepfake.errors import CheckpointError
 from deepfake.tracking.checkpoint import atomic_write_text
@@ -44,8 +46,10 @@ def find_damaged_remembered(
     paths: Sequence[str], memo_dir: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS
 ) -> tuple[list[tuple[str, str]], bool]:
     """``(find_damaged(paths), remembered)``: the answer of an earlier scan of the same files (same
-    names, sizes and modification times) when ``memo_dir`` holds one, else a scan, then remembered."""
-    digest = hashlib.sha256(f"scan format {_SCAN_FORMAT}\n".encode())
+    names, sizes and modification times, read by the same Pillow and libjpeg: another decoder may
+    judge a file differently) when ``memo_dir`` holds one, else a scan, then remembered."""
+    decoder = f"Pillow {PIL.__version__}, libjpeg {PIL.features.version('jpg')}"
+    digest = hashlib.sha256(f"scan format {_SCAN_FORMAT}\n{decoder}\n".encode())
     for path, signature in zip(paths, file_signatures(paths, threads)):
         digest.update(f"{path}\n".encode() + signature)
     memo = Path(memo_dir) / f"{digest.hexdigest()[:32]}.json"
