@@ -2,7 +2,8 @@
 
 The CSVs are read exactly as downloaded: an unnamed index column, then
 ``original_path,id,label,label_str,path`` with ``path`` relative to the image root. Any extra
-column is carried along untouched. Internally ``target`` is 1 for fake, the positive class.
+column is carried along untouched, except one named ``target`` or ``row``: the reader's own columns
+of those names replace it. Internally ``target`` is 1 for fake, the positive class.
 """
 
 from __future__ import annotations
