@@ -22,7 +22,10 @@ BOOKKEEPING = {"checkpoint", "run_name", "test_csv", "evaluated_at", "confusion_
 
 
 def card_path(checkpoint_path: str | os.PathLike) -> Path:
-    return Path(checkpoint_path).parent / CARD_NAME
+    """``model_card.md`` beside the checkpoint, except for a run's last.pth (``last.model_card.md``):
+    a card of the latest epoch must not replace the card of the run's best model beside it."""
+    path = Path(checkpoint_path)
+    return path.parent / (f"last.{CARD_NAME}" if path.name == "last.pth" else CARD_NAME)
 
 
 def write_model_card(facts: CardFacts) -> Path:

@@ -138,3 +138,11 @@ def test_card_of_the_global_best_finds_its_run_dir_and_travels_with_promotion(tm
     cardless = {**entry, "run_name": "run-3", "best_val_auc": 0.99}
     assert registry.register_run(cardless, run / "best.pth", companions=[tmp_path / "absent" / "model_card.md"])
     assert not (tmp_path / "models" / "model_card.md").exists()
+
+
+def test_a_card_of_last_pth_leaves_the_best_models_card_alone(tmp_path):
+    from deepfake.reports.model_card import card_path
+
+    assert card_path(tmp_path / "run" / "best.pth") == tmp_path / "run" / "model_card.md"
+    assert card_path(tmp_path / "run" / "last.pth") == tmp_path / "run" / "last.model_card.md"
+    assert card_path(tmp_path / "models" / "best_model.pth") == tmp_path / "models" / "model_card.md"
