@@ -55,7 +55,6 @@ def test_a_second_scan_of_unchanged_files_is_read_back_and_a_changed_file_is_sca
     assert find_damaged_remembered(images[:2], memo)[1] is False
 
 
-
 def test_another_pillow_scans_again(tmp_path, images, monkeypatch):
     """An upgrade can change what decodes: the memo of the old decoder does not answer for the new."""
     import PIL
@@ -65,6 +64,7 @@ def test_another_pillow_scans_again(tmp_path, images, monkeypatch):
     assert find_damaged_remembered(images, memo)[1] is True
     monkeypatch.setattr(PIL, "__version__", "0.0.upgraded")
     assert find_damaged_remembered(images, memo)[1] is False
+
 
 def test_an_unreadable_memo_is_scanned_again_and_replaced(tmp_path, images):
     memo = tmp_path / "scans"
