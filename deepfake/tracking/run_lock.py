@@ -4,8 +4,9 @@ The lock file appears whole and only once: its JSON record (pid, host, boot id, 
 line) is written to a temp that is then hard-linked to ``run.lock``; ``os.link`` fails when the name
 exists, atomically, on local disks and NFS alike. While the lock is held a thread touches the file
 every ``stale_after_s / 10`` seconds: the heartbeat. A lock is stale when its holder is gone: on this
-machine, its pid no longer runs (or the machine has rebooted since); from another machine, whose
-processes cannot be seen, its heartbeat is older than ``stale_after_s`` (shared filesystems). A stale
+machine, its pid no longer runs (or the machine has rebooted since); from another machine or another
+container's PID namespace, whose processes cannot be seen, its heartbeat is older than
+``stale_after_s`` (shared filesystems). A stale
 lock is taken over with one warning; a live one refuses the newcomer (:class:`RunDirLocked`).
 
 Why not ``filelock.FileLock`` (flock) as the lock: the kernel releases an flock with its process,
@@ -47,6 +48,15 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """Linux's id of this process's PID namespace: containers on one host (same hostname, e.g. with
+    host networking) each number their processes apart, so a pid says nothing across them."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _process_start(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot (Linux), or None when /proc cannot tell."""
     try:
@@ -66,12 +76,13 @@ class Holder:
     pid_start: int | None  # with the boot id, tells the holder from a later process given the same pid
     started_at: str
     command: str
+    pid_ns: str | None = None  # the PID namespace its pid is numbered in (None: not recorded)
 
     @classmethod
     def this_process(cls) -> Holder:
         started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
         command = shlex.join([Path(sys.executable).name, *sys.argv])
-        return cls(os.getpid(), HOST, _boot_id(), _process_start(os.getpid()), started, command)
+        return cls(os.getpid(), HOST, _boot_id(), _process_start(os.getpid()), started, command, _pid_namespace())
 
     def describe(self) -> str:
         command = self.command
@@ -107,7 +118,7 @@ def _look(path: Path) -> _Seen | None:
 def _stale_reason(seen: _Seen, stale_after_s: float) -> str | None:
     """Why the lock's holder is gone, or None while it may still be writing."""
     holder = seen.holder
-    if holder is not None and holder.host == HOST:
+    if holder is not None and holder.host == HOST and holder.pid_ns in (None, _pid_namespace()):
         if holder.boot_id != _boot_id():
             return "this machine has rebooted since"
         if not process_is_alive(HOST, holder.pid):
@@ -115,7 +126,8 @@ def _stale_reason(seen: _Seen, stale_after_s: float) -> str | None:
         if holder.pid_start is not None and _process_start(holder.pid) not in (None, holder.pid_start):
             return f"PID {holder.pid} now belongs to another process"
         return None
-    # Another machine's process (or one whose record cannot be read): only its heartbeat tells.
+    # Another machine's process, or another container's (or one whose record cannot be read): only
+    # its heartbeat tells.
     if seen.heartbeat_age_s > stale_after_s:
         return f"no heartbeat for {seen.heartbeat_age_s:.0f} s (stale after {stale_after_s:g} s)"
     return None

@@ -118,6 +118,20 @@ def test_another_machines_lock_goes_stale_only_when_its_heartbeat_stops(tmp_path
     assert "on node-elsewhere" in warning and "no heartbeat for 120 s (stale after 60 s)" in warning
 
 
+def test_a_holder_in_another_containers_pid_namespace_is_judged_by_its_heartbeat(tmp_path, caplog):
+    """Same hostname, another PID namespace: its pid means nothing here, even when no process has it."""
+    unused_pid = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 10_000
+    path = _write_record(tmp_path, age_s=5, pid=unused_pid, pid_ns="pid:[1]")
+    with pytest.raises(RunDirLocked, match=f"PID {unused_pid} on {HOST}"):
+        RunDirLock(tmp_path, stale_after_s=60).acquire()
+
+    os.utime(path, (time.time() - 120, time.time() - 120))
+    with RunDirLock(tmp_path, stale_after_s=60):
+        pass
+    [warning] = _warnings(caplog)
+    assert "no heartbeat for 120 s" in warning
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [({"boot_id": "an-earlier-boot"}, "this machine has rebooted since"),
