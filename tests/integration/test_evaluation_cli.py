@@ -40,7 +40,7 @@ class Images(HTMLParser):
 def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_data_dir):
     blending = generate_synthetic_dataset(tmp_path / "blending", n_train=2, n_valid=2, n_test=16, image_size=32,
                                           generator="blending")  # fmt: skip
-    valid_csv = shared_data_dir / "synthetic" / "valid.csv"
+    valid_csv = shared_data_dir / "synthetic" / "32px" / "valid.csv"
     sets = f"eval.sets={{valid:'{valid_csv}',blending:{{csv:'{blending / 'test.csv'}',root_dir:'{blending / IMAGE_SUBDIR}'}}}}"
     main_runner("logger=tensorboard", "eval.calibrate=temperature", "eval.robustness=true", ONE_PER_KIND, sets,
                 "eval.bootstrap=200")  # fmt: skip
@@ -109,11 +109,11 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     for threshold, called in (("0.0", "fake"), ("1.0", "real")):
         main_runner(*cam, f"eval.threshold={threshold}")
         gallery = (sorted((tmp_path / "outputs" / "cam").iterdir())[-1] / "cam" / "index.html").read_text()
-        assert gallery.count(f"explains {called}") == 4, threshold
+        assert gallery.count(f"explains {called}</figcaption>") == 4, threshold
 
 
 def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_runner, shared_data_dir):
-    test = pd.read_csv(shared_data_dir / "synthetic" / "test.csv")
+    test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
     shuffled = test.assign(label=test["label"].sample(frac=1.0, random_state=0).to_numpy())
     assert (shuffled["label"] != test["label"]).any()
     shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
