@@ -135,7 +135,7 @@ def generate_synthetic_dataset(
     the CSVs add a ``mask_path`` column. Safe to call from several processes at once: one
     generates under a file lock into a staging directory, renamed into place when complete.
     A dataset there made with other settings is replaced only with ``overwrite``, or when ``root``
-    is ``cache_root``: the project's own cache, regenerated whenever the settings change.
+    is in ``cache_root``: the project's own cache, regenerated whenever the settings change.
     """
     root = Path(root)
     params = {
@@ -159,7 +159,7 @@ def generate_synthetic_dataset(
                 f"{root}: exists and is not a synthetic dataset (no synthetic.json); "
                 "choose an empty or new directory for it"
             )
-        if not overwrite and (cache_root is None or Path(cache_root).resolve() != root.resolve()):
+        if not overwrite and not _inside(root, cache_root):
             _refuse_other_settings(root, params)
         staging = root.parent / f".{root.name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -173,6 +173,14 @@ def generate_synthetic_dataset(
         (staging / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
         _swap_into_place(staging, root)
     return root
+
+
+def _inside(root: Path, cache_root: str | os.PathLike | None) -> bool:
+    """Whether ``root`` is ``cache_root`` or a folder under it."""
+    if cache_root is None:
+        return False
+    cache = Path(cache_root).resolve()
+    return cache == root.resolve() or cache in root.resolve().parents
 
 
 def _swap_into_place(staging: Path, root: Path) -> None:

@@ -59,9 +59,10 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
             line for line in log.splitlines() if f"epoch {epoch}, first training batch starts with: " in line
         ]
         assert len(train_line.split(": ", 1)[1].split(", ")) == 8 and "/train/" in train_line
-    valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / "valid.csv").open()))[:8]
+    valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / "32px" / "valid.csv").open()))[:8]
     expected = ", ".join(
-        str(shared_data_dir / "synthetic" / "real_vs_fake" / "real-vs-fake" / row["path"]) for row in valid_rows
+        str(shared_data_dir / "synthetic" / "32px" / "real_vs_fake" / "real-vs-fake" / row["path"])
+        for row in valid_rows
     )
     assert f"epoch 2, first validation batch starts with: {expected}" in log
 
@@ -181,7 +182,7 @@ def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tm
 
 def test_batches_session_by_session_from_the_global_best(tmp_path, main_runner, shared_data_dir):
     main_runner()  # session 1 on the full set: creates the global best
-    synthetic = shared_data_dir / "synthetic"
+    synthetic = shared_data_dir / "synthetic" / "32px"
     batches = tmp_path / "batches"
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_batches.py"), "--train-csv", str(synthetic / "train.csv"),
@@ -215,7 +216,7 @@ def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, s
     import shutil
 
     root = tmp_path / "damaged"
-    shutil.copytree(shared_data_dir / "synthetic", root)
+    shutil.copytree(shared_data_dir / "synthetic" / "32px", root)
     images = root / "real_vs_fake" / "real-vs-fake"
     train_images = sorted((images / "train" / "real").glob("*.jpg"))
     truncated, empty = train_images[0], train_images[1]

@@ -95,7 +95,7 @@ def test_folder_rows_damaged_flags_and_scores_equal_task_test(trained, user_fold
 
 def test_labelled_csv_writes_the_task_test_metrics(trained):
     root, run, data = trained
-    synthetic = data / "synthetic"
+    synthetic = data / "synthetic" / "32px"
 
     run_main(root, "task=predict", f"predict.input={synthetic / 'test.csv'}",
              f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}", "predict.output=labelled/preds.csv",

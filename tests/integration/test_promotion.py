@@ -74,7 +74,7 @@ def two_batches(tmp_path_factory, shared_data_dir):
     """Batch 1 trains on the full train split and validates on the images its recipe finds hardest;
     batch 2 trains on 8 images and validates on those its recipe happens to rank best: each slice
     found with a reference run of the same recipe, which deterministic CPU training reproduces."""
-    synthetic = shared_data_dir / "synthetic"
+    synthetic = shared_data_dir / "synthetic" / "32px"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         generate = compose("config", overrides=[f"paths.data_dir={shared_data_dir}", "dataset.img_size=32", *TINY_DATA])
     instantiate(generate.dataset.generate)  # the tiny set every test shares, made here if no test made it yet

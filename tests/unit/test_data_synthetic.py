@@ -1,6 +1,7 @@
 """The synthetic set: Kaggle layout, determinism, idempotence, masks, and traces that are learnable."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,26 @@ def test_the_projects_own_cache_is_regenerated_in_place(tmp_path):
     root = generate_synthetic_dataset(tmp_path / "set", **{**TINY, "n_train": 8}, cache_root=tmp_path / "." / "set")
 
     assert len(pd.read_csv(root / "train.csv")) == 8
+    # A folder under the cache (the default: one per image size) is the project's too.
+    generate_synthetic_dataset(tmp_path / "cache" / "32px", **TINY, cache_root=tmp_path / "cache")
+    inside = generate_synthetic_dataset(
+        tmp_path / "cache" / "32px", **{**TINY, "n_train": 8}, cache_root=tmp_path / "cache"
+    )
+    assert len(pd.read_csv(inside / "train.csv")) == 8
+    with pytest.raises(DataError, match="other settings"):  # a sibling of the cache is not in it
+        generate_synthetic_dataset(tmp_path / "cache_other", **TINY, cache_root=tmp_path / "cache")
+        generate_synthetic_dataset(tmp_path / "cache_other", **{**TINY, "n_train": 8}, cache_root=tmp_path / "cache")
+
+
+def test_the_default_dataset_has_a_folder_per_image_size():
+    """Two runs at other img_size at once (a sweep) each read their own images."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        roots = [compose("config", overrides=["paths.root_dir=/r", f"dataset.img_size={size}"]).dataset.root
+                 for size in (32, 64)]  # fmt: skip
+    assert roots == ["/r/data/synthetic/32px", "/r/data/synthetic/64px"]
 
 
 def test_concurrent_callers_get_one_complete_dataset(tmp_path):

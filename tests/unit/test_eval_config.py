@@ -28,7 +28,7 @@ def test_defaults(tmp_path):
     assert [p.name for p in perturbations(cfg)] == ["none", "jpeg_90", "jpeg_70", "jpeg_50", "jpeg_30", "blur_1",
                                                     "blur_2", "blur_3", "rescale_0.5", "rescale_0.25", "noise_0.02",
                                                     "noise_0.05"]  # fmt: skip
-    assert eval_sets(cfg) == [("test", f"{tmp_path}/data/synthetic/test.csv", None)]
+    assert eval_sets(cfg) == [("test", f"{tmp_path}/data/synthetic/64px/test.csv", None)]
 
 
 def test_two_extra_sets_as_a_path_and_as_a_mapping(tmp_path):
