@@ -109,10 +109,28 @@ def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLik
             if not (final / _META).is_file():  # another run or rank may have built it meanwhile
                 builder = _Builder(paths, key, img_size, interpolation, fallback_size, threads)
                 builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk)
+                _remove_superseded(final, csv_path, root_dir)
     cache = DecodedImages(final)
     if cache.count != len(paths):  # the key covers the CSV, so only a hand-edited cache gets here
         raise DataError(f"{final}: holds {cache.count} images for {len(paths)} rows of {csv_path}; delete it")
     return cache
+
+
+def _remove_superseded(final: Path, csv_path, root_dir) -> None:
+    """Delete the finished caches of the same CSV, root and size that ``final`` replaces: their files
+    have changed since (or the CSV has), so their key can no longer come up, and at the Kaggle set's
+    size each is ~20 GB. Caches of other sizes, CSVs or roots stay; so does a folder without meta.json."""
+    prefix = final.name[: -len(final.name.rsplit("-", 1)[1])]  # "<csv stem>-<size>px-"
+    for other in final.parent.glob(f"{prefix}*"):
+        if other == final or not other.is_dir() or other.name.endswith(".partial"):
+            continue
+        try:
+            meta = json.loads((other / _META).read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("csv") == os.path.abspath(csv_path) and meta.get("root_dir") == os.path.abspath(root_dir):
+            shutil.rmtree(other, ignore_errors=True)
+            log.info("removed the superseded cache %s (built from files or a CSV that have changed since)", other)
 
 
 class _Builder:

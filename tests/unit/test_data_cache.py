@@ -91,6 +91,20 @@ def test_a_changed_img_size_or_file_builds_a_new_cache_and_an_unchanged_one_is_r
         redone = _cached(csv, None, 24, cache_dir).cache
     assert redone.directory not in (first.directory, bigger.directory)
     assert tuple(redone.array[0, 12, 12]) == pytest.approx((254, 0, 0), abs=2)  # the new pixels, not stale ones
+    # The 24 px cache of the old files can never be served again: removed (20 GB at Kaggle's size); the
+    # 32 px one is another size's, kept.
+    assert not first.directory.exists() and bigger.directory.is_dir()
+    assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "32px"]
+    assert any("removed the superseded cache" in record.message for record in caplog.records)
+
+    # Another CSV of the same name (an audit's clean/split.csv) has caches of its own: both stay.
+    (tmp_path / "clean").mkdir()
+    other = tmp_path / "clean" / "split.csv"
+    other.write_text(csv.read_text().replace("1.jpg", "../images/1.jpg"))
+    dataset = CsvImageDataset(other, tmp_path / "images", fallback_size=24)
+    open_cache(dataset.paths, csv_path=other, root_dir=tmp_path / "images", img_size=24, interpolation="bicubic",
+               fallback_size=24, cache_dir=cache_dir)  # fmt: skip
+    assert redone.directory.is_dir()
     assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "24px", "32px"]
 
 
