@@ -24,6 +24,7 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 
+from deepfake.engine.evaluate import fake_probability
 from deepfake.errors import ConfigError
 from deepfake.explain.layers import reshape_transform_for, resolve_target_layer
 
@@ -88,10 +89,12 @@ class Explainer:
         return next(self.model.parameters()).device
 
     def probabilities(self, images: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-        """p(fake) = sigmoid(logit / temperature): the checkpoint's calibration, when it has one."""
+        """p(fake) = sigmoid(logit / temperature): the checkpoint's calibration, when it has one; in
+        float64 by the one function every task uses, so a score at the stored threshold falls on the
+        same side here as in predictions.csv."""
         with torch.no_grad():
             logits = torch.cat([self.model(chunk.to(self.device)) for chunk in images.split(self.batch_size)])
-        return torch.sigmoid(logits.float().reshape(-1) / temperature).cpu().numpy()
+        return fake_probability(logits.float().reshape(-1).cpu().numpy(), temperature)
 
     def __call__(self, images: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
         """(B, H, W) maps explaining ``labels`` ("fake" / "real" per image), batch by batch."""

@@ -141,3 +141,24 @@ def test_overlays_for_cnn_cvt_and_vit(tmp_path, name, size, kwargs):
     panel(Sample(image, cam, "fake", float(explanation.probs[0]), "fake", "x", mask)).save(path)
     side = max(MIN_PANEL_SIZE, image.height)
     assert Image.open(path).size == (2 * side, side + CAPTION_HEIGHT)
+
+
+def test_the_explainers_p_fake_is_the_float64_one_every_task_uses():
+    """Near a strict threshold (p close to 1) a float32 sigmoid called images fake that predictions.csv
+    calls real; the explainer's probabilities are fake_probability's, bit for bit."""
+    from deepfake.engine.evaluate import fake_probability
+
+    torch.manual_seed(0)
+    model = create_detector("test_resnet").eval()
+    with torch.no_grad():
+        model.get_classifier().bias.fill_(17.0)  # logits near 17: p within 1e-7 of 1
+    images = torch.randn(6, 3, 32, 32)
+    explainer = Explainer(model, "gradcam", "layer2")
+    try:
+        probs = explainer.probabilities(images, temperature=1.0)
+    finally:
+        explainer.close()
+    with torch.no_grad():
+        logits = model(images).reshape(-1).numpy()
+    assert probs.dtype == np.float64 and np.array_equal(probs, fake_probability(logits))
+    assert len(np.unique(probs)) == 6  # float32 would round all of them to one value
