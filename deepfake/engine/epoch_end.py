@@ -97,7 +97,7 @@ class EpochEnd:
         if not np.isfinite(preds.logits).all():  # every rank holds all of them: all stop here
             bad = int((~np.isfinite(preds.logits)).sum())
             raise self._non_finite(f"validation scores ({bad} of {len(preds.logits)}) at epoch {self.state.epoch + 1}")
-        auc = auc_or_none(preds.targets, preds.probs)
+        auc = auc_or_none(preds.targets, preds.logits)  # the logits: p(fake) ties its saturated scores
         validation_s = time.perf_counter() - started
         row = self._epoch_row(phase, preds, auc, train_seconds + validation_s)
         improved = self.state.best_epoch is None or (

@@ -1,6 +1,7 @@
 """Scores -> metrics, with fake as the positive class (the field's convention).
 
-Inputs are plain arrays: ``targets`` (1 = fake, 0 = real) and ``probs`` = p(fake). Every figure comes
+Inputs are plain arrays: ``targets`` (1 = fake, 0 = real) and ``probs`` = p(fake) (or, for the ranking
+figures, any score that orders images as p(fake) does: the logits). Every figure comes
 from scikit-learn; this module only decides which figures a deepfake report needs and makes them
 JSON-friendly (undefined values become ``None`` rather than NaN, which JSON cannot hold).
 """
@@ -42,10 +43,18 @@ def auc_or_none(targets: np.ndarray, probs: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(targets, probs))
 
 
-def classification_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """The full report of ``task=test``: ranking, threshold and calibration figures plus counts."""
+def classification_metrics(
+    targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5, *, scores: np.ndarray | None = None
+) -> dict:
+    """The full report of ``task=test``: ranking, threshold and calibration figures plus counts.
+
+    ``scores``: what the ranking figures (AUC, AP, EER) rank by, when not ``probs``: the logits, which
+    order the images as p(fake) does without its saturation (in float64 every logit above ~37 is
+    p = 1.0, and a tie); the decisions and calibration stay on ``probs``.
+    """
     targets = np.asarray(targets, dtype=int)
     probs = np.asarray(probs, dtype=float)
+    ranked = probs if scores is None else np.asarray(scores, dtype=float)
     preds = (probs >= threshold).astype(int)
     both_classes = len(np.unique(targets)) == 2
     tn, fp, fn, tp = skm.confusion_matrix(targets, preds, labels=[0, 1]).ravel()
@@ -54,9 +63,9 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, threshold: fl
     )
     n_real, n_fake = int((targets == 0).sum()), int((targets == 1).sum())
     return {
-        "auc": auc_or_none(targets, probs),
-        "ap": _finite_or_none(skm.average_precision_score(targets, probs)) if both_classes else None,
-        "eer": equal_error_rate(targets, probs),
+        "auc": auc_or_none(targets, ranked),
+        "ap": _finite_or_none(skm.average_precision_score(targets, ranked)) if both_classes else None,
+        "eer": equal_error_rate(targets, ranked),
         "accuracy": float(skm.accuracy_score(targets, preds)),
         "real_accuracy": float(tn / n_real) if n_real else None,
         "fake_accuracy": float(tp / n_fake) if n_fake else None,

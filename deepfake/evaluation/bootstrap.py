@@ -25,14 +25,15 @@ def _resample_counts(rng: np.random.Generator, n: int, n_resamples: int) -> np.n
 class _SortedScores:
     """The scores sorted once, high to low, with what every resample's metrics are read from."""
 
-    def __init__(self, targets: np.ndarray, probs: np.ndarray, threshold: float) -> None:
+    def __init__(self, targets: np.ndarray, probs: np.ndarray, threshold: float, scores: np.ndarray | None) -> None:
         targets, probs = np.asarray(targets, dtype=int), np.asarray(probs, dtype=float)
-        self.order = np.argsort(-probs, kind="stable")
-        scores = probs[self.order]
+        ranked = probs if scores is None else np.asarray(scores, dtype=float)  # see classification_metrics
+        self.order = np.argsort(-ranked, kind="stable")
+        ranked = ranked[self.order]
         self.is_fake = targets[self.order] == 1
         # Tied scores are one ROC point: keep the last image of each run of equal scores.
-        self.group_ends = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True])
-        self.correct = ((scores >= threshold) == self.is_fake).astype(float)
+        self.group_ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+        self.correct = ((probs[self.order] >= threshold) == self.is_fake).astype(float)
 
     def metrics(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         """AUC, AP, EER and accuracy of each row of ``counts`` (per image, in sorted order)."""
@@ -58,19 +59,26 @@ class _SortedScores:
 
 
 def weighted_metrics(
-    targets: np.ndarray, probs: np.ndarray, threshold: float, counts: np.ndarray
+    targets: np.ndarray, probs: np.ndarray, threshold: float, counts: np.ndarray, scores: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """The metrics of each row of ``counts`` (n_rows x n_images, how often each image is taken):
     row r gives what the metrics of the data set with image i repeated counts[r, i] times would be."""
-    sorted_scores = _SortedScores(targets, probs, threshold)
+    sorted_scores = _SortedScores(targets, probs, threshold, scores)
     return sorted_scores.metrics(np.asarray(counts)[:, sorted_scores.order])
 
 
 def bootstrap_metrics(
-    targets: np.ndarray, probs: np.ndarray, threshold: float, *, n_resamples: int, seed: int
+    targets: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    *,
+    n_resamples: int,
+    seed: int,
+    scores: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each metric over ``n_resamples`` stratified resamples; one array of values per metric."""
-    sorted_scores = _SortedScores(targets, probs, threshold)
+    """Each metric over ``n_resamples`` stratified resamples; one array of values per metric. The
+    ranking metrics rank by ``scores`` when given (the logits; see classification_metrics)."""
+    sorted_scores = _SortedScores(targets, probs, threshold, scores)
     fakes, reals = np.flatnonzero(sorted_scores.is_fake), np.flatnonzero(~sorted_scores.is_fake)
     n = len(sorted_scores.order)
     rng = np.random.default_rng(seed)
@@ -87,13 +95,20 @@ def bootstrap_metrics(
 
 
 def bootstrap_intervals(
-    targets: np.ndarray, probs: np.ndarray, threshold: float, *, n_resamples: int, seed: int, confidence: float = 0.95
+    targets: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+    scores: np.ndarray | None = None,
 ) -> dict[str, list[float] | None]:
     """``{metric: [low, high]}``, the central ``confidence`` share of the bootstrap values; None for
     every metric when a class is missing (nothing to resample from) or ``n_resamples`` is 0."""
     targets = np.asarray(targets, dtype=int)
     if n_resamples <= 0 or len(np.unique(targets)) < 2:
         return {name: None for name in METRICS}
-    values = bootstrap_metrics(targets, probs, threshold, n_resamples=n_resamples, seed=seed)
+    values = bootstrap_metrics(targets, probs, threshold, n_resamples=n_resamples, seed=seed, scores=scores)
     tail = (1.0 - confidence) / 2 * 100
     return {name: [float(v) for v in np.percentile(values[name], [tail, 100 - tail])] for name in METRICS}

@@ -61,34 +61,50 @@ def check_threshold(value) -> float:
     return threshold
 
 
-def _roc(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every ROC point; the first one ("call nothing fake") gets a finite threshold just above the top score."""
-    targets, probs = np.asarray(targets, dtype=int), np.asarray(probs, dtype=float)
+def _roc(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ROC point of ``scores`` (p(fake), or the logits: any score ranking images as p(fake) does);
+    the first one ("call nothing fake") gets a finite threshold just above the top score."""
+    targets, scores = np.asarray(targets, dtype=int), np.asarray(scores, dtype=float)
     if len(np.unique(targets)) < 2:
         raise ValueError("an operating point needs real and fake images")
-    fpr, tpr, thresholds = skm.roc_curve(targets, probs, drop_intermediate=False)
-    thresholds[0] = np.nextafter(probs.max(), np.inf)
+    fpr, tpr, thresholds = skm.roc_curve(targets, scores, drop_intermediate=False)
+    thresholds[0] = np.nextafter(scores.max(), np.inf)
     return fpr, tpr, thresholds
 
 
-def tpr_at_fpr(targets: np.ndarray, probs: np.ndarray, max_fpr: float) -> dict:
+def tpr_at_fpr(targets: np.ndarray, scores: np.ndarray, max_fpr: float) -> dict:
     """The most fakes caught with at most ``max_fpr`` of the reals called fake, and the threshold doing it."""
-    fpr, tpr, thresholds = _roc(targets, probs)
+    fpr, tpr, thresholds = _roc(targets, scores)
     i = int(np.flatnonzero(fpr <= max_fpr)[-1])  # the ROC starts at fpr 0, so there is always one
     return {"max_fpr": float(max_fpr), "tpr": float(tpr[i]), "fpr": float(fpr[i]), "threshold": float(thresholds[i])}
 
 
 def choose_threshold(
-    targets: np.ndarray, probs: np.ndarray, policy: str, fixed_threshold: float | None = None
+    targets: np.ndarray, scores: np.ndarray, policy: str, fixed_threshold: float | None = None
 ) -> float:
-    """The threshold the policy picks on these (validation) scores."""
+    """The threshold the policy picks on these (validation) scores, in their units."""
     kind, value = parse_policy(policy, fixed_threshold)
     if kind == "fixed":
         return value
     if kind == "fpr":
-        return tpr_at_fpr(targets, probs, value)["threshold"]
-    fpr, tpr, thresholds = _roc(targets, probs)
+        return tpr_at_fpr(targets, scores, value)["threshold"]
+    fpr, tpr, thresholds = _roc(targets, scores)
     return float(thresholds[int(np.argmin(np.abs(fpr - (1.0 - tpr))))])
+
+
+def _threshold_on_logits(targets: np.ndarray, scaled: np.ndarray, probs: np.ndarray, policy: str,
+                         fixed_threshold: float | None) -> float:  # fmt: skip
+    """The policy's threshold read off the ROC of ``scaled`` (logit / temperature), as the p(fake) it
+    stands for. The same point as on p(fake) itself, except where p saturates: in float64 every scaled
+    logit above ~37 is p = 1.0, a tie that would merge ROC points (a calibration's small temperature
+    makes that common); a threshold is never above 1, so a "call nothing fake" point stays valid."""
+    chosen = choose_threshold(targets, scaled, policy, fixed_threshold)
+    if parse_policy(policy, fixed_threshold)[0] == "fixed":
+        return chosen
+    threshold = float(fake_probability(chosen))
+    if chosen > scaled.max():  # "call nothing fake": above every validation score, where p allows
+        threshold = min(float(np.nextafter(probs.max(), np.inf)), 1.0)
+    return threshold
 
 
 def rates_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
@@ -122,7 +138,8 @@ def fit_operating_point(
     targets = np.asarray(targets, dtype=int)
     temperature = fit_temperature(logits, targets) if calibrate else 1.0
     probs = fake_probability(logits, temperature)
-    threshold = choose_threshold(targets, probs, policy, fixed_threshold)
+    threshold = _threshold_on_logits(targets, np.asarray(logits, dtype=float) / temperature, probs, policy,
+                                     fixed_threshold)  # fmt: skip
     figures = {
         "chosen_on": "validation",
         "policy": str(policy),
@@ -131,7 +148,7 @@ def fit_operating_point(
         "n_real": int((targets == 0).sum()),
         "n_fake": int((targets == 1).sum()),
         **rates_at(targets, probs, threshold),
-        "auc": float(skm.roc_auc_score(targets, probs)),
+        "auc": float(skm.roc_auc_score(targets, logits)),  # the logits: p(fake) ties its saturated scores
         **{k: v for k, v in calibration_figures(targets, logits, temperature, ece_bins).items() if k != "temperature"},
     }
     return {

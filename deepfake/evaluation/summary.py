@@ -33,9 +33,12 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
     targets = np.asarray(targets, dtype=int)
     probs = rule.p_fake(logits)
     both_classes = len(np.unique(targets)) == 2
-    report = classification_metrics(targets, probs, rule.threshold)
+    # Ranking figures rank by the logits: p(fake) ties every logit above ~37 at 1.0.
+    report = classification_metrics(targets, probs, rule.threshold, scores=logits)
     report["accuracy_at_0.5"] = rates_at(targets, probs, 0.5)["accuracy"]
-    report["tpr_at_fpr"] = [tpr_at_fpr(targets, probs, rate) for rate in settings.tpr_at_fpr] if both_classes else []
+    report["tpr_at_fpr"] = (
+        [_tpr_at_fpr(targets, logits, rate, rule) for rate in settings.tpr_at_fpr] if both_classes else []
+    )
     report["calibration"] = calibration_figures(targets, logits, rule.temperature, settings.ece_bins)
     report["intervals"] = bootstrap_intervals(
         targets,
@@ -44,13 +47,20 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
         n_resamples=settings.bootstrap,
         seed=settings.seed,
         confidence=settings.confidence,
+        scores=logits,
     )
     report["bootstrap"] = {"resamples": settings.bootstrap, "confidence": settings.confidence, "seed": settings.seed,
                            "stratified": True, "interval": "percentile"}  # fmt: skip
     return report
 
 
+def _tpr_at_fpr(targets: np.ndarray, logits: np.ndarray, max_fpr: float, rule: DecisionRule) -> dict:
+    """tpr_at_fpr read off the logits' ROC, its threshold given back as the p(fake) it stands for."""
+    point = tpr_at_fpr(targets, np.asarray(logits, dtype=float), max_fpr)
+    return {**point, "threshold": float(rule.p_fake(point["threshold"]))}
+
+
 def table_row(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> dict:
     """The figures of one row of the robustness or generalisation table."""
-    report = classification_metrics(targets, rule.p_fake(logits), rule.threshold)
+    report = classification_metrics(targets, rule.p_fake(logits), rule.threshold, scores=logits)
     return {key: report[key] for key in (*TABLE_METRICS, "n_samples")}

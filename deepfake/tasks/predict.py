@@ -164,7 +164,7 @@ def _write_metrics(preds, probs, threshold: float, detector, source: str, out: P
     from deepfake.engine.metrics import classification_metrics
 
     metrics = {
-        **classification_metrics(preds.targets, probs[preds.indices], threshold),
+        **classification_metrics(preds.targets, probs[preds.indices], threshold, scores=preds.logits),
         "n_damaged": len(preds.damaged),
         "checkpoint": str(detector.source),
         "input": source,

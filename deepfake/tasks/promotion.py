@@ -75,7 +75,7 @@ def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float
     loader = data_setup.make_loader(dataset, cfg.dataset, device=device)
     predictions = predict(model.to(device), loader, device, resolve_precision(cfg.train.precision, device),
                           to_input=data_setup.model_input(model.preprocess, device))  # fmt: skip
-    return auc_or_none(predictions.targets, predictions.probs)
+    return auc_or_none(predictions.targets, predictions.logits)
 
 
 def rescorer(cfg: DictConfig, chosen: PromotionSet) -> Callable[[Path], float | None]:

@@ -64,7 +64,7 @@ def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
     )  # fmt: skip
     preds = predict(model, DataLoader(dataset, batch_size=32), torch.device("cpu"))
     assert len(preds.indices) == 30
-    assert float(row["val_auc"]) == round(auc_or_none(preds.targets, preds.probs), 6)
+    assert float(row["val_auc"]) == round(auc_or_none(preds.targets, preds.logits), 6)
     accuracy = ((preds.probs >= 0.5) == preds.targets.astype(bool)).mean()
     assert float(row["val_accuracy"]) == round(float(accuracy), 6)
 

@@ -151,3 +151,38 @@ def test_auc_interval_covers_the_true_auc_at_close_to_the_nominal_rate():
         covered += low <= true_auc <= high
     # 95% nominal; 300 trials put the binomial standard error near 1.3 points.
     assert 0.90 <= covered / trials <= 0.99
+
+
+def test_ranking_figures_rank_by_logits_where_p_fake_saturates():
+    """In float64 every logit / T above ~37 is p = 1.0: ranked by p those images tie. A calibration
+    on perfectly separated validation drives T to its floor (0.05), so it is common there."""
+    from sklearn import metrics as skm
+
+    from deepfake.evaluation.operating_point import DecisionRule, check_threshold, fit_operating_point
+    from deepfake.evaluation.summary import SummarySettings, summarise
+
+    rng = np.random.default_rng(0)
+    val_targets = np.repeat([0, 1], 50)
+    val_logits = np.r_[rng.uniform(-12, -3, 50), rng.uniform(3, 12, 50)]
+    chosen = fit_operating_point(val_targets, val_logits, policy="fpr@0.01", fixed_threshold=None, calibrate=True,
+                                 ece_bins=15)  # fmt: skip
+    assert chosen["temperature"] < 0.1 and check_threshold(chosen["threshold"]) <= 1.0
+    assert chosen["operating_point"]["auc"] == 1.0
+
+    targets = np.repeat([0, 1], 20)
+    logits = np.r_[rng.uniform(-12, -3, 19), 4.0, np.linspace(3, 12, 20)]  # one real among the fakes
+    rule = DecisionRule(chosen["threshold"], chosen["temperature"], "checkpoint", "fpr@0.01", chosen["threshold"])
+    report = summarise(targets, logits, rule, SummarySettings(bootstrap=200, tpr_at_fpr=(0.01,)))
+    assert report["auc"] == pytest.approx(skm.roc_auc_score(targets, logits))
+    assert report["ap"] == pytest.approx(skm.average_precision_score(targets, logits))
+    assert report["tpr_at_fpr"][0]["tpr"] == 0.85  # the 17 fakes above the real at 4.0; ranked by p, 0.0
+    low, high = report["intervals"]["auc"]
+    assert low <= report["auc"] <= high
+
+
+def test_a_call_nothing_fake_threshold_stays_a_p_fake_when_the_top_scores_saturate():
+    from deepfake.evaluation.operating_point import check_threshold, fit_operating_point
+
+    targets, logits = np.array([0, 1, 1, 0]), np.array([40.0, 39.0, 38.0, -3.0])  # a real on top: fpr@0 calls none
+    chosen = fit_operating_point(targets, logits, policy="fpr@0.0", fixed_threshold=None, calibrate=False, ece_bins=5)
+    assert check_threshold(chosen["threshold"]) == 1.0  # was 1.0000000000000002, refused as eval.threshold
