@@ -61,14 +61,21 @@ class FailedJob:
         return f"failed ({self.error})"
 
 
+def worst_exit_code(codes) -> int:
+    """The status a run of several jobs exits with: 1 when any hit a bug (a traceback must not hide
+    behind another job's user error, 2), else the highest (2, or a stop signal's 130/143/140); 0 for none."""
+    codes = [int(code) for code in codes]
+    return EXIT_BUG if EXIT_BUG in codes else max(codes, default=0)
+
+
 def exit_status() -> int:
     """0 when every job of this process and of the last sweep succeeded, else the worst code."""
-    return max([*_job_exit_codes, _sweep_exit_code], default=0)
+    return worst_exit_code([*_job_exit_codes, _sweep_exit_code])
 
 
 def record_sweep_exit(code: int) -> None:
     global _sweep_exit_code
-    _sweep_exit_code = max(_sweep_exit_code, code)
+    _sweep_exit_code = worst_exit_code([_sweep_exit_code, code])
 
 
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:

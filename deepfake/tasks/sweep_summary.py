@@ -19,7 +19,7 @@ from omegaconf import DictConfig, read_write
 from rich.table import Table
 
 from deepfake.tasks.display import fmt_metric
-from deepfake.tasks.jobs import EXIT_BUG, read_status, record_sweep_exit
+from deepfake.tasks.jobs import EXIT_BUG, read_status, record_sweep_exit, worst_exit_code
 from deepfake.tracking.console import summary_console
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class SweepSummary(Callback):
             return
         path = write_summary(sweep_dir, rows)
         print_summary(rows, path, sweep_dir)
-        record_sweep_exit(max(row["exit_code"] for row in rows))
+        record_sweep_exit(worst_exit_code(row["exit_code"] for row in rows))
 
 
 class OptunaStudy(Callback):

@@ -100,3 +100,13 @@ def test_a_stop_is_recorded_and_passed_on(job_cfg):
         jobs.run_job(job_cfg, stopped)
     assert status(job_cfg)["status"] == "stopped"
     assert jobs.exit_status() == 0  # the entry point turns the stop itself into 128 + 15
+
+
+def test_a_bug_in_one_job_is_not_hidden_by_another_jobs_user_error():
+    """README: a sweep exits 2 when jobs failed, 1 if a job hit a bug; a stop signal's code otherwise wins."""
+    from deepfake.tasks.jobs import worst_exit_code
+
+    assert worst_exit_code([0, 2, 1, 2]) == 1
+    assert worst_exit_code([0, 2, 0]) == 2
+    assert worst_exit_code([2, 143]) == 143
+    assert worst_exit_code([]) == 0
