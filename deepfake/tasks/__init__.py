@@ -12,6 +12,8 @@ from collections.abc import Callable
 from functools import partial
 from importlib import import_module
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
@@ -44,7 +46,20 @@ def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task={name} is unknown; choose one of: {', '.join(TASKS)}")
+    _refuse_a_launcher_without_multirun()
     task = import_module(f"deepfake.tasks.{TASKS[name]}")
     if loaded is not None:
         loaded()
     return task.run(cfg)
+
+
+def _refuse_a_launcher_without_multirun() -> None:
+    """Hydra hands jobs to a launcher (SLURM, submitit_local, joblib) only in a multirun: without -m
+    ``hydra/launcher=slurm`` would train here, in this one process, and say nothing."""
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    launcher = hydra.runtime.choices.get("hydra/launcher")
+    if hydra.mode == RunMode.RUN and launcher not in (None, "basic"):
+        raise ConfigError(f"hydra/launcher={launcher} launches the jobs of a multirun only; add -m "
+                          f"(python scripts/main.py -m hydra/launcher={launcher} ...), or drop it to run here")  # fmt: skip

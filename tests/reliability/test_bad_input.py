@@ -81,6 +81,7 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "no global best yet": (["task=test", "ckpt=best"], ["no global best model yet"]),
         "resume dir that is no run dir": ([f"resume={work}"], [f"resume={work}", "not a run dir"]),
         "a number that is not one": (["dataset.batch_size=all"], ["dataset.batch_size=all is not an integer"]),
+        "a launcher without -m": (["hydra/launcher=submitit_local"], ["hydra/launcher=submitit_local", "add -m"]),
         "validation of one class": (
             [f"dataset.val_csv={_csv(work, 'fakes.csv', train[train.label == 0])}"], ["fakes.csv", "one class only"]),
     }  # fmt: skip
@@ -105,7 +106,7 @@ CASES = [
     "path outside root_dir", "unknown config key", "unknown group option", "img_size the backbone cannot take",
     "ckpt not ours", "ckpt code-carrying pickle", "ckpt of another backbone", "missing weights file",
     "model timm does not have", "no global best yet", "resume dir that is no run dir", "a number that is not one",
-    "validation of one class",
+    "validation of one class", "a launcher without -m",
 ]  # fmt: skip
 
 
