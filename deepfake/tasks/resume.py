@@ -40,13 +40,34 @@ def rewrite_argv(argv: list[str], conf_dir: str | Path) -> list[str]:
     """The command line Hydra should see; a bad ``resume`` ends here with one ERROR line, status 2,
     and so does any launch into a run dir that a live process is writing (before Hydra writes to it)."""
     try:
-        return _rewrite(argv, Path(conf_dir))
+        return _rewrite(quote_paths(argv), Path(conf_dir))
     except _RunFinished as finished:
         print(finished)
         sys.exit(0)
     except UserError as err:
         print(f"ERROR {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# Overrides whose values are paths: a sweep job's dir is named by its overrides ("0_seed=1,...").
+PATH_KEYS = ("resume", "ckpt", "init_from")
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """``resume=``, ``ckpt=`` and ``init_from=`` with a path Hydra's grammar cannot read unquoted (a
+    sweep job's dir holds ``=`` and ``,``; a path may hold spaces) get the quotes the user would
+    otherwise have to type; every other argument, and a value that parses as it is, is left alone."""
+    parser = OverridesParser.create()
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in PATH_KEYS and value and value[0] not in "'\"":
+            try:
+                parser.parse_overrides([arg])
+            except HydraException:
+                arg = f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+        quoted.append(arg)
+    return quoted
 
 
 def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:

@@ -122,3 +122,18 @@ def test_a_finished_run_is_not_resumed_and_do_test_becomes_a_test_of_its_checkpo
     argv = _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}", "train.do_test=true"], CONF_DIR)
     assert argv[-2:] == ["task=test", f"ckpt='{run_dir}'"] and "seed=1" in argv
     assert not any(arg.startswith(("resume=", "hydra.run.dir=")) for arg in argv)
+
+
+def test_a_sweep_jobs_dir_is_quoted_for_hydra_where_it_must_be():
+    """A job dir is named by its overrides (0_backbone.name=x,seed=1): typed as ckpt= or resume=,
+    Hydra's grammar stops at the '='; quoted, it reads the whole path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepfake.tasks.resume import quote_paths
+
+    job = "/runs/multirun/2026-12-01_00-21-34_1998/0_backbone.name=test_resnet,seed=1"
+    argv = [f"ckpt={job}", f"resume={job}", f"init_from={job}/best.pth", "seed=1,2", "resume=true", "ckpt='/a=b'"]
+    quoted = quote_paths(argv)
+    assert quoted[3:] == argv[3:]  # other keys, plain values and quoted ones: untouched
+    values = [override.value() for override in OverridesParser.create().parse_overrides(quoted[:3])]
+    assert values == [job, job, f"{job}/best.pth"]
