@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # Modules whose callables a config may name; a run dir edited to name os.system is refused.
 ALLOWED_TARGET_PREFIXES = ("deepfake.", "torch.optim.", "torch.nn.", "timm.", "torchvision.")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+SEARCH_GROUP = "hparams_search"  # a config group that makes Hydra sweep (conf/hparams_search/)
 
 
 class _RunFinished(Exception):
@@ -83,7 +84,7 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
     if value in (None, False):
         _refuse_live_run_dir(_typed(parsed, "hydra.run.dir"), parsed, conf_dir)
         return argv
-    if any(flag in MULTIRUN_FLAGS for flag in flags):
+    if any(flag in MULTIRUN_FLAGS for flag in flags) or _typed(parsed, SEARCH_GROUP) is not None:
         raise ConfigError(
             "resume continues one run, not a sweep; resume each job by its dir: resume=<multirun/...>/<job>"
         )
@@ -162,7 +163,9 @@ def _previous_overrides(run_dir: Path) -> list[Override]:
                 f"{path}: {override.input_line!r} changes Hydra's own settings, which a run's overrides never do; "
                 "the file was edited, refusing to resume from it"
             )
-    return parsed
+    # An Optuna trial's dir names the search (hparams_search=optuna), which makes Hydra start a new
+    # sweep: the run's own settings are its sampled values, kept; the search is the sweep's.
+    return [override for override in parsed if override.key_or_group != SEARCH_GROUP]
 
 
 def _last_wins(overrides: list[Override]) -> list[Override]:

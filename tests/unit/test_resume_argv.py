@@ -39,6 +39,14 @@ def test_resume_a_run_dir_with_its_own_overrides_and_later_ones_winning(tmp_path
     ]  # fmt: skip
 
 
+def test_resuming_an_optuna_trial_resumes_the_trial_not_the_search(tmp_path):
+    """A trial's overrides name the search (hparams_search=optuna), which made Hydra sweep again."""
+    trial = ["hparams_search=optuna", "phase.lr_head=0.0003", "seed=1"]
+    run_dir = _run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", trial)
+    argv = _rewrite([f"resume={run_dir}"], CONF_DIR)
+    assert argv == ["phase.lr_head=0.0003", "seed=1", f"resume='{run_dir}'", f"hydra.run.dir='{run_dir}'"]
+
+
 def test_resume_true_takes_the_most_recently_started_run(tmp_path):
     _run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["seed=1"])
     latest = _run_dir(tmp_path, "2026-01-02_00-00-00_bbbb", ["seed=2"])
@@ -53,6 +61,7 @@ def test_resume_true_takes_the_most_recently_started_run(tmp_path):
         (["resume=true"], "no run to resume under"),
         (["resume=/nonexistent/run"], "no such run dir"),
         (["-m", "resume=RUN"], "not a sweep"),
+        (["hparams_search=optuna", "resume=RUN"], "not a sweep"),
         (["resume=RUN", "hydra.run.dir=/elsewhere"], "drop hydra.run.dir"),
     ],
 )
