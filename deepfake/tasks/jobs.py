@@ -190,8 +190,10 @@ def _register_failure(cfg: DictConfig, out_dir: Path, line: str) -> None:
 
 
 def job_run_name(out_dir: Path) -> str:
-    """The run dir's name; in a sweep, ``<sweep dir>/<job dir>`` so sweep jobs stay apart."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    """The run dir's name; a sweep job's is ``<sweep dir>/<job dir>``, so sweep jobs stay apart. Told by
+    the path too (Hydra's multirun.yaml beside the job dirs): a job resumed by hand runs outside any
+    sweep, and must keep its one registry entry under the same name."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN or (out_dir.parent / "multirun.yaml").is_file():
         return f"{out_dir.parent.name}/{out_dir.name}"
     return out_dir.name
 

@@ -94,6 +94,22 @@ def test_failed_jobs_are_results_and_the_sweep_goes_on(tmp_path, shared_data_dir
     assert "3 run(s)" in listing.stdout and "no_such_model" in listing.stdout
 
 
+def test_a_failed_job_resumed_by_hand_keeps_its_one_registry_entry(tmp_path, shared_data_dir):
+    """Typed as it is listed (its dir name holds '=' and ','), outside any sweep, the job still
+    registers as <sweep>/<job>: the sweep lists it once, now finished."""
+    result = sweep(tmp_path, shared_data_dir, "backbone.name=test_resnet,no_such_model", check=False)
+    assert result.returncode == 2, result.stderr
+    sweep_dir = only_sweep_dir(tmp_path)
+    failed = next(p for p in job_dirs(sweep_dir) if "no_such_model" in p.name)
+
+    run_main(tmp_path, *TINY, f"resume={failed}", "backbone.name=test_resnet", data_dir=shared_data_dir)
+
+    entries = registry(tmp_path)["runs"]
+    assert sorted(e["run_name"] for e in entries) == sorted(f"{sweep_dir.name}/{p.name}" for p in job_dirs(sweep_dir))
+    resumed = next(e for e in entries if e["run_dir"] == str(failed))
+    assert resumed["status"] == "finished"
+
+
 def test_joblib_runs_two_jobs_in_parallel(tmp_path, shared_data_dir):
     sweep(tmp_path, shared_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
     sweep_dir = only_sweep_dir(tmp_path)
