@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,15 @@ COLUMNS = ["job", "overrides", "status", "best_val_auc", "best_epoch", "test_auc
 class SweepSummary(Callback):
     """``on_multirun_end``: ``summary.csv`` in the sweep dir, a rich table, and the sweep's exit status."""
 
+    def __init__(self) -> None:
+        self.launched: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.launched = time.time()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = summarize(sweep_dir, _registry_entries(config))
+        rows = summarize(sweep_dir, _registry_entries(config), since=self.launched)
         if not rows:
             return
         path = write_summary(sweep_dir, rows)
@@ -74,15 +82,33 @@ def _trials_so_far(storage: str, study_name: str) -> int:
         return 0
 
 
-def summarize(sweep_dir: Path, entries: list[dict]) -> list[dict]:
-    """One row per job dir under ``sweep_dir``: best validation AUC first, failed jobs last."""
+def summarize(sweep_dir: Path, entries: list[dict], since: float | None = None) -> list[dict]:
+    """One row per job dir under ``sweep_dir``: best validation AUC first, failed jobs last. ``since``
+    (the launch's start, a Unix time): only the jobs this launch started, when a fixed
+    ``hydra.sweep.dir`` also holds an earlier launch's."""
     by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
     job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
+    if since is not None:
+        job_dirs = [job_dir for job_dir in job_dirs if _started(job_dir) >= since - _CLOCK_SLACK_S]
     rows = [
         _row(job_dir, read_status(job_dir) or {}, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir in job_dirs
     ]
     _keep_varying_overrides(rows)
     return sorted(rows, key=_rank)
+
+
+# status.json's started_at is cut to the second; a job started within a second of the launch must count.
+_CLOCK_SLACK_S = 1.0
+
+
+def _started(job_dir: Path) -> float:
+    """When the job in ``job_dir`` last started: its status.json's started_at, else (a job killed
+    before writing one) when Hydra wrote its .hydra/."""
+    started = (read_status(job_dir) or {}).get("started_at")
+    try:
+        return datetime.fromisoformat(str(started)).timestamp()
+    except ValueError:
+        return (job_dir / ".hydra").stat().st_mtime
 
 
 def _row(job_dir: Path, status: dict, entry: dict) -> dict:

@@ -110,3 +110,25 @@ def test_a_bug_in_one_job_is_not_hidden_by_another_jobs_user_error():
     assert worst_exit_code([0, 2, 0]) == 2
     assert worst_exit_code([2, 143]) == 143
     assert worst_exit_code([]) == 0
+
+
+def test_a_relaunch_into_the_same_sweep_dir_summarises_only_its_own_jobs(tmp_path):
+    """A fixed hydra.sweep.dir also holds an earlier launch's job dirs: they are not this sweep's."""
+    import json
+    import time as clock
+    from datetime import datetime, timezone
+
+    from deepfake.tasks.sweep_summary import summarize
+
+    def job(name: str, started: float, status: str, exit_code: int) -> None:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        stamp = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
+        (tmp_path / name / "status.json").write_text(json.dumps(
+            {"status": status, "started_at": stamp, "exit_code": exit_code, "job_num": name[0], "overrides": [name]}))  # fmt: skip
+
+    launched = clock.time()
+    job("0_old", launched - 3600, "failed", 2)  # the earlier launch's failed job
+    job("0_new", launched + 1, "finished", 0)
+
+    assert [row["run_dir"] for row in summarize(tmp_path, [], since=launched)] == [str(tmp_path / "0_new")]
+    assert len(summarize(tmp_path, [])) == 2  # without a launch time: every job dir there
