@@ -42,11 +42,19 @@ def set_train_mode(model: nn.Module, backbone_frozen: bool) -> None:
     model.train()
     if backbone_frozen:
         head_children = set(head_module(model).modules())
-        # The root stays in train mode: timm applies the head's dropout (drop_rate) functionally,
-        # reading the root's own flag; its submodules hold the backbone's BatchNorm and dropout.
-        for module in model.modules():
-            if module is not model and module not in head_children:
-                module.training = False
+        # The root stays in train mode: ResNet-style timm models apply the head's dropout (drop_rate)
+        # functionally, reading the root's own flag. Others hold it as a module beside the
+        # classifier (ViT's head_drop, ConvNeXt's head.drop): that one trains with the head too. The
+        # rest (the backbone's BatchNorm, dropout and stochastic depth) is the frozen feature extractor.
+        for name, module in model.named_modules():
+            if module is model or module in head_children or _is_head_dropout(name, module):
+                continue
+            module.training = False
+
+
+def _is_head_dropout(name: str, module: nn.Module) -> bool:
+    """A dropout on the pooled features, before the classifier: timm names it head_drop or head.drop."""
+    return isinstance(module, nn.Dropout) and (name == "head_drop" or name.startswith("head."))
 
 
 def param_groups(
