@@ -2,7 +2,8 @@
 
 pytorch-grad-cam wants a (B, C, h, w) map at the target layer. CNNs give one directly; CvT and
 ViT-like models give (B, tokens, C), which the reshape transform turns into a map by dropping the
-cls / register tokens and laying the rest out on the patch grid.
+cls / register tokens and laying the rest out on the patch grid; Swin gives (B, h, w, C), whose
+channels the transform moves first.
 """
 
 from __future__ import annotations
@@ -56,12 +57,21 @@ def resolve_target_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Mo
 
 
 def reshape_transform_for(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """None for CNNs; a tokens -> map transform for CvT and ViT-like models."""
+    """None for CNNs; a tokens -> map transform for CvT and ViT-like models; channels moved first
+    for models whose stages give (B, H, W, C) maps (timm's Swin, output_fmt NHWC), which
+    pytorch-grad-cam would otherwise read with H as the channels."""
     if isinstance(model, cvt.CvT):
         return cvt.cam_reshape_transform
     if _is_vit_like(model):
         return PrefixTokensToMap(int(model.num_prefix_tokens))
+    if str(getattr(model, "output_fmt", "NCHW")) == "NHWC":
+        return channels_first
     return None
+
+
+def channels_first(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W)."""
+    return maps.permute(0, 3, 1, 2)
 
 
 class PrefixTokensToMap:
@@ -81,4 +91,6 @@ class PrefixTokensToMap:
 
 
 def _is_vit_like(model: nn.Module) -> bool:
-    return hasattr(model, "num_prefix_tokens") and isinstance(getattr(model, "blocks", None), nn.Sequential)
+    """A stack of blocks over (B, tokens, C): ViT and DeiT hold it as a Sequential, EVA and BEiT as a ModuleList."""
+    blocks = getattr(model, "blocks", None)
+    return hasattr(model, "num_prefix_tokens") and isinstance(blocks, nn.Sequential | nn.ModuleList)

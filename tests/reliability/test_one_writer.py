@@ -87,7 +87,9 @@ def test_a_second_writer_is_refused_and_the_first_finishes_as_if_alone(tmp_path,
         assert f"{run_dir} is being written by PID {first.pid} on {HOST}, started " in lines[0]
         assert f"delete {run_dir / 'run.lock'}" in lines[0]
     assert untouched == before  # refused before Hydra opened the run dir
-    assert swept.returncode == 2 and f"is being written by PID {first.pid}" in swept.stdout + swept.stderr, swept.stdout + swept.stderr
+    assert swept.returncode == 2 and f"is being written by PID {first.pid}" in swept.stdout + swept.stderr, (
+        swept.stdout + swept.stderr
+    )
     changed = {name for name in after_sweep if after_sweep[name] != before.get(name)}
     assert changed <= {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "run.log"}, changed
     assert registry_meanwhile["runs"] == []  # the refused job registered nothing, not even as failed

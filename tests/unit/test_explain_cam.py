@@ -162,3 +162,34 @@ def test_the_explainers_p_fake_is_the_float64_one_every_task_uses():
         logits = model(images).reshape(-1).numpy()
     assert probs.dtype == np.float64 and np.array_equal(probs, fake_probability(logits))
     assert len(np.unique(probs)) == 6  # float32 would round all of them to one value
+
+
+TINY_SWIN = {"img_size": 64, "window_size": 4, "embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [("swin_tiny_patch4_window7_224", 64, TINY_SWIN), ("eva02_tiny_patch14_224", 56, {"img_size": 56, "depth": 2})],
+)
+def test_swin_and_eva_layers_become_channel_first_maps(name, size, kwargs):
+    """Swin's stages give (B, H, W, C): read as (B, C, h, w), H was taken for the channels. EVA keeps
+    its blocks in a ModuleList, which the ViT-like check missed: its tokens crashed pytorch-grad-cam."""
+    from deepfake.explain.layers import reshape_transform_for, resolve_target_layer
+
+    torch.manual_seed(0)
+    model = create_detector(name, **kwargs).eval()
+    _, layer = resolve_target_layer(model, None)
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    handle.remove()
+    maps = reshape_transform_for(model)(seen[0])
+    assert maps.dim() == 4 and maps.shape[1] == seen[0].shape[-1]  # channels first, the tokens' or pixels' width
+    assert maps.shape[2] == maps.shape[3] == {"swin_tiny_patch4_window7_224": 2, "eva02_tiny_patch14_224": 4}[name]
+
+    explainer = Explainer(model, "gradcam")
+    try:
+        assert explainer.explain(torch.randn(2, 3, size, size), "fake").cams.shape == (2, size, size)
+    finally:
+        explainer.close()
