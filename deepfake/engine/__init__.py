@@ -1,0 +1,1 @@
+"""The training and scoring machinery: the Trainer, its epochs and checkpoints, predict, metrics."""
