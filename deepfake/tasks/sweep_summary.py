@@ -59,6 +59,13 @@ class OptunaStudy(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The preset's sweeper (which ends a search of failing trials), made known to Hydra by hand: an
+        # editable install hides it from Hydra's scan of the hydra_plugins namespace.
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.deepfake_optuna.optuna_search import OptunaSearch
+
+        Plugins.instance().register(OptunaSearch)
         sweeper = config.hydra.sweeper
         storage = str(sweeper.get("storage") or "")
         if storage.startswith("sqlite:///"):

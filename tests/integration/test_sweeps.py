@@ -156,3 +156,24 @@ def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
     assert "continuing study deepfake_synthetic (2 trials so far)" in second.stdout + second.stderr
     sweeps = [p for p in (tmp_path / "multirun").iterdir() if p.name != "optuna"]
     assert sorted(len(summary(p)) for p in sweeps) == [1, 2]
+
+
+def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shared_data_dir):
+    """More than max_failure_rate of a batch failing ends the search (the plugin only counted jobs
+    Hydra saw fail, and ours return); a search where no trial finished has no best one: one line,
+    not optuna's traceback. Either way the sweep's summary and exit status 2."""
+    tiny = [o for o in TINY if not o.startswith("backbone.name=")]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    ended = sweep(tmp_path / "a", shared_data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                  "backbone.name=no_such_model", check=False, tiny=tiny)  # fmt: skip
+    assert ended.returncode == 2 and "Traceback" not in ended.stderr, ended.stderr
+    assert "the search ended: more than hydra.sweeper.max_failure_rate=0.5" in ended.stdout + ended.stderr
+    assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "a"))] == ["failed"]  # 1 of 3 trials
+    with sqlite3.connect(tmp_path / "a" / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
+        assert [state for (state,) in db.execute("SELECT state FROM trials")] == ["FAIL"]
+
+    none = sweep(tmp_path / "b", shared_data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.max_failure_rate=1.0", "backbone.name=no_such_model", check=False, tiny=tiny)  # fmt: skip
+    assert none.returncode == 2 and "Traceback" not in none.stderr, none.stderr
+    assert "no trial of the search finished" in none.stdout + none.stderr
+    assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "b"))] == ["failed", "failed"]
