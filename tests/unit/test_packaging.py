@@ -1,0 +1,27 @@
+"""What a wheel (or a non-editable pip install) holds: every module of the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import find_namespace_packages
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_folder_of_modules_is_a_package_that_setup_cfg_includes():
+    """deepfake/engine once had no __init__.py: setuptools' find: left it out of every wheel, and only
+    the editable install that CI uses still imported it."""
+    folders = {p.parent for p in (REPO / "deepfake").rglob("*.py")} | {
+        p.parent for p in (REPO / "hydra_plugins").rglob("*.py")
+    }
+    assert all((folder / "__init__.py").is_file() for folder in folders), sorted(
+        str(f) for f in folders if not (f / "__init__.py").is_file()
+    )
+    included = set(
+        find_namespace_packages(str(REPO), include=["deepfake", "deepfake.*", "hydra_plugins.deepfake_optuna"])
+    )
+    assert {".".join(folder.relative_to(REPO).parts) for folder in folders} <= included
+    setup_cfg = (REPO / "setup.cfg").read_text()
+    assert "packages = find_namespace:" in setup_cfg
+    assert "include = deepfake, deepfake.*, hydra_plugins.deepfake_optuna" in setup_cfg
