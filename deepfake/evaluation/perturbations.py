@@ -38,6 +38,8 @@ class Perturbation:
                 raise ConfigError(
                     f"eval.perturbations.{kind}={severity!r}: {KINDS[kind][0]} must be in [{low}, {high}]"
                 )
+            if kind == "jpeg" and float(severity) != int(severity):  # Pillow takes whole qualities
+                raise ConfigError(f"eval.perturbations.jpeg={severity!r}: a JPEG quality is a whole number")
         self.kind, self.severity, self.seed = kind, severity, int(seed)
 
     @property

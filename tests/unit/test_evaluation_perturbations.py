@@ -77,6 +77,7 @@ def test_the_default_list_runs_from_the_reference_to_the_harshest():
     ({"sharpen": [1]}, "eval.perturbations.sharpen: unknown"),
     ({"jpeg": [0]}, "eval.perturbations.jpeg=0.0"),
     ({"rescale": [2]}, "eval.perturbations.rescale=2.0"),
+    ({"jpeg": [95.7]}, "a JPEG quality is a whole number"),  # was run at 95 and named jpeg_95.7
     ({"blur": 2}, "must be a list"),
 ])  # fmt: skip
 def test_bad_settings_name_the_key(settings, message):
