@@ -113,9 +113,10 @@ def cascading_randomisation(
     randomised = copy.deepcopy(model)
     modules = dict(randomised.named_modules())
     steps, done = [], 0
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    # Seeded, and every generator it draws from (the CPU's and each GPU's) given back as it was: the
+    # training that may follow (train.do_cam) must not depend on whether CAM metrics ran.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
         for fraction in sorted(fractions):
             count = max(1, min(len(layers), round(fraction * len(layers))))
             with torch.no_grad():
@@ -128,6 +129,4 @@ def cascading_randomisation(
                 {"fraction": float(fraction), "layers": done, "down_to": layers[done - 1][0] or "(root)",
                  "spearman": float(np.mean(correlations))}
             )  # fmt: skip
-    finally:
-        torch.random.set_rng_state(generator_state)
     return steps

@@ -67,7 +67,9 @@ def test_cascading_randomisation_reinitialises_a_growing_top_share():
         net.eval()(inputs).sum().backward()
         return (inputs.grad * inputs).sum(1).abs().detach().numpy()
 
+    rng = torch.random.get_rng_state()
     steps = cascading_randomisation(model, explain, [0.34, 1.0])
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's random stream goes on as before
     assert [(s["layers"], s["down_to"]) for s in steps] == [(1, "4"), (3, "0")]
     assert all(s["spearman"] < 0.9 for s in steps)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
