@@ -57,12 +57,8 @@ def run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     preds = _score(detector, dataset, settings, cfg.train)
     images_per_second = len(dataset) / (time.perf_counter() - started)
-    # float64, as task=test keeps them: a score equal to the stored threshold must fall on the same side.
-    probs = np.full(len(dataset), np.nan)
-    damaged = {}
-    if preds is not None:
-        probs[preds.indices] = fake_probability(preds.logits, detector.score_temperature)
-        damaged = damaged_reasons(dataset, preds.damaged)
+    probs = p_fake_per_item(len(dataset), preds, detector.score_temperature)
+    damaged = damaged_reasons(dataset, preds.damaged) if preds is not None else {}
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
     out = _output_file(settings.output)
@@ -92,6 +88,15 @@ def _rows_and_dataset(inputs, settings: DictConfig, detector):
         return _find_faces(inputs, settings, transform, fallback)
     dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
     return item_rows(dataset), dataset
+
+
+def p_fake_per_item(count: int, preds, temperature: float) -> np.ndarray:
+    """p(fake) of each of ``count`` items, NaN where nothing was scored; in float64, as task=test keeps
+    them: a score equal to the stored threshold must fall on the same side in both."""
+    probs = np.full(count, np.nan)
+    if preds is not None:
+        probs[preds.indices] = fake_probability(preds.logits, temperature)
+    return probs
 
 
 def _output_file(output) -> Path:

@@ -69,3 +69,18 @@ def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given(tmp_pat
     assert _threshold(OmegaConf.create({"threshold": 0.7}), stopped) == 0.7
     chosen = SimpleNamespace(operating_point=OperatingPoint.of({"threshold": 0.25}), source=tmp_path / "best.pth")
     assert _threshold(OmegaConf.create({"threshold": None}), chosen) == 0.25
+
+
+def test_predict_keeps_p_fake_in_float64_so_a_score_at_the_threshold_is_called_as_task_test_calls_it():
+    import numpy as np
+
+    from deepfake.engine.evaluate import Predictions, fake_probability
+    from deepfake.tasks.predict import p_fake_per_item
+
+    logits = np.array([0.3, -2.997, 2.0])  # p(fake) of -2.997 rounds down in float32
+    threshold = float(fake_probability(logits[1:2])[0])  # task=test's threshold: a validation score itself
+    preds = Predictions(indices=np.array([0, 2, 3]), targets=np.zeros(3), logits=logits)
+    probs = p_fake_per_item(4, preds, 1.0)
+    assert probs.dtype == np.float64 and np.isnan(probs[1])
+    assert probs[2] >= threshold  # called fake, as task=test calls it
+    assert np.float32(probs[2]) < threshold  # float32 scores (as before) called it real
