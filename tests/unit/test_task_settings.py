@@ -83,4 +83,4 @@ def test_predict_keeps_p_fake_in_float64_so_a_score_at_the_threshold_is_called_a
     probs = p_fake_per_item(4, preds, 1.0)
     assert probs.dtype == np.float64 and np.isnan(probs[1])
     assert probs[2] >= threshold  # called fake, as task=test calls it
-    assert np.float32(probs[2]) < threshold  # float32 scores (as before) called it real
+    assert float(np.float32(probs[2])) < threshold  # float32 scores (as before) called it real
