@@ -121,16 +121,20 @@ class Explainer:
 @contextmanager
 def gradients_enabled(model: torch.nn.Module) -> Iterator[None]:
     """Gradient CAMs need the target layer's output in the graph: a frozen backbone (or an
-    inference-mode caller) would silently give them none."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(True)
+    inference-mode caller) would silently give them none. On the way out every parameter gets back
+    its flag and its ``.grad`` as they were: the CAM's backward passes leave nothing behind (a frozen
+    parameter holding a gradient would be stepped by an optimizer that sees it)."""
+    saved = [(parameter, parameter.requires_grad, parameter.grad) for parameter in model.parameters()]
+    for parameter, requires_grad, _ in saved:
+        if not requires_grad:
+            parameter.requires_grad_(True)
     try:
         with torch.enable_grad():
             yield
     finally:
-        for parameter in frozen:
-            parameter.requires_grad_(False)
+        for parameter, requires_grad, grad in saved:
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = grad
 
 
 def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -103,19 +103,22 @@ def test_real_and_fake_targets_explain_opposite_evidence(trained):
     np.testing.assert_allclose(predicted.cams[right], fake[right], atol=1e-5)
 
 
-def test_frozen_backbone_still_gets_gradients(trained):
+def test_frozen_backbone_still_gets_gradients_and_keeps_none(trained):
     model, images, _ = trained
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+        parameter.grad = None
     explainer = Explainer(model, "gradcam", "layer2")
     try:
         maps = explainer(images[:2], ["fake", "fake"])
+        # The CAM's backward passes leave the model as they found it: frozen, and without gradients.
+        assert not any(p.requires_grad for p in model.parameters())
+        assert all(p.grad is None for p in model.parameters())
     finally:
         explainer.close()
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     assert maps.max() > 0
-    assert not any(p.grad is not None and not p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize(
