@@ -384,21 +384,36 @@ def test_the_moving_average_is_what_validation_scores_and_best_pth_keeps(tmp_pat
 
     trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3),
                            ema=partial(ModelEmaV3, decay=0.9, use_warmup=False))  # fmt: skip
+    # Each epoch's raw and averaged weights as validation is about to score them.
+    raw, averaged = {}, {}
+    end_epoch = trainer._end_epoch
+
+    def snapshot_then_end(phase, seconds, progress):
+        epoch = trainer.state.epoch + 1
+        raw[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        averaged[epoch] = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+        return end_epoch(phase, seconds, progress)
+
+    trainer._end_epoch = snapshot_then_end
     state = trainer.fit()
     best, last = load_checkpoint(tmp_path / "best.pth"), load_checkpoint(tmp_path / "last.pth")
     assert best["ema"] is True and last["ema_model"] is not None
-    # The raw weights trained on; the average lags behind them.
-    assert not torch.equal(last["model"]["conv1.0.weight"], last["ema_model"]["conv1.0.weight"])
-    if state.best_epoch == state.epoch:
-        assert all(torch.equal(best["model"][k], last["ema_model"][k]) for k in best["model"])
-    # The validation loss logged for the best epoch is the average's, not the raw weights'.
+    # best.pth keeps the average of its epoch, not the raw weights; last.pth keeps both.
+    assert all(torch.equal(best["model"][k], averaged[state.best_epoch][k]) for k in best["model"])
+    assert not all(torch.equal(best["model"][k], raw[state.best_epoch][k]) for k in best["model"])
+    assert all(torch.equal(last["model"][k], raw[state.epoch][k]) for k in last["model"])
+    # Every epoch's logged validation loss is the average's, not the raw weights'.
     rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
-    logged = float(rows[state.best_epoch - 1]["val_loss"])
     model = tiny_model()
-    model.load_state_dict(best["model"])
-    assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() == pytest.approx(logged, abs=1e-5)
-    model.load_state_dict(last["model"])
-    assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() != pytest.approx(logged, abs=1e-5)
+    for epoch, row in enumerate(rows, start=1):
+        model.load_state_dict(averaged[epoch])
+        assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() == pytest.approx(
+            float(row["val_loss"]), abs=1e-5
+        ), epoch
+        model.load_state_dict(raw[epoch])
+        assert predict(model, trainer.val_loader, torch.device("cpu"), "32").loss() != pytest.approx(
+            float(row["val_loss"]), abs=1e-5
+        ), epoch
 
 
 def test_scoring_copies_the_logits_to_the_host_once_per_pass_not_per_batch(monkeypatch):
