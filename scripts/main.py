@@ -50,7 +50,11 @@ def settle_heap() -> None:
 def join_torchrun(argv: list[str]) -> None:
     """Under torchrun: refuse a sweep (each rank would run all of it), join the process group, and
     take rank 0's run stamp, so that every rank composes the same run dir."""
-    sweep = [arg for arg in argv if arg in ("-m", "--multirun") or arg.lstrip("+").startswith(("hparams_search=", "hydra.mode="))]
+    sweep = [
+        arg
+        for arg in argv
+        if arg in ("-m", "--multirun") or arg.lstrip("+").startswith(("hparams_search=", "hydra.mode="))
+    ]
     if sweep:
         print(error_line(
             f"{sweep[0]} under torchrun would run the whole sweep once per rank; run torchrun once per "

@@ -15,6 +15,8 @@ from conftest import TINY, run_main
 from PIL import Image
 from skimage import data as skimage_data
 
+from deepfake.tracking.checkpoint import load_checkpoint
+
 pytestmark = pytest.mark.slow
 
 
@@ -83,7 +85,7 @@ def test_folder_rows_damaged_flags_and_scores_equal_task_test(trained, user_fold
     assert damaged[str(folder / "truncated.jpg")].startswith("unreadable")
     scored = out[out["damaged"] == ""]
     assert len(scored) == len(images) - 2 and out.loc[out["damaged"] != "", "p_fake"].isna().all()
-    threshold = 0.5  # what train.threshold stored in best.pth
+    threshold = load_checkpoint(run / "best.pth")["threshold"]  # chosen on validation, stored with the model
     assert (scored["label"] == np.where(scored["p_fake"] >= threshold, "fake", "real")).all()
     tested = read(run / "predictions.csv").set_index("path")["p_fake"]
     copies = scored[scored["path"].isin(originals)]

@@ -29,6 +29,7 @@ def test_fp16_needs_cuda_and_unknown_values_are_refused():
 
 
 def test_grad_scaler_is_active_only_for_fp16():
+    assert make_grad_scaler(CPU, "16").is_enabled()
     assert not make_grad_scaler(CPU, "32").is_enabled()
     assert not make_grad_scaler(CPU, "bf16").is_enabled()
 

@@ -17,6 +17,13 @@ from deepfake.tracking.run_lock import RunDirLock
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+@pytest.fixture(autouse=True)
+def _root_in_tmp_path(tmp_path, monkeypatch):
+    """paths.root_dir defaults to DEEPFAKE_ROOT (or "."): without this, a resume reads the registry of
+    whatever directory pytest runs in, the repository's own models/."""
+    monkeypatch.setenv("DEEPFAKE_ROOT", str(tmp_path))
+
+
 def _run_dir(root: Path, name: str, overrides: list[str]) -> Path:
     run_dir = root / "outputs" / "train" / name
     (run_dir / ".hydra").mkdir(parents=True)
