@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import psutil  # the bench extra, which the dev extra installs
 import pytest
 from PIL import Image
 
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.engine.loaders import train_loader
-
-psutil = pytest.importorskip("psutil", reason="the bench extra (pip install -e '.[bench]') measures memory")
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def reference() -> torch.nn.Module:
-    transformers = pytest.importorskip("transformers")  # a dev extra: only the tests that compare need it
+    import transformers  # the dev extra's: imported here, since only the tests that compare need it
+
     torch.manual_seed(0)
     model = transformers.CvtForImageClassification(transformers.CvtConfig(num_labels=1000)).eval()
     with torch.no_grad():
