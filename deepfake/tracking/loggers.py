@@ -182,8 +182,24 @@ class TensorBoardLogger(Tracker):
         self._writer.add_image(tag, image, global_step=step, dataformats="CHW")
 
     def close(self, status: str = "finished") -> None:
-        if self._session_open:  # marks the HParams row finished
-            from torch.utils.tensorboard.summary import hparams
-
-            self._writer.file_writer.add_summary(hparams({}, {})[2])
+        if self._session_open:  # ends the HParams row with the run's own status
+            self._writer.file_writer.add_summary(_session_end(status))
         self._writer.close()
+
+
+# The HParams dashboard's session statuses; torch's hparams() only ever writes success.
+# A run stopped to be resumed has no status of its own there: unknown, not a success.
+TENSORBOARD_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
+
+
+def _session_end(status: str):
+    """The HParams session-end record of a run ended ``status`` (finished, failed, stopped)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    end = SessionEndInfo(status=Status.Value(TENSORBOARD_STATUS.get(status, "STATUS_UNKNOWN")))
+    content = HParamsPluginData(session_end_info=end, version=PLUGIN_DATA_VERSION).SerializeToString()
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content))
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])

@@ -106,6 +106,9 @@ def test_tensorboard_scalars_and_images_are_written(tmp_path: Path) -> None:
     assert start.hparams["optimizer.weight_decay"].number_value == 0.05
     assert start.hparams["train.grad_clip_norm"].string_value == "None"
     assert start.hparams["augment.scale"].string_value == "[0.8, 1.0]"
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_end_info"]).session_end_info  # fmt: skip
+    assert end.status == 1  # STATUS_SUCCESS
     [image] = events.Images("cam/overlay")
     assert (image.step, image.width, image.height) == (2, 8, 8)
 
@@ -134,3 +137,20 @@ def test_the_task_tells_its_trackers_how_it_ended(raised, status) -> None:
         if raised is not None:
             raise raised
     assert _Recorder.ended == [status]
+
+
+@pytest.mark.parametrize(("status", "shown"), [("failed", "STATUS_FAILURE"), ("stopped", "STATUS_UNKNOWN")])
+def test_tensorboard_ends_the_hparams_row_with_the_runs_own_status(tmp_path: Path, status: str, shown: str) -> None:
+    """torch's hparams() writes success whatever happened: a failed sweep job looked finished."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.log_params({"seed": 1})
+    logger.close(status=status)
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_end_info"]).session_end_info  # fmt: skip
+    assert api_pb2.Status.Name(end.status) == shown
