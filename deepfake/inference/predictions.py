@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from deepfake.engine.evaluate import fake_probability
 from deepfake.tracking.checkpoint import atomic_write_text
 
 COLUMNS = ["path", "p_fake", "label", "damaged"]
@@ -44,6 +45,15 @@ def item_rows(dataset) -> list[Row]:
 def damaged_reasons(dataset, indices) -> dict[int, str]:
     """Why each of the items the scoring loop flagged is damaged (decoded again: workers cannot tell)."""
     return {int(index): dataset.damage_reason(int(index)) or "unreadable" for index in indices}
+
+
+def p_fake_per_item(count: int, preds, temperature: float) -> np.ndarray:
+    """p(fake) of each of ``count`` items, NaN where nothing was scored; in float64, task=test's and
+    task=predict's alike: a score equal to the stored threshold falls on the same side in both."""
+    probs = np.full(count, np.nan)
+    if preds is not None:
+        probs[preds.indices] = fake_probability(preds.logits, temperature)
+    return probs
 
 
 def verdict(p_fake: float, threshold: float) -> str:

@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from deepfake.data.image_files import ImageFileDataset
-from deepfake.engine.evaluate import fake_probability, predict
+from deepfake.engine.evaluate import predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
-from deepfake.inference.predictions import damaged_reasons, item_rows
+from deepfake.inference.predictions import damaged_reasons, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, preflight, session
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text
@@ -88,15 +88,6 @@ def _rows_and_dataset(inputs, settings: DictConfig, detector):
         return _find_faces(inputs, settings, transform, fallback)
     dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
     return item_rows(dataset), dataset
-
-
-def p_fake_per_item(count: int, preds, temperature: float) -> np.ndarray:
-    """p(fake) of each of ``count`` items, NaN where nothing was scored; in float64, as task=test keeps
-    them: a score equal to the stored threshold must fall on the same side in both."""
-    probs = np.full(count, np.nan)
-    if preds is not None:
-        probs[preds.indices] = fake_probability(preds.logits, temperature)
-    return probs
 
 
 def _output_file(output) -> Path:

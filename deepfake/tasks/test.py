@@ -24,7 +24,13 @@ from deepfake.evaluation import report as html_report
 from deepfake.evaluation.operating_point import DecisionRule, decision_rule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
-from deepfake.inference.predictions import damaged_reasons, item_rows, prediction_table, write_predictions
+from deepfake.inference.predictions import (
+    damaged_reasons,
+    item_rows,
+    p_fake_per_item,
+    prediction_table,
+    write_predictions,
+)
 from deepfake.reports.html import write_document
 from deepfake.tasks import checkpoints, data_setup, session
 from deepfake.tasks.display import fmt_metric
@@ -85,8 +91,7 @@ def evaluate_checkpoint(
 
 def _write_predictions(dataset, preds, rule: DecisionRule, out_dir: Path) -> None:
     """predictions.csv, one row per test image as task=predict writes it: the same images give the same rows."""
-    probs = np.full(len(dataset), np.nan)
-    probs[preds.indices] = rule.p_fake(preds.logits)
+    probs = p_fake_per_item(len(dataset), preds, rule.temperature)
     table = prediction_table(item_rows(dataset), probs, rule.threshold, damaged_reasons(dataset, preds.damaged),
                              labelled=True)  # fmt: skip
     write_predictions(table, out_dir / "predictions.csv")

@@ -75,7 +75,7 @@ def test_predict_keeps_p_fake_in_float64_so_a_score_at_the_threshold_is_called_a
     import numpy as np
 
     from deepfake.engine.evaluate import Predictions, fake_probability
-    from deepfake.tasks.predict import p_fake_per_item
+    from deepfake.inference.predictions import p_fake_per_item
 
     logits = np.array([0.3, -2.997, 2.0])  # p(fake) of -2.997 rounds down in float32
     threshold = float(fake_probability(logits[1:2])[0])  # task=test's threshold: a validation score itself
