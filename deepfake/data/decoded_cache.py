@@ -102,25 +102,26 @@ def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLik
                threads: int = DEFAULT_SCAN_THREADS) -> DecodedImages:  # fmt: skip
     """The cache of ``paths`` (the split's resolved image paths, in CSV order), built first if needed."""
     key = cache_key(csv_path, root_dir, paths, img_size, interpolation, threads)
-    final = Path(cache_dir) / f"{Path(csv_path).stem}-{img_size}px-{key[:16]}"
+    prefix = f"{Path(csv_path).stem}-{img_size}px-"  # the caches of this CSV's name and size
+    final = Path(cache_dir) / f"{prefix}{key[:16]}"
     if not (final / _META).is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{final}.lock"):
             if not (final / _META).is_file():  # another run or rank may have built it meanwhile
                 builder = _Builder(paths, key, img_size, interpolation, fallback_size, threads)
                 builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk)
-                _remove_superseded(final, csv_path, root_dir)
+                _remove_superseded(final, prefix, csv_path, root_dir)
     cache = DecodedImages(final)
     if cache.count != len(paths):  # the key covers the CSV, so only a hand-edited cache gets here
         raise DataError(f"{final}: holds {cache.count} images for {len(paths)} rows of {csv_path}; delete it")
     return cache
 
 
-def _remove_superseded(final: Path, csv_path, root_dir) -> None:
-    """Delete the finished caches of the same CSV, root and size that ``final`` replaces: their files
-    have changed since (or the CSV has), so their key can no longer come up, and at the Kaggle set's
-    size each is ~20 GB. Caches of other sizes, CSVs or roots stay; so does a folder without meta.json."""
-    prefix = final.name[: -len(final.name.rsplit("-", 1)[1])]  # "<csv stem>-<size>px-"
+def _remove_superseded(final: Path, prefix: str, csv_path, root_dir) -> None:
+    """Delete the finished caches of the same CSV, root and size (named ``prefix...``) that ``final``
+    replaces: their files have changed since (or the CSV has), so their key can no longer come up, and
+    at the Kaggle set's size each is ~20 GB. Caches of other sizes, CSVs or roots stay; so does a
+    folder without meta.json."""
     for other in final.parent.glob(f"{prefix}*"):
         if other == final or not other.is_dir() or other.name.endswith(".partial"):
             continue
