@@ -95,11 +95,10 @@ def summarize(sweep_dir: Path, entries: list[dict], since: float | None = None) 
     ``hydra.sweep.dir`` also holds an earlier launch's."""
     by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
     job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
+    statuses = {job_dir: read_status(job_dir) or {} for job_dir in job_dirs}
     if since is not None:
-        job_dirs = [job_dir for job_dir in job_dirs if _started(job_dir) >= since - _CLOCK_SLACK_S]
-    rows = [
-        _row(job_dir, read_status(job_dir) or {}, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir in job_dirs
-    ]
+        statuses = {d: status for d, status in statuses.items() if _started(d, status) >= since - _CLOCK_SLACK_S}
+    rows = [_row(job_dir, status, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir, status in statuses.items()]
     _keep_varying_overrides(rows)
     return sorted(rows, key=_rank)
 
@@ -108,10 +107,10 @@ def summarize(sweep_dir: Path, entries: list[dict], since: float | None = None) 
 _CLOCK_SLACK_S = 1.0
 
 
-def _started(job_dir: Path) -> float:
+def _started(job_dir: Path, status: dict) -> float:
     """When the job in ``job_dir`` last started: its status.json's started_at, else (a job killed
     before writing one) when Hydra wrote its .hydra/."""
-    started = (read_status(job_dir) or {}).get("started_at")
+    started = status.get("started_at")
     try:
         return datetime.fromisoformat(str(started)).timestamp()
     except ValueError:
