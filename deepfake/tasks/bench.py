@@ -29,9 +29,9 @@ from torch.utils.data import Subset
 from deepfake.engine import benchmark
 from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_channels_last, resolve_compile, resolve_num_workers
-from deepfake.engine.phases import plan_phases
+from deepfake.engine.phases import plan_phases, steps_per_epoch
 from deepfake.engine.precision import resolve_device, resolve_precision
-from deepfake.engine.reproducibility import seed_everything
+from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError
 from deepfake.tasks import data_setup, session
@@ -81,6 +81,7 @@ def run(cfg: DictConfig) -> float:
     if positive_int(settings.epochs, "bench.epochs") < 2:  # before any measuring
         raise ConfigError(f"bench.epochs={settings.epochs}: the first epoch is the warm-up; use at least 2")
     seed_everything(cfg.seed)
+    set_deterministic(bool(cfg.deterministic))  # as a run trains: cudnn.benchmark unless deterministic
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data_setup.ensure_dataset(cfg.dataset)
@@ -156,6 +157,7 @@ def _switches(cfg: DictConfig, device: torch.device) -> dict:
         "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "cache": str(cfg.bench.cache),
         "decode": str(cfg.dataset.decode), "fused_optimizer": bool(cfg.optimizer.get("fused", False)),
         "background_checkpoints": bool(cfg.train.background_checkpoints),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,  # set from `deterministic`, as a run sets it
     }  # fmt: skip
 
 
@@ -204,7 +206,8 @@ def _train_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     model = instantiate(cfg.backbone)
     loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
-    clock = EpochClock(len(loader), bare_step, device)
+    # The clock counts optimizer steps, of which an epoch has fewer than batches when they accumulate.
+    clock = EpochClock(steps_per_epoch(len(loader), int(cfg.train.accumulate_grad_batches)), bare_step, device)
     trainer = Trainer(
         model,
         loader,
