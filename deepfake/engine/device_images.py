@@ -77,9 +77,35 @@ class DeviceImages:
             return torch.zeros((3, top + height, left + width), dtype=torch.uint8, device=self.device)
 
 
+_DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}  # per CUDA device index
+
+
 def _decode_jpeg(data, device: torch.device):
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still are the
         # batched nvjpeg decode this path is built on, and the warning would repeat in every run.log.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        if device.type != "cuda":
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return _on_decode_stream(lambda: decode_jpeg(data, mode=ImageReadMode.RGB, device=device), device)
+
+
+def _on_decode_stream(decode, device: torch.device):
+    """``decode()`` on a CUDA stream of its own. torchvision allocates the images on the current
+    stream, then nvjpeg fills them on a private stream that does not wait for the current one: on
+    the training stream, memory that queued kernels (the last step's crops, its backward) still read
+    could be handed to the decoder and overwritten, and a batch would train on the next one's pixels.
+    On its own stream the decode gets memory that only earlier decoded images held, each of them
+    marked as used by the training stream, so the allocator hands it out again only once the
+    training stream is past its last use."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _DECODE_STREAMS.get(index)
+    if stream is None:
+        stream = _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
+    training = torch.cuda.current_stream(index)
+    with torch.cuda.stream(stream):
+        decoded = decode()
+    training.wait_stream(stream)  # the training stream reads the images only once they are decoded
+    for image in [decoded] if isinstance(decoded, torch.Tensor) else decoded:
+        image.record_stream(training)
+    return decoded
