@@ -109,7 +109,7 @@ class EpochEnd:
             self.best_predictions = preds
             if self.ranks.is_main:
                 self.checkpoints.save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
-        if self.state.epoch_in_phase == phase.epochs:
+        if self.state.epoch_in_phase >= phase.epochs:
             self.state.phase_index += 1
             self.state.epoch_in_phase = 0
         # The row reaches the disk before last.pth: a kill in between leaves an extra row, which the

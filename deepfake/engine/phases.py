@@ -21,6 +21,10 @@ class Phase:
     layer_decay: float | None = None  # layer-wise decay of the backbone's rate (its groups' lr_scale); None: off
 
 
+# The phases in the order they run; plan_phases leaves out those of 0 epochs.
+PHASE_ORDER = ("head", "finetune")
+
+
 def steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:
     # The last, partial accumulation window of an epoch still makes an optimizer step.
     return math.ceil(batches_per_epoch / accumulate)

@@ -11,10 +11,10 @@ import logging
 from dataclasses import asdict, dataclass
 
 from deepfake.engine import distributed
-from deepfake.engine.phases import Phase
+from deepfake.engine.phases import PHASE_ORDER, Phase
 from deepfake.engine.precision import make_grad_scaler
 from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
-from deepfake.errors import CheckpointError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Checkpointing:
                                       "it with the run's own train.ema.enabled=false")  # fmt: skip
             self.ema.module.load_state_dict(checkpoint["ema_model"])
         self.state = TrainerState(**checkpoint["trainer_state"])
+        checkpoint = self._place_in_schedule(checkpoint)
         # Here, not with the optimizer: a run stopped at a phase boundary has no optimizer state to load,
         # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
         if checkpoint.get("scaler"):
@@ -160,3 +161,31 @@ class Checkpointing:
             )
             log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
+
+    def _place_in_schedule(self, checkpoint: dict) -> dict:
+        """Where the resumed run stands in this run's phases, found by the saved phase's name (a phase
+        of 0 epochs is left out of the plan, so the saved index alone could point at another phase).
+        A stopped phase given fewer epochs than it has trained would never end, and a schedule without
+        it would silently skip the rest of it: both refused. Exactly as many epochs as it has trained
+        ends it here. Returns the checkpoint to resume from (without optimizer state once it ended)."""
+        state, saved = self.state, checkpoint.get("phase")
+        if saved not in PHASE_ORDER:
+            return checkpoint
+        ended = state.epoch_in_phase == 0 and state.batches_done == 0  # saved as the phase ended
+        follows = PHASE_ORDER.index(saved) + ended
+        state.phase_index = sum(PHASE_ORDER.index(phase.name) < follows for phase in self.phases)
+        if ended:
+            return checkpoint
+        trained = state.epoch_in_phase + bool(state.batches_done)  # a part-way epoch counts
+        phase = self.phases[state.phase_index] if state.phase_index < len(self.phases) else None
+        if phase is None or phase.name != saved or trained > phase.epochs:
+            given = phase.epochs if phase is not None and phase.name == saved else 0
+            raise ConfigError(
+                f"{self.run_dir / 'last.pth'} stopped in phase {saved} after {trained} epoch(s) of it; "
+                f"phase.{saved}_epochs={given} is fewer: resume with phase.{saved}_epochs={trained} (the phase "
+                "ends now) or more"
+            )
+        if state.epoch_in_phase == phase.epochs:  # shortened to what it has trained: the phase ends here
+            state.phase_index, state.epoch_in_phase = state.phase_index + 1, 0
+            return {**checkpoint, "optimizer": None, "scheduler": None}
+        return checkpoint

@@ -464,3 +464,41 @@ def test_scoring_uint8_images_normalised_on_the_device_gives_the_float_pipelines
     assert (uint8.logits == floats.logits).all() and (uint8.indices == floats.indices).all()
     with pytest.raises(TypeError, match="uint8 images; pass to_input"):
         predict(model, loader(False), cpu, "32")
+
+
+def _stopped_in_finetune(tmp_path, head_epochs: int):
+    """A run of `head_epochs` + 4 fine-tuning epochs stopped after its second fine-tuning epoch."""
+    steps = (head_epochs + 2) * 3  # 3 steps an epoch
+    stopped = _stop_after(make_trainer(tmp_path, plan_phases(head_epochs, 4, lr_head=1e-3, lr_backbone=1e-4)), steps)
+    stopped.fit()
+    stopped.close()
+    assert (stopped.state.epoch_in_phase, stopped.state.batches_done) == (2, 0)
+    return load_checkpoint(tmp_path / "last.pth")
+
+
+@pytest.mark.parametrize("finetune_epochs", [1, 0])
+def test_a_resume_given_fewer_epochs_than_the_stopped_phase_trained_is_refused(tmp_path, finetune_epochs):
+    """Fewer would never end the phase (it used to train on forever); none would skip its rest silently."""
+    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
+    resumed = make_trainer(tmp_path, plan_phases(1, finetune_epochs, lr_head=1e-3, lr_backbone=1e-4))
+    with pytest.raises(ConfigError, match=rf"stopped in phase finetune after 2 epoch\(s\) of it; "
+                                          rf"phase.finetune_epochs={finetune_epochs} is fewer: resume with "
+                                          r"phase.finetune_epochs=2 \(the phase ends now\) or more"):  # fmt: skip
+        resumed.fit(saved)
+
+
+def test_a_resume_given_exactly_the_epochs_trained_ends_the_phase_there(tmp_path):
+    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
+    resumed = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4))
+    resumed.fit(saved)
+    assert (resumed.state.epoch, resumed.state.step, resumed.state.phase_index) == (3, 9, 2)  # nothing more trained
+    assert all(torch.equal(a, b) for a, b in zip(saved["model"].values(), resumed.model.state_dict().values()))
+
+
+def test_a_resume_without_the_head_phase_finds_the_stopped_phase_by_name(tmp_path):
+    """phase.head_epochs=0 on resume leaves the head phase out of the plan: the saved phase index (1)
+    would point past it, and the run used to end without its last fine-tuning epochs."""
+    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
+    resumed = make_trainer(tmp_path, plan_phases(0, 4, lr_head=1e-3, lr_backbone=1e-4))
+    resumed.fit(saved)
+    assert (resumed.state.epoch, resumed.state.step, resumed.state.epoch_in_phase) == (5, 15, 0)
