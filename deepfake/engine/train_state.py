@@ -134,7 +134,7 @@ class Checkpointing:
                                       "it with the run's own train.ema.enabled=false")  # fmt: skip
             self.ema.module.load_state_dict(checkpoint["ema_model"])
         self.state = TrainerState(**checkpoint["trainer_state"])
-        checkpoint = self._place_in_schedule(checkpoint)
+        checkpoint = self._place_in_schedule(checkpoint, self.state)
         # Here, not with the optimizer: a run stopped at a phase boundary has no optimizer state to load,
         # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
         if checkpoint.get("scaler"):
@@ -162,13 +162,17 @@ class Checkpointing:
             log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
 
-    def _place_in_schedule(self, checkpoint: dict) -> dict:
+    def check_resumable(self, checkpoint: dict) -> None:
+        """Refuse, before the first batch, a last.pth that this run's schedule cannot continue."""
+        self._place_in_schedule(checkpoint, TrainerState(**checkpoint["trainer_state"]))
+
+    def _place_in_schedule(self, checkpoint: dict, state: TrainerState) -> dict:
         """Where the resumed run stands in this run's phases, found by the saved phase's name (a phase
         of 0 epochs is left out of the plan, so the saved index alone could point at another phase).
         A stopped phase given fewer epochs than it has trained would never end, and a schedule without
         it would silently skip the rest of it: both refused. Exactly as many epochs as it has trained
         ends it here. Returns the checkpoint to resume from (without optimizer state once it ended)."""
-        state, saved = self.state, checkpoint.get("phase")
+        saved = checkpoint.get("phase")
         if saved not in PHASE_ORDER:
             return checkpoint
         ended = state.epoch_in_phase == 0 and state.batches_done == 0  # saved as the phase ended

@@ -12,7 +12,9 @@ of a resumed config must lie under :data:`ALLOWED_TARGET_PREFIXES` before anythi
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -23,6 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from deepfake.engine.launcher_env import env_rank
 from deepfake.errors import CheckpointError, ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 ALLOWED_TARGET_PREFIXES = ("deepfake.", "torch.optim.", "torch.nn.", "timm.", "torchvision.")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 SEARCH_GROUP = "hparams_search"  # a config group that makes Hydra sweep (conf/hparams_search/)
+PREVIOUS_OVERRIDES_ENV = "DEEPFAKE_RESUMED_OVERRIDES"  # the resumed run's overrides.yaml as it was
 
 
 class _RunFinished(Exception):
@@ -83,6 +87,7 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
     value = _typed(parsed, "resume")
     if value in (None, False):
         _refuse_live_run_dir(_typed(parsed, "hydra.run.dir"), parsed, conf_dir)
+        _refuse_used_run_dir(_typed(parsed, "hydra.run.dir"))
         return argv
     if any(flag in MULTIRUN_FLAGS for flag in flags) or _typed(parsed, SEARCH_GROUP) is not None:
         raise ConfigError(
@@ -93,9 +98,14 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
     run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
     kept = _last_wins([o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"])
     cfg = _compose(conf_dir, kept, f"resume={run_dir}")
+    if cfg.task.name != "train":
+        raise ConfigError(f"resume={run_dir}: a task={cfg.task.name} run dir; resume continues a stopped training "
+                          "run (outputs/train/<run>): run the task again instead, into a new dir")  # fmt: skip
     _refuse_live_run_dir(run_dir, kept, conf_dir, cfg)
     finished = finished_entry(cfg, run_dir)
     if finished is None:
+        # Hydra rewrites the run's overrides.yaml with these before the task can refuse them: kept to put back.
+        os.environ[PREVIOUS_OVERRIDES_ENV] = (run_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")
         return [*flags, *_lines(kept), f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
     if _typed(parsed, "train.do_test") is not True:
         raise _RunFinished(finished_message(run_dir, finished) + "; to re-run only its test: add train.do_test=true")
@@ -128,6 +138,15 @@ def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg
         return
     cfg = cfg if cfg is not None else _compose(conf_dir, overrides, f"hydra.run.dir={run_dir}")
     refuse_if_held(Path(str(run_dir)), float(cfg.run_lock.stale_after_s))
+
+
+def _refuse_used_run_dir(run_dir) -> None:
+    """A new run into a dir that holds a run would replace its config, checkpoints and registry entry."""
+    if run_dir is not None and (Path(str(run_dir)) / ".hydra" / "overrides.yaml").is_file():
+        raise ConfigError(
+            f"hydra.run.dir={run_dir} already holds a run; continue a stopped training with resume={run_dir}, "
+            "or give a new dir (a new run there would replace its config, checkpoints and registry entry)"
+        )
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
@@ -184,6 +203,22 @@ def _quoted(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- in the task
+@contextmanager
+def overrides_kept_if_refused(cfg: DictConfig, out_dir: Path):
+    """A resume refused before it trains (a changed backbone, a schedule shorter than what was
+    trained) puts back the run's own ``.hydra/overrides.yaml``, which Hydra had already rewritten
+    with the refused ones; otherwise every later plain ``resume=`` would fail the same way."""
+    try:
+        yield
+    except UserError:
+        previous = os.environ.get(PREVIOUS_OVERRIDES_ENV) if cfg.get("resume") else None
+        if previous is not None and env_rank() == 0:
+            from deepfake.tracking.checkpoint import atomic_write_text  # torch: imported by the task already
+
+            atomic_write_text(out_dir / ".hydra" / "overrides.yaml", previous)
+        raise
+
+
 def check_resumed_config(cfg: DictConfig, out_dir: Path) -> None:
     """Before anything is instantiated: the run dir is the one resumed, every _target_ is allowlisted."""
     if not isinstance(cfg.resume, str) or Path(cfg.resume).resolve() != out_dir.resolve():

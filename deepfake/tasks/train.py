@@ -50,7 +50,13 @@ from deepfake.tasks.preflight import (
     check_registry,
     positive_int,
 )
-from deepfake.tasks.resume import check_resumed_config, finished_entry, finished_message, load_last_checkpoint
+from deepfake.tasks.resume import (
+    check_resumed_config,
+    finished_entry,
+    finished_message,
+    load_last_checkpoint,
+    overrides_kept_if_refused,
+)
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
 from deepfake.tasks.trainer_options import trainer_options
@@ -78,17 +84,19 @@ def run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     here = distributed.init_from_env()
     out_dir = session.run_dir()  # this process (rank 0 under torchrun) holds its lock (deepfake.tasks.jobs)
-    if cfg.get("resume"):
-        check_resumed_config(cfg, out_dir)
-        finished = finished_entry(cfg, out_dir)
-        if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
-            log.info("%s", finished_message(out_dir, finished))
-            return finished.get("best_val_auc")
-    run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
+    with overrides_kept_if_refused(cfg, out_dir):
+        if cfg.get("resume"):
+            check_resumed_config(cfg, out_dir)
+            finished = finished_entry(cfg, out_dir)
+            if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
+                log.info("%s", finished_message(out_dir, finished))
+                return finished.get("best_val_auc")
+        run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
     # The trackers stay open from the first step through the test and CAM of best.pth: one tracker run
     # holds the whole training, and a tracker that is down is found (and warned about) once.
     with session.trackers(cfg) as trackers:
-        training = distributed.together(lambda: _setup(cfg, out_dir, run_info, trackers))
+        with overrides_kept_if_refused(cfg, out_dir):
+            training = distributed.together(lambda: _setup(cfg, out_dir, run_info, trackers))
         state = _train(training)
         distributed.shut_down()  # training's collectives are over: rank 0 goes on alone
         if not here.is_main:
@@ -153,6 +161,8 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         val_input=data_setup.model_input(preprocess, device),
         **options,
     )
+    if resume_from is not None:
+        trainer.check_resumable(resume_from)  # before the first batch: a refusal keeps the run's own overrides
     entry = {
         "run_name": name,
         **session.run_labels(cfg),

@@ -212,3 +212,17 @@ def test_an_edited_run_dir_cannot_make_resume_build_anything(tmp_path, uninterru
     lines = error_lines(result)
     assert result.returncode == 2 and len(lines) == 1 and refused in lines[0], result.stdout + result.stderr
     assert registry(tmp_path)["runs"] == []
+
+
+def test_a_refused_resume_puts_back_the_runs_own_overrides(tmp_path, uninterrupted, reliable_data):
+    """Hydra writes the typed overrides into .hydra/overrides.yaml before the task can refuse them; left
+    there, every later plain resume= would be refused the same way."""
+    run_dir = tmp_path / "outputs" / "train" / "copied"  # unregistered here: not a finished run
+    shutil.copytree(uninterrupted, run_dir)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    before = overrides.read_text()
+    result = run(tmp_path, reliable_data, f"resume={run_dir}", "backbone.name=resnet18")
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1 and "resnet18" in lines[0], result.stdout + result.stderr
+    assert overrides.read_text() == before
+    assert run(tmp_path, reliable_data, f"resume={run_dir}").returncode == 0  # as typed: nothing to repeat

@@ -117,9 +117,20 @@ def test_a_run_dir_being_written_is_refused_before_hydra_opens_it(tmp_path):
         for argv in ([f"resume={run_dir}"], [f"hydra.run.dir={run_dir}", "seed=2"]):
             with pytest.raises(RunDirLocked, match=f"is being written by PID {os.getpid()}"):
                 _rewrite([f"paths.root_dir={tmp_path}", *argv], CONF_DIR)
-    assert (
-        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)[-1] == f"hydra.run.dir={run_dir}"
-    )
+    with pytest.raises(ConfigError, match=f"hydra.run.dir={run_dir} already holds a run; continue a stopped training "
+                                          f"with resume={run_dir}, or give a new dir"):  # fmt: skip
+        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a dir without a run in it is any run's to take
+    assert _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={empty}"], CONF_DIR)[-1] == f"hydra.run.dir={empty}"
+
+
+@pytest.mark.parametrize("task", ["test", "predict"])
+def test_resume_of_another_tasks_run_dir_is_refused(tmp_path, task):
+    """It used to run that task again in its dir, over its predictions.csv or metrics_test.json."""
+    run_dir = _run_dir(tmp_path, "other", [f"task={task}", "ckpt=/some/best.pth"])
+    with pytest.raises(ConfigError, match=f"a task={task} run dir; resume continues a stopped training run"):
+        _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}"], CONF_DIR)
 
 
 def test_a_finished_run_is_not_resumed_and_do_test_becomes_a_test_of_its_checkpoint(tmp_path):
