@@ -24,7 +24,7 @@ from deepfake.audit.spectra import crop_size, spectra_check
 from deepfake.audit.verdict import FAIL, Verdict, worst
 from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, read_raw_csv
 from deepfake.data.scan import DEFAULT_SCAN_THREADS
-from deepfake.errors import ConfigError
+from deepfake.errors import ConfigError, DataError
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def image_table(splits: list[Split], known_sha256: Mapping[str, str], threads: i
 
 
 def _spectrum_sample(images: pd.DataFrame, settings: AuditSettings) -> tuple[dict[str, list[str]], int]:
-    names = images["split"].unique().tolist()
-    split = settings.spectrum_split if settings.spectrum_split in names else names[0]
+    split = settings.spectrum_split  # one of the audited splits (run_audit checks)
     readable = images[(images["split"] == split) & images["damaged"].isna()].drop_duplicates("path")
     rng = np.random.default_rng(settings.seed)
     sample = {}
@@ -146,7 +145,14 @@ def run_audit(
     """Every check on ``splits`` (earliest first: train, valid, test); writes the reports into ``out_dir``."""
     started = time.perf_counter()
     names = [split.name for split in splits]
+    if settings.spectrum_split not in names:  # it used to fall back to the first split, silently
+        raise ConfigError(f"audit.spectrum_split={settings.spectrum_split}: no such split here; use one of "
+                          f"{', '.join(names)}")  # fmt: skip
     images = image_table(splits, known_sha256 or {}, settings.threads, progress)
+    if images["damaged"].notna().all():  # a wrong image root: nothing to audit
+        first = images.iloc[0]
+        raise DataError(f"none of the {len(images)} images could be read (the first, {first['path']}: "
+                        f"{first['damaged']}); check dataset.root_dir")  # fmt: skip
     seconds = {"read": time.perf_counter() - started}
 
     def timed(name: str, check: Callable[[], object]):

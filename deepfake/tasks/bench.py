@@ -29,14 +29,14 @@ from torch.utils.data import Subset
 from deepfake.engine import benchmark
 from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_channels_last, resolve_compile, resolve_num_workers
-from deepfake.engine.phases import plan_phases, steps_per_epoch
+from deepfake.engine.phases import steps_per_epoch
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError
 from deepfake.tasks import data_setup, session
-from deepfake.tasks.preflight import positive_int
-from deepfake.tasks.trainer_options import trainer_options
+from deepfake.tasks.trainer_options import phase_plan, trainer_options
+from deepfake.tasks.values import non_negative, positive_int
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import console
 from deepfake.tracking.loggers import Tracker
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # Training steps that a checkpoint save shares the machine with, in the switches' figure: on a
 # 2-core CPU about the time a background write of CvT-13's last.pth takes.
 SWITCH_STEPS = 3
+CACHE_MODES = ("none", "eval", "all")  # bench.cache
 
 
 class EpochClock(Tracker):
@@ -80,6 +81,10 @@ def run(cfg: DictConfig) -> float:
     settings = cfg.bench
     if positive_int(settings.epochs, "bench.epochs") < 2:  # before any measuring
         raise ConfigError(f"bench.epochs={settings.epochs}: the first epoch is the warm-up; use at least 2")
+    if str(settings.cache) not in CACHE_MODES:
+        raise ConfigError(
+            f"bench.cache={settings.cache!r}; use none, eval (scoring from the cache) or all (the loader too)"
+        )
     seed_everything(cfg.seed)
     set_deterministic(bool(cfg.deterministic))  # as a run trains: cudnn.benchmark unless deterministic
     device = resolve_device(cfg.train.device)
@@ -93,7 +98,8 @@ def run(cfg: DictConfig) -> float:
                                       preprocess=preprocess, training=True)  # fmt: skip
     val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False))
     to_input = data_setup.model_input(preprocess, device)
-    repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"), "warmup": int(settings.warmup)}
+    repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"),
+               "warmup": non_negative(settings.warmup, "bench.warmup", int)}  # fmt: skip
     timed = partial(benchmark.images_per_second, device=device, **repeats)
     memory = benchmark.PeakMemory(device)
 
@@ -164,9 +170,7 @@ def _switches(cfg: DictConfig, device: torch.device) -> dict:
 def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, precision: str) -> dict:
     """(c') scoring and, with ``bench.cache=all``, (d') the training loader, from the decoded-image cache
     (built first when absent, in dataset.cache_dir where training finds it later; its cost reported)."""
-    mode = str(cfg.bench.cache)
-    if mode not in ("none", "eval", "all"):
-        raise ConfigError(f"bench.cache={mode!r}; use none, eval (scoring from the cache) or all (the loader too)")
+    mode = str(cfg.bench.cache)  # one of CACHE_MODES, checked before any measuring
     figures = {}
     if mode == "none":
         return figures
@@ -214,14 +218,7 @@ def _train_pipeline(
         data_setup.make_loader(
             Subset(val_set, range(min(len(val_set), int(cfg.dataset.batch_size)))), cfg.dataset, device=device
         ),  # fmt: skip
-        plan_phases(
-            0,
-            epochs,
-            lr_head=float(cfg.phase.lr_head),
-            lr_backbone=float(cfg.phase.lr_backbone),
-            weight_decay_exclude_1d=bool(cfg.phase.weight_decay_exclude_1d),
-            layer_decay=cfg.phase.layer_decay,
-        ),  # fmt: skip
+        phase_plan(cfg.phase, head_epochs=0, finetune_epochs=epochs, warmup_epochs=0),
         device=device,
         run_dir=run_dir,
         describe={"model_spec": model.detector_spec, "run_name": "bench"},

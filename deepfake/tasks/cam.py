@@ -25,7 +25,7 @@ from deepfake.evaluation.operating_point import decision_rule
 from deepfake.explain import Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
-from deepfake.tasks import checkpoints, data_setup, preflight, session
+from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 from deepfake.tracking.loggers import Tracker
 
@@ -63,10 +63,10 @@ def explain_checkpoint(
     rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
     data_setup.ensure_dataset(cfg.dataset)
     dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(preprocess))
-    batch_size = preflight.positive_int(settings.batch_size, "cam.batch_size")
+    batch_size = values.positive_int(settings.batch_size, "cam.batch_size")
     rng = np.random.default_rng(int(cfg.seed))
 
-    shown = _pick(rng, np.arange(len(dataset)), preflight.positive_int(settings.num_samples, "cam.num_samples"))
+    shown = _pick(rng, np.arange(len(dataset)), values.positive_int(settings.num_samples, "cam.num_samples"))
     images = torch.stack([dataset[i]["image"] for i in shown])
     explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
     try:
@@ -157,7 +157,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
     without masks, on the overlay images and their targets (no localisation then)."""
     masked = np.flatnonzero(dataset.mask_paths.non_empty()) if dataset.mask_paths is not None else []
     if len(masked):
-        chosen = _pick(rng, masked, preflight.positive_int(settings.metric_samples, "cam.metric_samples"))
+        chosen = _pick(rng, masked, values.positive_int(settings.metric_samples, "cam.metric_samples"))
         images = torch.stack([dataset[i]["image"] for i in chosen])
         masks = [_mask(dataset, i) for i in chosen]
         if len({m.shape for m in masks}) > 1:

@@ -14,7 +14,7 @@ from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform
 from deepfake.engine import distributed, loaders
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.errors import ConfigError
-from deepfake.tasks.preflight import positive_int
+from deepfake.tasks.values import positive_int
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from deepfake.errors import ConfigError
 from deepfake.inference import discover_inputs, load_detector
 from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
-from deepfake.tasks import checkpoints, preflight
+from deepfake.tasks import checkpoints, values
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ def run(cfg: DictConfig) -> float:
     output = Path(settings.output) if settings.output else source.parent / "model.onnx"
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"export.output={settings.output} must end in .onnx (its sidecar takes the same name, .json)")
-    tolerance = preflight.number(settings.tolerance, "export.tolerance")
+    tolerance = values.number(settings.tolerance, "export.tolerance")
     if not tolerance > 0:
         raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
-    count = preflight.positive_int(settings.verify_images, "export.verify_images")
+    count = values.positive_int(settings.verify_images, "export.verify_images")
     detector = load_detector(source)
     if detector.operating_point.threshold is None:
         log.warning(

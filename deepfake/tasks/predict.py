@@ -27,7 +27,7 @@ from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import damaged_reasons, item_rows, p_fake_per_item
-from deepfake.tasks import checkpoints, data_setup, preflight, session
+from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import progress_bars
@@ -39,8 +39,8 @@ def run(cfg: DictConfig) -> float | None:
     settings = cfg.predict
     if settings.input is None:
         raise ConfigError("task=predict needs predict.input=<image | folder | CSV>")
-    top_k = preflight.positive_int(settings.top_k, "predict.top_k")
-    preflight.positive_int(settings.batch_size, "predict.batch_size")
+    top_k = values.positive_int(settings.top_k, "predict.top_k")
+    values.positive_int(settings.batch_size, "predict.batch_size")
     detector = load_detector(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
     if settings.cam and detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
@@ -110,7 +110,7 @@ def _threshold(settings: DictConfig, detector) -> float:
             raise CheckpointError(f"{detector.source} holds no decision threshold (its training stopped before "
                                   "choosing one); resume that run, or pass predict.threshold=<p_fake>")  # fmt: skip
         return detector.operating_point.threshold
-    value = preflight.number(settings.threshold, "predict.threshold")
+    value = values.number(settings.threshold, "predict.threshold")
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"predict.threshold={settings.threshold} must be a p(fake) in [0, 1]")
     return value
@@ -183,6 +183,6 @@ def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float,
     ]  # fmt: skip
     model = detector.model.to(resolve_device(cfg.train.device))
     write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cfg.cam.method,
-                   target_layer=cfg.cam.target_layer, batch_size=preflight.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
+                   target_layer=cfg.cam.target_layer, batch_size=values.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
     log.info("CAM overlays of %d image(s): %s", len(items), cam_dir)
     return cam_dir

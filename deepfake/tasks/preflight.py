@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from deepfake.data.manifest import verify_manifest
 from deepfake.data.scan import list_for_message
 from deepfake.errors import ConfigError, DataError
+from deepfake.tasks.values import non_negative
 from deepfake.tracking.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -103,27 +104,24 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
         log.info("%d images match %s (%.1f s)", count, dataset_cfg.manifest, time.perf_counter() - started)
     if dataset_cfg.scan_images:
         for split, dataset in splits.items():
-            check_images(dataset, split, float(dataset_cfg.max_bad_fraction), Path(dataset_cfg.cache_dir) / "scans")
+            check_images(
+                dataset,
+                split,
+                non_negative(dataset_cfg.max_bad_fraction, "dataset.max_bad_fraction"),
+                Path(dataset_cfg.cache_dir) / "scans",
+            )
 
 
-def check_both_classes(dataset, csv_path) -> None:
-    """Validation needs real and fake images: the operating point and AUC are chosen on it after
-    training, so a one-class CSV is refused before the first batch instead of after the last."""
+# Why each split needs both classes, and the setting that names its CSV.
+_BOTH_CLASSES = {
+    "train": ("a detector trained on one class learns nothing", "dataset.train_csv"),
+    "validation": ("no threshold can be chosen on it", "dataset.val_csv"),
+}
+
+
+def check_both_classes(dataset, csv_path, split: str) -> None:
+    """Training and validation need real and fake images (the operating point and AUC are chosen on
+    validation after training): a one-class CSV is refused before the first batch, not after the last."""
     if len(np.unique(np.asarray(dataset.targets))) < 2:
-        raise DataError(f"{csv_path}: validation holds one class only; no threshold can be chosen on it. "
-                        "Give dataset.val_csv real and fake images")  # fmt: skip
-
-
-def number(value, key: str, kind: type = float):
-    """``kind(value)`` (float or int), or a ConfigError naming ``key`` for a value that is not one,
-    such as ``predict.top_k=all``, instead of int()'s traceback."""
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value} is not {'an integer' if kind is int else 'a number'}") from None
-
-
-def positive_int(value, key: str) -> int:
-    if number(value, key, int) <= 0:
-        raise ConfigError(f"{key}={value} must be a positive integer")
-    return int(value)
+        why, key = _BOTH_CLASSES[split]
+        raise DataError(f"{csv_path}: {split} holds one class only; {why}. Give {key} real and fake images")

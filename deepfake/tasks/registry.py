@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
-from deepfake.tasks import session
+from deepfake.tasks import session, values
 from deepfake.tasks.display import print_registry
 from deepfake.tracking.promotion import score_on
 
@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> None:
         registry.best_run(),
         registry_path=cfg.paths.registry,
         best_model_path=cfg.paths.best_model,
-        limit=int(cfg.task.limit),
+        limit=values.number(cfg.task.limit, "task.limit", int),
         title=title,
         set_key=set_key,
     )

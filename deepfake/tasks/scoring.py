@@ -19,7 +19,7 @@ from deepfake.evaluation.operating_point import fit_operating_point, parse_polic
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
 from deepfake.evaluation.summary import SummarySettings
 from deepfake.models import detector_from_checkpoint
-from deepfake.tasks import data_setup, preflight
+from deepfake.tasks import data_setup, values
 from deepfake.tracking.checkpoint import atomic_save, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,13 @@ def check_eval_settings(cfg: DictConfig) -> None:
 
 def summary_settings(cfg: DictConfig) -> SummarySettings:
     settings = cfg.eval
-    bootstrap = preflight.number(settings.bootstrap, "eval.bootstrap", int)
+    bootstrap = values.number(settings.bootstrap, "eval.bootstrap", int)
     if bootstrap < 0:
         raise ConfigError(f"eval.bootstrap={settings.bootstrap} must be 0 (no intervals) or a number of resamples")
-    confidence = preflight.number(settings.confidence, "eval.confidence")
+    confidence = values.number(settings.confidence, "eval.confidence")
     if not 0 < confidence < 1:
         raise ConfigError(f"eval.confidence={settings.confidence} must be between 0 and 1 (e.g. 0.95)")
-    rates = tuple(preflight.number(rate, "eval.tpr_at_fpr") for rate in settings.tpr_at_fpr)
+    rates = tuple(values.number(rate, "eval.tpr_at_fpr") for rate in settings.tpr_at_fpr)
     if any(not 0 < rate < 1 for rate in rates):
         raise ConfigError(f"eval.tpr_at_fpr={list(rates)}: every false-positive rate must be between 0 and 1")
     return SummarySettings(
@@ -85,7 +85,7 @@ def summary_settings(cfg: DictConfig) -> SummarySettings:
         confidence=confidence,
         seed=int(cfg.seed),
         tpr_at_fpr=rates,
-        ece_bins=preflight.positive_int(settings.ece_bins, "eval.ece_bins"),
+        ece_bins=values.positive_int(settings.ece_bins, "eval.ece_bins"),
     )
 
 

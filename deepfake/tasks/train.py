@@ -32,7 +32,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine import distributed
-from deepfake.engine.phases import plan_phases
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
@@ -48,7 +47,6 @@ from deepfake.tasks.preflight import (
     check_dataset_files,
     check_input_size,
     check_registry,
-    positive_int,
 )
 from deepfake.tasks.resume import (
     check_resumed_config,
@@ -59,7 +57,8 @@ from deepfake.tasks.resume import (
 )
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
-from deepfake.tasks.trainer_options import trainer_options
+from deepfake.tasks.trainer_options import phase_plan, trainer_options
+from deepfake.tasks.values import positive_int
 from deepfake.tracking.checkpoint import remove_stale_temps
 from deepfake.tracking.run_info import write_run_info
 
@@ -146,7 +145,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         model,
         train_loader,
         val_loader,
-        plan_phases(**OmegaConf.to_container(cfg.phase, resolve=True)),
+        phase_plan(cfg.phase),
         device=device,
         run_dir=out_dir,
         describe={
@@ -205,7 +204,8 @@ def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: dist
         cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False), preprocess=preprocess
     )
     log.info("data: %d train, %d validation images from %s", len(train_set), len(val_set), cfg.dataset.name)
-    check_both_classes(val_set, cfg.dataset.val_csv)
+    check_both_classes(train_set, cfg.dataset.train_csv, "train")
+    check_both_classes(val_set, cfg.dataset.val_csv, "validation")
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})

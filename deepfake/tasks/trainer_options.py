@@ -1,7 +1,8 @@
 """The Trainer's settings read from the config: one place, so that task=bench trains as a run does.
 
 Everything here comes from ``cfg.train``, ``cfg.optimizer`` and ``cfg.scheduler``; what differs
-between a run and the bench (the loaders, the phases, the trackers, the run dir) is passed by each.
+between a run and the bench (the loaders, the trackers, the run dir, the phases' epochs) is passed by
+each. ``phase_plan`` reads ``cfg.phase`` for both.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from deepfake.engine.fast_path import resolve_channels_last, resolve_compile
+from deepfake.engine.phases import Phase, plan_phases
 from deepfake.engine.precision import resolve_precision
 from deepfake.errors import ConfigError
-from deepfake.tasks.preflight import positive_int
+from deepfake.tasks.values import non_negative, number, positive_int
 
 
 def trainer_options(cfg: DictConfig, device: torch.device, model: torch.nn.Module) -> dict:
     """Keyword arguments of :class:`deepfake.engine.trainer.Trainer`, checked as they are read."""
     train = cfg.train
     return {
-        "make_optimizer": instantiate(cfg.optimizer),
+        "make_optimizer": _optimizer(cfg.optimizer, device),
         "make_scheduler": instantiate(cfg.scheduler),
         "precision": resolve_precision(train.precision, device),
         "accumulate_grad_batches": positive_int(train.accumulate_grad_batches, "train.accumulate_grad_batches"),
-        "grad_clip_norm": train.grad_clip_norm,
+        "grad_clip_norm": _clip_norm(train.grad_clip_norm),
         "sync_batchnorm": bool(train.sync_batchnorm),
         "log_every_n_batches": positive_int(train.log_every_n_batches, "train.log_every_n_batches"),
         "channels_last": resolve_channels_last(train.channels_last, device, model),
@@ -36,6 +38,44 @@ def trainer_options(cfg: DictConfig, device: torch.device, model: torch.nn.Modul
         "label_smoothing": float(train.label_smoothing),
         "ema": moving_average(train.ema),
     }
+
+
+def phase_plan(phase: DictConfig, **replaced) -> list[Phase]:
+    """The phases of ``phase.*``, each setting checked (whole epochs, rates and warmup of 0 or more: a
+    negative rate would climb the loss, silently); ``replaced`` settings (the bench's epochs) win."""
+    settings = {**phase, **replaced}
+    return plan_phases(
+        head_epochs=non_negative(settings["head_epochs"], "phase.head_epochs", int),
+        finetune_epochs=non_negative(settings["finetune_epochs"], "phase.finetune_epochs", int),
+        lr_head=non_negative(settings["lr_head"], "phase.lr_head"),
+        lr_backbone=non_negative(settings["lr_backbone"], "phase.lr_backbone"),
+        warmup_epochs=non_negative(settings.get("warmup_epochs", 0.0), "phase.warmup_epochs"),
+        weight_decay_exclude_1d=bool(settings.get("weight_decay_exclude_1d", True)),
+        layer_decay=None
+        if settings.get("layer_decay") is None
+        else number(settings["layer_decay"], "phase.layer_decay"),
+    )
+
+
+def _optimizer(settings: DictConfig, device: torch.device):
+    """``optimizer``'s factory, tried once on one parameter: a bad setting (``weight_decay=abc``, a
+    negative ``eps``) ends here in one line, not in the optimizer's traceback at the first phase."""
+    make = instantiate(settings)
+    try:
+        make([{"params": [torch.zeros(1, device=device, requires_grad=True)]}])
+    except (TypeError, ValueError) as err:
+        shown = ", ".join(f"{key}={value}" for key, value in settings.items() if not str(key).startswith("_"))
+        raise ConfigError(f"optimizer ({shown}) cannot be built: {' '.join(str(err).split())}") from None
+    return make
+
+
+def _clip_norm(value) -> float | None:
+    """train.grad_clip_norm: null (no clipping) or a positive norm; a negative one flipped the gradients."""
+    if value is None:
+        return None
+    if number(value, "train.grad_clip_norm") <= 0:
+        raise ConfigError(f"train.grad_clip_norm={value} must be a positive norm (e.g. 1.0), or null for none")
+    return float(value)
 
 
 def moving_average(settings: DictConfig):

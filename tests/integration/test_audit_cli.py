@@ -86,3 +86,19 @@ def test_train_audit_warns_or_with_strict_stops_before_training(tmp_path, main_r
     assert "audit: leakage failed" in warned.stdout + warned.stderr
     trained = [p for p in (tmp_path / "outputs" / "train").iterdir() if p != run]
     assert len(trained) == 1 and (trained[0] / "best.pth").is_file() and (trained[0] / "audit.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "messages"),
+    [("audit.spectrum_split=validation",  # it used to audit train's spectra instead, silently
+      ["audit.spectrum_split=validation: no such split here; use one of train, valid, test"]),
+     ("dataset.root_dir=ROOT",  # a folder, but not the one the images are in: sklearn's traceback
+      ["images could be read (the first, ROOT/", "check dataset.root_dir"])],
+)  # fmt: skip
+def test_an_audit_that_cannot_do_what_is_asked_says_so_in_one_line(tmp_path, main_runner, leaky_csv_set, override,
+                                                                    messages):  # fmt: skip
+    override, messages = override.replace("ROOT", str(tmp_path)), [m.replace("ROOT", str(tmp_path)) for m in messages]
+    result = main_runner("task=audit", *leaky_csv_set, override, check=False, tiny=False)
+    errors = error_lines(result)
+    assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+    assert all(message in errors[0] for message in messages), errors[0]

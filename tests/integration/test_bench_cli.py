@@ -59,9 +59,14 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
     assert (run / "pipeline" / "last.pth").is_file()  # the pipeline wrote its checkpoints like a run
 
 
-def test_a_single_epoch_bench_is_refused(tmp_path, main_runner):
-    result = main_runner("task=bench", "bench.epochs=1", check=False)
-    assert result.returncode == 2 and "bench.epochs=1" in result.stderr
+@pytest.mark.parametrize(("override", "message"), [("bench.epochs=1", "bench.epochs=1"),
+                                                   ("bench.cache=al", "bench.cache='al'; use none, eval")])  # fmt: skip
+def test_a_bench_that_cannot_measure_what_is_asked_is_refused_before_measuring(
+    tmp_path, main_runner, override, message
+):
+    result = main_runner("task=bench", override, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (next((tmp_path / "outputs" / "bench").iterdir()) / "pipeline").exists()  # (b) never started
 
 
 BENCH_TINY = ["task=bench", "bench.repeats=1", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",

@@ -84,6 +84,14 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "a launcher without -m": (["hydra/launcher=submitit_local"], ["hydra/launcher=submitit_local", "add -m"]),
         "validation of one class": (
             [f"dataset.val_csv={_csv(work, 'fakes.csv', train[train.label == 0])}"], ["fakes.csv", "one class only"]),
+        "training on one class": (  # it trained and registered a model
+            [f"dataset.train_csv={_csv(work, 'reals.csv', train[train.label == 1])}"],
+            ["reals.csv: train holds one class only", "dataset.train_csv"]),
+        "a batch size that is no integer": (["dataset.batch_size=2.5"], ["dataset.batch_size=2.5 is not an integer"]),
+        "epochs in words": (["phase.head_epochs=two"], ["phase.head_epochs=two is not an integer"]),
+        "a negative learning rate": (["phase.lr_backbone=-0.1"], ["phase.lr_backbone=-0.1 must be 0 or more"]),
+        "a negative clipping norm": (["train.grad_clip_norm=-1"], ["train.grad_clip_norm=-1 must be a positive norm"]),
+        "an optimizer setting in words": (["optimizer.weight_decay=abc"], ["weight_decay=abc", "cannot be built"]),
     }  # fmt: skip
 
 

@@ -8,12 +8,13 @@ from omegaconf import OmegaConf
 from deepfake.errors import ConfigError
 from deepfake.tasks import session
 from deepfake.tasks.predict import _output_file
-from deepfake.tasks.preflight import number, positive_int
 from deepfake.tasks.scoring import summary_settings
+from deepfake.tasks.values import number, positive_int
 
 
 @pytest.mark.parametrize(("value", "kind", "message"), [
     ("all", int, "predict.top_k=all is not an integer"), ("2.5", int, "is not an integer"),
+    (2.5, int, "predict.top_k=2.5 is not an integer"),  # int() made it 2, silently
     ("high", float, "predict.top_k=high is not a number"), (None, float, "is not a number"),
 ])  # fmt: skip
 def test_a_number_that_is_not_one_is_a_config_error_naming_the_key(value, kind, message):
