@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from deepfake.errors import CheckpointError, ConfigError, DataError
+from deepfake.tasks import values
 from deepfake.tracking.promotion import describe, set_identity
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,22 @@ def promotion_set(cfg: DictConfig) -> PromotionSet:
             f"registry.promotion_csv={csv} holds the test images ({test_csv}); the global best must be chosen "
             "on validation images: point registry.promotion_csv at a validation CSV"
         )
+    _check_images(cfg, csv, root)
     return PromotionSet(csv, root, chosen)
+
+
+def _check_images(cfg: DictConfig, csv: Path, root: Path) -> None:
+    """Every promotion image decoded once, as training checks its own (answered from the scan memo
+    when unchanged): a CSV whose paths miss registry.promotion_root_dir scored black images, and
+    promoted whichever model liked black best."""
+    from deepfake.tasks.preflight import check_images  # torch: task=registry lists without it
+
+    dataset = instantiate(cfg.dataset.reader)(csv_path=str(csv), root_dir=str(root))
+    max_bad_fraction = values.non_negative(cfg.dataset.max_bad_fraction, "dataset.max_bad_fraction")
+    try:
+        check_images(dataset, "promotion", max_bad_fraction, Path(str(cfg.dataset.cache_dir)) / "scans")
+    except DataError as err:
+        raise DataError(f"promotion set: {err} (its paths are read under registry.promotion_root_dir={root})") from None
 
 
 def split_identity(cfg: DictConfig, dataset) -> dict[str, Any]:

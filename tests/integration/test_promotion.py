@@ -144,6 +144,20 @@ def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_
     assert f"{good['run_name']} stays the global best" in listing.stdout + listing.stderr
     assert "≠" not in listing.stdout
 
+    # A CSV from elsewhere, its paths not under registry.promotion_root_dir: it used to score black
+    # images and promote whichever model liked black best.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(synthetic / "valid.csv", elsewhere / "valid.csv")
+    best_before = (tmp_path / "models" / "best_model.pth").read_bytes()
+    refused = run_main(tmp_path, "task=registry", "registry.rescore=true", f"dataset.root={synthetic}",
+                       f"registry.promotion_csv={elsewhere / 'valid.csv'}", f"registry.promotion_root_dir={elsewhere}",
+                       data_dir=shared_data_dir, check=False)  # fmt: skip
+    errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stdout + refused.stderr
+    assert "promotion set:" in errors[0] and f"registry.promotion_root_dir={elsewhere}" in errors[0], errors[0]
+    assert (tmp_path / "models" / "best_model.pth").read_bytes() == best_before
+
 
 def test_the_test_set_is_never_the_promotion_set(tmp_path, shared_data_dir, two_batches):
     synthetic, batches = two_batches
