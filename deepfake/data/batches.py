@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, read_raw_csv
 from deepfake.errors import DataError
+from deepfake.tracking.checkpoint import make_folder
 
 
 def split_into_batches(
@@ -76,8 +77,7 @@ def write_batches(
             raise DataError(f"{csv_path}: {error}") from None
     directories = []
     for number in range(1, n_batches + 1):
-        directory = Path(out_dir) / f"batch{number}"
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_folder(Path(out_dir) / f"batch{number}", f"--out-dir {out_dir}")
         for name, parts in splits.items():
             _write_csv_atomically(parts[number - 1], directory / f"{name}.csv")
         directories.append(directory)

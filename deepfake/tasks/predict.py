@@ -29,7 +29,7 @@ from deepfake.inference import Row, discover_inputs, load_detector, prediction_t
 from deepfake.inference.predictions import damaged_reasons, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import print_predict_summary
-from deepfake.tracking.checkpoint import atomic_write_text
+from deepfake.tracking.checkpoint import atomic_write_text, make_folder
 from deepfake.tracking.console import progress_bars
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ def _output_file(output) -> Path:
         return session.run_dir() / "predictions.csv"
     out = Path(output).expanduser()
     if out.is_dir() or str(output).endswith(("/", os.sep)) or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
-        return out / "predictions.csv"
+        return make_folder(out, f"predict.output={output}") / "predictions.csv"
     return out
 
 

@@ -36,7 +36,7 @@ from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import RunStopped, TrainingError
+from deepfake.errors import DataError, RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -117,6 +117,9 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     check_registry(session.open_registry(cfg))  # the room for checkpoints: once the model is built (_setup)
     data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
+    if cfg.train.do_test and not Path(str(cfg.dataset.test_csv)).is_file():
+        raise DataError(f"dataset.test_csv={cfg.dataset.test_csv} does not exist, and the test after training "
+                        "needs it; fix the path, or add train.do_test=false")  # fmt: skip
     if cfg.train.audit and not (out_dir / "last.pth").is_file():  # a resumed run was audited when it started
         from deepfake.tasks.audit import audit_dataset  # scikit-learn, imagehash: only when asked
 

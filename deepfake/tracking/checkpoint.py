@@ -8,6 +8,7 @@ half-written mix.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from deepfake.errors import CheckpointError, find_in_chain
+from deepfake.errors import CheckpointError, ConfigError, find_in_chain
 
 CHECKPOINT_FORMAT = "deepfake-checkpoint/1"
 
@@ -67,12 +68,28 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+# A place the user chose that cannot be written: no permission, a read-only disk.
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def make_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """``folder`` made (with its parents) for ``what``; where none can be (a file in the way, no
+    permission, a read-only disk) one line says so instead of mkdir's traceback."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot make the folder {folder} ({error.strerror or error}); "
+                          "give a folder you can write to") from None  # fmt: skip
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path`` for a writer that wants a file name (an exporter); when the
     block completes the temp is fsynced and renamed over ``path``, otherwise it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, str(path))
     temp = temp_path(path)
     try:
         yield temp
@@ -80,12 +97,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.replace(temp, path)
     except BaseException as error:  # KeyboardInterrupt too: never leave a temp behind
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this; the first error matters
+            temp.unlink(missing_ok=True)
         if _is_out_of_space(error):
             raise CheckpointError(
                 f"no space left on device while writing {path}; the previous version was kept, "
                 "free some disk space and run again"
             ) from error
+        if isinstance(error, OSError) and error.errno in _UNWRITABLE:
+            raise ConfigError(f"cannot write {path} ({error.strerror}); give a folder you can write to") from error
         raise
     _fsync_directory(path.parent)
 

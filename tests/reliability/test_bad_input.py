@@ -87,6 +87,8 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "training on one class": (  # it trained and registered a model
             [f"dataset.train_csv={_csv(work, 'reals.csv', train[train.label == 1])}"],
             ["reals.csv: train holds one class only", "dataset.train_csv"]),
+        "a test CSV that is missing": (  # found only once training had ended
+            ["dataset.test_csv=/nonexistent/test.csv"], ["dataset.test_csv=/nonexistent/test.csv does not exist"]),
         "a batch size that is no integer": (["dataset.batch_size=2.5"], ["dataset.batch_size=2.5 is not an integer"]),
         "epochs in words": (["phase.head_epochs=two"], ["phase.head_epochs=two is not an integer"]),
         "a negative learning rate": (["phase.lr_backbone=-0.1"], ["phase.lr_backbone=-0.1 must be 0 or more"]),

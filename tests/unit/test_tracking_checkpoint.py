@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 import torch
 
-from deepfake.errors import CheckpointError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.tracking import checkpoint as ckpt
 from deepfake.tracking.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_copy,
+    atomic_path,
     atomic_save,
     atomic_write_text,
     load_checkpoint,
@@ -345,3 +346,18 @@ def test_find_in_chain_walks_causes_and_contexts_without_looping() -> None:
     a, b = ValueError("a"), ValueError("b")
     a.__context__, b.__context__ = b, a  # a cycle must not hang
     assert find_in_chain(a, lambda e: False) is None
+
+
+def test_a_folder_that_cannot_be_made_for_an_output_is_one_line_naming_it(tmp_path):
+    """export.output=<a file>/model.onnx, archive.dir=..., predict.output=...: mkdir's traceback before."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    target = blocker / "sub" / "model.onnx"
+    refused = rf"{target}: cannot make the folder {blocker / 'sub'} \(Not a directory\); give a folder you can write to"
+    with pytest.raises(ConfigError, match=refused), atomic_path(target) as temp:
+        temp.write_bytes(b"never reached")
+    from deepfake.tasks.predict import _output_file
+
+    with pytest.raises(ConfigError, match=r"predict.output=.*: cannot make the folder"):
+        _output_file(f"{blocker}/out")
+    assert blocker.read_text() == "not a folder"
