@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, read_raw_csv
+from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, labels_to_targets, read_raw_csv, require_column
 from deepfake.errors import DataError
 from deepfake.tracking.checkpoint import make_folder
 
@@ -71,6 +71,9 @@ def write_batches(
     splits = {}
     for name, csv_path in (("train", train_csv), ("valid", val_csv)):
         frame = read_raw_csv(csv_path, as_text=True)  # rows written back exactly as they were read
+        # Every label 0 or 1, as training will read them: a bad row would otherwise land in a batch.
+        require_column(frame, label_column, Path(csv_path), "--label-column")
+        labels_to_targets(frame, label_column, Path(csv_path), real_label=1, setting="--label-column")
         try:
             splits[name] = split_into_batches(frame, n_batches, label_column=label_column, seed=seed)
         except DataError as error:

@@ -134,6 +134,18 @@ def test_write_batches_names_the_csv_at_fault(tmp_path):
         write_batches(tmp_path / "absent.csv", val_csv, tmp_path / "out", 2)
 
 
+@pytest.mark.parametrize("n_batches", [1, 2])
+def test_a_label_training_would_refuse_is_refused_before_any_batch_is_written(tmp_path, n_batches):
+    """One batch used to copy the row with label 2 into batch1/train.csv; two blamed 'too few rows'."""
+    frame = _kaggle_frame(4, 4)
+    frame.loc[5, "label"] = 2
+    train_csv = _write_kaggle_csv(frame, tmp_path / "train.csv")
+    val_csv = _write_kaggle_csv(_kaggle_frame(4, 4), tmp_path / "valid.csv")
+    with pytest.raises(DataError, match=r"train\.csv:7: label .*2.*; fix the row or set --label-column"):
+        write_batches(train_csv, val_csv, tmp_path / "out", n_batches)
+    assert not (tmp_path / "out").exists()
+
+
 def test_make_batches_script(tmp_path):
     train_csv = _write_kaggle_csv(_kaggle_frame(10, 10), tmp_path / "train.csv")
     val_csv = _write_kaggle_csv(_kaggle_frame(4, 4), tmp_path / "valid.csv")
