@@ -12,6 +12,7 @@ sweep then ends as every sweep does: its summary, and exit status 2.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -19,7 +20,9 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
 
-from deepfake.tasks.jobs import FailedJob
+from deepfake.errors import ConfigError, error_line
+from deepfake.tasks import values
+from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,12 @@ class TrialFailed(Exception):
 
 class OptunaSearch(OptunaSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        try:  # 0 or fewer: no trial ran, and then the plugin's results file was missing (a traceback)
+            for key in ("n_trials", "n_jobs"):
+                values.positive_int(config.hydra.sweeper[key], f"hydra.sweeper.{key}")
+        except ConfigError as error:  # before any job: no run dir, no summary; Hydra would print a traceback
+            print(error_line(str(error)), file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.sweeper.launcher = _MarkingFailures(self.sweeper.launcher)
 

@@ -177,3 +177,11 @@ def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shar
     assert none.returncode == 2 and "Traceback" not in none.stderr, none.stderr
     assert "no trial of the search finished" in none.stdout + none.stderr
     assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "b"))] == ["failed", "failed"]
+
+
+@pytest.mark.parametrize("setting", ["hydra.sweeper.n_trials=0", "hydra.sweeper.n_jobs=-1"])
+def test_an_optuna_search_of_no_trials_is_refused_in_one_line(tmp_path, shared_data_dir, setting):
+    refused = sweep(tmp_path, shared_data_dir, "hparams_search=optuna", setting, check=False)
+    errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    assert refused.returncode == 2 and errors == [f"ERROR {setting} must be a positive integer"], refused.stderr
+    assert "Traceback" not in refused.stderr  # the plugin's missing results file, before
