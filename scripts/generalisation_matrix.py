@@ -1,11 +1,13 @@
 """Train on one synthetic generator family, test on every family: the train x test AUC matrix.
 
-    python scripts/generalisation_matrix.py                       # the embedded default, ~5 minutes on 2 CPU cores
+    python scripts/generalisation_matrix.py                       # the embedded default, ~10 minutes on 2 CPU cores
     python scripts/generalisation_matrix.py --out /tmp/gen phase.finetune_epochs=2   # any override for every run
 
-Runs README's "Generalisation across generators" commands through scripts/main.py: one training per
-family on its own generated data (``dataset.root=<out>/data/synthetic_<family>``), then ``task=test``
-of each model with every family's test set in ``eval.sets``. Prints the matrix (AUC, and real / fake
+The trainings and tests of README's "Generalisation across generators", through scripts/main.py, all
+under ``--out`` (README lists how they differ from its commands): one training per family on its own
+generated data (``dataset.root=<out>/data/synthetic_<family>``), then ``task=test`` of each model
+with every family's test set in ``eval.sets``. A run that fails ends the script with its exit status
+(its ERROR line above): a second launch into the same ``--out`` is refused at its first training. Prints the matrix (AUC, and real / fake
 accuracy at each model's own threshold chosen on validation) and writes it to ``<out>/matrix.json``.
 """
 
@@ -22,7 +24,9 @@ FAMILIES = ("transposed_conv", "upsampling", "blending")
 
 
 def main_py(*overrides: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "main.py"), *overrides], check=True)
+    status = subprocess.run([sys.executable, str(REPO / "scripts" / "main.py"), *overrides]).returncode
+    if status:  # main.py said why; its status, not a CalledProcessError traceback
+        sys.exit(status)
 
 
 def main() -> None:
