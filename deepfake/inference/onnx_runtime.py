@@ -65,8 +65,15 @@ def load_onnx_detector(path: Path) -> Detector:
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such ONNX file; pass the model.onnx that task=export wrote")
     meta = read_sidecar(path)
+    model = OnnxDetector(path)
+    # The sidecar's checksum covers the graph, not the sidecar: an edited img_size would reach
+    # onnxruntime as a shape error on the first batch.
+    height, width = model.session.get_inputs()[0].shape[2:]
+    if (height, width) != (int(meta["img_size"]),) * 2 and all(isinstance(side, int) for side in (height, width)):
+        raise CheckpointError(f"{sidecar_path(path)} says img_size={meta['img_size']}, but {path} takes "
+                              f"{height}x{width} images; export again with task=export")  # fmt: skip
     return Detector(
-        model=OnnxDetector(path),
+        model=model,
         preprocess={
             "img_size": int(meta["img_size"]),
             "interpolation": meta["interpolation"],

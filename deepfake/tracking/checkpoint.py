@@ -190,6 +190,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist; check the path")
+    if file.suffix.lower() == ".onnx":  # torch would call it damaged or unsafe
+        raise CheckpointError(f"{file} is an ONNX export; this needs a .pth checkpoint (a run dir, or its "
+                              "best.pth); task=predict scores ONNX models")  # fmt: skip
     import torch
 
     try:

@@ -137,3 +137,12 @@ def test_an_onnx_file_that_does_not_match_its_sidecar_is_refused(exported, tmp_p
     sidecar_path(tmp_path / "model.onnx").unlink()
     with pytest.raises(CheckpointError, match="its sidecar .*model.json is missing; export again"):
         load_detector(tmp_path / "model.onnx")
+
+
+def test_a_sidecar_edited_to_another_img_size_is_refused_when_loaded(exported, tmp_path):
+    """The checksum covers the graph, not model.json: onnxruntime's shape traceback came at the first batch."""
+    _copy(exported[0], tmp_path)
+    sidecar = sidecar_path(tmp_path / "model.onnx")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "img_size": 64}))
+    with pytest.raises(CheckpointError, match=r"model.json says img_size=64, but .*model.onnx takes 32x32 images"):
+        load_detector(tmp_path / "model.onnx")

@@ -361,3 +361,11 @@ def test_a_folder_that_cannot_be_made_for_an_output_is_one_line_naming_it(tmp_pa
     with pytest.raises(ConfigError, match=r"predict.output=.*: cannot make the folder"):
         _output_file(f"{blocker}/out")
     assert blocker.read_text() == "not a folder"
+
+
+def test_an_onnx_export_where_a_checkpoint_is_wanted_is_named_as_such(tmp_path):
+    """ckpt=<model.onnx> for task=test, card or init_from: 'damaged or holds objects other than tensors' before."""
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"\x08\x07onnx graph bytes")
+    with pytest.raises(CheckpointError, match=rf"{exported} is an ONNX export; this needs a .pth checkpoint"):
+        load_checkpoint(exported)
