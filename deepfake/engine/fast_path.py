@@ -28,7 +28,7 @@ def resolve_channels_last(setting, device: torch.device, model: torch.nn.Module)
     raise ConfigError(f"train.channels_last={setting!r}; use auto, true or false")
 
 
-def resolve_num_workers(setting, device: torch.device) -> int:
+def resolve_num_workers(setting, device: torch.device, key: str = "dataset.num_workers") -> int:
     """``auto``: on a GPU, the CPU cores of this rank's share of the machine, less one for the main
     process, at most 8; on the CPU, where workers take cores from the model, half the cores, at most 4."""
     if str(setting) != "auto":
@@ -37,7 +37,7 @@ def resolve_num_workers(setting, device: torch.device) -> int:
         except (TypeError, ValueError):
             workers = -1
         if workers < 0:
-            raise ConfigError(f"dataset.num_workers={setting!r}; use auto or a number >= 0")
+            raise ConfigError(f"{key}={setting!r}; use auto or a number >= 0")
         return workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size()))

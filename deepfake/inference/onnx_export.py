@@ -114,6 +114,7 @@ def export_onnx(
     ).eval()
     with atomic_path(output) as temp:  # a refused export raises inside: the temp goes, nothing replaced
         _write_graph(graph, temp, int(preprocess["img_size"]), opset)
+        _check_opset(temp, opset)
         session = open_session(onnxruntime, temp, ["CPUExecutionProvider"])
         verification = verify(session, graph, real_images, tolerance)
         if not verification.passed:
@@ -140,6 +141,18 @@ def _write_graph(graph: FakeProbability, path: Path, size: int, opset: int | Non
         # An operator without an ONNX translation: a limit of this backbone, not a bug here.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{type(graph.detector).__name__} cannot be exported to ONNX: {first}") from err
+
+
+def _check_opset(path: Path, asked: int | None) -> None:
+    """The exporter falls back to the opset it translates to (18) when it cannot convert the graph to
+    the one asked for, with a warning in its log: ``export.opset=3`` wrote an opset-18 model."""
+    import onnx  # the export extra, as onnxruntime
+
+    written = next(entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import
+                   if entry.domain in ("", "ai.onnx"))  # fmt: skip
+    if asked is not None and written != int(asked):
+        raise ConfigError(f"export.opset={asked}: the exporter could only write opset {written} for this model; "
+                          f"use export.opset={written} (or null for the exporter's default)")  # fmt: skip
 
 
 def verification_images(paths: list[str] | None, preprocess: dict, count: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -13,7 +14,7 @@ from deepfake.data.decoded_cache import CACHE_MODES, open_cache
 from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform
 from deepfake.engine import distributed, loaders
 from deepfake.engine.fast_path import resolve_num_workers
-from deepfake.errors import ConfigError
+from deepfake.errors import ConfigError, DataError
 from deepfake.tasks.values import positive_int
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,24 @@ def make_split(
 ) -> Dataset:
     """The dataset of one split CSV; with ``preprocess`` (the model's img_size and interpolation) it
     reads from the decoded-image cache when ``dataset.cache`` covers it."""
+    _check_split_paths(dataset_cfg, csv_key)
     dataset = instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
     if preprocess is not None:
         attach_cache(dataset, dataset_cfg, preprocess, training=training)
     return dataset
+
+
+def _check_split_paths(dataset_cfg: DictConfig, csv_key: str) -> None:
+    """A missing CSV or image folder named by its setting, with what usually fixes it: the batches not
+    made yet (dataset=batch), the Kaggle set not downloaded or not where dataset.root_dir says."""
+    csv = Path(str(dataset_cfg[csv_key]))
+    if not csv.is_file():
+        made_by = "; make the batches first: python scripts/make_batches.py" if "batches_dir" in dataset_cfg else ""
+        raise DataError(f"dataset.{csv_key}={csv}: CSV file not found{made_by}; or fix the path")
+    root = Path(str(dataset_cfg.root_dir))
+    if not root.is_dir():
+        raise DataError(f"dataset.root_dir={root}: image folder not found (the images of {csv}); download the "
+                        "dataset (README: The Kaggle download) or point dataset.root_dir at it")  # fmt: skip
 
 
 def attach_cache(
@@ -113,19 +128,21 @@ def make_loader(
     device: torch.device,
     train_seed: int | None = None,
     shard: bool = False,
+    group: str = "dataset",
     **loader_kwargs,
 ) -> DataLoader:
     """A training loader (shuffled by ``(train_seed, epoch)``, this rank's share under torchrun) when
-    ``train_seed`` is given, else a scoring loader in dataset order (this rank's shard with ``shard``)."""
+    ``train_seed`` is given, else a scoring loader in dataset order (this rank's shard with ``shard``).
+    ``dataset_cfg`` holds the loader's settings, ``group`` names them in errors (``predict`` has its own)."""
     here = distributed.ranks()
     common = {
-        "num_workers": resolve_num_workers(dataset_cfg.num_workers, device),
-        "prefetch_factor": positive_int(dataset_cfg.get("prefetch_factor", 2), "dataset.prefetch_factor"),
+        "num_workers": resolve_num_workers(dataset_cfg.num_workers, device, key=f"{group}.num_workers"),
+        "prefetch_factor": positive_int(dataset_cfg.get("prefetch_factor", 2), f"{group}.prefetch_factor"),
         "pin_memory": device.type == "cuda",
         "rank": here.rank,
         "world_size": here.world_size,
     }
-    batch_size = positive_int(dataset_cfg.batch_size, "dataset.batch_size")
+    batch_size = positive_int(dataset_cfg.batch_size, f"{group}.batch_size")
     if train_seed is not None:
         loader = loaders.train_loader(
             dataset, batch_size, seed=train_seed, drop_last=bool(dataset_cfg.get("drop_last", False)),

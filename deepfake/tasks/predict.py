@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.image_files import ImageFileDataset
 from deepfake.engine.evaluate import predict
+from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
@@ -126,7 +127,8 @@ def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
     from deepfake.inference.faces import FaceSearch, plan_face_rows  # scikit-image only when asked
 
     search = FaceSearch(inputs.paths, instantiate(settings.face_detector), float(settings.face_margin), fallback)
-    loader = DataLoader(search, batch_size=None, num_workers=int(settings.num_workers), worker_init_fn=init_worker)
+    workers = resolve_num_workers(settings.num_workers, torch.device("cpu"), key="predict.num_workers")
+    loader = DataLoader(search, batch_size=None, num_workers=workers, worker_init_fn=init_worker)
     with progress_bars() as progress:
         bar = progress.add_task("faces", total=len(search), status="")
         found = []
@@ -144,7 +146,7 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     if len(dataset) == 0:
         return None
     device = torch.device("cpu") if detector.kind == "onnx" else resolve_device(train.device)
-    loader = data_setup.make_loader(dataset, settings, device=device)
+    loader = data_setup.make_loader(dataset, settings, device=device, group="predict")
     with progress_bars() as progress:
         bar = progress.add_task("predict", total=len(loader), status="")
         return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),

@@ -87,6 +87,10 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "training on one class": (  # it trained and registered a model
             [f"dataset.train_csv={_csv(work, 'reals.csv', train[train.label == 1])}"],
             ["reals.csv: train holds one class only", "dataset.train_csv"]),
+        "batches not made yet": (["dataset=batch"], ["dataset.train_csv=", "make the batches first"]),
+        "an image folder that is not there": (
+            [f"dataset.root_dir={work / 'no_images'}"], [f"dataset.root_dir={work / 'no_images'}", "folder not found"]),
+        "an image size too small to generate": (["dataset.img_size=8"], ["dataset.img_size=8 is too small"]),
         "a test CSV that is missing": (  # found only once training had ended
             ["dataset.test_csv=/nonexistent/test.csv"], ["dataset.test_csv=/nonexistent/test.csv does not exist"]),
         "a batch size that is no integer": (["dataset.batch_size=2.5"], ["dataset.batch_size=2.5 is not an integer"]),

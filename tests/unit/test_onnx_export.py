@@ -16,7 +16,7 @@ from deepfake.data.manifest import file_sha256
 from deepfake.data.synthetic_faces import render_sample
 from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import fake_probability, predict
-from deepfake.errors import CheckpointError, ExportError
+from deepfake.errors import CheckpointError, ConfigError, ExportError
 from deepfake.inference import load_detector
 from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
 from deepfake.models import create_detector
@@ -117,6 +117,9 @@ def test_a_refused_export_leaves_the_previous_files_untouched(exported, tmp_path
     detector = load_detector(tmp_path / "best.pth")
     before = {name: (tmp_path / name).read_bytes() for name in ("model.onnx", "model.json")}
 
+    # An opset the exporter cannot convert this graph to: it used to write opset 18 silently.
+    with pytest.raises(ConfigError, match=r"export.opset=3: the exporter could only write opset \d+ for this model"):
+        export_onnx(detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8), opset=3)
     # Float kernels differ in the last bits between PyTorch and onnxruntime: an impossible tolerance.
     with pytest.raises(ExportError, match=r"export to .*model.onnx refused: onnxruntime differs from PyTorch by "
                                           r"\S+ \(> export.tolerance=1e-12\) on \w+; no file written"):  # fmt: skip

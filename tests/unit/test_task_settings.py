@@ -85,3 +85,15 @@ def test_predict_keeps_p_fake_in_float64_so_a_score_at_the_threshold_is_called_a
     assert probs.dtype == np.float64 and np.isnan(probs[1])
     assert probs[2] >= threshold  # called fake, as task=test calls it
     assert float(np.float32(probs[2])) < threshold  # float32 scores (as before) called it real
+
+
+def test_a_loader_setting_is_named_by_the_group_it_came_from():
+    """predict.num_workers=-1 used to be reported as dataset.num_workers."""
+    import torch
+
+    from deepfake.tasks import data_setup
+
+    for key, value in (("num_workers", -1), ("batch_size", "all")):
+        settings = OmegaConf.create({"num_workers": 0, "batch_size": 4, key: value})
+        with pytest.raises(ConfigError, match=f"predict.{key}={value}"):
+            data_setup.make_loader(list(range(4)), settings, device=torch.device("cpu"), group="predict")
