@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepfake.errors import ConfigError
 from deepfake.tracking.checkpoint_writer import CheckpointWriter
 
 
@@ -72,7 +73,7 @@ def test_a_failed_write_is_raised_and_the_previous_file_kept(tmp_path):
     before = (tmp_path / "last.pth").read_bytes()
     (tmp_path / "blocker").write_text("a file where the run dir should be")
     writer.save(_state(model, optimizer), tmp_path / "blocker" / "last.pth")
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="cannot make the folder"):
         writer.wait()
     writer.wait()  # raised once: nothing is pending any more
     assert (tmp_path / "last.pth").read_bytes() == before
@@ -86,7 +87,7 @@ def test_a_failed_write_is_raised_and_the_previous_file_kept(tmp_path):
     writer = CheckpointWriter()
     writer.save(_state(model, optimizer), tmp_path / "blocker" / "last.pth")
     writer._pending[tmp_path / "blocker" / "last.pth"].exception()  # let it fail first
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="cannot make the folder"):
         writer.check()
     writer.check()  # raised once
     writer.close()
@@ -103,7 +104,7 @@ def test_after_a_failed_write_the_later_ones_are_not_written(tmp_path):
     writer.save({**_state(model, optimizer), "epoch": 2}, tmp_path / "blocker" / "best.pth")
     writer.save({**_state(model, optimizer), "epoch": 2}, tmp_path / "last.pth")
 
-    with pytest.raises(OSError):  # the first failure is the one raised
+    with pytest.raises(ConfigError, match="blocker"):  # the first failure is the one raised
         writer.wait()
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
     writer.close()
