@@ -186,7 +186,12 @@ def run(cfg: DictConfig) -> float | None:
         metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers)
     registry = session.open_registry(cfg)
     if metrics["run_name"]:
-        registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
+        own = ((registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}).get("test_csv")
+        if own in (None, metrics["test_csv"]):
+            registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
+        else:  # another test set (another CSV, or the embedded set at another img_size): not the run's figures
+            log.info("the registry entry of %s keeps its test figures on %s; these, on %s, are in %s",
+                     metrics["run_name"], own, metrics["test_csv"], out_dir / "metrics_test.json")  # fmt: skip
     return metrics["auc"]
 
 

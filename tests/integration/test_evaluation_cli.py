@@ -113,16 +113,26 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
 
 
 def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_runner, shared_data_dir):
+    fast = ["deterministic=true", "eval.report=false", "eval.bootstrap=0"]
+    main_runner(*fast)  # generates the shared data when this test runs first
     test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
     shuffled = test.assign(label=test["label"].sample(frac=1.0, random_state=0).to_numpy())
     assert (shuffled["label"] != test["label"]).any()
     shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
-    fast = ["deterministic=true", "eval.report=false", "eval.bootstrap=0"]
-    main_runner(*fast)
     main_runner(*fast, f"dataset.test_csv={tmp_path / 'shuffled.csv'}")
     first, second = sorted((tmp_path / "outputs" / "train").iterdir())
     thresholds = [torch.load(run / "best.pth", weights_only=True)["threshold"] for run in (first, second)]
     assert thresholds[0] == thresholds[1]
+
+    # task=test of the first run on another test set: the run's own registry figures stay (they were
+    # replaced by whatever set was tested last).
+    def test_metrics() -> dict:
+        entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
+        return next(entry["test_metrics"] for entry in entries if entry["run_name"] == first.name)
+
+    own = test_metrics()
+    main_runner("task=test", f"ckpt={first}", f"dataset.test_csv={tmp_path / 'shuffled.csv'}", *fast[1:])
+    assert test_metrics() == own and own["test_csv"] != str(tmp_path / "shuffled.csv")
     aucs = [json.loads((run / "metrics_test.json").read_text())["auc"] for run in (first, second)]
     assert aucs[0] != aucs[1]  # the labels did change what the test measures
 
