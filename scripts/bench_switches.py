@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def main() -> None:
     for turn in range(args.repeats):
         for number, setting in enumerate(settings):
             run_dir = out / f"{turn}_{number}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # this script's own dir: a rerun measures afresh
             extra = [] if setting == "defaults" else [setting]
             command = [sys.executable, str(REPO / "scripts" / "main.py"), "task=bench", *args.overrides, *extra,
                        f"hydra.run.dir={run_dir}"]  # fmt: skip

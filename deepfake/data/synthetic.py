@@ -106,8 +106,8 @@ def _check_params(params: dict) -> None:
             count = params[f"n_{split}"]
             raise ConfigError(f"dataset.generate.n_{split}={count} is too small; each split needs at least 2 images")
     if params["image_size"] < 16:
-        raise ConfigError(f"dataset.img_size={params['image_size']} is too small for a generated face (the "
-                          "embedded dataset's dataset.generate.image_size); use 16 or more")  # fmt: skip
+        raise ConfigError(f"dataset.generate.image_size={params['image_size']} (dataset.img_size by default) is "
+                          "too small for a generated face; use 16 or more")  # fmt: skip
     if not 0.0 <= params["partial_fraction"] <= 1.0:
         raise ConfigError(f"partial_fraction={params['partial_fraction']} must be between 0 and 1")
     if not 1 <= params["jpeg_quality"] <= 100:

@@ -120,18 +120,36 @@ class Checkpointing:
             "ema_model": None if self.ema is None else self.ema.module.state_dict(),
         }
 
-    def _restore(self, checkpoint: dict) -> None:
+    def check_resumable(self, checkpoint: dict) -> None:
+        """Refuse a last.pth this run cannot continue: weights of another model, no moving average for
+        train.ema, an epoch stopped part-way under another batch size or number of processes, a schedule
+        that cannot hold what was trained. The task asks before the first batch (a refusal then puts the
+        run's own overrides back); ``_restore`` asks again."""
+        last = self.run_dir / "last.pth"
         try:
-            self.model.load_state_dict(checkpoint["model"])
+            self.model.load_state_dict(checkpoint["model"])  # the weights it resumes from anyway
         except RuntimeError as err:
+            raise CheckpointError(f"{last} does not fit this model ({str(err).splitlines()[0]}); resume with the "
+                                  "run's own backbone settings") from err  # fmt: skip
+        if self.ema is not None and checkpoint.get("ema_model") is None:
+            raise CheckpointError(f"{last} holds no moving average of the weights; resume it with the run's own "
+                                  "train.ema.enabled=false")  # fmt: skip
+        state, saved = TrainerState(**checkpoint["trainer_state"]), self._saved_loader(checkpoint)
+        same = (saved["world_size"], saved["batch_size"]) == (self.ranks.world_size, self.train_loader.batch_size)
+        if state.batches_done and not same:
             raise CheckpointError(
-                f"{self.run_dir / 'last.pth'} does not fit this model ({str(err).splitlines()[0]}); "
-                "resume with the run's own backbone settings"
-            ) from err
+                f"{last} was saved part-way through an epoch by {saved['world_size']} process(es) with "
+                f"dataset.batch_size={saved['batch_size']}; resume it with the same (now {self.ranks.world_size} "
+                f"with {self.train_loader.batch_size})"
+            )
+        self._place_in_schedule(checkpoint, state)
+
+    def _saved_loader(self, checkpoint: dict) -> dict:
+        return checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.check_resumable(checkpoint)  # loads the model's weights
         if self.ema is not None:
-            if checkpoint.get("ema_model") is None:
-                raise CheckpointError(f"{self.run_dir / 'last.pth'} holds no moving average of the weights; resume "
-                                      "it with the run's own train.ema.enabled=false")  # fmt: skip
             self.ema.module.load_state_dict(checkpoint["ema_model"])
         self.state = TrainerState(**checkpoint["trainer_state"])
         checkpoint = self._place_in_schedule(checkpoint, self.state)
@@ -139,14 +157,8 @@ class Checkpointing:
         # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        saved = checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
+        saved = self._saved_loader(checkpoint)
         same_world = saved["world_size"] == self.ranks.world_size
-        if self.state.batches_done and not (same_world and saved["batch_size"] == self.train_loader.batch_size):
-            raise CheckpointError(
-                f"{self.run_dir / 'last.pth'} was saved part-way through an epoch by {saved['world_size']} "
-                f"process(es) with dataset.batch_size={saved['batch_size']}; resume it with the same (now "
-                f"{self.ranks.world_size} with {self.train_loader.batch_size})"
-            )
         ranks_state = checkpoint.get("ranks")
         if ranks_state and same_world:
             own = ranks_state[self.ranks.rank]
@@ -161,10 +173,6 @@ class Checkpointing:
             )
             log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
-
-    def check_resumable(self, checkpoint: dict) -> None:
-        """Refuse, before the first batch, a last.pth that this run's schedule cannot continue."""
-        self._place_in_schedule(checkpoint, TrainerState(**checkpoint["trainer_state"]))
 
     def _place_in_schedule(self, checkpoint: dict, state: TrainerState) -> dict:
         """Where the resumed run stands in this run's phases, found by the saved phase's name (a phase

@@ -61,6 +61,7 @@ class EpochClock(Tracker):
         self.steps_per_epoch, self.bare, self.device, self.settle = steps_per_epoch, bare, device, settle
         self.epoch_s, self.wall_s, self.validation_s, self.bare_rates = [], [], [], []
         self.started, self.excluded = time.perf_counter(), 0.0
+        self.bare_at: set[int] = set()  # steps a bare repeat ran at: an epoch's first log interval repeats the step
 
     def log_metrics(self, metrics, step: int) -> None:
         now = time.perf_counter()
@@ -69,7 +70,9 @@ class EpochClock(Tracker):
             self.wall_s.append(now - self.started)
             self.epoch_s.append(now - self.started - self.excluded - self.validation_s[-1])
             self.started, self.excluded = time.perf_counter(), 0.0
-        elif self.bare is not None and step % self.steps_per_epoch == 0 and step > self.steps_per_epoch:
+        elif (self.bare is not None and step % self.steps_per_epoch == 0 and step > self.steps_per_epoch
+              and step not in self.bare_at):  # fmt: skip
+            self.bare_at.add(step)
             self.settle()  # after the epoch's last batch (not the warm-up's)
             paused = time.perf_counter()
             self.bare_rates.append(benchmark.rate(self.bare, self.device))
@@ -81,6 +84,7 @@ def run(cfg: DictConfig) -> float:
     settings = cfg.bench
     if positive_int(settings.epochs, "bench.epochs") < 2:  # before any measuring
         raise ConfigError(f"bench.epochs={settings.epochs}: the first epoch is the warm-up; use at least 2")
+    positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches")  # the clock divides by it
     if str(settings.cache) not in CACHE_MODES:
         raise ConfigError(
             f"bench.cache={settings.cache!r}; use none, eval (scoring from the cache) or all (the loader too)"
@@ -211,7 +215,8 @@ def _train_pipeline(
     model = instantiate(cfg.backbone)
     loader, batch_images = _train_loader(cfg, train_set, preprocess, device)
     # The clock counts optimizer steps, of which an epoch has fewer than batches when they accumulate.
-    clock = EpochClock(steps_per_epoch(len(loader), int(cfg.train.accumulate_grad_batches)), bare_step, device)
+    accumulate = positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches")
+    clock = EpochClock(steps_per_epoch(len(loader), accumulate), bare_step, device)
     trainer = Trainer(
         model,
         loader,

@@ -50,20 +50,25 @@ def make_split(
 ) -> Dataset:
     """The dataset of one split CSV; with ``preprocess`` (the model's img_size and interpolation) it
     reads from the decoded-image cache when ``dataset.cache`` covers it."""
-    _check_split_paths(dataset_cfg, csv_key)
+    check_split_paths(dataset_cfg, csv_key)
     dataset = instantiate(dataset_cfg.reader)(csv_path=dataset_cfg[csv_key], transform=transform)
     if preprocess is not None:
         attach_cache(dataset, dataset_cfg, preprocess, training=training)
     return dataset
 
 
-def _check_split_paths(dataset_cfg: DictConfig, csv_key: str) -> None:
+def check_split_paths(dataset_cfg: DictConfig, csv_key: str) -> None:
     """A missing CSV or image folder named by its setting, with what usually fixes it: the batches not
-    made yet (dataset=batch), the Kaggle set not downloaded or not where dataset.root_dir says."""
+    made yet (dataset=batch), the Kaggle set not downloaded or not where dataset.csv_dir says."""
     csv = Path(str(dataset_cfg[csv_key]))
     if not csv.is_file():
-        made_by = "; make the batches first: python scripts/make_batches.py" if "batches_dir" in dataset_cfg else ""
-        raise DataError(f"dataset.{csv_key}={csv}: CSV file not found{made_by}; or fix the path")
+        if "batches_dir" in dataset_cfg:
+            fix = "make the batches first (python scripts/make_batches.py --n-batches K; README: Session by session over dataset batches)"
+        elif "csv_dir" in dataset_cfg:
+            fix = "download the dataset (README: The Kaggle download) and point dataset.csv_dir at its CSVs"
+        else:
+            fix = "fix the path"
+        raise DataError(f"dataset.{csv_key}={csv}: CSV file not found; {fix}")
     root = Path(str(dataset_cfg.root_dir))
     if not root.is_dir():
         raise DataError(f"dataset.root_dir={root}: image folder not found (the images of {csv}); download the "

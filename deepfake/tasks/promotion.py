@@ -57,8 +57,11 @@ def _check_images(cfg: DictConfig, csv: Path, root: Path) -> None:
     """Every promotion image decoded once, as training checks its own (answered from the scan memo
     when unchanged): a CSV whose paths miss registry.promotion_root_dir scored black images, and
     promoted whichever model liked black best."""
+    from deepfake.engine.launcher_env import env_rank
     from deepfake.tasks.preflight import check_images  # torch: task=registry lists without it
 
+    if not cfg.dataset.scan_images or env_rank() != 0:  # as training's own scan: once, by rank 0, when asked
+        return
     dataset = instantiate(cfg.dataset.reader)(csv_path=str(csv), root_dir=str(root))
     max_bad_fraction = values.non_negative(cfg.dataset.max_bad_fraction, "dataset.max_bad_fraction")
     try:

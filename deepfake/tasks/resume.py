@@ -142,11 +142,14 @@ def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg
 
 def _refuse_used_run_dir(run_dir) -> None:
     """A new run into a dir that holds a run would replace its config, checkpoints and registry entry."""
-    if run_dir is not None and (Path(str(run_dir)) / ".hydra" / "overrides.yaml").is_file():
-        raise ConfigError(
-            f"hydra.run.dir={run_dir} already holds a run; continue a stopped training with resume={run_dir}, "
-            "or give a new dir (a new run there would replace its config, checkpoints and registry entry)"
-        )
+    overrides = Path(str(run_dir)) / ".hydra" / "overrides.yaml" if run_dir is not None else None
+    if overrides is None or not overrides.is_file():
+        return
+    task = next((line.split("=", 1)[1].strip() for line in overrides.read_text(encoding="utf-8").splitlines()
+                 if line.lstrip("- ").startswith("task=")), "train")  # fmt: skip
+    resume = f"continue a stopped training with resume={run_dir}, or " if task == "train" else ""
+    raise ConfigError(f"hydra.run.dir={run_dir} already holds a run (task={task}); {resume}give a new dir (a new "
+                      "run there would replace its config, outputs and registry entry)")  # fmt: skip
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:

@@ -117,6 +117,8 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     check_registry(session.open_registry(cfg))  # the room for checkpoints: once the model is built (_setup)
     data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
+    for csv_key in ("train_csv", "val_csv"):  # before the test CSV: a missing download shows here first
+        data_setup.check_split_paths(cfg.dataset, csv_key)
     if cfg.train.do_test and not Path(str(cfg.dataset.test_csv)).is_file():
         raise DataError(f"dataset.test_csv={cfg.dataset.test_csv} does not exist, and the test after training "
                         "needs it; fix the path, or add train.do_test=false")  # fmt: skip

@@ -63,19 +63,16 @@ def _optimizer(settings: DictConfig, device: torch.device):
     make = instantiate(settings)
     try:
         make([{"params": [torch.zeros(1, device=device, requires_grad=True)]}])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: settings that exclude each other
         shown = ", ".join(f"{key}={value}" for key, value in settings.items() if not str(key).startswith("_"))
         raise ConfigError(f"optimizer ({shown}) cannot be built: {' '.join(str(err).split())}") from None
     return make
 
 
 def _clip_norm(value) -> float | None:
-    """train.grad_clip_norm: null (no clipping) or a positive norm; a negative one flipped the gradients."""
-    if value is None:
-        return None
-    if number(value, "train.grad_clip_norm") <= 0:
-        raise ConfigError(f"train.grad_clip_norm={value} must be a positive norm (e.g. 1.0), or null for none")
-    return float(value)
+    """train.grad_clip_norm: null or 0 (no clipping) or a positive norm; a negative one flipped the gradients."""
+    norm = None if value is None else non_negative(value, "train.grad_clip_norm")
+    return norm or None
 
 
 def moving_average(settings: DictConfig):

@@ -5,29 +5,36 @@ Free of torch, so that task=registry (which must start in a second) can use it t
 
 from __future__ import annotations
 
+import math
+
 from deepfake.errors import ConfigError
 
 
 def number(value, key: str, kind: type = float):
-    """``kind(value)`` (float or int), or a ConfigError naming ``key`` for a value that is not one,
-    such as ``predict.top_k=all``, instead of int()'s traceback; ``dataset.batch_size=2.5`` is not an
-    integer either (int() would make it 2)."""
+    """``value`` as a finite ``kind`` (float or int), or a ConfigError naming ``key``: text such as
+    ``predict.top_k=all`` (int()'s traceback), ``dataset.batch_size=2.5`` (int() would make it 2),
+    ``true`` (a YAML bool is 1 to int()) and nan or inf (they pass every comparison's refusal)."""
     try:
-        if kind is int and isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool):
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value} is not {'an integer' if kind is int else 'a number'}") from None
+        result = float(value) if kind is float or isinstance(value, float) else int(value)
+        if not math.isfinite(result) or (kind is int and not float(result).is_integer()):
+            raise ValueError(value)
+        return kind(result)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key}={value} is not {'an integer' if kind is int else 'a finite number'}") from None
 
 
 def non_negative(value, key: str, kind: type = float):
     """``number`` that is 0 or more: a negative learning rate would climb the loss, silently."""
-    if number(value, key, kind) < 0:
+    result = number(value, key, kind)
+    if result < 0:
         raise ConfigError(f"{key}={value} must be 0 or more")
-    return kind(value)
+    return result
 
 
 def positive_int(value, key: str) -> int:
-    if number(value, key, int) <= 0:
+    result = number(value, key, int)
+    if result <= 0:
         raise ConfigError(f"{key}={value} must be a positive integer")
-    return int(value)
+    return result

@@ -117,9 +117,12 @@ def test_a_run_dir_being_written_is_refused_before_hydra_opens_it(tmp_path):
         for argv in ([f"resume={run_dir}"], [f"hydra.run.dir={run_dir}", "seed=2"]):
             with pytest.raises(RunDirLocked, match=f"is being written by PID {os.getpid()}"):
                 _rewrite([f"paths.root_dir={tmp_path}", *argv], CONF_DIR)
-    with pytest.raises(ConfigError, match=f"hydra.run.dir={run_dir} already holds a run; continue a stopped training "
-                                          f"with resume={run_dir}, or give a new dir"):  # fmt: skip
+    with pytest.raises(ConfigError, match=f"hydra.run.dir={run_dir} already holds a run \\(task=train\\); continue a "
+                                          f"stopped training with resume={run_dir}, or give a new dir"):  # fmt: skip
         _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"], CONF_DIR)
+    bench = _run_dir(tmp_path, "bench", ["task=bench"])  # resume= is no advice for another task's dir
+    with pytest.raises(ConfigError, match=r"already holds a run \(task=bench\); give a new dir"):
+        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={bench}"], CONF_DIR)
     empty = tmp_path / "empty"
     empty.mkdir()  # a dir without a run in it is any run's to take
     assert _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={empty}"], CONF_DIR)[-1] == f"hydra.run.dir={empty}"

@@ -15,7 +15,10 @@ from deepfake.tasks.values import number, positive_int
 @pytest.mark.parametrize(("value", "kind", "message"), [
     ("all", int, "predict.top_k=all is not an integer"), ("2.5", int, "is not an integer"),
     (2.5, int, "predict.top_k=2.5 is not an integer"),  # int() made it 2, silently
-    ("high", float, "predict.top_k=high is not a number"), (None, float, "is not a number"),
+    ("high", float, "predict.top_k=high is not a finite number"), (None, float, "is not a finite number"),
+    (True, int, "predict.top_k=True is not an integer"),  # YAML's true: int() made it 1
+    (float("nan"), float, "is not a finite number"), (float("inf"), float, "is not a finite number"),
+    ("inf", int, "is not an integer"),
 ])  # fmt: skip
 def test_a_number_that_is_not_one_is_a_config_error_naming_the_key(value, kind, message):
     with pytest.raises(ConfigError, match=message):
@@ -97,3 +100,17 @@ def test_a_loader_setting_is_named_by_the_group_it_came_from():
         settings = OmegaConf.create({"num_workers": 0, "batch_size": 4, key: value})
         with pytest.raises(ConfigError, match=f"predict.{key}={value}"):
             data_setup.make_loader(list(range(4)), settings, device=torch.device("cpu"), group="predict")
+
+
+@pytest.mark.parametrize(("dataset", "fix"), [
+    ({"batches_dir": "batches"}, r"make the batches first \(python scripts/make_batches.py --n-batches K"),
+    ({"csv_dir": "140k"}, r"download the dataset \(README: The Kaggle download\) and point dataset.csv_dir"),
+    ({}, "fix the path"),
+])  # fmt: skip
+def test_a_missing_split_csv_is_named_with_what_usually_makes_it(tmp_path, dataset, fix):
+    from deepfake.errors import DataError
+    from deepfake.tasks.data_setup import check_split_paths
+
+    cfg = OmegaConf.create({"train_csv": str(tmp_path / "train.csv"), "root_dir": str(tmp_path), **dataset})
+    with pytest.raises(DataError, match=rf"dataset.train_csv={tmp_path / 'train.csv'}: CSV file not found; {fix}"):
+        check_split_paths(cfg, "train_csv")
