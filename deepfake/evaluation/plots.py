@@ -94,12 +94,25 @@ def confusion_png(matrix: Sequence[Sequence[int]], threshold: float) -> bytes:
     fig, (ax,) = _figure(4.0, 3.6)
     ax.imshow(matrix, cmap="Blues")
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    colours = cell_text_colours(matrix)
     for (row, col), count in np.ndenumerate(matrix):
-        colour = "white" if count > matrix.max() / 2 else "black"
-        ax.text(col, row, f"{count}\n{shares[row, col]:.1%}", ha="center", va="center", color=colour)
+        ax.text(col, row, f"{count}\n{shares[row, col]:.1%}", ha="center", va="center", color=colours[row, col])
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"],
            xlabel="called", ylabel="true", title=f"At threshold {threshold:.4g}")  # fmt: skip
     return figure_png(fig)
+
+
+def cell_text_colours(matrix: np.ndarray) -> np.ndarray:
+    """White on the dark half of imshow's scale, which spans the smallest count to the largest (half
+    the largest count put white text on the white cell of a matrix whose counts are all close)."""
+    middle = (matrix.min() + matrix.max()) / 2
+    return np.where(matrix > middle, "white", "black")
+
+
+def auc_limits(values: Sequence[float | None]) -> tuple[float, float]:
+    """The AUC axis: from 0.4 (chance and a little under), lower when a point lies below it."""
+    lowest = min((v for v in values if v is not None), default=0.4)
+    return min(0.4, lowest - 0.05), 1.01
 
 
 def robustness_png(rows: Sequence[dict], descriptions: dict[str, str]) -> bytes:
@@ -112,7 +125,7 @@ def robustness_png(rows: Sequence[dict], descriptions: dict[str, str]) -> bytes:
         labels = ["none"] + [f"{row['severity']:g}" for row in own]
         values = [clean["auc"]] + [row["auc"] for row in own]
         ax.plot(range(len(values)), [np.nan if v is None else v for v in values], "o-", color=FAKE_COLOUR)
-        ax.set(xticks=range(len(values)), xticklabels=labels, ylim=(0.4, 1.01), title=kind,
+        ax.set(xticks=range(len(values)), xticklabels=labels, ylim=auc_limits(values), title=kind,
                xlabel=descriptions.get(kind, kind), ylabel="AUC")  # fmt: skip
         ax.axhline(0.5, color="#999", lw=0.8, ls=":")
     return figure_png(fig)

@@ -60,7 +60,7 @@ from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_v
 from deepfake.tasks.trainer_options import phase_plan, trainer_options
 from deepfake.tasks.values import positive_int
 from deepfake.tracking.checkpoint import remove_stale_temps
-from deepfake.tracking.run_info import write_run_info
+from deepfake.tracking.run_info import CODE_DIR, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     for folder in (out_dir, Path(cfg.paths.models_dir)):
         for temp in remove_stale_temps(folder):
             log.info("removed %s, left by a process killed while saving", temp)
-    git = write_run_info(out_dir, Path(cfg.paths.root_dir))
+    git = write_run_info(out_dir, CODE_DIR)
     config_path = session.save_resolved_config(cfg, out_dir)
     check_registry(session.open_registry(cfg))  # the room for checkpoints: once the model is built (_setup)
     data_setup.ensure_dataset(cfg.dataset)

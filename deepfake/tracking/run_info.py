@@ -30,6 +30,12 @@ def _git(repo_dir: Path, *args: str) -> str | None:
     return completed.stdout if completed.returncode == 0 else None
 
 
+# The source tree of the code that runs: the repository for an editable install (site-packages, which
+# git knows nothing of, for a wheel). Not paths.root_dir: that is where data and outputs go, which
+# tests and users move anywhere (provenance read "unknown"), possibly into another repository.
+CODE_DIR = Path(__file__).resolve().parents[2]
+
+
 def git_info(repo_dir: str | os.PathLike[str]) -> dict[str, str | bool | None]:
     """``{"commit": hash, "dirty": bool}``; both None when git or the repository is unavailable."""
     folder = Path(repo_dir)

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from deepfake.errors import UserError
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.loggers import Tracker
-from deepfake.tracking.run_info import git_info
+from deepfake.tracking.run_info import CODE_DIR, git_info
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,7 +211,7 @@ def _mlflow_tags(run_dir, tags: Mapping[str, Any] | None, source_dir) -> dict[st
             result |= {str(label): "true" for label in value}
         elif value is not None:
             result[str(key)] = str(value)
-    commit = git_info(source_dir)["commit"] if source_dir is not None else None
+    commit = git_info(CODE_DIR if source_dir is None else source_dir)["commit"]
     return result | ({"mlflow.source.git.commit": commit} if commit else {})
 
 

@@ -39,7 +39,9 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
     assert any((run / "tb").iterdir())
-    assert (run / "git.txt").read_text().startswith("commit ")
+    # The code's own commit, though paths.root_dir (data and outputs) is a temp dir outside any repository.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert (run / "git.txt").read_text().startswith(f"commit {head}\n") and head
     assert "torch==" in (run / "requirements.txt").read_text()
 
     rows = list(csv.DictReader((run / "metrics_log.csv").open()))

@@ -186,3 +186,20 @@ def test_a_call_nothing_fake_threshold_stays_a_p_fake_when_the_top_scores_satura
     targets, logits = np.array([0, 1, 1, 0]), np.array([40.0, 39.0, 38.0, -3.0])  # a real on top: fpr@0 calls none
     chosen = fit_operating_point(targets, logits, policy="fpr@0.0", fixed_threshold=None, calibrate=False, ece_bins=5)
     assert check_threshold(chosen["threshold"]) == 1.0  # was 1.0000000000000002, refused as eval.threshold
+
+
+def test_every_confusion_count_is_readable_on_its_cell():
+    """imshow's colours span the smallest count to the largest: the lowest cell is white, so its text
+    must be black (half the largest count put white text on it)."""
+    from deepfake.evaluation.plots import cell_text_colours
+
+    assert cell_text_colours(np.array([[64, 36], [53, 47]])).tolist() == [["white", "black"], ["white", "black"]]
+    assert cell_text_colours(np.array([[90, 10], [5, 95]])).tolist() == [["white", "black"], ["black", "white"]]
+
+
+def test_the_robustness_axis_shows_an_auc_below_chance():
+    from deepfake.evaluation.plots import auc_limits
+
+    assert auc_limits([0.98, 0.62, None]) == (0.4, 1.01)
+    low, _ = auc_limits([0.98, 0.45, 0.30])  # 0.30 used to fall below a fixed 0.4
+    assert low < 0.30
