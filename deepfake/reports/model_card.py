@@ -168,10 +168,20 @@ def _evaluation(facts: CardFacts) -> str:
 
 
 def _flatten(prefix: str, value) -> list[tuple[str, object]]:
-    """Nested reports as ``a.b.c`` rows; lists of scalars stay on one row."""
+    """Nested reports as ``a.b.c`` rows, a list of records as ``a[i].b`` rows (the TPR at each FPR, each
+    test set, each perturbation), a list of numbers (an interval) on one row; floats to 4 significant
+    digits, as the tables they came from (Python's repr showed 0.49037999999999987)."""
     if isinstance(value, dict):
         return [row for key, item in value.items() for row in _flatten(f"{prefix}.{key}", item)]
-    return [(prefix, value)]
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return [row for index, item in enumerate(value) for row in _flatten(f"{prefix}[{index}]", item)]
+    if isinstance(value, list):
+        return [(prefix, "[" + ", ".join(str(_rounded(item)) for item in value) + "]")]
+    return [(prefix, _rounded(value))]
+
+
+def _rounded(value):
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def _operating_point(facts: CardFacts) -> str:

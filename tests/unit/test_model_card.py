@@ -46,7 +46,8 @@ def make_run(root, *, with_test=True):
     if with_test:
         test = {"auc": 0.91234, "accuracy": 0.875, "eer": 0.125, "n_samples": 2, "n_damaged": 1,
                 "confusion_matrix": [[0, 0], [1, 1]], "test_csv": str(data / "test.csv"),
-                "robustness": {"jpeg_q50": {"auc": 0.71}}}  # fmt: skip
+                "robustness": {"jpeg_q50": {"auc": 0.71}}, "intervals": {"auc": [0.49037999999999987, 0.99]},
+                "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.5, "threshold": 0.93}]}  # fmt: skip
         (run / "metrics_test.json").write_text(json.dumps(test))
     atomic_save({
         "format": CHECKPOINT_FORMAT, "kind": "best", "model": {"w": torch.zeros(2)},
@@ -93,6 +94,9 @@ def test_card_has_every_section_and_the_run_s_numbers(tmp_path):
         "| val_auc | 0.9531 |" in evaluation and "| auc | 0.9123 |" in evaluation and "| eer | 0.1250 |" in evaluation
     )
     assert "| fake | 1 | 1 |" in evaluation  # the confusion matrix, true class by row
+    # A list of records row by row, an interval on one row, rounded (raw Python lists before).
+    assert "| tpr_at_fpr[0].fpr | 0.0100 |" in evaluation and "| tpr_at_fpr[0].tpr | 0.5000 |" in evaluation
+    assert "| intervals.auc | [0.4904, 0.99] |" in evaluation
     point = section(card, "Operating point")
     assert "| threshold | 0.4375 |" in point and "| policy | youden |" in point and "| temperature | 1.2500 |" in point
     assert "| robustness.jpeg_q50.auc | 0.7100 |" in section(card, "Limitations")
