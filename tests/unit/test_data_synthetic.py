@@ -56,16 +56,20 @@ def test_ids_are_unique_across_splits(dataset):
     assert ids.is_unique
 
 
-def test_partial_fakes_have_binary_nonempty_masks_beside_them(dataset):
+def test_partial_fakes_have_binary_nonempty_masks_out_of_the_image_folders(dataset):
     frame = pd.concat([read_split_csv(dataset / f"{s}.csv", dataset / IMAGE_SUBDIR) for s in SPLITS])
     with_mask = frame[frame["mask_path"] != ""]
 
     assert len(with_mask) > 0 and (with_mask["target"] == 1).all()
     for image_path, mask_path in zip(with_mask["path"], with_mask["mask_path"]):
-        assert mask_path == image_path.replace(".jpg", "_mask.png")
+        split = Path(image_path).parent.parent.name
+        assert mask_path == str(dataset / IMAGE_SUBDIR / "masks" / split / Path(image_path).with_suffix(".png").name)
         mask = np.asarray(Image.open(mask_path))
         assert mask.shape == (32, 32)
         assert set(np.unique(mask)) == {0, 255}
+    # task=predict on a split's folder finds its images and nothing else (the masks sat beside the fakes).
+    for split in SPLITS:
+        assert {p.suffix for p in (dataset / IMAGE_SUBDIR / split).rglob("*") if p.is_file()} == {".jpg"}
 
 
 def test_same_seed_gives_identical_bytes(dataset, tmp_path):
