@@ -121,11 +121,14 @@ def _writer_lock(cfg: DictConfig, out_dir: Path):
 
 def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path) -> Any:
     started = time.perf_counter()
+    previous = read_status(out_dir) or {}
     status = _starting_status(out_dir, cfg.task.name)
     if env_world_size() > 1:  # rank 0's view: the other ranks must not read the status.json it writes next
         from deepfake.engine import distributed
 
-        status = distributed.broadcast_object(status)
+        status, previous = distributed.broadcast_object((status, previous))
+    if _earlier_launch(cfg, status, previous) == "finished":
+        return _finished_earlier(out_dir, previous)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
         # it continues in its own run dir from the last.pth its previous attempt saved.
@@ -144,6 +147,31 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     _job_exit_codes.append(0)
     write_status(out_dir, {**status, **_ended(started), "status": "finished", "value": _number_or_none(value)})
     return value
+
+
+def _earlier_launch(cfg: DictConfig, status: dict, previous: dict) -> str | None:
+    """A sweep relaunched into its own fixed dir (hydra.sweep.dir) finds its jobs' earlier training
+    runs: a finished one is not trained again (its checkpoints and registry entry stay), and one that
+    an earlier launch left stopped part-way, or killed (status still running: this process holds the
+    run dir's lock), resumes from its last.pth. Returns the earlier run's status when one applies."""
+    if cfg.task.name != "train" or cfg.get("resume") or status["attempt"] > 1 or previous.get("task") != "train":
+        return None
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if previous.get("status") in ("stopped", "running") and (out_dir / "last.pth").is_file():
+        log.info("%s was left %s by an earlier launch of this sweep: resuming it", out_dir, previous["status"])
+        cfg.resume = str(out_dir)
+    return previous.get("status")
+
+
+def _finished_earlier(out_dir: Path, previous: dict) -> Any:
+    log.info("%s finished in an earlier launch of this sweep (value %s): not trained again", out_dir,
+             previous.get("value"))  # fmt: skip
+    _job_exit_codes.append(0)
+    # started_at moves to this launch, so that its summary lists the job; the rest is the run's.
+    write_status(out_dir, {**previous, "started_at": now_iso(), "note": "finished in an earlier launch"})
+    return previous.get("value")
 
 
 def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, seconds: float) -> FailedJob:

@@ -185,3 +185,24 @@ def test_an_optuna_search_of_no_trials_is_refused_in_one_line(tmp_path, shared_d
     errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
     assert refused.returncode == 2 and errors == [f"ERROR {setting} must be a positive integer"], refused.stderr
     assert "Traceback" not in refused.stderr  # the plugin's missing results file, before
+
+
+def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_stopped_ones(tmp_path, shared_data_dir):
+    """It used to train every job again over its checkpoints and registry entry."""
+    fixed = [f"hydra.sweep.dir={tmp_path / 'multirun' / 'fixed'}", "seed=1,2"]
+    sweep(tmp_path, shared_data_dir, *fixed)
+    first, second = job_dirs(tmp_path / "multirun" / "fixed")
+    kept = {job: (job / "best.pth").read_bytes() for job in (first, second)}
+    entries = registry(tmp_path)["runs"]
+    # The second job as a killed process leaves it: status still running, last.pth on disk.
+    status = json.loads((second / "status.json").read_text())
+    (second / "status.json").write_text(json.dumps({**status, "status": "running", "ended_at": None}))
+
+    again = sweep(tmp_path, shared_data_dir, *fixed)
+    assert (first / "best.pth").read_bytes() == kept[first]  # not trained again
+    assert "finished in an earlier launch of this sweep" in (first / "run.log").read_text()
+    assert "left running by an earlier launch of this sweep: resuming it" in (second / "run.log").read_text()
+    assert (second / "best.pth").read_bytes() == kept[second]  # its last.pth was at the schedule's end
+    assert len(registry(tmp_path)["runs"]) == len(entries) == 2
+    assert [row["status"] for row in summary(tmp_path / "multirun" / "fixed")] == ["finished", "finished"]
+    assert "sweep: 2 job(s)" in again.stdout
