@@ -54,6 +54,13 @@ def evaluate_checkpoint(
     """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures);
     ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step)."""
     checkpoint = load_checkpoint(checkpoint_path)
+    trained_at = (checkpoint.get("preprocess") or {}).get("img_size")
+    if "generate" in cfg.dataset and trained_at is not None and str(cfg.dataset.img_size) != str(trained_at):
+        # The embedded set has a folder per dataset.img_size, so the setting picks the images; the model
+        # reads them at its own size. A run tested on another size's images says so.
+        log.warning("%s was trained at %s px; dataset.img_size=%s picks the test images, which it reads resized "
+                    "to %s px (add dataset.img_size=%s to test on the images it was trained on)", checkpoint_path,
+                    trained_at, cfg.dataset.get("img_size"), trained_at, trained_at)  # fmt: skip
     rule = decision_rule(checkpoint, cfg.eval.threshold)
     settings = summary_settings(cfg)
     sets = eval_sets(cfg)

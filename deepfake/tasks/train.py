@@ -142,6 +142,10 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     log.info("hyperparameters: %s", _hyperparameters(cfg))
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
+    stopped_at = ((resume_from or {}).get("preprocess") or {}).get("img_size")
+    if stopped_at is not None and stopped_at != preprocess["img_size"]:
+        log.warning("resuming at dataset.img_size=%d a run stopped at %d px: its images change size mid-run",
+                    preprocess["img_size"], stopped_at)  # fmt: skip
     train_loader, val_loader, batch_images, val_set = _loaders(cfg, preprocess, device, here)
     # Before training: a promotion set that is the test set is refused now, not after hours.
     chosen = promotion.promotion_set(cfg)

@@ -98,6 +98,11 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     # ... and accepts a run dir.
     main_runner("task=test", f"ckpt={run}")
     assert len(list((tmp_path / "outputs" / "test").iterdir())) == 2
+    # The embedded set at another size is another set of images: tested as asked, and said so.
+    own = registry(tmp_path)["runs"][0]["test_metrics"]
+    other = main_runner("task=test", f"ckpt={run}", "dataset.img_size=48", "eval.report=false", "eval.bootstrap=0")
+    assert "was trained at 32 px; dataset.img_size=48 picks the test images" in other.stdout + other.stderr
+    assert registry(tmp_path)["runs"][0]["test_metrics"] == own  # the run's figures stay its own
 
     # The listing answers without importing torch: it reads one JSON file.
     probe = (
