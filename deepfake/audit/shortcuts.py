@@ -30,7 +30,12 @@ def baseline_auc(
         return 0.5  # nothing to learn from: a constant score
     # Depth and rounds are kept small: a shortcut worth reporting is a coarse one, and the model must
     # fit 100k rows in seconds. NaN (a feature a format lacks, a damaged file) is handled natively.
-    model = HistGradientBoostingClassifier(max_iter=100, max_leaf_nodes=15, random_state=seed)
+    # A leaf may hold a tenth of the smaller class (at most sklearn's default 20): with that default,
+    # a class of fewer than 20 training images could never get a leaf of its own, and a storage
+    # shortcut that splits the classes perfectly scored AUC 0.5.
+    minority = int(np.bincount(train_target.astype(int)).min())
+    model = HistGradientBoostingClassifier(max_iter=100, max_leaf_nodes=15, random_state=seed,
+                                           min_samples_leaf=max(1, min(20, minority // 10)))  # fmt: skip
     # One OpenMP thread: on a shared or busy CPU, OpenMP's spinning threads make these small fits
     # ten times slower, not faster.
     with threadpool_limits(limits=1, user_api="openmp"):

@@ -101,3 +101,15 @@ def test_per_class_distributions_are_the_images_own_statistics(biased):
     summary = shortcuts["distributions"]["bytes"]["fake"]
     assert summary["mean"] == pytest.approx(fake_bytes.mean())
     assert summary["median"] == pytest.approx(fake_bytes.median())
+
+
+def test_a_perfect_shortcut_is_caught_when_one_class_has_few_training_images():
+    """10 reals against 32 fakes: sklearn's default leaf of 20 images could never hold the reals
+    alone, and a JPEG quality that splits the classes perfectly scored AUC 0.5."""
+    from deepfake.audit.shortcuts import baseline_auc
+
+    def split(reals: int, fakes: int) -> tuple[pd.DataFrame, np.ndarray]:
+        target = np.array([0] * reals + [1] * fakes)
+        return pd.DataFrame({"jpeg_quality": np.where(target == 1, 60.0, 95.0)}), target
+
+    assert baseline_auc(*split(10, 32), *split(10, 20), seed=0) == 1.0
