@@ -27,7 +27,7 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
-from deepfake.inference.predictions import damaged_reasons, item_rows, p_fake_per_item
+from deepfake.inference.predictions import COLUMNS, damaged_reasons, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text, make_folder
@@ -49,8 +49,11 @@ def run(cfg: DictConfig) -> float | None:
     inputs = discover_inputs(
         settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
         label_column=settings.label_column,
-        real_label=detector.real_label if settings.real_label is None else int(settings.real_label),
+        real_label=detector.real_label if settings.real_label is None else values.number(
+            settings.real_label, "predict.real_label", int),
     )  # fmt: skip
+    out = _output_file(settings.output)
+    _refuse_overwrite(out, inputs, settings.input)  # before any scoring
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
              detector.source, detector.kind, threshold, _policy(detector))  # fmt: skip
     rows, dataset = _rows_and_dataset(inputs, settings, detector)
@@ -62,7 +65,6 @@ def run(cfg: DictConfig) -> float | None:
     damaged = damaged_reasons(dataset, preds.damaged) if preds is not None else {}
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
-    out = _output_file(settings.output)
     write_predictions(frame, out)
     for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
         log.warning("damaged image, not scored: %s (%s)", path, reason)
@@ -100,6 +102,28 @@ def _output_file(output) -> Path:
     if out.is_dir() or str(output).endswith(("/", os.sep)) or not out.suffix:
         return make_folder(out, f"predict.output={output}") / "predictions.csv"
     return out
+
+
+def _refuse_overwrite(out: Path, inputs, spec) -> None:
+    """predictions.csv replaces only an earlier predictions file, and never one in another run's dir:
+    the input CSV, an input image and a training run's own predictions.csv were overwritten silently."""
+    where = out.parent.resolve()
+    if (where / ".hydra").is_dir() and where != session.run_dir().resolve():
+        raise ConfigError(f"predict.output={out} is inside another run's dir ({where}); give a path outside it")
+    if not out.exists():
+        return
+    inputs_given = {Path(os.path.abspath(path)) for path in (*inputs.paths, str(spec))}
+    if Path(os.path.abspath(out)) in inputs_given or not _is_predictions_file(out):
+        raise ConfigError(f"predict.output={out} exists and is not an earlier predictions file (an input, or "
+                          "another file); give another path")  # fmt: skip
+
+
+def _is_predictions_file(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().strip().split(",")[: len(COLUMNS)] == COLUMNS
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _threshold(settings: DictConfig, detector) -> float:

@@ -122,6 +122,29 @@ def test_missing_input_is_one_line_and_exit_2(trained, tmp_path):
     assert not (root / "out").exists()  # an input holding no image is the same one line (unit tests)
 
 
+def test_an_output_that_would_replace_an_input_or_another_runs_file_is_refused(trained, user_folder):
+    """The input CSV, an input image and a training run's own predictions.csv were overwritten silently."""
+    root, run, data = trained
+    folder, _ = user_folder
+    labelled = root / "mine.csv"
+    pd.DataFrame({"path": [str(folder / "a.jpg")], "label": [1]}).to_csv(labelled, index=False)
+    cases = {
+        str(labelled): (labelled, "exists and is not an earlier predictions file"),  # the input CSV itself
+        str(folder / "a.jpg"): (folder / "a.jpg", "exists and is not an earlier predictions file"),
+        f"{run}/": (run / "predictions.csv", "is inside another run's dir"),
+    }
+    for output, (kept, said) in cases.items():
+        before = kept.read_bytes()
+        result = run_main(root, "task=predict", f"predict.input={labelled}", f"predict.output={output}",
+                          data_dir=data, check=False)  # fmt: skip
+        assert result.returncode == 2 and len(errors_of(result)) == 1 and said in errors_of(result)[0], output
+        assert kept.read_bytes() == before
+    again = root / "again" / "predictions.csv"  # an earlier predictions file of its own may be replaced
+    for _ in range(2):
+        run_main(root, "task=predict", f"predict.input={labelled}", f"predict.output={again}", data_dir=data)
+    assert len(read(again)) == 1
+
+
 def test_export_then_predict_with_onnx_equals_predict_with_pth(trained, user_folder, folder_predicted, tmp_path):
     root, run, data = trained
     folder, _ = user_folder
