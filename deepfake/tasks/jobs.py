@@ -123,7 +123,9 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     started = time.perf_counter()
     previous = read_status(out_dir) or {}
     status = _starting_status(out_dir, cfg.task.name)
-    if env_world_size() > 1:  # rank 0's view: the other ranks must not read the status.json it writes next
+    if env_world_size() > 1 and cfg.task.name == "train":
+        # Rank 0's view: the other ranks must not read the status.json it writes next. Other tasks run
+        # on rank 0 alone (run_job let the others go), so there is no one to broadcast to.
         from deepfake.engine import distributed
 
         status, previous = distributed.broadcast_object((status, previous))

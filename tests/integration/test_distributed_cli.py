@@ -74,6 +74,11 @@ def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
     assert json.loads((tested / "metrics_test.json").read_text())["auc"] == pytest.approx(
         json.loads((run / "metrics_test.json").read_text())["auc"]
     )
+    # task=test under torchrun runs on rank 0 alone, as one process would (it died in a broadcast that
+    # rank 1, gone home, never joined).
+    again = torchrun(tmp_path, "task=test", f"ckpt={run}", "dataset.generate.n_valid=30", *TINY)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list((tmp_path / "outputs" / "test").iterdir())) == 2
 
 
 def test_a_sweep_under_torchrun_is_refused(tmp_path):
