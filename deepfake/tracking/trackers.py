@@ -278,7 +278,8 @@ class WandbTracker(Tracker):
         offline_dir = Path(self._run.dir).parent
         self._run.finish(exit_code=0 if status == "finished" else 1)
         if self.mode == "offline":
-            log.info("W&B run saved offline; upload it with: wandb sync %s", offline_dir)
+            # A resumed run adds an offline-run-* folder of its own to the same W&B run: sync them all.
+            log.info("W&B run saved offline; upload it with: wandb sync %s", offline_dir.parent / "offline-run-*")
 
 
 def wandb_key_configured() -> bool:
