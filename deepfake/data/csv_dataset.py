@@ -47,7 +47,7 @@ def read_raw_csv(csv_path: str | os.PathLike, *, as_text: bool = False) -> pd.Da
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{csv_path}: cannot read CSV ({reason}); fix or re-download it") from None
     if len(frame) == 0:
-        raise DataError(f"{csv_path}: CSV has a header but no rows; point the dataset at a non-empty split")
+        raise DataError(f"{csv_path}: CSV has a header but no rows; give a CSV that lists images")
     return frame
 
 
@@ -69,8 +69,11 @@ def labels_to_targets(
         first = int(np.flatnonzero(bad.to_numpy())[0])
         value = frame[label_column].iloc[first]
         problem = "is empty" if pd.isna(value) else f"'{value}' is not 0 or 1"
+        # Words (real/fake, as predictions.csv writes them) are not labels here: say what is read.
+        words = "" if pd.isna(value) or str(value).strip().lstrip("-").isdigit() else (
+            f" (labels are numbers: {real_label} = real, {1 - real_label} = fake)")  # fmt: skip
         raise DataError(
-            f"{csv_path}:{first + _FIRST_DATA_LINE}: {label_column} {problem}; fix the row or set {setting}"
+            f"{csv_path}:{first + _FIRST_DATA_LINE}: {label_column} {problem}{words}; fix the row or set {setting}"
         )
     return (labels.astype(int) != real_label).astype(int).to_numpy()
 

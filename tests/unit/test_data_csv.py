@@ -100,7 +100,10 @@ def test_mask_path_is_resolved_and_empty_stays_empty(kaggle, tmp_path):
         ([",original_path,id,label,label_str", "0,a,b,1,real"], "no column 'path' (columns: Unnamed: 0, original_path"),
         ([",original_path,id,label_str,path", "0,a,b,real,x.jpg"], "no column 'label'"),
         ([KAGGLE_HEADER, KAGGLE_ROWS[0], "1,o,i,2,fake,train/fake/x.jpg"], "train.csv:3: label '2' is not 0 or 1"),
-        ([KAGGLE_HEADER, "0,o,i,real,real,train/real/x.jpg"], "train.csv:2: label 'real' is not 0 or 1"),
+        (
+            [KAGGLE_HEADER, "0,o,i,real,real,train/real/x.jpg"],
+            "train.csv:2: label 'real' is not 0 or 1 (labels are numbers: 1 = real, 0 = fake)",
+        ),
         ([KAGGLE_HEADER, KAGGLE_ROWS[0], "1,o,i,,fake,train/fake/x.jpg"], "train.csv:3: label is empty"),
         ([KAGGLE_HEADER, KAGGLE_ROWS[0], "1,o,i,0,fake,"], "train.csv:3: empty path"),
         ([KAGGLE_HEADER, '0,"unclosed,1,1,real,x.jpg'], "cannot read CSV"),
