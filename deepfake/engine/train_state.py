@@ -120,11 +120,12 @@ class Checkpointing:
             "ema_model": None if self.ema is None else self.ema.module.state_dict(),
         }
 
-    def check_resumable(self, checkpoint: dict) -> None:
+    def check_resumable(self, checkpoint: dict) -> tuple[TrainerState, dict]:
         """Refuse a last.pth this run cannot continue: weights of another model, no moving average for
         train.ema, an epoch stopped part-way under another batch size or number of processes, a schedule
         that cannot hold what was trained. The task asks before the first batch (a refusal then puts the
-        run's own overrides back); ``_restore`` asks again."""
+        run's own overrides back); ``_restore`` asks again and resumes from the answer: the saved state
+        placed in this run's schedule, and the checkpoint to resume from (``_place_in_schedule``)."""
         last = self.run_dir / "last.pth"
         try:
             self.model.load_state_dict(checkpoint["model"])  # the weights it resumes from anyway
@@ -142,17 +143,15 @@ class Checkpointing:
                 f"dataset.batch_size={saved['batch_size']}; resume it with the same (now {self.ranks.world_size} "
                 f"with {self.train_loader.batch_size})"
             )
-        self._place_in_schedule(checkpoint, state)
+        return state, self._place_in_schedule(checkpoint, state)
 
     def _saved_loader(self, checkpoint: dict) -> dict:
         return checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
 
     def _restore(self, checkpoint: dict) -> None:
-        self.check_resumable(checkpoint)  # loads the model's weights
+        self.state, checkpoint = self.check_resumable(checkpoint)  # loads the model's weights too
         if self.ema is not None:
             self.ema.module.load_state_dict(checkpoint["ema_model"])
-        self.state = TrainerState(**checkpoint["trainer_state"])
-        checkpoint = self._place_in_schedule(checkpoint, self.state)
         # Here, not with the optimizer: a run stopped at a phase boundary has no optimizer state to load,
         # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
         if checkpoint.get("scaler"):

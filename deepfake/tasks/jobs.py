@@ -121,15 +121,15 @@ def _writer_lock(cfg: DictConfig, out_dir: Path):
 
 def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path) -> Any:
     started = time.perf_counter()
-    previous = read_status(out_dir) or {}
-    status = _starting_status(out_dir, cfg.task.name)
+    previous = read_status(out_dir) or {}  # an earlier attempt's or launch's
+    status = _starting_status(cfg.task.name, previous)
     if env_world_size() > 1 and cfg.task.name == "train":
         # Rank 0's view: the other ranks must not read the status.json it writes next. Other tasks run
         # on rank 0 alone (run_job let the others go), so there is no one to broadcast to.
         from deepfake.engine import distributed
 
         status, previous = distributed.broadcast_object((status, previous))
-    if _earlier_launch(cfg, status, previous) == "finished":
+    if _earlier_launch(cfg, out_dir, status, previous) == "finished":
         return _finished_earlier(out_dir, previous)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
@@ -151,7 +151,7 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     return value
 
 
-def _earlier_launch(cfg: DictConfig, status: dict, previous: dict) -> str | None:
+def _earlier_launch(cfg: DictConfig, out_dir: Path, status: dict, previous: dict) -> str | None:
     """A sweep relaunched into its own fixed dir (hydra.sweep.dir) finds its jobs' earlier training
     runs: a finished one is not trained again (its checkpoints and registry entry stay), and one that
     an earlier launch left stopped part-way, or killed (status still running: this process holds the
@@ -160,7 +160,6 @@ def _earlier_launch(cfg: DictConfig, status: dict, previous: dict) -> str | None
         return None
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
     if previous.get("status") in ("stopped", "running") and (out_dir / "last.pth").is_file():
         log.info("%s was left %s by an earlier launch of this sweep: resuming it", out_dir, previous["status"])
         cfg.resume = str(out_dir)
@@ -245,10 +244,10 @@ def write_status(run_dir: Path, status: dict) -> None:
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
-def _starting_status(out_dir: Path, task_name: str) -> dict:
+def _starting_status(task_name: str, previous: dict) -> dict:
+    """This attempt's status.json; ``previous`` (the run dir's last one) tells a requeued attempt."""
     hydra = HydraConfig.get()
     launcher_job_id = _launcher_job_id()
-    previous = read_status(out_dir) or {}
     same_job = launcher_job_id is not None and previous.get("launcher_job_id") == launcher_job_id
     return {
         "status": "running",
