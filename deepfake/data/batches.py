@@ -15,7 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, labels_to_targets, read_raw_csv, require_column
 from deepfake.errors import DataError
-from deepfake.tracking.checkpoint import make_folder
+from deepfake.tracking.checkpoint import atomic_path, make_folder
 
 
 def split_into_batches(
@@ -48,10 +48,9 @@ def split_into_batches(
 
 
 def _write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    # Renamed back to an empty header, Kaggle's index column is written exactly as it was read.
-    frame.rename(columns={KAGGLE_INDEX_COLUMN: ""}).to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        # Renamed back to an empty header, Kaggle's index column is written exactly as it was read.
+        frame.rename(columns={KAGGLE_INDEX_COLUMN: ""}).to_csv(temporary, index=False)
 
 
 def write_batches(

@@ -51,13 +51,14 @@ def parse_policy(policy: str, fixed_threshold: float | None = None) -> tuple[str
     )
 
 
-def check_threshold(value) -> float:
+def check_threshold(value, key: str = "eval.threshold") -> float:
+    """``value`` as a p(fake) threshold; ConfigError naming ``key`` for anything else (``true`` included)."""
     try:
-        threshold = float(value)
+        threshold = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         threshold = math.nan
     if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"eval.threshold={value!r} must be a p(fake) between 0 and 1")
+        raise ConfigError(f"{key}={value!r} must be a p(fake) between 0 and 1")
     return threshold
 
 

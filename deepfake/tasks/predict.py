@@ -26,6 +26,7 @@ from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import CheckpointError, ConfigError
+from deepfake.evaluation.operating_point import check_threshold
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import COLUMNS, damaged_reasons, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, session, values
@@ -134,10 +135,7 @@ def _threshold(settings: DictConfig, detector) -> float:
             raise CheckpointError(f"{detector.source} holds no decision threshold (its training stopped before "
                                   "choosing one); resume that run, or pass predict.threshold=<p_fake>")  # fmt: skip
         return detector.operating_point.threshold
-    value = values.number(settings.threshold, "predict.threshold")
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"predict.threshold={settings.threshold} must be a p(fake) in [0, 1]")
-    return value
+    return check_threshold(settings.threshold, "predict.threshold")
 
 
 def _policy(detector) -> str:

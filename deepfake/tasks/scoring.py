@@ -15,7 +15,7 @@ from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.errors import ConfigError
-from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
+from deepfake.evaluation.operating_point import check_threshold, fit_operating_point, parse_policy
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
 from deepfake.evaluation.summary import SummarySettings
 from deepfake.models import detector_from_checkpoint
@@ -60,6 +60,8 @@ class Scorer:
 def check_eval_settings(cfg: DictConfig) -> None:
     """Fail before training on a setting that would only break after it."""
     parse_policy(cfg.eval.threshold_policy, cfg.eval.threshold)
+    if cfg.eval.threshold is not None:  # it overrides the chosen threshold whatever the policy
+        check_threshold(cfg.eval.threshold)
     if cfg.eval.calibrate not in CALIBRATIONS:
         raise ConfigError(f"eval.calibrate={cfg.eval.calibrate!r}; use one of {', '.join(CALIBRATIONS)}")
     summary_settings(cfg)

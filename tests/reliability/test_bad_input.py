@@ -97,6 +97,8 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "a negative learning rate": (["phase.lr_backbone=-0.1"], ["phase.lr_backbone=-0.1 must be 0 or more"]),
         "a negative clipping norm": (["train.grad_clip_norm=-1"], ["train.grad_clip_norm=-1 must be 0 or more"]),
         "an optimizer setting in words": (["optimizer.weight_decay=abc"], ["weight_decay=abc", "cannot be built"]),
+        "a threshold that is no p(fake)": (  # refused only by the end-of-run test, once trained and registered
+            ["eval.threshold=1.5"], ["eval.threshold=1.5 must be a p(fake) between 0 and 1"]),
     }  # fmt: skip
 
 
@@ -122,7 +124,7 @@ CASES = [
     "validation of one class", "a launcher without -m", "training on one class",
     "an image folder that is not there", "an image size too small to generate", "a test CSV that is missing",
     "a batch size that is no integer", "epochs in words", "a negative learning rate", "a negative clipping norm",
-    "an optimizer setting in words",
+    "an optimizer setting in words", "a threshold that is no p(fake)",
 ]  # fmt: skip
 
 

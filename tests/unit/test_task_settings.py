@@ -73,6 +73,18 @@ def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given(tmp_pat
     assert _threshold(OmegaConf.create({"threshold": 0.7}), stopped) == 0.7
     chosen = SimpleNamespace(operating_point=OperatingPoint.of({"threshold": 0.25}), source=tmp_path / "best.pth")
     assert _threshold(OmegaConf.create({"threshold": None}), chosen) == 0.25
+    for bad in (True, 1.5, "high"):  # YAML's true was float(True) = 1.0 for eval.threshold: nothing called fake
+        with pytest.raises(ConfigError, match=f"predict.threshold={bad!r} must be a p\\(fake\\) between 0 and 1"):
+            _threshold(OmegaConf.create({"threshold": bad}), chosen)
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, -0.1, "half"])
+def test_eval_threshold_outside_0_1_is_refused_before_training_whatever_the_policy(bad):
+    from deepfake.tasks.scoring import check_eval_settings
+
+    cfg = OmegaConf.create({"eval": {"threshold_policy": "eer", "threshold": bad}})
+    with pytest.raises(ConfigError, match=f"eval.threshold={bad!r} must be a p"):
+        check_eval_settings(cfg)
 
 
 def test_predict_keeps_p_fake_in_float64_so_a_score_at_the_threshold_is_called_as_task_test_calls_it():
