@@ -20,6 +20,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 # clips at 255 instead of rescaling, which would turn most such images white.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# What load_rgb does before any resizing, in words for model.json and the model card: a consumer of
+# an exported model who skips one of these scores some images differently (an EXIF-rotated photo, a
+# 16-bit PNG that PIL's own convert("RGB") turns white, a transparent PNG).
+DECODE_RULES = (
+    "decoded with Pillow (the first frame of an animated file; ICC profiles ignored); turned upright as its "
+    "EXIF orientation says (PIL.ImageOps.exif_transpose); made 8-bit RGB: 16-bit and 32-bit integer samples "
+    "divided by 257 and rounded, float samples clipped to 0..255, transparent pixels composited over black, "
+    "every other mode by PIL's convert('RGB')"
+)
 
 
 def _black_image(size: int) -> Image.Image:

@@ -184,8 +184,25 @@ def central_square(image: Image.Image) -> Image.Image:
     """The region the eval transform keeps of ``image`` (it resizes the shorter side, then centre-crops),
     at the image's own resolution: what an overlay of the model's view is drawn on."""
     side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
+    left, top = _crop_offset(image.width, side), _crop_offset(image.height, side)
     return image.crop((left, top, left + side, top + side))
+
+
+def _crop_offset(length: int, crop: int) -> int:
+    """Where torchvision's CenterCrop starts a crop of ``crop`` along ``length``: half the rest,
+    rounded half to even (Python's round), so 35 -> 32 starts at 2, not 1."""
+    return int(round((length - crop) / 2.0))
+
+
+def framing_rules(img_size: int, interpolation: str) -> str:
+    """The eval framing (``_resize_and_centre_crop``) and pixel scaling in words, exactly enough for a
+    consumer of an exported model to reproduce it bit for bit with Pillow and numpy."""
+    return (
+        f"resize with Pillow ({interpolation}, which antialiases) so the shorter side is {img_size} and the "
+        f"longer floor({img_size} x longer / shorter) (torchvision's v2.Resize({img_size})); crop the central "
+        f"{img_size} x {img_size} square, starting at round((side - {img_size}) / 2) with halves rounded to even "
+        "(torchvision's v2.CenterCrop); scale the uint8 pixels to [0, 1] (divide by 255)"
+    )
 
 
 def _resize_and_centre_crop(img_size: int, interpolation: str) -> list[Callable]:

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from deepfake.data.image_files import ImageFileDataset
+from deepfake.data.images import DECODE_RULES
 from deepfake.data.manifest import file_sha256
 from deepfake.data.synthetic_faces import render_sample
-from deepfake.data.transforms import build_eval_transform
+from deepfake.data.transforms import build_eval_transform, framing_rules
 from deepfake.errors import ConfigError, DataError, ExportError
 from deepfake.inference.detector import Detector
 from deepfake.tracking.checkpoint import atomic_path, atomic_write_text
@@ -218,8 +219,8 @@ def sidecar(detector: Detector, onnx_path: Path, verification: Verification, onn
             "dtype": "float32", "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
         },
         "img_size": preprocess["img_size"],
-        "resize": f"resize the shorter side to img_size ({preprocess['interpolation']}, antialiased), then "
-                  "crop the central img_size x img_size square; scale pixels to [0, 1]",
+        "decode": DECODE_RULES,
+        "resize": framing_rules(preprocess["img_size"], preprocess["interpolation"]),
         "interpolation": preprocess["interpolation"],
         "normalisation": {"inside_graph": True, "mean": preprocess["mean"], "std": preprocess["std"]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch"], "meaning": "p(fake), temperature applied"},

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from deepfake.data.images import DECODE_RULES
+from deepfake.data.transforms import framing_rules
 from deepfake.reports.card_facts import CardFacts
 from deepfake.tracking.checkpoint import atomic_write_text
 
@@ -81,8 +83,10 @@ def _model(facts: CardFacts) -> str:
         ("backbone", f"{spec.get('name')} {spec.get('kwargs') or ''}".strip()),
         ("initial weights", start),
         ("output", "one logit; p(fake) = sigmoid(logit / temperature); fake is the positive class"),
-        ("input", f"{pre.get('img_size')} x {pre.get('img_size')} RGB: shorter side resized "
-                  f"({pre.get('interpolation')}), centre crop, normalised with mean {pre.get('mean')} std {pre.get('std')}"),
+        ("input", f"{pre.get('img_size')} x {pre.get('img_size')} RGB, normalised with mean {pre.get('mean')} "
+                  f"std {pre.get('std')}"),
+        ("image decoding", DECODE_RULES),
+        ("framing", framing_rules(pre.get("img_size"), pre.get("interpolation"))),
         ("checkpoint", f"epoch {ckpt.get('epoch')} (phase {ckpt.get('phase')}) of run {ckpt.get('run_name')}"),
         ("run dir", facts.run_dir or "not found"),
         ("code", f"git commit {facts.git.get('commit', 'unknown')} (uncommitted changes: {facts.git.get('dirty', 'unknown')})"),

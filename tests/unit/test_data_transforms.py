@@ -194,3 +194,79 @@ def test_uint8_training_images_normalised_as_a_batch_on_the_device_equal_normali
 def test_a_train_transform_takes_both_mean_and_std_or_neither():
     with pytest.raises(ValueError, match="both mean and std"):
         build_train_transform(32, mean=MEAN)
+
+
+def _documented_pixels(path, size: int) -> np.ndarray:
+    """model.json's "decode" and "resize" rules, followed word by word with Pillow and numpy alone,
+    as a consumer of an exported model would (no code of this project)."""
+    from PIL import ImageOps
+
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        image.load()
+    if image.mode in ("I;16", "I"):
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
+    image = image.convert("RGB")
+    width, height = image.size
+    shorter, longer = min(width, height), max(width, height)
+    longer_after = int(size * longer / shorter)  # floor
+    target = (size, longer_after) if width <= height else (longer_after, size)
+    if target != image.size:
+        image = image.resize(target, Image.BICUBIC)
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)  # halves to even
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def _awkward_images(folder) -> list:
+    """Sizes whose long side or crop offset rounds, and the modes whose decoding model.json spells out."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for width, height in [(35, 32), (32, 35), (77, 100), (100, 77), (101, 67), (67, 99), (33, 64)]:
+        paths.append(folder / f"rgb_{width}x{height}.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    rotated = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to view
+    paths.append(folder / "exif6.jpg")
+    rotated.save(paths[-1], exif=exif, quality=95)
+    paths.append(folder / "gray16.png")
+    Image.fromarray(rng.integers(0, 65536, (48, 40), dtype=np.uint16)).save(paths[-1])
+    rgba = rng.integers(0, 256, (50, 45, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rgba[..., 3] > 128, 255, 0)
+    paths.append(folder / "rgba.png")
+    Image.fromarray(rgba, "RGBA").save(paths[-1])
+    paths.append(folder / "la.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(paths[-1])
+    palette = Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).quantize(16)
+    paths.append(folder / "palette.png")
+    palette.save(paths[-1], transparency=3)
+    return paths
+
+
+def test_the_preprocessing_model_json_describes_reproduces_scoring_bit_for_bit(tmp_path):
+    """Each rule the words leave out changed p(fake) for some images (up to 0.33 on a 16-bit PNG)."""
+    from deepfake.data.images import DECODE_RULES, load_rgb
+    from deepfake.data.transforms import eval_framing, framing_rules
+
+    assert "exif_transpose" in DECODE_RULES and "257" in DECODE_RULES and "over black" in DECODE_RULES
+    assert "floor(32 x longer / shorter)" in framing_rules(32, "bicubic")
+    assert "halves rounded to even" in framing_rules(32, "bicubic")
+    framing = eval_framing(32, "bicubic")
+    for path in _awkward_images(tmp_path):
+        image, damaged = load_rgb(path)
+        assert damaged is None
+        ours = np.asarray(framing(image))
+        assert np.array_equal(ours, _documented_pixels(path, 32)), path.name
+
+
+def test_the_cam_overlay_region_is_the_square_the_model_sees():
+    """central_square starts where CenterCrop does: an odd margin rounds half to even, not down."""
+    from deepfake.data.transforms import central_square, eval_framing
+
+    for width, height in [(35, 32), (32, 37), (37, 32), (32, 33)]:
+        image = _noise_image(width, height, seed=width)  # the shorter side is already 32: no resampling
+        assert np.array_equal(np.asarray(central_square(image)), np.asarray(eval_framing(32)(image))), (width, height)
