@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> float | None:
     out = _output_file(settings.output)
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
-             detector.source, detector.kind, threshold, _policy(detector))  # fmt: skip
+             detector.source, detector.kind, threshold, _policy(detector, settings.threshold is not None))  # fmt: skip
     rows, dataset = _rows_and_dataset(inputs, settings, detector)
 
     started = time.perf_counter()
@@ -71,7 +71,9 @@ def run(cfg: DictConfig) -> float | None:
         log.warning("damaged image, not scored: %s (%s)", path, reason)
     metrics = None
     if inputs.labelled and preds is not None:
-        metrics = _write_metrics(preds, probs, threshold, detector, str(settings.input), out)
+        metrics = _write_metrics(cfg, preds, threshold, detector, out)
+    else:  # the metrics of the predictions just replaced would now describe other scores
+        metrics_file(out).unlink(missing_ok=True)
     overlays = None
     if settings.cam:
         scored = [row for row, p_fake in zip(rows, frame["p_fake"]) if not np.isnan(p_fake)]
@@ -111,12 +113,22 @@ def _refuse_overwrite(out: Path, inputs, spec) -> None:
     where = out.parent.resolve()
     if (where / ".hydra").is_dir() and where != session.run_dir().resolve():
         raise ConfigError(f"predict.output={out} is inside another run's dir ({where}); give a path outside it")
-    if not out.exists():
-        return
     inputs_given = {Path(os.path.abspath(path)) for path in (*inputs.paths, str(spec))}
-    if Path(os.path.abspath(out)) in inputs_given or not _is_predictions_file(out):
+    if out.exists() and (Path(os.path.abspath(out)) in inputs_given or not _is_predictions_file(out)):
         raise ConfigError(f"predict.output={out} exists and is not an earlier predictions file (an input, or "
                           "another file); give another path")  # fmt: skip
+    metrics = metrics_file(out)
+    if metrics.exists() and (Path(os.path.abspath(metrics)) in inputs_given or not _is_predict_metrics(metrics)):
+        raise ConfigError(f"predict.output={out}: {metrics}, where its metrics go, exists and is not an earlier "
+                          "predict's metrics file; give another path")  # fmt: skip
+
+
+def _is_predict_metrics(path: Path) -> bool:
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(written, dict) and {"checkpoint", "input", "evaluated_at"} <= written.keys()
 
 
 def _is_predictions_file(path: Path) -> bool:
@@ -138,11 +150,11 @@ def _threshold(settings: DictConfig, detector) -> float:
     return check_threshold(settings.threshold, "predict.threshold")
 
 
-def _policy(detector) -> str:
+def _policy(detector, overridden: bool) -> str:
+    """Where the threshold came from: predict.threshold, or the policy that chose the stored one."""
     point = detector.operating_point
-    return (f", policy {point.policy}" if point.policy else "") + (
-        f", temperature {point.temperature:g}" if point.temperature != 1.0 else ""
-    )
+    source = " from predict.threshold" if overridden else (f", policy {point.policy}" if point.policy else "")
+    return source + (f", temperature {point.temperature:g}" if point.temperature != 1.0 else "")
 
 
 def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
@@ -175,24 +187,40 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
                        on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
 
 
-def _write_metrics(preds, probs, threshold: float, detector, source: str, out: Path) -> dict:
-    """The task=test report on a labelled input: every scored image, damaged stand-ins included as
-    task=test counts them, so the same images give the same figures."""
-    # Imported here: scikit-learn (with SciPy and pandas, ~1.4 s) is needed only for labelled input,
-    # and an unlabelled predict should not wait for it at start-up.
-    from deepfake.engine.metrics import classification_metrics
+def _write_metrics(cfg: DictConfig, preds, threshold: float, detector, out: Path) -> dict:
+    """task=test's report of a labelled input (intervals, TPR at fixed FPRs, calibration, the decision
+    rule), damaged stand-ins included as task=test counts them, so the same images give the same figures."""
+    # Imported here: scikit-learn (with SciPy, ~1.4 s) is needed only for labelled input, and an
+    # unlabelled predict should not wait for it at start-up.
+    from deepfake.evaluation.operating_point import DecisionRule
+    from deepfake.evaluation.summary import summarise
+    from deepfake.tasks.scoring import summary_settings
 
+    point = detector.operating_point
+    overridden = cfg.predict.threshold is not None
+    rule = DecisionRule(threshold, detector.score_temperature, "predict.threshold" if overridden else "checkpoint",
+                        point.policy, point.threshold)  # fmt: skip
     metrics = {
-        **classification_metrics(preds.targets, probs[preds.indices], threshold, scores=preds.logits),
+        **summarise(preds.targets, preds.logits, rule, summary_settings(cfg)),
+        "decision_rule": rule.as_dict(),
+        "threshold_source": rule.source,
+        "threshold_policy": rule.policy,
+        "temperature": point.temperature,
         "n_damaged": len(preds.damaged),
         "checkpoint": str(detector.source),
-        "input": source,
+        "input": str(cfg.predict.input),
+        "predictions": str(out),
         "evaluated_at": session.now_iso(),
     }
-    atomic_write_text(out.with_name("metrics_predict.json"), json.dumps(metrics, indent=2))
-    log.info("labelled input: auc=%s accuracy=%.4f (%s)", metrics["auc"], metrics["accuracy"],
-             out.with_name("metrics_predict.json"))  # fmt: skip
+    atomic_write_text(metrics_file(out), json.dumps(metrics, indent=2))
+    log.info("labelled input: auc=%s accuracy=%.4f (%s)", metrics["auc"], metrics["accuracy"], metrics_file(out))
     return metrics
+
+
+def metrics_file(out: Path) -> Path:
+    """Where the metrics of predictions file ``out`` go: metrics_predict.json beside a predictions.csv,
+    ``<name>.metrics.json`` beside any other name, so two outputs in one folder keep their own."""
+    return out.with_name("metrics_predict.json" if out.name == "predictions.csv" else f"{out.stem}.metrics.json")
 
 
 def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float, cam_dir: Path) -> Path:

@@ -103,14 +103,45 @@ def test_labelled_csv_writes_the_task_test_metrics(trained):
              f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}", "predict.output=labelled/preds.csv",
              data_dir=data)  # fmt: skip
 
-    predicted = json.loads((root / "labelled" / "metrics_predict.json").read_text())
+    predicted = json.loads((root / "labelled" / "preds.metrics.json").read_text())  # named after preds.csv
     tested = json.loads((run / "metrics_test.json").read_text())
-    for key in ("auc", "ap", "eer", "accuracy", "f1", "log_loss", "n_samples", "n_damaged"):
+    for key in ("auc", "ap", "eer", "accuracy", "f1", "log_loss", "n_samples", "n_damaged", "accuracy_at_0.5"):
         assert predicted[key] == pytest.approx(tested[key], abs=1e-6), key
-    assert predicted["confusion_matrix"] == tested["confusion_matrix"]
+    for key in ("confusion_matrix", "threshold_source", "threshold_policy", "decision_rule"):
+        assert predicted[key] == tested[key], key
+    for name, interval in tested["intervals"].items():  # the same bootstrap: same seed, same resamples
+        assert predicted["intervals"][name] == pytest.approx(interval, abs=1e-6), name
+    assert [row["tpr"] for row in predicted["tpr_at_fpr"]] == [row["tpr"] for row in tested["tpr_at_fpr"]]
+    assert predicted["calibration"]["ece"] == pytest.approx(tested["calibration"]["ece"], abs=1e-6)
     preds, test_preds = read(root / "labelled" / "preds.csv"), read(run / "predictions.csv")
     assert (preds["path"] == test_preds["path"]).all() and (preds["true_label"] == test_preds["true_label"]).all()
     assert np.abs(preds["p_fake"] - test_preds["p_fake"]).max() < 1e-6
+
+
+def test_each_predictions_file_keeps_its_own_metrics_and_never_a_stale_one(trained, user_folder):
+    """Two outputs in one folder shared metrics_predict.json (the second replaced the first's), and an
+    unlabelled run left the previous labelled run's metrics beside predictions they no longer describe."""
+    root, _, data = trained
+    synthetic = data / "synthetic" / "32px"
+    labelled = [
+        f"predict.input={synthetic / 'test.csv'}",
+        f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}",
+    ]
+    out = root / "kept"
+    run_main(root, "task=predict", *labelled, f"predict.output={out}/a.csv", "predict.threshold=0.3", data_dir=data)
+    run_main(root, "task=predict", *labelled, f"predict.output={out}/", data_dir=data)
+    first, second = (
+        json.loads((out / "a.metrics.json").read_text()),
+        json.loads((out / "metrics_predict.json").read_text()),
+    )
+    assert first["predictions"] == str(out / "a.csv") and second["predictions"] == str(out / "predictions.csv")
+    assert first["threshold_source"] == "predict.threshold" and first["decision_rule"]["threshold"] == 0.3
+    assert second["threshold_source"] == "checkpoint"
+
+    result = run_main(root, "task=predict", f"predict.input={user_folder[0]}", f"predict.output={out}/a.csv",
+                      "predict.threshold=0.3", data_dir=data)  # fmt: skip
+    assert not (out / "a.metrics.json").exists() and (out / "metrics_predict.json").exists()
+    assert "threshold 0.3 from predict.threshold" in result.stdout + result.stderr
 
 
 def test_missing_input_is_one_line_and_exit_2(trained, tmp_path):
