@@ -203,3 +203,26 @@ def test_the_robustness_axis_shows_an_auc_below_chance():
     assert auc_limits([0.98, 0.62, None]) == (0.4, 1.01)
     low, _ = auc_limits([0.98, 0.45, 0.30])  # 0.30 used to fall below a fixed 0.4
     assert low < 0.30
+
+
+def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand():
+    """At temperature 2 the logits are 2 * logit(PROBS), so every p(fake) is one of PROBS again."""
+    from deepfake.evaluation.calibration import calibration_figures
+    from deepfake.evaluation.operating_point import DecisionRule
+    from deepfake.evaluation.summary import SummarySettings, summarise
+
+    logits = 2 * np.log(PROBS / (1 - PROBS))
+    rule = DecisionRule(threshold=0.65, temperature=2.0, source="checkpoint", policy="eer", stored_threshold=0.65)
+    report = summarise(TARGETS, logits, rule, SummarySettings(bootstrap=0, tpr_at_fpr=(0.0, 0.25), ece_bins=15))
+    # At .65 only the .4 fake is missed (7/8); at 0.5 the .6 real is called fake too (6/8).
+    assert report["accuracy"] == pytest.approx(7 / 8) and report["accuracy_at_0.5"] == pytest.approx(6 / 8)
+    # The thresholds of tpr_at_fpr are read off the logits' ROC and given back as p(fake): .7 and .4.
+    assert [row["threshold"] for row in report["tpr_at_fpr"]] == pytest.approx([0.7, 0.4])
+    assert [row["tpr"] for row in report["tpr_at_fpr"]] == [0.75, 1.0]
+    raw = 1 / (1 + np.exp(-logits))  # temperature 1: the overconfident scores
+    figures = calibration_figures(TARGETS, logits, 2.0, 15)
+    assert figures["ece"] == pytest.approx(expected_calibration_error(TARGETS, PROBS, 15))
+    assert figures["ece_uncalibrated"] == pytest.approx(expected_calibration_error(TARGETS, raw, 15))
+    assert figures["brier_uncalibrated"] == pytest.approx(brier_score(TARGETS, raw))
+    assert figures["ece"] != pytest.approx(figures["ece_uncalibrated"])
+    assert set(report["intervals"].values()) == {None}  # bootstrap=0: no intervals

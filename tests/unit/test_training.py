@@ -502,3 +502,54 @@ def test_a_resume_without_the_head_phase_finds_the_stopped_phase_by_name(tmp_pat
     resumed = make_trainer(tmp_path, plan_phases(0, 4, lr_head=1e-3, lr_backbone=1e-4))
     resumed.fit(saved)
     assert (resumed.state.epoch, resumed.state.step, resumed.state.epoch_in_phase) == (5, 15, 0)
+
+
+def test_best_pth_and_the_threshold_predictions_are_those_of_the_best_epoch_not_the_last(tmp_path, monkeypatch):
+    """Validation AUC 0.8, 0.9, 0.7: best.pth must hold epoch 2's weights, and the predictions the
+    operating point is chosen on must be epoch 2's (a trainer saving every epoch as best passed before)."""
+    import deepfake.engine.epoch_end as epoch_end
+
+    scripted = iter([0.8, 0.9, 0.7])
+    monkeypatch.setattr(epoch_end, "auc_or_none", lambda targets, scores: next(scripted))
+    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
+    weights, predictions = [], []
+    original_end, original_validate = trainer._end_epoch, trainer.validate
+
+    def validate(*args, **kwargs):
+        predictions.append(original_validate(*args, **kwargs))
+        return predictions[-1]
+
+    def end_epoch(*args, **kwargs):
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return original_end(*args, **kwargs)
+
+    trainer.validate, trainer._end_epoch = validate, end_epoch
+    state = trainer.fit()
+
+    assert (state.best_epoch, state.best_auc) == (2, 0.9)
+    best = load_checkpoint(tmp_path / "best.pth")
+    assert best["epoch"] == 2 and best["val_metrics"]["val_auc"] == 0.9
+    assert all(torch.equal(best["model"][k], weights[1][k]) for k in weights[1])
+    assert not all(torch.equal(best["model"][k], weights[2][k]) for k in weights[2])  # the last epoch moved on
+    assert trainer.best_predictions is predictions[1]
+    rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
+    assert [float(row["val_auc"]) for row in rows] == [0.8, 0.9, 0.7]
+
+
+def test_a_resume_keeps_the_saved_moments_but_takes_this_runs_optimizer_settings(tmp_path):
+    """``resume=... optimizer.weight_decay=0.05``: later overrides win over the stopped run's settings
+    (load_state_dict alone would bring back the saved weight decay and betas)."""
+    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
+    _, saved = stopped_phase_state(tmp_path / "a", phase)
+    assert {g["weight_decay"] for g in saved["optimizer"]["param_groups"]} == {0.0}
+    resumed = make_trainer(tmp_path / "b", [phase])
+    resumed.make_optimizer = partial(torch.optim.AdamW, weight_decay=0.05, betas=(0.8, 0.99))
+    resumed.resume_strict, resumed._resume_from = True, saved
+    resumed._setup_phase(phase)
+    groups = {g["name"]: g for g in resumed.optimizer.param_groups}
+    assert groups["backbone"]["weight_decay"] == groups["head"]["weight_decay"] == 0.05
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0  # norms and biases stay undecayed
+    assert all(g["betas"] == (0.8, 0.99) for g in groups.values())
+    loaded = resumed.optimizer.state_dict()["state"]
+    for key, state in saved["optimizer"]["state"].items():
+        assert all(torch.equal(loaded[key][k], v) for k, v in state.items())
