@@ -8,6 +8,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -70,6 +71,20 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     assert metrics["robustness"][0]["auc"] == metrics["auc"]
     assert [(s["set"], s["n_samples"]) for s in metrics["sets"]] == [("test", 32), ("valid", 32), ("blending", 16)]
     assert metrics["sets"][0]["auc"] == metrics["auc"] and metrics["sets"][2]["intervals"]["auc"] is not None
+
+    # predictions.csv holds the calibrated p(fake), sigmoid(logit / T): its log loss is the report's,
+    # and task=predict on the same images gives the same scores and calls (the temperature applied once).
+    tested = pd.read_csv(run / "predictions.csv")
+    fake = (tested["true_label"] == "fake").to_numpy()
+    p_fake = tested["p_fake"].clip(1e-7, 1 - 1e-7).to_numpy()
+    log_loss = -(np.log(p_fake[fake]).sum() + np.log(1 - p_fake[~fake]).sum()) / len(tested)
+    assert log_loss == pytest.approx(metrics["log_loss"], abs=1e-5)
+    root = shared_data_dir / "synthetic" / "32px"
+    main_runner("task=predict", f"ckpt={run}", f"predict.input={root / 'test.csv'}",
+                f"predict.root_dir={root / IMAGE_SUBDIR}", f"predict.output={tmp_path / 'predicted'}/")  # fmt: skip
+    predicted = pd.read_csv(tmp_path / "predicted" / "predictions.csv")
+    assert (predicted["path"] == tested["path"]).all() and (predicted["label"] == tested["label"]).all()
+    assert np.abs(predicted["p_fake"] - tested["p_fake"]).max() < 1e-6
 
     # Pictures: PNGs in eval/, the training curves beside them, TensorBoard images read back.
     assert {p.stem for p in (run / "eval").glob("*.png")} == PLOTS
