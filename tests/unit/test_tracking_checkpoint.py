@@ -369,3 +369,29 @@ def test_an_onnx_export_where_a_checkpoint_is_wanted_is_named_as_such(tmp_path):
     exported.write_bytes(b"\x08\x07onnx graph bytes")
     with pytest.raises(CheckpointError, match=rf"{exported} is an ONNX export; this needs a .pth checkpoint"):
         load_checkpoint(exported)
+
+
+def test_the_folder_is_fsynced_after_the_rename_and_a_folder_that_cannot_be_is_no_error(tmp_path, monkeypatch):
+    """The rename is durable only once the folder's entry is on disk; network mounts refuse a folder
+    fsync with EINVAL, after the file is already in place, which must not be reported as a failure."""
+    import stat
+
+    synced, real_fsync = [], os.fsync
+
+    def recording_fsync(descriptor):
+        is_folder = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+        synced.append(("folder" if is_folder else "file", (tmp_path / "a.txt").exists()))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(ckpt.os, "fsync", recording_fsync)
+    atomic_write_text(tmp_path / "a.txt", "first")
+    assert synced == [("file", False), ("folder", True)]  # the data before the rename, the folder after it
+
+    def folder_refuses(descriptor):
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(ckpt.os, "fsync", folder_refuses)
+    atomic_write_text(tmp_path / "a.txt", "second")
+    assert (tmp_path / "a.txt").read_text() == "second"

@@ -208,3 +208,20 @@ def test_contenders_for_a_killed_writers_lock_let_exactly_one_in(tmp_path, holde
     assert len(winners) == 1, outputs
     refusals = [out for out in outputs if out.startswith("refused")]
     assert len(refusals) == 3 and all(f"PID {winners[0]} on {HOST}" in out for out in refusals), outputs
+
+
+def test_a_take_over_of_a_lock_that_changed_hands_since_it_was_seen_stale_is_given_up(tmp_path, holder):
+    """Two contenders see the same stale lock; the first takes it over. The second's take-over must
+    then find the lock changed and leave the winner's file alone (it deleted the winner's lock)."""
+    from deepfake.tracking.run_lock import _look
+
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    path = tmp_path / LOCK_NAME
+    seen_stale = _look(path)  # what the slower contender saw before the winner took it
+    with RunDirLock(tmp_path):  # the winner
+        winners = path.read_bytes()
+        late = RunDirLock(tmp_path)
+        record = (json.dumps(asdict(replace(Holder.this_process(), pid=os.getpid() + 1))) + "\n").encode()
+        assert late._take_over(seen_stale, record) is False
+        assert path.read_bytes() == winners

@@ -44,9 +44,9 @@ def tiny_model():
     return create_detector("test_resnet")
 
 
-def make_trainer(tmp_path, phases, seed=0, **kwargs):
+def make_trainer(tmp_path, phases, seed=0, batch_size=16, **kwargs):
     model = tiny_model()
-    train = train_loader(StripesDataset(48, 1), 16, seed=seed)
+    train = train_loader(StripesDataset(48, 1), batch_size, seed=seed)
     val = torch.utils.data.DataLoader(StripesDataset(32, 2), batch_size=16)
     return Trainer(
         model, train, val, phases,
@@ -553,3 +553,22 @@ def test_a_resume_keeps_the_saved_moments_but_takes_this_runs_optimizer_settings
     loaded = resumed.optimizer.state_dict()["state"]
     for key, state in saved["optimizer"]["state"].items():
         assert all(torch.equal(loaded[key][k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_at(tmp_path, batch_size):
+    """The resume skips the batches already trained: under another batch size it would skip other images."""
+    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
+    stopped = _stop_after(make_trainer(tmp_path, [phase]), 1)  # one of the epoch's 3 steps
+    stopped.fit()
+    stopped.close()
+    checkpoint = load_checkpoint(tmp_path / "last.pth")
+    assert checkpoint["trainer_state"]["batches_done"] == 1
+    resumed = make_trainer(tmp_path, [phase], batch_size=batch_size)
+    if batch_size == 16:
+        state, _ = resumed.check_resumable(checkpoint)
+        assert (state.epoch, state.batches_done) == (0, 1)
+        return
+    with pytest.raises(CheckpointError, match=r"saved part-way through an epoch by 1 process\(es\) with "
+                       r"dataset.batch_size=16; resume it with the same \(now 1 with 8\)"):  # fmt: skip
+        resumed.check_resumable(checkpoint)
