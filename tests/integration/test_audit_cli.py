@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from audit_data import IMAGE_ROOT, leaky_items, write_dataset
 from browser import render
 from conftest import TINY
+from helpers import error_lines, only_dir
 
 pytestmark = pytest.mark.slow
 
 # A file name that would be markup if the report did not escape it.
 HOSTILE = "copy<b>&c.jpg"
-
-
-def only_dir(parent: Path) -> Path:
-    (child,) = [p for p in parent.iterdir() if p.is_dir()]
-    return child
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +23,6 @@ def leaky_csv_set(tmp_path_factory) -> list[str]:
     tiny_model = [o for o in TINY if not o.startswith("dataset.generate.")]  # this set is not generated
     return [*tiny_model, "dataset=kaggle_140k", f"dataset.csv_dir={root}", f"dataset.root_dir={root / IMAGE_ROOT}",
             "dataset.num_workers=0"]  # fmt: skip
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
 
 
 def test_audit_of_the_embedded_default_passes_and_renders(tmp_path, main_runner):

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import error_lines, only_dir
 
 pytestmark = pytest.mark.slow
 
 # layer2 of test_resnet is a 4x4 map on the tiny 32 px images (layer4, the default, is 1x1).
 CAM = ["cam.target_layer=layer2", "cam.num_samples=6", "cam.road_percentiles=[50]"]
-
-
-def only_dir(parent: Path) -> Path:
-    (child,) = [p for p in parent.iterdir() if p.is_dir()]
-    return child
 
 
 def test_do_cam_then_task_cam(tmp_path, main_runner):
@@ -51,5 +46,5 @@ def test_do_cam_then_task_cam(tmp_path, main_runner):
 
     # A mistake in cam.* is one ERROR line naming the key, exit status 2.
     result = main_runner("task=cam", f"ckpt={run}", "cam.method=nope", check=False)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    errors = error_lines(result)
     assert result.returncode == 2 and len(errors) == 1 and "cam.method='nope'" in errors[0]

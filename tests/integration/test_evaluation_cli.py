@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import json
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from browser import render
+from helpers import error_lines, only_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deepfake.data.synthetic import IMAGE_SUBDIR, generate_synthetic_dataset
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.slow
 
 PLOTS = {"roc", "pr", "histogram", "confusion", "reliability", "robustness", "generalisation"}
 ONE_PER_KIND = "eval.perturbations={jpeg:[30],blur:[2],rescale:[0.5],noise:[0.05]}"
-
-
-def only_dir(parent: Path) -> Path:
-    (child,) = [p for p in parent.iterdir() if p.is_dir()]
-    return child
 
 
 class Images(HTMLParser):
@@ -154,7 +149,7 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
 
 def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
     result = main_runner("eval.threshold_policy=youden", check=False)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    errors = error_lines(result)
     assert result.returncode == 2 and len(errors) == 1 and "eval.threshold_policy='youden'" in errors[0], errors
     assert not list((tmp_path / "outputs" / "train").glob("*/metrics_log.csv"))
     assert not (tmp_path / "models" / "model_metadata.json").exists()

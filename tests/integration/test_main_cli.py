@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MAIN, REPO
+from helpers import only_dir, registry
 
 pytestmark = pytest.mark.slow
 
@@ -21,20 +22,10 @@ RUN_DIR_FILES = {
 }  # fmt: skip
 
 
-def only_run_dir(parent: Path) -> Path:
-    runs = [p for p in parent.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def registry(root: Path) -> dict:
-    return json.loads((root / "models" / "model_metadata.json").read_text())
-
-
 def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_data_dir):
     # A fresh interpreter, as a user starts it (the other CLI tests fork theirs from a warm one).
     result = main_runner("logger=tensorboard", "name=expt 1", "tags=[baseline,cpu]", fresh=True)
-    run = only_run_dir(tmp_path / "outputs" / "train")
+    run = only_dir(tmp_path / "outputs" / "train")
     assert run.name.endswith("_expt-1")  # the name, as a file name can hold it
     assert RUN_DIR_FILES | {"tb"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
@@ -89,7 +80,7 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
 
     # task=test defaults to the global best and records its figures in the registry entry.
     main_runner("task=test")
-    test_run = only_run_dir(tmp_path / "outputs" / "test")
+    test_run = only_dir(tmp_path / "outputs" / "test")
     again = json.loads((test_run / "metrics_test.json").read_text())
     assert again["auc"] == pytest.approx(test_metrics["auc"])
     assert again["run_name"] == run.name
@@ -155,7 +146,7 @@ def _check_tensorboard(tb: Path, rows: list[dict]) -> None:
 
 def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tmp_path, main_runner):
     main_runner("-m", "dataset.cache=none,all", f"dataset.cache_dir={tmp_path / 'cache'}")
-    sweep = only_run_dir(tmp_path / "multirun")
+    sweep = only_dir(tmp_path / "multirun")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     # Each job's dir: its number, then its overrides, sorted by key as Hydra's override_dirname has them.
     assert [j.name[:2] for j in jobs] == ["0_", "1_"]

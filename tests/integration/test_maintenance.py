@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, run_main
+from helpers import error_lines
 
 from deepfake.tracking.checkpoint import HOST
 from deepfake.tracking.run_lock import RunDirLock
@@ -53,10 +54,6 @@ def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
 
 
 def test_prune_dry_run_then_apply(tmp_path, trained):

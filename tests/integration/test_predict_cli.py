@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY, run_main
+from helpers import error_lines, only_dir
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -20,17 +21,8 @@ from deepfake.tracking.checkpoint import load_checkpoint
 pytestmark = pytest.mark.slow
 
 
-def only_dir(parent: Path) -> Path:
-    (child,) = [p for p in parent.iterdir() if p.is_dir()]
-    return child
-
-
 def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values={"p_fake": [""]}, dtype={"path": str, "face": str})
-
-
-def errors_of(result) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +140,8 @@ def test_missing_input_is_one_line_and_exit_2(trained, tmp_path):
     root, _, data = trained
     result = run_main(root, "task=predict", f"predict.input={tmp_path / 'nowhere'}", "predict.output=out/p.csv",
                       data_dir=data, check=False)  # fmt: skip
-    assert result.returncode == 2 and len(errors_of(result)) == 1
-    assert f"predict.input={tmp_path / 'nowhere'}: no such file or folder" in errors_of(result)[0]
+    assert result.returncode == 2 and len(error_lines(result)) == 1
+    assert f"predict.input={tmp_path / 'nowhere'}: no such file or folder" in error_lines(result)[0]
     assert not (root / "out").exists()  # an input holding no image is the same one line (unit tests)
 
 
@@ -168,7 +160,7 @@ def test_an_output_that_would_replace_an_input_or_another_runs_file_is_refused(t
         before = kept.read_bytes()
         result = run_main(root, "task=predict", f"predict.input={labelled}", f"predict.output={output}",
                           data_dir=data, check=False)  # fmt: skip
-        assert result.returncode == 2 and len(errors_of(result)) == 1 and said in errors_of(result)[0], output
+        assert result.returncode == 2 and len(error_lines(result)) == 1 and said in error_lines(result)[0], output
         assert kept.read_bytes() == before
     again = root / "again" / "predictions.csv"  # an earlier predictions file of its own may be replaced
     for _ in range(2):

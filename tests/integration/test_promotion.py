@@ -8,7 +8,6 @@ By slice scores batch 2 looks better; on the common promotion set batch 1 is far
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import CONF_DIR, run_main
+from helpers import error_lines, registry
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
@@ -39,10 +39,6 @@ TINY_DATA = ["dataset.generate.n_train=64", "dataset.generate.n_valid=32", "data
 RECIPE = ["phase.head_epochs=0", "phase.finetune_epochs=1", "phase.warmup_epochs=0", "phase.lr_backbone=3e-3",
           "phase.lr_head=3e-3"]  # fmt: skip
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def registry(root: Path) -> dict:
-    return json.loads((root / "models" / "model_metadata.json").read_text())
 
 
 def latest_run(root: Path) -> Path:
@@ -153,7 +149,7 @@ def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_
     refused = run_main(tmp_path, "task=registry", "registry.rescore=true", f"dataset.root={synthetic}",
                        f"registry.promotion_csv={elsewhere / 'valid.csv'}", f"registry.promotion_root_dir={elsewhere}",
                        data_dir=shared_data_dir, check=False)  # fmt: skip
-    errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    errors = error_lines(refused)
     assert refused.returncode == 2 and len(errors) == 1, refused.stdout + refused.stderr
     assert "promotion set:" in errors[0] and f"registry.promotion_root_dir={elsewhere}" in errors[0], errors[0]
     assert (tmp_path / "models" / "best_model.pth").read_bytes() == best_before
@@ -163,6 +159,6 @@ def test_the_test_set_is_never_the_promotion_set(tmp_path, shared_data_dir, two_
     synthetic, batches = two_batches
     result = batch_run(tmp_path, shared_data_dir, synthetic, batches, 2, *RECIPE,
                        f"registry.promotion_csv={synthetic}/test.csv", check=False)  # fmt: skip
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    errors = error_lines(result)
     assert result.returncode == 2 and len(errors) == 1 and "holds the test images" in errors[0], result.stderr
     assert not (latest_run(tmp_path) / "metrics_log.csv").exists()  # refused before any training

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, run_main
+from helpers import error_lines, registry
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +45,6 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def summary(sweep_dir: Path) -> list[dict]:
     return list(csv.DictReader((sweep_dir / "summary.csv").open()))
-
-
-def registry(root: Path) -> dict:
-    return json.loads((root / "models" / "model_metadata.json").read_text())
 
 
 def assert_consistent_best(root: Path, n_jobs: int) -> None:
@@ -182,7 +179,7 @@ def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shar
 @pytest.mark.parametrize("setting", ["hydra.sweeper.n_trials=0", "hydra.sweeper.n_jobs=-1"])
 def test_an_optuna_search_of_no_trials_is_refused_in_one_line(tmp_path, shared_data_dir, setting):
     refused = sweep(tmp_path, shared_data_dir, "hparams_search=optuna", setting, check=False)
-    errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    errors = error_lines(refused)
     assert refused.returncode == 2 and errors == [f"ERROR {setting} must be a positive integer"], refused.stderr
     assert "Traceback" not in refused.stderr  # the plugin's missing results file, before
 

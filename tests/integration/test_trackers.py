@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, run_main
+from helpers import only_dir
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +27,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def only_run_dir(parent: Path) -> Path:
-    runs = [p for p in parent.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def metrics_rows(run: Path) -> list[dict]:
@@ -84,7 +79,7 @@ def test_training_logs_params_metrics_test_and_files_to_a_real_mlflow_server(tmp
     main_runner(
         "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_server}", "name=nm", "tags=[baseline]"
     )
-    run = only_run_dir(tmp_path / "outputs" / "train")
+    run = only_dir(tmp_path / "outputs" / "train")
     assert "WARNING" not in (run / "run.log").read_text()
     assert any((run / "tb").iterdir())  # both trackers of the list ran
     record = json.loads((run / "mlflow_run.json").read_text())
@@ -165,7 +160,7 @@ def test_a_tracking_server_that_is_down_costs_one_warning_and_the_others_go_on(t
         env={"HOME": str(tmp_path)},  # no ~/.netrc either
     )  # fmt: skip
     print(f"the run with a tracker down took {time.monotonic() - started:.1f} s")
-    run = only_run_dir(tmp_path / "outputs" / "train")
+    run = only_dir(tmp_path / "outputs" / "train")
     warnings = [line for line in (run / "run.log").read_text().splitlines() if "[WARNING]" in line]
     assert len(warnings) == 1 and "logger.mlflow" in warnings[0] and closed in warnings[0], warnings
     assert "this run goes on without it" in warnings[0]

@@ -8,7 +8,6 @@ the two. One thread each also lets two runs share the two cores.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -95,13 +94,3 @@ def model_tensors(path: Path) -> dict[str, torch.Tensor]:
 def bitwise_equal(a: Path, b: Path) -> bool:
     left, right = model_tensors(a), model_tensors(b)
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def registry(root: Path) -> dict:
-    path = root / "models" / "model_metadata.json"
-    return json.loads(path.read_text()) if path.is_file() else {"runs": []}
-
-
-def error_lines(result) -> list[str]:
-    """The lines in the one format of a user's mistake: ``ERROR <what>; <what to do>``."""
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("ERROR ")]

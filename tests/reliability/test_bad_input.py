@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import error_lines, registry
 
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
-from reliability.faults import ENV, RELIABLE, error_lines, registry, run
+from reliability.faults import ENV, RELIABLE, run
 
 pytestmark = pytest.mark.slow
 

@@ -21,18 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import registry
 
-from reliability.faults import (
-    RELIABLE,
-    bitwise_equal,
-    csv_rows,
-    kill,
-    metric_rows,
-    registry,
-    run_dir_of,
-    start,
-    wait_for,
-)
+from reliability.faults import RELIABLE, bitwise_equal, csv_rows, kill, metric_rows, run_dir_of, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +105,9 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(scenario, outcomes, uninte
     assert outcome.final_status == 0, outcome.final_output
     run_dir = outcome.run_dir
     assert len(list(run_dir.parent.iterdir())) == 1  # resumed in place, no second run dir
+    # A stop sent once an epoch's row is written finds a last.pth to resume from (not a restart).
+    for (_, rows, _), landed in zip(SCENARIOS[scenario], outcome.landed):
+        assert not rows or landed != "no last.pth", outcome.landed
     assert bitwise_equal(run_dir / "best.pth", uninterrupted / "best.pth"), outcome.landed
     assert bitwise_equal(run_dir / "last.pth", uninterrupted / "last.pth"), outcome.landed
     assert metric_rows(run_dir) == metric_rows(uninterrupted), outcome.landed

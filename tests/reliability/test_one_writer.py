@@ -19,6 +19,7 @@ import forked_cli
 import pandas as pd
 import pytest
 import torch
+from helpers import error_lines, registry
 
 from deepfake.data.synthetic import generate_synthetic_dataset
 from deepfake.tracking.checkpoint import HOST
@@ -27,11 +28,9 @@ from reliability.faults import (
     RELIABLE,
     bitwise_equal,
     csv_rows,
-    error_lines,
     kill,
     main_args,
     metric_rows,
-    registry,
     run,
     run_dir_of,
     start,

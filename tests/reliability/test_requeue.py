@@ -18,8 +18,9 @@ from pathlib import Path
 
 import forked_cli
 import pytest
+from helpers import registry
 
-from reliability.faults import ENV, RELIABLE, bitwise_equal, main_args, metric_rows, registry
+from reliability.faults import ENV, RELIABLE, bitwise_equal, main_args, metric_rows
 
 pytestmark = pytest.mark.slow
 

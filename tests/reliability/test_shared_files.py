@@ -13,9 +13,10 @@ import textwrap
 import time
 
 import pytest
+from helpers import registry
 
 from deepfake.tracking.checkpoint import HOST
-from reliability.faults import ENV, registry, run
+from reliability.faults import ENV, run
 
 pytestmark = pytest.mark.slow
 

@@ -47,7 +47,13 @@ def test_the_file_holds_the_state_at_save_even_as_training_goes_on(tmp_path, bac
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp left behind
 
 
-def test_saves_reuse_their_buffers_and_land_in_order(tmp_path):
+def test_saves_reuse_their_buffers_and_land_in_order(tmp_path, monkeypatch):
+    import deepfake.tracking.checkpoint_writer as writer_module
+
+    written = []  # (file, epoch) in the order the writer thread wrote them
+    real_save = writer_module.atomic_save
+    monkeypatch.setattr(writer_module, "atomic_save",
+                        lambda obj, path: (real_save(obj, path), written.append((path.name, obj["epoch"]))))  # fmt: skip
     model, optimizer = _trained()
     writer = CheckpointWriter()
     for epoch in range(3):
@@ -60,8 +66,8 @@ def test_saves_reuse_their_buffers_and_land_in_order(tmp_path):
     writer.wait()
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 3
     assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 2
-    # One thread writes them in the order saved: best.pth (saved last at epoch 2) before last.pth's epoch 3.
-    assert (tmp_path / "best.pth").stat().st_mtime_ns <= (tmp_path / "last.pth").stat().st_mtime_ns
+    # One thread writes them in the order saved (best.pth of epoch N before a last.pth that names it best).
+    assert written == [(name, epoch) for epoch in range(3) for name in ("last.pth", "best.pth")] + [("last.pth", 3)]
     writer.close()
 
 
