@@ -11,12 +11,13 @@ import csv
 import hashlib
 import io
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepfake.data.images import IMAGE_SUFFIXES
-from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message
+from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message, remembered
 from deepfake.errors import DataError
 
 MANIFEST_FIELDS = ["path", "bytes", "sha256"]
@@ -53,6 +54,23 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def image_sha256s_remembered(paths: Sequence[str], memo_dir: str | os.PathLike,
+                             threads: int = DEFAULT_SCAN_THREADS) -> list[str]:  # fmt: skip
+    """The sha256 of each of ``paths`` ("missing" for a file that cannot be read), hashed once and read
+    back in later sessions while the files keep their sizes and modification times."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests, _ = remembered("images' sha256", "file_sha256", paths, memo_dir, lambda: list(pool.map(_sha256_or_missing, paths)),
+                                threads)  # fmt: skip
+    return digests
+
+
+def _sha256_or_missing(path: str) -> str:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return "missing"
 
 
 def hash_tree(root: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS) -> dict[str, str]:

@@ -16,9 +16,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import PIL.features
 
@@ -49,22 +50,32 @@ def find_damaged_remembered(
     names, sizes and modification times, read by the same Pillow and libjpeg: another decoder may
     judge a file differently) when ``memo_dir`` holds one, else a scan, then remembered."""
     decoder = f"Pillow {PIL.__version__}, libjpeg {PIL.features.version('jpg')}"
-    digest = hashlib.sha256(f"scan format {_SCAN_FORMAT}\n{decoder}\n".encode())
+    answer, known = remembered("image scan's answer", f"scan format {_SCAN_FORMAT}\n{decoder}", paths, memo_dir,
+                               lambda: find_damaged(paths, threads), threads)  # fmt: skip
+    return [(path, reason) for path, reason in answer], known
+
+
+def remembered(name: str, version: str, paths: Sequence[str], memo_dir: str | os.PathLike,
+               compute: Callable[[], Any], threads: int = DEFAULT_SCAN_THREADS) -> tuple[Any, bool]:  # fmt: skip
+    """``(answer, remembered)``: ``compute()``'s JSON answer about the files ``paths`` (the ``name``d
+    answer, worked out by code ``version``), read back from ``memo_dir`` when an earlier session worked
+    it out over the same names, sizes and modification times, else computed and kept for the next one."""
+    digest = hashlib.sha256(f"{name}\n{version}\n".encode())
     for path, signature in zip(paths, file_signatures(paths, threads)):
         digest.update(f"{path}\n".encode() + signature)
     memo = Path(memo_dir) / f"{digest.hexdigest()[:32]}.json"
     try:
-        return [(path, reason) for path, reason in json.loads(memo.read_text(encoding="utf-8"))["damaged"]], True
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: scan again
+        return json.loads(memo.read_text(encoding="utf-8"))["answer"], True
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: compute again
         pass
-    damaged = find_damaged(paths, threads)
+    answer = compute()
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(memo, json.dumps({"images": len(paths), "damaged": damaged}) + "\n")
-    except (OSError, CheckpointError) as error:  # a read-only or full disk: the scan stands
-        log.warning("could not keep the image scan's answer in %s (%s); the next session scans again", memo_dir,
+        atomic_write_text(memo, json.dumps({"images": len(paths), "answer": answer}) + "\n")
+    except (OSError, CheckpointError) as error:  # a read-only or full disk: the answer stands
+        log.warning("could not keep the %s in %s (%s); the next session works it out again", name, memo_dir,
                     getattr(error, "strerror", None) or error)  # fmt: skip
-    return damaged, False
+    return answer, False
 
 
 def file_signatures(paths: Sequence[str], threads: int = DEFAULT_SCAN_THREADS) -> Iterator[bytes]:

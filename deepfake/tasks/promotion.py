@@ -72,7 +72,8 @@ def _check_images(cfg: DictConfig, csv: Path, root: Path) -> None:
 
 def split_identity(cfg: DictConfig, dataset) -> dict[str, Any]:
     """The identity of a split already read (the run's validation set), to see if it is the promotion set."""
-    return set_identity(dataset.csv_path, Path(str(cfg.dataset.root_dir)), dataset.paths, dataset.targets)
+    return set_identity(dataset.csv_path, Path(str(cfg.dataset.root_dir)), dataset.paths, dataset.targets,
+                        _contents(cfg, dataset.paths))  # fmt: skip
 
 
 def score_checkpoint(path: Path, cfg: DictConfig, chosen: PromotionSet) -> float | None:
@@ -126,4 +127,12 @@ def candidate_promotion(
 
 def _identity(cfg: DictConfig, csv: Path, root: Path) -> dict[str, Any]:
     dataset = instantiate(cfg.dataset.reader)(csv_path=str(csv), root_dir=str(root), transform=None)
-    return set_identity(csv, root, dataset.paths, dataset.targets)
+    return set_identity(csv, root, dataset.paths, dataset.targets, _contents(cfg, dataset.paths))
+
+
+def _contents(cfg: DictConfig, paths) -> list[str]:
+    """Each image's sha256, hashed once and remembered in dataset.cache_dir/sha256/ while the files keep
+    their sizes and times."""
+    from deepfake.data.manifest import image_sha256s_remembered  # Pillow: task=registry lists without it
+
+    return image_sha256s_remembered(paths, Path(str(cfg.dataset.cache_dir)) / "sha256")

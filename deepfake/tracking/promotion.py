@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,20 @@ import numpy as np
 KEY_LENGTH = 16  # hex digits of the image-list hash that name a set in the registry
 
 
-def set_identity(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, targets) -> dict[str, Any]:
-    """What makes a promotion set itself: the CSV file, and the images with their labels.
+def set_identity(
+    csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, targets, contents: Sequence[str]
+) -> dict[str, Any]:
+    """What makes a promotion set itself: the CSV file, and the images with their labels and bytes.
 
-    ``paths`` are the resolved image paths in CSV order, ``targets`` their labels (1 = fake).
+    ``paths`` are the resolved image paths in CSV order, ``targets`` their labels (1 = fake),
+    ``contents`` each image's sha256: the same names over other pixels (the embedded set at another
+    size, a re-encoded copy) are another set. The paths count relative to ``root_dir``, so a
+    dataset moved to another disk stays the same set.
     """
     root = Path(os.path.abspath(root_dir))
     images = hashlib.sha256()
-    for path, target in zip(paths, np.asarray(targets).tolist()):
-        images.update(f"{os.path.relpath(path, root)}\t{int(target)}\n".encode())
+    for path, target, content in zip(paths, np.asarray(targets).tolist(), contents, strict=True):
+        images.update(f"{os.path.relpath(path, root)}\t{int(target)}\t{content}\n".encode())
     digest = images.hexdigest()
     return {
         "csv": str(Path(csv_path).resolve()),

@@ -168,10 +168,15 @@ def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tm
     tests = [json.loads((job / "metrics_test.json").read_text()) for job in jobs]
     assert logs[0] == logs[1]
     assert tests[0]["auc"] == tests[1]["auc"] and tests[0]["accuracy"] == tests[1]["accuracy"]
-    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "scans")
+    cached = sorted(
+        p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name not in ("scans", "sha256")
+    )
     assert cached == ["test", "train", "valid"]
     # The job without the cache scanned the files, and kept its answers for the next session.
     assert len(list((tmp_path / "cache" / "scans").glob("*.json"))) == 2
+    # The image digests of the promotion set (the validation set) and of the test set, which must not
+    # be it: hashed once for both jobs.
+    assert len(list((tmp_path / "cache" / "sha256").glob("*.json"))) == 2
     built = [[line.split(" of ")[1].split()[0] for line in (job / "run.log").read_text().splitlines()
               if "into the cache" in line] for job in jobs]  # fmt: skip
     names = [[Path(csv).name for csv in job] for job in built]

@@ -48,3 +48,23 @@ def test_make_manifest_says_it_in_one_line(tmp_path):
 
     assert done.returncode == 2 and done.stderr.startswith("ERROR ") and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_image_digests_are_hashed_once_then_read_back_until_a_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    import deepfake.data.manifest as manifest
+    from deepfake.data.manifest import image_sha256s_remembered
+
+    files = [tmp_path / f"{name}.jpg" for name in "abc"]
+    for number, path in enumerate(files):
+        path.write_bytes(bytes([number]) * 100)
+    paths, memo = [str(p) for p in files], tmp_path / "memo"
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert image_sha256s_remembered(paths, memo) == expected
+    assert image_sha256s_remembered([*paths, str(tmp_path / "gone.jpg")], memo)[-1] == "missing"
+    hashed = []
+    monkeypatch.setattr(manifest, "file_sha256", lambda path: hashed.append(path) or "rehashed")
+    assert image_sha256s_remembered(paths, memo) == expected and hashed == []  # read back, nothing hashed
+    files[1].write_bytes(b"other bytes")  # another size: the remembered answer no longer applies
+    assert image_sha256s_remembered(paths, memo) == ["rehashed"] * 3

@@ -299,3 +299,23 @@ def test_the_listing_shows_runs_whose_run_dir_is_gone_as_missing(tmp_path: Path,
     out = capsys.readouterr().out
     assert "finished (run dir missing)" in out and out.count("run dir missing") == 1
     assert "1 run dir(s) no longer on disk (moved or deleted; their entries and figures stay): gone" in out
+
+
+def test_a_promotion_set_is_its_images_bytes_not_only_their_names(tmp_path):
+    """The embedded set at 32 and 64 px has the same names and labels over other pixels: two sets.
+    The same files under another root (a moved dataset) stay one set."""
+    from deepfake.tracking.promotion import set_identity
+
+    csv = tmp_path / "valid.csv"
+    csv.write_text("path,label\na.jpg,1\nb.jpg,0\n")
+    targets = np.array([0, 1])
+
+    def identity(root: Path, contents: list[str]) -> dict:
+        return set_identity(csv, root, [str(root / "a.jpg"), str(root / "b.jpg")], targets, contents)
+
+    small, large, moved = identity(tmp_path / "32px", ["1" * 64, "2" * 64]), identity(
+        tmp_path / "64px", ["3" * 64, "4" * 64]), identity(tmp_path / "disk2", ["1" * 64, "2" * 64])  # fmt: skip
+    assert small["key"] != large["key"] and small["csv_sha256"] == large["csv_sha256"]
+    assert moved["key"] == small["key"]
+    with pytest.raises(ValueError):  # a digest list that does not match the images is a bug, not a set
+        identity(tmp_path / "32px", ["1" * 64])
