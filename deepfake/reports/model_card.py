@@ -146,8 +146,10 @@ def _target_and_args(node: dict) -> str:
 def _evaluation(facts: CardFacts) -> str:
     parts = ["## Evaluation"]
     val = facts.checkpoint.get("val_metrics") or {}
+    # metrics_log.csv's accuracy is at p(fake) 0.5: no threshold exists until training has ended.
+    named = [("val_accuracy at p(fake) 0.5" if key == "val_accuracy" else key, value) for key, value in val.items()]
     parts.append(
-        "### Validation (the epoch kept)\n\n" + (table(val.items(), ("figure", "value")) if val else "Not recorded.")
+        "### Validation (the epoch kept)\n\n" + (table(named, ("figure", "value")) if val else "Not recorded.")
     )
     if facts.test:
         ordered = [k for k in TEST_FIGURES if k in facts.test]

@@ -209,10 +209,13 @@ def _print_paths(console: Console, title: str, rows: pd.DataFrame, column: str) 
     if rows.empty:
         return
     table = Table(title=title, title_justify="left")
-    table.add_column(column, no_wrap=True)
+    if column == "p_fake":
+        table.add_column(column, no_wrap=True)
+    else:  # a reason can be long (a decompression bomb's is a sentence): it wraps, the path keeps its room
+        table.add_column(column, max_width=max(16, console.width // 3))
     if "face" in rows.columns:
         table.add_column("face")
-    table.add_column("path", overflow="fold")
+    table.add_column("path", overflow="fold", min_width=min(40, console.width // 2))
     for _, row in rows.iterrows():
         value = f"{row[column]:.4f}" if column == "p_fake" else str(row[column])
         face = [] if "face" not in rows.columns else ["" if pd.isna(row["face"]) else str(row["face"])]

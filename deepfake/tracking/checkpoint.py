@@ -193,6 +193,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if file.suffix.lower() == ".onnx":  # torch would call it damaged or unsafe
         raise CheckpointError(f"{file} is an ONNX export; this needs a .pth checkpoint (a run dir, or its "
                               "best.pth); task=predict scores ONNX models")  # fmt: skip
+    if file.suffix.lower() == ".json":  # model.json beside an export: torch would call it damaged or unsafe
+        raise CheckpointError(f"{file} is a JSON file, not a checkpoint; give a .pth checkpoint (a run dir, or its "
+                              "best.pth), or for task=predict the model.onnx it describes")  # fmt: skip
     import torch
 
     try:

@@ -91,7 +91,10 @@ def test_card_has_every_section_and_the_run_s_numbers(tmp_path):
     )
     evaluation = section(card, "Evaluation")
     assert (
-        "| val_auc | 0.9531 |" in evaluation and "| auc | 0.9123 |" in evaluation and "| eer | 0.1250 |" in evaluation
+        "| val_auc | 0.9531 |" in evaluation
+        and "| val_accuracy at p(fake) 0.5 | 0.8125 |" in evaluation
+        and "| auc | 0.9123 |" in evaluation
+        and "| eer | 0.1250 |" in evaluation
     )
     assert "| fake | 1 | 1 |" in evaluation  # the confusion matrix, true class by row
     # A list of records row by row, an interval on one row, rounded (raw Python lists before).

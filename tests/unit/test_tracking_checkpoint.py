@@ -369,6 +369,10 @@ def test_an_onnx_export_where_a_checkpoint_is_wanted_is_named_as_such(tmp_path):
     exported.write_bytes(b"\x08\x07onnx graph bytes")
     with pytest.raises(CheckpointError, match=rf"{exported} is an ONNX export; this needs a .pth checkpoint"):
         load_checkpoint(exported)
+    sidecar = tmp_path / "model.json"
+    sidecar.write_text('{"format": 1}')
+    with pytest.raises(CheckpointError, match=rf"{sidecar} is a JSON file, not a checkpoint; .* the model.onnx"):
+        load_checkpoint(sidecar)
 
 
 def test_the_folder_is_fsynced_after_the_rename_and_a_folder_that_cannot_be_is_no_error(tmp_path, monkeypatch):

@@ -127,3 +127,17 @@ def test_a_predict_summary_prints_bracketed_paths_as_they_are(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert "holiday [edited].jpg" in out and "[red]x[/red].png" in out
+
+
+def test_a_long_damage_reason_wraps_and_leaves_the_path_readable_on_one_line():
+    """The reason column did not wrap, so an 80-column console folded the path three letters a line."""
+    import pandas as pd
+    from rich.console import Console
+
+    from deepfake.tasks.display import _print_paths
+
+    console = Console(width=80, record=True)
+    bomb = "too large to decode safely (Image size (200000000 pixels) exceeds limit of 178956970 pixels, could be "
+    rows = pd.DataFrame({"damaged": [bomb + "decompression bomb DOS attack.)"], "path": ["/data/a/b/huge_200mp.png"]})
+    _print_paths(console, "damaged", rows, "damaged")
+    assert "/data/a/b/huge_200mp.png" in console.export_text()
