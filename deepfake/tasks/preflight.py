@@ -27,9 +27,9 @@ from deepfake.tracking.registry import Registry
 log = logging.getLogger(__name__)
 
 
-def check_registry(registry: Registry) -> None:
-    """The registry is readable, valid and writable, and the models dir writable: otherwise the run
-    would learn it after its compute."""
+def check_registry(registry: Registry, run_name: str, run_dir: Path) -> None:
+    """The registry is readable, valid and writable, the models dir writable, and ``run_name`` not
+    another run dir's: otherwise the run would learn it after its compute."""
     try:
         registry.check_writable()  # an invalid registry raises its own UserError
     except OSError as err:
@@ -37,6 +37,7 @@ def check_registry(registry: Registry) -> None:
             f"the registry {registry.metadata_path} cannot be written ({err}); point paths.models_dir (or "
             "paths.registry and paths.best_model) at a writable folder"
         ) from None
+    registry.check_name_free(run_name, run_dir)
 
 
 def check_checkpoint_space(run_dir: Path, model: torch.nn.Module, checkpoints: int = 2) -> None:

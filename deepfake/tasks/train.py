@@ -114,7 +114,7 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
             log.info("removed %s, left by a process killed while saving", temp)
     git = write_run_info(out_dir, CODE_DIR)
     config_path = session.save_resolved_config(cfg, out_dir)
-    check_registry(session.open_registry(cfg))  # the room for checkpoints: once the model is built (_setup)
+    check_registry(session.open_registry(cfg), session.run_name(), out_dir)  # the checkpoints' room: in _setup
     data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
     for csv_key in ("train_csv", "val_csv"):  # before the test CSV: a missing download shows here first

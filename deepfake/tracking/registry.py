@@ -89,6 +89,7 @@ class Registry:
                 rescored[incumbent["run_name"]] = rescore_incumbent(self.best_model_path)
             with self._locked():
                 registry = self._read()
+                self._refuse_another_runs_name(registry, entry)
                 incumbent = self._find(registry, registry.get("best_run"))
                 if self._needs_rescore(incumbent, key, rescored) and rescore_incumbent is not None:
                     continue  # another run became the best while this one was scoring the old best
@@ -153,6 +154,7 @@ class Registry:
         """
         with self._locked():
             registry = self._read()
+            self._refuse_another_runs_name(registry, entry)
             existing = self._find(registry, entry["run_name"]) or {}
             known = {key: value for key, value in entry.items() if value is not None or key not in existing}
             merged = _json_safe({**existing, **known, "status": "failed", "error": error})
@@ -218,6 +220,22 @@ class Registry:
 
     def get(self, run_name: str) -> dict[str, Any] | None:
         return self._find(self._read(), run_name)
+
+    def check_name_free(self, run_name: str, run_dir: str | os.PathLike[str]) -> None:
+        """Refuse, before a run's compute, a name the registry already holds for another run dir."""
+        self._refuse_another_runs_name(self._read(), {"run_name": run_name, "run_dir": str(run_dir)})
+
+    def _refuse_another_runs_name(self, registry: dict[str, Any], entry: dict[str, Any]) -> None:
+        """An entry is named by its run dir's last folder: two run dirs of one name (``a/dup`` and
+        ``b/dup``) would replace each other's entry, and best_run would name a model it does not hold."""
+        existing = self._find(registry, entry["run_name"])
+        theirs, ours = (existing or {}).get("run_dir"), entry.get("run_dir")
+        if theirs and ours and Path(theirs).resolve() != Path(ours).resolve():
+            raise UserError(
+                f"registry {self.metadata_path} already holds a run named {entry['run_name']} from {theirs}; this "
+                f"one ({ours}) would replace its entry: give hydra.run.dir (for a sweep, hydra.sweep.dir) a last "
+                "folder name of its own"
+            )
 
     def entry_for_run_dir(self, run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The entry recorded for ``run_dir`` (the same folder, however spelled), or None."""

@@ -22,7 +22,7 @@ def _registry(models_dir):
 
 
 def test_a_usable_registry_and_models_dir_pass(tmp_path, model):
-    check_registry(_registry(tmp_path / "models"))
+    check_registry(_registry(tmp_path / "models"), "run", tmp_path / "run")
     check_checkpoint_space(tmp_path, model)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
 
@@ -31,7 +31,7 @@ def test_a_corrupt_registry_is_named(tmp_path, model):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model_metadata.json").write_text('{"version": 1, "runs": [')
     with pytest.raises(UserError, match="model_metadata.json is not valid JSON"):
-        check_registry(_registry(tmp_path / "models"))
+        check_registry(_registry(tmp_path / "models"), "run", tmp_path / "run")
 
 
 # Tests run as root, for whom a chmod'ed folder stays writable: a models dir that is a file, or
@@ -40,9 +40,25 @@ def test_a_corrupt_registry_is_named(tmp_path, model):
 def test_a_models_dir_that_cannot_be_written_names_the_key(tmp_path, model, where):
     (tmp_path / where.split("/")[0]).write_text("a file, not a folder")
     with pytest.raises(ConfigError) as refused:
-        check_registry(_registry(tmp_path / where))
+        check_registry(_registry(tmp_path / where), "run", tmp_path / "run")
     assert "cannot be written" in str(refused.value) and "paths.models_dir" in str(refused.value)
     assert str(tmp_path / "models" if where == "models" else tmp_path / where) in str(refused.value)
+
+
+def test_a_run_name_the_registry_holds_for_another_run_dir_is_refused_before_training(tmp_path):
+    """a/dup and b/dup both register as "dup": the second replaced the first's entry, and best_run then
+    named a model best_model.pth does not hold."""
+    registry = _registry(tmp_path / "models")
+    registry.record_failure({"run_name": "dup", "run_dir": str(tmp_path / "a" / "dup")}, error="stopped")
+    before = (tmp_path / "models" / "model_metadata.json").read_text()
+    check_registry(registry, "dup", tmp_path / "a" / "dup")  # the same run dir: a resume
+    check_registry(registry, "other", tmp_path / "b" / "other")
+    with pytest.raises(UserError, match=rf"already holds a run named dup from {tmp_path / 'a' / 'dup'}; this one "
+                       rf"\({tmp_path / 'b' / 'dup'}\) would replace its entry: give hydra.run.dir"):  # fmt: skip
+        check_registry(registry, "dup", tmp_path / "b" / "dup")
+    with pytest.raises(UserError, match="already holds a run named dup"):  # and at the end, under the lock
+        registry.record_failure({"run_name": "dup", "run_dir": str(tmp_path / "b" / "dup")}, error="failed")
+    assert (tmp_path / "models" / "model_metadata.json").read_text() == before
 
 
 def test_too_little_disk_space_is_said_in_mib(tmp_path):
