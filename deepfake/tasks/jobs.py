@@ -26,7 +26,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank, env_world_size
 from deepfake.errors import RunDirLocked, UserError, find_in_chain
@@ -129,6 +129,12 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
         from deepfake.engine import distributed
 
         status, previous = distributed.broadcast_object((status, previous))
+    if _another_jobs_dir(cfg, out_dir, status, previous):
+        line = (f"{out_dir} holds a job of an earlier launch with other overrides ({' '.join(previous['overrides'])}); "
+                "relaunch this sweep into another hydra.sweep.dir")  # fmt: skip
+        log.error("%s", line)
+        _job_exit_codes.append(EXIT_USER_ERROR)
+        return FailedJob(line, EXIT_USER_ERROR)
     if _earlier_launch(cfg, out_dir, status, previous) == "finished":
         return _finished_earlier(out_dir, previous)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
@@ -164,6 +170,23 @@ def _earlier_launch(cfg: DictConfig, out_dir: Path, status: dict, previous: dict
         log.info("%s was left %s by an earlier launch of this sweep: resuming it", out_dir, previous["status"])
         cfg.resume = str(out_dir)
     return previous.get("status")
+
+
+def _another_jobs_dir(cfg: DictConfig, out_dir: Path, status: dict, previous: dict) -> bool:
+    """Whether a sweep job's dir holds another job's run: an earlier launch into the same
+    hydra.sweep.dir whose job of this number had other overrides (a name they share: the overrides
+    Hydra leaves out of dir names). Its files are left as they were, and Hydra's copy of this job's
+    overrides is replaced by the run's own, so a later resume= continues that run."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN or status["attempt"] > 1 or "overrides" not in previous:
+        return False
+    if sorted(previous["overrides"]) == sorted(status["overrides"]):
+        return False
+    if env_rank() == 0:
+        from deepfake.tracking.checkpoint import atomic_write_text
+
+        listed = OmegaConf.to_yaml(OmegaConf.create(list(previous["overrides"])))  # as Hydra writes it
+        atomic_write_text(out_dir / ".hydra" / "overrides.yaml", listed)
+    return True
 
 
 def _finished_earlier(out_dir: Path, previous: dict) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -46,10 +47,17 @@ DIR_SUFFIX_MAX = 120
 
 def dir_suffix(text) -> str:
     """``_<text>`` for a run dir's name (``name=expt 1`` -> ``_expt-1``; a sweep job's overrides),
-    with what a file name cannot hold replaced and cut to DIR_SUFFIX_MAX characters; "" for none."""
+    with what a file name cannot hold replaced; "" for none. Text longer than DIR_SUFFIX_MAX is cut and
+    ends with a hash of the whole, so jobs whose overrides differ only past the cut keep their own dirs
+    (a relaunched sweep took another job's dir, and its result)."""
     if text is None or str(text) == "":
         return ""
-    return "_" + re.sub(r"[^A-Za-z0-9._,=+-]+", "-", str(text))[:DIR_SUFFIX_MAX].strip("-")
+    text = str(text)
+    safe = re.sub(r"[^A-Za-z0-9._,=+-]+", "-", text)
+    if len(safe) <= DIR_SUFFIX_MAX:
+        return "_" + safe.strip("-")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return "_" + safe[: DIR_SUFFIX_MAX - 9].strip("-") + "-" + digest
 
 
 def register_resolvers() -> None:

@@ -203,3 +203,14 @@ def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_sto
     assert len(registry(tmp_path)["runs"]) == len(entries) == 2
     assert [row["status"] for row in summary(tmp_path / "multirun" / "fixed")] == ["finished", "finished"]
     assert "sweep: 2 job(s)" in again.stdout
+
+    # Relaunched with another override its job dirs' names leave out (the models dir): the dirs hold
+    # the earlier jobs' runs, which were reported as this launch's results and their overrides replaced.
+    kept = {job: [(job / name).read_bytes() for name in ("best.pth", "status.json", ".hydra/overrides.yaml")]
+            for job in (first, second)}  # fmt: skip
+    other = sweep(tmp_path, shared_data_dir, *fixed, f"paths.models_dir={tmp_path / 'other'}", check=False)
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert (other.stdout + other.stderr).count("holds a job of an earlier launch with other overrides") >= 2
+    assert all([(job / name).read_bytes() for name in ("best.pth", "status.json", ".hydra/overrides.yaml")] == files
+               for job, files in kept.items())  # fmt: skip
+    assert not (tmp_path / "other" / "model_metadata.json").exists()

@@ -132,3 +132,14 @@ def test_a_relaunch_into_the_same_sweep_dir_summarises_only_its_own_jobs(tmp_pat
 
     assert [row["run_dir"] for row in summarize(tmp_path, [], since=launched)] == [str(tmp_path / "0_new")]
     assert len(summarize(tmp_path, [])) == 2  # without a launch time: every job dir there
+
+
+def test_a_long_job_dir_name_is_cut_with_a_hash_of_the_whole():
+    """Two jobs whose overrides differ only past the cut got one dir: a relaunch reused the other's result."""
+    from deepfake.tasks.resolvers import DIR_SUFFIX_MAX, dir_suffix
+
+    common = ",".join(f"optimizer.setting_{i}=0.05" for i in range(6))
+    first, second = dir_suffix(f"{common},phase.lr_head=0.001"), dir_suffix(f"{common},phase.lr_head=0.1")
+    assert first != second and len(first) == len(second) == DIR_SUFFIX_MAX + 1
+    assert first.startswith("_optimizer.setting_0=0.05") and first == dir_suffix(f"{common},phase.lr_head=0.001")
+    assert dir_suffix("name=expt 1") == "_name=expt-1" and dir_suffix(None) == ""  # short: as before
