@@ -73,6 +73,11 @@ def exit_status() -> int:
     return worst_exit_code([*_job_exit_codes, _sweep_exit_code])
 
 
+def record_job_exit(code: int) -> None:
+    """A job's outcome decided outside run_job (a sweeper's trial whose config cannot be composed)."""
+    _job_exit_codes.append(int(code))
+
+
 def record_sweep_exit(code: int) -> None:
     global _sweep_exit_code
     _sweep_exit_code = worst_exit_code([_sweep_exit_code, code])

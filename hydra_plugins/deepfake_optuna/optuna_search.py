@@ -7,6 +7,12 @@ the search never ended; and when no trial finished, ``study.best_trial`` raised 
 the sweep's summary was written. Here the launcher's returns of failed jobs are marked FAILED, which
 the plugin then counts, and an ended search, or one without a finished trial, is one ERROR line; the
 sweep then ends as every sweep does: its summary, and exit status 2.
+
+The plugin judges ``max_failure_rate`` per batch of ``n_jobs`` trials: with one trial a batch, the
+first failure of a 20-trial search ended it. Here a failed trial ends the search only once more
+than that share of this launch's trials so far has failed too. A trial whose config cannot be
+composed (a ``choice`` naming a group option that does not exist) is a failed trial with its line,
+not a traceback that left the batch's trials running in the study forever.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ import sys
 from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from deepfake.errors import ConfigError, error_line
 from deepfake.tasks import values
-from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob
+from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob, record_job_exit
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +40,19 @@ class TrialFailed(Exception):
 
 
 class OptunaSearch(OptunaSweeper):
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        try:  # 0 or fewer: no trial ran, and then the plugin's results file was missing (a traceback)
-            for key in ("n_trials", "n_jobs"):
-                values.positive_int(config.hydra.sweeper[key], f"hydra.sweeper.{key}")
-        except ConfigError as error:  # before any job: no run dir, no summary; Hydra would print a traceback
+    def __init__(self, **settings) -> None:
+        try:  # the plugin asserts some of them here, with an empty AssertionError
+            _check_settings(settings)
+        except ConfigError as error:  # before any job: no run dir, no summary
             print(error_line(str(error)), file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
+        super().__init__(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.sweeper.launcher = _MarkingFailures(self.sweeper.launcher)
+        self.sweeper.launcher = _MarkingFailures(
+            self.sweeper.launcher, hydra_context, config, float(config.hydra.sweeper.max_failure_rate)
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         try:
@@ -51,24 +63,74 @@ class OptunaSearch(OptunaSweeper):
             log.error("the search ended: more than hydra.sweeper.max_failure_rate=%s of a batch of trials failed; "
                       "see the summary below", self.sweeper.max_failure_rate)  # fmt: skip
         except ValueError as error:
+            if "Cannot set different distribution kind" in str(error):  # a search space the study never had
+                print(error_line(f"the study {self.sweeper.study_name} in {self.sweeper.storage} searched another "
+                                 f"space for a parameter ({error}); start a new study with "
+                                 "hydra.sweeper.study_name=<a new name>"), file=sys.stderr)  # fmt: skip
+                raise SystemExit(EXIT_USER_ERROR) from None
             if "Record does not exist" not in str(error):  # optuna's study.best_trial, without a finished trial
                 raise
             log.error("no trial of the search finished, so there is no best one; see the summary below")
         return None
 
 
-class _MarkingFailures:
-    """The plugin's launcher, whose failed jobs come back with status FAILED and their error line."""
+def _check_settings(sweeper) -> None:
+    """The sweeper settings Optuna or the plugin would refuse with a traceback (or, for n_trials=0,
+    a missing results file)."""
+    for key in ("n_trials", "n_jobs"):
+        values.positive_int(sweeper[key], f"hydra.sweeper.{key}")
+    rate = values.number(sweeper["max_failure_rate"], "hydra.sweeper.max_failure_rate")
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={rate:g} must be a share between 0 and 1")
+    direction = sweeper["direction"]
+    directions = direction if isinstance(direction, (ListConfig, list, tuple)) else [direction]
+    for direction in directions:
+        if str(direction).lower() not in ("maximize", "minimize"):
+            raise ConfigError(f"hydra.sweeper.direction={direction} must be maximize or minimize")
 
-    def __init__(self, launcher) -> None:
-        self.launcher = launcher
+
+class _MarkingFailures:
+    """The plugin's launcher, whose failed jobs come back with status FAILED and their error line once
+    more than ``max_failure_rate`` of this launch's trials have failed (before that they stay COMPLETED,
+    with a value that is not a number: the plugin records the trial as failed and goes on). A job whose
+    config cannot be composed is not launched: it comes back failed, with its line."""
+
+    def __init__(self, launcher, hydra_context: HydraContext, config: DictConfig, max_failure_rate: float) -> None:
+        self.launcher, self.hydra_context, self.config = launcher, hydra_context, config
+        self.max_failure_rate = max_failure_rate
+        self.launched = self.failed = 0
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        returns = self.launcher.launch(job_overrides, initial_job_idx)
-        for job in returns:
-            if job.status == JobStatus.COMPLETED and isinstance(job.return_value, FailedJob):
+        unbuildable = {index: line for index, overrides in enumerate(job_overrides)
+                       if (line := self._composition_error(overrides)) is not None}  # fmt: skip
+        runnable = [overrides for index, overrides in enumerate(job_overrides) if index not in unbuildable]
+        launched = iter(self.launcher.launch(runnable, initial_job_idx) if runnable else [])
+        returns = []
+        for index, overrides in enumerate(job_overrides):
+            if index in unbuildable:
+                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                         _return_value=FailedJob(unbuildable[index], EXIT_USER_ERROR)))  # fmt: skip
+            else:
+                returns.append(next(launched))
+        failed = [
+            job for job in returns if job.status == JobStatus.COMPLETED and isinstance(job.return_value, FailedJob)
+        ]
+        self.launched, self.failed = self.launched + len(returns), self.failed + len(failed)
+        if self.failed / self.launched > self.max_failure_rate:
+            for job in failed:
                 job.status, job.return_value = JobStatus.FAILED, TrialFailed(job.return_value.error)
         return returns
+
+    def _composition_error(self, overrides: Sequence[str]) -> str | None:
+        """The one line of a trial whose config cannot be composed, as the launcher would compose it."""
+        try:
+            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        except (ConfigCompositionException, OmegaConfBaseException) as error:
+            line = " ".join(str(error).split())
+            log.error("trial %s cannot be composed: %s", " ".join(overrides), line)
+            record_job_exit(EXIT_USER_ERROR)
+            return f"{line} (overrides: {' '.join(overrides)})"
+        return None
 
     def __getattr__(self, name: str):
         return getattr(self.launcher, name)

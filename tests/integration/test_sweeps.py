@@ -176,12 +176,39 @@ def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shar
     assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "b"))] == ["failed", "failed"]
 
 
-@pytest.mark.parametrize("setting", ["hydra.sweeper.n_trials=0", "hydra.sweeper.n_jobs=-1"])
-def test_an_optuna_search_of_no_trials_is_refused_in_one_line(tmp_path, shared_data_dir, setting):
+@pytest.mark.parametrize(("setting", "said"), [
+    ("hydra.sweeper.n_trials=0", "must be a positive integer"), ("hydra.sweeper.n_jobs=-1", "must be a positive integer"),
+    ("hydra.sweeper.max_failure_rate=1.5", "must be a share between 0 and 1"),  # an empty AssertionError before
+    ("hydra.sweeper.direction=maximise", "must be maximize or minimize"),  # optuna's traceback before
+])  # fmt: skip
+def test_an_optuna_search_set_up_wrong_is_refused_in_one_line(tmp_path, shared_data_dir, setting, said):
     refused = sweep(tmp_path, shared_data_dir, "hparams_search=optuna", setting, check=False)
     errors = error_lines(refused)
-    assert refused.returncode == 2 and errors == [f"ERROR {setting} must be a positive integer"], refused.stderr
+    assert refused.returncode == 2 and errors == [f"ERROR {setting} {said}"], refused.stderr
     assert "Traceback" not in refused.stderr  # the plugin's missing results file, before
+
+
+def test_an_optuna_trial_that_cannot_be_composed_is_a_failed_trial_and_a_new_space_needs_a_new_study(
+    tmp_path, shared_data_dir
+):
+    """A choice naming a group option that does not exist ended the search with a traceback and left
+    the batch's trials running in the study; a space the study never searched was optuna's traceback."""
+    search = ["hparams_search=optuna", "hydra.sweeper.max_failure_rate=1.0", "hydra.sweeper.n_trials=3"]
+    tiny = [o for o in TINY if o != "backbone=timm"]  # a value fixed on the command line leaves the space
+    ended = sweep(tmp_path, shared_data_dir, *search, "backbone=choice(timm,nosuch)", check=False, tiny=tiny)
+    assert ended.returncode == 2 and "Traceback" not in ended.stderr, ended.stderr
+    with sqlite3.connect(tmp_path / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
+        trials = db.execute("SELECT trial_id, state FROM trials").fetchall()
+        chosen = dict(db.execute("SELECT trial_id, param_value FROM trial_params WHERE param_name = 'backbone'"))
+    assert len(trials) == 3 and "RUNNING" not in {state for _, state in trials}
+    assert {state for _, state in trials} <= {"COMPLETE", "FAIL"} and "FAIL" in {state for _, state in trials}
+    assert all((state == "FAIL") == (chosen[trial] == 1.0) for trial, state in trials)  # choice index 1: nosuch
+    assert "cannot be composed: In 'config': Could not find 'backbone/nosuch'" in ended.stdout + ended.stderr
+
+    other = sweep(tmp_path, shared_data_dir, *search, "phase.lr_head=choice(0.001,0.01)", check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    [line] = error_lines(other)
+    assert "the study deepfake_synthetic" in line and "hydra.sweeper.study_name=<a new name>" in line
 
 
 def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_stopped_ones(tmp_path, shared_data_dir):
