@@ -61,15 +61,28 @@ def check_input_size(model: torch.nn.Module, img_size: int, backbone: str) -> No
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, img_size, img_size))
-    except (AssertionError, RuntimeError, ValueError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ConfigError(
-            f"dataset.img_size={img_size} does not fit backbone {backbone} ({reason}); pick a size it accepts"
-        ) from None
+        reason = _forward_error(model, img_size)
+        if reason is None:
+            return
+        native = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1]
+        if native != img_size and _forward_error(model, native) is not None:
+            # It fails at its own size too: a backbone setting is wrong, not the image size.
+            raise ConfigError(f"backbone {backbone} cannot score an image even at its own size {native} ({reason}); "
+                              "check the backbone.* settings")  # fmt: skip
+        raise ConfigError(f"dataset.img_size={img_size} does not fit backbone {backbone} ({reason}); pick a size "
+                          "it accepts")  # fmt: skip
     finally:
         model.train(was_training)
+
+
+def _forward_error(model: torch.nn.Module, size: int) -> str | None:
+    """Why one zero image of ``size`` cannot go through ``model``, or None."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except (AssertionError, RuntimeError, ValueError, TypeError) as err:
+        return " ".join(str(err).split()) or type(err).__name__
+    return None
 
 
 def check_images(dataset, split: str, max_bad_fraction: float, memo_dir: str | os.PathLike | None = None) -> int:

@@ -66,3 +66,17 @@ def test_too_little_disk_space_is_said_in_mib(tmp_path):
     check_free_space(tmp_path, 1, "two checkpoints")
     with pytest.raises(ConfigError, match=r"MiB free, but two checkpoints need .* MiB; free some disk space"):
         check_free_space(tmp_path, 2 * free + 2**30, "two checkpoints")
+
+
+def test_a_bad_backbone_setting_is_not_blamed_on_the_image_size():
+    """+backbone.drop_rate=abc failed the forward pass and was reported as an img_size the backbone refuses."""
+    from deepfake.errors import ConfigError
+    from deepfake.models import create_detector
+    from deepfake.tasks.preflight import check_input_size
+
+    check_input_size(create_detector("test_resnet"), 32, "test_resnet")
+    with pytest.raises(ConfigError, match="backbone test_resnet cannot score an image even at its own size .*"
+                       "check the backbone.\\* settings"):  # fmt: skip
+        check_input_size(create_detector("test_resnet", drop_rate="abc"), 32, "test_resnet")
+    with pytest.raises(ConfigError, match="dataset.img_size=33 does not fit backbone test_vit"):
+        check_input_size(create_detector("test_vit"), 33, "test_vit")
