@@ -11,6 +11,7 @@ of a resumed config must lie under :data:`ALLOWED_TARGET_PREFIXES` before anythi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -143,13 +144,24 @@ def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg
 def _refuse_used_run_dir(run_dir) -> None:
     """A new run into a dir that holds a run would replace its config, checkpoints and registry entry."""
     overrides = Path(str(run_dir)) / ".hydra" / "overrides.yaml" if run_dir is not None else None
-    if overrides is None or not overrides.is_file():
+    if overrides is None or not overrides.is_file() or _failed_before_any_output(overrides.parents[1]):
         return
     task = next((line.split("=", 1)[1].strip() for line in overrides.read_text(encoding="utf-8").splitlines()
                  if line.lstrip("- ").startswith("task=")), "train")  # fmt: skip
     resume = f"continue a stopped training with resume={run_dir}, or " if task == "train" else ""
     raise ConfigError(f"hydra.run.dir={run_dir} already holds a run (task={task}); {resume}give a new dir (a new "
                       "run there would replace its config, outputs and registry entry)")  # fmt: skip
+
+
+def _failed_before_any_output(run_dir: Path) -> bool:
+    """A run that failed before it wrote anything but its logs (a refused setting): the corrected
+    command may take its dir, as a user who reads the error and fixes the line expects."""
+    try:
+        failed = json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status") == "failed"
+    except (OSError, ValueError, AttributeError):
+        return False
+    kept = {".hydra", "run.log", "status.json", "git.txt", "requirements.txt", "config_resolved.yaml"}
+    return failed and all(path.name in kept for path in run_dir.iterdir())
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -104,6 +106,15 @@ def run(cfg: DictConfig) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ setup
+def _how_to_continue(out_dir: Path) -> str:
+    """A sweep's job goes on when the sweep is relaunched into its dir (a cluster requeues it by
+    itself); a single run with resume=."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return (f"relaunch the sweep with hydra.sweep.dir={out_dir.parent} (its finished jobs are kept, this one "
+                "resumes)")  # fmt: skip
+    return f"resume with: python scripts/main.py resume={out_dir}"
+
+
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     """Rank 0, before any rank builds anything: the run dir's metadata, the registry the run writes at
     its end tried before any compute, the embedded dataset generated on first use, the optional audit.
@@ -247,9 +258,8 @@ def _train(training: TrainingRun) -> TrainerState:
             _write_training_curves(training.out_dir)
     if trainer.stopped_early:
         log.warning(
-            "%s: stopped after epoch %d%s, last.pth saved; resume with: python scripts/main.py resume=%s",
-            signal.Signals(trainer.stop.signum).name, state.epoch,
-            f" + {state.batches_done} batch(es)" if state.batches_done else "", training.out_dir,
+            "%s: stopped after epoch %d%s, last.pth saved; %s", signal.Signals(trainer.stop.signum).name, state.epoch,
+            f" + {state.batches_done} batch(es)" if state.batches_done else "", _how_to_continue(training.out_dir),
         )  # fmt: skip
         trainer.stop.hand_back()  # under submitit: requeue the job, which then resumes from last.pth
         raise RunStopped(trainer.stop.signum)
@@ -282,8 +292,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
             entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
         )
     except KeyboardInterrupt:
-        log.warning("interrupted after training; resume with: python scripts/main.py resume=%s (tests and registers it)",
-                    out_dir)  # fmt: skip
+        log.warning("interrupted after training; %s (it tests and registers it)", _how_to_continue(out_dir))
         raise RunStopped(signal.SIGINT) from None
     if promoted:
         log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], training.promotion_set,

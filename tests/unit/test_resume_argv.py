@@ -126,6 +126,17 @@ def test_a_run_dir_being_written_is_refused_before_hydra_opens_it(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()  # a dir without a run in it is any run's to take
     assert _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={empty}"], CONF_DIR)[-1] == f"hydra.run.dir={empty}"
+    # A run refused before it wrote anything but logs (hydra/launcher=slurm without -m): the corrected
+    # command takes its dir; once it holds more than that (a metrics_log.csv), it is kept.
+    refused = _run_dir(tmp_path, "refused", ["hydra/launcher=slurm"])
+    (refused / "run.log").write_text("ERROR hydra/launcher=slurm runs jobs of a sweep; add -m\n")
+    (refused / "status.json").write_text('{"status": "failed", "task": "train"}')
+    assert (
+        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={refused}"], CONF_DIR)[-1] == f"hydra.run.dir={refused}"
+    )
+    (refused / "metrics_log.csv").write_text("epoch\n1\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _rewrite([f"paths.root_dir={tmp_path}", f"hydra.run.dir={refused}"], CONF_DIR)
 
 
 @pytest.mark.parametrize("task", ["test", "predict"])
