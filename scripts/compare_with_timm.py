@@ -7,7 +7,7 @@
 Both fine-tune every parameter from a random start for ``--epochs`` epochs on the embedded dataset's
 train split (linked into the class folders timm reads), validate on its valid split after
 every epoch, and write their checkpoints; augmentation is a horizontal flip in both, no workers by
-default. Each is timed as a whole process, start-up included, and each epoch from its own log.
+default, and timm's script gets this project's stochastic depth and label smoothing. Each is timed as a whole process, start-up included, and each epoch from its own log.
 timm's script gets this project's models by importing ``deepfake.models`` before it runs (CvT-13 is
 registered with timm there). With ``--repeats N`` the two run N times each, alternating, and the
 ratio is the median over the pairs (the machine's speed drifts over minutes). Prints the times and
@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # timm's train.py run after importing this project's models, so that --model cvt_13 resolves.
@@ -57,7 +59,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     common = [f"paths.data_dir={data}", f"dataset.img_size={args.img_size}"]
-    images = image_folder(generate(common), out / "timm_images")
+    cfg = generate([f"backbone={args.model}", *common])
+    images = image_folder(Path(cfg.dataset.csv_dir), out / "timm_images")
 
     ours_args = [sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
                   f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
@@ -71,6 +74,10 @@ def main() -> None:
                   "--warmup-epochs", "0", "--workers", str(args.workers), "--device", args.device, "--no-prefetcher",
                   "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0.5", "--color-jitter", "0", "--reprob", "0",
                   "--output", str(out / "timm"), "--log-interval", "1000",
+                  # timm's defaults differ from this project's: its script smooths labels by 0.1 and
+                  # leaves the model's stochastic depth at the model's default (0 for CvT-13).
+                  "--smoothing", str(cfg.train.label_smoothing),
+                  "--drop-path", str(cfg.backbone.get("drop_path_rate", 0.0)),
                   "--checkpoint-hist", "1"]  # fmt: skip
     # Alternating, each pair side by side: the machine's speed drifts over minutes.
     pairs = []
@@ -98,8 +105,9 @@ def main() -> None:
           f"epochs {', '.join(f'{s:.1f}' for s in our_epochs)} s; logs in {out}")  # fmt: skip
 
 
-def generate(overrides: list[str]) -> Path:
-    """The embedded dataset as the training run composes it, generated before either run is timed."""
+def generate(overrides: list[str]) -> DictConfig:
+    """The embedded dataset as the training run composes it, generated before either run is timed;
+    returns the run's config, whose settings timm's script is given where its defaults differ."""
     from hydra import compose, initialize_config_dir
 
     from deepfake import tasks  # noqa: F401  (registers the config resolvers)
@@ -108,7 +116,7 @@ def generate(overrides: list[str]) -> Path:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     ensure_dataset(cfg.dataset)
-    return Path(cfg.dataset.csv_dir)
+    return cfg
 
 
 def image_folder(csv_dir: Path, folder: Path) -> Path:
