@@ -17,6 +17,7 @@ their ratio and writes ``<out>/timm_comparison.json``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import csv
 import json
 import os
@@ -61,6 +62,10 @@ def main() -> None:
     common = [f"paths.data_dir={data}", f"dataset.img_size={args.img_size}"]
     cfg = generate([f"backbone={args.model}", *common])
     images = image_folder(Path(cfg.dataset.csv_dir), out / "timm_images")
+    # Each side's modules as compiled bytecode, as any second run finds them (pip compiled timm's
+    # at install): where PYTHONDONTWRITEBYTECODE is set, this project's would be compiled in every run.
+    for package in ("deepfake", "hydra_plugins"):
+        compileall.compile_dir(REPO / package, quiet=1)
 
     ours_args = [sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
                   f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
