@@ -58,8 +58,9 @@ def print_registry(
     set_key: str | None = None,
 ) -> None:
     """The registry as a table ranked on one promotion set (``set_key``, by default the global best's
-    own): the best is starred, runs with no score on that set (validated on other images, never
-    re-scored) are marked ≠ and listed after; failures are explained below the table."""
+    own): the best is starred, finished runs with no score on that set (validated on other images,
+    never re-scored) are marked ≠ and listed after; failures are explained below the table (they are
+    never scored, so no ≠ for them)."""
     console = summary_console()
     if not runs:
         which = f" ({title})" if title else ""
@@ -78,7 +79,7 @@ def print_registry(
     for entry in runs[:limit]:
         test = entry.get("test_metrics") or {}
         comparable = score_on(entry, key)
-        mark = "★" if best and entry["run_name"] == best["run_name"] else ("" if comparable is not None else "≠")
+        mark = "★" if best and entry["run_name"] == best["run_name"] else ("≠" if _unscored(entry, key) else "")
         table.add_row(
             mark,
             entry["run_name"],
@@ -105,8 +106,13 @@ def print_registry(
     if best:
         where = _set_named(key, [best, *runs]) if key else "validation AUC"
         console.print(f"global best: {best['run_name']} -> {best_model_path}; promotion AUC is on {where}")
-        if any(score_on(entry, key) is None for entry in runs[:limit]):
+        if any(_unscored(entry, key) for entry in runs[:limit]):
             console.print("≠: no score on that set yet; task=registry registry.rescore=true scores them there")
+
+
+def _unscored(entry: dict, key: str | None) -> bool:
+    """A finished run with no score on set ``key``: one registry.rescore=true would score."""
+    return entry.get("status", "finished") == "finished" and score_on(entry, key) is None
 
 
 def _set_named(key: str, entries: list[dict]) -> str:

@@ -319,3 +319,31 @@ def test_a_promotion_set_is_its_images_bytes_not_only_their_names(tmp_path):
     assert moved["key"] == small["key"]
     with pytest.raises(ValueError):  # a digest list that does not match the images is a bug, not a set
         identity(tmp_path / "32px", ["1" * 64])
+
+
+def test_the_listing_marks_finished_runs_without_a_score_not_failed_ones(tmp_path: Path, capsys, monkeypatch) -> None:
+    """≠ says "registry.rescore=true would score this run": a failed run is never scored, so it gets no
+    mark (its failure is explained below the table) and alone brings no rescore hint."""
+    from deepfake.tasks.display import print_registry
+
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def entry(name: str, status: str, key: str | None, **extra) -> dict:
+        promotion = {"set": {"key": key, "csv": "valid.csv", "rows": 2}, "auc": 0.9} if key else None
+        return {"run_name": name, "run_dir": str(tmp_path), "status": status, "best_val_auc": 0.9,
+                "promotion": promotion, **extra}  # fmt: skip
+
+    best = entry("best", "finished", "k1")
+    failed = entry("failed", "failed", None, error="CUDA out of memory")
+    print_registry([best, failed], best, registry_path="r.json", best_model_path="b.pth", limit=10)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[2].strip(): line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert rows == {"best": "★", "failed": ""}
+    assert "failed failed: CUDA out of memory" in out and "rescore" not in out
+
+    other = entry("other", "finished", "k2")  # validated on another set, never re-scored on k1
+    print_registry([best, failed, other], best, registry_path="r.json", best_model_path="b.pth", limit=10)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[2].strip(): line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert rows == {"best": "★", "failed": "", "other": "≠"}
+    assert "≠: no score on that set yet; task=registry registry.rescore=true scores them there" in out
