@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -131,6 +132,18 @@ def test_submitit_local_runs_the_cluster_code_path_with_two_ranks_per_job(tmp_pa
     entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
     assert [e["world_size"] for e in entries] == [2, 2]
     assert_consistent_best(tmp_path, 2)
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="a SLURM machine: the launcher would submit")
+@pytest.mark.parametrize("search", [[], ["hparams_search=optuna"]])
+def test_a_slurm_sweep_off_a_cluster_is_one_line_before_any_job(tmp_path, shared_data_dir, search):
+    """submitit looks for srun only as the sweep launches, and said so in a traceback."""
+    refused = sweep(tmp_path, shared_data_dir, "hydra/launcher=slurm", *(search or ["seed=1,2"]), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert error_lines(refused) == [
+        "ERROR hydra/launcher=slurm submits each job to SLURM, and this machine has no srun on PATH: launch the "
+        "sweep from a SLURM login node, or run its jobs here with hydra/launcher=submitit_local"]  # fmt: skip
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").iterdir())
 
 
 def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
