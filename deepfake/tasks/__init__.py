@@ -47,10 +47,20 @@ def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
     if name not in TASKS:
         raise ConfigError(f"task={name} is unknown; choose one of: {', '.join(TASKS)}")
     _refuse_a_launcher_without_multirun()
+    _refuse_words_for_true_or_false(cfg)
     task = import_module(f"deepfake.tasks.{TASKS[name]}")
     if loaded is not None:
         loaded()
     return task.run(cfg)
+
+
+def _refuse_words_for_true_or_false(cfg: DictConfig) -> None:
+    """``prune.apply=no`` is the text "no" to Hydra, and text is true: refused before the task runs."""
+    if HydraConfig.initialized():
+        from deepfake.tasks.flags import check_flags
+
+        hydra = HydraConfig.get()
+        check_flags(cfg, list(hydra.overrides.task), str(hydra.job.config_name))
 
 
 def _refuse_a_launcher_without_multirun() -> None:

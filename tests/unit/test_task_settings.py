@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
 from deepfake.errors import ConfigError
@@ -126,3 +127,26 @@ def test_a_missing_split_csv_is_named_with_what_usually_makes_it(tmp_path, datas
     cfg = OmegaConf.create({"train_csv": str(tmp_path / "train.csv"), "root_dir": str(tmp_path), **dataset})
     with pytest.raises(DataError, match=rf"dataset.train_csv={tmp_path / 'train.csv'}: CSV file not found; {fix}"):
         check_split_paths(cfg, "train_csv")
+
+
+@pytest.mark.parametrize(("overrides", "refused"), [
+    (["task=prune", "prune.apply=no"], "prune.apply=no"),  # it deleted the checkpoints it was to list
+    (["train.do_test=off"], "train.do_test=off"), (["train.audit=yes"], "train.audit=yes"),
+    (["experiment=smoke", "deterministic=N"], "deterministic=N"),
+    (["train.do_test='false'"], "train.do_test=false"),  # quoted: text too
+    (["name=no", "tags=[on]", "train.do_test=false", "prune.apply=true"], None),  # text settings keep their words
+])  # fmt: skip
+def test_a_true_false_setting_given_as_a_word_is_refused(overrides, refused):
+    """Hydra reads yes/no/on/off as text, which every `if` takes as true."""
+    from hydra import compose, initialize_config_dir
+
+    from deepfake.tasks.flags import check_flags
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+        if refused is None:
+            check_flags(cfg, overrides, "config")
+            return
+        with pytest.raises(ConfigError) as error:
+            check_flags(cfg, overrides, "config")
+    assert str(error.value).startswith(f"{refused} is not true or false; this setting takes true or false")
