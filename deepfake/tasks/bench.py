@@ -262,9 +262,14 @@ def _ratio(pipeline: dict, bare: dict) -> float:
     return round(pipeline["images_per_s"] / bare["images_per_s"], 3)
 
 
+def _precision_name(precision: str) -> str:
+    """Lightning's names ("32", "16") as a reader says them: "batch 32, 32 on cpu" read as two batches."""
+    return {"32": "fp32", "16": "fp16"}.get(str(precision), str(precision))
+
+
 def _print(report: dict, out_dir: Path) -> None:
     table = Table(title=f"task=bench: {report['settings']['backbone']} at {report['settings']['img_size']} px, "
-                        f"batch {report['settings']['batch_size']}, {report['settings']['precision']} on "
+                        f"batch {report['settings']['batch_size']}, {_precision_name(report['settings']['precision'])} on "
                         f"{report['settings']['device']}")  # fmt: skip
     table.add_column("measured")
     table.add_column("images/s", justify="right")

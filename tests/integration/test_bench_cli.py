@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
-    main_runner("task=bench", "bench.repeats=2", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",
+    result = main_runner("task=bench", "bench.repeats=2", "bench.warmup=0", "bench.steps=2", "bench.forward_batches=2",
                 "bench.epochs=3", "bench.cache=all", f"dataset.cache_dir={tmp_path / 'cache'}",
                 # The device-side path on the CPU: the trainer decodes, crops and flips each batch itself,
                 # and with the cache (d') sends cached pixels instead of JPEG bytes.
@@ -23,6 +23,7 @@ def test_bench_measures_each_stage_and_writes_the_ratios(tmp_path, main_runner):
                 "train.accumulate_grad_batches=2")  # fmt: skip
     [run] = list((tmp_path / "outputs" / "bench").iterdir())
     report = json.loads((run / "bench.json").read_text())
+    assert "task=bench: test_resnet at 32 px, batch 16, fp32 on cpu" in result.stdout + result.stderr  # not "16, 32"
     figures = report["figures"]
     assert set(figures) == {"bare_train_step", "bare_forward", "loader", "train_pipeline", "eval_pipeline",
                             "eval_cached", "loader_cached", "switches"}  # fmt: skip
