@@ -7,6 +7,7 @@ must go through that Console too; a plain StreamHandler writing to stderr would 
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,10 +18,19 @@ from deepfake.errors import error_line
 console = Console(stderr=True)
 
 
+# The width of a summary written to a file or a pipe, where rich would take 80 columns and squeeze a
+# table's cells to "tra…": wide enough for the registry's table with full run names.
+PIPED_WIDTH = 240
+
+
 def summary_console() -> Console:
     """A task's summary on stdout: long lines kept whole, and no markup, since what it prints (paths,
-    run names, overrides such as ``tags=[a]``) is the user's text, which rich would read as tags."""
-    return Console(soft_wrap=True, markup=False)
+    run names, overrides such as ``tags=[a]``) is the user's text, which rich would read as tags.
+    Piped or redirected (a log, a CI job), it is as wide as ``PIPED_WIDTH`` unless COLUMNS says."""
+    summary = Console(soft_wrap=True, markup=False)
+    if not summary.is_terminal and "COLUMNS" not in os.environ:
+        summary.width = PIPED_WIDTH
+    return summary
 
 
 LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"

@@ -347,3 +347,17 @@ def test_the_listing_marks_finished_runs_without_a_score_not_failed_ones(tmp_pat
     rows = {line.split("│")[2].strip(): line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3}
     assert rows == {"best": "★", "failed": "", "other": "≠"}
     assert "≠: no score on that set yet; task=registry registry.rescore=true scores them there" in out
+
+
+def test_the_listing_piped_into_a_file_keeps_its_cells_whole(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Not a terminal and no COLUMNS: rich took 80 columns and cut every cell to "tra…"."""
+    from deepfake.tasks.display import print_registry
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "train_2026-12-01_07-45-30_199d"
+    runs = [{"run_name": name, "run_dir": str(tmp_path), "status": "finished", "best_val_auc": 0.6509,
+             "backbone": "test_resnet", "dataset": "synthetic", "test_metrics": {"auc": 0.6295, "accuracy": 0.61}}]  # fmt: skip
+    print_registry(runs, runs[0], registry_path="r.json", best_model_path="b.pth", limit=10)
+    row = next(line for line in capsys.readouterr().out.splitlines() if name in line)
+    assert all(cell in row for cell in ("test_resnet", "synthetic", "0.6509", "0.6295", "finished")), row
+    assert "…" not in row
