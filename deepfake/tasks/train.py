@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> float | None:
             if finished is not None:  # e.g. a requeued job whose run had finished: scripts/main.py stops the others
                 log.info("%s", finished_message(out_dir, finished))
                 return finished.get("best_val_auc")
+        _check_settings(cfg)
         run_info = distributed.together(lambda: _prepare_run_dir(cfg, out_dir), main_only=True) or {}
     # The trackers stay open from the first step through the test and CAM of best.pth: one tracker run
     # holds the whole training, and a tracker that is down is found (and warned about) once.
@@ -113,6 +114,14 @@ def _how_to_continue(out_dir: Path) -> str:
         return (f"relaunch the sweep with hydra.sweep.dir={out_dir.parent} (its finished jobs are kept, this one "
                 "resumes)")  # fmt: skip
     return f"resume with: python scripts/main.py resume={out_dir}"
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """The settings that need neither data nor model, checked by every rank before the run dir is
+    written and the images scanned (dataset.batch_size=0 was found after the scan, and left a used dir)."""
+    phase_plan(cfg.phase)
+    positive_int(cfg.dataset.batch_size, "dataset.batch_size")
+    positive_int(cfg.dataset.img_size, "dataset.img_size")
 
 
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MAIN, REPO
-from helpers import only_dir, registry
+from helpers import error_lines, only_dir, registry
 
 pytestmark = pytest.mark.slow
 
@@ -212,6 +212,21 @@ def test_launches_in_the_same_second_get_their_own_run_dirs(tmp_path):
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert len(list((tmp_path / "outputs" / "registry").iterdir())) == 3
+
+
+@pytest.mark.parametrize(("mistake", "said"), [
+    ("dataset.batch_size=0", "dataset.batch_size=0 must be a positive integer"),
+    ("phase.head_epochs=abc", "phase.head_epochs=abc is not an integer"),
+])  # fmt: skip
+def test_a_bad_setting_is_refused_before_the_scan_and_the_dir_stays_free(tmp_path, main_runner, mistake, said):
+    """Found after the images were scanned, it left a used run dir, which refused the corrected command."""
+    run_dir = tmp_path / "fixed"
+    refused = main_runner(mistake, f"hydra.run.dir={run_dir}", check=False)
+    assert refused.returncode == 2 and error_lines(refused) == [f"ERROR {said}"], refused.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "run.log", "status.json"]
+    assert "images" not in (run_dir / "run.log").read_text()  # neither scanned nor counted
+    corrected = main_runner(f"hydra.run.dir={run_dir}", "phase.finetune_epochs=0")
+    assert corrected.returncode == 0 and (run_dir / "best.pth").is_file()
 
 
 def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, shared_data_dir):
