@@ -7,6 +7,7 @@ their own class; "predicted" picks per image from p(fake) and the threshold.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pytorch_grad_cam import (
 from deepfake.engine.evaluate import fake_probability
 from deepfake.errors import ConfigError
 from deepfake.explain.layers import reshape_transform_for, resolve_target_layer
+
+log = logging.getLogger(__name__)
 
 METHODS = {
     "gradcam": GradCAM,
@@ -83,6 +86,7 @@ class Explainer:
         self._cam = METHODS[method](model, [layer], reshape_transform=reshape_transform_for(model))
         self._cam.batch_size = batch_size  # ScoreCAM's forward batch for its masked copies
         self.batch_size = batch_size
+        self._flat_warned = False
 
     @property
     def device(self) -> torch.device:
@@ -104,7 +108,20 @@ class Explainer:
                 chunk = images[start : start + self.batch_size].to(self.device)
                 targets = [LogitTarget(label) for label in labels[start : start + self.batch_size]]
                 maps.append(self._cam(chunk, targets))
+                self._warn_if_flat()
         return np.concatenate(maps).astype(np.float32)
+
+    def _warn_if_flat(self) -> None:
+        """A layer whose maps are 1×1 at this input size (ResNet's last stage at 32 px) gives every
+        image one flat map: CAMs and their metrics then say nothing about where; said once."""
+        activations = self._cam.activations_and_grads.activations
+        if self._flat_warned or not activations or activations[0].ndim != 4:
+            return
+        height, width = activations[0].shape[-2:]
+        if height * width == 1:
+            self._flat_warned = True
+            log.warning("cam.target_layer=%s gives 1×1 maps at this image size: every CAM is flat and its metrics "
+                        "say nothing about where; use a larger dataset.img_size or an earlier layer", self.target_layer)  # fmt: skip
 
     def explain(
         self, images: torch.Tensor, target: str, threshold: float = 0.5, temperature: float = 1.0

@@ -196,3 +196,26 @@ def test_swin_and_eva_layers_become_channel_first_maps(name, size, kwargs):
         assert explainer.explain(torch.randn(2, 3, size, size), "fake").cams.shape == (2, size, size)
     finally:
         explainer.close()
+
+
+@pytest.mark.parametrize(("size", "warned"), [(32, True), (64, False)])
+def test_a_layer_of_1x1_maps_is_said_to_be_flat(caplog, size, warned):
+    """test_resnet's last stage is 1×1 at 32 px: every map was flat and every CAM metric 0, silently."""
+    torch.manual_seed(0)
+    model = create_detector("test_resnet").eval()
+    explainer = Explainer(model, "gradcam", batch_size=2)
+    try:
+        with caplog.at_level("WARNING", logger="deepfake.explain.cam"):
+            explainer.explain(torch.randn(4, 3, size, size), "fake")
+    finally:
+        explainer.close()
+    flat = [r.message for r in caplog.records if "gives 1×1 maps" in r.message]
+    assert flat == (
+        [
+            f"cam.target_layer={explainer.target_layer} gives 1×1 maps at this image size: every CAM is "
+            "flat and its metrics say nothing about where; use a larger dataset.img_size or an earlier "
+            "layer"
+        ]
+        if warned
+        else []
+    )  # fmt: skip  (once, over two batches)
