@@ -21,11 +21,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from deepfake.data.image_files import ImageFileDataset
+from deepfake.data.scan import list_for_message
 from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
-from deepfake.errors import CheckpointError, ConfigError
+from deepfake.errors import CheckpointError, ConfigError, DataError
 from deepfake.evaluation.operating_point import check_threshold
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import COLUMNS, damaged_reasons, item_rows, p_fake_per_item
@@ -66,6 +67,7 @@ def run(cfg: DictConfig) -> float | None:
     damaged = damaged_reasons(dataset, preds.damaged) if preds is not None else {}
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
+    _refuse_all_damaged(frame, inputs, settings)  # before predictions.csv or its metrics are replaced
     write_predictions(frame, out)
     for path, reason in frame.loc[frame["damaged"].notna(), ["path", "damaged"]].itertuples(index=False):
         log.warning("damaged image, not scored: %s (%s)", path, reason)
@@ -94,6 +96,26 @@ def _rows_and_dataset(inputs, settings: DictConfig, detector):
         return _find_faces(inputs, settings, transform, fallback)
     dataset = ImageFileDataset(inputs.paths, transform, inputs.targets, fallback_size=fallback)
     return item_rows(dataset), dataset
+
+
+def _refuse_all_damaged(frame, inputs, settings: DictConfig) -> None:
+    """Some damaged files are normal in a user's folder; none readable is a mistake (most often a CSV
+    read under the wrong predict.root_dir): it wrote a predictions.csv without a score and, with
+    labels, the metrics of black stand-ins (AUC 0.5), and exited 0."""
+    if frame.empty or not frame["damaged"].notna().all():
+        return
+    listed = list_for_message(
+        [f"{path} ({reason})" for path, reason in frame[["path", "damaged"]].itertuples(index=False)]
+    )
+    if inputs.source == "csv":
+        root = (
+            settings.root_dir if settings.root_dir is not None else Path(os.path.expanduser(str(settings.input))).parent
+        )
+        fix = f"point predict.root_dir at the folder its relative paths start from (they were read under {root})"
+    else:
+        fix = "repair the files or give other images"
+    raise DataError(f"predict.input={settings.input}: none of its {len(inputs.paths)} image(s) can be read: "
+                    f"{listed}; {fix}")  # fmt: skip
 
 
 def _output_file(output) -> Path:

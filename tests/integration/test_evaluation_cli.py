@@ -153,3 +153,33 @@ def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
     assert result.returncode == 2 and len(errors) == 1 and "eval.threshold_policy='youden'" in errors[0], errors
     assert not list((tmp_path / "outputs" / "train").glob("*/metrics_log.csv"))
     assert not (tmp_path / "models" / "model_metadata.json").exists()
+
+
+def test_task_test_refuses_a_test_set_it_cannot_read_and_keeps_the_registry(tmp_path, main_runner, shared_data_dir):
+    """task=test under a wrong dataset.root_dir scored black stand-ins only: AUC 0.5, exit 0, and that
+    0.5 replaced the run's test figures in the registry. It stops as training does, before scoring."""
+    main_runner("eval.report=false", "eval.bootstrap=0")
+    run = only_dir(tmp_path / "outputs" / "train")
+
+    def test_metrics() -> dict:
+        entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
+        return next(entry["test_metrics"] for entry in entries if entry["run_name"] == run.name)
+
+    own = test_metrics()
+    wrong = tmp_path / "wrong_root"
+    wrong.mkdir()
+    test_csv = shared_data_dir / "synthetic" / "32px" / "test.csv"
+    cases = {
+        f"dataset.root_dir={wrong}": f"test set: {test_csv}",  # the walkthrough's mistake
+        f"eval.sets={{far:{{csv:'{test_csv}',root_dir:'{wrong}'}}}}": "far set: ",  # an extra set's root
+    }
+    for override, said in cases.items():
+        result = main_runner("task=test", f"ckpt={run}", override, check=False)
+        errors = error_lines(result)
+        assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+        assert errors[0].startswith(f"ERROR {said}") and "32 of 32 images are damaged" in errors[0], errors
+        assert "dataset.max_bad_fraction=0.01" in errors[0] and f"root_dir={wrong})" in errors[0], errors
+        assert "test on " not in result.stdout + result.stderr  # nothing was scored
+    assert test_metrics() == own and own["auc"] != 0.5
+    for written in ("metrics_test.json", "predictions.csv", "report.html"):
+        assert not list((tmp_path / "outputs" / "test").glob(f"*/{written}")), written

@@ -145,6 +145,41 @@ def test_missing_input_is_one_line_and_exit_2(trained, tmp_path):
     assert not (root / "out").exists()  # an input holding no image is the same one line (unit tests)
 
 
+def test_an_input_without_one_readable_image_is_one_line_and_leaves_earlier_output(trained, user_folder, tmp_path):
+    """A labelled CSV read under the wrong predict.root_dir: every image missing, yet exit 0, a
+    predictions.csv without a score and metrics of black stand-ins (AUC 0.5) over the earlier ones."""
+    root, _, data = trained
+    synthetic = data / "synthetic" / "32px"
+    out = tmp_path / "out"
+    labelled = [f"predict.input={synthetic / 'test.csv'}", f"predict.output={out}/"]
+    run_main(root, "task=predict", *labelled, f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}",
+             data_dir=data)  # fmt: skip
+    before = {name: (out / name).read_bytes() for name in ("predictions.csv", "metrics_predict.json")}
+    wrong = tmp_path / "wrong_root"
+    wrong.mkdir()
+    broken = tmp_path / "broken"  # a folder of only damaged files: the same one line
+    broken.mkdir()
+    shutil.copy(user_folder[0] / "empty.png", broken / "empty.png")
+    shutil.copy(user_folder[0] / "truncated.jpg", broken / "truncated.jpg")
+    cases = {
+        (*labelled, f"predict.root_dir={wrong}"): (
+            f"predict.input={synthetic / 'test.csv'}: none of its 32 image(s) can be read",
+            f"(they were read under {wrong})",
+        ),
+        (f"predict.input={broken}", f"predict.output={out}/"): (
+            f"predict.input={broken}: none of its 2 image(s) can be read",
+            "empty file (0 bytes)",
+        ),
+    }
+    for overrides, said in cases.items():
+        result = run_main(root, "task=predict", *overrides, data_dir=data, check=False)
+        errors = error_lines(result)
+        assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+        assert all(part in errors[0] for part in said), errors
+        assert {name: (out / name).read_bytes() for name in before} == before  # neither replaced nor removed
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
 def test_an_output_that_would_replace_an_input_or_another_runs_file_is_refused(trained, user_folder):
     """The input CSV, an input image and a training run's own predictions.csv were overwritten silently."""
     root, run, data = trained
