@@ -216,11 +216,15 @@ def run(cfg: DictConfig) -> float | None:
     registry = session.open_registry(cfg)
     if metrics["run_name"]:
         own = ((registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}).get("test_csv")
-        if own in (None, metrics["test_csv"]):
-            registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
-        else:  # another test set (another CSV, or the embedded set at another img_size): not the run's figures
+        if own not in (None, metrics["test_csv"]):  # another CSV, or the embedded set at another img_size
             log.info("the registry entry of %s keeps its test figures on %s; these, on %s, are in %s",
                      metrics["run_name"], own, metrics["test_csv"], out_dir / "metrics_test.json")  # fmt: skip
+        elif cfg.eval.threshold is not None:  # a threshold tried out: not the run's own operating point
+            log.info("the registry entry of %s keeps its test figures at its own threshold; these, at "
+                     "eval.threshold=%s, are in %s", metrics["run_name"], cfg.eval.threshold,
+                     out_dir / "metrics_test.json")  # fmt: skip
+        else:
+            registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
     return metrics["auc"]
 
 

@@ -146,6 +146,13 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
     aucs = [json.loads((run / "metrics_test.json").read_text())["auc"] for run in (first, second)]
     assert aucs[0] != aucs[1]  # the labels did change what the test measures
 
+    # A threshold tried out on the run's own test set: its figures go to the test dir, not the registry.
+    tried = main_runner("task=test", f"ckpt={first}", "eval.threshold=0.9", *fast[1:])
+    assert test_metrics() == own and own["threshold"] != 0.9
+    [tested] = [run for run in (tmp_path / "outputs" / "test").iterdir()
+                if json.loads((run / "metrics_test.json").read_text())["threshold"] == 0.9]  # fmt: skip
+    assert "keeps its test figures at its own threshold" in tried.stdout + tried.stderr
+
 
 def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
     result = main_runner("eval.threshold_policy=youden", check=False)
