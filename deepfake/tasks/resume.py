@@ -4,9 +4,11 @@ Hydra fixes the run dir before any task code runs, so ``scripts/main.py`` rewrit
 line first (:func:`rewrite_argv`): the run's own overrides (its ``.hydra/overrides.yaml``), then
 those typed now (a later value for the same key wins), then ``resume=<run dir>`` and
 ``hydra.run.dir=<run dir>``. ``resume=true`` picks the most recently started run dir under
-``<paths.log_dir>/train``. The config is still composed from ``conf/``; what is read back from the
-run dir is not trusted: its overrides may not touch Hydra's own settings, and every ``_target_``
-of a resumed config must lie under :data:`ALLOWED_TARGET_PREFIXES` before anything is built.
+``<paths.log_dir>/train`` that can go on: one that failed on a user's mistake before it saved a
+checkpoint would only fail again, and is passed over. The config is still composed from ``conf/``;
+what is read back from the run dir is not trusted: its overrides may not touch Hydra's own settings,
+and every ``_target_`` of a resumed config must lie under :data:`ALLOWED_TARGET_PREFIXES` before
+anything is built.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepfake.engine.launcher_env import env_rank
 from deepfake.errors import CheckpointError, ConfigError, UserError
+from deepfake.tasks.jobs import EXIT_USER_ERROR, read_status
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ ALLOWED_TARGET_PREFIXES = ("deepfake.", "torch.optim.", "torch.nn.", "timm.", "t
 MULTIRUN_FLAGS = ("-m", "--multirun")
 SEARCH_GROUP = "hparams_search"  # a config group that makes Hydra sweep (conf/hparams_search/)
 PREVIOUS_OVERRIDES_ENV = "DEEPFAKE_RESUMED_OVERRIDES"  # the resumed run's overrides.yaml as it was
+PREVIOUS_STATUS_ENV = "DEEPFAKE_RESUMED_STATUS"  # how it ended, as its status.json said before this launch
 
 
 class _RunFinished(Exception):
@@ -107,6 +111,11 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
     if finished is None:
         # Hydra rewrites the run's overrides.yaml with these before the task can refuse them: kept to put back.
         os.environ[PREVIOUS_OVERRIDES_ENV] = (run_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")
+        # The task rewrites status.json ("running") before it reads last.pth: how the run ended is kept here.
+        ended = read_status(run_dir) or {}
+        os.environ[PREVIOUS_STATUS_ENV] = json.dumps(
+            {"run_dir": str(run_dir), "status": ended.get("status"), "error": ended.get("error")}
+        )
         return [*flags, *_lines(kept), f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
     if _typed(parsed, "train.do_test") is not True:
         raise _RunFinished(finished_message(run_dir, finished) + "; to re-run only its test: add train.do_test=true")
@@ -164,13 +173,31 @@ def _failed_before_any_output(run_dir: Path) -> bool:
     return failed and all(path.name in kept for path in run_dir.iterdir())
 
 
+def _refused_before_any_checkpoint(run_dir: Path) -> bool:
+    """A run refused for a user's mistake (dataset.batch_size=0, a missing CSV) before it saved a
+    checkpoint: resuming it runs the same command again, to the same error; nothing in it can go on."""
+    status = read_status(run_dir) or {}
+    saved = any((run_dir / name).is_file() for name in ("last.pth", "best.pth"))
+    return status.get("status") == "failed" and status.get("exit_code") == EXIT_USER_ERROR and not saved
+
+
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
+    """The most recently started run that can go on; those refused before any checkpoint are passed over."""
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("resume=")])
     train_dir = Path(_compose(conf_dir, parsed, "resume=true").paths.log_dir) / "train"
     runs = sorted(d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file())
-    if not runs:
+    passed_over = []
+    for run_dir in reversed(runs):  # run dir names start with their start time
+        if not _refused_before_any_checkpoint(run_dir):
+            break
+        passed_over.append(run_dir)
+    else:
         raise ConfigError(f"resume=true: no run to resume under {train_dir}; start one without resume")
-    return runs[-1].resolve()  # run dir names start with their start time
+    if passed_over:
+        error = (read_status(passed_over[0]) or {}).get("error")
+        print(f"resume=true: {run_dir.resolve()}, the newest run that can go on; passed over {len(passed_over)} newer "
+              f"run(s) that failed on a user's mistake before saving a checkpoint (the last: {error})", flush=True)  # fmt: skip
+    return run_dir.resolve()
 
 
 def _existing_run_dir(value: str) -> Path:
@@ -281,15 +308,32 @@ def finished_message(run_dir: Path, entry: dict) -> str:
     )
 
 
+def _how_it_ended(out_dir: Path) -> str:
+    """How a run without last.pth ended, as its status.json said before this launch (kept by rewrite_argv)."""
+    try:
+        ended = json.loads(os.environ.get(PREVIOUS_STATUS_ENV) or "{}")
+    except ValueError:
+        ended = {}
+    if not isinstance(ended, dict) or Path(str(ended.get("run_dir"))).resolve() != out_dir.resolve():
+        ended = {}  # resumed without scripts/main.py's rewrite (a requeued job): status.json is this attempt's
+    if ended.get("status") == "failed":
+        return f"it failed before its first epoch ended: {ended.get('error') or 'see its run.log'}"
+    if ended.get("status") == "running":  # never recorded an end: killed (SIGKILL, out of memory, power)
+        return "it was killed during its first epoch"
+    if ended.get("status") == "stopped":
+        return "it was stopped during its first epoch"
+    return "it ended during its first epoch"
+
+
 def load_last_checkpoint(out_dir: Path, model) -> dict | None:
-    """The resumed run's last.pth, or None when it was stopped before its first epoch ended."""
+    """The resumed run's last.pth, or None when it ended before its first epoch did."""
     # Imported here: scripts/main.py imports this module on every launch, torch only matters now.
     from deepfake.tasks.checkpoints import check_backbone
     from deepfake.tracking.checkpoint import load_checkpoint
 
     last = out_dir / "last.pth"
     if not last.is_file():
-        log.warning("%s has no last.pth yet (stopped during its first epoch): starting it over", out_dir)
+        log.warning("%s has no last.pth yet (%s): starting it over", out_dir, _how_it_ended(out_dir))
         return None
     checkpoint = load_checkpoint(last)
     if not isinstance(checkpoint.get("trainer_state"), dict):

@@ -5,6 +5,7 @@ pickle, an edited run dir)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -254,3 +255,32 @@ def test_a_refused_resume_puts_back_the_runs_own_overrides(tmp_path, uninterrupt
     assert result.returncode == 2 and len(lines) == 1 and said in lines[0], result.stdout + result.stderr
     assert overrides.read_text() == before
     assert run(tmp_path, reliable_data, f"resume={run_dir}").returncode == 0  # as typed: nothing to repeat
+
+
+def test_resume_true_goes_on_with_the_stopped_run_not_a_newer_one_refused_for_a_typo(
+    tmp_path, uninterrupted, reliable_data
+):
+    """A user's walkthrough: run A stopped (SIGTERM), run B refused (dataset.batch_size=0); resume=true
+    took B, said it was "stopped during its first epoch" and failed again on the same line, exit 2."""
+    stopped = tmp_path / "outputs" / "train" / "2000-01-01_00-00-00_stopped"  # older than any new run
+    shutil.copytree(uninterrupted, stopped)  # unregistered here: not a finished run
+    status = json.loads((stopped / "status.json").read_text())
+    (stopped / "status.json").write_text(json.dumps({**status, "status": "stopped", "error": "RunStopped"}))
+    refused = run(tmp_path, reliable_data, *RELIABLE, "dataset.batch_size=0")
+    assert refused.returncode == 2 and error_lines(refused) == ["ERROR dataset.batch_size=0 must be a positive integer"]
+    [typo] = [d for d in (tmp_path / "outputs" / "train").iterdir() if d != stopped]
+
+    result = run(tmp_path, reliable_data, "resume=true")
+    assert result.returncode == 0 and not error_lines(result), result.stdout + result.stderr
+    assert f"resume=true: {stopped}, the newest run that can go on; passed over 1 newer run(s)" in result.stdout
+    assert "resuming from" in (stopped / "run.log").read_text()
+    assert [entry["run_dir"] for entry in registry(tmp_path)["runs"]] == [str(stopped)]
+
+    # A run refused once its model was built, resumed by its dir, starts over saying how it ended (it said "stopped").
+    refused = run(tmp_path, reliable_data, *RELIABLE, "train.grad_clip_norm=-1")
+    [error] = error_lines(refused)
+    [missing] = [d for d in (tmp_path / "outputs" / "train").iterdir() if d not in (stopped, typo)]
+    result = run(tmp_path, reliable_data, f"resume={missing}")
+    assert result.returncode == 2 and error_lines(result) == [error], result.stdout + result.stderr
+    said = f"{missing} has no last.pth yet (it failed before its first epoch ended: {error[len('ERROR ') :]})"
+    assert said in (missing / "run.log").read_text()

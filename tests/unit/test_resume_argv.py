@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -9,7 +11,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from deepfake.errors import ConfigError, RunDirLocked
-from deepfake.tasks.resume import _rewrite, _RunFinished, check_resumed_config
+from deepfake.tasks.resume import (
+    PREVIOUS_OVERRIDES_ENV,
+    PREVIOUS_STATUS_ENV,
+    _rewrite,
+    _RunFinished,
+    check_resumed_config,
+    load_last_checkpoint,
+)
 from deepfake.tracking.loggers import MetricsCsv
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.run_lock import RunDirLock
@@ -60,6 +69,66 @@ def test_resume_true_takes_the_most_recently_started_run(tmp_path):
     (tmp_path / "outputs" / "train" / "2026-01-03_no_hydra_dir").mkdir()  # not a run dir: ignored
     argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
     assert argv[-2:] == [f"resume='{latest}'", f"hydra.run.dir='{latest}'"] and "seed=2" in argv
+
+
+def _ended(run_dir: Path, status: str, exit_code: int | None = None, error: str | None = None) -> Path:
+    """The files a run leaves when it ends that way (a refused setting: logs and tb/, no checkpoint)."""
+    (run_dir / "status.json").write_text(json.dumps({"status": status, "exit_code": exit_code, "error": error}))
+    (run_dir / "run.log").write_text(f"ERROR {error}\n" if error else "")
+    (run_dir / "tb").mkdir()
+    return run_dir
+
+
+def test_resume_true_passes_over_newer_runs_that_failed_on_a_users_mistake(tmp_path, capsys):
+    """Run A stopped by SIGTERM, then run B refused (dataset.batch_size=0): resume=true picked B, which
+    failed again on the same line, and A was never found."""
+    stopped = _ended(_run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["seed=1"]), "stopped")
+    (stopped / "last.pth").write_bytes(b"checkpoint")
+    typo = "dataset.batch_size=0 must be a positive integer"
+    for name in ("2026-01-02_00-00-00_bbbb", "2026-01-03_00-00-00_cccc"):
+        _ended(_run_dir(tmp_path, name, ["dataset.batch_size=0"]), "failed", 2, typo)
+    argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
+    assert argv[-2:] == [f"resume='{stopped}'", f"hydra.run.dir='{stopped}'"] and "seed=1" in argv
+    said = capsys.readouterr().out
+    assert (
+        f"resume=true: {stopped}, the newest run that can go on; passed over 2 newer run(s) that failed on a user's mistake"
+        in said
+    )
+    assert f"(the last: {typo})" in said
+
+    # A failed run that saved a checkpoint can go on, and so can one that failed with a bug (fixed since).
+    for name, exit_code, saved in (("2026-01-04_00-00-00_dddd", 2, "best.pth"), ("2026-01-05_00-00-00_eeee", 1, None)):
+        run_dir = _ended(_run_dir(tmp_path, name, ["seed=4"]), "failed", exit_code, "nan loss")
+        if saved:
+            (run_dir / saved).write_bytes(b"weights")
+        assert _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)[-1] == f"hydra.run.dir='{run_dir}'"
+
+
+def test_resume_true_with_only_runs_that_failed_on_a_users_mistake_has_no_run_to_resume(tmp_path):
+    _ended(_run_dir(tmp_path, "2026-01-02_00-00-00_bbbb", []), "failed", 2, "dataset.batch_size=0 must be ...")
+    with pytest.raises(ConfigError, match="resume=true: no run to resume under .*; start one without resume"):
+        _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "said"),
+    [
+        ("stopped", None, "it was stopped during its first epoch"),
+        ("failed", "dataset.batch_size=0 must be a positive integer",
+         "it failed before its first epoch ended: dataset.batch_size=0 must be a positive integer"),
+        ("running", None, "it was killed during its first epoch"),
+    ],
+)  # fmt: skip
+def test_a_run_without_last_pth_is_started_over_saying_how_it_ended(tmp_path, monkeypatch, caplog, status, error, said):
+    """The task rewrites status.json before it reads last.pth: the line said "stopped" of a failed run."""
+    for name in (PREVIOUS_OVERRIDES_ENV, PREVIOUS_STATUS_ENV):
+        monkeypatch.delenv(name, raising=False)  # _rewrite sets them in this process: put back after
+    run_dir = _ended(_run_dir(tmp_path, "run", ["seed=1"]), status, 2 if error else None, error)
+    _rewrite([f"paths.root_dir={tmp_path}", f"resume={run_dir}"], CONF_DIR)
+    (run_dir / "status.json").write_text('{"status": "running"}')  # as the resumed task writes it
+    with caplog.at_level(logging.WARNING, logger="deepfake.tasks.resume"):
+        assert load_last_checkpoint(run_dir, model=None) is None
+    assert caplog.messages == [f"{run_dir} has no last.pth yet ({said}): starting it over"]
 
 
 @pytest.mark.parametrize(
