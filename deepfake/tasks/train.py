@@ -58,7 +58,7 @@ from deepfake.tasks.resume import (
     overrides_kept_if_refused,
 )
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
-from deepfake.tasks.test import TRAINING_CURVES, evaluate_checkpoint, registry_view
+from deepfake.tasks.test import TRAINING_CURVES, check_test_images, evaluate_checkpoint, registry_view
 from deepfake.tasks.trainer_options import phase_plan, trainer_options
 from deepfake.tasks.values import positive_int
 from deepfake.tracking.checkpoint import remove_stale_temps
@@ -238,6 +238,8 @@ def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: dist
     served, loader_kwargs, batch_images = data_setup.train_input(cfg, train_set, preprocess, device)
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
+        if cfg.train.do_test:  # a test set under the wrong root was found once training had ended
+            check_test_images(cfg)
     batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
     if here.distributed:
         log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,

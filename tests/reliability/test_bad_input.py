@@ -101,6 +101,9 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "an optimizer setting in words": (["optimizer.weight_decay=abc"], ["weight_decay=abc", "cannot be built"]),
         "a threshold that is no p(fake)": (  # refused only by the end-of-run test, once trained and registered
             ["eval.threshold=1.5"], ["eval.threshold=1.5 must be a p(fake) between 0 and 1"]),
+        "a test set that cannot be read": (  # found once training had ended: its AUC of 0.5 registered
+            [f"dataset.test_csv={_csv(work, 'unread.csv', train.assign(path='nowhere/' + train['path']))}"],
+            ["test set: ", "unread.csv", "images are damaged", "dataset.root_dir="]),
         "a true/false setting in words": (  # the text "no" is true: it tested, and prune.apply=no deleted
             ["train.do_test=no"], ["train.do_test=no is not true or false"]),
     }  # fmt: skip
@@ -129,6 +132,7 @@ CASES = [
     "an image folder that is not there", "an image size too small to generate", "a test CSV that is missing",
     "a batch size that is no integer", "epochs in words", "a negative learning rate", "a negative clipping norm",
     "an optimizer setting in words", "a threshold that is no p(fake)", "a true/false setting in words",
+    "a test set that cannot be read",
 ]  # fmt: skip
 
 
