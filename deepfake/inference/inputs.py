@@ -28,6 +28,7 @@ class ImageInputs:
     source: str  # "image", "folder" or "csv"
     targets: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)  # folder entries that are not image files
+    root_dir: Path | None = None  # a CSV's: the folder its relative paths were read under
 
     @property
     def labelled(self) -> bool:
@@ -106,4 +107,4 @@ def _read_csv(
     targets = None
     if label_column in frame.columns:
         targets = labels_to_targets(frame, label_column, csv_path, real_label, "predict.label_column")
-    return ImageInputs(paths, "csv", targets=targets)
+    return ImageInputs(paths, "csv", targets=targets, root_dir=root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.errors import ConfigError
+from deepfake.tasks.session import flat_config
 
 # Quoted true/false ('false') reach the config as text too.
 WORDS = frozenset({"y", "yes", "n", "no", "on", "off", "true", "false"})
@@ -19,7 +20,7 @@ WORDS = frozenset({"y", "yes", "n", "no", "on", "off", "true", "false"})
 
 def check_flags(cfg: DictConfig, overrides: list[str], config_name: str) -> None:
     """Refuse a true/false setting given one of ``WORDS`` (``overrides``: the job's command line)."""
-    suspects = {path: value for path, value in _leaves(OmegaConf.to_container(cfg, resolve=False))
+    suspects = {path: value for path, value in flat_config(cfg, resolve=False).items()
                 if isinstance(value, str) and value.strip().lower() in WORDS}  # fmt: skip
     if not suspects:
         return
@@ -32,14 +33,6 @@ def check_flags(cfg: DictConfig, overrides: list[str], config_name: str) -> None
         if isinstance(default, bool):
             raise ConfigError(f"{path}={value} is not true or false; this setting takes true or false "
                               f"(Hydra reads {value!r} as text, and text counts as true)")  # fmt: skip
-
-
-def _leaves(node, prefix: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _leaves(value, f"{prefix}{key}.")
-    elif not isinstance(node, list):
-        yield prefix[:-1], node
 
 
 def _key(override: str) -> str:

@@ -108,10 +108,8 @@ def _refuse_all_damaged(frame, inputs, settings: DictConfig) -> None:
         [f"{path} ({reason})" for path, reason in frame[["path", "damaged"]].itertuples(index=False)]
     )
     if inputs.source == "csv":
-        root = (
-            settings.root_dir if settings.root_dir is not None else Path(os.path.expanduser(str(settings.input))).parent
-        )
-        fix = f"point predict.root_dir at the folder its relative paths start from (they were read under {root})"
+        fix = ("point predict.root_dir at the folder its relative paths start from (they were read under "
+               f"{inputs.root_dir})")  # fmt: skip
     else:
         fix = "repair the files or give other images"
     raise DataError(f"predict.input={settings.input}: none of its {len(inputs.paths)} image(s) can be read: "

@@ -116,6 +116,11 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
         started = time.perf_counter()
         count = verify_manifest(dataset_cfg.root_dir, dataset_cfg.manifest)
         log.info("%d images match %s (%.1f s)", count, dataset_cfg.manifest, time.perf_counter() - started)
+    scan_splits(dataset_cfg, splits)
+
+
+def scan_splits(dataset_cfg: DictConfig, splits: dict) -> None:
+    """The damaged-image scan of ``splits`` (name -> dataset), unless ``dataset.scan_images=false``."""
     if dataset_cfg.scan_images:
         for split, dataset in splits.items():
             check_images(

@@ -55,9 +55,9 @@ def open_registry(cfg: DictConfig) -> Registry:
     return Registry(Path(cfg.paths.registry), Path(cfg.paths.best_model), float(cfg.registry.lock_timeout_s))
 
 
-def flat_config(cfg: DictConfig) -> dict:
-    """The run's resolved config as dotted keys (``optimizer.weight_decay: 0.05``): the trackers' params.
-    Lists stay whole values (``augment.scale: [0.8, 1.0]``)."""
+def flat_config(cfg: DictConfig, *, resolve: bool = True) -> dict:
+    """The run's config, resolved unless ``resolve=False``, as dotted keys (``optimizer.weight_decay:
+    0.05``): the trackers' params. Lists stay whole values (``augment.scale: [0.8, 1.0]``)."""
 
     def walk(node, prefix: str):
         for key, value in node.items():
@@ -66,7 +66,7 @@ def flat_config(cfg: DictConfig) -> dict:
             else:
                 yield f"{prefix}{key}", value
 
-    return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
+    return dict(walk(OmegaConf.to_container(cfg, resolve=resolve), ""))
 
 
 def build_loggers(cfg: DictConfig) -> list[GuardedTracker]:

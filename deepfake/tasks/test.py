@@ -34,9 +34,9 @@ from deepfake.inference.predictions import (
     write_predictions,
 )
 from deepfake.reports.html import write_document
-from deepfake.tasks import checkpoints, data_setup, session, values
+from deepfake.tasks import checkpoints, data_setup, session
 from deepfake.tasks.display import fmt_metric
-from deepfake.tasks.preflight import check_images
+from deepfake.tasks.preflight import scan_splits
 from deepfake.tasks.scoring import Scorer, eval_sets, perturbations, summary_settings
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 from deepfake.tracking.loggers import Tracker
@@ -192,16 +192,15 @@ def _log_summary(metrics: dict, out_dir: Path) -> None:
 def check_test_images(cfg: DictConfig) -> None:
     """Every image of every set task=test scores, decoded once first as training checks its own
     (answered from the scan memo when unchanged): a test CSV read under the wrong root scored black
-    stand-ins only, and its AUC of 0.5 replaced the run's test figures in the registry."""
-    if not cfg.dataset.scan_images:
+    stand-ins only, and its AUC of 0.5 replaced the run's test figures in the registry. The dataset
+    must be on disk (``data_setup.ensure_dataset``)."""
+    if not cfg.dataset.scan_images:  # nothing to scan: the CSVs need not be read
         return
-    data_setup.ensure_dataset(cfg.dataset)
-    max_bad_fraction = values.non_negative(cfg.dataset.max_bad_fraction, "dataset.max_bad_fraction")
     reader = instantiate(cfg.dataset.reader)
     for name, csv, root in eval_sets(cfg):
         dataset = reader(csv_path=csv, **({"root_dir": root} if root else {}))
         try:
-            check_images(dataset, name, max_bad_fraction, Path(str(cfg.dataset.cache_dir)) / "scans")
+            scan_splits(cfg.dataset, {name: dataset})
         except DataError as err:
             key = "dataset.root_dir" if root is None else f"eval.sets.{name}.root_dir"
             raise DataError(f"{name} set: {err} (its paths are read under {key}={dataset.root_dir})") from None
@@ -209,6 +208,7 @@ def check_test_images(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    data_setup.ensure_dataset(cfg.dataset)
     check_test_images(cfg)  # before anything is scored, written or registered
     out_dir = session.run_dir()
     with session.trackers(cfg) as trackers:
