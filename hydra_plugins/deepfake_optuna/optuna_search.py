@@ -13,11 +13,17 @@ first failure of a 20-trial search ended it. Here a failed trial ends the search
 than that share of this launch's trials so far has failed too. A trial whose config cannot be
 composed (a ``choice`` naming a group option that does not exist) is a failed trial with its line,
 not a traceback that left the batch's trials running in the study forever.
+
+A launch stopped by a signal (Ctrl-C, SIGTERM: the job saves last.pth and the sweep ends) left the
+trials of its batch RUNNING in the study forever, where optuna's own ``study.optimize`` fails a
+trial that a KeyboardInterrupt ends. Here they are failed too, with the stop in their
+``fail_reason``, before the launch exits.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +59,14 @@ class OptunaSearch(OptunaSweeper):
         self.sweeper.launcher = _MarkingFailures(
             self.sweeper.launcher, hydra_context, config, float(config.hydra.sweeper.max_failure_rate)
         )
+        self.in_flight: list = []  # the optuna trials of the batch being launched, not yet told
+        configure = self.sweeper._configure_trials  # where the plugin turns the asked trials into overrides
+
+        def configure_and_keep(trials, *args, **kwargs):
+            self.in_flight = list(trials)
+            return configure(trials, *args, **kwargs)
+
+        self.sweeper._configure_trials = configure_and_keep
 
     def sweep(self, arguments: list[str]) -> None:
         try:
@@ -71,7 +85,30 @@ class OptunaSearch(OptunaSweeper):
             if "Record does not exist" not in str(error):  # optuna's study.best_trial, without a finished trial
                 raise
             log.error("no trial of the search finished, so there is no best one; see the summary below")
+        except BaseException as stop:  # a stop signal (RunStopped) or Ctrl-C: the launch ends here
+            _fail_unfinished(self.in_flight, stop)
+            raise
         return None
+
+
+def _fail_unfinished(trials: list, stop: BaseException) -> None:
+    """Fails the ``trials`` the study still holds as RUNNING, as optuna's own optimize fails the
+    trial a KeyboardInterrupt ends; their jobs' run dirs say where each stopped."""
+    from optuna.trial import TrialState
+
+    for trial in trials:
+        running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if trial.number not in {frozen.number for frozen in running}:
+            continue
+        reason = f"the launch was stopped ({_stop_name(stop)})"
+        trial.set_user_attr("fail_reason", reason)
+        trial.study.tell(trial, state=TrialState.FAIL)
+        log.warning("trial %d: %s; recorded as failed in the study", trial.number, reason)
+
+
+def _stop_name(stop: BaseException) -> str:
+    signum = getattr(stop, "signum", None)  # RunStopped's
+    return signal.Signals(signum).name if signum is not None else type(stop).__name__
 
 
 def _check_settings(sweeper) -> None:

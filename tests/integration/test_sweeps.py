@@ -9,12 +9,16 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
+import forked_cli
 import pytest
 from conftest import TINY, run_main
 from helpers import error_lines, registry
+from reliability.faults import ENV
 
 pytestmark = pytest.mark.slow
 
@@ -222,6 +226,29 @@ def test_an_optuna_trial_that_cannot_be_composed_is_a_failed_trial_and_a_new_spa
     assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
     [line] = error_lines(other)
     assert "the study deepfake_synthetic" in line and "hydra.sweeper.study_name=<a new name>" in line
+
+
+def test_an_optuna_launch_stopped_by_a_signal_fails_its_running_trial(tmp_path, shared_data_dir):
+    """A stopped launch left its trial RUNNING in the study forever; optuna's own optimize fails it."""
+    slow = ["phase.finetune_epochs=30", "dataset.batch_size=4"]  # a trial long enough to be caught training
+    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY, *slow,
+                             "hparams_search=optuna", "hydra.sweeper.n_trials=3"], tmp_path, ENV)  # fmt: skip
+    deadline = time.monotonic() + 300
+    # In the training loop (its first epoch's row), where a signal ends the job at a batch's end.
+    while not [log for log in tmp_path.glob("multirun/*/0_*/metrics_log.csv") if len(log.read_text().splitlines()) > 1]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    with sqlite3.connect(tmp_path / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
+        trials = db.execute("SELECT number, state FROM trials").fetchall()
+        reasons = db.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'fail_reason'").fetchall()
+    assert trials == [(0, "FAIL")]
+    assert reasons == [(json.dumps("the launch was stopped (SIGINT)"),)]
+    [job] = job_dirs(only_sweep_dir(tmp_path))
+    assert json.loads((job / "status.json").read_text())["status"] == "stopped" and (job / "last.pth").is_file()
+    assert "trial 0: the launch was stopped (SIGINT); recorded as failed in the study" in out + err
 
 
 def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_stopped_ones(tmp_path, shared_data_dir):

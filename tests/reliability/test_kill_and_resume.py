@@ -10,6 +10,7 @@ aside), and the registry exactly one entry for the run; a SIGKILLed run's lock i
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
 import signal
@@ -136,3 +137,15 @@ def test_stop_signal_saves_and_says_how_to_resume(scenario, outcomes):
     hints = [line for line in output.splitlines() if "resume with: python scripts/main.py resume=" in line]
     assert len(hints) == 1 and str(outcome.run_dir) in hints[0]
     assert outcome.landed[0] != "no last.pth"
+
+
+def test_ctrl_c_before_training_ends_with_one_line_not_a_traceback(tmp_path, reliable_data):
+    """Ctrl-C while a run sets up (its images scanned, its model built) was a KeyboardInterrupt traceback:
+    outside training's loop, which saves and stops at a batch's end. Wherever it lands once the job has
+    begun (status.json written), the run ends with one line and the shell's status for SIGINT."""
+    proc = start(tmp_path, reliable_data, *RELIABLE)
+    run_dir = wait_for(proc, tmp_path, lambda run_dir: (run_dir / "status.json").is_file())
+    assert run_dir is not None, proc.communicate()
+    status, out, err = kill(proc, signal.SIGINT)
+    assert status == 130 and "Traceback" not in err, err
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
