@@ -1,7 +1,9 @@
-"""Hydra callback: a sweep's launcher checked before any job is launched.
+"""Hydra callback: a sweep's launcher checked, and made known to Hydra, before any job is launched.
 
 submitit's SLURM launcher looks for ``srun`` only once the sweep is launching, and off a cluster it
 ends the sweep with a traceback; here the same test (submitit's own) comes first, as one line.
+hydra/launcher=joblib is this project's launcher (hydra_plugins/deepfake_joblib), registered with
+Hydra here: an editable install hides it from Hydra's scan of the hydra_plugins namespace.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from deepfake.errors import error_line
+from deepfake.errors import ConfigError, error_line
+from deepfake.tasks import values
 from deepfake.tasks.jobs import EXIT_USER_ERROR
 
 
 class LauncherCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         target = str(config.hydra.launcher.get("_target_", ""))
+        if target.endswith(".RelaunchingJoblibLauncher"):
+            _joblib_launcher(config.hydra.launcher)
         if not target.endswith(".SlurmLauncher"):
             return
         from submitit.slurm.slurm import SlurmExecutor
@@ -31,3 +36,16 @@ class LauncherCheck(Callback):
             "sweep from a SLURM login node, or run its jobs here with hydra/launcher=submitit_local"),
             file=sys.stderr)  # fmt: skip
         raise SystemExit(EXIT_USER_ERROR)
+
+
+def _joblib_launcher(settings: DictConfig) -> None:
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.deepfake_joblib.joblib_launcher import RelaunchingJoblibLauncher
+
+    try:
+        values.non_negative(settings.relaunches, "hydra.launcher.relaunches", int)
+    except ConfigError as error:
+        print(error_line(str(error)), file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    Plugins.instance().register(RelaunchingJoblibLauncher)

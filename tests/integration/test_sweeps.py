@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -281,3 +282,52 @@ def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_sto
     assert all([(job / name).read_bytes() for name in ("best.pth", "status.json", ".hydra/overrides.yaml")] == files
                for job, files in kept.items())  # fmt: skip
     assert not (tmp_path / "other" / "model_metadata.json").exists()
+
+
+def _kill_job_zero_once_it_has_saved(proc, root: Path) -> None:
+    """SIGKILL the process running job 0 once its first epoch's last.pth is on disk (out of memory, as
+    the kernel's killer does it): joblib's worker dies without a word."""
+    deadline = time.monotonic() + 300
+    while not (found := list(root.glob("multirun/*/0_*/last.pth"))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.kill(json.loads((found[0].parent / "status.json").read_text())["pid"], signal.SIGKILL)
+
+
+JOBLIB_KILL = [
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "seed=1,2",
+    "phase.finetune_epochs=6",
+    "dataset.batch_size=4",
+]  # fmt: skip  (jobs long enough to be caught training)
+
+
+def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path, shared_data_dir):
+    """joblib answered a dead worker with a traceback, no summary, and the sibling job killed too."""
+    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY,
+                             *JOBLIB_KILL], tmp_path, ENV)  # fmt: skip
+    _kill_job_zero_once_it_has_saved(proc, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "a joblib worker process died (SIGKILL(-9): out of memory, or killed)" in out + err
+    assert "relaunching job(s) 0" in out + err and "(1 of hydra.launcher.relaunches=1)" in out + err
+    sweep_dir = only_sweep_dir(tmp_path)
+    first = job_dirs(sweep_dir)[0]
+    assert "was left running by an earlier launch of this sweep: resuming it" in (first / "run.log").read_text()
+    assert [row["status"] for row in summary(sweep_dir)] == ["finished", "finished"]
+    assert_consistent_best(tmp_path, n_jobs=2)
+
+
+def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_path, shared_data_dir):
+    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY,
+                             *JOBLIB_KILL, "hydra.launcher.relaunches=0"], tmp_path, ENV)  # fmt: skip
+    _kill_job_zero_once_it_has_saved(proc, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    sweep_dir = only_sweep_dir(tmp_path)
+    assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
+           f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
+    rows = {row["job"]: row for row in summary(sweep_dir)}
+    assert rows["0"]["status"] == "killed"
+    assert "sweep: 2 job(s)" in out
