@@ -79,16 +79,21 @@ class EpochClock(Tracker):
             self.excluded += time.perf_counter() - paused
 
 
-def run(cfg: DictConfig) -> float:
-    out_dir = session.run_dir()
-    settings = cfg.bench
-    if positive_int(settings.epochs, "bench.epochs") < 2:  # before any measuring
+def _check(settings: DictConfig, cfg: DictConfig) -> None:
+    """The bench's own settings, before any measuring."""
+    if positive_int(settings.epochs, "bench.epochs") < 2:
         raise ConfigError(f"bench.epochs={settings.epochs}: the first epoch is the warm-up; use at least 2")
     positive_int(cfg.train.accumulate_grad_batches, "train.accumulate_grad_batches")  # the clock divides by it
     if str(settings.cache) not in CACHE_MODES:
         raise ConfigError(
             f"bench.cache={settings.cache!r}; use none, eval (scoring from the cache) or all (the loader too)"
         )
+
+
+def run(cfg: DictConfig) -> float:
+    out_dir = session.run_dir()
+    settings = cfg.bench
+    _check(settings, cfg)
     seed_everything(cfg.seed)
     set_deterministic(bool(cfg.deterministic))  # as a run trains: cudnn.benchmark unless deterministic
     device = resolve_device(cfg.train.device)
@@ -132,11 +137,8 @@ def run(cfg: DictConfig) -> float:
     figures["eval_pipeline"].update(memory.report())
     figures.update(_cached_figures(cfg, preprocess, timed, model, device, precision))
     if "fused" in cfg.optimizer:  # an optimizer with a fused kernel (AdamW, SGD)
-        twin = copy.deepcopy(model)
-        steps = benchmark.bare_train_steps(twin, batch_size, img_size, device, precision, SWITCH_STEPS,
-                                           channels_last, make_optimizer=make_optimizer)  # fmt: skip
-        figures["switches"] = benchmark.switch_costs(twin, make_optimizer, steps, device,
-                                                     out_dir / "switches", repeats["repeats"])  # fmt: skip
+        figures["switches"] = _switch_costs(model, make_optimizer, batch_size, img_size, device, precision,
+                                            channels_last, out_dir, repeats["repeats"])  # fmt: skip
 
     settings_used = {
         "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
@@ -148,6 +150,16 @@ def run(cfg: DictConfig) -> float:
     atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2) + "\n")
     _print(report, out_dir)
     return report["ratios"]["train_pipeline_over_bare_step"]
+
+
+def _switch_costs(model, make_optimizer, batch_size: int, img_size: int, device, precision: str,
+                  channels_last: bool, out_dir: Path, repeats: int) -> dict:  # fmt: skip
+    """optimizer.fused and train.background_checkpoints, each side timed (benchmark.switch_costs), on a
+    twin of the model (they set its gradients and step it)."""
+    twin = copy.deepcopy(model)
+    steps = benchmark.bare_train_steps(twin, batch_size, img_size, device, precision, SWITCH_STEPS,
+                                       channels_last, make_optimizer=make_optimizer)  # fmt: skip
+    return benchmark.switch_costs(twin, make_optimizer, steps, device, out_dir / "switches", repeats)
 
 
 def _bare_model(cfg: DictConfig, device: torch.device):
