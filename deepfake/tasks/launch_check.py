@@ -2,8 +2,8 @@
 
 submitit's SLURM launcher looks for ``srun`` only once the sweep is launching, and off a cluster it
 ends the sweep with a traceback; here the same test (submitit's own) comes first, as one line.
-hydra/launcher=joblib is this project's launcher (hydra_plugins/deepfake_joblib), registered with
-Hydra here: an editable install hides it from Hydra's scan of the hydra_plugins namespace.
+The launchers joblib and submitit_* are this project's (hydra_plugins/deepfake_launchers), made known
+to Hydra here: an editable install hides them from Hydra's scan of the hydra_plugins namespace.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from omegaconf import DictConfig
 from deepfake.errors import ConfigError, error_line
 from deepfake.tasks import values
 from deepfake.tasks.jobs import EXIT_USER_ERROR
+from hydra_plugins.deepfake_launchers.config import PACKAGE as LAUNCHERS
 
 
 class LauncherCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         target = str(config.hydra.launcher.get("_target_", ""))
-        if target.endswith(".RelaunchingJoblibLauncher"):
-            _joblib_launcher(config.hydra.launcher)
+        if target.startswith(f"{LAUNCHERS}."):
+            _register(target, config.hydra.launcher)
         if not target.endswith(".SlurmLauncher"):
             return
         from submitit.slurm.slurm import SlurmExecutor
@@ -38,14 +39,14 @@ class LauncherCheck(Callback):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def _joblib_launcher(settings: DictConfig) -> None:
+def _register(target: str, settings: DictConfig) -> None:
     from hydra.core.plugins import Plugins
+    from hydra.utils import get_class
 
-    from hydra_plugins.deepfake_joblib.joblib_launcher import RelaunchingJoblibLauncher
-
-    try:
-        values.non_negative(settings.relaunches, "hydra.launcher.relaunches", int)
-    except ConfigError as error:
-        print(error_line(str(error)), file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
-    Plugins.instance().register(RelaunchingJoblibLauncher)
+    if "relaunches" in settings:  # joblib's
+        try:
+            values.non_negative(settings.relaunches, "hydra.launcher.relaunches", int)
+        except ConfigError as error:
+            print(error_line(str(error)), file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+    Plugins.instance().register(get_class(target))  # a class of this project's package, by its prefix

@@ -284,32 +284,28 @@ def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_sto
     assert not (tmp_path / "other" / "model_metadata.json").exists()
 
 
-def _kill_job_zero_once_it_has_saved(proc, root: Path) -> None:
-    """SIGKILL the process running job 0 once its first epoch's last.pth is on disk (out of memory, as
-    the kernel's killer does it): joblib's worker dies without a word."""
+def _sweep_with_job_zero_killed(root: Path, data_dir: Path, *launcher: str) -> tuple[int, str, str]:
+    """A sweep of two jobs long enough to be caught training; job 0's process is SIGKILLed once its
+    first epoch's last.pth is on disk, as the out-of-memory killer does it. Returns (exit status, out, err)."""
+    proc = forked_cli.start(["-m", f"paths.root_dir={root}", f"paths.data_dir={data_dir}", *TINY, "seed=1,2",
+                             "phase.finetune_epochs=6", "dataset.batch_size=4", *launcher], root, ENV)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (found := list(root.glob("multirun/*/0_*/last.pth"))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     os.kill(json.loads((found[0].parent / "status.json").read_text())["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    return proc.returncode, out, err
 
 
-JOBLIB_KILL = [
-    "hydra/launcher=joblib",
-    "hydra.launcher.n_jobs=2",
-    "seed=1,2",
-    "phase.finetune_epochs=6",
-    "dataset.batch_size=4",
-]  # fmt: skip  (jobs long enough to be caught training)
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
 def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path, shared_data_dir):
     """joblib answered a dead worker with a traceback, no summary, and the sibling job killed too."""
-    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY,
-                             *JOBLIB_KILL], tmp_path, ENV)  # fmt: skip
-    _kill_job_zero_once_it_has_saved(proc, tmp_path)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and "Traceback" not in err, err
+    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB)
+    assert code == 0, out + err
     assert "a joblib worker process died (SIGKILL(-9): out of memory, or killed)" in out + err
     assert "relaunching job(s) 0" in out + err and "(1 of hydra.launcher.relaunches=1)" in out + err
     sweep_dir = only_sweep_dir(tmp_path)
@@ -320,14 +316,22 @@ def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path
 
 
 def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_path, shared_data_dir):
-    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY,
-                             *JOBLIB_KILL, "hydra.launcher.relaunches=0"], tmp_path, ENV)  # fmt: skip
-    _kill_job_zero_once_it_has_saved(proc, tmp_path)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in err, err
+    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0")
+    assert code == 1, out + err
     sweep_dir = only_sweep_dir(tmp_path)
     assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
            f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    rows = {row["job"]: row for row in summary(sweep_dir)}
-    assert rows["0"]["status"] == "killed"
+    assert {row["job"]: row["status"] for row in summary(sweep_dir)}["0"] == "killed"
     assert "sweep: 2 job(s)" in out
+
+
+def test_a_killed_submitit_job_is_a_failed_job_and_the_sweep_waits_for_the_others(tmp_path, shared_data_dir):
+    """submitit's UncompletedJobError ended the sweep at the first job without a result: a traceback, no
+    summary, the later jobs left running unwatched."""
+    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, "hydra/launcher=submitit_local")
+    assert code == 1, out + err
+    sweep_dir = only_sweep_dir(tmp_path)
+    assert "job 0 killed: its local job" in out + err
+    assert f"ended without a result (submitit's state: FINISHED); out of memory? relaunch the sweep with " \
+           f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
+    assert [(row["job"], row["status"]) for row in summary(sweep_dir)] == [("1", "finished"), ("0", "killed")]

@@ -1,4 +1,4 @@
-"""hydra/launcher=joblib: hydra-joblib-launcher, with a sweep that outlives a worker killed without a word.
+"""hydra/launcher=joblib: hydra-joblib-launcher's launcher, with a sweep that outlives a worker killed without a word.
 
 joblib's loky backend answers a worker that dies (SIGKILL, the out-of-memory killer, a segfault) by
 raising ``TerminatedWorkerError`` from the whole ``Parallel`` call and killing the other workers:
@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra_plugins.hydra_joblib_launcher._core import execute_job, process_joblib_cfg
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from joblib import Parallel, delayed
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-from deepfake.tasks.jobs import EXIT_BUG, FailedJob, record_job_exit
+from hydra_plugins.deepfake_launchers.killed import killed_job
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,8 @@ class RelaunchingJoblibLauncher(JoblibLauncher):
                           "that had not returned: %s", death, ", ".join(map(str, pending)))  # fmt: skip
         again = f" again after {self.relaunches} relaunch(es)" if self.relaunches else ""
         for num, overrides in pending.items():
-            line = (f"killed: the joblib worker running it died ({death}){again}; out of memory? relaunch the sweep "
-                    f"with hydra.sweep.dir={self.config.hydra.sweep.dir} to resume it")  # fmt: skip
-            log.error("job %d %s", num, line)
-            record_job_exit(EXIT_BUG)
-            returns[num] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
-                                     _return_value=FailedJob(line, EXIT_BUG))  # fmt: skip
+            why = f"the joblib worker running it died ({death}){again}"
+            returns[num] = killed_job(num, overrides, why, self.config.hydra.sweep.dir)
         return [returns[num] for num in sorted(returns)]
 
     def _run(self, jobs: dict[int, list[str]], settings: dict):
