@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from deepfake.tasks.jobs import EXIT_BUG, FailedJob, record_job_exit
+from deepfake.tasks.jobs import EXIT_BUG, STATUS_FILE, FailedJob, read_status, record_job_exit, write_status
 
 log = logging.getLogger(__name__)
 
 
 def killed_job(num: int, overrides: list[str], why: str, sweep_dir) -> JobReturn:
-    """A failed job (a sweep goes on past it; Optuna records a failed trial) with its line. Its
-    status.json still says running, which the sweep's summary lists as killed."""
+    """A failed job (a sweep goes on past it; Optuna records a failed trial) with its line, which its
+    status.json gets too, for the sweep's summary. Its status stays running (the summary lists it as
+    killed), so that relaunching the sweep into its dir resumes it."""
     line = f"killed: {why}; out of memory? relaunch the sweep with hydra.sweep.dir={sweep_dir} to resume it"
     log.error("job %d %s", num, line)
     record_job_exit(EXIT_BUG)
+    for path in Path(str(sweep_dir)).rglob(STATUS_FILE):
+        status = read_status(path.parent) or {}
+        if (status.get("job_num"), status.get("status"), sorted(status.get("overrides") or [])) == (
+            num, "running", sorted(overrides)
+        ):  # fmt: skip
+            write_status(path.parent, {**status, "error": line})
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=FailedJob(line, EXIT_BUG))

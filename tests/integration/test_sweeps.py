@@ -321,7 +321,8 @@ def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_
     sweep_dir = only_sweep_dir(tmp_path)
     assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
            f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    assert {row["job"]: row["status"] for row in summary(sweep_dir)}["0"] == "killed"
+    killed = {row["job"]: row for row in summary(sweep_dir)}["0"]
+    assert killed["status"] == "killed" and killed["error"].startswith("killed: the joblib worker running it died")
     assert "sweep: 2 job(s)" in out
 
 
@@ -334,4 +335,6 @@ def test_a_killed_submitit_job_is_a_failed_job_and_the_sweep_waits_for_the_other
     assert "job 0 killed: its local job" in out + err
     assert f"ended without a result (submitit's state: FINISHED); out of memory? relaunch the sweep with " \
            f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    assert [(row["job"], row["status"]) for row in summary(sweep_dir)] == [("1", "finished"), ("0", "killed")]
+    rows = summary(sweep_dir)
+    assert [(row["job"], row["status"]) for row in rows] == [("1", "finished"), ("0", "killed")]
+    assert rows[1]["error"].startswith("killed: its local job") and not rows[0]["error"]
