@@ -3,6 +3,7 @@ lines of a user's mistake."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -24,3 +25,28 @@ def error_lines(result) -> list[str]:
     """The lines in the one format of a user's mistake, ``ERROR <what>; <what to do>``, and only those
     (a log line with [ERROR] in it is not one)."""
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("ERROR ")]
+
+
+# Sweeps (tests/integration/test_sweeps.py, tests/reliability/test_killed_sweep_jobs.py).
+def only_sweep_dir(root: Path) -> Path:
+    [sweep_dir] = [p for p in (root / "multirun").iterdir() if p.is_dir() and p.name != "optuna"]
+    return sweep_dir
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The jobs' dirs in job order: each is named <job number>_<its overrides>."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0]))  # fmt: skip
+
+
+def summary(sweep_dir: Path) -> list[dict]:
+    return list(csv.DictReader((sweep_dir / "summary.csv").open()))
+
+
+def assert_consistent_best(root: Path, n_jobs: int) -> None:
+    """Distinct run dirs and entries per job, and the global best is the best job's checkpoint."""
+    reg = registry(root)
+    assert len(reg["runs"]) == n_jobs and len({e["run_dir"] for e in reg["runs"]}) == n_jobs
+    best = max(reg["runs"], key=lambda e: e["best_val_auc"])
+    assert reg["best_run"] == best["run_name"]
+    assert (root / "models" / "best_model.pth").read_bytes() == (Path(best["run_dir"]) / "best.pth").read_bytes()

@@ -6,9 +6,7 @@ one thread per process so parallel jobs share the two cores.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -18,7 +16,7 @@ from pathlib import Path
 import forked_cli
 import pytest
 from conftest import TINY, run_main
-from helpers import error_lines, registry
+from helpers import assert_consistent_best, error_lines, job_dirs, only_sweep_dir, registry, summary
 from reliability.faults import ENV
 
 pytestmark = pytest.mark.slow
@@ -36,30 +34,6 @@ PRESETS = {
 
 def sweep(root: Path, data_dir: Path, *overrides: str, check: bool = True, tiny: list[str] = TINY):
     return run_main(root, "-m", *tiny, *overrides, data_dir=data_dir, check=check, timeout=600, env=ONE_THREAD)
-
-
-def only_sweep_dir(root: Path) -> Path:
-    [sweep_dir] = [p for p in (root / "multirun").iterdir() if p.is_dir() and p.name != "optuna"]
-    return sweep_dir
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The jobs' dirs in job order: each is named <job number>_<its overrides>."""
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()),
-                  key=lambda p: int(p.name.split("_")[0]))  # fmt: skip
-
-
-def summary(sweep_dir: Path) -> list[dict]:
-    return list(csv.DictReader((sweep_dir / "summary.csv").open()))
-
-
-def assert_consistent_best(root: Path, n_jobs: int) -> None:
-    """Distinct run dirs and entries per job, and the global best is the best job's checkpoint."""
-    reg = registry(root)
-    assert len(reg["runs"]) == n_jobs and len({e["run_dir"] for e in reg["runs"]}) == n_jobs
-    best = max(reg["runs"], key=lambda e: e["best_val_auc"])
-    assert reg["best_run"] == best["run_name"]
-    assert (root / "models" / "best_model.pth").read_bytes() == (Path(best["run_dir"]) / "best.pth").read_bytes()
 
 
 def test_failed_jobs_are_results_and_the_sweep_goes_on(tmp_path, shared_data_dir):
@@ -282,59 +256,3 @@ def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_sto
     assert all([(job / name).read_bytes() for name in ("best.pth", "status.json", ".hydra/overrides.yaml")] == files
                for job, files in kept.items())  # fmt: skip
     assert not (tmp_path / "other" / "model_metadata.json").exists()
-
-
-def _sweep_with_job_zero_killed(root: Path, data_dir: Path, *launcher: str) -> tuple[int, str, str]:
-    """A sweep of two jobs long enough to be caught training; job 0's process is SIGKILLed once its
-    first epoch's last.pth is on disk, as the out-of-memory killer does it. Returns (exit status, out, err)."""
-    proc = forked_cli.start(["-m", f"paths.root_dir={root}", f"paths.data_dir={data_dir}", *TINY, "seed=1,2",
-                             "phase.finetune_epochs=6", "dataset.batch_size=4", *launcher], root, ENV)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (found := list(root.glob("multirun/*/0_*/last.pth"))):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    os.kill(json.loads((found[0].parent / "status.json").read_text())["pid"], signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
-    assert "Traceback" not in err, err
-    return proc.returncode, out, err
-
-
-JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-
-
-def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path, shared_data_dir):
-    """joblib answered a dead worker with a traceback, no summary, and the sibling job killed too."""
-    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB)
-    assert code == 0, out + err
-    assert "a joblib worker process died (SIGKILL(-9): out of memory, or killed)" in out + err
-    assert "relaunching job(s) 0" in out + err and "(1 of hydra.launcher.relaunches=1)" in out + err
-    sweep_dir = only_sweep_dir(tmp_path)
-    first = job_dirs(sweep_dir)[0]
-    assert "was left running by an earlier launch of this sweep: resuming it" in (first / "run.log").read_text()
-    assert [row["status"] for row in summary(sweep_dir)] == ["finished", "finished"]
-    assert_consistent_best(tmp_path, n_jobs=2)
-
-
-def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_path, shared_data_dir):
-    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0")
-    assert code == 1, out + err
-    sweep_dir = only_sweep_dir(tmp_path)
-    assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
-           f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    killed = {row["job"]: row for row in summary(sweep_dir)}["0"]
-    assert killed["status"] == "killed" and killed["error"].startswith("killed: the joblib worker running it died")
-    assert "sweep: 2 job(s)" in out
-
-
-def test_a_killed_submitit_job_is_a_failed_job_and_the_sweep_waits_for_the_others(tmp_path, shared_data_dir):
-    """submitit's UncompletedJobError ended the sweep at the first job without a result: a traceback, no
-    summary, the later jobs left running unwatched."""
-    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, "hydra/launcher=submitit_local")
-    assert code == 1, out + err
-    sweep_dir = only_sweep_dir(tmp_path)
-    assert "job 0 killed: its local job" in out + err
-    assert f"ended without a result (submitit's state: FINISHED); out of memory? relaunch the sweep with " \
-           f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    rows = summary(sweep_dir)
-    assert [(row["job"], row["status"]) for row in rows] == [("1", "finished"), ("0", "killed")]
-    assert rows[1]["error"].startswith("killed: its local job") and not rows[0]["error"]
