@@ -23,13 +23,16 @@ from reliability.faults import ENV
 pytestmark = pytest.mark.slow
 
 
-def _sweep_with_job_zero_killed(root: Path, data_dir: Path, *launcher: str) -> tuple[int, str, str]:
-    """A sweep of two jobs long enough to be caught training; job 0's process is SIGKILLed once its
-    first epoch's last.pth is on disk, as the out-of-memory killer does it. Returns (exit status, out, err)."""
+def _sweep_with_job_zero_killed(
+    root: Path, data_dir: Path, *launcher: str, once: str = "last.pth"
+) -> tuple[int, str, str]:
+    """A sweep of two jobs long enough to be caught training; job 0's process is SIGKILLed, as the
+    out-of-memory killer does it, once ``once`` is in its dir (last.pth: its first epoch is saved;
+    status.json: it has started). Returns (exit status, out, err)."""
     proc = forked_cli.start(["-m", f"paths.root_dir={root}", f"paths.data_dir={data_dir}", *TINY, "seed=1,2",
-                             "phase.finetune_epochs=6", "dataset.batch_size=4", *launcher], root, ENV)  # fmt: skip
+                             "phase.finetune_epochs=3", "dataset.batch_size=4", *launcher], root, ENV)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (found := list(root.glob("multirun/*/0_*/last.pth"))):
+    while not (found := list(root.glob(f"multirun/*/0_*/{once}"))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     os.kill(json.loads((found[0].parent / "status.json").read_text())["pid"], signal.SIGKILL)
@@ -55,7 +58,9 @@ def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path
 
 
 def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_path, shared_data_dir):
-    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0")
+    code, out, err = _sweep_with_job_zero_killed(
+        tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0", once="status.json"
+    )
     assert code == 1, out + err
     sweep_dir = only_sweep_dir(tmp_path)
     assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
