@@ -30,6 +30,12 @@ from deepfake.engine.launcher_env import env_world_size, under_torchrun  # noqa:
 from deepfake.errors import RunStopped, error_line  # noqa: E402
 from deepfake.tasks.resolvers import RUN_STAMP_ENV, new_run_stamp  # noqa: E402
 from deepfake.tasks.resume import rewrite_argv  # noqa: E402
+from hydra_plugins.deepfake_launchers.config import store_launcher_configs  # noqa: E402
+
+# hydra/launcher=joblib, submitit_*: the launchers that outlive a killed job, under the plugins' names.
+# Here, in the entry point, not at an import of the package: Hydra's plugin scan imports the project's
+# plugin modules, and a store from inside that scan would start the scan again.
+store_launcher_configs()
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 from deepfake.errors import ConfigError
 from deepfake.tasks.jobs import exit_status, run_job  # noqa: F401  (exit_status: for the entry point)
 from deepfake.tasks.resolvers import register_resolvers
-from hydra_plugins.deepfake_launchers.config import store_launcher_configs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ TASKS = {
 }  # fmt: skip
 
 register_resolvers()
-store_launcher_configs()  # hydra/launcher=joblib, submitit_*: launchers that outlive a killed job
 
 
 def run(cfg: DictConfig, loaded: Callable[[], None] | None = None):

@@ -1,8 +1,11 @@
 """The launcher configs as this project has them: the plugins' settings, their launchers wrapped
-(joblib_launcher.py, submitit_launchers.py), and joblib's ``relaunches``. Stored under the plugins' own names, replacing
-their nodes, so that the launchers users know by name are the ones that outlive a killed job."""
+(joblib_launcher.py, submitit_launchers.py), and joblib's ``relaunches``. Stored under the plugins'
+own names, replacing their nodes, so that the launchers users know by name are the ones that outlive
+a killed job.
 
-from __future__ import annotations
+No ``from __future__ import annotations``: Hydra's plugin scan executes this module outside
+sys.modules (an installed, not editable, package), where dataclasses cannot resolve string annotations.
+"""
 
 from dataclasses import dataclass
 
@@ -20,9 +23,9 @@ class RelaunchingJoblibConf(JobLibLauncherConf):
 
 
 def store_launcher_configs() -> None:
-    """Before Hydra composes. Hydra's plugin scan runs every plugin module again, even one already
-    imported, and with it the plugin's own store: the scan is run first (once per process; Hydra
-    reuses it), so that these nodes replace the plugins' for good."""
+    """Before Hydra composes (scripts/main.py). Hydra's plugin scan runs every plugin module again, even
+    one already imported, and with it the plugin's own store: the scan is run first (once per process;
+    Hydra reuses it), so that these nodes replace the plugins' for good."""
     from hydra.core.plugins import Plugins
 
     Plugins.instance()
