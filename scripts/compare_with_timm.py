@@ -43,19 +43,7 @@ def timed(args: list[str], log: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timm-train", type=Path, required=True, help="timm's train.py (pytorch-image-models)")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "timm_comparison")
-    parser.add_argument("--model", default="cvt_13")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of each, alternating; the ratio is the median over the pairs")  # fmt: skip
-    args = parser.parse_args()
+    args = _parse()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
@@ -66,24 +54,7 @@ def main() -> None:
     # at install): where PYTHONDONTWRITEBYTECODE is set, this project's would be compiled in every run.
     for package in ("deepfake", "hydra_plugins"):
         compileall.compile_dir(REPO / package, quiet=1)
-
-    ours_args = [sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
-                  f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
-                  f"phase.lr_head={args.lr}", f"dataset.batch_size={args.batch}", f"dataset.num_workers={args.workers}",
-                  f"train.device={args.device}", "train.do_test=false", "logger=none", "augment=flip",
-                  f"paths.models_dir={out / 'models'}"]  # fmt: skip
-    timm_args = [sys.executable, "-c", _RUN_TIMM, str(args.timm_train), "--data-dir", str(images),
-                  "--train-split", "train", "--val-split", "valid", "--model", args.model, "--num-classes", "2",
-                  "--img-size", str(args.img_size), "-b", str(args.batch), "--epochs", str(args.epochs),
-                  "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05", "--sched", "cosine",
-                  "--warmup-epochs", "0", "--workers", str(args.workers), "--device", args.device, "--no-prefetcher",
-                  "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0.5", "--color-jitter", "0", "--reprob", "0",
-                  "--output", str(out / "timm"), "--log-interval", "1000",
-                  # timm's defaults differ from this project's: its script smooths labels by 0.1 and
-                  # leaves the model's stochastic depth at the model's default (0 for CvT-13).
-                  "--smoothing", str(cfg.train.label_smoothing),
-                  "--drop-path", str(cfg.backbone.get("drop_path_rate", 0.0)),
-                  "--checkpoint-hist", "1"]  # fmt: skip
+    ours_args, timm_args = _commands(args, cfg, common, images, out)
     # Alternating, each pair side by side: the machine's speed drifts over minutes.
     pairs = []
     for number in range(args.repeats):
@@ -108,6 +79,45 @@ def main() -> None:
           f"this project {ours:.1f} s, timm's train.py {timm:.1f} s (ratio {ratio:.3f}; pairs "
           f"{', '.join(f'{o:.1f}/{t:.1f}' for o, t in pairs)}); "
           f"epochs {', '.join(f'{s:.1f}' for s in our_epochs)} s; logs in {out}")  # fmt: skip
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timm-train", type=Path, required=True, help="timm's train.py (pytorch-image-models)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "timm_comparison")
+    parser.add_argument("--model", default="cvt_13")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each, alternating; the ratio is the median over the pairs")  # fmt: skip
+    return parser.parse_args()
+
+
+def _commands(args: argparse.Namespace, cfg: DictConfig, common: list[str], images: Path,
+              out: Path) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The two training commands, the same model, images, epochs and settings for each."""
+    ours_args = [sys.executable, "scripts/main.py", f"backbone={args.model}", *common, "phase.head_epochs=0",
+                  f"phase.finetune_epochs={args.epochs}", "phase.warmup_epochs=0", f"phase.lr_backbone={args.lr}",
+                  f"phase.lr_head={args.lr}", f"dataset.batch_size={args.batch}", f"dataset.num_workers={args.workers}",
+                  f"train.device={args.device}", "train.do_test=false", "logger=none", "augment=flip",
+                  f"paths.models_dir={out / 'models'}"]  # fmt: skip
+    timm_args = [sys.executable, "-c", _RUN_TIMM, str(args.timm_train), "--data-dir", str(images),
+                  "--train-split", "train", "--val-split", "valid", "--model", args.model, "--num-classes", "2",
+                  "--img-size", str(args.img_size), "-b", str(args.batch), "--epochs", str(args.epochs),
+                  "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05", "--sched", "cosine",
+                  "--warmup-epochs", "0", "--workers", str(args.workers), "--device", args.device, "--no-prefetcher",
+                  "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0.5", "--color-jitter", "0", "--reprob", "0",
+                  "--output", str(out / "timm"), "--log-interval", "1000",
+                  # timm's defaults differ from this project's: its script smooths labels by 0.1 and
+                  # leaves the model's stochastic depth at the model's default (0 for CvT-13).
+                  "--smoothing", str(cfg.train.label_smoothing),
+                  "--drop-path", str(cfg.backbone.get("drop_path_rate", 0.0)),
+                  "--checkpoint-hist", "1"]  # fmt: skip
+    return ours_args, timm_args
 
 
 def generate(overrides: list[str]) -> DictConfig:

@@ -55,6 +55,19 @@ def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     return targets if smoothing == 0 else targets * (1.0 - smoothing) + 0.5 * smoothing
 
 
+def place_model(model: torch.nn.Module, device: torch.device, *, sync_batchnorm: bool,
+                channels_last: bool) -> torch.nn.Module:  # fmt: skip
+    """``model`` on ``device``, its batch norms synchronised across ranks (``sync_batchnorm``, CUDA
+    only), in NHWC memory format (``channels_last``: convolutions run faster so on tensor cores)."""
+    model = model.to(device)
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                              "kernel); set train.sync_batchnorm=false")  # fmt: skip
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 class Trainer(EpochEnd, Checkpointing):
     def __init__(
         self,
@@ -88,16 +101,9 @@ class Trainer(EpochEnd, Checkpointing):
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")
         self.ranks = distributed.ranks()
-        self.model = model.to(device)
-        if sync_batchnorm and self.ranks.distributed:
-            if device.type != "cuda":
-                raise ConfigError("train.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm has no CPU "
-                                  "kernel); set train.sync_batchnorm=false")  # fmt: skip
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        # Convolutions run faster on NHWC tensors on GPUs (tensor cores); inputs follow in _train_batch.
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(model, device, sync_batchnorm=sync_batchnorm and self.ranks.distributed,
+                                 channels_last=channels_last)  # fmt: skip
+        self.channels_last = channels_last  # inputs follow the model's memory format in _train_batch
         self.train_model: torch.nn.Module = self.model  # the DDP wrapper while distributed
         # An exponential moving average of the weights (timm's ModelEmaV3, train.ema): what is validated
         # and saved as best.pth; the raw weights go on training and are saved in last.pth beside it.

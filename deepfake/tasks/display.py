@@ -47,6 +47,27 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
     summary_console().print(table)
 
 
+def _registry_row(entry: dict, best: dict | None, key: str | None, tagged: bool, *, missing_dir: bool) -> list:
+    """One entry's cells, in print_registry's column order."""
+    test = entry.get("test_metrics") or {}
+    mark = "★" if best and entry["run_name"] == best["run_name"] else ("≠" if _unscored(entry, key) else "")
+    return [
+        mark,
+        entry["run_name"],
+        *((Text(", ".join(entry.get("tags") or [])),) if tagged else ()),  # Text: a tag is never markup
+        str(entry.get("backbone")),
+        str(entry.get("dataset")),
+        fmt_metric(entry.get("best_val_auc")),
+        fmt_metric(entry.get("best_epoch")),
+        fmt_metric(score_on(entry, key)),
+        describe((entry.get("promotion") or {}).get("set")),
+        fmt_metric(test.get("auc")),
+        fmt_metric(test.get("accuracy")),
+        str(entry.get("status")) + (" (run dir missing)" if missing_dir else ""),
+        str(entry.get("ended_at")),
+    ]
+
+
 def print_registry(
     runs: list[dict],
     best: dict | None,
@@ -77,24 +98,7 @@ def print_registry(
         table.add_column(column)
     gone = [entry for entry in runs if entry.get("run_dir") and not Path(entry["run_dir"]).is_dir()]
     for entry in runs[:limit]:
-        test = entry.get("test_metrics") or {}
-        comparable = score_on(entry, key)
-        mark = "★" if best and entry["run_name"] == best["run_name"] else ("≠" if _unscored(entry, key) else "")
-        table.add_row(
-            mark,
-            entry["run_name"],
-            *((Text(", ".join(entry.get("tags") or [])),) if tagged else ()),  # Text: a tag is never markup
-            str(entry.get("backbone")),
-            str(entry.get("dataset")),
-            fmt_metric(entry.get("best_val_auc")),
-            fmt_metric(entry.get("best_epoch")),
-            fmt_metric(comparable),
-            describe((entry.get("promotion") or {}).get("set")),
-            fmt_metric(test.get("auc")),
-            fmt_metric(test.get("accuracy")),
-            str(entry.get("status")) + (" (run dir missing)" if entry in gone else ""),
-            str(entry.get("ended_at")),
-        )
+        table.add_row(*_registry_row(entry, best, key, tagged, missing_dir=entry in gone))
     console.print(table)
     if gone:
         # The registry stays the record of every run: a run dir moved, archived or deleted is shown, not an error.

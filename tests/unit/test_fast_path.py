@@ -10,6 +10,7 @@ import torch
 
 from deepfake.engine.fast_path import is_convolutional, resolve_channels_last, resolve_compile, resolve_num_workers
 from deepfake.engine.loss_watch import LossWatch
+from deepfake.engine.trainer import place_model
 from deepfake.errors import ConfigError
 from deepfake.models import create_detector
 
@@ -38,6 +39,15 @@ def test_channels_last_auto_is_for_convolutional_backbones_on_cuda():
     assert resolve_channels_last(True, torch.device("cpu"), vit) is True
     with pytest.raises(ConfigError, match="train.channels_last='yes'"):
         resolve_channels_last("yes", torch.device("cpu"), vit)
+
+
+def test_the_trainer_places_a_convolutional_model_in_nhwc_and_refuses_sync_batchnorm_off_cuda():
+    model = place_model(create_detector("test_resnet"), torch.device("cpu"), sync_batchnorm=False, channels_last=True)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert not any(p.is_contiguous() for p in weights if p.shape[-1] > 1)  # NCHW and NHWC differ past 1x1
+    with pytest.raises(ConfigError, match="train.sync_batchnorm=true needs CUDA devices"):
+        place_model(create_detector("test_resnet"), torch.device("cpu"), sync_batchnorm=True, channels_last=False)
 
 
 def test_num_workers_auto_follows_cores_ranks_and_device(monkeypatch):
