@@ -20,6 +20,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+# The files that take longest on 2 cores (pytest --durations, longest first), started first: xdist
+# hands each worker whole files (--dist loadfile, --no-loadscope-reorder) in collection order, and a
+# long file started last kept one worker busy a minute or more after the other had finished.
+LONGEST_FIRST = (
+    "reliability/test_flat_memory.py",
+    "integration/test_sweeps.py",
+    "reliability/test_one_writer.py",
+    "reliability/test_bad_input.py",
+    "reliability/test_killed_sweep_jobs.py",
+    "integration/test_main_cli.py",
+    "integration/test_predict_cli.py",
+    "integration/test_distributed_cli.py",
+    "unit/test_onnx_export.py",
+    "integration/test_evaluation_cli.py",
+    "integration/test_trackers.py",
+    "integration/test_bench_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: order for order, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(rank)))
+
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 MAIN = REPO / "scripts" / "main.py"
