@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from browser import render  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from deepfake.reports import html  # noqa: E402
 
@@ -30,6 +33,17 @@ def test_figure_embedded_as_data_uri():
     png = html.figure_png(fig)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert html.image(png, "roc").count("data:image/png;base64,") == 1
+
+
+def test_a_constrained_figure_keeps_its_size_and_its_labels_inside_it():
+    fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+    ax.plot([0, 1], [0, 1])
+    for set_text in (ax.set_xlabel, ax.set_ylabel, ax.set_title):  # at 20 pt, past the edges without a layout
+        set_text("false-positive rate", fontsize=20)
+    png = html.figure_png(fig, dpi=100)
+    assert Image.open(io.BytesIO(png)).size == (500, 400)  # not cropped (nor drawn twice to crop it)
+    labelled = ax.get_tightbbox()  # the axes with their ticks, labels and title, as drawn
+    assert fig.bbox.contains(*labelled.p0) and fig.bbox.contains(*labelled.p1)
 
 
 @pytest.mark.slow
