@@ -67,12 +67,7 @@ def explain_checkpoint(
     rng = np.random.default_rng(int(cfg.seed))
 
     shown = _pick(rng, np.arange(len(dataset)), values.positive_int(settings.num_samples, "cam.num_samples"))
-    images = torch.stack([dataset[i]["image"] for i in shown])
-    explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
-    try:
-        explanation = explainer.explain(images, settings.target, rule.threshold, rule.temperature)
-    finally:
-        explainer.close()
+    images, explanation, target_layer = _explain(model, dataset, shown, settings, rule, batch_size)
     samples = [
         _sample(dataset, index, cam, prob, label)
         for index, cam, prob, label in zip(shown, explanation.cams, explanation.probs, explanation.labels)
@@ -84,7 +79,7 @@ def explain_checkpoint(
     if settings.metrics:
         report = {
             "checkpoint": str(checkpoint_path), "run_name": checkpoint.get("run_name"), "split": split,
-            "method": settings.method, "target_layer": explainer.target_layer, "img_size": preprocess["img_size"],
+            "method": settings.method, "target_layer": target_layer, "img_size": preprocess["img_size"],
             "decision_rule": rule.as_dict(),
             **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)),
             "evaluated_at": session.now_iso(),
@@ -98,8 +93,23 @@ def explain_checkpoint(
     for tracker in trackers:
         tracker.log_image("cam/overlays", np.asarray(sheet).transpose(2, 0, 1), step=step)
     log.info("CAM overlays of %d %s images (%s, layer %s): %s", len(samples), split, settings.method,
-             explainer.target_layer, cam_dir / "index.html")  # fmt: skip
+             target_layer, cam_dir / "index.html")  # fmt: skip
     return report
+
+
+def _explain(model, dataset, shown: np.ndarray, settings: DictConfig, rule, batch_size: int):
+    """``(images, explanation, target layer)``: the CAMs of the ``shown`` items, each explaining the
+    class ``cam.target`` names (the model's own call at the decision rule, by default)."""
+    images = torch.stack([dataset[i]["image"] for i in shown])
+    explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
+    try:
+        return (
+            images,
+            explainer.explain(images, settings.target, rule.threshold, rule.temperature),
+            explainer.target_layer,
+        )
+    finally:
+        explainer.close()
 
 
 def _write_overlays(cam_dir: Path, samples: list, report: dict | None, title: str):
