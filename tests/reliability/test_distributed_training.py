@@ -45,7 +45,15 @@ def launch(worker, *args) -> dict[int, object]:
         min_nodes=1, max_nodes=1, nproc_per_node=WORLD, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0, monitor_interval=0.1, start_method="fork",
     )  # fmt: skip
-    return elastic_launch(config, worker)(*args)
+    # The launcher leaves its own handlers for these signals in this process (the pytest worker):
+    # a later test that signals a training here would meet them instead of the default.
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    handlers = {signum: signal.getsignal(signum) for signum in signals}
+    try:
+        return elastic_launch(config, worker)(*args)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def make_trainer(run_dir: Path, backbone: str, batch_size: int, *, signal_on_load: int | None = None) -> Trainer:
