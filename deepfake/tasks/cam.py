@@ -78,12 +78,18 @@ def explain_checkpoint(
     report = None
     if settings.metrics:
         report = {
-            "checkpoint": str(checkpoint_path), "run_name": checkpoint.get("run_name"), "split": split,
-            "method": settings.method, "target_layer": target_layer, "img_size": preprocess["img_size"],
+            "checkpoint": str(checkpoint_path),
+            "run_name": checkpoint.get("run_name"),
+            "split": split,
+            "method": settings.method,
+            "target_layer": target_layer,
+            "img_size": preprocess["img_size"],
             "decision_rule": rule.as_dict(),
-            **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)),
+            **_measure(
+                model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)
+            ),
             "evaluated_at": session.now_iso(),
-        }  # fmt: skip
+        }
         atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
         _log_report(report)
         _record_in_registry(cfg, report)
