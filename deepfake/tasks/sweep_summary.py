@@ -3,7 +3,8 @@
 Jobs may have run in this process, in joblib workers or on cluster nodes, so the summary is read
 from disk: each job dir's ``status.json`` (written by :mod:`deepfake.tasks.jobs`) joined with the
 job's registry entry (best validation AUC, its epoch, test AUC). A job dir without a finished status
-(a job killed by SIGKILL or the out-of-memory killer) counts as failed.
+(a job killed by SIGKILL or the out-of-memory killer) counts as failed, and so does a job its launcher
+saw taken down before it started, which has no dir: the launcher tells this process of it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.csv"
 COLUMNS = ["job", "overrides", "status", "best_val_auc", "best_epoch", "test_auc", "seconds", "run_dir", "error"]
 
+# The jobs of the sweep under way that the launcher (in this process) saw killed before they started.
+_unstarted: list[dict] = []
+
+
+def record_unstarted_job(num: int, overrides: list[str], error: str) -> None:
+    """A job with no dir for the summary to read: its worker died before it began."""
+    _unstarted.append({"job_num": num, "overrides": list(overrides), "status": "running", "error": error,
+                       "exit_code": EXIT_BUG})  # fmt: skip
+
 
 class SweepSummary(Callback):
     """``on_multirun_end``: ``summary.csv`` in the sweep dir, a rich table, and the sweep's exit status."""
@@ -38,10 +48,11 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.launched = time.time()
+        _unstarted.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = summarize(sweep_dir, _registry_entries(config), since=self.launched)
+        rows = summarize(sweep_dir, _registry_entries(config), since=self.launched, unstarted=_unstarted)
         if not rows:
             return
         path = write_summary(sweep_dir, rows)
@@ -89,16 +100,21 @@ def _trials_so_far(storage: str, study_name: str) -> int:
         return 0
 
 
-def summarize(sweep_dir: Path, entries: list[dict], since: float | None = None) -> list[dict]:
-    """One row per job dir under ``sweep_dir``: best validation AUC first, failed jobs last. ``since``
-    (the launch's start, a Unix time): only the jobs this launch started, when a fixed
-    ``hydra.sweep.dir`` also holds an earlier launch's."""
+def summarize(
+    sweep_dir: Path, entries: list[dict], since: float | None = None, unstarted: list[dict] = ()
+) -> list[dict]:
+    """One row per job dir under ``sweep_dir``, and per job of ``unstarted`` (statuses of jobs killed
+    before they made a dir): best validation AUC first, failed jobs last. ``since`` (the launch's start,
+    a Unix time): only the jobs this launch started, when a fixed ``hydra.sweep.dir`` also holds an
+    earlier launch's."""
     by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
     job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
-    statuses = {job_dir: read_status(job_dir) or {} for job_dir in job_dirs}
+    statuses = {job_dir: read_status(job_dir) or _hydra_job(job_dir) for job_dir in job_dirs}
     if since is not None:
         statuses = {d: status for d, status in statuses.items() if _started(d, status) >= since - _CLOCK_SLACK_S}
     rows = [_row(job_dir, status, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir, status in statuses.items()]
+    with_dirs = {row["job"] for row in rows}  # a job killed just after Hydra made its dir is there already
+    rows += [_row(None, status, {}) for status in unstarted if status["job_num"] not in with_dirs]
     _keep_varying_overrides(rows)
     return sorted(rows, key=_rank)
 
@@ -117,21 +133,34 @@ def _started(job_dir: Path, status: dict) -> float:
         return (job_dir / ".hydra").stat().st_mtime
 
 
-def _row(job_dir: Path, status: dict, entry: dict) -> dict:
+def _hydra_job(job_dir: Path) -> dict:
+    """The number and overrides of a job killed before it wrote its status.json, from what Hydra wrote."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+        return {"job_num": hydra.job.num, "overrides": list(hydra.overrides.task)}
+    except (OSError, OmegaConfBaseException, yaml.YAMLError):  # Hydra had not finished: the row names the dir
+        return {}
+
+
+def _row(job_dir: Path | None, status: dict, entry: dict) -> dict:
     state = status.get("status") or "no status"
     if state == "running":
         state = "killed"  # the sweep is over, so nothing is still running: it died without a word
     failed = state != "finished"
     test = entry.get("test_metrics") or {}
     return {
-        "job": status.get("job_num", job_dir.name),
+        "job": status.get("job_num", job_dir and job_dir.name),
         "overrides": status.get("overrides") or [],
         "status": state,
         "best_val_auc": entry.get("best_val_auc", status.get("value") if status.get("task") == "train" else None),
         "best_epoch": entry.get("best_epoch"),
         "test_auc": test.get("auc"),
         "seconds": status.get("seconds"),
-        "run_dir": str(job_dir),
+        "run_dir": str(job_dir or ""),
         "error": status.get("error") or ("ended without recording an outcome (killed?)" if failed else None),
         "exit_code": int(status.get("exit_code") or (EXIT_BUG if failed else 0)),
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 
 from deepfake.tasks.jobs import EXIT_BUG, STATUS_FILE, FailedJob, read_status, record_job_exit, write_status
+from deepfake.tasks.sweep_summary import record_unstarted_job
 
 log = logging.getLogger(__name__)
 
@@ -15,14 +16,19 @@ log = logging.getLogger(__name__)
 def killed_job(num: int, overrides: list[str], why: str, sweep_dir) -> JobReturn:
     """A failed job (a sweep goes on past it; Optuna records a failed trial) with its line, which its
     status.json gets too, for the sweep's summary. Its status stays running (the summary lists it as
-    killed), so that relaunching the sweep into its dir resumes it."""
+    killed), so that relaunching the sweep into its dir resumes it. A job taken down before it started
+    has no dir to read: the summary is told of it here."""
     line = f"killed: {why}; out of memory? relaunch the sweep with hydra.sweep.dir={sweep_dir} to resume it"
     log.error("job %d %s", num, line)
     record_job_exit(EXIT_BUG)
+    started = False
     for path in Path(str(sweep_dir)).rglob(STATUS_FILE):
         status = read_status(path.parent) or {}
         if (status.get("job_num"), status.get("status"), sorted(status.get("overrides") or [])) == (
             num, "running", sorted(overrides)
         ):  # fmt: skip
             write_status(path.parent, {**status, "error": line})
+            started = True
+    if not started:
+        record_unstarted_job(num, overrides, line)
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=FailedJob(line, EXIT_BUG))

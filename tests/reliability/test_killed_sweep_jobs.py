@@ -24,13 +24,18 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep_with_job_zero_killed(
-    root: Path, data_dir: Path, *launcher: str, once: str = "last.pth", job_one_started: bool = False
+    root: Path,
+    data_dir: Path,
+    *launcher: str,
+    once: str = "last.pth",
+    job_one_started: bool = False,
+    seeds: str = "1,2",
 ) -> tuple[int, str, str]:
-    """A sweep of two jobs long enough to be caught training; job 0's process is SIGKILLed, as the
-    out-of-memory killer does it, once ``once`` is in its dir (last.pth: its first epoch is saved;
+    """A sweep of a job per seed (two), long enough to be caught training; job 0's process is SIGKILLed,
+    as the out-of-memory killer does it, once ``once`` is in its dir (last.pth: its first epoch is saved;
     status.json: it has started), and with ``job_one_started`` once job 1 has started too. Returns
     (exit status, out, err)."""
-    proc = forked_cli.start(["-m", f"paths.root_dir={root}", f"paths.data_dir={data_dir}", *TINY, "seed=1,2",
+    proc = forked_cli.start(["-m", f"paths.root_dir={root}", f"paths.data_dir={data_dir}", *TINY, f"seed={seeds}",
                              "phase.finetune_epochs=3", "dataset.batch_size=4", *launcher], root, ENV)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (found := list(root.glob(f"multirun/*/0_*/{once}"))) or (
@@ -61,16 +66,24 @@ def test_a_joblib_worker_killed_costs_its_jobs_a_relaunch_not_the_sweep(tmp_path
 
 
 def test_a_joblib_job_killed_in_every_launch_is_a_failed_job_in_the_summary(tmp_path, shared_data_dir):
-    code, out, err = _sweep_with_job_zero_killed(
-        tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0", once="status.json", job_one_started=True
-    )  # job 1 started: one taken down before it starts has no job dir, and the summary misses it (a known bug)
+    """Three jobs on two workers: job 2, waiting for a worker, is taken down before it starts, with no
+    job dir for the summary to read; it was missing from it."""
+    code, out, err = _sweep_with_job_zero_killed(tmp_path, shared_data_dir, *JOBLIB, "hydra.launcher.relaunches=0",
+                                                 once="status.json", job_one_started=True, seeds="1,2,3")  # fmt: skip
     assert code == 1, out + err
     sweep_dir = only_sweep_dir(tmp_path)
     assert f"job 0 killed: the joblib worker running it died (SIGKILL(-9)); out of memory? relaunch the sweep with " \
            f"hydra.sweep.dir={sweep_dir} to resume it" in out + err  # fmt: skip
-    killed = {row["job"]: row for row in summary(sweep_dir)}["0"]
-    assert killed["status"] == "killed" and killed["error"].startswith("killed: the joblib worker running it died")
-    assert "sweep: 2 job(s)" in out, out
+    assert len(job_dirs(sweep_dir)) == 2, f"job 2 started, so no job here was killed before its dir: {out + err}"
+    rows = {row["job"]: row for row in summary(sweep_dir)}
+    assert [(job, row["status"]) for job, row in sorted(rows.items())] == [
+        ("0", "killed"),
+        ("1", "killed"),
+        ("2", "killed"),
+    ]
+    assert all(row["error"].startswith("killed: the joblib worker running it died") for row in rows.values())
+    assert rows["2"]["overrides"] == "seed=3" and rows["2"]["run_dir"] == ""
+    assert "sweep: 3 job(s), 3 failed" in out, out
 
 
 def test_a_killed_submitit_job_is_a_failed_job_and_the_sweep_waits_for_the_others(tmp_path, shared_data_dir):

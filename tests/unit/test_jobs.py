@@ -134,6 +134,28 @@ def test_a_relaunch_into_the_same_sweep_dir_summarises_only_its_own_jobs(tmp_pat
     assert len(summarize(tmp_path, [])) == 2  # without a launch time: every job dir there
 
 
+def test_a_job_killed_before_it_made_a_dir_is_a_row_of_the_summary(tmp_path):
+    """joblib's dead worker takes down jobs that had not started: no dir, so the launcher's word is all
+    there is. A job killed after Hydra made its dir but before its status.json is named from .hydra/."""
+    from deepfake.tasks.sweep_summary import _unstarted as unstarted
+    from deepfake.tasks.sweep_summary import record_unstarted_job, summarize
+
+    hydra_dir = tmp_path / "1_seed=2" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    OmegaConf.save({"hydra": {"job": {"num": 1}, "overrides": {"task": ["seed=2", "x=1"]}}}, hydra_dir / "hydra.yaml")
+    unstarted.clear()
+    record_unstarted_job(1, ["seed=2", "x=1"], "killed: its worker died")  # its dir is there: not twice
+    record_unstarted_job(2, ["seed=3", "x=1"], "killed: its worker died")
+
+    rows = summarize(tmp_path, [], unstarted=unstarted)
+    assert [(row["job"], row["overrides"], row["status"], row["run_dir"]) for row in rows] == [
+        (1, "seed=2", "no status", str(tmp_path / "1_seed=2")),
+        (2, "seed=3", "killed", ""),
+    ]
+    assert rows[1]["error"] == "killed: its worker died" and rows[1]["exit_code"] == jobs.EXIT_BUG
+    unstarted.clear()
+
+
 def test_a_long_job_dir_name_is_cut_with_a_hash_of_the_whole():
     """Two jobs whose overrides differ only past the cut got one dir: a relaunch reused the other's result."""
     from deepfake.tasks.resolvers import DIR_SUFFIX_MAX, dir_suffix
