@@ -166,7 +166,7 @@ class DecisionRule:
 
     threshold: float
     temperature: float
-    source: str  # "checkpoint" or "eval.threshold" (an override)
+    source: str  # "checkpoint", or the setting that overrode it ("eval.threshold", "predict.threshold")
     policy: str | None  # the policy that chose the stored threshold (None: an older checkpoint)
     stored_threshold: float | None
 
@@ -180,17 +180,42 @@ class DecisionRule:
         return asdict(self)
 
 
-def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> DecisionRule:
-    """The (threshold, temperature, source) a task uses: the checkpoint's stored threshold, unless
-    ``threshold_override`` (``eval.threshold``) is given; the stored temperature either way (1 when absent)."""
-    stored = checkpoint.get("threshold")
-    temperature = float(checkpoint.get("temperature") or 1.0)
-    policy = checkpoint.get("threshold_policy")
-    if threshold_override is not None:
-        return DecisionRule(check_threshold(threshold_override), temperature, "eval.threshold", policy, stored)
-    if stored is None:
-        raise CheckpointError(
-            f"checkpoint {checkpoint.get('run_name') or ''} holds no decision threshold (its training stopped "
-            "before choosing one); resume that run, or pass eval.threshold=<p_fake>"
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The operating point a model was saved with: fake when ``sigmoid(logit / temperature) >= threshold``.
+
+    Chosen on validation and stored in best.pth (``threshold``, ``threshold_policy``, and
+    ``temperature`` once calibrated) and in an ONNX model's sidecar; a model without a temperature is
+    uncalibrated (1.0). A training stopped before choosing one leaves ``threshold`` None: no verdict
+    without one given.
+    """
+
+    threshold: float | None = None
+    policy: str | None = None
+    temperature: float = 1.0
+
+    @classmethod
+    def of(cls, stored: dict) -> OperatingPoint:
+        temperature, threshold = stored.get("temperature"), stored.get("threshold")
+        return cls(
+            threshold=None if threshold is None else float(threshold),
+            policy=stored.get("threshold_policy"),
+            temperature=1.0 if temperature is None else float(temperature),
         )
-    return DecisionRule(float(stored), temperature, "checkpoint", policy, float(stored))
+
+    def rule(self, override: float | None, key: str, model: str) -> DecisionRule:
+        """The rule a task applies: this threshold, unless the setting ``key`` gives ``override``; this
+        temperature either way. ``model`` names the model in the error for one with no threshold."""
+        if override is not None:
+            return DecisionRule(check_threshold(override, key), self.temperature, key, self.policy, self.threshold)
+        if self.threshold is None:
+            raise CheckpointError(f"{model} holds no decision threshold (its training stopped before choosing one); "
+                                  f"resume that run, or pass {key}=<p_fake>")  # fmt: skip
+        return DecisionRule(self.threshold, self.temperature, "checkpoint", self.policy, self.threshold)
+
+
+def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> DecisionRule:
+    """The rule task=test and task=cam apply to ``checkpoint``'s scores: its stored operating point,
+    unless ``threshold_override`` (``eval.threshold``) is given."""
+    model = f"checkpoint {checkpoint.get('run_name') or ''}".rstrip()
+    return OperatingPoint.of(checkpoint).rule(threshold_override, "eval.threshold", model)

@@ -36,9 +36,7 @@ def _operating_point(metrics: dict) -> str:
     if used["source"] == "checkpoint":
         origin = f"stored in the checkpoint, chosen on validation by policy {used['policy'] or 'unrecorded'}"
     else:
-        origin = (
-            f"eval.threshold override (the checkpoint stores {_num(used['stored_threshold'])}, policy {used['policy']})"
-        )
+        origin = f"{used['source']} override (the checkpoint stores {_num(used['stored_threshold'])}, policy {used['policy']})"
     rows = [("threshold (p(fake) at or above: fake)", _num(used["threshold"], 6)), ("where it came from", origin),
             ("temperature", _num(used["temperature"]))]  # fmt: skip
     parts = [html.table(["decision rule", ""], rows)]

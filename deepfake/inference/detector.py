@@ -13,31 +13,9 @@ from pathlib import Path
 
 import torch
 
+from deepfake.evaluation.operating_point import OperatingPoint
 from deepfake.models import detector_from_checkpoint
 from deepfake.tracking.checkpoint import load_checkpoint
-
-
-@dataclass
-class OperatingPoint:
-    """How a p(fake) becomes a verdict: fake when ``sigmoid(logit / temperature) >= threshold``.
-
-    Chosen on validation and stored in best.pth (``threshold``, ``threshold_policy``, and
-    ``temperature`` once calibrated); a checkpoint without a temperature is uncalibrated (1.0). A
-    training stopped before choosing one leaves ``threshold`` None: no verdict without one given.
-    """
-
-    threshold: float | None = None
-    policy: str | None = None
-    temperature: float = 1.0
-
-    @classmethod
-    def of(cls, stored: dict) -> OperatingPoint:
-        temperature, threshold = stored.get("temperature"), stored.get("threshold")
-        return cls(
-            threshold=None if threshold is None else float(threshold),
-            policy=stored.get("threshold_policy"),
-            temperature=1.0 if temperature is None else float(temperature),
-        )
 
 
 @dataclass

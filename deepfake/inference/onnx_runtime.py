@@ -14,7 +14,8 @@ import torch
 
 from deepfake.data.manifest import file_sha256
 from deepfake.errors import CheckpointError
-from deepfake.inference.detector import Detector, OperatingPoint
+from deepfake.evaluation.operating_point import OperatingPoint
+from deepfake.inference.detector import Detector
 from deepfake.inference.onnx_export import (
     IDENTITY_NORMALISATION,
     INPUT_NAME,

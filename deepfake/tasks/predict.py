@@ -8,6 +8,7 @@ Only the checkpoint is needed: its own preprocessing, threshold and temperature 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,7 @@ from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
-from deepfake.errors import CheckpointError, ConfigError, DataError
-from deepfake.evaluation.operating_point import check_threshold
+from deepfake.errors import ConfigError, DataError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import COLUMNS, damaged_reasons, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, session, values
@@ -47,7 +47,10 @@ def run(cfg: DictConfig) -> float | None:
     detector = load_detector(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
     if settings.cam and detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
-    threshold = _threshold(settings, detector)
+    # The model's own operating point, unless predict.threshold (eval.threshold by default) is given; a
+    # model stopped before choosing one gets no silent 0.5: task=test refuses it the same way.
+    rule = detector.operating_point.rule(settings.threshold, "predict.threshold", str(detector.source))
+    threshold = rule.threshold
     inputs = discover_inputs(
         settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
         label_column=settings.label_column,
@@ -57,7 +60,7 @@ def run(cfg: DictConfig) -> float | None:
     out = _output_file(settings.output)
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
-             detector.source, detector.kind, threshold, _policy(detector, settings.threshold is not None))  # fmt: skip
+             detector.source, detector.kind, threshold, _origin(rule))  # fmt: skip
     rows, dataset = _rows_and_dataset(inputs, settings, detector)
 
     started = time.perf_counter()
@@ -73,7 +76,7 @@ def run(cfg: DictConfig) -> float | None:
         log.warning("damaged image, not scored: %s (%s)", path, reason)
     metrics = None
     if inputs.labelled and preds is not None:
-        metrics = _write_metrics(cfg, preds, threshold, detector, out)
+        metrics = _write_metrics(cfg, preds, rule, detector, out)
     else:  # the metrics of the predictions just replaced would now describe other scores
         metrics_file(out).unlink(missing_ok=True)
     overlays = None
@@ -159,22 +162,12 @@ def _is_predictions_file(path: Path) -> bool:
         return False
 
 
-def _threshold(settings: DictConfig, detector) -> float:
-    """predict.threshold (eval.threshold by default), else the one stored with the model; a model
-    stopped before choosing one gets no silent 0.5: task=test refuses it the same way."""
-    if settings.threshold is None:
-        if detector.operating_point.threshold is None:
-            raise CheckpointError(f"{detector.source} holds no decision threshold (its training stopped before "
-                                  "choosing one); resume that run, or pass predict.threshold=<p_fake>")  # fmt: skip
-        return detector.operating_point.threshold
-    return check_threshold(settings.threshold, "predict.threshold")
-
-
-def _policy(detector, overridden: bool) -> str:
+def _origin(rule) -> str:
     """Where the threshold came from: predict.threshold, or the policy that chose the stored one."""
-    point = detector.operating_point
-    source = " from predict.threshold" if overridden else (f", policy {point.policy}" if point.policy else "")
-    return source + (f", temperature {point.temperature:g}" if point.temperature != 1.0 else "")
+    source = (
+        f" from {rule.source}" if rule.source != "checkpoint" else (f", policy {rule.policy}" if rule.policy else "")
+    )
+    return source + (f", temperature {rule.temperature:g}" if rule.temperature != 1.0 else "")
 
 
 def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
@@ -207,25 +200,21 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
                        on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
 
 
-def _write_metrics(cfg: DictConfig, preds, threshold: float, detector, out: Path) -> dict:
+def _write_metrics(cfg: DictConfig, preds, rule, detector, out: Path) -> dict:
     """task=test's report of a labelled input (intervals, TPR at fixed FPRs, calibration, the decision
     rule), damaged stand-ins included as task=test counts them, so the same images give the same figures."""
     # Imported here: scikit-learn (with SciPy, ~1.4 s) is needed only for labelled input, and an
     # unlabelled predict should not wait for it at start-up.
-    from deepfake.evaluation.operating_point import DecisionRule
     from deepfake.evaluation.summary import summarise
     from deepfake.tasks.scoring import summary_settings
 
-    point = detector.operating_point
-    overridden = cfg.predict.threshold is not None
-    rule = DecisionRule(threshold, detector.score_temperature, "predict.threshold" if overridden else "checkpoint",
-                        point.policy, point.threshold)  # fmt: skip
+    rule = dataclasses.replace(rule, temperature=detector.score_temperature)  # an ONNX graph applies its own
     metrics = {
         **summarise(preds.targets, preds.logits, rule, summary_settings(cfg)),
         "decision_rule": rule.as_dict(),
         "threshold_source": rule.source,
         "threshold_policy": rule.policy,
-        "temperature": point.temperature,
+        "temperature": detector.operating_point.temperature,
         "n_damaged": len(preds.damaged),
         "checkpoint": str(detector.source),
         "input": str(cfg.predict.input),

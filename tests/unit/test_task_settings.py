@@ -59,24 +59,23 @@ def test_predict_output_is_a_file_or_a_folder_made_for_predictions_csv(tmp_path,
     assert path.parent.is_dir() or output.endswith(".csv")
 
 
-def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given(tmp_path):
+def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given():
     """No silent 0.5 where task=test refuses: a training stopped before choosing one stored none."""
-    from types import SimpleNamespace
-
     from deepfake.errors import CheckpointError
     from deepfake.inference import OperatingPoint
-    from deepfake.tasks.predict import _threshold
 
-    stopped = SimpleNamespace(operating_point=OperatingPoint.of({}), source=tmp_path / "best.pth")
-    assert stopped.operating_point.threshold is None
-    with pytest.raises(CheckpointError, match="holds no decision threshold.*predict.threshold=<p_fake>"):
-        _threshold(OmegaConf.create({"threshold": None}), stopped)
-    assert _threshold(OmegaConf.create({"threshold": 0.7}), stopped) == 0.7
-    chosen = SimpleNamespace(operating_point=OperatingPoint.of({"threshold": 0.25}), source=tmp_path / "best.pth")
-    assert _threshold(OmegaConf.create({"threshold": None}), chosen) == 0.25
+    stopped = OperatingPoint.of({})
+    assert stopped.threshold is None
+    with pytest.raises(CheckpointError, match="^best.pth holds no decision threshold.*predict.threshold=<p_fake>$"):
+        stopped.rule(None, "predict.threshold", "best.pth")
+    given = stopped.rule(0.7, "predict.threshold", "best.pth")
+    assert (given.threshold, given.source, given.stored_threshold) == (0.7, "predict.threshold", None)
+    chosen = OperatingPoint.of({"threshold": 0.25, "threshold_policy": "eer", "temperature": 2.0})
+    stored = chosen.rule(None, "predict.threshold", "best.pth")
+    assert (stored.threshold, stored.temperature, stored.source, stored.policy) == (0.25, 2.0, "checkpoint", "eer")
     for bad in (True, 1.5, "high"):  # YAML's true was float(True) = 1.0 for eval.threshold: nothing called fake
         with pytest.raises(ConfigError, match=f"predict.threshold={bad!r} must be a p\\(fake\\) between 0 and 1"):
-            _threshold(OmegaConf.create({"threshold": bad}), chosen)
+            chosen.rule(bad, "predict.threshold", "best.pth")
 
 
 @pytest.mark.parametrize("bad", [True, 1.5, -0.1, "half"])
