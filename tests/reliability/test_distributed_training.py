@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from timm.scheduler import CosineLRScheduler
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from trainers import Stripes, assert_same_models, metric_rows, tiny_trainer
 
 from deepfake.engine.loaders import eval_loader, train_loader
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.trainer import Trainer
-from deepfake.models import create_detector
 from deepfake.tracking.checkpoint import load_checkpoint
-from reliability.test_trainer_faults import AugmentedStripes, assert_same_models, metric_rows
 
 pytestmark = pytest.mark.slow
 
@@ -59,18 +57,12 @@ def launch(worker, *args) -> dict[int, object]:
 def make_trainer(run_dir: Path, backbone: str, batch_size: int, *, signal_on_load: int | None = None) -> Trainer:
     """The test_trainer_faults task; ``signal_on_load`` makes this rank's k-th image load SIGTERM it."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    torch.manual_seed(0)
-    model = create_detector(backbone)
-    return Trainer(
-        model,
-        train_loader(AugmentedStripes(48, 1, signal_on_load), batch_size, seed=3, rank=rank, world_size=world),
-        eval_loader(AugmentedStripes(29, 2), 8, rank=rank, world_size=world),  # 29: uneven shards
-        plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.5),
-        make_optimizer=partial(torch.optim.AdamW, weight_decay=0.01),
-        make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
-        device=torch.device("cpu"), run_dir=run_dir,
-        describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
-                  "labels": {"real_label": 1}, "run_name": "ddp"},
+    data = partial(Stripes, stripe=1.0, noise=0.2)
+    return tiny_trainer(
+        run_dir, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.5),
+        train_loader(data(48, 1, signal_on_load=signal_on_load), batch_size, seed=3, rank=rank, world_size=world),
+        eval_loader(data(29, 2), 8, rank=rank, world_size=world),  # 29: uneven shards
+        backbone=backbone, weight_decay=0.01, run_name="ddp",
     )  # fmt: skip
 
 

@@ -5,9 +5,7 @@ that cannot be loaded is refused under resume_strict, else replaced by a fresh o
 
 from __future__ import annotations
 
-import csv
 import errno
-import multiprocessing
 import os
 import signal
 from functools import partial
@@ -15,84 +13,34 @@ from pathlib import Path
 
 import pytest
 import torch
-from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from trainers import Stripes, assert_same_models, metric_rows, tiny_trainer
 
 from deepfake.engine.loaders import train_loader
 from deepfake.engine.phases import plan_phases
-from deepfake.engine.trainer import Trainer
 from deepfake.errors import CheckpointError, UserError
-from deepfake.models import create_detector
 from deepfake.tracking.checkpoint import load_checkpoint
-
-
-class AugmentedStripes(torch.utils.data.Dataset):
-    """Stripes (fake) vs noise (real), with noise drawn per sample from torch's RNG like an augmentation.
-
-    With ``signal_on_load=k`` the k-th load (counted across worker processes) sends SIGTERM to the
-    training process, so the stop lands wherever the loader happens to be.
-    """
-
-    def __init__(self, n: int, seed: int, signal_on_load: int | None = None):
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, 3, 32, 32, generator=g) * 0.5
-        self.targets = (torch.arange(n) % 2).float()
-        self.images[self.targets == 1, :, :, ::2] += 1.0
-        self.paths = [f"img{i}.jpg" for i in range(n)]
-        self.signal_on_load = signal_on_load
-        self.loads = multiprocessing.get_context("fork").Value("i", 0)
-        self.trainer_pid = os.getpid()
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        if self.signal_on_load is not None:
-            with self.loads.get_lock():
-                self.loads.value += 1
-                if self.loads.value == self.signal_on_load:
-                    os.kill(self.trainer_pid, signal.SIGTERM)
-        image = self.images[i] + 0.2 * torch.randn(3, 32, 32)
-        return {"image": image, "target": self.targets[i], "index": i, "damaged": False}
-
-    def damage_reason(self, i):
-        return None
 
 
 def make_trainer(run_dir: Path, *, workers: int = 0, accumulate: int = 1, signal_on_load: int | None = None,
                  ema: bool = False):  # fmt: skip
-    torch.manual_seed(0)
-    model = create_detector("test_resnet")
+    """Augmented stripes (per-load noise from torch's RNG, which an exact resume must replay);
+    ``signal_on_load=k`` makes the k-th image load SIGTERM this process."""
     train = train_loader(
-        AugmentedStripes(48, 1, signal_on_load), 8, seed=3, num_workers=workers,
+        Stripes(48, 1, stripe=1.0, noise=0.2, signal_on_load=signal_on_load), 8, seed=3, num_workers=workers,
         multiprocessing_context="fork" if workers else None,
     )  # fmt: skip
-    val = torch.utils.data.DataLoader(AugmentedStripes(32, 2), batch_size=16)
-    return Trainer(
-        model, train, val, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.5),
-        make_optimizer=partial(torch.optim.AdamW, weight_decay=0.01),
-        make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
-        device=torch.device("cpu"), run_dir=run_dir, accumulate_grad_batches=accumulate,
-        describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
-                  "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "faults"},
+    val = torch.utils.data.DataLoader(Stripes(32, 2, stripe=1.0, noise=0.2), batch_size=16)
+    return tiny_trainer(
+        run_dir,
+        plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.5),
+        train,
+        val,
+        weight_decay=0.01,
+        run_name="faults",
+        accumulate_grad_batches=accumulate,
         ema=partial(ModelEmaV3, decay=0.99, use_warmup=True) if ema else None,
-    )  # fmt: skip
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    rows = list(csv.DictReader((run_dir / "metrics_log.csv").open()))
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-def assert_same_models(a: Path, b: Path) -> None:
-    left, right = load_checkpoint(a), load_checkpoint(b)
-    for weights in ("model", "ema_model"):  # the moving average of train.ema too
-        if left.get(weights) is None:
-            assert right.get(weights) is None
-            continue
-        assert left[weights].keys() == right[weights].keys()
-        for key in left[weights]:
-            assert torch.equal(left[weights][key], right[weights][key]), (weights, key)
+    )
 
 
 @pytest.mark.parametrize(("workers", "accumulate", "ema"), [(0, 1, False), (2, 2, False), (0, 1, True)])

@@ -67,7 +67,7 @@ def test_num_workers_auto_follows_cores_ranks_and_device(monkeypatch):
 def test_train_compile_trains_like_eager_and_saves_a_plain_checkpoint(tmp_path):
     """train.compile through torch.compile with aot_eager: dynamo's graph capture and AOTAutograd's
     forward and backward graphs, without inductor's C++ code generation (a minute on this CPU)."""
-    from test_training import make_trainer
+    from trainers import stripes_trainer
 
     from deepfake.engine.phases import plan_phases
     from deepfake.models import detector_from_checkpoint
@@ -76,7 +76,7 @@ def test_train_compile_trains_like_eager_and_saves_a_plain_checkpoint(tmp_path):
     histories = {}
     for backend in (None, resolve_compile("aot_eager")):
         run_dir = tmp_path / f"compile_{backend}"
-        trainer = make_trainer(run_dir, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3), compile_model=backend)
+        trainer = stripes_trainer(run_dir, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3), compile_model=backend)
         trainer.fit()
         histories[backend] = [float(row["train_loss"]) for row in csv.DictReader((run_dir / "metrics_log.csv").open())]
         best = load_checkpoint(run_dir / "best.pth")

@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+from trainers import tiny_model
 
 import deepfake.models.cvt  # noqa: F401  (registers cvt_13)
 from deepfake.models import create_detector
@@ -23,11 +24,6 @@ OPTIMIZERS = Path(__file__).resolve().parents[2] / "conf" / "optimizer"
 def cvt13() -> torch.nn.Module:
     torch.manual_seed(0)
     return create_detector("cvt_13")
-
-
-def tiny_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_detector("test_resnet")
 
 
 def names_by_group(model: torch.nn.Module, groups: list[dict]) -> list[set[str]]:

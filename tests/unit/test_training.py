@@ -1,4 +1,5 @@
-"""Phase freezing, the fine-tuning schedule, and the trainer's checkpoints on a tiny in-memory task."""
+"""Phase freezing, the fine-tuning schedule, and the trainer's fit, checkpoints and scoring on a tiny
+in-memory task (tests/trainers.py)."""
 
 import csv
 import math
@@ -6,57 +7,15 @@ from functools import partial
 
 import pytest
 import torch
-from timm.scheduler import CosineLRScheduler
+from trainers import Stripes, stripes_trainer, tiny_model
 
 from deepfake.engine.loaders import train_loader
 from deepfake.engine.phases import plan_phases, steps_per_epoch
-from deepfake.engine.trainer import METRICS_FIELDS, Trainer
-from deepfake.errors import CheckpointError, ConfigError
+from deepfake.engine.trainer import METRICS_FIELDS
+from deepfake.errors import ConfigError
 from deepfake.models import create_detector, detector_from_checkpoint
 from deepfake.models.param_groups import param_groups, set_backbone_frozen, set_train_mode
 from deepfake.tracking.checkpoint import load_checkpoint
-
-
-class StripesDataset(torch.utils.data.Dataset):
-    """Fakes carry a pixel-periodic pattern; reals are noise. Samples look like CsvImageDataset's."""
-
-    def __init__(self, n: int, seed: int, size: int = 32):
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, 3, size, size, generator=g) * 0.5
-        self.targets = (torch.arange(n) % 2).float()
-        stripes = torch.zeros(size, size)
-        stripes[:, ::2] = 1.5
-        self.images[self.targets == 1] += stripes
-        self.paths = [f"img{i}.jpg" for i in range(n)]
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "target": self.targets[i], "index": i, "damaged": False}
-
-    def damage_reason(self, i):
-        return None
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return create_detector("test_resnet")
-
-
-def make_trainer(tmp_path, phases, seed=0, batch_size=16, **kwargs):
-    model = tiny_model()
-    train = train_loader(StripesDataset(48, 1), batch_size, seed=seed)
-    val = torch.utils.data.DataLoader(StripesDataset(32, 2), batch_size=16)
-    return Trainer(
-        model, train, val, phases,
-        make_optimizer=partial(torch.optim.AdamW, weight_decay=0.0),
-        make_scheduler=partial(CosineLRScheduler, lr_min=1e-6, warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False),
-        device=torch.device("cpu"), run_dir=tmp_path,
-        describe={"model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": 32},
-                  "labels": {"real_label": 1}, "threshold": 0.5, "run_name": "unit"},
-        **kwargs,
-    )  # fmt: skip
 
 
 def test_frozen_backbone_gets_no_gradients_and_keeps_batchnorm_statistics():
@@ -105,7 +64,7 @@ def test_plan_phases_skips_empty_phases_and_rejects_negative_epochs():
 
 def test_finetune_schedule_warms_up_linearly_then_follows_the_cosine(tmp_path):
     # 48 images / batch 16 = 3 steps per epoch; 1 warmup epoch (3 steps) then 2 cosine epochs (6 steps).
-    trainer = make_trainer(tmp_path, plan_phases(0, 3, lr_head=1e-3, lr_backbone=1e-4, warmup_epochs=1))
+    trainer = stripes_trainer(tmp_path, plan_phases(0, 3, lr_head=1e-3, lr_backbone=1e-4, warmup_epochs=1))
     seen = []
     original_step = trainer._optimizer_step
 
@@ -131,7 +90,7 @@ def warmup_cosine(step, base):
 
 def test_layer_decay_scales_each_backbone_layers_schedule(tmp_path):
     phases = plan_phases(0, 3, lr_head=1e-3, lr_backbone=1e-4, warmup_epochs=1, layer_decay=0.5)
-    trainer = make_trainer(tmp_path, phases)
+    trainer = stripes_trainer(tmp_path, phases)
     seen = []
     original_step = trainer._optimizer_step
 
@@ -154,114 +113,8 @@ def test_layer_decay_scales_each_backbone_layers_schedule(tmp_path):
     assert [float(r["lr_head"]) for r in rows] == pytest.approx([warmup_cosine(s, 1e-3) for s in (0, 3, 6)])
 
 
-def stopped_phase_state(tmp_path, phase):
-    """What last.pth holds for a phase stopped after one optimizer step: (trainer, saved state)."""
-    trainer = make_trainer(tmp_path, [phase])
-    trainer._setup_phase(phase)
-    trainer.model(torch.randn(4, 3, 32, 32)).sum().backward()
-    trainer.optimizer.step()
-    saved = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-             "scaler": trainer.scaler.state_dict()}  # fmt: skip
-    return trainer, saved
-
-
-@pytest.mark.parametrize("strict", [True, False], ids=["resume_strict", "lenient"])
-def test_a_last_pth_with_the_old_two_group_layout_gets_the_clear_path(tmp_path, caplog, strict):
-    (old,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4, weight_decay_exclude_1d=False)
-    _, saved = stopped_phase_state(tmp_path / "old", old)
-    assert [g["name"] for g in saved["optimizer"]["param_groups"]] == ["backbone", "head"]
-    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
-    resumed = make_trainer(tmp_path / "new", [phase])
-    resumed.resume_strict, resumed._resume_from = strict, saved
-    if strict:
-        with pytest.raises(CheckpointError, match="cannot be loaded .*; resume_strict=true refuses to go on"):
-            resumed._setup_phase(phase)
-        return
-    resumed._setup_phase(phase)
-    assert any("with a fresh optimizer" in r.getMessage() for r in caplog.records)
-    names = [g["name"] for g in resumed.optimizer.param_groups]
-    assert names == ["backbone_no_decay", "backbone", "head_no_decay", "head"]
-    assert resumed.state.not_exact
-
-
-@pytest.mark.parametrize("layer_decay", [None, 0.5], ids=["weight_decay", "layer_decay"])
-def test_a_last_pth_with_the_same_layout_resumes_exactly(tmp_path, layer_decay):
-    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4, layer_decay=layer_decay)
-    stopped, saved = stopped_phase_state(tmp_path / "a", phase)
-    resumed = make_trainer(tmp_path / "b", [phase])
-    resumed.resume_strict, resumed._resume_from = True, saved
-    resumed._setup_phase(phase)
-    assert resumed.state.not_exact is None
-    loaded = resumed.optimizer.state_dict()
-    assert loaded["param_groups"] == saved["optimizer"]["param_groups"]
-    assert loaded["state"].keys() == saved["optimizer"]["state"].keys()
-    for key, state in saved["optimizer"]["state"].items():
-        assert all(torch.equal(loaded["state"][key][k], v) for k, v in state.items())
-    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in stopped.optimizer.param_groups]
-
-
-def _stop_after(trainer, optimizer_steps: int):
-    """The trainer stops (as on SIGTERM) once it has taken ``optimizer_steps`` steps."""
-    step = trainer._optimizer_step
-
-    def stepping():
-        step()
-        if trainer.state.step == optimizer_steps:
-            trainer.stop.signum = 15
-
-    trainer._optimizer_step = stepping
-    return trainer
-
-
-def test_a_resume_at_a_phase_boundary_carries_the_loss_scale_on(tmp_path, monkeypatch):
-    """last.pth at a phase's end holds no optimizer state, but the fp16 loss scale goes on."""
-    import deepfake.engine.trainer as trainer_module
-
-    # A scale that moves within the run (torch's default waits 2000 steps).
-    monkeypatch.setattr(trainer_module, "make_grad_scaler",
-                        lambda device, precision: torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=2))  # fmt: skip
-    phases = plan_phases(2, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=1)
-    whole = make_trainer(tmp_path / "whole", phases, precision="16")
-    whole.fit()
-    stopped = _stop_after(make_trainer(tmp_path / "run", phases, precision="16"), 6)  # 3 steps an epoch
-    stopped.fit()
-    stopped.close()
-    assert stopped.stopped_early and (stopped.state.phase_index, stopped.state.batches_done) == (1, 0)
-
-    resumed = make_trainer(tmp_path / "run", phases, precision="16")
-    resumed.fit(load_checkpoint(tmp_path / "run" / "last.pth"))
-
-    assert resumed.scaler.get_scale() == whole.scaler.get_scale() != 16.0
-    assert all(
-        torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
-    )
-
-
-def test_a_resume_with_more_epochs_follows_the_new_schedule_not_the_stopped_one(tmp_path):
-    """phase.finetune_epochs=6 on resume: the cosine spans 6 epochs (later overrides win) instead of
-    the stopped run's 2, whose scheduler state used to be loaded and left the lr at its floor."""
-    stopped = _stop_after(make_trainer(tmp_path, plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
-    stopped.fit()
-    stopped.close()
-    (longer,) = plan_phases(0, 6, lr_head=1e-3, lr_backbone=1e-4)
-    resumed = make_trainer(tmp_path, [longer])
-    lrs = []
-    step = resumed._optimizer_step
-    resumed._optimizer_step = lambda: (lrs.append(resumed.optimizer.param_groups[-1]["lr"]), step())
-    resumed.fit(load_checkpoint(tmp_path / "last.pth"))
-
-    fresh = make_trainer(tmp_path / "fresh", [longer])
-    fresh._setup_phase(longer)
-    expected = []
-    for phase_step in range(4, 18):  # 6 epochs x 3 steps, resumed after step 4
-        fresh.scheduler.step_update(phase_step)
-        expected.append(fresh.optimizer.param_groups[-1]["lr"])
-    assert lrs == pytest.approx(expected)
-    assert lrs[-1] > 1e-6  # still on the cosine, not at lr_min
-
-
 def test_two_phase_fit_trains_head_first_then_everything(tmp_path):
-    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     head_keys = {f"fc.{k}" for k in trainer.model.get_classifier().state_dict()}
     snapshots = []
@@ -292,7 +145,7 @@ def test_two_phase_fit_trains_head_first_then_everything(tmp_path):
 
 
 def test_best_checkpoint_rebuilds_the_same_model_without_any_config(tmp_path):
-    trainer = make_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3))
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3))
     state = trainer.fit()
     best = load_checkpoint(tmp_path / "best.pth")
     assert best["epoch"] == state.best_epoch
@@ -313,7 +166,7 @@ def test_best_checkpoint_rebuilds_the_same_model_without_any_config(tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     from deepfake.errors import TrainingError
 
-    trainer = make_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
     dataset = trainer.train_loader.dataset.dataset
     dataset.images[0, 0, 0, 0] = float("nan")
     trainer.train_loader = train_loader(dataset, 48, seed=0)
@@ -326,7 +179,7 @@ def test_non_finite_validation_scores_stop_with_a_clear_error_not_sklearns_trace
     """fp16 can overflow in scoring alone; roc_auc_score would raise 'Input contains NaN'."""
     from deepfake.errors import TrainingError
 
-    trainer = make_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0))
     trainer.val_loader.dataset.images[3] = float("inf")
     with pytest.raises(TrainingError, match=r"non-finite validation scores \(1 of 32\) at epoch 1; .*nothing saved"):
         trainer.fit()
@@ -363,17 +216,17 @@ def test_label_smoothing_matches_timms_binary_cross_entropy_and_bounds_the_train
     assert smooth_targets(torch.tensor([0.0, 1.0]), 0.2).tolist() == pytest.approx([0.1, 0.9])
 
     # With smoothing s no prediction can push the loss below the targets' own entropy H(s/2).
-    trainer = make_trainer(tmp_path, plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2), label_smoothing=0.5)
+    trainer = stripes_trainer(tmp_path, plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2), label_smoothing=0.5)
     trainer.fit()
     entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     losses = [float(row["train_loss"]) for row in csv.DictReader((tmp_path / "metrics_log.csv").open())]
     assert all(loss >= entropy - 1e-6 for loss in losses), losses
-    plain = make_trainer(tmp_path / "plain", plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2))
+    plain = stripes_trainer(tmp_path / "plain", plan_phases(0, 2, lr_head=5e-2, lr_backbone=1e-2))
     plain.fit()
     unsmoothed = [float(row["train_loss"]) for row in csv.DictReader((tmp_path / "plain" / "metrics_log.csv").open())]
     assert unsmoothed[-1] < entropy  # the bound binds: without smoothing the same run goes below it
     with pytest.raises(ConfigError, match="train.label_smoothing=1.0 must be in"):
-        make_trainer(tmp_path / "bad", plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0), label_smoothing=1.0)
+        stripes_trainer(tmp_path / "bad", plan_phases(1, 0, lr_head=1e-2, lr_backbone=0.0), label_smoothing=1.0)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())  # nothing half-begun
 
 
@@ -382,7 +235,7 @@ def test_the_moving_average_is_what_validation_scores_and_best_pth_keeps(tmp_pat
 
     from deepfake.engine.evaluate import predict
 
-    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3),
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3),
                            ema=partial(ModelEmaV3, decay=0.9, use_warmup=False))  # fmt: skip
     # Each epoch's raw and averaged weights as validation is about to score them.
     raw, averaged = {}, {}
@@ -422,7 +275,7 @@ def test_scoring_copies_the_logits_to_the_host_once_per_pass_not_per_batch(monke
     from deepfake.engine.evaluate import predict
 
     model = tiny_model().eval()
-    data = StripesDataset(80, 3)
+    data = Stripes(80, 3)
     loader = torch.utils.data.DataLoader(data, batch_size=16)  # five batches
     copies = []
     real_cpu = torch.Tensor.cpu
@@ -466,44 +319,6 @@ def test_scoring_uint8_images_normalised_on_the_device_gives_the_float_pipelines
         predict(model, loader(False), cpu, "32")
 
 
-def _stopped_in_finetune(tmp_path, head_epochs: int):
-    """A run of `head_epochs` + 4 fine-tuning epochs stopped after its second fine-tuning epoch."""
-    steps = (head_epochs + 2) * 3  # 3 steps an epoch
-    stopped = _stop_after(make_trainer(tmp_path, plan_phases(head_epochs, 4, lr_head=1e-3, lr_backbone=1e-4)), steps)
-    stopped.fit()
-    stopped.close()
-    assert (stopped.state.epoch_in_phase, stopped.state.batches_done) == (2, 0)
-    return load_checkpoint(tmp_path / "last.pth")
-
-
-@pytest.mark.parametrize("finetune_epochs", [1, 0])
-def test_a_resume_given_fewer_epochs_than_the_stopped_phase_trained_is_refused(tmp_path, finetune_epochs):
-    """Fewer would never end the phase (it used to train on forever); none would skip its rest silently."""
-    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
-    resumed = make_trainer(tmp_path, plan_phases(1, finetune_epochs, lr_head=1e-3, lr_backbone=1e-4))
-    with pytest.raises(ConfigError, match=rf"stopped in phase finetune after 2 epoch\(s\) of it; "
-                                          rf"phase.finetune_epochs={finetune_epochs} is fewer: resume with "
-                                          r"phase.finetune_epochs=2 \(the phase ends now\) or more"):  # fmt: skip
-        resumed.fit(saved)
-
-
-def test_a_resume_given_exactly_the_epochs_trained_ends_the_phase_there(tmp_path):
-    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
-    resumed = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4))
-    resumed.fit(saved)
-    assert (resumed.state.epoch, resumed.state.step, resumed.state.phase_index) == (3, 9, 2)  # nothing more trained
-    assert all(torch.equal(a, b) for a, b in zip(saved["model"].values(), resumed.model.state_dict().values()))
-
-
-def test_a_resume_without_the_head_phase_finds_the_stopped_phase_by_name(tmp_path):
-    """phase.head_epochs=0 on resume leaves the head phase out of the plan: the saved phase index (1)
-    would point past it, and the run used to end without its last fine-tuning epochs."""
-    saved = _stopped_in_finetune(tmp_path, head_epochs=1)
-    resumed = make_trainer(tmp_path, plan_phases(0, 4, lr_head=1e-3, lr_backbone=1e-4))
-    resumed.fit(saved)
-    assert (resumed.state.epoch, resumed.state.step, resumed.state.epoch_in_phase) == (5, 15, 0)
-
-
 def test_best_pth_and_the_threshold_predictions_are_those_of_the_best_epoch_not_the_last(tmp_path, monkeypatch):
     """Validation AUC 0.8, 0.9, 0.7: best.pth must hold epoch 2's weights, and the predictions the
     operating point is chosen on must be epoch 2's (a trainer saving every epoch as best passed before)."""
@@ -511,7 +326,7 @@ def test_best_pth_and_the_threshold_predictions_are_those_of_the_best_epoch_not_
 
     scripted = iter([0.8, 0.9, 0.7])
     monkeypatch.setattr(epoch_end, "auc_or_none", lambda targets, scores: next(scripted))
-    trainer = make_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3))
     weights, predictions = [], []
     original_end, original_validate = trainer._end_epoch, trainer.validate
 
@@ -534,41 +349,3 @@ def test_best_pth_and_the_threshold_predictions_are_those_of_the_best_epoch_not_
     assert trainer.best_predictions is predictions[1]
     rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
     assert [float(row["val_auc"]) for row in rows] == [0.8, 0.9, 0.7]
-
-
-def test_a_resume_keeps_the_saved_moments_but_takes_this_runs_optimizer_settings(tmp_path):
-    """``resume=... optimizer.weight_decay=0.05``: later overrides win over the stopped run's settings
-    (load_state_dict alone would bring back the saved weight decay and betas)."""
-    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
-    _, saved = stopped_phase_state(tmp_path / "a", phase)
-    assert {g["weight_decay"] for g in saved["optimizer"]["param_groups"]} == {0.0}
-    resumed = make_trainer(tmp_path / "b", [phase])
-    resumed.make_optimizer = partial(torch.optim.AdamW, weight_decay=0.05, betas=(0.8, 0.99))
-    resumed.resume_strict, resumed._resume_from = True, saved
-    resumed._setup_phase(phase)
-    groups = {g["name"]: g for g in resumed.optimizer.param_groups}
-    assert groups["backbone"]["weight_decay"] == groups["head"]["weight_decay"] == 0.05
-    assert groups["backbone_no_decay"]["weight_decay"] == 0.0  # norms and biases stay undecayed
-    assert all(g["betas"] == (0.8, 0.99) for g in groups.values())
-    loaded = resumed.optimizer.state_dict()["state"]
-    for key, state in saved["optimizer"]["state"].items():
-        assert all(torch.equal(loaded[key][k], v) for k, v in state.items())
-
-
-@pytest.mark.parametrize("batch_size", [8, 16])
-def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_at(tmp_path, batch_size):
-    """The resume skips the batches already trained: under another batch size it would skip other images."""
-    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
-    stopped = _stop_after(make_trainer(tmp_path, [phase]), 1)  # one of the epoch's 3 steps
-    stopped.fit()
-    stopped.close()
-    checkpoint = load_checkpoint(tmp_path / "last.pth")
-    assert checkpoint["trainer_state"]["batches_done"] == 1
-    resumed = make_trainer(tmp_path, [phase], batch_size=batch_size)
-    if batch_size == 16:
-        state, _ = resumed.check_resumable(checkpoint)
-        assert (state.epoch, state.batches_done) == (0, 1)
-        return
-    with pytest.raises(CheckpointError, match=r"saved part-way through an epoch by 1 process\(es\) with "
-                       r"dataset.batch_size=16; resume it with the same \(now 1 with 8\)"):  # fmt: skip
-        resumed.check_resumable(checkpoint)
