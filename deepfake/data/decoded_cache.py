@@ -7,8 +7,8 @@ tensor conversion (shorter side resized to ``img_size``, centre crop), so readin
 gives the very tensors decoding the file would; training with ``dataset.cache=all`` applies its random
 augmentations to the cached image instead of the full-size file.
 
-A cache is keyed by the CSV's bytes, the image root, the size and modification time of every image,
-``img_size`` and the resize rule: change any of them and another cache is built, never a stale one
+A cache is keyed by the CSV's bytes, the image root, the path, size and modification time of every
+image, ``img_size`` and the resize rule: change any of them and another cache is built, never a stale one
 served (the original README warned that changing img_size invalidates cached sets). It is built in
 ``<name>.partial/`` with its progress saved after every chunk, so a killed build resumes where it
 stopped, and renamed into place only when complete; a file lock keeps two runs or two ranks from
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("none", "eval", "all")
 # The resize rule, part of every key: a change to evaluation's framing must change this string.
 FRAMING = "resize-shorter-side-then-centre-crop"
-_FORMAT = 1
+_FORMAT = 2  # 2: image paths in the key
 _IMAGES, _META, _PROGRESS = "images.npy", "meta.json", "progress.json"
 _LOG_EVERY_S = 30.0
 
@@ -85,16 +85,24 @@ class DecodedImages:
 
 def cache_key(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, img_size: int, interpolation: str,
               threads: int = DEFAULT_SCAN_THREADS) -> str:  # fmt: skip
-    """What the cached pixels depend on: the CSV, the root, every file's size and mtime, the framing."""
+    """What the cached pixels depend on: the CSV, the root, every image's path, size and mtime, the framing."""
     digest = hashlib.sha256(Path(csv_path).read_bytes())
     settings = {"root": os.path.abspath(root_dir), "img_size": int(img_size), "interpolation": interpolation,
                 "framing": FRAMING, "format": _FORMAT}  # fmt: skip
     digest.update(json.dumps(settings, sort_keys=True).encode())
     # A dataset regenerated or re-downloaded in place under the same CSV changes its files' sizes and
-    # times, so it is not served stale.
-    for signature in file_signatures(paths, threads):
-        digest.update(signature)
+    # times, so it is not served stale. The paths count too: the same CSV read through another
+    # path_column lists other files, whose sizes and times (one archive's) may all be the same.
+    for path, signature in zip(paths, file_signatures(paths, threads)):
+        digest.update(f"{path}\n".encode() + signature)
     return digest.hexdigest()
+
+
+def _sources(csv_path, paths) -> dict:
+    """What tells a cache that another replaces (the same CSV's bytes and image list, files changed since)
+    from one that lives beside it (the same CSV read through another path column)."""
+    listed = hashlib.sha256("".join(f"{path}\n" for path in paths).encode()).hexdigest()
+    return {"csv_sha256": hashlib.sha256(Path(csv_path).read_bytes()).hexdigest(), "paths_sha256": listed}
 
 
 def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLike, img_size: int, interpolation: str,
@@ -109,19 +117,22 @@ def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLik
         with FileLock(f"{final}.lock"):
             if not (final / _META).is_file():  # another run or rank may have built it meanwhile
                 builder = _Builder(paths, key, img_size, interpolation, fallback_size, threads)
-                builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk)
-                _remove_superseded(final, prefix, csv_path, root_dir)
+                builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk,
+                              sources=_sources(csv_path, paths))  # fmt: skip
+                _remove_superseded(final, prefix)
     cache = DecodedImages(final)
     if cache.count != len(paths):  # the key covers the CSV, so only a hand-edited cache gets here
         raise DataError(f"{final}: holds {cache.count} images for {len(paths)} rows of {csv_path}; delete it")
     return cache
 
 
-def _remove_superseded(final: Path, prefix: str, csv_path, root_dir) -> None:
-    """Delete the finished caches of the same CSV, root and size (named ``prefix...``) that ``final``
-    replaces: their files have changed since (or the CSV has), so their key can no longer come up, and
-    at the Kaggle set's size each is ~20 GB. Caches of other sizes, CSVs or roots stay; so does a
-    folder without meta.json."""
+def _remove_superseded(final: Path, prefix: str) -> None:
+    """Delete the finished caches of the same CSV, root, size (named ``prefix...``) and resize rule that
+    ``final`` replaces: their files have changed since, or the CSV has, so their key can no longer come
+    up, and at the Kaggle set's size each is ~20 GB. Caches of other sizes, CSVs, roots or resize rules
+    stay, and so does one of the same CSV read through another path column (a run beside this one may
+    be reading it); so does a folder without meta.json."""
+    new = json.loads((final / _META).read_text())
     for other in final.parent.glob(f"{prefix}*"):
         if other == final or not other.is_dir() or other.name.endswith(".partial"):
             continue
@@ -129,7 +140,13 @@ def _remove_superseded(final: Path, prefix: str, csv_path, root_dir) -> None:
             meta = json.loads((other / _META).read_text())
         except (OSError, ValueError):
             continue
-        if meta.get("csv") == os.path.abspath(csv_path) and meta.get("root_dir") == os.path.abspath(root_dir):
+        if any(meta.get(field) != new[field] for field in ("csv", "root_dir")):
+            continue
+        replaced = meta.get("format") != _FORMAT or (
+            (meta.get("interpolation"), meta.get("framing")) == (new["interpolation"], new["framing"])
+            and (meta.get("csv_sha256") != new["csv_sha256"] or meta.get("paths_sha256") == new["paths_sha256"])
+        )  # fmt: skip
+        if replaced:
             shutil.rmtree(other, ignore_errors=True)
             log.info("removed the superseded cache %s (built from files or a CSV that have changed since)", other)
 
@@ -140,7 +157,7 @@ class _Builder:
         self.interpolation, self.threads = interpolation, max(1, threads)
         self.framing = eval_framing(self.img_size, interpolation)
 
-    def build(self, final: Path, *, csv_path, root_dir, chunk: int) -> None:
+    def build(self, final: Path, *, csv_path, root_dir, chunk: int, sources: dict) -> None:
         partial = final.with_name(final.name + ".partial")
         images, state = self._open(partial)
         count, started = len(self.paths), time.perf_counter()
@@ -163,7 +180,7 @@ class _Builder:
         del images
         meta = {"count": count, "img_size": self.img_size, "interpolation": self.interpolation, "framing": FRAMING,
                 "format": _FORMAT, "csv": os.path.abspath(csv_path), "root_dir": os.path.abspath(root_dir),
-                "key": self.key, "damaged": state["damaged"],
+                "key": self.key, **sources, "damaged": state["damaged"],
                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
         atomic_write_text(partial / _META, json.dumps(meta, indent=1) + "\n")
         (partial / _PROGRESS).unlink()

@@ -41,10 +41,11 @@ def _dataset(tmp_path: Path, sizes: list[tuple[int, int]], *, damaged: bool = Tr
     return tmp_path / "split.csv"
 
 
-def _cached(csv: Path, transform, img_size: int, cache_dir: Path, **kwargs) -> CsvImageDataset:
-    dataset = CsvImageDataset(csv, csv.parent / "images", transform, fallback_size=img_size)
+def _cached(csv: Path, transform, img_size: int, cache_dir: Path, *, interpolation: str = "bicubic",
+            path_column: str = "path", **kwargs) -> CsvImageDataset:  # fmt: skip
+    dataset = CsvImageDataset(csv, csv.parent / "images", transform, path_column=path_column, fallback_size=img_size)
     dataset.cache = open_cache(dataset.paths, csv_path=csv, root_dir=dataset.root_dir, img_size=img_size,
-                               interpolation="bicubic", fallback_size=img_size, cache_dir=cache_dir, **kwargs)  # fmt: skip
+                               interpolation=interpolation, fallback_size=img_size, cache_dir=cache_dir, **kwargs)  # fmt: skip
     return dataset
 
 
@@ -106,6 +107,27 @@ def test_a_changed_img_size_or_file_builds_a_new_cache_and_an_unchanged_one_is_r
                fallback_size=24, cache_dir=cache_dir)  # fmt: skip
     assert redone.directory.is_dir()
     assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "24px", "32px"]
+
+
+def test_a_cache_beside_another_of_the_same_csv_is_kept_and_never_served_for_it(tmp_path):
+    """Another resize rule, or the same CSV read through another path column, is a cache of its own that a
+    run beside this one may be reading: neither is removed as superseded. And two files of one size and
+    one mtime (unpacked from one archive) listed in the other order are not the same cache."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, shade in (("black.bmp", 0), ("white.bmp", 255)):  # BMPs: the same size on disk
+        Image.new("RGB", (24, 24), (shade,) * 3).save(root / name)
+        os.utime(root / name, ns=(10**18, 10**18))
+    csv = tmp_path / "split.csv"
+    csv.write_text("path,swapped,label\nblack.bmp,white.bmp,0\nwhite.bmp,black.bmp,1\n")
+    cache_dir = tmp_path / "cache"
+
+    bicubic = _cached(csv, None, 24, cache_dir).cache
+    bilinear = _cached(csv, None, 24, cache_dir, interpolation="bilinear").cache
+    swapped = _cached(csv, None, 24, cache_dir, path_column="swapped").cache
+    assert len({bicubic.directory, bilinear.directory, swapped.directory}) == 3
+    assert all(cache.directory.is_dir() for cache in (bicubic, bilinear, swapped))
+    assert (bicubic.array[0].max(), swapped.array[0].min()) == (0, 255)  # row 0: black, then white
 
 
 BUILD = """
