@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from torch.utils.data import Subset
+
 log = logging.getLogger(__name__)
 
 
@@ -15,6 +17,10 @@ class DamagedImageLog:
         self.seen: dict[str, set[int]] = {}
 
     def record(self, split: str, dataset, indices: Iterable[int]) -> None:
+        """``indices``: the items' own (their ``index``), which under a Subset (task=bench validates on the
+        first batch) are those of the dataset beneath it."""
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
         seen = self.seen.setdefault(split, set())
         for index in indices:
             if index not in seen:

@@ -194,6 +194,25 @@ def test_damaged_image_is_served_black_and_flagged(kaggle):
     assert "missing" in dataset.damage_reason(2)
 
 
+def test_a_damaged_image_met_through_a_subset_is_logged_by_its_path(kaggle, caplog):
+    """task=bench validates on a Subset of the split, whose items' indices are the split's: logging a
+    damaged one there was an AttributeError ('Subset' has no paths) that ended the bench."""
+    from torch.utils.data import Subset
+
+    from deepfake.data.damaged import DamagedImageLog
+
+    csv_path, root = kaggle
+    (root / "train/fake/BSVNA7L31W.jpg").write_bytes(b"")
+    dataset = CsvImageDataset(csv_path, root, fallback_size=16)
+    first = Subset(dataset, [1, 2])
+    damaged = DamagedImageLog()
+    with caplog.at_level("WARNING", logger="deepfake.data.damaged"):
+        damaged.record("valid", first, [item["index"] for item in first if item["damaged"]])
+    assert damaged.counts() == {"valid": 1}
+    assert caplog.messages == [f"damaged image replaced by a black image: {root / 'train/fake/BSVNA7L31W.jpg'} "
+                               f"({dataset.damage_reason(1)})"]  # fmt: skip
+
+
 def test_dataset_pickles_with_its_transform(kaggle):
     csv_path, root = kaggle
     dataset = CsvImageDataset(csv_path, root, build_train_transform(16, mean=MEAN, std=STD, color_jitter=0.2))
