@@ -45,6 +45,8 @@ def plan_phases(
         raise ConfigError(
             f"phase.head_epochs={head_epochs}, phase.finetune_epochs={finetune_epochs}: epochs must be >= 0"
         )
+    if head_epochs == finetune_epochs == 0:  # else found out after the scans, at a best.pth never written
+        raise ConfigError("phase.head_epochs=0, phase.finetune_epochs=0: nothing to train; give either phase an epoch")
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"phase.layer_decay={layer_decay}: must be in (0, 1] (e.g. 0.75), or null for none")
     phases = [

@@ -55,6 +55,8 @@ def test_plan_phases_skips_empty_phases_and_rejects_negative_epochs():
     assert [p.name for p in plan_phases(2, 0, 1e-3, 1e-4)] == ["head"]
     with pytest.raises(ConfigError, match="phase.head_epochs=-1"):
         plan_phases(-1, 3, 1e-3, 1e-4)
+    with pytest.raises(ConfigError, match="^phase.head_epochs=0, phase.finetune_epochs=0: nothing to train"):
+        plan_phases(0, 0, 1e-3, 1e-4)
     head, finetune = plan_phases(2, 3, 1e-3, 1e-4, layer_decay=0.75)
     assert (head.layer_decay, finetune.layer_decay) == (None, 0.75)  # only where the backbone trains
     with pytest.raises(ConfigError, match="phase.layer_decay=0"):
