@@ -25,8 +25,6 @@ class Detector:
     operating_point: OperatingPoint
     source: Path
     kind: str  # "pytorch" | "onnx"
-    # Temperature applied when scoring: the checkpoint's for PyTorch; 1.0 for ONNX, whose graph has it.
-    score_temperature: float = 1.0
     real_label: int = 1  # the training CSVs' label for real images: a labelled input's default polarity
     checkpoint: dict = field(default_factory=dict, repr=False)
 
@@ -52,7 +50,6 @@ def load_detector(path: str | os.PathLike) -> Detector:
         operating_point=point,
         source=path,
         kind="pytorch",
-        score_temperature=point.temperature,
         real_label=int((checkpoint.get("labels") or {}).get("real_label", 1)),
         checkpoint=checkpoint,
     )

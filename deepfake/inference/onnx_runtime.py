@@ -28,22 +28,29 @@ from deepfake.inference.onnx_export import (
 
 
 class OnnxDetector(torch.nn.Module):
-    """(B, 3, S, S) pixels in [0, 1] -> (B, 1) logits of the p(fake) the graph outputs.
+    """(B, 3, S, S) pixels in [0, 1] -> (B, 1) logits, as the checkpoint's model gives them.
 
-    The scoring loop collects logits; handing back logit(p) keeps one loop for both kinds of model.
-    The graph already applied the temperature, so the loop must score with temperature 1.
+    The scoring loop collects logits; handing back the graph's p(fake) as ``temperature * logit(p)``
+    (the graph divided by it) keeps one loop, one rule and one calibration report for both kinds of
+    model. A float32 p saturates at 0 or 1 past a logit of about 17: clipped, it is a large finite
+    logit, where logit(1) = inf ended a labelled predict in scikit-learn's traceback.
     """
 
-    def __init__(self, path: Path) -> None:
+    # Below the float32 step under 1 (2**-24): every p < 1 the graph gives keeps its own logit, and 1 maps above them.
+    _EPS = 2.0**-25
+
+    def __init__(self, path: Path, temperature: float) -> None:
         super().__init__()
         onnxruntime = onnx_modules()
         preferred = ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in preferred if p in onnxruntime.get_available_providers()]
         self.session = open_session(onnxruntime, path, providers)
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         p_fake = self.session.run([OUTPUT_NAME], {INPUT_NAME: image.detach().cpu().float().numpy()})[0]
-        return torch.logit(torch.from_numpy(p_fake).double()).float().reshape(-1, 1)
+        logits = torch.logit(torch.from_numpy(p_fake).double(), eps=self._EPS) * self.temperature
+        return logits.float().reshape(-1, 1)
 
 
 def read_sidecar(onnx_path: Path) -> dict:
@@ -66,7 +73,8 @@ def load_onnx_detector(path: Path) -> Detector:
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such ONNX file; pass the model.onnx that task=export wrote")
     meta = read_sidecar(path)
-    model = OnnxDetector(path)
+    point = OperatingPoint.of(meta)
+    model = OnnxDetector(path, point.temperature)
     # The sidecar's checksum covers the graph, not the sidecar: an edited img_size would reach
     # onnxruntime as a shape error on the first batch.
     height, width = model.session.get_inputs()[0].shape[2:]
@@ -80,10 +88,9 @@ def load_onnx_detector(path: Path) -> Detector:
             "interpolation": meta["interpolation"],
             **IDENTITY_NORMALISATION,
         },
-        operating_point=OperatingPoint.of(meta),
+        operating_point=point,
         source=path,
         kind="onnx",
-        score_temperature=1.0,
         real_label=int(meta["labels"]["training_csv_real_label"]),
         checkpoint={"model_spec": meta.get("backbone"), "run_name": meta["source_checkpoint"].get("run_name")},
     )

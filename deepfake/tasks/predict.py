@@ -8,7 +8,6 @@ Only the checkpoint is needed: its own preprocessing, threshold and temperature 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -66,7 +65,7 @@ def run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     preds = _score(detector, dataset, settings, cfg.train)
     images_per_second = len(dataset) / (time.perf_counter() - started)
-    probs = p_fake_per_item(len(dataset), preds, detector.score_temperature)
+    probs = p_fake_per_item(len(dataset), preds, rule.temperature)
     damaged = damaged_reasons(dataset, preds.damaged) if preds is not None else {}
 
     frame = prediction_table(rows, probs, threshold, damaged, faces=bool(settings.face_crop), labelled=inputs.labelled)
@@ -208,13 +207,12 @@ def _write_metrics(cfg: DictConfig, preds, rule, detector, out: Path) -> dict:
     from deepfake.evaluation.summary import summarise
     from deepfake.tasks.scoring import summary_settings
 
-    rule = dataclasses.replace(rule, temperature=detector.score_temperature)  # an ONNX graph applies its own
     metrics = {
         **summarise(preds.targets, preds.logits, rule, summary_settings(cfg)),
         "decision_rule": rule.as_dict(),
         "threshold_source": rule.source,
         "threshold_policy": rule.policy,
-        "temperature": detector.operating_point.temperature,
+        "temperature": rule.temperature,
         "n_damaged": len(preds.damaged),
         "checkpoint": str(detector.source),
         "input": str(cfg.predict.input),

@@ -25,7 +25,7 @@ from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
 TEMPERATURE = 1.7
 
 
-def write_checkpoint(path, name: str, size: int, **kwargs):
+def write_checkpoint(path, name: str, size: int, *, temperature: float = TEMPERATURE, **kwargs):
     """A best.pth as training writes it, with a spread-out head so scores are not all 0.5."""
     torch.manual_seed(0)
     model = create_detector(name, **kwargs)
@@ -34,7 +34,7 @@ def write_checkpoint(path, name: str, size: int, **kwargs):
         "format": CHECKPOINT_FORMAT, "kind": "best", "model": model.state_dict(),
         "model_spec": model.detector_spec, "preprocess": {**model.preprocess, "img_size": size},
         "labels": {"real_label": 1, "output": "logit of p(fake)"}, "threshold": 0.42,
-        "threshold_policy": "youden", "temperature": TEMPERATURE, "run_name": "unit", "epoch": 3,
+        "threshold_policy": "youden", "temperature": temperature, "run_name": "unit", "epoch": 3,
     }, path)  # fmt: skip
     return path
 
@@ -76,7 +76,7 @@ def _scores(detector, paths):
     """p(fake) through the dataset, loader and scoring loop task=predict uses."""
     dataset = ImageFileDataset(paths, build_eval_transform(**_transform_args(detector.preprocess)))
     preds = predict(detector.model, DataLoader(dataset, batch_size=3), torch.device("cpu"))
-    return fake_probability(preds.logits, detector.score_temperature)
+    return fake_probability(preds.logits, detector.operating_point.temperature)
 
 
 def _transform_args(preprocess):
@@ -95,16 +95,35 @@ def test_onnx_scores_through_the_same_input_code_as_the_checkpoint(exported, tmp
 
     expected, got = _scores(pytorch, paths), _scores(onnx, paths)
 
-    assert onnx.kind == "onnx" and onnx.score_temperature == 1.0 and onnx.operating_point.threshold == 0.42
+    assert onnx.kind == "onnx" and onnx.operating_point == pytorch.operating_point
+    assert onnx.operating_point.threshold == 0.42 and onnx.operating_point.temperature == TEMPERATURE
     assert np.abs(got - expected).max() < 1e-4
     assert expected.std() > 0.05  # scores that differ from image to image: the comparison means something
     # p(fake) is sigmoid(logit / T): the graph carries the checkpoint's temperature.
     dataset = ImageFileDataset(paths, build_eval_transform(**_transform_args(pytorch.preprocess)))
     logits = predict(pytorch.model, DataLoader(dataset, batch_size=8), torch.device("cpu")).logits
     assert np.allclose(got, 1 / (1 + np.exp(-logits / TEMPERATURE)), atol=1e-4)
+    # The ONNX model hands the loop the checkpoint's own logits: one rule and one calibration report.
+    framed_for_onnx = ImageFileDataset(paths, build_eval_transform(**_transform_args(onnx.preprocess)))
+    onnx_logits = predict(onnx.model, DataLoader(framed_for_onnx, batch_size=8), torch.device("cpu")).logits
+    assert np.allclose(onnx_logits, logits, rtol=1e-3, atol=1e-3)
     # Real images for the export check go through the graph's own framing: pixels in [0, 1] at 32 px.
     framed = verification_images([str(p) for p in paths], pytorch.preprocess, 5)
     assert framed.shape == (5, 3, 32, 32) and framed.min() >= 0 and framed.max() <= 1
+
+
+def test_a_saturated_onnx_score_is_a_large_finite_logit(tmp_path):
+    """A hot temperature (or a sure model) saturates the graph's float32 p(fake) at 0 or 1: its logit was
+    inf, and a labelled task=predict of the .onnx ended in scikit-learn's traceback."""
+    detector = load_detector(write_checkpoint(tmp_path / "best.pth", "test_resnet", 32, temperature=1e-3))
+    images = verification_images(None, detector.preprocess, 8)
+    export_onnx(detector, tmp_path / "model.onnx", images)
+    onnx = load_detector(tmp_path / "model.onnx").model
+    graph_p = onnx.session.run(None, {onnx.session.get_inputs()[0].name: images.numpy()})[0].reshape(-1)
+    assert (graph_p == 1.0).any() and set(np.unique(graph_p)) <= {0.0, 1.0}  # every score saturated
+    logits = onnx(images).reshape(-1).numpy()
+    assert np.isfinite(logits).all() and np.array_equal(logits > 0, graph_p > 0.5)
+    assert np.array_equal(fake_probability(logits, 1e-3) > 0.5, graph_p > 0.5)
 
 
 def _copy(folder, tmp_path):
