@@ -21,6 +21,8 @@ from deepfake.data.manifest import file_sha256
 from deepfake.errors import DataError
 
 SPLITS = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
+# A registry entry's figures measured on the run's best.pth (its history is the run's).
+MEASURED = ("test_metrics", "cam_metrics")
 
 
 @dataclass
@@ -50,7 +52,9 @@ def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -
     run_dir = find_run_dir(checkpoint_path, entry)
     config = _read_yaml(run_dir / "config_resolved.yaml") if run_dir else {}
     entry = entry or {}
-    test = _read_json(run_dir / "metrics_test.json") if run_dir else {}
+    test = (_read_json(run_dir / "metrics_test.json") if run_dir else {}) or entry.get("test_metrics") or {}
+    if checkpoint.get("kind") == "last":  # the run's test report and measurements are its best.pth's
+        test, entry = {}, {key: value for key, value in entry.items() if key not in MEASURED}
     return CardFacts(
         checkpoint_path=checkpoint_path,
         checkpoint_sha256=file_sha256(checkpoint_path),
@@ -58,7 +62,7 @@ def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -
         run_dir=run_dir,
         config=config,
         git=_read_git(run_dir / "git.txt") if run_dir else {},
-        test=test or entry.get("test_metrics") or {},
+        test=test,
         entry=entry,
         data=_data_facts(config.get("dataset") or {}),
         written_at=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),

@@ -164,9 +164,9 @@ def _evaluation(facts: CardFacts) -> str:
             text += "\n\n" + table([("real", *matrix[0]), ("fake", *matrix[1])], ("true \\ called", "real", "fake"))
         parts.append(text)
     else:
-        parts.append(
-            "### Test\n\nNot evaluated (train.do_test=false); run `python scripts/main.py task=test ckpt=...`."
-        )
+        why = ("its run's test report is of best.pth, not this latest epoch" if facts.checkpoint.get("kind") == "last"
+               else "train.do_test=false")  # fmt: skip
+        parts.append(f"### Test\n\nNot evaluated ({why}); run `python scripts/main.py task=test ckpt=...`.")
     extra = [row for key in ("cam_metrics",) if facts.entry.get(key) for row in _flatten(key, facts.entry[key])]
     if extra:
         parts.append("### Explanations (GradCAM against a random-map baseline)\n\n" + table(extra, ("figure", "value")))
@@ -192,10 +192,13 @@ def _rounded(value):
 
 def _operating_point(facts: CardFacts) -> str:
     ckpt = facts.checkpoint
-    policy = ckpt.get("threshold_policy") or "fixed (train.threshold; no validation policy recorded)"
     temperature = ckpt.get("temperature")
+    if ckpt.get("threshold") is None:  # a last.pth, or a training stopped before choosing one
+        threshold, policy = "none chosen: give one (eval.threshold, predict.threshold) to call images fake", "n/a"
+    else:
+        threshold, policy = ckpt["threshold"], ckpt.get("threshold_policy") or "not recorded (an older checkpoint)"
     rows = [
-        ("threshold", ckpt.get("threshold")),
+        ("threshold", threshold),
         ("rule", "called fake when p(fake) >= threshold"),
         ("policy", policy),
         ("temperature", "1.0 (not calibrated)" if temperature is None else temperature),

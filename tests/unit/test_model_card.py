@@ -117,7 +117,9 @@ def test_card_says_what_is_missing_instead_of_inventing_it(tmp_path):
 
     assert "Not evaluated (train.do_test=false)" in section(card, "Evaluation")
     assert "valid.csv: CSV file not found" in section(card, "Data")
-    assert "| temperature | 1.0 (not calibrated) |" in card and "no validation policy recorded" in card
+    assert (
+        "| temperature | 1.0 (not calibrated) |" in card and "| policy | not recorded (an older checkpoint) |" in card
+    )
     assert "No robustness measurements were recorded" in card
     # eval.robustness=false writes "robustness": null: still nothing measured, not a row of n/a.
     facts = dataclasses.replace(collect_facts(run / "best.pth", checkpoint, None), test={"robustness": None})
@@ -153,3 +155,22 @@ def test_a_card_of_last_pth_leaves_the_best_models_card_alone(tmp_path):
     assert card_path(tmp_path / "run" / "best.pth") == tmp_path / "run" / "model_card.md"
     assert card_path(tmp_path / "run" / "last.pth") == tmp_path / "run" / "last.model_card.md"
     assert card_path(tmp_path / "models" / "best_model.pth") == tmp_path / "models" / "model_card.md"
+
+
+def test_a_card_of_last_pth_claims_neither_the_best_models_test_nor_a_threshold(tmp_path):
+    """The run's metrics_test.json and registry figures are its best.pth's; a last.pth holds no
+    threshold. Its card showed best.pth's test figures and 'policy fixed (train.threshold)'."""
+    run, entry = make_run(tmp_path)
+    last = torch.load(run / "best.pth", weights_only=True)
+    last.update(kind="last", threshold=None, threshold_policy=None)
+    atomic_save(last, run / "last.pth")
+    entry = {**entry, "test_metrics": {"auc": 0.91234}, "cam_metrics": {"deletion_auc": 0.2}}
+
+    card = render_model_card(collect_facts(run / "last.pth", last, entry))
+
+    evaluation = section(card, "Evaluation")
+    assert "0.9123" not in card and "deletion_auc" not in evaluation
+    assert "Not evaluated (its run's test report is of best.pth, not this latest epoch)" in evaluation
+    point = section(card, "Operating point")
+    assert "| threshold | none chosen: give one (eval.threshold, predict.threshold) to call images fake |" in point
+    assert "| policy | n/a |" in point and "train.threshold" not in card
