@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> float:
     source = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     if source.suffix.lower() == ".onnx":
         raise ConfigError(f"ckpt={source} is already an ONNX file; export a run dir or a .pth checkpoint")
-    output = Path(settings.output) if settings.output else source.parent / "model.onnx"
+    output = Path(settings.output) if settings.output else default_output(source)
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"export.output={settings.output} must end in .onnx (its sidecar takes the same name, .json)")
     tolerance = values.number(settings.tolerance, "export.tolerance")
@@ -49,3 +49,9 @@ def run(cfg: DictConfig) -> float:
     log.info("wrote %s and %s; score with: python scripts/main.py task=predict ckpt=%s predict.input=<images>",
              output, sidecar_path(output), output)  # fmt: skip
     return verification.max_difference
+
+
+def default_output(checkpoint: Path) -> Path:
+    """``model.onnx`` beside the checkpoint, except for a run's last.pth (``last.model.onnx``), as its
+    model card: an export of the latest epoch must not replace the export of the best model beside it."""
+    return checkpoint.parent / ("last.model.onnx" if checkpoint.name == "last.pth" else "model.onnx")

@@ -217,6 +217,12 @@ def test_export_then_predict_with_onnx_equals_predict_with_pth(trained, user_fol
     assert (pth["path"] == onnx["path"]).all() and (pth["damaged"] == onnx["damaged"]).all()
     assert np.nanmax(np.abs(pth["p_fake"] - onnx["p_fake"])) < 1e-4 and onnx["p_fake"].notna().sum() > 5
 
+    # The latest epoch exported beside it keeps the best model's export: last.model.onnx, as its card.
+    best_export = (run / "model.onnx").read_bytes()
+    run_main(root, "task=export", f"ckpt={run / 'last.pth'}", data_dir=data)
+    assert (run / "model.onnx").read_bytes() == best_export and json.loads((run / "model.json").read_text()) == meta
+    assert json.loads((run / "last.model.json").read_text())["source_checkpoint"]["path"] == str(run / "last.pth")
+
 
 def test_model_card_beside_best_pth_follows_promotion_and_task_card(trained):
     root, run, data = trained
