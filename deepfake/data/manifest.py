@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepfake.data.images import IMAGE_SUFFIXES
-from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message, remembered
+from deepfake.data.scan import DEFAULT_SCAN_THREADS, list_for_message, not_utf8, remembered
 from deepfake.errors import DataError
 
 MANIFEST_FIELDS = ["path", "bytes", "sha256"]
@@ -38,11 +38,8 @@ def image_files(root: str | os.PathLike) -> list[str]:
         for name in files:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 relative = Path(folder, name).relative_to(root).as_posix()
-                try:
-                    relative.encode("utf-8")
-                except UnicodeEncodeError:
-                    shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
-                    raise DataError(f"{root}: the file name {shown} is not UTF-8; rename it") from None
+                if shown := not_utf8(relative):
+                    raise DataError(f"{root}: the file name {shown} is not UTF-8; rename it")
                 found.append(relative)
     return sorted(found)
 

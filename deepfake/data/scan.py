@@ -94,6 +94,16 @@ def _file_signature(path: str) -> bytes:
     return f"{stat.st_size}:{stat.st_mtime_ns}\n".encode()
 
 
+def not_utf8(name: str) -> str | None:
+    """``name`` as a message shows it (``caf\\xe9.jpg``) when it is not UTF-8, which CSVs and reports
+    must be (Linux hands such a name to Python with surrogates); None for a UTF-8 name."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return None
+
+
 def list_for_message(items: Sequence[str], limit: int = 10) -> str:
     """``a, b, c (+N more)``: long lists stay on one readable line."""
     shown = ", ".join(items[:limit])

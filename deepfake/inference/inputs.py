@@ -15,6 +15,7 @@ import numpy as np
 
 from deepfake.data.csv_dataset import image_path_column, labels_to_targets, read_raw_csv, require_column
 from deepfake.data.images import IMAGE_SUFFIXES
+from deepfake.data.scan import not_utf8
 from deepfake.errors import DataError
 
 CSV_EXTENSIONS = frozenset({".csv"})
@@ -69,6 +70,8 @@ def discover_inputs(
         inputs = ImageInputs([str(path)], "image")
     else:
         raise DataError(f"{key}={spec}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a folder or a .csv file")
+    if shown := next(filter(None, map(not_utf8, inputs.paths)), None):  # before a predictions.csv could fail
+        raise DataError(f"{key}={spec}: the file name {shown} is not UTF-8, as predictions.csv must be; rename it")
     if not inputs.paths:
         skipped = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
         raise DataError(f"{key}={spec}: holds no image file{skipped}; extensions looked for: "

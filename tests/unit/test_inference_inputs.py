@@ -107,3 +107,14 @@ def test_missing_input_and_input_without_images_are_data_errors(tmp_path):
     (tmp_path / "model.pth").write_bytes(b"x")
     with pytest.raises(DataError, match="export.verify_input=.*model.pth: not an image"):
         discover_inputs(tmp_path / "model.pth", key="export.verify_input")
+
+
+def test_a_file_name_that_is_not_utf8_is_named_before_anything_is_scored(tmp_path):
+    """predictions.csv is UTF-8: such a name ended task=predict with a UnicodeEncodeError traceback
+    after scoring, and no predictions.csv (the manifest refuses these names the same way)."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.jpg")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")))
+    with pytest.raises(
+        DataError, match=r"^predict.input=.*: the file name .*caf\\xe9\.jpg is not UTF-8, as predictions"
+    ):
+        discover_inputs(tmp_path)
