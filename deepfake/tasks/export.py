@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> float:
     if not tolerance > 0:
         raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
     count = values.positive_int(settings.verify_images, "export.verify_images")
+    opset = None if settings.opset is None else values.positive_int(settings.opset, "export.opset")
     detector = load_detector(source)
     if detector.operating_point.threshold is None:
         log.warning(
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> float:
     images = verification_images(paths, detector.preprocess, count)
     log.info("exporting %s (%s, %d px) to %s; checking on %d %s image(s)", source, detector.name,
              detector.preprocess["img_size"], output, len(images), "given" if paths else "synthetic")  # fmt: skip
-    verification = export_onnx(detector, output, images, tolerance=tolerance, opset=settings.opset)
+    verification = export_onnx(detector, output, images, tolerance=tolerance, opset=opset)
     log.info("onnxruntime vs PyTorch, max |p_fake difference|: %s (tolerance %g)",
              ", ".join(f"{k} {v:.2e}" for k, v in verification.differences.items()), tolerance)  # fmt: skip
     log.info("wrote %s and %s; score with: python scripts/main.py task=predict ckpt=%s predict.input=<images>",

@@ -172,7 +172,8 @@ def _origin(rule) -> str:
 def _find_faces(inputs, settings: DictConfig, transform, fallback: int):
     from deepfake.inference.faces import FaceSearch, plan_face_rows  # scikit-image only when asked
 
-    search = FaceSearch(inputs.paths, instantiate(settings.face_detector), float(settings.face_margin), fallback)
+    margin = values.number(settings.face_margin, "predict.face_margin")
+    search = FaceSearch(inputs.paths, instantiate(settings.face_detector), margin, fallback)
     workers = resolve_num_workers(settings.num_workers, torch.device("cpu"), key="predict.num_workers")
     loader = DataLoader(search, batch_size=None, num_workers=workers, worker_init_fn=init_worker)
     with progress_bars() as progress:

@@ -106,6 +106,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             ) from error
         if isinstance(error, OSError) and error.errno in _UNWRITABLE:
             raise ConfigError(f"cannot write {path} ({error.strerror}); give a folder you can write to") from error
+        if isinstance(error, OSError) and error.errno == errno.EISDIR:  # export.output=<a folder>.onnx
+            raise ConfigError(f"cannot write {path}: a folder of that name is there; give a file name") from error
         raise
     _fsync_directory(path.parent)
 

@@ -59,6 +59,10 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
     evil = work / "evil.pth"
     torch.save({"format": CHECKPOINT_FORMAT, "model": _Payload(work / "pwned")}, evil)
 
+    image = synthetic / "real_vs_fake" / "real-vs-fake" / train["path"][0]
+    (work / "a_folder.onnx").mkdir()
+    faces = ["task=predict", f"ckpt={best}", f"predict.input={image}", "predict.face_crop=true"]
+
     def csv_case(name, content, *expected):
         return [f"dataset.train_csv={_csv(work, name, content)}"], [name, *expected]
 
@@ -106,6 +110,14 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
             ["test set: ", "unread.csv", "images are damaged", "dataset.root_dir="]),
         "a true/false setting in words": (  # the text "no" is true: it tested, and prune.apply=no deleted
             ["train.do_test=no"], ["train.do_test=no is not true or false"]),
+        "an export opset in words": (["task=export", f"ckpt={best}", "export.opset=abc"],
+                                     ["export.opset=abc is not an integer"]),
+        "an export onto a folder": (  # found once the graph was written: its temp is removed
+            ["task=export", f"ckpt={best}", f"export.output={work / 'a_folder.onnx'}"],
+            [f"cannot write {work / 'a_folder.onnx'}: a folder of that name is there"]),
+        "a face margin in words": ([*faces, "predict.face_margin=abc"], ["predict.face_margin=abc is not a finite"]),
+        "a face detector setting in words": (
+            [*faces, "predict.face_detector.max_side=wide"], ["predict.face_detector:", "max_side='wide'"]),
     }  # fmt: skip
 
 
@@ -132,7 +144,8 @@ CASES = [
     "an image folder that is not there", "an image size too small to generate", "a test CSV that is missing",
     "a batch size that is no integer", "epochs in words", "a negative learning rate", "a negative clipping norm",
     "an optimizer setting in words", "a threshold that is no p(fake)", "a true/false setting in words",
-    "a test set that cannot be read",
+    "a test set that cannot be read", "an export opset in words", "an export onto a folder", "a face margin in words",
+    "a face detector setting in words",
 ]  # fmt: skip
 
 
