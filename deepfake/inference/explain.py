@@ -43,8 +43,11 @@ def write_overlays(
     target_layer: str | None,
     batch_size: int,
 ) -> list[Path]:
-    """``<row>_<name>.png`` per item in ``out_dir``, computed ``batch_size`` images at a time."""
+    """``<row>_<name>.png`` per item in ``out_dir``, computed ``batch_size`` images at a time. An earlier
+    predict's overlays there go first: they are of a predictions file just replaced."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for earlier in out_dir.glob(f"{'[0-9]' * 5}_*.png"):
+        earlier.unlink()
     explainer = Explainer(model, method, target_layer, batch_size)
     written = []
     try:

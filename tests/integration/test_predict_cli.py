@@ -255,3 +255,11 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
     assert 0 <= astronaut["p_fake"] <= 1 and astronaut["label"] in ("real", "fake")
     assert coffee["face"] == "" and np.isnan(coffee["p_fake"]) and coffee["damaged"] == ""
     assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["00000_astronaut_face0.png"]
+
+    # Predicting again into the same file replaces the overlays with its own: none for a photo without a
+    # face (the astronaut's stayed beside predictions that no longer list it); a user's own file stays.
+    (tmp_path / "out" / "cam" / "notes.txt").write_text("mine")
+    run_main(root, "task=predict", f"predict.input={photos / 'coffee.jpg'}", "predict.face_crop=true",
+             "predict.cam=true", f"predict.output={tmp_path}/out/predictions.csv",
+             data_dir=data)  # fmt: skip
+    assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["notes.txt"]
