@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from deepfake.data.manifest import file_sha256
-from deepfake.errors import CheckpointError
+from deepfake.data.transforms import interpolation_mode
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.evaluation.operating_point import OperatingPoint
 from deepfake.inference.detector import Detector
 from deepfake.inference.onnx_export import (
@@ -73,24 +74,43 @@ def load_onnx_detector(path: Path) -> Detector:
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such ONNX file; pass the model.onnx that task=export wrote")
     meta = read_sidecar(path)
-    point = OperatingPoint.of(meta)
+    img_size, interpolation, real_label, point = _fields(meta, sidecar_path(path))
     model = OnnxDetector(path, point.temperature)
     # The sidecar's checksum covers the graph, not the sidecar: an edited img_size would reach
     # onnxruntime as a shape error on the first batch.
     height, width = model.session.get_inputs()[0].shape[2:]
-    if (height, width) != (int(meta["img_size"]),) * 2 and all(isinstance(side, int) for side in (height, width)):
-        raise CheckpointError(f"{sidecar_path(path)} says img_size={meta['img_size']}, but {path} takes "
+    if (height, width) != (img_size, img_size) and all(isinstance(side, int) for side in (height, width)):
+        raise CheckpointError(f"{sidecar_path(path)} says img_size={img_size}, but {path} takes "
                               f"{height}x{width} images; export again with task=export")  # fmt: skip
     return Detector(
         model=model,
-        preprocess={
-            "img_size": int(meta["img_size"]),
-            "interpolation": meta["interpolation"],
-            **IDENTITY_NORMALISATION,
-        },
+        preprocess={"img_size": img_size, "interpolation": interpolation, **IDENTITY_NORMALISATION},
         operating_point=point,
         source=path,
         kind="onnx",
-        real_label=int(meta["labels"]["training_csv_real_label"]),
-        checkpoint={"model_spec": meta.get("backbone"), "run_name": meta["source_checkpoint"].get("run_name")},
+        real_label=real_label,
+        checkpoint={
+            "model_spec": meta.get("backbone"),
+            "run_name": (meta.get("source_checkpoint") or {}).get("run_name"),
+        },
     )
+
+
+def _fields(meta: dict, sidecar: Path) -> tuple[int, str, int, OperatingPoint]:
+    """(img_size, interpolation, the training CSVs' real label, the operating point) from model.json, each
+    checked: its checksum covers the graph, not itself, and an edited field was a KeyError or ValueError
+    traceback, or a threshold outside [0, 1] used as given."""
+    shown = {key: meta.get(key) for key in ("img_size", "interpolation", "labels", "threshold", "temperature")}
+    refused = CheckpointError(f"{sidecar}: its fields are missing or out of range ({shown}); export again with "
+                              "task=export")  # fmt: skip
+    try:
+        img_size, real_label = int(meta["img_size"]), int(meta["labels"]["training_csv_real_label"])
+        interpolation_mode(meta["interpolation"])
+        point = OperatingPoint.of(meta)
+    except (KeyError, TypeError, ValueError, ConfigError):
+        raise refused from None
+    if not (img_size > 0 and real_label in (0, 1) and point.temperature > 0):
+        raise refused
+    if point.threshold is not None and not 0.0 <= point.threshold <= 1.0:
+        raise refused
+    return img_size, str(meta["interpolation"]), real_label, point

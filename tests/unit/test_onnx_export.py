@@ -168,3 +168,18 @@ def test_a_sidecar_edited_to_another_img_size_is_refused_when_loaded(exported, t
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "img_size": 64}))
     with pytest.raises(CheckpointError, match=r"model.json says img_size=64, but .*model.onnx takes 32x32 images"):
         load_detector(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"img_size": "big"}, {"interpolation": "sharpest"}, {"labels": {}}, {"threshold": 1.5}, {"temperature": 0},
+     {"threshold": "high"}],
+    ids=["img_size", "interpolation", "labels", "threshold", "temperature", "threshold in words"],
+)  # fmt: skip
+def test_a_sidecar_with_a_field_edited_out_of_shape_is_refused_in_one_line(exported, tmp_path, edit):
+    """A KeyError or ValueError traceback, or a threshold outside [0, 1] used as given."""
+    _copy(exported[0], tmp_path)
+    sidecar = sidecar_path(tmp_path / "model.onnx")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
+    with pytest.raises(CheckpointError, match=r"model.json: its fields are missing or out of range .*; export again"):
+        load_detector(tmp_path / "model.onnx")
