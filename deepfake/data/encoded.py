@@ -23,6 +23,7 @@ from torch.utils.data._utils.collate import default_collate
 from torchvision.transforms import RandomResizedCrop
 
 from deepfake.data.image_files import ImageFileDataset
+from deepfake.data.transforms import centre_crop_offset
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -61,7 +62,7 @@ class EncodedSamples(Dataset):
     def _box(self, width: int, height: int) -> tuple[int, int, int, int]:
         if self.crop_scale == (1.0, 1.0):  # evaluation's framing: the central square
             side = min(width, height)
-            return (height - side) // 2, (width - side) // 2, side, side
+            return centre_crop_offset(height, side), centre_crop_offset(width, side), side, side
         # torchvision's own sampling of a random resized crop, from torch's (per-sample seeded) RNG; it
         # reads only the image's shape, which an empty tensor gives without pixels.
         shape_only = torch.empty((0, height, width))

@@ -184,11 +184,11 @@ def central_square(image: Image.Image) -> Image.Image:
     """The region the eval transform keeps of ``image`` (it resizes the shorter side, then centre-crops),
     at the image's own resolution: what an overlay of the model's view is drawn on."""
     side = min(image.size)
-    left, top = _crop_offset(image.width, side), _crop_offset(image.height, side)
+    left, top = centre_crop_offset(image.width, side), centre_crop_offset(image.height, side)
     return image.crop((left, top, left + side, top + side))
 
 
-def _crop_offset(length: int, crop: int) -> int:
+def centre_crop_offset(length: int, crop: int) -> int:
     """Where torchvision's CenterCrop starts a crop of ``crop`` along ``length``: half the rest,
     rounded half to even (Python's round), so 35 -> 32 starts at 2, not 1."""
     return int(round((length - crop) / 2.0))

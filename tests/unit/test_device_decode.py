@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from deepfake.data.csv_dataset import CsvImageDataset
 from deepfake.data.encoded import EncodedSamples, collate_encoded
-from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform
+from deepfake.data.transforms import NormaliseOnDevice, build_eval_transform, central_square
 from deepfake.engine.device_images import DeviceImages
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -55,6 +55,14 @@ def test_framed_like_evaluation_the_device_images_match_pillows_within_resamplin
         difference = ((images[index] - pillow) * torch.tensor(STD).view(3, 1, 1)).abs()  # in [0, 1] pixel units
         assert difference.mean() < 2 / 255 and difference.max() < 40 / 255, index
     assert batch["damaged"].tolist() == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize(("width", "height"), [(67, 32), (32, 69), (40, 40), (41, 38)])
+def test_the_box_framed_like_evaluation_is_the_square_evaluation_keeps(files, width, height):
+    """CenterCrop rounds half the rest to even: 67 -> 32 starts at 18; the box's floor started at 17."""
+    top, left, side, _ = EncodedSamples(files, crop_scale=(1.0, 1.0), hflip=0.0)._box(width, height)
+    image = Image.effect_noise((width, height), 50).convert("RGB")
+    assert image.crop((left, top, left + side, top + side)).tobytes() == central_square(image).tobytes()
 
 
 def test_damaged_files_are_black_and_flagged_and_flips_mirror(files):
