@@ -26,19 +26,19 @@ class Stripes(torch.utils.data.Dataset):
     Samples look like CsvImageDataset's.
 
     ``noise``: more noise drawn per load from torch's RNG, as an augmentation draws it (what an exact
-    resume must replay). ``signal_on_load=k``: the k-th load, counted across worker processes, sends
+    resume must replay). ``damaged``: the items flagged as damaged images. ``signal_on_load=k``: the k-th load, counted across worker processes, sends
     SIGTERM to the training process, so the stop lands wherever the loader happens to be.
     """
 
-    def __init__(
-        self, n: int, seed: int, *, stripe: float = 1.5, noise: float = 0.0, signal_on_load: int | None = None
-    ):
+    def __init__(self, n: int, seed: int, *, stripe: float = 1.5, noise: float = 0.0, signal_on_load: int | None = None,
+                 damaged: frozenset[int] = frozenset()):  # fmt: skip
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randn(n, 3, SIZE, SIZE, generator=g) * 0.5
         self.targets = (torch.arange(n) % 2).float()
         self.images[self.targets == 1, :, :, ::2] += stripe
         self.paths = [f"img{i}.jpg" for i in range(n)]
         self.noise = noise
+        self.damaged = damaged  # items served as if their files were damaged
         self.signal_on_load = signal_on_load
         if signal_on_load is not None:
             self.loads = multiprocessing.get_context("fork").Value("i", 0)
@@ -54,10 +54,10 @@ class Stripes(torch.utils.data.Dataset):
                 if self.loads.value == self.signal_on_load:
                     os.kill(self.trainer_pid, signal.SIGTERM)
         image = self.images[i] + self.noise * torch.randn(3, SIZE, SIZE) if self.noise else self.images[i]
-        return {"image": image, "target": self.targets[i], "index": i, "damaged": False}
+        return {"image": image, "target": self.targets[i], "index": i, "damaged": i in self.damaged}
 
     def damage_reason(self, i):
-        return None
+        return "truncated" if i in self.damaged else None
 
 
 def tiny_model(backbone: str = "test_resnet") -> torch.nn.Module:
@@ -80,10 +80,11 @@ def tiny_trainer(run_dir: Path, phases, train, val, *, backbone: str = "test_res
     )  # fmt: skip
 
 
-def stripes_trainer(run_dir: Path, phases, *, seed: int = 0, batch_size: int = 16, **kwargs) -> Trainer:
-    """The unit tests' task: 48 training images in batches of ``batch_size`` shuffled by ``seed``, 32 to
-    validate, no augmentation."""
-    train = train_loader(Stripes(48, 1), batch_size, seed=seed)
+def stripes_trainer(run_dir: Path, phases, *, seed: int = 0, batch_size: int = 16, damaged=frozenset(),
+                    **kwargs) -> Trainer:  # fmt: skip
+    """The unit tests' task: 48 training images (``damaged`` flagged so) in batches of ``batch_size``
+    shuffled by ``seed``, 32 to validate, no augmentation."""
+    train = train_loader(Stripes(48, 1, damaged=damaged), batch_size, seed=seed)
     val = torch.utils.data.DataLoader(Stripes(32, 2), batch_size=16)
     return tiny_trainer(run_dir, phases, train, val, **kwargs)
 

@@ -31,8 +31,13 @@ class DamagedImageLog:
                     dataset.damage_reason(index) or "unreadable",
                 )
 
-    def merge(self, others: Iterable[dict[str, set[int]]]) -> None:
-        """Add what other ranks met (each rank loads its own share of the images)."""
+    def saved(self) -> dict[str, list[int]]:
+        """What last.pth keeps (lists: a weights-only load takes no sets), so that a resumed run's counts
+        include the damaged images met before it was stopped."""
+        return {split: sorted(indices) for split, indices in self.seen.items()}
+
+    def merge(self, others: Iterable[dict[str, Iterable[int]]]) -> None:
+        """Add what other ranks met (each rank loads its own share of the images), or a last.pth's."""
         for seen in others:
             for split, indices in seen.items():
                 self.seen.setdefault(split, set()).update(indices)

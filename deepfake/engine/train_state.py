@@ -97,6 +97,7 @@ class Checkpointing:
             "rng": capture_rng_state(),
             "epoch_loss_sum": self.state.epoch_loss_sum,
             "epoch_samples": self.state.epoch_samples,
+            "damaged": self.damaged.saved(),  # the images this rank loaded
         }
 
     def _last_checkpoint(self, phase: Phase, val_metrics: dict | None, ranks_state: list[dict] | None) -> dict:
@@ -117,6 +118,7 @@ class Checkpointing:
                 "world_size": self.ranks.world_size,
             },
             "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
+            "damaged": [own["damaged"] for own in ranks_state] if ranks_state else [self.damaged.saved()],
             "ema_model": None if self.ema is None else self.ema.module.state_dict(),
         }
 
@@ -156,6 +158,7 @@ class Checkpointing:
         # but its loss scale goes on into the next phase. Empty when saved without fp16's scaler.
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
+        self.damaged.merge(checkpoint.get("damaged") or [])  # every rank's: the counts are merged at the end
         saved = self._saved_loader(checkpoint)
         same_world = saved["world_size"] == self.ranks.world_size
         ranks_state = checkpoint.get("ranks")

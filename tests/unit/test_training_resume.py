@@ -193,3 +193,18 @@ def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_
     with pytest.raises(CheckpointError, match=r"saved part-way through an epoch by 1 process\(es\) with "
                        r"dataset.batch_size=16; resume it with the same \(now 1 with 8\)"):  # fmt: skip
         resumed.check_resumable(checkpoint)
+
+
+def test_the_damaged_images_met_before_a_stop_are_counted_after_the_resume(tmp_path):
+    """The registry's damaged-image counts come from the trainer: a run stopped in its last epoch and
+    resumed counted only the damaged images of the batches left."""
+    evens = frozenset(range(0, 48, 2))
+    (phase,) = plan_phases(0, 1, lr_head=1e-3, lr_backbone=1e-4)
+    straight = stripes_trainer(tmp_path / "straight", [phase], damaged=evens)
+    straight.fit()
+    stopped = _stop_after(stripes_trainer(tmp_path / "run", [phase], damaged=evens), 2)  # 2 of the 3 batches
+    stopped.fit()
+    stopped.close()
+    resumed = stripes_trainer(tmp_path / "run", [phase], damaged=evens)
+    resumed.fit(load_checkpoint(tmp_path / "run" / "last.pth"))
+    assert resumed.damaged.counts() == straight.damaged.counts() == {"train": 24}
