@@ -49,14 +49,14 @@ def discover_inputs(
     *,
     root_dir: str | os.PathLike | None = None,
     path_column: str = "path",
-    label_column: str = "label",
+    label_column: str | None = "label",
     real_label: int = 1,
     key: str = "predict.input",
 ) -> ImageInputs:
     """Resolve ``spec`` (an image file, a folder or a CSV) into the images to score.
 
     A CSV's relative paths are taken from ``root_dir`` (default: the CSV's folder); its
-    ``label_column``, when present, makes the input labelled. Raises DataError, naming ``spec``,
+    ``label_column``, when present (and not None), makes the input labelled. Raises DataError, naming ``spec``,
     when it does not exist or holds no image; ``key`` is the config key messages name.
     """
     path = Path(os.path.expanduser(os.fspath(spec)))
@@ -98,7 +98,7 @@ def _walk_folder(folder: Path) -> ImageInputs:
 
 
 def _read_csv(
-    csv_path: Path, root_dir: str | os.PathLike | None, path_column: str, label_column: str, real_label: int
+    csv_path: Path, root_dir: str | os.PathLike | None, path_column: str, label_column: str | None, real_label: int
 ) -> ImageInputs:
     frame = read_raw_csv(csv_path)
     require_column(frame, path_column, csv_path, "predict.path_column")

@@ -118,3 +118,13 @@ def test_a_file_name_that_is_not_utf8_is_named_before_anything_is_scored(tmp_pat
         DataError, match=r"^predict.input=.*: the file name .*caf\\xe9\.jpg is not UTF-8, as predictions"
     ):
         discover_inputs(tmp_path)
+
+
+def test_without_a_label_column_a_csv_with_labels_in_words_is_an_unlabelled_input(tmp_path):
+    """task=export reads its check images' paths only: a CSV labelled real/fake in words was refused."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    (tmp_path / "check.csv").write_text("path,label\na.jpg,fake\n")
+    with pytest.raises(DataError, match="label"):
+        discover_inputs(tmp_path / "check.csv")
+    inputs = discover_inputs(tmp_path / "check.csv", label_column=None, key="export.verify_input")
+    assert inputs.paths == [str(tmp_path / "a.jpg")] and inputs.targets is None
