@@ -93,8 +93,7 @@ def choose_threshold(
     return float(thresholds[int(np.argmin(np.abs(fpr - (1.0 - tpr))))])
 
 
-def _threshold_on_logits(targets: np.ndarray, scaled: np.ndarray, probs: np.ndarray, policy: str,
-                         fixed_threshold: float | None) -> float:  # fmt: skip
+def _threshold_on_logits(targets: np.ndarray, scaled: np.ndarray, policy: str, fixed_threshold: float | None) -> float:
     """The policy's threshold read off the ROC of ``scaled`` (logit / temperature), as the p(fake) it
     stands for. The same point as on p(fake) itself, except where p saturates: in float64 every scaled
     logit above ~37 is p = 1.0, a tie that would merge ROC points (a calibration's small temperature
@@ -102,10 +101,16 @@ def _threshold_on_logits(targets: np.ndarray, scaled: np.ndarray, probs: np.ndar
     chosen = choose_threshold(targets, scaled, policy, fixed_threshold)
     if parse_policy(policy, fixed_threshold)[0] == "fixed":
         return chosen
-    threshold = float(fake_probability(chosen))
-    if chosen > scaled.max():  # "call nothing fake": above every validation score, where p allows
-        threshold = min(float(np.nextafter(probs.max(), np.inf)), 1.0)
-    return threshold
+    return as_p_fake(chosen, scaled)
+
+
+def as_p_fake(chosen: float, scaled: np.ndarray) -> float:
+    """A threshold on the scaled logits ``scaled`` as the p(fake) it stands for. Above every score ("call
+    nothing fake", the ROC's first point) it stays above every p, where p allows: sigmoid of a point
+    just above the top score rounds to the top image's own p, which would call that image fake."""
+    if chosen > scaled.max():
+        return min(float(np.nextafter(fake_probability(scaled).max(), np.inf)), 1.0)
+    return float(fake_probability(chosen))
 
 
 def rates_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
@@ -139,8 +144,7 @@ def fit_operating_point(
     targets = np.asarray(targets, dtype=int)
     temperature = fit_temperature(logits, targets) if calibrate else 1.0
     probs = fake_probability(logits, temperature)
-    threshold = _threshold_on_logits(targets, np.asarray(logits, dtype=float) / temperature, probs, policy,
-                                     fixed_threshold)  # fmt: skip
+    threshold = _threshold_on_logits(targets, np.asarray(logits, dtype=float) / temperature, policy, fixed_threshold)
     figures = {
         "chosen_on": "validation",
         "policy": str(policy),

@@ -14,7 +14,7 @@ import numpy as np
 from deepfake.engine.metrics import classification_metrics
 from deepfake.evaluation.bootstrap import bootstrap_intervals
 from deepfake.evaluation.calibration import calibration_figures
-from deepfake.evaluation.operating_point import DecisionRule, rates_at, tpr_at_fpr
+from deepfake.evaluation.operating_point import DecisionRule, as_p_fake, rates_at, tpr_at_fpr
 
 # Columns of the robustness and generalisation tables.
 TABLE_METRICS = ("auc", "ap", "accuracy", "real_accuracy", "fake_accuracy")
@@ -56,8 +56,9 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
 
 def _tpr_at_fpr(targets: np.ndarray, logits: np.ndarray, max_fpr: float, rule: DecisionRule) -> dict:
     """tpr_at_fpr read off the logits' ROC, its threshold given back as the p(fake) it stands for."""
-    point = tpr_at_fpr(targets, np.asarray(logits, dtype=float), max_fpr)
-    return {**point, "threshold": float(rule.p_fake(point["threshold"]))}
+    logits = np.asarray(logits, dtype=float)
+    point = tpr_at_fpr(targets, logits, max_fpr)
+    return {**point, "threshold": as_p_fake(point["threshold"] / rule.temperature, logits / rule.temperature)}
 
 
 def table_row(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> dict:

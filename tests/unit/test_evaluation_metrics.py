@@ -205,6 +205,20 @@ def test_the_robustness_axis_shows_an_auc_below_chance():
     assert low < 0.30
 
 
+def test_a_tpr_at_fpr_met_only_by_calling_nothing_fake_gives_a_threshold_that_calls_nothing_fake():
+    """The top image is real and the budget below one real in three: the ROC's first point. Its threshold
+    came back as sigmoid(just above the top logit), which rounds to the top image's own p(fake), and
+    called it fake: fpr 1/3 at the threshold reported with fpr 0."""
+    from deepfake.evaluation.operating_point import DecisionRule, rates_at
+    from deepfake.evaluation.summary import SummarySettings, summarise
+
+    targets, logits = np.array([0, 0, 0, 1, 1, 1]), np.array([3.0, -1.0, -2.0, 2.0, 1.0, 0.5])
+    rule = DecisionRule(threshold=0.5, temperature=1.0, source="checkpoint", policy="eer", stored_threshold=0.5)
+    [row] = summarise(targets, logits, rule, SummarySettings(bootstrap=0, tpr_at_fpr=(0.01,)))["tpr_at_fpr"]
+    assert (row["tpr"], row["fpr"]) == (0.0, 0.0)
+    assert rates_at(targets, rule.p_fake(logits), row["threshold"])["fpr"] == 0.0 and row["threshold"] <= 1.0
+
+
 def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand():
     """At temperature 2 the logits are 2 * logit(PROBS), so every p(fake) is one of PROBS again."""
     from deepfake.evaluation.calibration import calibration_figures
