@@ -26,12 +26,17 @@ def _figure(width: float = 5.0, height: float = 4.0, columns: int = 1):
     return fig, axes
 
 
-def roc_png(targets, probs, threshold: float, tpr_at_fpr: Sequence[dict]) -> bytes:
+# The curves rank images by their logits, as metrics_test.json does: p(fake) saturates at 1.0 past a
+# scaled logit of ~37 (a calibration's small temperature makes that common), and its ties changed the
+# curve and its AUC or AP beside the figures quoted next to it.
+
+
+def roc_png(targets, logits, probs, threshold: float, tpr_at_fpr: Sequence[dict]) -> bytes:
     """ROC on a log FPR axis (low false-alarm rates are where detectors are used), operating point marked."""
-    fpr, tpr, _ = skm.roc_curve(targets, probs)
+    fpr, tpr, _ = skm.roc_curve(targets, logits)
     fig, (ax,) = _figure()
     floor = 0.5 / max(1, int((np.asarray(targets) == 0).sum()))  # below one real image: shown at the axis floor
-    ax.plot(np.maximum(fpr, floor), tpr, color=FAKE_COLOUR, label=f"AUC {skm.roc_auc_score(targets, probs):.4f}")
+    ax.plot(np.maximum(fpr, floor), tpr, color=FAKE_COLOUR, label=f"AUC {skm.roc_auc_score(targets, logits):.4f}")
     called = np.asarray(probs) >= threshold
     real, fake = np.asarray(targets) == 0, np.asarray(targets) == 1
     ax.plot(
@@ -49,11 +54,11 @@ def roc_png(targets, probs, threshold: float, tpr_at_fpr: Sequence[dict]) -> byt
     return figure_png(fig)
 
 
-def pr_png(targets, probs) -> bytes:
-    precision, recall, _ = skm.precision_recall_curve(targets, probs)
+def pr_png(targets, logits) -> bytes:
+    precision, recall, _ = skm.precision_recall_curve(targets, logits)
     fig, (ax,) = _figure()
     ax.step(recall, precision, where="post", color=FAKE_COLOUR,
-            label=f"AP {skm.average_precision_score(targets, probs):.4f}")  # fmt: skip
+            label=f"AP {skm.average_precision_score(targets, logits):.4f}")  # fmt: skip
     ax.axhline(np.mean(targets), color="#999", lw=0.8, ls=":", label="share of fakes")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (fakes caught)", ylabel="precision", title="Precision-recall")
     ax.legend(loc="lower left")

@@ -131,8 +131,8 @@ def _pictures(metrics: dict, targets: np.ndarray, logits: np.ndarray, rule: Deci
     probs = rule.p_fake(logits)
     pictures = {"confusion": plots.confusion_png(metrics["confusion_matrix"], rule.threshold)}
     if len(np.unique(targets)) == 2:
-        pictures["roc"] = plots.roc_png(targets, probs, rule.threshold, metrics["tpr_at_fpr"])
-        pictures["pr"] = plots.pr_png(targets, probs)
+        pictures["roc"] = plots.roc_png(targets, logits, probs, rule.threshold, metrics["tpr_at_fpr"])
+        pictures["pr"] = plots.pr_png(targets, logits)
     pictures["histogram"] = plots.histogram_png(targets, probs, rule.threshold)
     reliability = {"p(fake), temperature 1": fake_probability(logits)}
     if rule.temperature != 1.0:

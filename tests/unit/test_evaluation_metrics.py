@@ -240,3 +240,19 @@ def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand
     assert figures["brier_uncalibrated"] == pytest.approx(brier_score(TARGETS, raw))
     assert figures["ece"] != pytest.approx(figures["ece_uncalibrated"])
     assert set(report["intervals"].values()) == {None}  # bootstrap=0: no intervals
+
+
+def test_the_roc_and_pr_plots_quote_the_auc_and_ap_of_the_logits_as_the_metrics_do(monkeypatch):
+    """Past a logit of ~37 every p(fake) is 1.0: ranked by p, the real at 40 ties the fakes at 50 and 60,
+    and the plots' AUC and AP fell below the 1.0 that metrics_test.json quotes beside them."""
+    from deepfake.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "figure_png", lambda fig: figures.append(fig) or b"")
+    targets, logits = np.array([0, 1, 1, 0, 1]), np.array([40.0, 50.0, 60.0, -1.0, 45.0])
+    probs = 1 / (1 + np.exp(-logits))
+    assert len(set(probs[[0, 1, 2, 4]])) == 1  # saturated: one value for the real at 40 and the fakes
+    plots.roc_png(targets, logits, probs, 0.5, [])
+    plots.pr_png(targets, logits)
+    legends = [text.get_text() for fig in figures for text in fig.axes[0].get_legend().get_texts()]
+    assert "AUC 1.0000" in legends and "AP 1.0000" in legends
