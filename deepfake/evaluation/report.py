@@ -79,12 +79,12 @@ def _figures(metrics: dict) -> str:
         ("images (real / fake)", f"{metrics['n_samples']} ({metrics['n_real']} / {metrics['n_fake']})", ""),
     ]
     boot = metrics.get("bootstrap") or {}
-    note = (f"Intervals: {boot.get('confidence', 0):.0%} percentile bootstrap, {boot.get('resamples')} resamples "
+    note = (f"Intervals: {boot.get('confidence', 0) * 100:g}% percentile bootstrap, {boot.get('resamples')} resamples "
             f"stratified by class, seed {boot.get('seed')}." if boot.get("resamples") else "No intervals (eval.bootstrap=0).")  # fmt: skip
     operating = [
         (f"{p['max_fpr'] * 100:g}%", p["tpr"], p["fpr"], p["threshold"]) for p in metrics.get("tpr_at_fpr", [])
     ]
-    level = f"{boot['confidence']:.0%} interval" if boot.get("resamples") else "interval"
+    level = f"{boot['confidence'] * 100:g}% interval" if boot.get("resamples") else "interval"  # 97.5, not 98
     return html.section(
         "Test figures",
         html.table(["metric", "value", level], rows, fmt=_num),

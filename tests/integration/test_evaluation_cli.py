@@ -39,7 +39,7 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     valid_csv = shared_data_dir / "synthetic" / "32px" / "valid.csv"
     sets = f"eval.sets={{valid:'{valid_csv}',blending:{{csv:'{blending / 'test.csv'}',root_dir:'{blending / IMAGE_SUBDIR}'}}}}"
     main_runner("logger=tensorboard", "eval.calibrate=temperature", "eval.robustness=true", ONE_PER_KIND, sets,
-                "eval.bootstrap=200")  # fmt: skip
+                "eval.bootstrap=200", "eval.confidence=0.975")  # fmt: skip
     run = only_dir(tmp_path / "outputs" / "train")
 
     # best.pth (and so the global best) holds what was chosen on validation.
@@ -58,7 +58,7 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     for name in ("auc", "ap", "eer", "accuracy"):
         low, high = metrics["intervals"][name]
         assert low <= metrics[name] <= high, name
-    assert metrics["bootstrap"]["resamples"] == 200
+    assert metrics["bootstrap"]["resamples"] == 200 and metrics["bootstrap"]["confidence"] == 0.975
     assert [p["max_fpr"] for p in metrics["tpr_at_fpr"]] == [0.001, 0.01, 0.05]
     assert metrics["calibration"]["temperature"] == best["temperature"] and metrics["calibration"]["ece_bins"] == 15
     assert [(r["perturbation"], r["severity"]) for r in metrics["robustness"]] == [
@@ -95,6 +95,7 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     parser.feed(page)
     assert len(parser.sources) == len(PLOTS) + 1 and all(s.startswith("data:image/png;base64,") for s in parser.sources)
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    assert "97.5% interval" in page and "97.5% percentile bootstrap" in page  # was rounded to 98%
     shown = render(run / "report.html", tmp_path / "report.png")
     assert shown.requests == [] and shown.broken_images == [] and not shown.is_blank()
     assert len(shown.images) == len(PLOTS) + 1
