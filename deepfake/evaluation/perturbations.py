@@ -9,6 +9,7 @@ give the same pixels.
 from __future__ import annotations
 
 import io
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -34,11 +35,14 @@ class Perturbation:
             if kind not in KINDS:
                 raise ConfigError(f"eval.perturbations.{kind}: unknown perturbation; use {', '.join(KINDS)}")
             low, high = KINDS[kind][1]
-            if severity is None or not low <= float(severity) <= high:
-                raise ConfigError(
-                    f"eval.perturbations.{kind}={severity!r}: {KINDS[kind][0]} must be in [{low}, {high}]"
-                )
-            if kind == "jpeg" and float(severity) != int(severity):  # Pillow takes whole qualities
+            given = severity
+            try:  # from the config: a mistyped severity is text (or null) here, and fails as nan does
+                severity = math.nan if isinstance(given, bool) else float(given)
+            except (TypeError, ValueError):
+                severity = math.nan
+            if not low <= severity <= high:
+                raise ConfigError(f"eval.perturbations.{kind}={given!r}: {KINDS[kind][0]} must be in [{low}, {high}]")
+            if kind == "jpeg" and severity != int(severity):  # Pillow takes whole qualities
                 raise ConfigError(f"eval.perturbations.jpeg={severity!r}: a JPEG quality is a whole number")
         self.kind, self.severity, self.seed = kind, severity, int(seed)
 
@@ -76,7 +80,7 @@ def perturbations_from(settings: Mapping[str, Sequence[float]], seed: int = 0) -
     for kind, severities in settings.items():
         if isinstance(severities, (str, bytes)) or not isinstance(severities, Sequence):
             raise ConfigError(f"eval.perturbations.{kind}={severities!r} must be a list of severities")
-        items = [Perturbation(kind, float(s), seed) for s in severities]
+        items = [Perturbation(kind, severity, seed) for severity in severities]
         harsher_is_larger = KINDS[kind][2] if kind in KINDS else True
         chosen.extend(sorted(items, key=lambda p: p.severity, reverse=not harsher_is_larger))
     return chosen

@@ -75,8 +75,11 @@ def test_the_default_list_runs_from_the_reference_to_the_harshest():
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"sharpen": [1]}, "eval.perturbations.sharpen: unknown"),
-    ({"jpeg": [0]}, "eval.perturbations.jpeg=0.0"),
-    ({"rescale": [2]}, "eval.perturbations.rescale=2.0"),
+    ({"jpeg": [0]}, "eval.perturbations.jpeg=0: JPEG quality"),
+    ({"rescale": [2]}, "eval.perturbations.rescale=2: "),
+    ({"jpeg": ["abc"]}, "eval.perturbations.jpeg='abc': "),  # float()'s ValueError traceback
+    ({"blur": [None]}, "eval.perturbations.blur=None: "),  # float()'s TypeError traceback
+    ({"noise": [True]}, "eval.perturbations.noise=True: "),  # YAML's true was a sigma of 1.0
     ({"jpeg": [95.7]}, "a JPEG quality is a whole number"),  # was run at 95 and named jpeg_95.7
     ({"blur": 2}, "must be a list"),
 ])  # fmt: skip
