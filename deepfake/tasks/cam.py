@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything
 from deepfake.errors import ConfigError, DataError
 from deepfake.evaluation.operating_point import decision_rule
-from deepfake.explain import Explainer, measure, upsample
+from deepfake.explain import METHODS, TARGETS, Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import checkpoints, data_setup, session, values
@@ -32,6 +33,51 @@ from deepfake.tracking.loggers import Tracker
 log = logging.getLogger(__name__)
 
 SPLIT_CSV = {"train": "train_csv", "valid": "val_csv", "test": "test_csv"}
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """``cam.*``, each checked: task=train checks them before training when train.do_cam is on, as a
+    typo found after it (the run tested, registered and promoted) failed a finished run."""
+
+    split: str
+    method: str
+    target: str
+    target_layer: str | None  # checked against the model when it is built
+    batch_size: int
+    num_samples: int
+    metrics: bool
+    metric_samples: int
+    road_percentiles: list[float]
+    sanity_fractions: list[float]
+
+
+def check_cam_settings(cfg: DictConfig, split: str | None = None) -> CamSettings:
+    settings = cfg.cam
+    split = split or settings.split
+    for key, value, allowed in (("split", split, SPLIT_CSV), ("method", settings.method, METHODS),
+                                ("target", settings.target, TARGETS)):  # fmt: skip
+        if value not in allowed:
+            raise ConfigError(f"cam.{key}={value!r}; use one of {', '.join(allowed)}")
+    return CamSettings(
+        split=split, method=settings.method, target=settings.target, target_layer=settings.target_layer,
+        batch_size=values.positive_int(settings.batch_size, "cam.batch_size"),
+        num_samples=values.positive_int(settings.num_samples, "cam.num_samples"),
+        metrics=bool(settings.metrics),  # a word (no, off) is refused up front: deepfake.tasks.flags
+        metric_samples=values.positive_int(settings.metric_samples, "cam.metric_samples"),
+        road_percentiles=_shares(settings.road_percentiles, "cam.road_percentiles", 100.0, "percentages of pixels"),
+        sanity_fractions=_shares(settings.sanity_fractions, "cam.sanity_fractions", 1.0, "shares of the layers"),
+    )  # fmt: skip
+
+
+def _shares(listed, key: str, whole: float, what: str) -> list[float]:
+    """A non-empty list of numbers in (0, ``whole``]."""
+    if isinstance(listed, str) or not hasattr(listed, "__iter__") or not len(listed):
+        raise ConfigError(f"{key}={listed} must be a list of {what} in (0, {whole:g}]")
+    shares = [values.number(value, key) for value in listed]
+    if not all(0 < share <= whole for share in shares):
+        raise ConfigError(f"{key}={list(listed)} must be {what} in (0, {whole:g}]")
+    return shares
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -53,20 +99,17 @@ def explain_checkpoint(
 ) -> dict | None:
     """Overlays and (with cam.metrics) the metrics report of one checkpoint; returns the report.
     ``trackers`` get the overlay grid at ``step`` (a training's last step)."""
-    settings = cfg.cam
-    split = split or settings.split
-    if split not in SPLIT_CSV:
-        raise ConfigError(f"cam.split={split!r}; use one of {', '.join(SPLIT_CSV)}")
+    settings = check_cam_settings(cfg, split)
+    split, batch_size = settings.split, settings.batch_size
     checkpoint = load_checkpoint(checkpoint_path)
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
     preprocess = model.preprocess  # the checkpoint's own, img_size included
     rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
     data_setup.ensure_dataset(cfg.dataset)
     dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(preprocess))
-    batch_size = values.positive_int(settings.batch_size, "cam.batch_size")
     rng = np.random.default_rng(int(cfg.seed))
 
-    shown = _pick(rng, np.arange(len(dataset)), values.positive_int(settings.num_samples, "cam.num_samples"))
+    shown = _pick(rng, np.arange(len(dataset)), settings.num_samples)
     images, explanation, target_layer = _explain(model, dataset, shown, settings, rule, batch_size)
     samples = [
         _sample(dataset, index, cam, prob, label)
@@ -103,7 +146,7 @@ def explain_checkpoint(
     return report
 
 
-def _explain(model, dataset, shown: np.ndarray, settings: DictConfig, rule, batch_size: int):
+def _explain(model, dataset, shown: np.ndarray, settings: CamSettings, rule, batch_size: int):
     """``(images, explanation, target layer)``: the CAMs of the ``shown`` items, each explaining the
     class ``cam.target`` names (the model's own call at the decision rule, by default)."""
     images = torch.stack([dataset[i]["image"] for i in shown])
@@ -167,7 +210,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
     without masks, on the overlay images and their targets (no localisation then)."""
     masked = np.flatnonzero(dataset.mask_paths.non_empty()) if dataset.mask_paths is not None else []
     if len(masked):
-        chosen = _pick(rng, masked, values.positive_int(settings.metric_samples, "cam.metric_samples"))
+        chosen = _pick(rng, masked, settings.metric_samples)
         images = torch.stack([dataset[i]["image"] for i in chosen])
         masks = [_mask(dataset, i) for i in chosen]
         if len({m.shape for m in masks}) > 1:
@@ -178,7 +221,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
     return measure(
         model, images, labels, masks,
         method=settings.method, target_layer=settings.target_layer, batch_size=batch_size,
-        road_percentiles=list(settings.road_percentiles), sanity_fractions=list(settings.sanity_fractions), seed=seed,
+        road_percentiles=settings.road_percentiles, sanity_fractions=settings.sanity_fractions, seed=seed,
     )  # fmt: skip
 
 

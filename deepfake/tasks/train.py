@@ -137,6 +137,10 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
     check_registry(session.open_registry(cfg), session.run_name(), out_dir)  # the checkpoints' room: in _setup
     data_setup.ensure_dataset(cfg.dataset)
     check_eval_settings(cfg)  # a bad eval.* setting (or eval.sets path) must not wait for the end of training
+    if cfg.train.do_cam:  # nor a bad cam.* one: it failed a run already tested, registered and promoted
+        from deepfake.tasks.cam import check_cam_settings  # pytorch-grad-cam: only when asked
+
+        check_cam_settings(cfg, split="valid")
     for csv_key in ("train_csv", "val_csv"):  # before the test CSV: a missing download shows here first
         data_setup.check_split_paths(cfg.dataset, csv_key)
     if cfg.train.do_test and not Path(str(cfg.dataset.test_csv)).is_file():

@@ -118,6 +118,12 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "a face margin in words": ([*faces, "predict.face_margin=abc"], ["predict.face_margin=abc is not a finite"]),
         "a face detector setting in words": (
             [*faces, "predict.face_detector.max_side=wide"], ["predict.face_detector:", "max_side='wide'"]),
+        "a cam setting used only after training": (  # it failed a run already registered and promoted
+            ["train.do_cam=true", "cam.method=gradcamm"], ["cam.method='gradcamm'; use one of"]),
+        "cam percentiles past 100": (["task=cam", f"ckpt={best}", "cam.road_percentiles=[150]"],
+                                     ["cam.road_percentiles=[150] must be percentages of pixels in (0, 100]"]),
+        "cam fractions in words": (["task=cam", f"ckpt={best}", "cam.sanity_fractions=[abc]"],
+                                   ["cam.sanity_fractions=abc is not a finite number"]),
     }  # fmt: skip
 
 
@@ -145,7 +151,8 @@ CASES = [
     "a batch size that is no integer", "epochs in words", "a negative learning rate", "a negative clipping norm",
     "an optimizer setting in words", "a threshold that is no p(fake)", "a true/false setting in words",
     "a test set that cannot be read", "an export opset in words", "an export onto a folder", "a face margin in words",
-    "a face detector setting in words",
+    "a face detector setting in words", "a cam setting used only after training", "cam percentiles past 100",
+    "cam fractions in words",
 ]  # fmt: skip
 
 
