@@ -106,7 +106,8 @@ def print_registry(
                       + list_for_message([entry["run_name"] for entry in gone]))  # fmt: skip
     for entry in runs[:limit]:
         if entry.get("error"):
-            console.print(Text.assemble((entry["run_name"], "red"), f" failed: {entry['error']}"))
+            when = " failed after it finished" if entry.get("status") == "finished" else " failed"
+            console.print(Text.assemble((entry["run_name"], "red"), f"{when}: {entry['error']}"))
     if best:
         where = _set_named(key, [best, *runs]) if key else "validation AUC"
         console.print(f"global best: {best['run_name']} -> {best_model_path}; promotion AUC is on {where}")

@@ -150,14 +150,19 @@ class Registry:
         """Record a failed run with its one-line ``error``; never promoted, never the best.
 
         Several layers may report one failure (training with how far it got, then the job with the
-        error line): what an earlier report knew is kept where a later one has no value for it.
+        error line): what an earlier report knew is kept where a later one has no value for it. A run
+        already registered as finished (tested, perhaps promoted) that failed in a step after that keeps
+        its results, status and place, with the error beside them: "failed" on the global best lied.
         """
         with self._locked():
             registry = self._read()
             self._refuse_another_runs_name(registry, entry)
             existing = self._find(registry, entry["run_name"]) or {}
             known = {key: value for key, value in entry.items() if value is not None or key not in existing}
-            merged = _json_safe({**existing, **known, "status": "failed", "error": error})
+            if existing.get("status") == "finished":
+                merged = _json_safe({**existing, "error": error})
+            else:
+                merged = _json_safe({**existing, **known, "status": "failed", "error": error})
             registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
             registry["runs"].append(merged)
             self._write(registry)

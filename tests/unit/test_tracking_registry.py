@@ -361,3 +361,17 @@ def test_the_listing_piped_into_a_file_keeps_its_cells_whole(tmp_path: Path, cap
     row = next(line for line in capsys.readouterr().out.splitlines() if name in line)
     assert all(cell in row for cell in ("test_resnet", "synthetic", "0.6509", "0.6295", "finished")), row
     assert "…" not in row
+
+
+def test_a_finished_run_that_fails_afterwards_keeps_its_results_and_its_place(tmp_path: Path) -> None:
+    """train.do_cam failing after the run was tested and promoted: the entry said "failed" while
+    best_run named it and best_model.pth was its model."""
+    registry = _registry(tmp_path)
+    assert _register(registry, tmp_path, "a", 0.9, status="finished")
+    registry.record_failure({"run_name": "a", "best_val_auc": None}, error="cam.target_layer='x': no such layer")
+    saved = json.loads(registry.metadata_path.read_text())
+    [entry] = saved["runs"]
+    assert (entry["status"], entry["best_val_auc"], saved["best_run"]) == ("finished", 0.9, "a")
+    assert entry["error"] == "cam.target_layer='x': no such layer"
+    registry.record_failure({"run_name": "b", "best_val_auc": None}, error="bad")  # a run that never finished
+    assert json.loads(registry.metadata_path.read_text())["runs"][1]["status"] == "failed"
