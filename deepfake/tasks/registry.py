@@ -84,9 +84,12 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
     if best is not None and best["run_name"] not in {run["run_name"] for run in candidates}:
         candidates.append(best)  # the current best always takes part: it is what a new top would replace
     score = rescorer(cfg, chosen)
+    best_name = best["run_name"] if best is not None else None
     scored = {}
     for run in candidates:
         checkpoint = Path(run.get("run_dir", "")) / "best.pth"
+        if run["run_name"] == best_name and registry.best_model_path.is_file():
+            checkpoint = registry.best_model_path  # its own copy: the run dir may be archived or gone
         auc = score_on(run, chosen.key)
         if auc is None:
             auc = score(checkpoint) if checkpoint.is_file() else None
@@ -95,9 +98,11 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
                 continue
             registry.record_score(run["run_name"], chosen.identity, auc)
         scored[run["run_name"]] = (auc, checkpoint)
-    if scored:
-        top = max(scored, key=lambda name: scored[name][0])
-        if best is None or top != best["run_name"]:
+    if best_name is not None and best_name not in scored:  # never replaced unseen, as register_run keeps it
+        log.error("the global best %s could not be scored on %s: it stays the global best", best_name, chosen)
+    elif scored:
+        top = max(scored, key=lambda name: (scored[name][0], name == best_name))  # a tie keeps the incumbent
+        if top != best_name:
             card = scored[top][1].with_name("model_card.md")
             registry.promote(top, scored[top][1], companions=[card])
             log.info(

@@ -140,6 +140,17 @@ def test_the_better_model_on_the_common_set_wins(tmp_path, shared_data_dir, two_
     assert f"{good['run_name']} stays the global best" in listing.stdout + listing.stderr
     assert "≠" not in listing.stdout
 
+    # The incumbent's run dir archived away: it is scored from best_model.pth, its own copy. Skipped as
+    # unscorable, it was replaced by the weak run on a set it never saw.
+    reordered = tmp_path / "valid_reordered.csv"  # another set: nothing scored on it yet
+    pd.read_csv(synthetic / "valid.csv").iloc[::-1].to_csv(reordered, index=False)
+    (first / "best.pth").rename(first / "best.pth.away")
+    again = run_main(tmp_path, "task=registry", "registry.rescore=true", f"dataset.root={synthetic}",
+                     f"registry.promotion_csv={reordered}", data_dir=shared_data_dir)  # fmt: skip
+    assert f"{good['run_name']} stays the global best" in again.stdout + again.stderr
+    assert registry(tmp_path)["best_run"] == good["run_name"]
+    (first / "best.pth.away").rename(first / "best.pth")
+
     # A CSV from elsewhere, its paths not under registry.promotion_root_dir: it used to score black
     # images and promote whichever model liked black best.
     elsewhere = tmp_path / "elsewhere"
