@@ -22,7 +22,7 @@ from omegaconf import DictConfig, read_write
 from rich.table import Table
 
 from deepfake.tasks.display import fmt_metric
-from deepfake.tasks.jobs import EXIT_BUG, read_status, record_sweep_exit, worst_exit_code
+from deepfake.tasks.jobs import EXIT_BUG, EXIT_USER_ERROR, read_status, record_sweep_exit, worst_exit_code
 from deepfake.tracking.console import summary_console
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.csv"
 COLUMNS = ["job", "overrides", "status", "best_val_auc", "best_epoch", "test_auc", "seconds", "run_dir", "error"]
 
-# The jobs of the sweep under way that the launcher (in this process) saw killed before they started.
+# The jobs of the sweep under way that never started, as this process's launcher or sweeper saw them.
 _unstarted: list[dict] = []
 
 
-def record_unstarted_job(num: int, overrides: list[str], error: str) -> None:
-    """A job with no dir for the summary to read: its worker died before it began."""
-    _unstarted.append({"job_num": num, "overrides": list(overrides), "status": "running", "error": error,
-                       "exit_code": EXIT_BUG})  # fmt: skip
+def record_unstarted_job(num: int, overrides: list[str], error: str, *, composed: bool = True) -> None:
+    """A job with no dir for the summary to read: its worker died before it began (killed), or its
+    config could not be composed (``composed=False``: failed, the user's to fix)."""
+    status, code = ("running", EXIT_BUG) if composed else ("failed", EXIT_USER_ERROR)
+    _unstarted.append({"job_num": num, "overrides": list(overrides), "status": status, "error": error,
+                       "exit_code": code})  # fmt: skip
 
 
 class SweepSummary(Callback):

@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from deepfake.errors import ConfigError, error_line
 from deepfake.tasks import values
 from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob, record_job_exit
+from deepfake.tasks.sweep_summary import record_unstarted_job
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,10 @@ class _MarkingFailures:
                        if (line := self._composition_error(overrides)) is not None}  # fmt: skip
         runnable = [overrides for index, overrides in enumerate(job_overrides) if index not in unbuildable]
         launched = iter(self.launcher.launch(runnable, initial_job_idx) if runnable else [])
+        # The launcher numbers the runnable jobs from initial_job_idx; the rest of the batch's numbers
+        # go to the jobs not launched, each a row of the sweep's summary without a dir.
+        for num, index in enumerate(unbuildable, initial_job_idx + len(runnable)):
+            record_unstarted_job(num, list(job_overrides[index]), unbuildable[index], composed=False)
         returns = []
         for index, overrides in enumerate(job_overrides):
             if index in unbuildable:

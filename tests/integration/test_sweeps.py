@@ -196,6 +196,15 @@ def test_an_optuna_trial_that_cannot_be_composed_is_a_failed_trial_and_a_new_spa
     assert {state for _, state in trials} <= {"COMPLETE", "FAIL"} and "FAIL" in {state for _, state in trials}
     assert all((state == "FAIL") == (chosen[trial] == 1.0) for trial, state in trials)  # choice index 1: nosuch
     assert "cannot be composed: In 'config': Could not find 'backbone/nosuch'" in ended.stdout + ended.stderr
+    # Each trial is a row of the summary: one never composed has no dir, and was missing from it.
+    sweep_dir = only_sweep_dir(tmp_path)
+    rows = summary(sweep_dir)
+    failed = sum(state == "FAIL" for _, state in trials)
+    assert len(rows) == 3 and len({row["job"] for row in rows}) == 3, rows
+    assert (
+        sum(row["status"] == "failed" and "Could not find 'backbone/nosuch'" in row["error"] for row in rows) == failed
+    )
+    assert len(job_dirs(sweep_dir)) == 3 - failed and f"sweep: 3 job(s), {failed} failed" in ended.stdout
 
     other = sweep(tmp_path, shared_data_dir, *search, "phase.lr_head=choice(0.001,0.01)", check=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
