@@ -112,7 +112,24 @@ def _look(path: Path) -> _Seen | None:
         holder = Holder(**json.loads(raw))
     except (ValueError, TypeError):
         holder = None
+    if holder is not None and not _well_typed(holder):  # hand-edited: judged by its heartbeat, as unreadable
+        holder = None
     return _Seen(holder, raw, stat.st_ino, max(0.0, time.time() - stat.st_mtime))
+
+
+def _well_typed(holder: Holder) -> bool:
+    """A record whose fields have the types this module wrote: a pid of "123" or null was a TypeError
+    traceback in every command that met the lock (resume=, prune, archive)."""
+
+    def number(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def text(value) -> bool:
+        return isinstance(value, str)
+
+    return (number(holder.pid) and text(holder.host) and text(holder.started_at) and text(holder.command)
+            and all(value is None or text(value) for value in (holder.boot_id, holder.pid_ns))
+            and (holder.pid_start is None or number(holder.pid_start)))  # fmt: skip
 
 
 def _stale_reason(seen: _Seen, stale_after_s: float) -> str | None:

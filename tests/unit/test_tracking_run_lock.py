@@ -157,6 +157,18 @@ def test_an_unreadable_record_is_held_until_its_heartbeat_stops(tmp_path, caplog
     assert "from an unreadable record" in _warnings(caplog)[0]
 
 
+@pytest.mark.parametrize("changes", [{"pid": "123"}, {"pid": None}, {"pid_start": "early"}, {"host": 7}])
+def test_a_record_with_a_field_of_the_wrong_type_is_judged_as_an_unreadable_one(tmp_path, caplog, changes):
+    """A hand-edited record: a TypeError traceback in every command that met the lock."""
+    _write_record(tmp_path, age_s=5, **changes)
+    with pytest.raises(RunDirLocked, match="whose record in .* cannot be read"):
+        RunDirLock(tmp_path, stale_after_s=60).acquire()
+    os.utime(tmp_path / LOCK_NAME, (time.time() - 61, time.time() - 61))
+    with RunDirLock(tmp_path, stale_after_s=60):
+        pass
+    assert "from an unreadable record" in _warnings(caplog)[0]
+
+
 def test_wait_s_waits_for_a_holder_to_go_stale(tmp_path, caplog):
     _write_record(tmp_path, age_s=0.5, host="node-elsewhere")
     with pytest.raises(RunDirLocked):
