@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank, env_world_size
-from deepfake.errors import RunDirLocked, UserError, find_in_chain
+from deepfake.errors import RunDirLocked, RunStopped, UserError, find_in_chain
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,9 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
         return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
     except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
-        write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso()})
+        code = 128 + stop.signum if isinstance(stop, RunStopped) else 130  # the shell's status for the signal
+        write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso(),
+                               "exit_code": code})  # fmt: skip
         raise
     _job_exit_codes.append(0)
     write_status(out_dir, {**status, **_ended(started), "status": "finished", "value": _number_or_none(value)})

@@ -100,6 +100,8 @@ def test_a_stop_is_recorded_and_passed_on(job_cfg):
         jobs.run_job(job_cfg, stopped)
     assert status(job_cfg)["status"] == "stopped"
     assert jobs.exit_status() == 0  # the entry point turns the stop itself into 128 + 15
+    # The sweep summary reads it: without one, a stopped job counted as a bug (1).
+    assert status(job_cfg)["exit_code"] == 143
 
 
 def test_a_bug_in_one_job_is_not_hidden_by_another_jobs_user_error():
