@@ -207,14 +207,16 @@ class OperatingPoint:
             temperature=1.0 if temperature is None else float(temperature),
         )
 
-    def rule(self, override: float | None, key: str, model: str) -> DecisionRule:
+    def rule(self, override: float | None, key: str, model: str, *, latest_epoch: bool = False) -> DecisionRule:
         """The rule a task applies: this threshold, unless the setting ``key`` gives ``override``; this
-        temperature either way. ``model`` names the model in the error for one with no threshold."""
+        temperature either way. ``model`` names the model in the error for one with no threshold, and
+        ``latest_epoch`` says it is a last.pth, which never holds one."""
         if override is not None:
             return DecisionRule(check_threshold(override, key), self.temperature, key, self.policy, self.threshold)
         if self.threshold is None:
-            raise CheckpointError(f"{model} holds no decision threshold (its training stopped before choosing one); "
-                                  f"resume that run, or pass {key}=<p_fake>")  # fmt: skip
+            why = ("is a last.pth: the threshold its run chose is in best.pth beside it; pass that" if latest_epoch
+                   else "holds no decision threshold (its training stopped before choosing one); resume that run")  # fmt: skip
+            raise CheckpointError(f"{model} {why}, or pass {key}=<p_fake>")
         return DecisionRule(self.threshold, self.temperature, "checkpoint", self.policy, self.threshold)
 
 
@@ -222,4 +224,5 @@ def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> 
     """The rule task=test and task=cam apply to ``checkpoint``'s scores: its stored operating point,
     unless ``threshold_override`` (``eval.threshold``) is given."""
     model = f"checkpoint {checkpoint.get('run_name') or ''}".rstrip()
-    return OperatingPoint.of(checkpoint).rule(threshold_override, "eval.threshold", model)
+    latest = checkpoint.get("kind") == "last"
+    return OperatingPoint.of(checkpoint).rule(threshold_override, "eval.threshold", model, latest_epoch=latest)

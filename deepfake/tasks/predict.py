@@ -48,7 +48,8 @@ def run(cfg: DictConfig) -> float | None:
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
     # The model's own operating point, unless predict.threshold (eval.threshold by default) is given; a
     # model stopped before choosing one gets no silent 0.5: task=test refuses it the same way.
-    rule = detector.operating_point.rule(settings.threshold, "predict.threshold", str(detector.source))
+    rule = detector.operating_point.rule(settings.threshold, "predict.threshold", str(detector.source),
+                                         latest_epoch=detector.checkpoint.get("kind") == "last")  # fmt: skip
     threshold = rule.threshold
     inputs = discover_inputs(
         settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
