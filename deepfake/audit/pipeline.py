@@ -112,7 +112,7 @@ def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSetting
         "counts": counts,
         "pairs": pairs.to_dict("records"),
         "drop_rows": rows_to_drop(leaks, images),
-        "verdict": judge_leakage(counts),
+        "verdict": judge_leakage(counts, leaks),
     }
 
 

@@ -120,3 +120,15 @@ def test_clean_csvs_of_splits_whose_files_share_a_name_do_not_overwrite_each_oth
         source_rows = len((leaky / f"{name}.csv").read_text().splitlines()) - 1
         assert facts["rows"] == source_rows - facts["dropped"], name
     assert written["test"]["dropped"] == 3
+
+
+def test_an_image_leaked_from_two_earlier_splits_counts_once_in_the_verdict():
+    from deepfake.audit.leakage import judge_leakage
+
+    # Test image 9 duplicates train image 1 and valid image 5; valid image 5 duplicates train image 1.
+    leaks = pd.DataFrame({"later": [5, 9, 9], "earlier": [1, 1, 5], "kind": [EXACT] * 3})
+    counts = [{"earlier": "train", "later": "valid", "exact": 1, "near": 0, "share_of_later": 0.5},
+              {"earlier": "train", "later": "test", "exact": 1, "near": 0, "share_of_later": 0.25},
+              {"earlier": "valid", "later": "test", "exact": 1, "near": 0, "share_of_later": 0.25}]  # fmt: skip
+    verdict = judge_leakage(counts, leaks)
+    assert verdict.level == "fail" and verdict.message.startswith("2 leaked image(s);")
