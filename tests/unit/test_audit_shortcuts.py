@@ -113,3 +113,16 @@ def test_a_perfect_shortcut_is_caught_when_one_class_has_few_training_images():
         return pd.DataFrame({"jpeg_quality": np.where(target == 1, 60.0, 95.0)}), target
 
     assert baseline_auc(*split(10, 32), *split(10, 20), seed=0) == 1.0
+
+
+def test_one_split_is_judged_on_a_held_out_part_of_it_not_on_the_images_fitted(clean):
+    """An audit of a train CSV alone used it as its own test split: the baseline's training AUC."""
+    images, _, _ = clean
+    train = images[images["split"] == "train"]
+    settings = AuditSettings()
+    alone = shortcut_check(feature_table(train), train["target"].to_numpy(), train["split"].to_numpy(), seed=0,
+                           warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc,
+                           train_split="train", test_split="train")  # fmt: skip
+    assert (alone["n_train"], alone["n_test"]) == (56, 24)
+    assert alone["groups"][ALL_FEATURES]["auc"] < 0.7 and alone["verdict"].level == "pass"
+    assert "train: 70% -> 30% held out" in alone["verdict"].message
