@@ -126,6 +126,19 @@ def test_experiment_overrides_groups(tmp_path):
     assert cfg.dataset.img_size == 256 and cfg.dataset.generate is None
 
 
+def test_the_cvt13_experiment_refuses_to_train_without_imagenet_weights(tmp_path):
+    """Its `weights: ???` merged onto the backbone's null stayed null: CvT-13 trained from scratch at a
+    fine-tuning rate, without a word."""
+    from deepfake.errors import CheckpointError, find_in_chain
+
+    cfg = compose_with(tmp_path, "experiment=kaggle_cvt13")
+    assert cfg.backbone.pretrained and cfg.backbone.weights is None
+    with pytest.raises(Exception) as caught:  # Hydra's InstantiationException around the user's error
+        instantiate(cfg.backbone)
+    refused = find_in_chain(caught.value, lambda error: isinstance(error, CheckpointError))
+    assert refused is not None and "cvt_13 has no downloadable weights; pass a local file" in str(refused)
+
+
 def test_a_list_valued_backbone_kwarg_round_trips_through_a_checkpoint(tmp_path):
     """_convert_: all: the kwargs reach the model (and so every checkpoint) as plain lists, which the
     weights_only load accepts; an OmegaConf ListConfig there would make best.pth unloadable."""
