@@ -48,10 +48,21 @@ def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
         raise ConfigError(f"task={name} is unknown; choose one of: {', '.join(TASKS)}")
     _refuse_a_launcher_without_multirun()
     _refuse_words_for_true_or_false(cfg)
+    _refuse_unset_values(cfg)
     task = import_module(f"deepfake.tasks.{TASKS[name]}")
     if loaded is not None:
         loaded()
     return task.run(cfg)
+
+
+def _refuse_unset_values(cfg: DictConfig) -> None:
+    """A ``???`` left unset (``backbone=timm`` without ``backbone.name``): one line now, not OmegaConf's
+    MissingMandatoryValue traceback once the data had been generated and scanned."""
+    from omegaconf import OmegaConf
+
+    if unset := sorted(OmegaConf.missing_keys(cfg)):
+        added = " ".join(f"{key}=<value>" for key in unset)
+        raise ConfigError(f"{', '.join(unset)} must be set: no default; add {added} to the command line")
 
 
 def _refuse_words_for_true_or_false(cfg: DictConfig) -> None:

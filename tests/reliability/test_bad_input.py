@@ -122,6 +122,8 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
             ["train.do_cam=true", "cam.method=gradcamm"], ["cam.method='gradcamm'; use one of"]),
         "cam percentiles past 100": (["task=cam", f"ckpt={best}", "cam.road_percentiles=[150]"],
                                      ["cam.road_percentiles=[150] must be percentages of pixels in (0, 100]"]),
+        "a timm backbone without its name": (  # OmegaConf's traceback once the data had been scanned
+            ["backbone.name='???'"], ["backbone.name must be set: no default; add backbone.name=<value>"]),
         "cam fractions in words": (["task=cam", f"ckpt={best}", "cam.sanity_fractions=[abc]"],
                                    ["cam.sanity_fractions=abc is not a finite number"]),
     }  # fmt: skip
@@ -152,7 +154,7 @@ CASES = [
     "an optimizer setting in words", "a threshold that is no p(fake)", "a true/false setting in words",
     "a test set that cannot be read", "an export opset in words", "an export onto a folder", "a face margin in words",
     "a face detector setting in words", "a cam setting used only after training", "cam percentiles past 100",
-    "cam fractions in words",
+    "cam fractions in words", "a timm backbone without its name",
 ]  # fmt: skip
 
 
