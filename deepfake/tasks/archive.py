@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from deepfake.errors import ConfigError
-from deepfake.tasks import session
+from deepfake.tasks import session, values
 from deepfake.tasks.run_states import number_setting, run_states
 from deepfake.tracking.archive import SUFFIXES, available_formats, write_archive
 from deepfake.tracking.console import summary_console
@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> None:
                                       f"archive.older_than_days={cfg.archive.older_than_days} days ago")  # fmt: skip
         return
     path = Path(cfg.archive.dir) / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
-    stale_after_s = float(cfg.run_lock.stale_after_s)
+    stale_after_s = values.lock_stale_after_s(cfg)
     with ExitStack() as locks:
         for entry in chosen:
             locks.enter_context(RunDirLock(entry["run_dir"], stale_after_s=stale_after_s))
@@ -93,7 +93,7 @@ def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:
     if older_than is not None:
         now = datetime.now(timezone.utc)
         entries = {entry["run_name"]: entry for entry in registry.runs()}
-        for state in run_states(list(entries.values()), stale_after_s=float(cfg.run_lock.stale_after_s)):
+        for state in run_states(list(entries.values()), stale_after_s=values.lock_stale_after_s(cfg)):
             old = state.status == "finished" and state.last_active and age_days(state.last_active, now) > older_than
             if not old or state.run_name in chosen:
                 continue

@@ -29,7 +29,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank, env_world_size
-from deepfake.errors import RunDirLocked, RunStopped, UserError, find_in_chain
+from deepfake.errors import ConfigError, RunDirLocked, RunStopped, UserError, find_in_chain
+from deepfake.tasks import values
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,12 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
     try:
         with _writer_lock(cfg, out_dir):
             return _run_held(cfg, task, out_dir)
-    except RunDirLocked as busy:
-        # Another live process writes this run dir: nothing in it is this job's to record or register.
-        log.error("%s", busy)
+    except (RunDirLocked, ConfigError) as refused:
+        # Another live process writes this run dir, or run_lock.* is mistyped: nothing in it is this
+        # job's to record or register.
+        log.error("%s", refused)
         _job_exit_codes.append(EXIT_USER_ERROR)
-        return FailedJob(str(busy), EXIT_USER_ERROR)
+        return FailedJob(str(refused), EXIT_USER_ERROR)
 
 
 def _writer_lock(cfg: DictConfig, out_dir: Path):
@@ -116,7 +118,8 @@ def _writer_lock(cfg: DictConfig, out_dir: Path):
         return nullcontext()
     from deepfake.tracking.run_lock import RunDirLock
 
-    stale_after_s, wait_s = float(cfg.run_lock.stale_after_s), float(cfg.run_lock.wait_s)
+    stale_after_s = values.lock_stale_after_s(cfg)
+    wait_s = values.non_negative(cfg.run_lock.wait_s, "run_lock.wait_s")
     if os.environ.get("SUBMITIT_EXECUTOR"):
         # A requeued cluster job can start while its predecessor is still exiting, or on another node
         # before the killed predecessor's heartbeat has aged: it waits for the lock to end or go stale.

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 from rich.text import Text
 
-from deepfake.tasks import session
+from deepfake.tasks import session, values
 from deepfake.tasks.run_states import number_setting, run_states
 from deepfake.tracking.checkpoint import stale_temps
 from deepfake.tracking.console import summary_console
@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> None:
     keep_days = number_setting(cfg.prune.keep_days, "prune.keep_days", (int, float))
     keep_last = number_setting(cfg.prune.keep_last, "prune.keep_last", int)
     registry = session.open_registry(cfg)
-    states = run_states(registry.runs(), stale_after_s=float(cfg.run_lock.stale_after_s))
+    states = run_states(registry.runs(), stale_after_s=values.lock_stale_after_s(cfg))
     best = registry.best_run()
     decisions = plan_prune(
         states, best_run=best and best["run_name"], now=datetime.now(timezone.utc), keep_days=keep_days,

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepfake.engine.launcher_env import env_rank
 from deepfake.errors import CheckpointError, ConfigError, UserError
+from deepfake.tasks import values
 from deepfake.tasks.jobs import EXIT_USER_ERROR, read_status
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg
     if run_dir is None or not (Path(str(run_dir)) / LOCK_NAME).is_file():
         return
     cfg = cfg if cfg is not None else _compose(conf_dir, overrides, f"hydra.run.dir={run_dir}")
-    refuse_if_held(Path(str(run_dir)), float(cfg.run_lock.stale_after_s))
+    refuse_if_held(Path(str(run_dir)), values.lock_stale_after_s(cfg))
 
 
 def _refuse_used_run_dir(run_dir) -> None:

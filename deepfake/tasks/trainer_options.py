@@ -34,8 +34,8 @@ def trainer_options(cfg: DictConfig, device: torch.device, model: torch.nn.Modul
         "channels_last": resolve_channels_last(train.channels_last, device, model),
         "compile_model": resolve_compile(train.compile),
         "background_checkpoints": bool(train.background_checkpoints),
-        "log_sample_paths": int(train.log_sample_paths),
-        "label_smoothing": float(train.label_smoothing),
+        "log_sample_paths": non_negative(train.log_sample_paths, "train.log_sample_paths", int),
+        "label_smoothing": number(train.label_smoothing, "train.label_smoothing"),
         "ema": moving_average(train.ema),
     }
 
@@ -79,7 +79,7 @@ def moving_average(settings: DictConfig):
     """train.ema: timm's ModelEmaV3 with the configured decay, or None."""
     if not settings.enabled:
         return None
-    decay = float(settings.decay)
+    decay = number(settings.decay, "train.ema.decay")
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"train.ema.decay={settings.decay} must be in (0, 1); 0.9998 is timm's usual choice")
     from timm.utils import ModelEmaV3

@@ -38,3 +38,9 @@ def positive_int(value, key: str) -> int:
     if result <= 0:
         raise ConfigError(f"{key}={value} must be a positive integer")
     return result
+
+
+def lock_stale_after_s(cfg) -> float:
+    """run_lock.stale_after_s, checked: training holds its lock by it, and prune, archive and resume=
+    judge other runs' locks by it (float() of a word was a traceback in each)."""
+    return non_negative(cfg.run_lock.stale_after_s, "run_lock.stale_after_s")

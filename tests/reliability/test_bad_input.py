@@ -124,6 +124,8 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
                                      ["cam.road_percentiles=[150] must be percentages of pixels in (0, 100]"]),
         "a timm backbone without its name": (  # OmegaConf's traceback once the data had been scanned
             ["backbone.name='???'"], ["backbone.name must be set: no default; add backbone.name=<value>"]),
+        "a training setting in words": (["train.label_smoothing=abc"], ["train.label_smoothing=abc is not a finite"]),
+        "a lock setting in words": (["run_lock.stale_after_s=abc"], ["run_lock.stale_after_s=abc is not a finite"]),
         "cam fractions in words": (["task=cam", f"ckpt={best}", "cam.sanity_fractions=[abc]"],
                                    ["cam.sanity_fractions=abc is not a finite number"]),
     }  # fmt: skip
@@ -154,7 +156,8 @@ CASES = [
     "an optimizer setting in words", "a threshold that is no p(fake)", "a true/false setting in words",
     "a test set that cannot be read", "an export opset in words", "an export onto a folder", "a face margin in words",
     "a face detector setting in words", "a cam setting used only after training", "cam percentiles past 100",
-    "cam fractions in words", "a timm backbone without its name",
+    "cam fractions in words", "a timm backbone without its name", "a training setting in words",
+    "a lock setting in words",
 ]  # fmt: skip
 
 
