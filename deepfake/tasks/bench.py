@@ -102,9 +102,12 @@ def run(cfg: DictConfig) -> float:
     model, fast_model, channels_last, backend = _bare_model(cfg, device)
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     batch_size, img_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size"), preprocess["img_size"]
-    # (b), (c) and (d) read the files, whatever dataset.cache says (with it, the cache's gain read 1.0);
-    # bench.cache measures the cache beside them: (c') and (d').
-    train_set = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess))
+    # (b) trains as a run does: from the decoded-image cache under dataset.cache=all (so scripts/
+    # bench_switches.py can set it the other way). (c) and (d) read the files whatever dataset.cache says:
+    # they are what the cache's (c') and (d') are measured against (with the cache, the gain read 1.0).
+    files = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess))
+    as_a_run = data_setup.make_split(cfg.dataset, "train_csv", data_setup.train_transform(cfg, preprocess),
+                                     preprocess=preprocess, training=True)  # fmt: skip
     val_set = data_setup.make_split(cfg.dataset, "val_csv", data_setup.eval_transform(preprocess, normalise=False))
     to_input = data_setup.model_input(preprocess, device)
     repeats = {"repeats": positive_int(settings.repeats, "bench.repeats"),
@@ -121,11 +124,11 @@ def run(cfg: DictConfig) -> float:
                                           channels_last)  # fmt: skip
     figures = {
         "bare_train_step": timed(bare_step),
-        "loader": timed(benchmark.loader_pass(_train_loader(cfg, train_set, preprocess, device)[0])),
+        "loader": timed(benchmark.loader_pass(_train_loader(cfg, files, preprocess, device)[0])),
     }
     # Each ratio pairs every pipeline repeat with a bare repeat run just before it (noisy machines).
     with memory.watching():
-        figures["train_pipeline"], train_ratio = _train_pipeline(cfg, train_set, val_set, preprocess, device,
+        figures["train_pipeline"], train_ratio = _train_pipeline(cfg, as_a_run, val_set, preprocess, device,
                                                                  precision, out_dir / "pipeline", bare_step)  # fmt: skip
     figures["train_pipeline"].update(memory.report())
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
@@ -143,7 +146,7 @@ def run(cfg: DictConfig) -> float:
     settings_used = {
         "backbone": model.detector_spec["name"], "img_size": img_size, "batch_size": batch_size,
         "precision": precision, "device": str(device), "channels_last": channels_last, "compile": backend or False,
-        **_switches(cfg, device), "train_images": len(train_set), "val_images": len(val_set),
+        **_switches(cfg, device), "train_images": len(files), "val_images": len(val_set),
     }  # fmt: skip
     report = {"settings": settings_used, "figures": figures, "ratios": _ratios(figures, train_ratio, eval_ratio),
               "machine": benchmark.machine()}  # fmt: skip
@@ -177,6 +180,7 @@ def _switches(cfg: DictConfig, device: torch.device) -> dict:
     """The fast-path settings bench.json records beside its figures."""
     return {
         "num_workers": resolve_num_workers(cfg.dataset.num_workers, device), "cache": str(cfg.bench.cache),
+        "train_from_cache": str(cfg.dataset.get("cache", "none")) == "all",  # (b) as a run: dataset.cache
         "decode": str(cfg.dataset.decode), "fused_optimizer": bool(cfg.optimizer.get("fused", False)),
         "background_checkpoints": bool(cfg.train.background_checkpoints),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,  # set from `deterministic`, as a run sets it

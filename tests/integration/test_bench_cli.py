@@ -75,24 +75,28 @@ BENCH_TINY = ["task=bench", "bench.repeats=1", "bench.warmup=0", "bench.steps=2"
 
 
 def test_bench_switches_runs_each_setting_and_compares_it_with_the_defaults(tmp_path, shared_data_dir):
-    overrides = [*TINY, *BENCH_TINY[1:], f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}"]
+    overrides = [*TINY, *BENCH_TINY[1:], f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}",
+                 f"dataset.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     out = tmp_path / "switches"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch",
-                             "optimizer.fused=false", "--out", str(out), "--", *overrides],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+                             "optimizer.fused=false", "--switch", "dataset.cache=all", "--out", str(out), "--",
+                             *overrides], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "switches.json").read_text())
     table = report["settings"]
-    assert list(table) == ["defaults", "optimizer.fused=false"]
+    assert list(table) == ["defaults", "optimizer.fused=false", "dataset.cache=all"]
     for setting, row in table.items():
         assert row["a"] > 0 and row["b"] > 0 and row["c"] > 0 and row["peak_rss_mib"] > 50, setting
     assert table["defaults"]["b_vs_defaults"] == table["defaults"]["c_vs_defaults"] == 1.0
     variant = table["optimizer.fused=false"]
     assert variant["b_vs_defaults"] == round(variant["b"] / table["defaults"]["b"], 3)
     # Each setting ran as its own task=bench, the switch reaching the run it names.
-    fused = {p.name: json.loads((p / "bench.json").read_text())["settings"]["fused_optimizer"] for p in out.iterdir()
-             if p.is_dir()}  # fmt: skip
-    assert fused == {"0_0": True, "0_1": False}
+    settings = {p.name: json.loads((p / "bench.json").read_text())["settings"] for p in out.iterdir() if p.is_dir()}
+    assert {name: row["fused_optimizer"] for name, row in settings.items()} == {"0_0": True, "0_1": False, "0_2": True}
+    # (b) trains as a run does: from the cache under dataset.cache=all (the row measured the files before).
+    assert {name: row["train_from_cache"] for name, row in settings.items()} == {"0_0": False, "0_1": False,
+                                                                                "0_2": True}  # fmt: skip
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()] == ["train"]
     assert "optimizer.fused=false" in result.stdout and "b_vs_defaults" in result.stdout
 
 
