@@ -85,7 +85,9 @@ def default_switches(overrides: list[str]) -> list[str]:
         return CPU_SWITCHES
     import torch  # only here: the switches given on the command line need no torch in this process
 
-    return CUDA_SWITCHES if torch.cuda.is_available() and device in ("auto", "cuda") else CPU_SWITCHES
+    return (
+        CUDA_SWITCHES if torch.cuda.is_available() and (device == "auto" or device.startswith("cuda")) else CPU_SWITCHES
+    )
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:

@@ -32,9 +32,9 @@ def resolve_num_workers(setting, device: torch.device, key: str = "dataset.num_w
     """``auto``: on a GPU, the CPU cores of this rank's share of the machine, less one for the main
     process, at most 8; on the CPU, where workers take cores from the model, half the cores, at most 4."""
     if str(setting) != "auto":
-        try:
-            workers = int(setting)
-        except (TypeError, ValueError):
+        try:  # a whole number: int() made 2.5 two workers and YAML's true one
+            workers = -1 if isinstance(setting, bool) or float(setting) != int(setting) else int(setting)
+        except (TypeError, ValueError, OverflowError):
             workers = -1
         if workers < 0:
             raise ConfigError(f"{key}={setting!r}; use auto or a number >= 0")
