@@ -23,7 +23,7 @@ from timm.layers import DropPath, Mlp, get_act_layer, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from deepfake.errors import CheckpointError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.models.cvt_weights import (
     checkpoint_filter_fn,
     mlp_activation_for,
@@ -208,6 +208,9 @@ class CvT(nn.Module):
         num_stages = len(depths)
         if isinstance(drop_path_rate, (int, float)):
             drop_path_rate = (0.0,) * (num_stages - 1) + (float(drop_path_rate),)
+        if len(drop_path_rate) != num_stages:  # an IndexError traceback while building the stages
+            raise ConfigError(f"backbone.drop_path_rate={list(drop_path_rate)}: give one rate, or one per stage "
+                              f"({num_stages})")  # fmt: skip
         self.num_classes = num_classes
         self.num_stages = num_stages
         self.mlp_act_name = act_layer or "gelu"

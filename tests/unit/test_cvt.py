@@ -22,7 +22,7 @@ from timm.layers import GELU, QuickGELU
 from timm.models import group_parameters
 
 import deepfake.models.cvt  # noqa: F401  (registers cvt_13 / cvt_21)
-from deepfake.errors import CheckpointError
+from deepfake.errors import CheckpointError, ConfigError
 from deepfake.models.cvt import CvT, cam_reshape_transform, gradcam_target_layer
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "backbone"
@@ -314,6 +314,8 @@ def test_stochastic_depth_ramps_within_the_last_stage():
     per_stage = _tiny(drop_path_rate=(0.1, 0.2, 0.3))
     # linspace(0, rate, depth), as the reference: a one-block stage gets no stochastic depth.
     assert [_drop_rate(s.blocks[-1]) for s in per_stage.stages] == pytest.approx([0.0, 0.2, 0.3])
+    with pytest.raises(ConfigError, match=r"backbone.drop_path_rate=\[0.1, 0.2\]: give one rate, or one per stage"):
+        _tiny(drop_path_rate=(0.1, 0.2))  # was an IndexError traceback
 
 
 def _drop_rate(block: torch.nn.Module) -> float:
