@@ -193,6 +193,9 @@ class Trainer(EpochEnd, Checkpointing):
                         return self.state
                     row = self._end_epoch(phase, time.perf_counter() - started, progress)
                     progress.update(epochs_bar, advance=1, status=f"val_auc {row['val_auc']}")
+            # A signal in the last epoch's last batches or validation, which no epoch boundary follows:
+            # still a stop (under submitit a requeue), not a run that goes on to test and register.
+            self.stopped_early = self._agree_on_stop()
         # Each rank loaded its own share of the training images: the counts cover them all.
         self.damaged.merge(distributed.all_gather_objects(self.damaged.seen))
         return self.state

@@ -208,3 +208,23 @@ def test_the_damaged_images_met_before_a_stop_are_counted_after_the_resume(tmp_p
     resumed = stripes_trainer(tmp_path / "run", [phase], damaged=evens)
     resumed.fit(load_checkpoint(tmp_path / "run" / "last.pth"))
     assert resumed.damaged.counts() == straight.damaged.counts() == {"train": 24}
+
+
+def test_a_stop_in_the_last_validation_is_a_stop_and_the_resume_has_nothing_left_to_train(tmp_path):
+    """No epoch boundary follows the last validation: a signal there was swallowed, and the run went on
+    to test and register (under submitit: never requeued, killed at its time limit)."""
+    (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
+    trainer = stripes_trainer(tmp_path, [phase])
+    end_epoch = trainer._end_epoch
+
+    def signalled_in_the_last(*args, **kwargs):
+        if trainer.state.epoch == 1:  # the second and last epoch's validation
+            trainer.stop.signum = 15
+        return end_epoch(*args, **kwargs)
+
+    trainer._end_epoch = signalled_in_the_last
+    state = trainer.fit()
+    trainer.close()
+    assert trainer.stopped_early and trainer.stop.signum == 15 and state.epoch == 2
+    resumed = stripes_trainer(tmp_path, [phase])
+    assert resumed.fit(load_checkpoint(tmp_path / "last.pth")).epoch == 2 and not resumed.stopped_early
