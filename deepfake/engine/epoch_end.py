@@ -127,6 +127,7 @@ class EpochEnd:
         loss_sum, samples = distributed.all_reduce_sum(self.state.epoch_loss_sum, self.state.epoch_samples)
         self.state.epoch += 1
         self.state.epoch_in_phase += 1
+        self.state.phase_epochs[phase.name] = self.state.phase_epochs.get(phase.name, 0) + 1
         self.state.batches_done, self.state.epoch_loss_sum, self.state.epoch_samples = 0, 0.0, 0
         self.state.epoch_lrs = None
         return {

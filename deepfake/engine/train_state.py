@@ -8,7 +8,7 @@ rank's own RNG state and partial loss. Rank 0 writes; every rank reads it back o
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from deepfake.engine import distributed
 from deepfake.engine.phases import PHASE_ORDER, Phase
@@ -38,6 +38,9 @@ class TrainerState:
     epoch_lrs: dict | None = None
     # Why the run is no longer an exact continuation of itself (a resume without optimizer state), or None.
     not_exact: str | None = None
+    # Completed epochs per phase name: what an ended phase trained, which its epoch_in_phase (0 once it
+    # ended) no longer says. Absent from a last.pth of an older version.
+    phase_epochs: dict = field(default_factory=dict)
 
 
 class Checkpointing:
@@ -176,6 +179,19 @@ class Checkpointing:
             log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
 
+    def _refuse_extending_an_ended_phase(self, saved: str, state: TrainerState) -> None:
+        """A last.pth saved as phase ``saved`` ended, resumed with more epochs for it: the phase cannot go on
+        (its optimizer state is not kept), and the resume went straight past it, without a word."""
+        trained = state.phase_epochs.get(saved)
+        given = next((phase.epochs for phase in self.phases if phase.name == saved), None)
+        if trained is not None and given is not None and given > trained:
+            raise ConfigError(
+                f"{self.run_dir / 'last.pth'} ended phase {saved} after {trained} epoch(s); phase.{saved}_epochs="
+                f"{given} asks for more, but an ended phase cannot go on (its optimizer state is not kept): resume "
+                f"with phase.{saved}_epochs={trained}, or train on from its weights in a new run "
+                f"(init_from={self.run_dir / 'last.pth'})"
+            )
+
     def _place_in_schedule(self, checkpoint: dict, state: TrainerState) -> dict:
         """Where the resumed run stands in this run's phases, found by the saved phase's name (a phase
         of 0 epochs is left out of the plan, so the saved index alone could point at another phase).
@@ -189,6 +205,7 @@ class Checkpointing:
         follows = PHASE_ORDER.index(saved) + ended
         state.phase_index = sum(PHASE_ORDER.index(phase.name) < follows for phase in self.phases)
         if ended:
+            self._refuse_extending_an_ended_phase(saved, state)
             return checkpoint
         trained = state.epoch_in_phase + bool(state.batches_done)  # a part-way epoch counts
         phase = self.phases[state.phase_index] if state.phase_index < len(self.phases) else None

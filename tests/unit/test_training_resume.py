@@ -228,3 +228,18 @@ def test_a_stop_in_the_last_validation_is_a_stop_and_the_resume_has_nothing_left
     assert trainer.stopped_early and trainer.stop.signum == 15 and state.epoch == 2
     resumed = stripes_trainer(tmp_path, [phase])
     assert resumed.fit(load_checkpoint(tmp_path / "last.pth")).epoch == 2 and not resumed.stopped_early
+
+
+def test_a_phase_that_ended_is_not_extended_by_a_resume_without_a_word(tmp_path):
+    """Stopped just as its head phase ended, resumed with phase.head_epochs=2: it went straight on to
+    fine-tuning, one head epoch trained while the run's config said two."""
+    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4)), 3)
+    stopped.fit()  # 3 steps: the head epoch, then the stop at the boundary
+    stopped.close()
+    saved = load_checkpoint(tmp_path / "last.pth")
+    assert (saved["phase"], saved["trainer_state"]["phase_epochs"]) == ("head", {"head": 1})
+    longer = stripes_trainer(tmp_path, plan_phases(2, 1, lr_head=1e-3, lr_backbone=1e-4))
+    with pytest.raises(ConfigError, match=r"ended phase head after 1 epoch\(s\); phase.head_epochs=2 asks for more"):
+        longer.fit(saved)
+    same = stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4))
+    assert same.fit(load_checkpoint(tmp_path / "last.pth")).phase_epochs == {"head": 1, "finetune": 1}
