@@ -170,6 +170,8 @@ class Trainer(EpochEnd, Checkpointing):
     def _fit(self, resume: dict | None) -> TrainerState:
         if resume is not None:
             self._restore(resume)
+            for logger in self.loggers:
+                logger.resumed_at(self.state.step)
         if self.metrics_csv is not None:
             # Rows past the restored epoch were logged by the killed process after its last save; the
             # resumed run logs those epochs again.

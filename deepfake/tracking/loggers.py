@@ -54,6 +54,10 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
         """A file of the run dir (metrics_test.json, report.html, the model card, best.pth)."""
 
+    def resumed_at(self, step: int) -> None:
+        """A resumed run goes on from optimizer step ``step`` (its last.pth's): what a killed process
+        logged past it is about to be logged again, and should replace, not double, those points."""
+
     def close(self, status: str = "finished") -> None:
         """The task ended: ``finished``, ``failed`` (an error) or ``stopped`` (a stop signal, resumable)."""
 
@@ -172,6 +176,13 @@ class TensorBoardLogger(Tracker):
         self._writer.file_writer.add_summary(experiment)
         self._writer.file_writer.add_summary(session_start)
         self._session_open = True
+
+    def resumed_at(self, step: int) -> None:
+        """What SummaryWriter(purge_step=) writes: a session start at ``step + 1``, from which TensorBoard
+        drops the points of earlier event files (a killed process logged past its last.pth)."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        self._writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for name, value in metrics.items():

@@ -75,6 +75,9 @@ class GuardedTracker(Tracker):
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
         self._pass_on("log_artifact", path)
 
+    def resumed_at(self, step: int) -> None:
+        self._pass_on("resumed_at", step)
+
     def close(self, status: str = "finished") -> None:
         self._pass_on("close", status)
         self._tracker = None

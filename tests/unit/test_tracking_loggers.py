@@ -122,6 +122,35 @@ class _Recorder(Tracker):
         _Recorder.ended.append(status)
 
 
+def test_a_resumed_run_replaces_what_a_killed_process_logged_past_its_last_pth(tmp_path: Path) -> None:
+    """Killed at step 5 with last.pth at step 3: the resumed run logs steps 4 and 5 again, and TensorBoard
+    showed both copies (its curve ran backwards)."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed = TensorBoardLogger(tmp_path / "tb")
+    for step in range(1, 6):
+        killed.log_metrics({"train/loss": 1.0}, step=step)
+    killed.close()
+    time.sleep(1.1)  # event files are named by the second: the resumed run's sorts after
+    resumed = TensorBoardLogger(tmp_path / "tb")
+    resumed.resumed_at(3)
+    for step in (4, 5):
+        resumed.log_metrics({"train/loss": 0.5}, step=step)
+    resumed.close()
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+        (4, 0.5),
+        (5, 0.5),
+    ]
+
+
 @pytest.mark.parametrize(
     ("raised", "status"), [(None, "finished"), (RunStopped(15), "stopped"), (ValueError("a bug"), "failed")]
 )
