@@ -44,7 +44,12 @@ class EpochEnd:
             log.info("epoch %d, first %s batch starts with: %s", self.state.epoch + 1, what, ", ".join(shown))
 
     def _log_interval(self) -> None:
-        """``train/loss`` over the batches since the last call (this rank's), and the learning rates."""
+        """``train/loss`` over the batches since the last call (this rank's), and the learning rates, once
+        per optimizer step: mid accumulation window (train.log_every_n_batches below it) the interval
+        goes on to the window's step instead of logging its step again."""
+        if self.state.step == self._logged_step:
+            return
+        self._logged_step = self.state.step
         loss_sum, samples = self._logged_loss
         if self.state.epoch_samples > samples and self.loggers:
             interval_loss = (self.state.epoch_loss_sum - loss_sum) / (self.state.epoch_samples - samples)

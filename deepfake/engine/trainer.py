@@ -272,6 +272,7 @@ class Trainer(EpochEnd, Checkpointing):
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.start(self.state.epoch_loss_sum)
         self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
+        self._logged_step = self.state.step
         try:
             for i, batch in enumerate(loader, start=done):
                 if i == done:

@@ -351,3 +351,26 @@ def test_best_pth_and_the_threshold_predictions_are_those_of_the_best_epoch_not_
     assert trainer.best_predictions is predictions[1]
     rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
     assert [float(row["val_auc"]) for row in rows] == [0.8, 0.9, 0.7]
+
+
+def test_train_loss_is_logged_once_per_optimizer_step_when_logging_outpaces_accumulation(tmp_path):
+    """log_every_n_batches=1 with 3 batches a step logged train/loss three times at each step (twice at
+    step 0, before any step), each a third of the window's loss."""
+    from deepfake.tracking.loggers import Tracker
+
+    class Recorder(Tracker):
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step):
+            if "train/loss" in metrics:
+                self.logged.append((step, metrics["train/loss"]))
+
+    recorder = Recorder()
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-2, lr_backbone=1e-3), loggers=[recorder],
+                              accumulate_grad_batches=3, log_every_n_batches=1)  # fmt: skip
+    trainer.fit()
+    trainer.close()
+    rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
+    assert [step for step, _ in recorder.logged] == [1, 2]  # 3 batches of 16: one step an epoch
+    assert [loss for _, loss in recorder.logged] == pytest.approx([float(row["train_loss"]) for row in rows], rel=1e-5)
