@@ -119,6 +119,7 @@ class Checkpointing:
                 "samples_done_per_rank": self.state.batches_done * self.train_loader.batch_size,
                 "batch_size": self.train_loader.batch_size,
                 "world_size": self.ranks.world_size,
+                "accumulate": self.accumulate,
             },
             "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
             "damaged": [own["damaged"] for own in ranks_state] if ranks_state else [self.damaged.saved()],
@@ -141,12 +142,14 @@ class Checkpointing:
             raise CheckpointError(f"{last} holds no moving average of the weights; resume it with the run's own "
                                   "train.ema.enabled=false")  # fmt: skip
         state, saved = TrainerState(**checkpoint["trainer_state"]), self._saved_loader(checkpoint)
-        same = (saved["world_size"], saved["batch_size"]) == (self.ranks.world_size, self.train_loader.batch_size)
-        if state.batches_done and not same:
+        now = (self.ranks.world_size, self.train_loader.batch_size, self.accumulate)
+        then = (saved["world_size"], saved["batch_size"], saved.get("accumulate", self.accumulate))  # older: unsaid
+        if state.batches_done and then != now:
+            # Another accumulation window would cut the epoch's steps elsewhere: not the schedule it stopped in.
             raise CheckpointError(
-                f"{last} was saved part-way through an epoch by {saved['world_size']} process(es) with "
-                f"dataset.batch_size={saved['batch_size']}; resume it with the same (now {self.ranks.world_size} "
-                f"with {self.train_loader.batch_size})"
+                f"{last} was saved part-way through an epoch by {then[0]} process(es) with dataset.batch_size="
+                f"{then[1]} and train.accumulate_grad_batches={then[2]}; resume it with the same (now {now[0]} with "
+                f"{now[1]} and {now[2]})"
             )
         return state, self._place_in_schedule(checkpoint, state)
 

@@ -105,7 +105,13 @@ def test_sigterm_to_one_rank_stops_both_at_one_batch_and_resumes_bitwise(tmp_pat
     assert stopped[0]["batches_done"] == stopped[1]["batches_done"] == 3  # the same batch on both
     last = load_checkpoint(tmp_path / "stopped" / "last.pth")
     assert last["trainer_state"]["epoch"] == 1 and last["trainer_state"]["batches_done"] == 3
-    assert last["loader"] == {"epoch": 1, "samples_done_per_rank": 12, "batch_size": 4, "world_size": 2}
+    assert last["loader"] == {
+        "epoch": 1,
+        "samples_done_per_rank": 12,
+        "batch_size": 4,
+        "world_size": 2,
+        "accumulate": 1,
+    }
     assert len(last["ranks"]) == 2
 
     resumed = launch(train_on_rank, str(tmp_path / "stopped"), BACKBONE, 4, None, True)

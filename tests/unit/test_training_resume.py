@@ -176,22 +176,24 @@ def test_a_resume_keeps_the_saved_moments_but_takes_this_runs_optimizer_settings
         assert all(torch.equal(loaded[key][k], v) for k, v in state.items())
 
 
-@pytest.mark.parametrize("batch_size", [8, 16])
-def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_at(tmp_path, batch_size):
-    """The resume skips the batches already trained: under another batch size it would skip other images."""
+@pytest.mark.parametrize(("batch_size", "accumulate"), [(8, 1), (16, 1), (16, 2)])
+def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_at(tmp_path, batch_size, accumulate):
+    """The resume skips the batches already trained: under another batch size it would skip other images,
+    under another accumulation window cut the epoch's steps elsewhere (that one was accepted)."""
     (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
     stopped = _stop_after(stripes_trainer(tmp_path, [phase]), 1)  # one of the epoch's 3 steps
     stopped.fit()
     stopped.close()
     checkpoint = load_checkpoint(tmp_path / "last.pth")
     assert checkpoint["trainer_state"]["batches_done"] == 1
-    resumed = stripes_trainer(tmp_path, [phase], batch_size=batch_size)
-    if batch_size == 16:
+    resumed = stripes_trainer(tmp_path, [phase], batch_size=batch_size, accumulate_grad_batches=accumulate)
+    if (batch_size, accumulate) == (16, 1):
         state, _ = resumed.check_resumable(checkpoint)
         assert (state.epoch, state.batches_done) == (0, 1)
         return
     with pytest.raises(CheckpointError, match=r"saved part-way through an epoch by 1 process\(es\) with "
-                       r"dataset.batch_size=16; resume it with the same \(now 1 with 8\)"):  # fmt: skip
+                       r"dataset.batch_size=16 and train.accumulate_grad_batches=1; resume it with the same "
+                       rf"\(now 1 with {batch_size} and {accumulate}\)"):  # fmt: skip
         resumed.check_resumable(checkpoint)
 
 
