@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from deepfake.data.damaged import DamagedImageLog
+from deepfake.data.manifest import file_sha256
 from deepfake.engine.evaluate import fake_probability
 from deepfake.errors import DataError
 from deepfake.evaluation import plots
@@ -87,6 +88,8 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint_path),
         "run_name": checkpoint.get("run_name"),
         "test_csv": str(cfg.dataset.test_csv),
+        # What the figures are of: the embedded set regenerated at another size keeps its CSV's path.
+        "test_csv_sha256": file_sha256(Path(str(cfg.dataset.test_csv))),
         "evaluated_at": session.now_iso(),
     }
     if cfg.eval.report:
@@ -215,9 +218,13 @@ def run(cfg: DictConfig) -> float | None:
         metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers)
     registry = session.open_registry(cfg)
     if metrics["run_name"]:
-        own = ((registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}).get("test_csv")
-        if own not in (None, metrics["test_csv"]):  # another CSV, or the embedded set at another img_size
-            log.info("the registry entry of %s keeps its test figures on %s; these, on %s, are in %s",
+        kept = (registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}
+        own = kept.get("test_csv")
+        if own is not None and (own, kept.get("test_csv_sha256", metrics["test_csv_sha256"])) != (
+            metrics["test_csv"],
+            metrics["test_csv_sha256"],
+        ):  # another CSV, or other contents under its path (the embedded set regenerated), or another img_size
+            log.info("the registry entry of %s keeps its test figures on %s (as it was then); these, on %s, are in %s",
                      metrics["run_name"], own, metrics["test_csv"], out_dir / "metrics_test.json")  # fmt: skip
         elif cfg.eval.threshold is not None:  # a threshold tried out: not the run's own operating point
             log.info("the registry entry of %s keeps its test figures at its own threshold; these, at "
@@ -233,4 +240,4 @@ def registry_view(metrics: dict) -> dict:
     keys = ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "f1", "log_loss",
             "threshold", "threshold_source", "threshold_policy", "temperature", "intervals", "n_samples", "n_damaged")  # fmt: skip
     view = {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
-    return view | {"test_csv": metrics["test_csv"], "evaluated_at": metrics["evaluated_at"]}
+    return view | {key: metrics[key] for key in ("test_csv", "test_csv_sha256", "evaluated_at")}

@@ -137,15 +137,22 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
 
     # task=test of the first run on another test set: the run's own registry figures stay (they were
     # replaced by whatever set was tested last).
-    def test_metrics() -> dict:
+    def test_metrics(run=first) -> dict:
         entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
-        return next(entry["test_metrics"] for entry in entries if entry["run_name"] == first.name)
+        return next(entry["test_metrics"] for entry in entries if entry["run_name"] == run.name)
 
     own = test_metrics()
     main_runner("task=test", f"ckpt={first}", f"dataset.test_csv={tmp_path / 'shuffled.csv'}", *fast[1:])
     assert test_metrics() == own and own["test_csv"] != str(tmp_path / "shuffled.csv")
     aucs = [json.loads((run / "metrics_test.json").read_text())["auc"] for run in (first, second)]
     assert aucs[0] != aucs[1]  # the labels did change what the test measures
+
+    # The second run's own test CSV rewritten under its path (as the embedded set is, regenerated at
+    # other sizes): its registry figures stay those of the set it was tested on.
+    second_own = test_metrics(second)
+    shuffled.head(20).to_csv(tmp_path / "shuffled.csv", index=False)
+    main_runner("task=test", f"ckpt={second}", f"dataset.test_csv={tmp_path / 'shuffled.csv'}", *fast[1:])
+    assert test_metrics(second) == second_own and second_own["n_samples"] == len(shuffled)
 
     # A threshold tried out on the run's own test set: its figures go to the test dir, not the registry.
     tried = main_runner("task=test", f"ckpt={first}", "eval.threshold=0.9", *fast[1:])
