@@ -38,7 +38,7 @@ from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import DataError, RunStopped, TrainingError
+from deepfake.errors import ConfigError, DataError, RunStopped, TrainingError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -122,6 +122,10 @@ def _check_settings(cfg: DictConfig) -> None:
     phase_plan(cfg.phase)
     positive_int(cfg.dataset.batch_size, "dataset.batch_size")
     positive_int(cfg.dataset.img_size, "dataset.img_size")
+    real_label = cfg.dataset.get("real_label", 1)
+    if isinstance(real_label, bool) or real_label not in (0, 1):
+        raise ConfigError(f"dataset.real_label={real_label} must be 0 or 1: the CSVs' label for a real image "
+                          "(Kaggle's is 1); set the one your CSVs use")  # fmt: skip
 
 
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path) -> dict:
