@@ -39,6 +39,16 @@ def print_run_summary(entry: dict, seconds: float, *, registry_path: str, promot
         ("run dir", str(out)),
         ("checkpoints", "best.pth, last.pth"),
         ("metrics", "metrics_log.csv" + (", metrics_test.json" if test else "")),
+        # What the run wrote beside them, as found on disk (train.do_test, eval.report, train.do_cam decide).
+        (
+            "reports",
+            ", ".join(
+                name
+                for name in ("report.html", "predictions.csv", "eval/", "training_curves.png", "model_card.md", "cam/")
+                if (out / name.rstrip("/")).exists()
+            )
+            or "none",
+        ),  # fmt: skip
         ("logs", "run.log" + (f", tb/ (tensorboard --logdir {out / 'tb'})" if (out / "tb").exists() else "")),
         ("registry", f"{registry_path}" + (f" — promoted to {promoted_to}" if promoted_to else "")),
     ]

@@ -77,6 +77,10 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
     assert "phase.head_epochs=1" in entry["overrides"]
     assert (tmp_path / "models" / "best_model.pth").read_bytes() == (run / "best.pth").read_bytes()
     assert "run dir" in result.stdout and str(run) in result.stdout
+    # The summary names every output the run left, found on disk.
+    written = [name for name in ("report.html", "predictions.csv", "training_curves.png", "model_card.md")
+               if (run / name).is_file()]  # fmt: skip
+    assert written and all(name in result.stdout for name in written), result.stdout
 
     # task=test defaults to the global best and records its figures in the registry entry.
     main_runner("task=test")
