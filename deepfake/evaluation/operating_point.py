@@ -1,5 +1,6 @@
 """The decision threshold on p(fake): chosen on validation scores by a policy at the end of
-training, stored in best.pth, and turned back into the rule every task applies.
+training and stored in best.pth (deepfake.evaluation.decision turns it back into the rule every task
+applies).
 
 Policies:
 - ``eer``: the ROC point where the false-positive rate (reals called fake) meets the false-negative
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn import metrics as skm
 
 from deepfake.engine.evaluate import fake_probability
-from deepfake.errors import CheckpointError, ConfigError
+from deepfake.errors import ConfigError
 from deepfake.evaluation.calibration import calibration_figures, fit_temperature
+from deepfake.evaluation.decision import check_threshold
 
 _FPR_POLICY = re.compile(r"^fpr@(?P<rate>[0-9.eE+-]+)$")
 POLICIES = ("eer", "fpr@<rate>", "fixed")
@@ -49,17 +50,6 @@ def parse_policy(policy: str, fixed_threshold: float | None = None) -> tuple[str
     raise ConfigError(
         f"eval.threshold_policy={policy!r}; use eer, fixed, or fpr@<rate> with 0 <= rate < 1 (e.g. fpr@0.01)"
     )
-
-
-def check_threshold(value, key: str = "eval.threshold") -> float:
-    """``value`` as a p(fake) threshold; ConfigError naming ``key`` for anything else (``true`` included)."""
-    try:
-        threshold = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        threshold = math.nan
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"{key}={value!r} must be a p(fake) between 0 and 1")
-    return threshold
 
 
 def _roc(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,67 +152,3 @@ def fit_operating_point(
         "temperature": temperature,
         "operating_point": figures,
     }
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """How a task turns a logit into p(fake) and a real/fake call, and where that came from."""
-
-    threshold: float
-    temperature: float
-    source: str  # "checkpoint", or the setting that overrode it ("eval.threshold", "predict.threshold")
-    policy: str | None  # the policy that chose the stored threshold (None: an older checkpoint)
-    stored_threshold: float | None
-
-    def p_fake(self, logits: np.ndarray) -> np.ndarray:
-        return fake_probability(logits, self.temperature)
-
-    def is_fake(self, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(probs) >= self.threshold
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """The operating point a model was saved with: fake when ``sigmoid(logit / temperature) >= threshold``.
-
-    Chosen on validation and stored in best.pth (``threshold``, ``threshold_policy``, and
-    ``temperature`` once calibrated) and in an ONNX model's sidecar; a model without a temperature is
-    uncalibrated (1.0). A training stopped before choosing one leaves ``threshold`` None: no verdict
-    without one given.
-    """
-
-    threshold: float | None = None
-    policy: str | None = None
-    temperature: float = 1.0
-
-    @classmethod
-    def of(cls, stored: dict) -> OperatingPoint:
-        temperature, threshold = stored.get("temperature"), stored.get("threshold")
-        return cls(
-            threshold=None if threshold is None else float(threshold),
-            policy=stored.get("threshold_policy"),
-            temperature=1.0 if temperature is None else float(temperature),
-        )
-
-    def rule(self, override: float | None, key: str, model: str, *, latest_epoch: bool = False) -> DecisionRule:
-        """The rule a task applies: this threshold, unless the setting ``key`` gives ``override``; this
-        temperature either way. ``model`` names the model in the error for one with no threshold, and
-        ``latest_epoch`` says it is a last.pth, which never holds one."""
-        if override is not None:
-            return DecisionRule(check_threshold(override, key), self.temperature, key, self.policy, self.threshold)
-        if self.threshold is None:
-            why = ("is a last.pth: the threshold its run chose is in best.pth beside it; pass that" if latest_epoch
-                   else "holds no decision threshold (its training stopped before choosing one); resume that run")  # fmt: skip
-            raise CheckpointError(f"{model} {why}, or pass {key}=<p_fake>")
-        return DecisionRule(self.threshold, self.temperature, "checkpoint", self.policy, self.threshold)
-
-
-def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> DecisionRule:
-    """The rule task=test and task=cam apply to ``checkpoint``'s scores: its stored operating point,
-    unless ``threshold_override`` (``eval.threshold``) is given."""
-    model = f"checkpoint {checkpoint.get('run_name') or ''}".rstrip()
-    latest = checkpoint.get("kind") == "last"
-    return OperatingPoint.of(checkpoint).rule(threshold_override, "eval.threshold", model, latest_epoch=latest)

@@ -14,7 +14,8 @@ import numpy as np
 from deepfake.engine.metrics import classification_metrics
 from deepfake.evaluation.bootstrap import bootstrap_intervals
 from deepfake.evaluation.calibration import calibration_figures
-from deepfake.evaluation.operating_point import DecisionRule, as_p_fake, rates_at, tpr_at_fpr
+from deepfake.evaluation.decision import DecisionRule
+from deepfake.evaluation.operating_point import as_p_fake, rates_at, tpr_at_fpr
 
 # Columns of the robustness and generalisation tables.
 TABLE_METRICS = ("auc", "ap", "accuracy", "real_accuracy", "fake_accuracy")

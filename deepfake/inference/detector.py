@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deepfake.evaluation.operating_point import OperatingPoint
+from deepfake.evaluation.decision import OperatingPoint
 from deepfake.models import detector_from_checkpoint
 from deepfake.tracking.checkpoint import load_checkpoint
 

@@ -22,7 +22,7 @@ from deepfake.data.transforms import central_square
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything
 from deepfake.errors import ConfigError, DataError
-from deepfake.evaluation.operating_point import decision_rule
+from deepfake.evaluation.decision import decision_rule
 from deepfake.explain import METHODS, TARGETS, Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint

@@ -15,7 +15,8 @@ from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.errors import ConfigError
-from deepfake.evaluation.operating_point import check_threshold, fit_operating_point, parse_policy
+from deepfake.evaluation.decision import check_threshold
+from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
 from deepfake.evaluation.summary import SummarySettings
 from deepfake.models import detector_from_checkpoint

@@ -24,7 +24,7 @@ from deepfake.engine.evaluate import fake_probability
 from deepfake.errors import DataError
 from deepfake.evaluation import plots
 from deepfake.evaluation import report as html_report
-from deepfake.evaluation.operating_point import DecisionRule, decision_rule
+from deepfake.evaluation.decision import DecisionRule, decision_rule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
 from deepfake.inference.predictions import (

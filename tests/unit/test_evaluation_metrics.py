@@ -11,13 +11,8 @@ from deepfake.engine.metrics import classification_metrics
 from deepfake.errors import CheckpointError, ConfigError
 from deepfake.evaluation.bootstrap import bootstrap_intervals, weighted_metrics
 from deepfake.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature
-from deepfake.evaluation.operating_point import (
-    choose_threshold,
-    decision_rule,
-    fit_operating_point,
-    parse_policy,
-    tpr_at_fpr,
-)
+from deepfake.evaluation.decision import decision_rule
+from deepfake.evaluation.operating_point import choose_threshold, fit_operating_point, parse_policy, tpr_at_fpr
 
 # 4 reals and 4 fakes; ranked high to low: .9F .8F .7F .6R .4F .3R .2R .1R
 TARGETS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -158,7 +153,8 @@ def test_ranking_figures_rank_by_logits_where_p_fake_saturates():
     on perfectly separated validation drives T to its floor (0.05), so it is common there."""
     from sklearn import metrics as skm
 
-    from deepfake.evaluation.operating_point import DecisionRule, check_threshold, fit_operating_point
+    from deepfake.evaluation.decision import DecisionRule, check_threshold
+    from deepfake.evaluation.operating_point import fit_operating_point
     from deepfake.evaluation.summary import SummarySettings, summarise
 
     rng = np.random.default_rng(0)
@@ -181,7 +177,8 @@ def test_ranking_figures_rank_by_logits_where_p_fake_saturates():
 
 
 def test_a_call_nothing_fake_threshold_stays_a_p_fake_when_the_top_scores_saturate():
-    from deepfake.evaluation.operating_point import check_threshold, fit_operating_point
+    from deepfake.evaluation.decision import check_threshold
+    from deepfake.evaluation.operating_point import fit_operating_point
 
     targets, logits = np.array([0, 1, 1, 0]), np.array([40.0, 39.0, 38.0, -3.0])  # a real on top: fpr@0 calls none
     chosen = fit_operating_point(targets, logits, policy="fpr@0.0", fixed_threshold=None, calibrate=False, ece_bins=5)
@@ -209,7 +206,8 @@ def test_a_tpr_at_fpr_met_only_by_calling_nothing_fake_gives_a_threshold_that_ca
     """The top image is real and the budget below one real in three: the ROC's first point. Its threshold
     came back as sigmoid(just above the top logit), which rounds to the top image's own p(fake), and
     called it fake: fpr 1/3 at the threshold reported with fpr 0."""
-    from deepfake.evaluation.operating_point import DecisionRule, rates_at
+    from deepfake.evaluation.decision import DecisionRule
+    from deepfake.evaluation.operating_point import rates_at
     from deepfake.evaluation.summary import SummarySettings, summarise
 
     targets, logits = np.array([0, 0, 0, 1, 1, 1]), np.array([3.0, -1.0, -2.0, 2.0, 1.0, 0.5])
@@ -222,7 +220,7 @@ def test_a_tpr_at_fpr_met_only_by_calling_nothing_fake_gives_a_threshold_that_ca
 def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand():
     """At temperature 2 the logits are 2 * logit(PROBS), so every p(fake) is one of PROBS again."""
     from deepfake.evaluation.calibration import calibration_figures
-    from deepfake.evaluation.operating_point import DecisionRule
+    from deepfake.evaluation.decision import DecisionRule
     from deepfake.evaluation.summary import SummarySettings, summarise
 
     logits = 2 * np.log(PROBS / (1 - PROBS))
