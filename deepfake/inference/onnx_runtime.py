@@ -15,7 +15,7 @@ import torch
 from deepfake.data.manifest import file_sha256
 from deepfake.data.transforms import interpolation_mode
 from deepfake.errors import CheckpointError, ConfigError
-from deepfake.evaluation.operating_point import OperatingPoint
+from deepfake.evaluation.decision import OperatingPoint
 from deepfake.inference.detector import Detector
 from deepfake.inference.onnx_export import (
     IDENTITY_NORMALISATION,
@@ -33,12 +33,13 @@ class OnnxDetector(torch.nn.Module):
 
     The scoring loop collects logits; handing back the graph's p(fake) as ``temperature * logit(p)``
     (the graph divided by it) keeps one loop, one rule and one calibration report for both kinds of
-    model. A float32 p saturates at 0 or 1 past a logit of about 17: clipped, it is a large finite
-    logit, where logit(1) = inf ended a labelled predict in scikit-learn's traceback.
+    model. A float32 p saturates at 1 past a logit of about 17 (and reaches 0 only past about -103):
+    logit(1) = inf ended a labelled predict in scikit-learn's traceback, so 1 is clipped to just above
+    the largest p below it, and 0 to the smallest p above it; every other p keeps its own logit.
     """
 
-    # Below the float32 step under 1 (2**-24): every p < 1 the graph gives keeps its own logit, and 1 maps above them.
-    _EPS = 2.0**-25
+    # Halfway past float32's last steps below 1 (2**-24) and above 0 (2**-149): the order is kept.
+    _HIGHEST, _LOWEST = 1.0 - 2.0**-25, 2.0**-150
 
     def __init__(self, path: Path, temperature: float) -> None:
         super().__init__()
@@ -50,7 +51,8 @@ class OnnxDetector(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         p_fake = self.session.run([OUTPUT_NAME], {INPUT_NAME: image.detach().cpu().float().numpy()})[0]
-        logits = torch.logit(torch.from_numpy(p_fake).double(), eps=self._EPS) * self.temperature
+        p_fake = torch.from_numpy(p_fake).double().clamp(self._LOWEST, self._HIGHEST)
+        logits = torch.logit(p_fake) * self.temperature
         return logits.float().reshape(-1, 1)
 
 
