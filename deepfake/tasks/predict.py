@@ -82,7 +82,7 @@ def run(cfg: DictConfig) -> float | None:
     overlays = None
     if settings.cam:
         scored = [row for row, p_fake in zip(rows, frame["p_fake"]) if not np.isnan(p_fake)]
-        overlays = _explain(cfg, detector, dataset, scored, probs, threshold, out.parent / "cam")
+        overlays = _explain(cfg, detector, dataset, scored, probs, threshold, overlays_dir(out))
     log.info("%d row(s) in %s; %.1f images/s", len(frame), out, images_per_second)
     print_predict_summary(frame, inputs, out, threshold=threshold, top_k=top_k, images_per_second=images_per_second,
                           metrics=metrics, overlays=overlays)  # fmt: skip
@@ -224,6 +224,12 @@ def _write_metrics(cfg: DictConfig, preds, rule, detector, out: Path) -> dict:
     atomic_write_text(metrics_file(out), json.dumps(metrics, indent=2))
     log.info("labelled input: auc=%s accuracy=%.4f (%s)", metrics["auc"], metrics["accuracy"], metrics_file(out))
     return metrics
+
+
+def overlays_dir(out: Path) -> Path:
+    """Where the CAM overlays of predictions file ``out`` go: cam/ beside a predictions.csv, ``<name>.cam/``
+    beside any other name, so that replacing one output's overlays leaves another's alone."""
+    return out.with_name("cam" if out.name == "predictions.csv" else f"{out.stem}.cam")
 
 
 def metrics_file(out: Path) -> Path:

@@ -151,3 +151,16 @@ def test_a_true_false_setting_given_as_a_word_is_refused(overrides, refused):
         with pytest.raises(ConfigError) as error:
             check_flags(cfg, overrides, "config")
     assert str(error.value).startswith(f"{refused} is not true or false; this setting takes true or false")
+
+
+def test_each_predictions_file_has_its_own_metrics_and_overlays_beside_it(tmp_path):
+    """predict.cam clears the overlays of the output it replaces: a.csv's run must not clear b.csv's."""
+    from deepfake.tasks.predict import metrics_file, overlays_dir
+
+    assert (metrics_file(tmp_path / "predictions.csv"), overlays_dir(tmp_path / "predictions.csv")) == (
+        tmp_path / "metrics_predict.json", tmp_path / "cam")  # fmt: skip
+    assert {overlays_dir(tmp_path / "a.csv"), overlays_dir(tmp_path / "b.csv")} == {
+        tmp_path / "a.cam",
+        tmp_path / "b.cam",
+    }
+    assert metrics_file(tmp_path / "a.csv") == tmp_path / "a.metrics.json"
