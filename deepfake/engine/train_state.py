@@ -142,6 +142,8 @@ class Checkpointing:
             raise CheckpointError(f"{last} holds no moving average of the weights; resume it with the run's own "
                                   "train.ema.enabled=false")  # fmt: skip
         state, saved = TrainerState(**checkpoint["trainer_state"]), self._saved_loader(checkpoint)
+        if "phase_epochs" not in checkpoint["trainer_state"] and state.epoch_in_phase:  # an older last.pth
+            state.phase_epochs = {checkpoint.get("phase"): state.epoch_in_phase}  # the stopped phase's, so far
         now = (self.ranks.world_size, self.train_loader.batch_size, self.accumulate)
         then = (saved["world_size"], saved["batch_size"], saved.get("accumulate", self.accumulate))  # older: unsaid
         if state.batches_done and then != now:

@@ -245,3 +245,16 @@ def test_a_phase_that_ended_is_not_extended_by_a_resume_without_a_word(tmp_path)
         longer.fit(saved)
     same = stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4))
     assert same.fit(load_checkpoint(tmp_path / "last.pth")).phase_epochs == {"head": 1, "finetune": 1}
+
+
+def test_a_last_pth_of_an_older_version_counts_its_stopped_phase_from_its_own_epochs(tmp_path):
+    """Without phase_epochs the count began at the resume: a head phase of 2 epochs ended as {"head": 1},
+    and a later stop at its boundary refused the run's own phase.head_epochs=2."""
+    phases = plan_phases(2, 1, lr_head=1e-3, lr_backbone=1e-4)
+    stopped = _stop_after(stripes_trainer(tmp_path, phases), 4)  # the first step of the second head epoch
+    stopped.fit()
+    stopped.close()
+    older = load_checkpoint(tmp_path / "last.pth")
+    del older["trainer_state"]["phase_epochs"]
+    resumed = stripes_trainer(tmp_path, phases)
+    assert resumed.fit(older).phase_epochs == {"head": 2, "finetune": 1}
