@@ -17,18 +17,18 @@ def killed_job(num: int, overrides: list[str], why: str, sweep_dir) -> JobReturn
     """A failed job (a sweep goes on past it; Optuna records a failed trial) with its line, which its
     status.json gets too, for the sweep's summary. Its status stays running (the summary lists it as
     killed), so that relaunching the sweep into its dir resumes it. A job taken down before it started
-    has no dir to read: the summary is told of it here."""
+    has no dir of this launch to read: the summary is told of every killed job here, and keeps the row
+    of one without such a dir."""
     line = f"killed: {why}; out of memory? relaunch the sweep with hydra.sweep.dir={sweep_dir} to resume it"
     log.error("job %d %s", num, line)
     record_job_exit(EXIT_BUG)
-    started = False
     for path in Path(str(sweep_dir)).rglob(STATUS_FILE):
         status = read_status(path.parent) or {}
         if (status.get("job_num"), status.get("status"), sorted(status.get("overrides") or [])) == (
             num, "running", sorted(overrides)
         ):  # fmt: skip
             write_status(path.parent, {**status, "error": line})
-            started = True
-    if not started:
-        record_unstarted_job(num, overrides, line)
+    # Also when a dir matched: it may be an earlier launch's, which the summary leaves out; the summary
+    # keeps this row only for a job with no dir of this launch.
+    record_unstarted_job(num, overrides, line)
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=FailedJob(line, EXIT_BUG))
