@@ -93,7 +93,8 @@ def _shortcuts(shortcuts: dict, features: pd.DataFrame, target: np.ndarray) -> s
     parts = [
         _verdict(shortcuts["verdict"]),
         html.paragraph(f"A boosted-tree model fitted on {shortcuts['n_train']} training images' face-free "
-                       f"features, scored on {shortcuts['n_test']} test images (AUC 0.5 = chance)."),
+                       f"features, scored on {shortcuts['n_test']} other images, held out from the fit (AUC 0.5 = "
+                       "chance)."),
         html.table(["features", "test AUC", "verdict"], rows, fmt=lambda v: f"{v:.3f}"),
     ]  # fmt: skip
     distributions = plots.feature_distributions(features, target)

@@ -37,7 +37,7 @@ def resolve_num_workers(setting, device: torch.device, key: str = "dataset.num_w
         except (TypeError, ValueError, OverflowError):
             workers = -1
         if workers < 0:
-            raise ConfigError(f"{key}={setting!r}; use auto or a number >= 0")
+            raise ConfigError(f"{key}={setting!r}; use auto or a whole number >= 0")
         return workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size()))

@@ -223,7 +223,8 @@ def _train_loader(cfg: DictConfig, train_set, preprocess: dict, device):
 def _train_pipeline(
     cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path, bare_step
 ) -> tuple[dict, float]:
-    """(b) and b/a: the Trainer on the files, fine-tuning for bench.epochs epochs with a fresh model; each
+    """(b) and b/a: the Trainer on the images as a run reads them (the files, or the decoded-image cache under
+    dataset.cache=all), fine-tuning for bench.epochs epochs with a fresh model; each
     epoch timed by an EpochClock (its checkpoints saved as a run saves them, its validation, one
     batch, left out), with one repeat of ``bare_step`` timed inside it, apart."""
     epochs = int(cfg.bench.epochs)

@@ -158,7 +158,14 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
         return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
     except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
-        code = 128 + stop.signum if isinstance(stop, RunStopped) else 130  # the shell's status for the signal
+        # The shell's status for the signal (Ctrl-C: SIGINT's); anything else leaving a task this way is a bug.
+        code = (
+            128 + stop.signum
+            if isinstance(stop, RunStopped)
+            else 130
+            if isinstance(stop, KeyboardInterrupt)
+            else EXIT_BUG
+        )
         write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso(),
                                "exit_code": code})  # fmt: skip
         raise

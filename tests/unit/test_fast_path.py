@@ -63,7 +63,7 @@ def test_num_workers_auto_follows_cores_ranks_and_device(monkeypatch):
     with pytest.raises(ConfigError, match="dataset.num_workers=-1"):
         resolve_num_workers(-1, torch.device("cpu"))
     for bad in (2.5, True, "two"):  # int() made 2.5 two workers and YAML's true one
-        with pytest.raises(ConfigError, match=f"dataset.num_workers={bad!r}; use auto or a number >= 0"):
+        with pytest.raises(ConfigError, match=f"dataset.num_workers={bad!r}; use auto or a whole number >= 0"):
             resolve_num_workers(bad, torch.device("cpu"))
     assert resolve_num_workers("3", torch.device("cpu")) == 3
 
