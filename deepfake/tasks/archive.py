@@ -95,7 +95,8 @@ def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:
         entries = {entry["run_name"]: entry for entry in registry.runs()}
         for state in run_states(list(entries.values()), stale_after_s=values.lock_stale_after_s(cfg)):
             old = state.status == "finished" and state.last_active and age_days(state.last_active, now) > older_than
-            if not old or state.run_name in chosen:
+            # Archived already (its dir kept, archive.remove=false): a weekly archive packed it again each week.
+            if not old or state.run_name in chosen or entries[state.run_name].get("archived"):
                 continue
             if state.run_name == best_name and not cfg.archive.allow_best:
                 log.info("kept %s: the global best's run (archive.allow_best=true archives it too)", best_name)

@@ -35,7 +35,8 @@ def select_runs(runs: list[dict], names: list[str], dataset: str | None, backbon
         by_name = {run["run_name"]: run for run in runs}
         missing = [name for name in names if name not in by_name]
         if missing:
-            raise ConfigError(f"compare.runs: {', '.join(missing)} not in the registry; task=registry lists the runs")
+            raise ConfigError(f"compare.runs: {', '.join(missing)} not in the registry, or not in compare.sweep; "
+                              "task=registry lists the runs")  # fmt: skip
         runs = [by_name[name] for name in names]
     return [
         run for run in runs

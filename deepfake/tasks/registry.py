@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> None:
         registry.best_run(),
         registry_path=cfg.paths.registry,
         best_model_path=cfg.paths.best_model,
-        limit=values.number(cfg.task.limit, "task.limit", int),
+        limit=values.positive_int(cfg.task.limit, "task.limit"),  # -1 sliced the last run off, silently
         title=title,
         set_key=set_key,
     )
@@ -59,11 +59,12 @@ def matching(runs: list[dict], match: str | None, tags) -> tuple[list[dict], str
 
 def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path) -> list[dict]:
     """The entries whose run dir lies in the sweep dir ``sweep``: a path, or a name under multirun_dir."""
-    sweep_dir = Path(sweep).expanduser()
-    if not sweep_dir.is_dir():
-        sweep_dir = multirun_dir / sweep
-    if not sweep_dir.is_dir():
-        raise ConfigError(f"task.sweep={sweep}: no such sweep dir (looked in {multirun_dir}); pass multirun/<stamp>")
+    # As given (from here), a stamp under multirun_dir, or multirun/<stamp> from the root beside it.
+    tried = [Path(sweep).expanduser(), multirun_dir / sweep, multirun_dir.parent / sweep]
+    sweep_dir = next((path for path in tried if path.is_dir()), None)
+    if sweep_dir is None:
+        raise ConfigError(f"task.sweep={sweep}: no such sweep dir (looked in {multirun_dir}); pass <stamp> (a folder "
+                          "there) or the sweep dir's path")  # fmt: skip
     sweep_dir = sweep_dir.resolve()
     return [run for run in runs if sweep_dir in Path(run.get("run_dir", "")).resolve().parents]
 

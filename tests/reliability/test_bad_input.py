@@ -127,6 +127,7 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "a training setting in words": (["train.label_smoothing=abc"], ["train.label_smoothing=abc is not a finite"]),
         "a real label that is no label": (  # found once the data was generated and the run dir set up
             ["dataset.real_label=5"], ["dataset.real_label=5 must be 0 or 1", "set the one your CSVs use"]),
+        "a negative listing limit": (["task=registry", "task.limit=-1"], ["task.limit=-1 must be a positive integer"]),
         "a lock setting in words": (["run_lock.stale_after_s=abc"], ["run_lock.stale_after_s=abc is not a finite"]),
         "cam fractions in words": (["task=cam", f"ckpt={best}", "cam.sanity_fractions=[abc]"],
                                    ["cam.sanity_fractions=abc is not a finite number"]),
@@ -159,7 +160,7 @@ CASES = [
     "a test set that cannot be read", "an export opset in words", "an export onto a folder", "a face margin in words",
     "a face detector setting in words", "a cam setting used only after training", "cam percentiles past 100",
     "cam fractions in words", "a timm backbone without its name", "a training setting in words",
-    "a lock setting in words", "a real label that is no label",
+    "a lock setting in words", "a real label that is no label", "a negative listing limit",
 ]  # fmt: skip
 
 
