@@ -58,6 +58,9 @@ def run(cfg: DictConfig) -> float | None:
             settings.real_label, "predict.real_label", int),
     )  # fmt: skip
     out = _output_file(settings.output)
+    if inputs.source == "folder":  # an earlier predict's overlays, written into the folder it scores, are no input
+        own = overlays_dir(out).resolve()
+        inputs.paths = [path for path in inputs.paths if not Path(path).resolve().is_relative_to(own)]
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
              detector.source, detector.kind, threshold, _origin(rule))  # fmt: skip
