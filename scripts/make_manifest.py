@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from deepfake.data.manifest import hash_tree, manifest_text
-from deepfake.errors import DataError, error_line
+from deepfake.errors import UserError, error_line
 from deepfake.tracking.checkpoint import atomic_write_text
 
 
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         digests = hash_tree(args.root_dir)
-    except DataError as error:
+        atomic_write_text(out, manifest_text(args.root_dir, digests))  # --out a folder: one line too
+    except UserError as error:
         print(error_line(str(error)), file=sys.stderr)
         return 2
-    atomic_write_text(out, manifest_text(args.root_dir, digests))
     print(f"{len(digests)} images hashed in {time.perf_counter() - started:.1f} s -> {out}")
     return 0
 

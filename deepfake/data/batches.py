@@ -7,7 +7,9 @@ the same code as the full split.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,8 @@ from sklearn.model_selection import StratifiedKFold
 from deepfake.data.csv_dataset import KAGGLE_INDEX_COLUMN, labels_to_targets, read_raw_csv, require_column
 from deepfake.errors import DataError
 from deepfake.tracking.checkpoint import atomic_path, make_folder
+
+log = logging.getLogger(__name__)
 
 
 def split_into_batches(
@@ -83,4 +87,10 @@ def write_batches(
         for name, parts in splits.items():
             _write_csv_atomically(parts[number - 1], directory / f"{name}.csv")
         directories.append(directory)
+    # An earlier, larger split's batch<K> for K > n_batches overlaps the new ones: dataset.batch=K would train
+    # on rows of the new batches again, silently.
+    for stale in sorted(Path(out_dir).glob("batch*")):
+        if stale.name.removeprefix("batch").isdigit() and int(stale.name.removeprefix("batch")) > n_batches:
+            shutil.rmtree(stale)
+            log.info("removed %s, a batch of an earlier split into more batches", stale)
     return directories

@@ -75,8 +75,16 @@ def hash_tree(root: str | os.PathLike, threads: int = DEFAULT_SCAN_THREADS) -> d
     root = Path(root)
     relative = image_files(root)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: file_sha256(root / rel), relative))
+        digests = list(pool.map(lambda rel: _digest(root, rel), relative))
     return dict(zip(relative, digests))
+
+
+def _digest(root: Path, relative: str) -> str:
+    """The file's sha256; a dangling link or a file gone mid-walk is one line naming it, not a traceback."""
+    try:
+        return file_sha256(root / relative)
+    except OSError as error:
+        raise DataError(f"{root / relative}: cannot be read ({error.strerror or error}); fix or remove it") from None
 
 
 def manifest_text(root: str | os.PathLike, digests: dict[str, str]) -> str:

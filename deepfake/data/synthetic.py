@@ -158,6 +158,8 @@ def generate_synthetic_dataset(
     with FileLock(root.parent / f".{root.name}.lock"):
         if _is_current(root, params):
             return root
+        if root.exists() and not root.is_dir():  # iterdir()'s NotADirectoryError traceback
+            raise DataError(f"{root}: is a file; choose an empty or new directory for the synthetic dataset")
         if root.exists() and not (root / "synthetic.json").is_file() and any(root.iterdir()):
             raise DataError(
                 f"{root}: exists and is not a synthetic dataset (no synthetic.json); "

@@ -206,3 +206,11 @@ def test_make_batches_defaults_come_from_the_paths_config_not_the_working_direct
         "batch2/train.csv",
         "batch2/valid.csv",
     ]
+
+
+def test_splitting_again_into_fewer_batches_removes_the_earlier_split_s_extra_batches(tmp_path):
+    """batch3 of a split into 3 overlaps the new batch1 of a split into 2: dataset.batch=3 trained on it."""
+    train_csv = _write_kaggle_csv(_kaggle_frame(30, 30), tmp_path / "train.csv")
+    write_batches(train_csv, train_csv, tmp_path / "batches", 3)
+    write_batches(train_csv, train_csv, tmp_path / "batches", 2)
+    assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == ["batch1", "batch2"]

@@ -68,3 +68,11 @@ def test_image_digests_are_hashed_once_then_read_back_until_a_file_changes(tmp_p
     assert image_sha256s_remembered(paths, memo) == expected and hashed == []  # read back, nothing hashed
     files[1].write_bytes(b"other bytes")  # another size: the remembered answer no longer applies
     assert image_sha256s_remembered(paths, memo) == ["rehashed"] * 3
+
+
+def test_a_dangling_link_is_named_in_one_line(tmp_path):
+    """file_sha256's FileNotFoundError traceback, in make_manifest.py and dataset.verify_manifest=true."""
+    (tmp_path / "ok.jpg").write_bytes(b"a")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataError, match=r"gone.jpg: cannot be read \(No such file or directory\); fix or remove it"):
+        hash_tree(tmp_path)
