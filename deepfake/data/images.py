@@ -38,6 +38,8 @@ def _black_image(size: int) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert a decoded image of any PIL mode to RGB; transparent pixels become black."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a PNG's tRNS colour key
+        image = image.convert("RGBA")
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
@@ -45,8 +47,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(samples, 0, 255).round().astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in _ALPHA_MODES:
         # Over black, as the fallback for damaged files is black too: the model sees one
         # "no content" colour rather than whatever colour the transparent pixels happen to store.

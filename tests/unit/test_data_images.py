@@ -164,3 +164,18 @@ def test_intact_file_has_no_reason(tmp_path):
     image, reason = load_rgb(path)
 
     assert reason is None and np.asarray(image)[0, 0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("mode", "key", "other"), [("RGB", (255, 255, 255), (200, 10, 10)), ("L", 200, 90)])
+def test_a_png_colour_key_is_transparent_too(tmp_path, mode, key, other):
+    """tRNS on an RGB or grey PNG: DECODE_RULES says transparent pixels are composited over black, and
+    only palette images were."""
+    image = Image.new(mode, (4, 4), key)
+    image.paste(other, (2, 0, 4, 4))
+    path = tmp_path / f"keyed_{mode}.png"
+    image.save(path, transparency=key)
+
+    rgb = np.asarray(load_rgb(path)[0])
+
+    assert (rgb[:, :2] == 0).all()
+    assert (rgb[:, 2:] == (np.array(other) if mode == "RGB" else np.array([other] * 3))).all()
