@@ -102,7 +102,7 @@ def csv_facts(csv_path: Path, path_column: str, label_column: str, real_label: i
 def _read_yaml(path: Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a missing source leaves its facts out
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -119,6 +119,6 @@ def _read_git(path: Path) -> dict:
     """git.txt's ``commit <hash>`` and ``dirty <flag>`` lines."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return {}
     return dict(line.split(" ", 1) for line in lines if " " in line)

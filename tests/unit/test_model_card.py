@@ -174,3 +174,11 @@ def test_a_card_of_last_pth_claims_neither_the_best_models_test_nor_a_threshold(
     point = section(card, "Operating point")
     assert "| threshold | none chosen: give one (eval.threshold, predict.threshold) to call images fake |" in point
     assert "| policy | n/a |" in point and "train.threshold" not in card
+
+
+def test_a_run_file_that_is_not_utf8_leaves_its_facts_out_and_the_card_is_written(tmp_path):
+    """A missing source leaves its facts out, never fails: a git.txt in another encoding stopped the card."""
+    run, entry = make_run(tmp_path)
+    (run / "git.txt").write_bytes(b"commit caf\xe9\n")
+    facts = collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry)
+    assert facts.git == {} and "## Ethics, consent and access" in render_model_card(facts)
