@@ -45,8 +45,9 @@ def run(cfg: DictConfig) -> None:
     registry = session.open_registry(cfg)
     chosen = _chosen(cfg, registry)
     if not chosen:
-        summary_console().print(f"nothing to archive: no finished run in {cfg.paths.registry} ended more than "
-                                      f"archive.older_than_days={cfg.archive.older_than_days} days ago")  # fmt: skip
+        summary_console().print(f"nothing to archive: no finished run in {cfg.paths.registry} that ended more than "
+                                f"archive.older_than_days={cfg.archive.older_than_days} days ago is left to archive "
+                                "(the global best's, locked runs and runs archived already are kept)")  # fmt: skip
         return
     path = Path(cfg.archive.dir) / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
     stale_after_s = values.lock_stale_after_s(cfg)
