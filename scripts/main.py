@@ -84,12 +84,12 @@ if __name__ == "__main__":
     try:
         main()
     except RunStopped as stop:
-        status = 128 + stop.signum  # the shell's convention for "ended by this signal"
-    except KeyboardInterrupt:
+        status = tasks.stop_exit_status(stop)  # the shell's convention for "ended by this signal"
+    except KeyboardInterrupt as stop:
         # Ctrl-C outside training's loop (which ends at a batch's end with RunStopped): while a task
         # sets up or scans, where nothing is half-written; a traceback would read as a bug.
         print("stopped by Ctrl-C (SIGINT)", file=sys.stderr)
-        status = 130
+        status = tasks.stop_exit_status(stop)
     else:
         status = tasks.exit_status()
     # Everything is saved and closed: the exit's collections need not walk every object again (~1.5 s

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
-from deepfake.tasks.jobs import exit_status, run_job  # noqa: F401  (exit_status: for the entry point)
+from deepfake.tasks.jobs import exit_status, run_job, stop_exit_status  # noqa: F401  (exit statuses: for the entry point)
 from deepfake.tasks.resolvers import register_resolvers
 
 log = logging.getLogger(__name__)

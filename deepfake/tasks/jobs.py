@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -72,6 +73,16 @@ def worst_exit_code(codes) -> int:
 def exit_status() -> int:
     """0 when every job of this process and of the last sweep succeeded, else the worst code."""
     return worst_exit_code([*_job_exit_codes, _sweep_exit_code])
+
+
+def stop_exit_status(stop: BaseException) -> int:
+    """The shell's status for a process that ``stop`` ended: 128 + the signal's number (Ctrl-C: SIGINT's,
+    130); anything else that leaves a task this way is a bug."""
+    if isinstance(stop, RunStopped):
+        return 128 + stop.signum
+    if isinstance(stop, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return EXIT_BUG
 
 
 def record_job_exit(code: int) -> None:
@@ -158,16 +169,8 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
         return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
     except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
-        # The shell's status for the signal (Ctrl-C: SIGINT's); anything else leaving a task this way is a bug.
-        code = (
-            128 + stop.signum
-            if isinstance(stop, RunStopped)
-            else 130
-            if isinstance(stop, KeyboardInterrupt)
-            else EXIT_BUG
-        )
         write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso(),
-                               "exit_code": code})  # fmt: skip
+                               "exit_code": stop_exit_status(stop)})  # fmt: skip
         raise
     _job_exit_codes.append(0)
     write_status(out_dir, {**status, **_ended(started), "status": "finished", "value": _number_or_none(value)})
