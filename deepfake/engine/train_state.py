@@ -122,7 +122,8 @@ class Checkpointing:
                 "accumulate": self.accumulate,
             },
             "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
-            "damaged": [own["damaged"] for own in ranks_state] if ranks_state else [self.damaged.saved()],
+            # Each rank's, taken out of its state above so that last.pth holds them once.
+            "damaged": [own.pop("damaged") for own in ranks_state] if ranks_state else [self.damaged.saved()],
             "ema_model": None if self.ema is None else self.ema.module.state_dict(),
         }
 
