@@ -15,7 +15,7 @@ import torch
 from deepfake.data.manifest import file_sha256
 from deepfake.data.transforms import interpolation_mode
 from deepfake.errors import CheckpointError, ConfigError
-from deepfake.evaluation.decision import OperatingPoint
+from deepfake.evaluation.decision import OperatingPoint, check_threshold
 from deepfake.inference.detector import Detector
 from deepfake.inference.onnx_export import (
     IDENTITY_NORMALISATION,
@@ -109,10 +109,10 @@ def _fields(meta: dict, sidecar: Path) -> tuple[int, str, int, OperatingPoint]:
         img_size, real_label = int(meta["img_size"]), int(meta["labels"]["training_csv_real_label"])
         interpolation_mode(meta["interpolation"])
         point = OperatingPoint.of(meta)
+        if point.threshold is not None:
+            check_threshold(point.threshold)
     except (KeyError, TypeError, ValueError, ConfigError):
         raise refused from None
     if not (img_size > 0 and real_label in (0, 1) and point.temperature > 0):
-        raise refused
-    if point.threshold is not None and not 0.0 <= point.threshold <= 1.0:
         raise refused
     return img_size, str(meta["interpolation"]), real_label, point
