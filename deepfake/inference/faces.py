@@ -49,21 +49,15 @@ class LbpFaceDetector:
         self, min_size: float = 0.1, scale_factor: float = 1.2, min_neighbors: int = 4, max_side: int = 640
     ) -> None:
         try:  # from the config: a mistyped value is a string here
-            min_size, scale_factor, min_neighbors, max_side = (float(min_size), float(scale_factor),
-                                                               int(min_neighbors), int(max_side))  # fmt: skip
+            self.min_size, self.scale_factor = float(min_size), float(scale_factor)
+            self.min_neighbors, self.max_side = int(min_neighbors), int(max_side)
         except (TypeError, ValueError):
             raise ConfigError(f"predict.face_detector: min_size={min_size!r}, scale_factor={scale_factor!r}, "
                               f"min_neighbors={min_neighbors!r}, max_side={max_side!r} must be numbers") from None  # fmt: skip
-        if not 0 < min_size <= 1:
+        if not 0 < self.min_size <= 1:
             raise ConfigError(f"predict.face_detector.min_size={min_size} must be a share of the image side in (0, 1]")
-        if scale_factor <= 1 or min_neighbors < 1 or max_side < 32:
+        if self.scale_factor <= 1 or self.min_neighbors < 1 or self.max_side < 32:
             raise ConfigError("predict.face_detector: scale_factor must be > 1, min_neighbors >= 1, max_side >= 32")
-        self.min_size, self.scale_factor, self.min_neighbors, self.max_side = (
-            min_size,
-            scale_factor,
-            min_neighbors,
-            max_side,
-        )
         # Checked here, in the main process: raised in a DataLoader worker it would arrive wrapped
         # in that worker's traceback instead of as one line.
         self._cascade_file = _cascade_file()
