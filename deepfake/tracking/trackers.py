@@ -134,6 +134,7 @@ class MlflowTracker(Tracker):
         self.tracking_uri = tracking_uri
         self.log_checkpoint = log_checkpoint
         self._record = Path(run_dir) / MLFLOW_RUN_FILE
+        self._logged_up_to: dict[str, int] = {}  # see resumed_at
         try:
             self.run_id = self._reopened_run() or self._new_run(
                 experiment, run_name, _mlflow_tags(run_dir, tags, source_dir), artifact_location
@@ -185,12 +186,25 @@ class MlflowTracker(Tracker):
         for start in range(0, len(fresh), MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self.run_id, params=fresh[start : start + MAX_PARAMS_TAGS_PER_BATCH])
 
+    def resumed_at(self, step: int) -> None:
+        """MLflow cannot delete a logged point, so the points a killed process logged past ``step`` stay,
+        and their replay is left out instead of doubling each of them (an exact resume replays the same
+        values). Read once per metric, at the resume."""
+        for key in self._client.get_run(self.run_id).data.metrics:
+            last = max((point.step for point in self._client.get_metric_history(self.run_id, key)), default=step)
+            if last > step:
+                self._logged_up_to[key] = last
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         now_ms = int(time.time() * 1000)
-        points = [Metric(key, value, now_ms, int(step)) for key, value in _numbers(metrics).items()]
+        points = [
+            Metric(key, value, now_ms, int(step))
+            for key, value in _numbers(metrics).items()
+            if int(step) > self._logged_up_to.get(key, -1)
+        ]
         for start in range(0, len(points), MAX_METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
 
