@@ -56,10 +56,12 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
 
 
 def _tpr_at_fpr(targets: np.ndarray, logits: np.ndarray, max_fpr: float, rule: DecisionRule) -> dict:
-    """tpr_at_fpr read off the logits' ROC, its threshold given back as the p(fake) it stands for."""
-    logits = np.asarray(logits, dtype=float)
-    point = tpr_at_fpr(targets, logits, max_fpr)
-    return {**point, "threshold": as_p_fake(point["threshold"] / rule.temperature, logits / rule.temperature)}
+    """tpr_at_fpr read off the ROC of the scaled logits, its threshold given back as the p(fake) it stands
+    for. Scaled first, as the operating point is: a "call nothing fake" threshold one float above the top
+    logit, divided by the temperature afterwards, could round back onto the top image's own score."""
+    scaled = np.asarray(logits, dtype=float) / rule.temperature
+    point = tpr_at_fpr(targets, scaled, max_fpr)
+    return {**point, "threshold": as_p_fake(point["threshold"], scaled)}
 
 
 def table_row(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> dict:

@@ -217,6 +217,21 @@ def test_a_tpr_at_fpr_met_only_by_calling_nothing_fake_gives_a_threshold_that_ca
     assert rates_at(targets, rule.p_fake(logits), row["threshold"])["fpr"] == 0.0 and row["threshold"] <= 1.0
 
 
+
+def test_the_call_nothing_fake_threshold_holds_under_a_temperature():
+    """The threshold one float above the top (real) logit, divided by the temperature afterwards,
+    rounded back onto that logit / T here, and its p(fake) called the top real fake (fpr 1/2)."""
+    from deepfake.evaluation.decision import DecisionRule
+    from deepfake.evaluation.operating_point import rates_at
+    from deepfake.evaluation.summary import SummarySettings, summarise
+
+    targets, logits = np.array([0, 0, 1, 1]), np.array([1.9602583646774292, 0.3, -0.5, 0.8])
+    rule = DecisionRule(threshold=0.5, temperature=0.7265393144098728, source="checkpoint", policy="eer",
+                        stored_threshold=0.5)  # fmt: skip
+    [row] = summarise(targets, logits, rule, SummarySettings(bootstrap=0, tpr_at_fpr=(0.01,)))["tpr_at_fpr"]
+    assert (row["tpr"], row["fpr"]) == (0.0, 0.0)
+    assert rates_at(targets, rule.p_fake(logits), row["threshold"])["fpr"] == 0.0
+
 def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand():
     """At temperature 2 the logits are 2 * logit(PROBS), so every p(fake) is one of PROBS again."""
     from deepfake.evaluation.calibration import calibration_figures
