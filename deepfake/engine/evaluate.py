@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from deepfake.data.samplers import ShardSampler
 from deepfake.engine import distributed
 from deepfake.engine.precision import autocast
+from deepfake.errors import CheckpointError
 
 
 @dataclass
@@ -27,6 +28,17 @@ class Predictions:
     @property
     def probs(self) -> np.ndarray:
         return fake_probability(self.logits)
+
+    def refuse_non_finite(self, what: str) -> Predictions:
+        """These predictions, or a CheckpointError when a score is nan or inf: every figure and call made
+        from it would be meaningless (a nan p(fake) is called real), and scikit-learn's refusal a traceback."""
+        bad = int((~np.isfinite(self.logits)).sum())
+        if bad:
+            raise CheckpointError(
+                f"{what}: the model's score of {bad} of {len(self.logits)} images is not finite (nan or inf); "
+                "its weights are broken, or its precision overflows (try train.precision=32)"
+            )
+        return self
 
     def loss(self) -> float:
         return float(

@@ -200,8 +200,9 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     loader = data_setup.make_loader(dataset, settings, device=device, group="predict")
     with progress_bars() as progress:
         bar = progress.add_task("predict", total=len(loader), status="")
-        return predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),
-                       on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
+        preds = predict(detector.model.to(device), loader, device, resolve_precision(train.precision, device),
+                        on_batch=lambda: progress.update(bar, advance=1))  # fmt: skip
+    return preds.refuse_non_finite(str(detector.source))
 
 
 def _write_metrics(cfg: DictConfig, preds, rule, detector, out: Path) -> dict:

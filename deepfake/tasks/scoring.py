@@ -53,6 +53,7 @@ class Scorer:
             data_setup.attach_cache(dataset, self.cfg.dataset, self.model.preprocess)
         loader = data_setup.make_loader(dataset, self.cfg.dataset, device=self.device)
         preds = predict(self.model, loader, self.device, self.precision, to_input=self.to_input)
+        preds.refuse_non_finite(f"{name} set {csv_path}" + (f" under {perturbation.name}" if perturbation else ""))
         self.damaged.record(name, dataset, preds.damaged)
         self.datasets[name] = dataset
         return preds

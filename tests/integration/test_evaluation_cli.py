@@ -198,3 +198,25 @@ def test_task_test_refuses_a_test_set_it_cannot_read_and_keeps_the_registry(tmp_
     assert test_metrics() == own and own["auc"] != 0.5
     for written in ("metrics_test.json", "predictions.csv", "report.html"):
         assert not list((tmp_path / "outputs" / "test").glob(f"*/{written}")), written
+
+
+def test_a_model_that_scores_nan_is_refused_in_one_line_by_test_and_predict(tmp_path, main_runner, shared_data_dir):
+    """A checkpoint whose weights hold a nan: task=test ended in scikit-learn's "Input contains NaN"
+    traceback, and predict wrote p_fake nan, called real, for every image."""
+    import torch
+
+    main_runner("eval.report=false", "eval.bootstrap=0", "train.do_test=false")
+    run = only_dir(tmp_path / "outputs" / "train")
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    bias = next(key for key in checkpoint["model"] if key.endswith(".bias"))
+    checkpoint["model"][bias] = torch.full_like(checkpoint["model"][bias], float("nan"))
+    broken = tmp_path / "nan.pth"
+    torch.save(checkpoint, broken)
+    test_csv = shared_data_dir / "synthetic" / "32px" / "test.csv"
+    for task in ("task=test", f"task=predict predict.input={test_csv}"):
+        result = main_runner(*task.split(), f"ckpt={broken}", check=False)
+        errors = error_lines(result)
+        assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+        assert "of 32 images is not finite (nan or inf)" in errors[0] and "Traceback" not in result.stderr, errors
+    assert not list((tmp_path / "outputs").glob("*/*/metrics_test.json"))
+    assert not list((tmp_path / "outputs").glob("*/*/predictions.csv"))
