@@ -72,7 +72,6 @@ def classification_metrics(
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
-        "log_loss": float(skm.log_loss(targets, np.clip(probs, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "threshold": float(threshold),
         # Rows are the true class, columns the predicted one, both ordered [real, fake].
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],

@@ -18,8 +18,11 @@ from deepfake.engine.evaluate import fake_probability
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
-def _log_loss(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
-    z = logits / temperature
+def log_loss(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """The mean cross-entropy of p(fake) = sigmoid(logit / temperature), exact at any logit: p(fake)
+    itself saturates at 0 or 1 (log 0), which clipping p would cap at a fixed cost per image."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    targets = np.asarray(targets)
     # log(sigmoid(z)) for fakes, log(sigmoid(-z)) for reals, without overflow at large |z|.
     return float(-np.mean(np.where(targets == 1, log_expit(z), log_expit(-z))))
 
@@ -31,7 +34,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     low, high = np.log(TEMPERATURE_BOUNDS)
     # In log T the loss is smooth and the bounds are symmetric around T = 1.
     result = minimize_scalar(
-        lambda log_t: _log_loss(logits, targets, float(np.exp(log_t))),
+        lambda log_t: log_loss(logits, targets, float(np.exp(log_t))),
         bounds=(low, high),
         method="bounded",
         options={"xatol": 1e-6},

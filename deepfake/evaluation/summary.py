@@ -13,7 +13,7 @@ import numpy as np
 
 from deepfake.engine.metrics import classification_metrics
 from deepfake.evaluation.bootstrap import bootstrap_intervals
-from deepfake.evaluation.calibration import calibration_figures
+from deepfake.evaluation.calibration import calibration_figures, log_loss
 from deepfake.evaluation.decision import DecisionRule
 from deepfake.evaluation.operating_point import as_p_fake, rates_at, tpr_at_fpr
 
@@ -36,6 +36,7 @@ def summarise(targets: np.ndarray, logits: np.ndarray, rule: DecisionRule, setti
     both_classes = len(np.unique(targets)) == 2
     # Ranking figures rank by the logits: p(fake) ties every logit above ~37 at 1.0.
     report = classification_metrics(targets, probs, rule.threshold, scores=logits)
+    report["log_loss"] = log_loss(logits, targets, rule.temperature)
     report["accuracy_at_0.5"] = rates_at(targets, probs, 0.5)["accuracy"]
     report["tpr_at_fpr"] = (
         [_tpr_at_fpr(targets, logits, rate, rule) for rate in settings.tpr_at_fpr] if both_classes else []

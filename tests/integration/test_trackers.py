@@ -148,7 +148,6 @@ def test_a_resumed_run_dir_goes_on_in_the_same_mlflow_run(tmp_path, mlflow_serve
     assert len(client.search_runs([logged.info.experiment_id])) == 1
 
 
-
 def test_a_resumed_run_does_not_double_the_points_its_killed_process_logged(tmp_path, mlflow_server):
     """Killed at step 9 after its last.pth at step 4: the resumed run replays steps 5-9 and goes on. MLflow
     cannot delete a point, so each replayed one is left out; each step is in the history once."""
@@ -170,6 +169,7 @@ def test_a_resumed_run_does_not_double_the_points_its_killed_process_logged(tmp_
     assert sorted((m.step, m.value) for m in client.get_metric_history(resumed.run_id, "val/auc")) == [
         (4, 0.5), (8, 0.75)
     ]  # fmt: skip
+
 
 def test_a_tracking_server_that_is_down_costs_one_warning_and_the_others_go_on(tmp_path, shared_data_dir, monkeypatch):
     """MLflow on a closed port beside W&B offline (no API key): one warning naming the tracker, a

@@ -217,7 +217,6 @@ def test_a_tpr_at_fpr_met_only_by_calling_nothing_fake_gives_a_threshold_that_ca
     assert rates_at(targets, rule.p_fake(logits), row["threshold"])["fpr"] == 0.0 and row["threshold"] <= 1.0
 
 
-
 def test_the_call_nothing_fake_threshold_holds_under_a_temperature():
     """The threshold one float above the top (real) logit, divided by the temperature afterwards,
     rounded back onto that logit / T here, and its p(fake) called the top real fake (fpr 1/2)."""
@@ -231,6 +230,7 @@ def test_the_call_nothing_fake_threshold_holds_under_a_temperature():
     [row] = summarise(targets, logits, rule, SummarySettings(bootstrap=0, tpr_at_fpr=(0.01,)))["tpr_at_fpr"]
     assert (row["tpr"], row["fpr"]) == (0.0, 0.0)
     assert rates_at(targets, rule.p_fake(logits), row["threshold"])["fpr"] == 0.0
+
 
 def test_summarise_reports_accuracy_at_half_and_tpr_thresholds_as_p_fake_by_hand():
     """At temperature 2 the logits are 2 * logit(PROBS), so every p(fake) is one of PROBS again."""

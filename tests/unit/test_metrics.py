@@ -20,8 +20,6 @@ def test_report_matches_hand_computed_values():
     assert m["precision"] == pytest.approx(2 / 3)
     assert m["recall"] == pytest.approx(2 / 3)
     assert m["f1"] == pytest.approx(2 / 3)
-    expected_log_loss = -np.mean(np.log([0.9, 0.6, 0.4, 0.7, 0.9, 0.3]))
-    assert m["log_loss"] == pytest.approx(expected_log_loss)
     # AP: ranking by p(fake) = .9F .7F .6R .4R .3F .1R -> precision at each fake: 1, 1, 3/5.
     assert m["ap"] == pytest.approx((1 + 1 + 3 / 5) / 3)
     assert (m["n_samples"], m["n_real"], m["n_fake"]) == (6, 3, 3)
@@ -55,3 +53,17 @@ def test_single_class_leaves_ranking_metrics_undefined():
     assert m["real_accuracy"] is None
     assert m["fake_accuracy"] == pytest.approx(2 / 3)
     assert auc_or_none(targets, probs) is None
+
+
+def test_log_loss_by_hand_and_exact_where_p_saturates():
+    from deepfake.evaluation.calibration import log_loss
+
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.4, 0.6, 0.7, 0.9, 0.3])
+    logits = np.log(probs / (1 - probs))
+    assert log_loss(logits, targets) == pytest.approx(-np.mean(np.log([0.9, 0.6, 0.4, 0.7, 0.9, 0.3])))
+    assert log_loss(2 * logits, targets, temperature=2.0) == pytest.approx(log_loss(logits, targets))
+    # A fake at logit -40 costs log(1 + e^40) ~ 40 nats, not the 16.1 of p clipped at 1e-7.
+    saturated = np.array([-40.0, 5.0, -3.0, 2.0])
+    expected = np.mean([np.log1p(np.exp(40.0)), np.log1p(np.exp(-5.0)), np.log1p(np.exp(-3.0)), np.log1p(np.exp(2.0))])
+    assert log_loss(saturated, np.array([1, 1, 0, 0])) == pytest.approx(expected) == pytest.approx(10.546, abs=1e-3)
