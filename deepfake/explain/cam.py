@@ -76,7 +76,12 @@ class Explainer:
     """One CAM method on one layer of a detector; call it on normalised image batches."""
 
     def __init__(
-        self, model: torch.nn.Module, method: str = "gradcam", target_layer: str | None = None, batch_size: int = 32
+        self,
+        model: torch.nn.Module,
+        method: str = "gradcam",
+        target_layer: str | None = None,
+        batch_size: int = 32,
+        warn_flat: bool = True,
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"cam.method={method!r}; use one of {', '.join(METHODS)}")
@@ -86,7 +91,7 @@ class Explainer:
         self._cam = METHODS[method](model, [layer], reshape_transform=reshape_transform_for(model))
         self._cam.batch_size = batch_size  # ScoreCAM's forward batch for its masked copies
         self.batch_size = batch_size
-        self._flat_warned = False
+        self._flat_warned = not warn_flat  # the metrics' explainers leave it to the overlays' one
 
     @property
     def device(self) -> torch.device:

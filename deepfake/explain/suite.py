@@ -25,8 +25,9 @@ def compute_maps(
     seed: int = 0,
 ) -> np.ndarray:
     """(B, H, W) maps at the model's input size; the explainer's hooks are removed afterwards,
-    so the model can be copied (the sanity check) without dragging them along."""
-    explainer = Explainer(model, method, target_layer, batch_size)
+    so the model can be copied (the sanity check) without dragging them along. A flat layer is not
+    warned of again for each map set: the explainer of the overlays has said it."""
+    explainer = Explainer(model, method, target_layer, batch_size, warn_flat=False)
     try:
         with _numpy_seed(seed):  # RandomCAM draws its channel weights from numpy's global generator
             return explainer(images, labels)

@@ -219,3 +219,19 @@ def test_a_layer_of_1x1_maps_is_said_to_be_flat(caplog, size, warned):
         if warned
         else []
     )  # fmt: skip  (once, over two batches)
+
+
+def test_the_metrics_do_not_repeat_the_flat_layer_warning(caplog):
+    """task=cam said "gives 1×1 maps" once for its overlays and seven times more: once per map set of
+    the metrics (the random baseline, each step of the sanity check)."""
+    from deepfake.explain.suite import measure
+
+    torch.manual_seed(0)
+    model = create_detector("test_resnet").eval()
+    with caplog.at_level("WARNING", logger="deepfake.explain.cam"):
+        report = measure(
+            model, torch.randn(4, 3, 32, 32), ["fake"] * 4, None, method="gradcam", target_layer=None, batch_size=4,
+            road_percentiles=[50], sanity_fractions=[0.5, 1.0], seed=0,
+        )  # fmt: skip
+    assert len(report["sanity"]) == 2
+    assert not [r.message for r in caplog.records if "gives 1×1 maps" in r.message]
