@@ -85,6 +85,8 @@ def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     with session.trackers(cfg) as trackers:
         report = explain_checkpoint(path, cfg, session.run_dir(), trackers=trackers)
+    if report is not None:
+        _record_in_registry(cfg, report)
     localisation = (report or {}).get("localisation")
     return localisation[report["method"]]["pointing_game"] if localisation else None
 
@@ -97,8 +99,9 @@ def explain_checkpoint(
     trackers: Sequence[Tracker] = (),
     step: int = 0,
 ) -> dict | None:
-    """Overlays and (with cam.metrics) the metrics report of one checkpoint; returns the report.
-    ``trackers`` get the overlay grid at ``step`` (a training's last step)."""
+    """Overlays and (with cam.metrics) the metrics report of one checkpoint; returns the report, for the
+    caller to record (a training puts it in the entry it registers). ``trackers`` get the overlay grid at
+    ``step`` (a training's last step)."""
     settings = check_cam_settings(cfg, split)
     split, batch_size = settings.split, settings.batch_size
     checkpoint = load_checkpoint(checkpoint_path)
@@ -110,6 +113,8 @@ def explain_checkpoint(
     rng = np.random.default_rng(int(cfg.seed))
 
     shown = _pick(rng, np.arange(len(dataset)), settings.num_samples)
+    log.info("CAM: %s maps of %d %s images%s", settings.method, len(shown), split,
+             " and their metrics" if settings.metrics else "")  # fmt: skip
     images, explanation, target_layer = _explain(model, dataset, shown, settings, rule, batch_size)
     samples = [
         _sample(dataset, index, cam, prob, label)
@@ -135,7 +140,6 @@ def explain_checkpoint(
         }
         atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
         _log_report(report)
-        _record_in_registry(cfg, report)
 
     title = f"{settings.method} on {split}: {checkpoint.get('run_name') or checkpoint_path}"
     sheet = _write_overlays(cam_dir, samples, report, title)

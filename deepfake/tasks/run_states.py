@@ -18,9 +18,10 @@ def run_states(entries: list[dict], *, stale_after_s: float) -> list[RunState]:
         if not entry.get("run_dir") or not run_dir.is_dir():
             continue
         status = read_status(run_dir) or {}
-        # A relaunch in the same dir (resume, requeue) rewrites status.json first: the registry's
-        # "finished" is then out of date until it ends.
-        finished = entry.get("status") == "finished" and status.get("status", "finished") == "finished"
+        # Registering is a training's last step, and a finished run is never relaunched (resume refuses
+        # it), so the registry's word stands: status.json of a run killed between its registration and
+        # its exit still says "running", and resume already called that run finished.
+        finished = entry.get("status") == "finished"
         if finished:
             times = [entry.get("ended_at") or status.get("ended_at")]
         else:

@@ -299,6 +299,8 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
             if cfg.train.do_test
             else None
         )
+        if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
+            entry |= _explain(best, training, state.step)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
         entry["promotion"] = promotion.candidate_promotion(
             cfg, best, state.best_auc, training.val_identity, training.promotion_set
@@ -316,18 +318,22 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
     if promoted:
         log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], training.promotion_set,
                  cfg.paths.best_model)  # fmt: skip
-    if cfg.train.do_cam:
-        # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked; the CAM
-        # metrics join the registry entry registered just above.
-        from deepfake.tasks.cam import explain_checkpoint
-
-        explain_checkpoint(best, cfg, out_dir, split="valid", trackers=training.trackers, step=state.step)
     seconds = time.perf_counter() - started
     log.info("finished in %.1f s; best val AUC %s at epoch %s", seconds, state.best_auc, state.best_epoch)
     print_run_summary(
         entry, seconds, registry_path=cfg.paths.registry, promoted_to=cfg.paths.best_model if promoted else None
     )
     return state.best_auc
+
+
+def _explain(best: Path, training: TrainingRun, step: int) -> dict:
+    """train.do_cam: the CAM overlays of best.pth on validation; its metrics for the registry entry."""
+    # Imported here: pytorch-grad-cam (cv2, matplotlib) is only paid for when asked.
+    from deepfake.tasks.cam import explain_checkpoint, registry_view
+
+    report = explain_checkpoint(best, training.cfg, training.out_dir, split="valid", trackers=training.trackers,
+                                step=step)  # fmt: skip
+    return {} if report is None else {"cam_metrics": registry_view(report)}
 
 
 def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | None = None) -> dict:

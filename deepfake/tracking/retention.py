@@ -25,7 +25,7 @@ class RunState:
 
     run_name: str
     run_dir: Path
-    status: str  # "finished" only when the registry and status.json both say so
+    status: str  # "finished" when the registry says so; else how status.json (or the registry) says it ended
     last_active: datetime | None  # finished: when it ended; otherwise its latest recorded time
     last_bytes: int | None  # size of its last.pth, None when it has none
     locked: bool  # a live process holds its run.lock

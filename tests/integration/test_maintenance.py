@@ -88,6 +88,18 @@ def test_prune_dry_run_then_apply(tmp_path, trained):
     assert "keep_last=2" in after.split("busy")[1].splitlines()[0]
 
 
+def test_a_run_killed_after_its_registration_counts_as_finished(tmp_path, trained):
+    """Killed between registering and exiting, a run's status.json still says running: prune kept its
+    last.pth for ever ("not finished: it may be resumed") while resume called it finished."""
+    dirs = fleet(tmp_path, trained, {"best": (100, "finished"), "late": (40, "finished")}, best="best")
+    status_file = dirs["late"] / "status.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "status": "running", "ended_at": None}))
+    dry = run_main(tmp_path, "task=prune", "prune.keep_days=7", "prune.keep_last=0")
+    rows = {line.split("│")[1].strip(): line for line in dry.stdout.splitlines() if line.count("│") >= 4}
+    assert "prune" in rows["late"] and "not finished" not in rows["late"], rows["late"]
+    assert "would delete 1 last.pth" in dry.stdout
+
+
 def test_archive_packs_marks_and_removes_but_never_a_live_run(tmp_path, trained):
     runs = {"best": (100, "finished"), "a": (30, "finished"), "b": (20, "finished"), "busy": (50, "finished"),
             "fresh": (1, "finished")}  # fmt: skip

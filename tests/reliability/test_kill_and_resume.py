@@ -24,7 +24,7 @@ import pytest
 import torch
 from helpers import registry
 
-from reliability.faults import RELIABLE, bitwise_equal, csv_rows, kill, metric_rows, run_dir_of, start, wait_for
+from reliability.faults import RELIABLE, bitwise_equal, csv_rows, kill, metric_rows, run, run_dir_of, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +149,27 @@ def test_ctrl_c_before_training_ends_with_one_line_not_a_traceback(tmp_path, rel
     status, out, err = kill(proc, signal.SIGINT)
     assert status == 130 and "Traceback" not in err, err
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+
+
+def test_a_run_killed_in_its_closing_cam_is_resumed_to_the_end(tmp_path, reliable_data):
+    """train.do_cam ran after the run was registered as finished: killed in it, the run was stuck, its
+    CAM never made, resume calling it finished and prune calling it unfinished. Registering is now the
+    last step: the killed run is not registered, and its resume makes the CAM and registers it."""
+    args = [*RELIABLE, "train.do_cam=true", "cam.num_samples=4", "cam.metric_samples=8"]
+    proc = start(tmp_path, reliable_data, *args)
+
+    def in_cam(run_dir: Path) -> bool:
+        log_file = run_dir / "run.log"
+        return log_file.is_file() and "CAM: gradcam maps of" in log_file.read_text()
+
+    run_dir = wait_for(proc, tmp_path, in_cam)
+    assert run_dir is not None, proc.communicate()
+    kill(proc)
+    registry = tmp_path / "models" / "model_metadata.json"
+    assert not registry.is_file() or not json.loads(registry.read_text())["runs"]
+    resumed = run(tmp_path, reliable_data, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    [entry] = json.loads(registry.read_text())["runs"]
+    assert entry["status"] == "finished" and "road_combined" in entry["cam_metrics"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert (run_dir / "cam" / "index.html").is_file()
