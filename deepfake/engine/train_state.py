@@ -185,17 +185,22 @@ class Checkpointing:
             log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
         self._resume_from = checkpoint
 
-    def _refuse_extending_an_ended_phase(self, saved: str, state: TrainerState) -> None:
-        """A last.pth saved as phase ``saved`` ended, resumed with more epochs for it: the phase cannot go on
-        (its optimizer state is not kept), and the resume went straight past it, without a word."""
-        trained = state.phase_epochs.get(saved)
-        given = next((phase.epochs for phase in self.phases if phase.name == saved), None)
-        if trained is not None and given is not None and given > trained:
+    def _refuse_changing_ended_phases(self, ended: tuple[str, ...], state: TrainerState, counted: bool) -> None:
+        """Each phase in ``ended`` has ended, after the epochs ``state.phase_epochs`` counts (none: it had 0,
+        unless the last.pth is of an older version, which did not count them: not ``counted``). Given more,
+        it cannot go on (its optimizer state is not kept) and the resume went straight past it; given fewer,
+        the run's config would say fewer than it trained: both refused, where the resume went on silently."""
+        for name in ended:
+            trained = state.phase_epochs.get(name, 0 if counted else None)
+            given = next((phase.epochs for phase in self.phases if phase.name == name), 0)
+            if trained is None or given == trained:
+                continue
+            why = "asks for more, but an ended phase cannot go on (its optimizer state is not kept)" if given > trained \
+                else "is fewer than it trained"  # fmt: skip
             raise ConfigError(
-                f"{self.run_dir / 'last.pth'} ended phase {saved} after {trained} epoch(s); phase.{saved}_epochs="
-                f"{given} asks for more, but an ended phase cannot go on (its optimizer state is not kept): resume "
-                f"with phase.{saved}_epochs={trained}, or train on from its weights in a new run "
-                f"(init_from={self.run_dir / 'last.pth'})"
+                f"{self.run_dir / 'last.pth'} ended phase {name} after {trained} epoch(s); phase.{name}_epochs="
+                f"{given} {why}: resume with phase.{name}_epochs={trained}, or train on from its weights in a new "
+                f"run (init_from={self.run_dir / 'last.pth'})"
             )
 
     def _place_in_schedule(self, checkpoint: dict, state: TrainerState) -> dict:
@@ -210,8 +215,8 @@ class Checkpointing:
         ended = state.epoch_in_phase == 0 and state.batches_done == 0  # saved as the phase ended
         follows = PHASE_ORDER.index(saved) + ended
         state.phase_index = sum(PHASE_ORDER.index(phase.name) < follows for phase in self.phases)
+        self._refuse_changing_ended_phases(PHASE_ORDER[:follows], state, "phase_epochs" in checkpoint["trainer_state"])
         if ended:
-            self._refuse_extending_an_ended_phase(saved, state)
             return checkpoint
         trained = state.epoch_in_phase + bool(state.batches_done)  # a part-way epoch counts
         phase = self.phases[state.phase_index] if state.phase_index < len(self.phases) else None

@@ -148,11 +148,15 @@ def test_a_resume_given_exactly_the_epochs_trained_ends_the_phase_there(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(saved["model"].values(), resumed.model.state_dict().values()))
 
 
-def test_a_resume_without_the_head_phase_finds_the_stopped_phase_by_name(tmp_path):
-    """phase.head_epochs=0 on resume leaves the head phase out of the plan: the saved phase index (1)
-    would point past it, and the run used to end without its last fine-tuning epochs."""
+def test_a_resume_without_the_head_phase_is_refused_and_with_it_ends_the_run(tmp_path):
+    """phase.head_epochs=0 on resume left the head phase out of the plan: the saved phase index (1)
+    pointed past it, and the run used to end without its last fine-tuning epochs. It would also make
+    the run's config say no head epoch was trained: refused, naming the one it trained."""
     saved = _stopped_in_finetune(tmp_path, head_epochs=1)
-    resumed = stripes_trainer(tmp_path, plan_phases(0, 4, lr_head=1e-3, lr_backbone=1e-4))
+    without = stripes_trainer(tmp_path, plan_phases(0, 4, lr_head=1e-3, lr_backbone=1e-4))
+    with pytest.raises(ConfigError, match=r"resume with phase.head_epochs=1"):
+        without.fit(saved)
+    resumed = stripes_trainer(tmp_path, plan_phases(1, 4, lr_head=1e-3, lr_backbone=1e-4))
     resumed.fit(saved)
     assert (resumed.state.epoch, resumed.state.step, resumed.state.epoch_in_phase) == (5, 15, 0)
 
@@ -245,6 +249,24 @@ def test_a_phase_that_ended_is_not_extended_by_a_resume_without_a_word(tmp_path)
         longer.fit(saved)
     same = stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4))
     assert same.fit(load_checkpoint(tmp_path / "last.pth")).phase_epochs == {"head": 1, "finetune": 1}
+
+
+def test_a_resume_in_a_later_phase_refuses_another_length_for_an_earlier_ended_one(tmp_path):
+    """Stopped in fine-tuning after one head epoch, resumed with phase.head_epochs=2 (or 0): accepted
+    without a word, the head still one epoch while the run's config and registry entry said otherwise."""
+    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
+    stopped.fit()  # the head epoch (3 steps), then one fine-tuning step and the stop
+    stopped.close()
+    saved = load_checkpoint(tmp_path / "last.pth")
+    assert saved["phase"] == "finetune" and saved["trainer_state"]["phase_epochs"] == {"head": 1}
+    for head_epochs, why in ((2, "asks for more"), (0, "is fewer than it trained")):
+        other = stripes_trainer(tmp_path, plan_phases(head_epochs, 2, lr_head=1e-3, lr_backbone=1e-4))
+        with pytest.raises(
+            ConfigError, match=rf"ended phase head after 1 epoch\(s\); phase.head_epochs={head_epochs} {why}"
+        ):
+            other.fit(saved)
+    same = stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4))
+    assert same.fit(load_checkpoint(tmp_path / "last.pth")).phase_epochs == {"head": 1, "finetune": 2}
 
 
 def test_a_last_pth_of_an_older_version_counts_its_stopped_phase_from_its_own_epochs(tmp_path):
