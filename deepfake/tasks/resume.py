@@ -183,21 +183,40 @@ def _refused_before_any_checkpoint(run_dir: Path) -> bool:
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
-    """The most recently started run that can go on; those refused before any checkpoint are passed over."""
+    """The most recently started run that can go on. Passed over, each named by why: a run that has
+    finished (registered so), one a live process is writing, one refused before any checkpoint."""
+    from deepfake.tracking.run_lock import RunDirLocked, refuse_if_held
+
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("resume=")])
-    train_dir = Path(_compose(conf_dir, parsed, "resume=true").paths.log_dir) / "train"
+    cfg = _compose(conf_dir, parsed, "resume=true")
+    train_dir = Path(cfg.paths.log_dir) / "train"
     runs = sorted(d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file())
+
+    def why_not(run_dir: Path) -> str | None:
+        if finished_entry(cfg, run_dir) is not None:
+            return "it has finished"
+        try:
+            refuse_if_held(run_dir, values.lock_stale_after_s(cfg))
+        except RunDirLocked:
+            return "a live process is writing it"
+        if _refused_before_any_checkpoint(run_dir):
+            return f"it failed on a user's mistake before saving a checkpoint ({(read_status(run_dir) or {}).get('error')})"
+        return None
+
     passed_over = []
     for run_dir in reversed(runs):  # run dir names start with their start time
-        if not _refused_before_any_checkpoint(run_dir):
+        reason = why_not(run_dir)
+        if reason is None:
             break
-        passed_over.append(run_dir)
+        passed_over.append((run_dir, reason))
     else:
-        raise ConfigError(f"resume=true: no run to resume under {train_dir}; start one without resume")
+        newest = f" (the newest, {passed_over[0][0].name}: {passed_over[0][1]})" if passed_over else ""
+        raise ConfigError(f"resume=true: no run to resume under {train_dir}{newest}; start one without resume")
     if passed_over:
-        error = (read_status(passed_over[0]) or {}).get("error")
+        named = "; ".join(f"{d.name}: {reason}" for d, reason in passed_over[:3])
+        more = f"; and {len(passed_over) - 3} more" if len(passed_over) > 3 else ""
         print(f"resume=true: {run_dir.resolve()}, the newest run that can go on; passed over {len(passed_over)} newer "
-              f"run(s) that failed on a user's mistake before saving a checkpoint (the last: {error})", flush=True)  # fmt: skip
+              f"run(s): {named}{more}", flush=True)  # fmt: skip
     return run_dir.resolve()
 
 

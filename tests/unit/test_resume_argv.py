@@ -90,11 +90,8 @@ def test_resume_true_passes_over_newer_runs_that_failed_on_a_users_mistake(tmp_p
     argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
     assert argv[-2:] == [f"resume='{stopped}'", f"hydra.run.dir='{stopped}'"] and "seed=1" in argv
     said = capsys.readouterr().out
-    assert (
-        f"resume=true: {stopped}, the newest run that can go on; passed over 2 newer run(s) that failed on a user's mistake"
-        in said
-    )
-    assert f"(the last: {typo})" in said
+    assert f"resume=true: {stopped}, the newest run that can go on; passed over 2 newer run(s): " in said
+    assert f"2026-01-03_00-00-00_cccc: it failed on a user's mistake before saving a checkpoint ({typo})" in said
 
     # A failed run that saved a checkpoint can go on, and so can one that failed with a bug (fixed since).
     for name, exit_code, saved in (("2026-01-04_00-00-00_dddd", 2, "best.pth"), ("2026-01-05_00-00-00_eeee", 1, None)):
@@ -102,6 +99,36 @@ def test_resume_true_passes_over_newer_runs_that_failed_on_a_users_mistake(tmp_p
         if saved:
             (run_dir / saved).write_bytes(b"weights")
         assert _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)[-1] == f"hydra.run.dir='{run_dir}'"
+
+
+def test_resume_true_passes_over_newer_runs_that_finished_or_are_being_written(tmp_path, capsys):
+    """Run A stopped, then run B finished and run C still training: resume=true took C (refused: a live
+    writer) or B ("has already finished", exit 0) and never found A, which README says it resumes."""
+    stopped = _ended(_run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["seed=1"]), "stopped")
+    (stopped / "last.pth").write_bytes(b"checkpoint")
+    finished = _ended(_run_dir(tmp_path, "2026-01-02_00-00-00_bbbb", ["seed=2"]), "finished")
+    best = finished / "best.pth"
+    best.write_bytes(b"weights")
+    registry = Registry(tmp_path / "models" / "model_metadata.json", tmp_path / "models" / "best_model.pth")
+    registry.register_run({"run_name": finished.name, "run_dir": str(finished), "status": "finished",
+                           "best_val_auc": 0.9, "ended_at": "2026-01-02T01:00:00+00:00"}, best)  # fmt: skip
+    live = _run_dir(tmp_path, "2026-01-03_00-00-00_cccc", ["seed=3"])
+    with RunDirLock(live):  # held by this (live) process
+        argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
+    assert argv[-2:] == [f"resume='{stopped}'", f"hydra.run.dir='{stopped}'"] and "seed=1" in argv
+    said = capsys.readouterr().out
+    assert (
+        f"passed over 2 newer run(s): {live.name}: a live process is writing it; {finished.name}: it has finished"
+        in said
+    )
+
+    (stopped / "last.pth").unlink()
+    (stopped / "status.json").write_text(json.dumps({"status": "failed", "exit_code": 2, "error": "typo"}))
+    registry.register_run({"run_name": live.name, "run_dir": str(live), "status": "finished", "best_val_auc": 0.8,
+                           "ended_at": "2026-01-03T01:00:00+00:00"}, best)  # fmt: skip
+    # now nothing can go on: the newest is named, with why
+    with pytest.raises(ConfigError, match=f"no run to resume under .* \\(the newest, {live.name}: it has finished\\)"):
+        _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
 
 
 def test_resume_true_with_only_runs_that_failed_on_a_users_mistake_has_no_run_to_resume(tmp_path):
