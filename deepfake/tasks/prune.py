@@ -2,7 +2,8 @@
 
 A dry run unless ``prune.apply=true``: the table shows every registered run that still has a
 ``last.pth``, its size, and why it goes or stays (the rules: :mod:`deepfake.tracking.retention`),
-then the temps that killed writers left in run dirs and in the models dir, and the bytes freed.
+then the temps that killed writers left in run dirs (registered or not) and in the models dir, and
+the bytes freed.
 ``best.pth``, the registry and every other file stay: ``best.pth`` is the run's model.
 """
 
@@ -35,8 +36,7 @@ def run(cfg: DictConfig) -> None:
         states, best_run=best and best["run_name"], now=datetime.now(timezone.utc), keep_days=keep_days,
         keep_last=keep_last,
     )  # fmt: skip
-    # Named "<run>/<temp>" in the table: a run dir's full path would crowd out the reasons.
-    folders = {state.run_name: state.run_dir for state in states} | {"models": Path(cfg.paths.models_dir)}
+    folders = _temp_folders(cfg, {state.run_name: state.run_dir for state in states})
     temps = {f"{label}/{temp.name}": temp for label, folder in folders.items() for temp in stale_temps(folder)}
     _print_plan(decisions, temps, registry_path=cfg.paths.registry)
     doomed = [decision for decision in decisions if decision.prune]
@@ -49,6 +49,20 @@ def run(cfg: DictConfig) -> None:
         path.unlink(missing_ok=True)
         log.info("deleted %s", path)  # run.log keeps what went
     summary_console().print(f"deleted {what}")
+
+
+def _temp_folders(cfg: DictConfig, registered: dict[str, Path]) -> dict[str, Path]:
+    """Where killed writers leave temps, by the name the table shows (a full path would crowd out the
+    reasons): the registered runs' dirs, every run dir under outputs/train and multirun/ (a run killed
+    before it registered leaves its temps too), and the models dir."""
+    folders = dict(registered)
+    seen = {folder.resolve() for folder in folders.values()}
+    for root, pattern in ((Path(cfg.paths.log_dir) / "train", "*"), (Path(cfg.paths.multirun_dir), "*/*")):
+        for folder in sorted(root.glob(pattern)):
+            if folder.is_dir() and folder.resolve() not in seen:
+                folders[folder.relative_to(root).as_posix()] = folder
+                seen.add(folder.resolve())
+    return folders | {"models": Path(cfg.paths.models_dir)}
 
 
 def _print_plan(decisions: list[PruneDecision], temps: dict[str, Path], *, registry_path: str) -> None:

@@ -100,6 +100,24 @@ def test_a_run_killed_after_its_registration_counts_as_finished(tmp_path, traine
     assert "would delete 1 last.pth" in dry.stdout
 
 
+
+def test_prune_removes_the_temps_of_runs_killed_before_they_registered(tmp_path, trained):
+    """A run killed in its first epoch is never registered: its half-written best.pth temp (as large
+    as the model) stayed for ever, prune looking only in registered runs' dirs."""
+    fleet(tmp_path, trained, {"best": (100, "finished")}, best="best")
+    killed = tmp_path / "outputs" / "train" / "2026-01-01_00-00-00_dead"
+    job = tmp_path / "multirun" / "2026-01-01_00-00-00_sweep" / "0_seed=1"
+    temps = []
+    for folder in (killed, job):
+        folder.mkdir(parents=True)
+        temps.append(folder / f".best.pth.tmp.{HOST}.{dead_pid()}.0badc0de")
+        temps[-1].write_bytes(b"half a checkpoint")
+    dry = run_main(tmp_path, "task=prune")
+    assert "would delete 0 last.pth and 2 temp file(s)" in dry.stdout
+    assert f"{killed.name}/{temps[0].name}" in dry.stdout and f"{job.parent.name}/{job.name}/" in dry.stdout
+    assert "deleted 0 last.pth and 2 temp file(s)" in run_main(tmp_path, "task=prune", "prune.apply=true").stdout
+    assert not any(temp.exists() for temp in temps) and killed.is_dir() and job.is_dir()
+
 def test_archive_packs_marks_and_removes_but_never_a_live_run(tmp_path, trained):
     runs = {"best": (100, "finished"), "a": (30, "finished"), "b": (20, "finished"), "busy": (50, "finished"),
             "fresh": (1, "finished")}  # fmt: skip
