@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepfake.engine.launcher_env import env_rank, env_world_size
 from deepfake.errors import ConfigError, RunDirLocked, RunStopped, UserError, find_in_chain
 from deepfake.tasks import values
+from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def _another_jobs_dir(cfg: DictConfig, out_dir: Path, status: dict, previous: di
     if sorted(previous["overrides"]) == sorted(status["overrides"]):
         return False
     if env_rank() == 0:
-        from deepfake.tracking.checkpoint import atomic_write_text
-
         listed = OmegaConf.to_yaml(OmegaConf.create(list(previous["overrides"])))  # as Hydra writes it
         atomic_write_text(out_dir / ".hydra" / "overrides.yaml", listed)
     return True
@@ -282,8 +281,6 @@ def write_status(run_dir: Path, status: dict) -> None:
     """``status.json``; under torchrun rank 0's alone."""
     if env_rank() != 0:
         return
-    from deepfake.tracking.checkpoint import atomic_write_text
-
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 

@@ -32,6 +32,7 @@ from deepfake.engine.launcher_env import env_rank
 from deepfake.errors import CheckpointError, ConfigError, UserError
 from deepfake.tasks import values
 from deepfake.tasks.jobs import EXIT_USER_ERROR, read_status
+from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def _compose(conf_dir: Path, overrides: list[Override], purpose: str) -> DictCon
 
 def _refuse_live_run_dir(run_dir, overrides: list[Override], conf_dir: Path, cfg: DictConfig | None = None) -> None:
     """A run dir that a live process is writing is nobody else's to open: Hydra would rewrite its .hydra/."""
-    from deepfake.tracking.run_lock import LOCK_NAME, refuse_if_held  # torch: only paid for when it matters
+    from deepfake.tracking.run_lock import LOCK_NAME, refuse_if_held  # on every launch: only when a lock is there
 
     if run_dir is None or not (Path(str(run_dir)) / LOCK_NAME).is_file():
         return
@@ -275,8 +276,6 @@ def overrides_kept_if_refused(cfg: DictConfig, out_dir: Path):
     except UserError:
         previous = os.environ.get(PREVIOUS_OVERRIDES_ENV) if cfg.get("resume") else None
         if previous is not None and env_rank() == 0:
-            from deepfake.tracking.checkpoint import atomic_write_text  # torch: imported by the task already
-
             atomic_write_text(out_dir / ".hydra" / "overrides.yaml", previous)
         raise
 

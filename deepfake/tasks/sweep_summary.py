@@ -23,6 +23,7 @@ from rich.table import Table
 
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.jobs import EXIT_BUG, EXIT_USER_ERROR, read_status, record_sweep_exit, worst_exit_code
+from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import summary_console
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,6 @@ def _rank(row: dict) -> tuple:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> Path:
-    from deepfake.tracking.checkpoint import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -15,7 +15,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from deepfake.errors import UserError
 from deepfake.tracking.checkpoint import atomic_write_text
@@ -23,20 +23,6 @@ from deepfake.tracking.checkpoint import atomic_write_text
 if TYPE_CHECKING:
     import numpy as np
     import torch
-
-
-class MetricsLogger(Protocol):
-    """What tasks and the training loop call on every tracker (subclass :class:`Tracker`)."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-
-    def log_image(self, tag: str, image: torch.Tensor | np.ndarray, step: int) -> None: ...
-
-    def log_artifact(self, path: str | os.PathLike[str]) -> None: ...
-
-    def close(self, status: str = "finished") -> None: ...
 
 
 class Tracker:
