@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> float:
     # Each ratio pairs every pipeline repeat with a bare repeat run just before it (noisy machines).
     with memory.watching():
         figures["train_pipeline"], train_ratio = _train_pipeline(cfg, as_a_run, val_set, preprocess, device,
-                                                                 precision, out_dir / "pipeline", bare_step)  # fmt: skip
+                                                                 out_dir / "pipeline", bare_step)  # fmt: skip
     figures["train_pipeline"].update(memory.report())
     eval_loader = data_setup.make_loader(val_set, cfg.dataset, device=device)
     with memory.watching():
@@ -221,7 +221,7 @@ def _train_loader(cfg: DictConfig, train_set, preprocess: dict, device):
 
 
 def _train_pipeline(
-    cfg: DictConfig, train_set, val_set, preprocess: dict, device, precision: str, run_dir: Path, bare_step
+    cfg: DictConfig, train_set, val_set, preprocess: dict, device, run_dir: Path, bare_step
 ) -> tuple[dict, float]:
     """(b) and b/a: the Trainer on the images as a run reads them (the files, or the decoded-image cache under
     dataset.cache=all), fine-tuning for bench.epochs epochs with a fresh model; each

@@ -133,9 +133,7 @@ def explain_checkpoint(
             "target_layer": target_layer,
             "img_size": preprocess["img_size"],
             "decision_rule": rule.as_dict(),
-            **_measure(
-                model, dataset, rng, settings, batch_size, explanation.labels, images, shown, seed=int(cfg.seed)
-            ),
+            **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, seed=int(cfg.seed)),
             "evaluated_at": session.now_iso(),
         }
         atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
@@ -209,7 +207,7 @@ def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sa
     )
 
 
-def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_images, shown, seed) -> dict:
+def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_images, seed) -> dict:
     """Measure on the images with ground-truth masks, explaining "fake" (what the mask marks);
     without masks, on the overlay images and their targets (no localisation then)."""
     masked = np.flatnonzero(dataset.mask_paths.non_empty()) if dataset.mask_paths is not None else []

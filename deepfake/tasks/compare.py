@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
+from deepfake.evaluation.bootstrap import METRICS as INTERVAL_METRICS
 from deepfake.tasks import session
 from deepfake.tasks.display import print_comparison
 from deepfake.tasks.registry import runs_of_sweep
@@ -18,7 +19,6 @@ from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-INTERVAL_METRICS = ("auc", "ap", "eer", "accuracy")
 COLUMNS = [
     "run_name", "status", "backbone", "dataset", "best_val_auc", "best_epoch",
     "threshold", "threshold_policy", "temperature", "val_accuracy_at_threshold",

@@ -149,7 +149,7 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
         from deepfake.engine import distributed
 
         status, previous = distributed.broadcast_object((status, previous))
-    if _another_jobs_dir(cfg, out_dir, status, previous):
+    if _another_jobs_dir(out_dir, status, previous):
         line = (f"{out_dir} holds a job of an earlier launch with other overrides ({' '.join(previous['overrides'])}); "
                 "relaunch this sweep into another hydra.sweep.dir")  # fmt: skip
         log.error("%s", line)
@@ -193,7 +193,7 @@ def _earlier_launch(cfg: DictConfig, out_dir: Path, status: dict, previous: dict
     return previous.get("status")
 
 
-def _another_jobs_dir(cfg: DictConfig, out_dir: Path, status: dict, previous: dict) -> bool:
+def _another_jobs_dir(out_dir: Path, status: dict, previous: dict) -> bool:
     """Whether a sweep job's dir holds another job's run: an earlier launch into the same
     hydra.sweep.dir whose job of this number had other overrides (a name they share: the overrides
     Hydra leaves out of dir names). Its files are left as they were, and Hydra's copy of this job's

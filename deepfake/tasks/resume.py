@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from deepfake.engine.launcher_env import env_rank
 from deepfake.errors import CheckpointError, ConfigError, UserError
 from deepfake.tasks import values
-from deepfake.tasks.jobs import EXIT_USER_ERROR, read_status
+from deepfake.tasks.jobs import EXIT_USER_ERROR, STATUS_FILE, read_status
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,8 @@ def _refuse_used_run_dir(run_dir) -> None:
 def _failed_before_any_output(run_dir: Path) -> bool:
     """A run that failed before it wrote anything but its logs (a refused setting): the corrected
     command may take its dir, as a user who reads the error and fixes the line expects."""
-    try:
-        failed = json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status") == "failed"
-    except (OSError, ValueError, AttributeError):
-        return False
-    kept = {".hydra", "run.log", "status.json", "git.txt", "requirements.txt", "config_resolved.yaml"}
+    failed = (read_status(run_dir) or {}).get("status") == "failed"
+    kept = {".hydra", "run.log", STATUS_FILE, "git.txt", "requirements.txt", "config_resolved.yaml"}
     return failed and all(path.name in kept for path in run_dir.iterdir())
 
 
