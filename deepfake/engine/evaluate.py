@@ -54,6 +54,11 @@ def fake_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray
     return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
+def verdict(p_fake: float, threshold: float) -> str:
+    """The call every task makes of one p(fake): fake at or above the threshold."""
+    return "fake" if p_fake >= threshold else "real"
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,

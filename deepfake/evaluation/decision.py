@@ -39,9 +39,6 @@ class DecisionRule:
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
         return fake_probability(logits, self.temperature)
 
-    def is_fake(self, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(probs) >= self.threshold
-
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -25,7 +25,7 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 
-from deepfake.engine.evaluate import fake_probability
+from deepfake.engine.evaluate import fake_probability, verdict
 from deepfake.errors import ConfigError
 from deepfake.explain.layers import reshape_transform_for, resolve_target_layer
 
@@ -59,7 +59,7 @@ def explained_labels(target: str, probs: np.ndarray, threshold: float) -> list[s
     if target not in TARGETS:
         raise ConfigError(f"cam.target={target!r}; use one of {', '.join(TARGETS)}")
     if target == "predicted":
-        return ["fake" if p >= threshold else "real" for p in probs]
+        return [verdict(p, threshold) for p in probs]
     return [target] * len(probs)
 
 

@@ -7,9 +7,9 @@ scikit-image (the face detector) are optional extras, imported only when used.
 
 from deepfake.inference.detector import Detector, OperatingPoint, load_detector
 from deepfake.inference.inputs import ImageInputs, discover_inputs, is_image_file
-from deepfake.inference.predictions import Row, prediction_table, verdict, write_predictions
+from deepfake.inference.predictions import Row, prediction_table, write_predictions
 
 __all__ = [
     "Detector", "ImageInputs", "OperatingPoint", "Row", "discover_inputs", "is_image_file", "load_detector",
-    "prediction_table", "verdict", "write_predictions",
+    "prediction_table", "write_predictions",
 ]  # fmt: skip

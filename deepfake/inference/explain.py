@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from deepfake.data.transforms import central_square
+from deepfake.engine.evaluate import verdict
 from deepfake.explain import Explainer, upsample
 from deepfake.explain.overlays import Sample, panel
-from deepfake.inference.predictions import verdict
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from deepfake.engine.evaluate import fake_probability
+from deepfake.engine.evaluate import fake_probability, verdict
 from deepfake.tracking.checkpoint import atomic_write_text
 
 COLUMNS = ["path", "p_fake", "label", "damaged"]
@@ -54,10 +54,6 @@ def p_fake_per_item(count: int, preds, temperature: float) -> np.ndarray:
     if preds is not None:
         probs[preds.indices] = fake_probability(preds.logits, temperature)
     return probs
-
-
-def verdict(p_fake: float, threshold: float) -> str:
-    return "fake" if p_fake >= threshold else "real"
 
 
 def prediction_table(
