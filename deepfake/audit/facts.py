@@ -9,7 +9,6 @@ training). Decoding releases the GIL, so threads overlap on several cores.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from PIL import Image
 
 from deepfake.audit.features import COLOUR_COLUMNS, HEADER_COLUMNS, colour_facts, header_facts
 from deepfake.data.images import load_rgb
+from deepfake.data.manifest import file_sha256
 from deepfake.data.scan import DEFAULT_SCAN_THREADS
 
 
@@ -45,21 +45,13 @@ def grey_thumbnail(image: Image.Image) -> bytes:
     return image.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX).tobytes()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def image_facts(path: str, known_sha256: str | None = None) -> dict:
     """Everything the checks need from one image; ``damaged`` holds the loader's reason or None."""
     file = Path(path)
     facts: dict = {"path": path, "damaged": None}
     try:
         facts["bytes"] = file.stat().st_size
-        facts["sha256"] = known_sha256 or _sha256(file)
+        facts["sha256"] = known_sha256 or file_sha256(file)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(file) as image:

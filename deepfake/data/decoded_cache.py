@@ -33,6 +33,7 @@ from filelock import FileLock
 from PIL import Image
 
 from deepfake.data.images import load_rgb
+from deepfake.data.manifest import file_sha256
 from deepfake.data.scan import DEFAULT_SCAN_THREADS, file_signatures
 from deepfake.data.transforms import eval_framing
 from deepfake.errors import DataError
@@ -102,7 +103,7 @@ def _sources(csv_path, paths) -> dict:
     """What tells a cache that another replaces (the same CSV's bytes and image list, files changed since)
     from one that lives beside it (the same CSV read through another path column)."""
     listed = hashlib.sha256("".join(f"{path}\n" for path in paths).encode()).hexdigest()
-    return {"csv_sha256": hashlib.sha256(Path(csv_path).read_bytes()).hexdigest(), "paths_sha256": listed}
+    return {"csv_sha256": file_sha256(csv_path), "paths_sha256": listed}
 
 
 def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLike, img_size: int, interpolation: str,
