@@ -13,14 +13,13 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from deepfake.data.manifest import read_manifest
 from deepfake.errors import ConfigError, DataError
 from deepfake.tasks import data_setup, session
-from deepfake.tracking.console import console
+from deepfake.tracking.console import console, progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,10 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     ]
     total = sum(len(split.frame) for split in splits)
     log.info("auditing %s: %s", cfg.dataset.name, ", ".join(f"{len(s.frame)} {s.name}" for s in splits))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:  # fmt: skip
-        reading = progress.add_task("audit: reading images", total=len({p for s in splits for p in s.frame["path"]}))
+    with progress_bars() as progress:
+        reading = progress.add_task(
+            "audit: reading images", total=len({p for s in splits for p in s.frame["path"]}), status=""
+        )
         report = run_audit(
             splits, settings, out_dir, title=str(cfg.dataset.name), known_sha256=_manifest_digests(cfg.dataset),
             progress=lambda n: progress.advance(reading, n),
