@@ -31,7 +31,7 @@ def train_loader(
     return _loader(
         SeededSamples(dataset), batch_size, EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
         num_workers, pin_memory, prefetch_factor,
-        # Worker seeds (python and numpy in each worker, init_worker) depend on the seed and rank only.
+        # Worker seeds (torch seeds python, numpy and torch in each worker) depend on the seed and rank only.
         # Augmentations do not depend on them (each sample has its own seed), so workers can live
         # for the whole run instead of starting again every epoch.
         generator=torch.Generator().manual_seed(seed + _RANK_SEED_STRIDE * rank),

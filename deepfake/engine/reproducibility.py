@@ -26,17 +26,6 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: derive python/numpy seeds from the per-worker torch seed.
-
-    torch seeds each worker from the loader's generator; python and numpy are not, so without this
-    every worker would share their random streams (a classic source of duplicated augmentations).
-    """
-    worker_seed = torch.initial_seed() % 2**32
-    random.seed(worker_seed)
-    np.random.seed(worker_seed)
-
-
 def capture_rng_state() -> dict:
     """Every RNG state as tensors and ints only, so a weights-only load can read it back."""
     bit_generator, keys, pos, has_gauss, cached_gaussian = np.random.get_state()

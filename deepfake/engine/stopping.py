@@ -18,8 +18,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from deepfake.engine.reproducibility import seed_worker
-
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -71,13 +69,13 @@ class StopRequest:
 
 
 def init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seeded like :func:`seed_worker`, deaf to stop signals.
+    """DataLoader ``worker_init_fn``: deaf to stop signals. (Seeds need nothing here: torch seeds each
+    worker's python, numpy and torch generators from the loader's generator and the worker's id.)
 
     Ctrl-C reaches the whole process group and SLURM signals every process of a job; a worker that
     died of it would break the batch the main process is finishing. Workers still end with the
     main process (the loader shuts them down, and they watch their parent).
     """
-    seed_worker(worker_id)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     # Everything inherited from the main process leaves the garbage collector's view (O(1)). Otherwise
