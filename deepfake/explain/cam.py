@@ -24,6 +24,7 @@ from pytorch_grad_cam import (
     ScoreCAM,
     XGradCAM,
 )
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from deepfake.engine.evaluate import fake_probability, verdict
 from deepfake.errors import ConfigError
@@ -44,15 +45,10 @@ METHODS = {
 TARGETS = ("predicted", "fake", "real")
 
 
-class LogitTarget:
-    """pytorch-grad-cam target: the score a map explains, +logit for fake, -logit for real."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.sign = 1.0 if label == "fake" else -1.0
-
-    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return self.sign * model_output.reshape(-1)[0]
+def logit_target(label: str) -> BinaryClassifierOutputTarget:
+    """pytorch-grad-cam's target for a one-logit detector: the score a map explains, +logit for fake
+    (class 1, the positive one), -logit for real."""
+    return BinaryClassifierOutputTarget(int(label == "fake"))
 
 
 def explained_labels(target: str, probs: np.ndarray, threshold: float) -> list[str]:
@@ -111,7 +107,7 @@ class Explainer:
         with gradients_enabled(self.model):
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size].to(self.device)
-                targets = [LogitTarget(label) for label in labels[start : start + self.batch_size]]
+                targets = [logit_target(label) for label in labels[start : start + self.batch_size]]
                 maps.append(self._cam(chunk, targets))
                 self._warn_if_flat()
         return np.concatenate(maps).astype(np.float32)

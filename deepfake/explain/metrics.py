@@ -20,7 +20,7 @@ import torch
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
 from scipy.stats import rankdata
 
-from deepfake.explain.cam import LogitTarget
+from deepfake.explain.cam import logit_target
 
 
 def localisation(cams: np.ndarray, masks: np.ndarray) -> dict:
@@ -61,7 +61,7 @@ def faithfulness(
     """ROAD MoRF / LeRF score changes (logit units of the explained class) and their combination."""
     rng = np.random.default_rng(seed)
     ranked = np.stack([rank_map(cam, rng) for cam in cams])
-    targets = [LogitTarget(label) for label in labels]
+    targets = [logit_target(label) for label in labels]
     device = next(model.parameters()).device
     images = images.to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
