@@ -67,3 +67,15 @@ def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_work
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         worker_init_fn=init_worker, **loader_kwargs,
     )  # fmt: skip
+
+
+def shut_down_workers(loader: DataLoader) -> None:
+    """End ``loader``'s persistent workers now. They ignore SIGTERM (init_worker), so a process whose
+    loader outlives its task (held by a reference cycle until exit) waited on them forever at exit:
+    multiprocessing's exit hook terminates its children with SIGTERM and joins them. torch has no public
+    call for this; its iterator's own shutdown (what its ``__del__`` runs) is the one place that knows
+    how to stop them cleanly."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

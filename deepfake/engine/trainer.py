@@ -34,6 +34,7 @@ from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine import distributed
 from deepfake.engine.epoch_end import METRICS_FIELDS, EpochEnd
 from deepfake.engine.evaluate import Predictions
+from deepfake.engine.loaders import shut_down_workers
 from deepfake.engine.loss_watch import LossWatch
 from deepfake.engine.phases import Phase, steps_per_epoch
 from deepfake.engine.precision import autocast, make_grad_scaler
@@ -150,6 +151,7 @@ class Trainer(EpochEnd, Checkpointing):
         if self.metrics_csv is not None:
             self.metrics_csv.close()
         self.checkpoints.close()
+        shut_down_workers(self.train_loader)  # the epochs' persistent workers end with the training
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: dict | None = None) -> TrainerState:

@@ -29,6 +29,7 @@ from torch.utils.data import Subset
 from deepfake.engine import benchmark
 from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_channels_last, resolve_compile, resolve_num_workers
+from deepfake.engine.loaders import shut_down_workers
 from deepfake.engine.phases import steps_per_epoch
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
@@ -122,10 +123,9 @@ def run(cfg: DictConfig) -> float:
     bare_forward = benchmark.bare_forward(model, batch_size, img_size, device, precision,
                                           positive_int(settings.forward_batches, "bench.forward_batches"),
                                           channels_last)  # fmt: skip
-    figures = {
-        "bare_train_step": timed(bare_step),
-        "loader": timed(benchmark.loader_pass(_train_loader(cfg, files, preprocess, device)[0])),
-    }
+    loader = _train_loader(cfg, files, preprocess, device)[0]
+    figures = {"bare_train_step": timed(bare_step), "loader": timed(benchmark.loader_pass(loader))}
+    shut_down_workers(loader)
     # Each ratio pairs every pipeline repeat with a bare repeat run just before it (noisy machines).
     with memory.watching():
         figures["train_pipeline"], train_ratio = _train_pipeline(cfg, as_a_run, val_set, preprocess, device,
@@ -209,6 +209,7 @@ def _cached_figures(cfg: DictConfig, preprocess: dict, timed, model, device, pre
         opened_s = time.perf_counter() - started
         loader = _train_loader(cfg, train_set, preprocess, device)[0]
         figures["loader_cached"] = {**timed(benchmark.loader_pass(loader)), "cache_open_s": round(opened_s, 3)}
+        shut_down_workers(loader)
     return figures
 
 

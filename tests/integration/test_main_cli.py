@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MAIN, REPO
+from conftest import MAIN, REPO, TINY, run_main
 from helpers import error_lines, only_dir, registry
 
 pytestmark = pytest.mark.slow
@@ -258,3 +258,11 @@ def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, s
     assert "train 2, valid 1" in result.stdout
     entry = next(e for e in registry(tmp_path)["runs"] if e["run_dir"] == str(run))
     assert entry["damaged_images"] == {"train": 2, "valid": 1}
+
+
+def test_a_training_with_loader_workers_exits_when_done(tmp_path, shared_data_dir):
+    """A head-only run with a loader worker printed its summary, then hung at exit for ever: its persistent
+    workers ignore SIGTERM, and multiprocessing's exit hook joined them after terminating them with it."""
+    result = run_main(tmp_path, *TINY, "phase.finetune_epochs=0", "dataset.num_workers=1", "train.do_test=false",
+                      data_dir=shared_data_dir, fresh=True, timeout=150)  # fmt: skip
+    assert "finished in" in result.stdout + result.stderr
