@@ -100,7 +100,6 @@ def test_a_run_killed_after_its_registration_counts_as_finished(tmp_path, traine
     assert "would delete 1 last.pth" in dry.stdout
 
 
-
 def test_prune_removes_the_temps_of_runs_killed_before_they_registered(tmp_path, trained):
     """A run killed in its first epoch is never registered: its half-written best.pth temp (as large
     as the model) stayed for ever, prune looking only in registered runs' dirs."""
@@ -117,6 +116,7 @@ def test_prune_removes_the_temps_of_runs_killed_before_they_registered(tmp_path,
     assert f"{killed.name}/{temps[0].name}" in dry.stdout and f"{job.parent.name}/{job.name}/" in dry.stdout
     assert "deleted 0 last.pth and 2 temp file(s)" in run_main(tmp_path, "task=prune", "prune.apply=true").stdout
     assert not any(temp.exists() for temp in temps) and killed.is_dir() and job.is_dir()
+
 
 def test_archive_packs_marks_and_removes_but_never_a_live_run(tmp_path, trained):
     runs = {"best": (100, "finished"), "a": (30, "finished"), "b": (20, "finished"), "busy": (50, "finished"),

@@ -304,7 +304,10 @@ def test_resume_true_goes_on_with_the_stopped_run_not_a_newer_one_refused_for_a_
 
     result = run(tmp_path, reliable_data, "resume=true")
     assert result.returncode == 0 and not error_lines(result), result.stdout + result.stderr
-    assert f"resume=true: {stopped}, the newest run that can go on; passed over 1 newer run(s): {typo.name}: it failed" in result.stdout
+    assert (
+        f"resume=true: {stopped}, the newest run that can go on; passed over 1 newer run(s): {typo.name}: it failed"
+        in result.stdout
+    )
     assert "resuming from" in (stopped / "run.log").read_text()
     assert [entry["run_dir"] for entry in registry(tmp_path)["runs"]] == [str(stopped)]
 
