@@ -27,6 +27,7 @@ from deepfake.explain import METHODS, TARGETS, Explainer, measure, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
 from deepfake.tasks import checkpoints, data_setup, session, values
+from deepfake.tasks.preflight import scan_splits
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 from deepfake.tracking.loggers import Tracker
 
@@ -110,6 +111,9 @@ def explain_checkpoint(
     rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
     data_setup.ensure_dataset(cfg.dataset)
     dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(preprocess))
+    # Black stand-ins of unreadable files (a wrong root: all of them) gave flat maps, and their metrics
+    # replaced the run's in the registry: refused above dataset.max_bad_fraction, as task=test does.
+    scan_splits(cfg.dataset, {split: dataset})
     rng = np.random.default_rng(int(cfg.seed))
 
     shown = _pick(rng, np.arange(len(dataset)), settings.num_samples)

@@ -119,16 +119,17 @@ def check_dataset_files(dataset_cfg: DictConfig, splits: dict) -> None:
     scan_splits(dataset_cfg, splits)
 
 
-def scan_splits(dataset_cfg: DictConfig, splits: dict) -> None:
-    """The damaged-image scan of ``splits`` (name -> dataset), unless ``dataset.scan_images=false``."""
-    if dataset_cfg.scan_images:
-        for split, dataset in splits.items():
-            check_images(
-                dataset,
-                split,
-                non_negative(dataset_cfg.max_bad_fraction, "dataset.max_bad_fraction"),
-                Path(dataset_cfg.cache_dir) / "scans",
-            )
+def scan_splits(dataset_cfg: DictConfig, splits: dict, root_key: str = "dataset.root_dir") -> None:
+    """The damaged-image scan of ``splits`` (name -> dataset), unless ``dataset.scan_images=false``. A
+    refusal names the root the paths were read under (``root_key``): a wrong root is the usual cause."""
+    if not dataset_cfg.scan_images:
+        return
+    limit = non_negative(dataset_cfg.max_bad_fraction, "dataset.max_bad_fraction")
+    for split, dataset in splits.items():
+        try:
+            check_images(dataset, split, limit, Path(dataset_cfg.cache_dir) / "scans")
+        except DataError as err:
+            raise DataError(f"{err} (its paths are read under {root_key}={dataset.root_dir})") from None
 
 
 # Why each split needs both classes, and the setting that names its CSV.

@@ -203,10 +203,11 @@ def check_test_images(cfg: DictConfig) -> None:
     for name, csv, root in eval_sets(cfg):
         dataset = reader(csv_path=csv, **({"root_dir": root} if root else {}))
         try:
-            scan_splits(cfg.dataset, {name: dataset})
+            scan_splits(
+                cfg.dataset, {name: dataset}, "dataset.root_dir" if root is None else f"eval.sets.{name}.root_dir"
+            )
         except DataError as err:
-            key = "dataset.root_dir" if root is None else f"eval.sets.{name}.root_dir"
-            raise DataError(f"{name} set: {err} (its paths are read under {key}={dataset.root_dir})") from None
+            raise DataError(f"{name} set: {err}") from None
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -48,3 +48,13 @@ def test_do_cam_then_task_cam(tmp_path, main_runner):
     result = main_runner("task=cam", f"ckpt={run}", "cam.method=nope", check=False)
     errors = error_lines(result)
     assert result.returncode == 2 and len(errors) == 1 and "cam.method='nope'" in errors[0]
+
+    # Read under a wrong root, every image is a black stand-in: refused before any map, as task=test
+    # does; the run's CAM metrics in the registry stay (they were replaced by flat maps' figures).
+    wrong = tmp_path / "wrong_root"
+    wrong.mkdir()
+    result = main_runner("task=cam", f"ckpt={run}", f"dataset.root_dir={wrong}", *CAM, check=False)
+    errors = error_lines(result)
+    assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+    assert "32 of 32 images are damaged" in errors[0] and f"read under dataset.root_dir={wrong})" in errors[0]
+    assert json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0] == entry

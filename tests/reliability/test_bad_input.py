@@ -204,6 +204,9 @@ def test_damaged_images_above_the_limit_stop_before_training(tmp_path, reliable_
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "2 of 64 images are damaged" in lines[0] and "dataset.max_bad_fraction=0.01" in lines[0]
     assert all(path in lines[0] for path in damaged)
+    assert lines[0].endswith(
+        f"(its paths are read under dataset.root_dir={data / 'synthetic' / '32px' / 'real_vs_fake' / 'real-vs-fake'})"
+    )
     assert "epoch 1" not in result.stderr and registry(tmp_path)["runs"] == []
 
 
