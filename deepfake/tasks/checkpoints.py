@@ -12,13 +12,14 @@ from deepfake.tracking.checkpoint import load_checkpoint
 
 
 def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:
-    """``best`` or None -> the global best; a run dir -> its best.pth; a file -> itself."""
+    """``best`` or None -> the global best; a run dir -> its best.pth; a file -> itself. Absolute: it is
+    recorded (metrics_test.json, the model card, model.json) and read from other working directories."""
     if spec in (None, "best"):
-        path = Path(cfg.paths.best_model)
+        path = Path(cfg.paths.best_model).absolute()
         if not path.is_file():
             raise CheckpointError(f"{what}: there is no global best model yet ({path}); train first or pass a path")
         return path
-    path = Path(str(spec)).expanduser()
+    path = Path(str(spec)).expanduser().absolute()
     if path.is_dir():
         path = path / "best.pth"
     if not path.is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def evaluate_checkpoint(
         "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
         "run_name": checkpoint.get("run_name"),
-        "test_csv": str(cfg.dataset.test_csv),
+        "test_csv": os.path.abspath(str(cfg.dataset.test_csv)),  # compared by task=test: one spelling
         # What the figures are of: the embedded set regenerated at another size keeps its CSV's path.
         "test_csv_sha256": file_sha256(Path(str(cfg.dataset.test_csv))),
         "evaluated_at": session.now_iso(),
@@ -221,7 +222,7 @@ def run(cfg: DictConfig) -> float | None:
     if metrics["run_name"]:
         kept = (registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}
         own = kept.get("test_csv")
-        if own is not None and (own, kept.get("test_csv_sha256", metrics["test_csv_sha256"])) != (
+        if own is not None and (os.path.abspath(own), kept.get("test_csv_sha256", metrics["test_csv_sha256"])) != (
             metrics["test_csv"],
             metrics["test_csv_sha256"],
         ):  # another CSV, or other contents under its path (the embedded set regenerated), or another img_size

@@ -161,6 +161,13 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
                 if json.loads((run / "metrics_test.json").read_text())["threshold"] == 0.9]  # fmt: skip
     assert "keeps its test figures at its own threshold" in tried.stdout + tried.stderr
 
+    # The run's own test CSV spelled another way (a trailing /., a relative path) is still its own: the
+    # registry took the new figures only when the path was typed exactly as in training.
+    spelled = f"{shared_data_dir}/synthetic/32px/./test.csv"  # pathlib would drop the /.
+    retested = main_runner("task=test", f"ckpt={first}", f"dataset.test_csv={spelled}", *fast[1:])
+    assert "keeps its test figures" not in retested.stdout + retested.stderr
+    assert test_metrics()["test_csv"] == str(shared_data_dir / "synthetic" / "32px" / "test.csv")
+
 
 def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
     result = main_runner("eval.threshold_policy=youden", check=False)
