@@ -76,7 +76,8 @@ def write_batches(
         frame = read_raw_csv(csv_path, as_text=True)  # rows written back exactly as they were read
         # Every label 0 or 1, as training will read them: a bad row would otherwise land in a batch.
         require_column(frame, label_column, Path(csv_path), "--label-column")
-        labels_to_targets(frame, label_column, Path(csv_path), real_label=1, setting="--label-column")
+        # Only checked: cutting batches keeps each row's label whatever its polarity.
+        labels_to_targets(frame, label_column, Path(csv_path), real_label=1, setting="--label-column", polarity=None)
         try:
             splits[name] = split_into_batches(frame, n_batches, label_column=label_column, seed=seed)
         except DataError as error:

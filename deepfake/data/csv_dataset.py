@@ -25,6 +25,7 @@ from deepfake.errors import DataError
 log = logging.getLogger(__name__)
 
 _FIRST_DATA_LINE = 2  # line 1 of the file is the header
+LABEL_WORDS_COLUMN = "label_str"  # Kaggle's "real" / "fake" beside each 0/1 label
 # How pandas names the leading column that Kaggle's CSVs leave without a header (the index).
 KAGGLE_INDEX_COLUMN = "Unnamed: 0"
 
@@ -58,9 +59,16 @@ def require_column(frame: pd.DataFrame, column: str, csv_path: Path, setting: st
 
 
 def labels_to_targets(
-    frame: pd.DataFrame, label_column: str, csv_path: Path, real_label: int, setting: str = "the dataset's label_column"
+    frame: pd.DataFrame,
+    label_column: str,
+    csv_path: Path,
+    real_label: int,
+    setting: str = "the dataset's label_column",
+    polarity: str | None = "dataset.real_label",
 ) -> np.ndarray:
-    """The CSV's 0/1 labels as targets, 1 = fake; DataError naming the first row that is not 0 or 1."""
+    """The CSV's 0/1 labels as targets, 1 = fake; DataError naming the first row that is not 0 or 1.
+    With ``polarity`` (the setting that holds ``real_label``) and a ``label_str`` column, the labels are
+    checked against its words (:func:`check_label_words`)."""
     if real_label not in (0, 1):
         raise DataError(f"real_label={real_label!r} must be 0 or 1 (the CSV label that means 'real')")
     labels = pd.to_numeric(frame[label_column], errors="coerce")
@@ -75,7 +83,33 @@ def labels_to_targets(
         raise DataError(
             f"{csv_path}:{first + _FIRST_DATA_LINE}: {label_column} {problem}{words}; fix the row or set {setting}"
         )
-    return (labels.astype(int) != real_label).astype(int).to_numpy()
+    targets = (labels.astype(int) != real_label).astype(int).to_numpy()
+    if polarity is not None and LABEL_WORDS_COLUMN in frame.columns:
+        check_label_words(frame, targets, label_column, csv_path, real_label, polarity)
+    return targets
+
+
+def check_label_words(
+    frame: pd.DataFrame, targets: np.ndarray, label_column: str, csv_path: Path, real_label: int, polarity: str
+) -> None:
+    """Kaggle's ``label_str`` (real/fake) is the one thing in a CSV that can tell a wrong polarity: read
+    the other way, every label contradicts it, and a model trained on it learns to call reals fake.
+    Most rows contradicting it: refused, naming the setting; a few: a warning naming the first."""
+    words = frame[LABEL_WORDS_COLUMN].astype(str).str.strip().str.lower().to_numpy()
+    known = np.isin(words, ("real", "fake"))
+    disagree = known & (words != np.where(targets == 1, "fake", "real"))
+    if not disagree.any():
+        return
+    first = int(np.flatnonzero(disagree)[0])
+    example = (f"line {first + _FIRST_DATA_LINE}: {label_column}={frame[label_column].iloc[first]}, "
+               f"{LABEL_WORDS_COLUMN}={words[first]}")  # fmt: skip
+    if disagree.sum() * 2 > known.sum():
+        raise DataError(
+            f"{csv_path}: {LABEL_WORDS_COLUMN} contradicts {label_column} read with {polarity}={real_label} in "
+            f"{int(disagree.sum())} of {int(known.sum())} rows ({example}); set {polarity}={1 - real_label}"
+        )
+    log.warning("%s: %s contradicts %s in %d of %d rows (%s); %s is what is trained and scored", csv_path,
+                LABEL_WORDS_COLUMN, label_column, int(disagree.sum()), int(known.sum()), example, label_column)  # fmt: skip
 
 
 def image_path_column(frame: pd.DataFrame, path_column: str, csv_path: Path) -> pd.Series:

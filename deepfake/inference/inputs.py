@@ -109,5 +109,7 @@ def _read_csv(
     paths = [os.path.join(root, entry) for entry in image_path_column(frame, path_column, csv_path)]
     targets = None
     if label_column in frame.columns:
-        targets = labels_to_targets(frame, label_column, csv_path, real_label, "predict.label_column")
+        targets = labels_to_targets(
+            frame, label_column, csv_path, real_label, "predict.label_column", "predict.real_label"
+        )
     return ImageInputs(paths, "csv", targets=targets, root_dir=root)

@@ -4,6 +4,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -53,10 +54,25 @@ def test_reads_kaggle_csv_as_downloaded(kaggle):
 
 def test_real_label_zero_flips_targets(kaggle):
     csv_path, root = kaggle
+    words_dropped = pd.read_csv(csv_path).drop(columns=["label_str"])
+    words_dropped.to_csv(csv_path, index=False)
 
     frame = read_split_csv(csv_path, root, real_label=0)
 
     assert frame["target"].tolist() == [1, 0, 1]
+
+
+def test_a_polarity_that_label_str_contradicts_is_refused_and_a_stray_row_warned_of(kaggle, caplog):
+    """dataset.real_label=0 on Kaggle's CSVs trained an inverted model without a word (and it could
+    become the global best): label_str, Kaggle's real/fake beside each label, says so."""
+    csv_path, root = kaggle
+    with pytest.raises(DataError, match=r"label_str contradicts label read with dataset.real_label=0 in 3 of 3 rows "
+                                        r"\(line 2: label=1, label_str=real\); set dataset.real_label=1"):  # fmt: skip
+        read_split_csv(csv_path, root, real_label=0)
+    _write(csv_path, [KAGGLE_HEADER, *KAGGLE_ROWS[:2], KAGGLE_ROWS[2].replace(",1,real,", ",1,fake,")])
+    with caplog.at_level("WARNING", logger="deepfake.data.csv_dataset"):
+        assert read_split_csv(csv_path, root)["target"].tolist() == [0, 1, 0]  # the label is what counts
+    assert "label_str contradicts label in 1 of 3 rows (line 4: label=1, label_str=fake)" in caplog.text
 
 
 def test_extra_columns_and_missing_index_column_are_fine(kaggle, tmp_path):
