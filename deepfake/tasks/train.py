@@ -345,7 +345,9 @@ def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | N
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
         "ended_at": session.now_iso(),
-        "damaged_images": trainer.damaged.counts(),
+        # The test's own count too (its scorer keeps its own log): all damaged images, as README says.
+        "damaged_images": trainer.damaged.counts()
+        | ({"test": n} if (n := (test_metrics or {}).get("n_damaged")) else {}),
         "test_metrics": test_metrics,
         "inexact_resume": state.not_exact,  # why a resume could not continue exactly, or None
     }
