@@ -65,7 +65,7 @@ def discover_inputs(
     if path.is_dir():
         inputs = _walk_folder(path)
     elif path.suffix.lower() in CSV_EXTENSIONS:
-        inputs = _read_csv(path, root_dir, path_column, label_column, real_label)
+        inputs = _read_csv(path, root_dir, path_column, label_column, real_label, key.split(".")[0])
     elif is_image_file(path):
         inputs = ImageInputs([str(path)], "image")
     else:
@@ -98,13 +98,18 @@ def _walk_folder(folder: Path) -> ImageInputs:
 
 
 def _read_csv(
-    csv_path: Path, root_dir: str | os.PathLike | None, path_column: str, label_column: str | None, real_label: int
+    csv_path: Path,
+    root_dir: str | os.PathLike | None,
+    path_column: str,
+    label_column: str | None,
+    real_label: int,
+    group: str = "predict",
 ) -> ImageInputs:
     frame = read_raw_csv(csv_path)
     require_column(frame, path_column, csv_path, "predict.path_column")
     root = Path(os.path.expanduser(os.fspath(root_dir))) if root_dir is not None else csv_path.parent
     if not root.is_dir():
-        raise DataError(f"predict.root_dir={root_dir}: no such folder (the CSV's relative paths start there)")
+        raise DataError(f"{group}.root_dir={root_dir}: no such folder (the CSV's relative paths start there)")
     # os.path.join keeps an absolute entry as it is: a user's own CSV may list files anywhere.
     paths = [os.path.join(root, entry) for entry in image_path_column(frame, path_column, csv_path)]
     targets = None

@@ -42,7 +42,11 @@ def run(cfg: DictConfig) -> float:
         )
     # Labels play no part in the check: a CSV's label column, whatever it holds, is not read.
     given = settings.verify_input
-    paths = discover_inputs(given, key="export.verify_input", label_column=None).paths if given else None
+    paths = (
+        discover_inputs(given, key="export.verify_input", label_column=None, root_dir=settings.root_dir).paths
+        if given
+        else None
+    )
     images = verification_images(paths, detector.preprocess, count)
     log.info("exporting %s (%s, %d px) to %s; checking on %d %s image(s)", source, detector.name,
              detector.preprocess["img_size"], output, len(images), "given" if paths else "synthetic")  # fmt: skip

@@ -223,6 +223,13 @@ def test_export_then_predict_with_onnx_equals_predict_with_pth(trained, user_fol
     assert (run / "model.onnx").read_bytes() == best_export and json.loads((run / "model.json").read_text()) == meta
     assert json.loads((run / "last.model.json").read_text())["source_checkpoint"]["path"] == str(run / "last.pth")
 
+    # Checked on a Kaggle-layout CSV, its paths under export.root_dir (there was no way to give its root).
+    csv = data / "synthetic" / "32px" / "test.csv"
+    checked = run_main(root, "task=export", f"ckpt={run}", f"export.verify_input={csv}",
+                       f"export.root_dir={csv.parent / 'real_vs_fake' / 'real-vs-fake'}",
+                       f"export.output={tmp_path / 'csv_checked.onnx'}", data_dir=data)  # fmt: skip
+    assert "checking on 8 given image(s)" in checked.stdout + checked.stderr
+
 
 def test_model_card_beside_best_pth_follows_promotion_and_task_card(trained):
     root, run, data = trained
