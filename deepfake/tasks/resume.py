@@ -103,6 +103,7 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
     if _typed(parsed, "hydra.run.dir") is not None:
         raise ConfigError("resume picks the run dir itself; drop hydra.run.dir from the command line")
     run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
+    _work_where_it_started(run_dir)
     kept = _last_wins([o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"])
     cfg = _compose(conf_dir, kept, f"resume={run_dir}")
     if cfg.task.name != "train":
@@ -216,6 +217,22 @@ def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
         print(f"resume=true: {run_dir.resolve()}, the newest run that can go on; passed over {len(passed_over)} newer "
               f"run(s): {named}{more}", flush=True)  # fmt: skip
     return run_dir.resolve()
+
+
+def _work_where_it_started(run_dir: Path) -> None:
+    """A run's overrides keep its paths as typed, and relative ones start at the folder it was launched
+    from (Hydra's runtime.cwd). Resumed from another folder they named other files: a CSV not found, or
+    a second registry that the resumed run was registered and promoted into. The resume works in the
+    run's own folder instead, and says so."""
+    try:
+        hydra_yaml = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))
+        started_in = Path(hydra_yaml["hydra"]["runtime"]["cwd"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return  # no record of it (a hand-made dir): the current folder, as before
+    if started_in.is_dir() and started_in.resolve() != Path.cwd().resolve():
+        print(f"resume: working in {started_in}, where {run_dir.name} was started (relative paths in its "
+              "overrides start there)", flush=True)  # fmt: skip
+        os.chdir(started_in)
 
 
 def _existing_run_dir(value: str) -> Path:

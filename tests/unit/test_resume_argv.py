@@ -274,3 +274,17 @@ def test_a_sweep_jobs_dir_is_quoted_for_hydra_where_it_must_be():
     assert quoted[3:] == argv[3:]  # other keys, plain values and quoted ones: untouched
     values = [override.value() for override in OverridesParser.create().parse_overrides(quoted[:3])]
     assert values == [job, job, f"{job}/best.pth"]
+
+
+def test_a_resume_from_another_folder_works_where_the_run_was_started(tmp_path, monkeypatch, capsys):
+    """Started in a folder with dataset.root=k140 (relative), resumed from another: the CSV was looked
+    for under the new folder, or the run was registered into a second registry there."""
+    started_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    started_in.mkdir()
+    elsewhere.mkdir()
+    run_dir = _run_dir(tmp_path, "2026-01-01_00-00-00_aaaa", ["dataset.root=k140", "paths.root_dir=proj"])
+    (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {started_in}\n")
+    monkeypatch.chdir(elsewhere)
+    argv = _rewrite([f"resume={run_dir}"], CONF_DIR)
+    assert Path.cwd() == started_in and "dataset.root=k140" in argv
+    assert f"resume: working in {started_in}, where {run_dir.name} was started" in capsys.readouterr().out
