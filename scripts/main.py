@@ -29,7 +29,7 @@ from deepfake import tasks  # noqa: E402  (registers the config resolvers before
 from deepfake.engine.launcher_env import env_world_size, under_torchrun  # noqa: E402
 from deepfake.errors import RunStopped, error_line  # noqa: E402
 from deepfake.tasks.resolvers import RUN_STAMP_ENV, new_run_stamp  # noqa: E402
-from deepfake.tasks.resume import rewrite_argv  # noqa: E402
+from deepfake.tasks.resume_argv import rewrite_argv  # noqa: E402
 from hydra_plugins.deepfake_launchers.config import store_launcher_configs  # noqa: E402
 
 # hydra/launcher=joblib, submitit_*: the launchers that outlive a killed job, under the plugins' names.

@@ -50,13 +50,8 @@ from deepfake.tasks.preflight import (
     check_input_size,
     check_registry,
 )
-from deepfake.tasks.resume import (
-    check_resumed_config,
-    finished_entry,
-    finished_message,
-    load_last_checkpoint,
-    overrides_kept_if_refused,
-)
+from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint, overrides_kept_if_refused
+from deepfake.tasks.resume_argv import finished_entry, finished_message
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, check_test_images, evaluate_checkpoint, registry_view
 from deepfake.tasks.trainer_options import phase_plan, trainer_options

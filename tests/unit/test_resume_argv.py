@@ -11,14 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from deepfake.errors import ConfigError, RunDirLocked
-from deepfake.tasks.resume import (
-    PREVIOUS_OVERRIDES_ENV,
-    PREVIOUS_STATUS_ENV,
-    _rewrite,
-    _RunFinished,
-    check_resumed_config,
-    load_last_checkpoint,
-)
+from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint
+from deepfake.tasks.resume_argv import PREVIOUS_OVERRIDES_ENV, PREVIOUS_STATUS_ENV, _rewrite, _RunFinished
 from deepfake.tracking.loggers import MetricsCsv
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.run_lock import RunDirLock
@@ -266,7 +260,7 @@ def test_a_sweep_jobs_dir_is_quoted_for_hydra_where_it_must_be():
     Hydra's grammar stops at the '='; quoted, it reads the whole path."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from deepfake.tasks.resume import quote_paths
+    from deepfake.tasks.resume_argv import quote_paths
 
     job = "/runs/multirun/2026-12-01_00-21-34_1998/0_backbone.name=test_resnet,seed=1"
     argv = [f"ckpt={job}", f"resume={job}", f"init_from={job}/best.pth", "seed=1,2", "resume=true", "ckpt='/a=b'"]
