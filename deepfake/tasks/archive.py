@@ -42,6 +42,8 @@ def run(cfg: DictConfig) -> None:
     if fmt not in available_formats():
         raise ConfigError(f"archive.format={fmt} needs the zstandard package: pip install zstandard, or use "
                           "archive.format=gz")  # fmt: skip
+    remove = values.flag(cfg.archive.remove, "archive.remove")
+    values.flag(cfg.archive.allow_best, "archive.allow_best")
     registry = session.open_registry(cfg)
     chosen = _chosen(cfg, registry)
     if not chosen:
@@ -57,16 +59,16 @@ def run(cfg: DictConfig) -> None:
         # Sweep jobs are named <sweep>/<job>: the same path inside the archive as under multirun/.
         packed = write_archive(path, {entry["run_name"]: Path(entry["run_dir"]) for entry in chosen}, fmt)
         archived = {
-            "path": str(path.resolve()), "archived_at": session.now_iso(), "run_dir_removed": bool(cfg.archive.remove),
+            "path": str(path.resolve()), "archived_at": session.now_iso(), "run_dir_removed": remove,
         }  # fmt: skip
         for entry in chosen:
             registry.update_run(entry["run_name"], archived=archived)
-            if cfg.archive.remove:
+            if remove:
                 _empty_but_lock(Path(entry["run_dir"]))
-    if cfg.archive.remove:
+    if remove:
         for entry in chosen:  # only the lock was left, and releasing it removed it
             _remove_empty(Path(entry["run_dir"]))
-    _print_archived(chosen, packed, path, removed=bool(cfg.archive.remove))
+    _print_archived(chosen, packed, path, removed=remove)
 
 
 def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from deepfake.data.manifest import read_manifest
 from deepfake.errors import ConfigError, DataError
-from deepfake.tasks import data_setup, session
+from deepfake.tasks import data_setup, session, values
 from deepfake.tracking.console import console, progress_bars
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
         from deepfake.audit.pipeline import Split, failed_checks, run_audit
     except ImportError as err:
         raise ConfigError(f"the dataset audit needs {err.name}: pip install -e '.[audit]'") from None
+    values.flag(cfg.audit.strict, "audit.strict")  # text (strict=nope) would count as strict
     settings = instantiate(cfg.audit)
     data_setup.ensure_dataset(cfg.dataset)
     splits = [

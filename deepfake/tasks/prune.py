@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     keep_days = number_setting(cfg.prune.keep_days, "prune.keep_days", (int, float))
     keep_last = number_setting(cfg.prune.keep_last, "prune.keep_last", int)
+    apply = values.flag(cfg.prune.apply, "prune.apply")
     registry = session.open_registry(cfg)
     states = run_states(registry.runs(), stale_after_s=values.lock_stale_after_s(cfg))
     best = registry.best_run()
@@ -42,7 +43,7 @@ def run(cfg: DictConfig) -> None:
     doomed = [decision for decision in decisions if decision.prune]
     freed = sum(decision.run.last_bytes for decision in doomed) + sum(map(_size, temps.values()))
     what = f"{len(doomed)} last.pth and {len(temps)} temp file(s): {_mib(freed)} ({freed} bytes)"
-    if not cfg.prune.apply:
+    if not apply:
         summary_console().print(f"dry run: would delete {what}; prune.apply=true deletes them")
         return
     for path in [decision.run.run_dir / "last.pth" for decision in doomed] + list(temps.values()):

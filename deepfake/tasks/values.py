@@ -40,6 +40,14 @@ def positive_int(value, key: str) -> int:
     return result
 
 
+def flag(value, key: str) -> bool:
+    """A true/false setting that gates a deletion: ``value`` itself, or a ConfigError. Text is true to
+    Python, so ``prune.apply=flase`` (tasks.flags refuses only the yes/no words) deleted checkpoints."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value} is not true or false; this setting takes true or false")
+    return value
+
+
 def lock_stale_after_s(cfg) -> float:
     """run_lock.stale_after_s, checked: training holds its lock by it, and prune, archive and resume=
     judge other runs' locks by it (float() of a word was a traceback in each)."""

@@ -118,6 +118,23 @@ def test_prune_removes_the_temps_of_runs_killed_before_they_registered(tmp_path,
     assert not any(temp.exists() for temp in temps) and killed.is_dir() and job.is_dir()
 
 
+@pytest.mark.parametrize("mistake", ["prune.apply=flase", "prune.apply=1", "archive.remove=flase",
+                                     "archive.allow_best=nope"])  # fmt: skip
+def test_a_mistyped_deletion_switch_deletes_nothing(tmp_path, trained, mistake):
+    """Text is true to Python: prune.apply=flase deleted last.pth, archive.remove=flase the run dir
+    (only the words yes/no/on/off were refused)."""
+    dirs = fleet(tmp_path, trained, {"best": (100, "finished"), "old": (40, "finished")}, best="best")
+    before = sorted(path for path in tmp_path.rglob("*") if path.is_file())
+    task = "task=" + mistake.split(".")[0]
+    extra = ["prune.keep_days=7", "prune.keep_last=0"] if task == "task=prune" else ["archive.older_than_days=0"]
+    result = run_main(tmp_path, task, mistake, *extra, check=False)
+    assert result.returncode == 2 and error_lines(result) == [
+        f"ERROR {mistake} is not true or false; this setting takes true or false"
+    ], result.stdout + result.stderr
+    assert sorted(path for path in tmp_path.rglob("*") if path.is_file() and "outputs/prune" not in str(path)
+                  and "outputs/archive" not in str(path)) == before and (dirs["old"] / "last.pth").is_file()  # fmt: skip
+
+
 def test_archive_packs_marks_and_removes_but_never_a_live_run(tmp_path, trained):
     runs = {"best": (100, "finished"), "a": (30, "finished"), "b": (20, "finished"), "busy": (50, "finished"),
             "fresh": (1, "finished")}  # fmt: skip
