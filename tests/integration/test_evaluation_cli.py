@@ -127,7 +127,8 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
     fast = ["deterministic=true", "eval.report=false", "eval.bootstrap=0"]
     main_runner(*fast)  # generates the shared data when this test runs first
     test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
-    shuffled = test.assign(label=test["label"].sample(frac=1.0, random_state=0).to_numpy())
+    labels = test["label"].sample(frac=1.0, random_state=0).to_numpy()
+    shuffled = test.assign(label=labels, label_str=np.where(labels == 1, "real", "fake"))  # label_str follows
     assert (shuffled["label"] != test["label"]).any()
     shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
     main_runner(*fast, f"dataset.test_csv={tmp_path / 'shuffled.csv'}")
