@@ -4,8 +4,12 @@ Examples: `python scripts/main.py`, `python scripts/main.py backbone=resnet50 ph
 `python scripts/main.py task=test ckpt=outputs/train/<run>`, `python scripts/main.py -m seed=1,2`.
 """
 
+import atexit
 import gc
+import multiprocessing
+import multiprocessing.util  # registers its exit hook now, so that the one below runs before it
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +42,21 @@ from hydra_plugins.deepfake_launchers.config import store_launcher_configs  # no
 store_launcher_configs()
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@atexit.register  # exit hooks run last registered first: before multiprocessing's own
+def end_leftover_workers() -> None:
+    """Loader workers still alive at exit (kept by an iterator an exception held, or slow to stop under
+    load) ignore SIGTERM, which multiprocessing's exit hook sends them before joining them: the process
+    then waited for ever after its task had ended. They are killed here first; the task is over. Torch's
+    SIGCHLD handler, which raises when a worker dies, goes first: raised here, it left the rest alive."""
+    if hasattr(signal, "SIGCHLD"):  # POSIX
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    leftover = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in leftover:
+        child.kill()
+    for child in leftover:
+        child.join(timeout=5)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY, run_main
 from helpers import error_lines, only_dir
 from PIL import Image
@@ -270,3 +271,16 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
              "predict.cam=true", f"predict.output={tmp_path}/out/predictions.csv",
              data_dir=data)  # fmt: skip
     assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["notes.txt"]
+
+
+def test_a_loader_worker_that_fails_does_not_keep_the_process_from_exiting(trained, user_folder, tmp_path):
+    """A worker's error (here from a checkpoint hand-edited to img_size 0) was reported, then the process
+    waited at exit for ever on the other workers, which ignore the SIGTERM multiprocessing ends them with."""
+    root, run, data = trained
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    checkpoint["preprocess"]["img_size"] = 0
+    torch.save(checkpoint, tmp_path / "edited.pth")
+    result = run_main(root, "task=predict", f"ckpt={tmp_path / 'edited.pth'}", f"predict.input={user_folder[0]}",
+                      "predict.num_workers=2", f"predict.output={tmp_path / 'p.csv'}", data_dir=data, check=False,
+                      fresh=True, timeout=150)  # fmt: skip
+    assert result.returncode != 0 and "height and width must be > 0" in result.stdout + result.stderr
