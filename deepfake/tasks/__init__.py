@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
+from deepfake.tasks import values
 from deepfake.tasks.jobs import exit_status, run_job, stop_exit_status  # noqa: F401  (exit statuses: for the entry point)
 from deepfake.tasks.resolvers import register_resolvers
 
@@ -49,10 +50,18 @@ def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
     _refuse_a_launcher_without_multirun()
     _refuse_words_for_true_or_false(cfg)
     _refuse_unset_values(cfg)
+    _check_seed(cfg.get("seed"))
     task = import_module(f"deepfake.tasks.{TASKS[name]}")
     if loaded is not None:
         loaded()
     return task.run(cfg)
+
+
+def _check_seed(seed) -> None:
+    """A whole number in [0, 2**63): text, 1.5 or a 20-digit seed was a traceback from int(), numpy or
+    torch.manual_seed, after the data had been read."""
+    if seed is not None and not 0 <= values.number(seed, "seed", int) < 2**63:
+        raise ConfigError(f"seed={seed} must be a whole number from 0 to 2**63 - 1")
 
 
 def _refuse_unset_values(cfg: DictConfig) -> None:

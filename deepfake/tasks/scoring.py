@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchvision.transforms import v2
 
 from deepfake.data.damaged import DamagedImageLog
@@ -104,9 +104,11 @@ def perturbations(cfg: DictConfig) -> list[Perturbation]:
 def eval_sets(cfg: DictConfig) -> list[tuple[str, str, str | None]]:
     """``(name, csv, root_dir)`` for the dataset's test CSV (named ``test``) and each of ``eval.sets``."""
     sets = [("test", str(cfg.dataset.test_csv), None)]
-    extra = OmegaConf.to_container(cfg.eval.sets, resolve=True) if cfg.eval.sets is not None else {}
-    if not isinstance(extra, dict):
+    given = cfg.eval.sets
+    extra = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig | ListConfig) else given
+    if not isinstance(extra, dict | None):  # eval.sets=abc is plain text, not a config to convert
         raise ConfigError(f"eval.sets={extra!r} must be a mapping: eval.sets={{name: <csv>, ...}}")
+    extra = extra or {}
     for name, spec in extra.items():
         if name == "test":
             raise ConfigError("eval.sets.test: `test` is the dataset's own test_csv; give this set another name")

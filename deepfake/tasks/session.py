@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank
-from deepfake.errors import RunStopped
+from deepfake.errors import ConfigError, RunStopped
 from deepfake.tasks.jobs import job_run_name, now_iso  # noqa: F401  (now_iso: the tasks' clock)
 from deepfake.tracking.registry import Registry
 from deepfake.tracking.trackers import GuardedTracker
@@ -30,9 +30,14 @@ def run_name() -> str:
 def text_list(value) -> list[str]:
     """A list of text from a config list or a single value: ``tags=x`` is ``[x]``, and so is
     ``registry.runs=run1`` (a string is one name, not its letters)."""
-    if not value:
+    if value is None or value == "":
         return []
-    return [value] if isinstance(value, str) else [str(tag) for tag in value]
+    if isinstance(value, (str, int, float)):  # tags=5: one tag, not a TypeError
+        return [str(value)]
+    items = list(value)
+    if any(not isinstance(item, (str, int, float)) for item in items):
+        raise ConfigError(f"{value} must be a list of names: [a, b]")
+    return [str(item) for item in items]
 
 
 def run_labels(cfg: DictConfig) -> dict:

@@ -48,6 +48,17 @@ def test_a_single_run_name_is_one_name_not_its_letters():
     assert session.text_list("run1") == ["run1"]
     assert session.text_list(OmegaConf.create(["a", "b"])) == ["a", "b"]
     assert session.text_list(None) == []
+    assert session.text_list(5) == ["5"]  # tags=5 was a TypeError traceback
+    with pytest.raises(ConfigError, match=r"must be a list of names"):
+        session.text_list(OmegaConf.create([["a"], "b"]))
+
+
+def test_eval_sets_given_as_text_is_named():
+    from deepfake.tasks.scoring import eval_sets
+
+    cfg = OmegaConf.create({"dataset": {"test_csv": "t.csv"}, "eval": {"sets": "abc"}})
+    with pytest.raises(ConfigError, match=r"eval.sets='abc' must be a mapping"):
+        eval_sets(cfg)
 
 
 @pytest.mark.parametrize(("output", "expected"), [
