@@ -299,8 +299,26 @@ class Registry:
                 f"registry {self.metadata_path} is not a version {REGISTRY_VERSION} model registry "
                 "(expected keys version, best_run, runs); repair it or move it away"
             )
+        for number, entry in enumerate(registry["runs"], start=1):
+            if problem := _entry_problem(entry):
+                raise UserError(f"registry {self.metadata_path}: run {number} {problem}; repair it or move it away")
         return registry
 
     def _write(self, registry: dict[str, Any]) -> None:
         text = json.dumps(registry, indent=2, allow_nan=False) + "\n"
         atomic_write_text(self.metadata_path, text)
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with a run's entry in a hand-edited registry, in the fields every reader relies on
+    (each was a traceback in task=registry, prune or archive), or None."""
+    if not isinstance(entry, dict):
+        return f"is {entry!r}, not an entry"
+    if not isinstance(entry.get("run_name"), str):
+        return "has no run_name"
+    auc = entry.get("best_val_auc")
+    if auc is not None and (isinstance(auc, bool) or not isinstance(auc, int | float)):
+        return f"({entry['run_name']}) has best_val_auc {auc!r}, not a number"
+    if not isinstance(entry.get("tags", []), list):
+        return f"({entry['run_name']}) has tags {entry['tags']!r}, not a list"
+    return None

@@ -286,6 +286,21 @@ def test_check_writable_leaves_only_the_lock_file(tmp_path: Path) -> None:
         registry.check_writable()
 
 
+@pytest.mark.parametrize(("runs", "said"), [
+    ([1, 2], "run 1 is 1, not an entry"),
+    ([{"best_val_auc": 0.5}], "run 1 has no run_name"),
+    ([{"run_name": "a"}, {"run_name": "b", "best_val_auc": "high"}], "run 2 (b) has best_val_auc 'high', not a number"),
+    ([{"run_name": "a", "tags": 5}], "run 1 (a) has tags 5, not a list"),
+])  # fmt: skip
+def test_a_hand_edited_entry_is_named_in_one_line(tmp_path: Path, runs, said) -> None:
+    """Each was a traceback in task=registry, prune or archive (AttributeError, KeyError, TypeError)."""
+    registry = _registry(tmp_path)
+    registry.metadata_path.parent.mkdir(parents=True, exist_ok=True)
+    registry.metadata_path.write_text(json.dumps({"version": 1, "best_run": None, "runs": runs}))
+    with pytest.raises(UserError, match=re.escape(f"{registry.metadata_path}: {said}; repair it or move it away")):
+        registry.runs()
+
+
 def test_the_listing_shows_runs_whose_run_dir_is_gone_as_missing(tmp_path: Path, capsys, monkeypatch) -> None:
     from deepfake.tasks.display import print_registry
 
