@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,13 @@ class AuditSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
+        if not 0 < self.near_duplicate_min_correlation <= 1:  # above 1 no pair is ever confirmed: leakage passes
+            raise ConfigError(f"audit.near_duplicate_min_correlation={self.near_duplicate_min_correlation} must be "
+                              "in (0, 1]")  # fmt: skip
+        if self.balance_tolerance < 0 or self.listed_pairs < 0 or (self.threads is not None and self.threads < 1):
+            raise ConfigError(f"audit.balance_tolerance={self.balance_tolerance} and audit.listed_pairs="
+                              f"{self.listed_pairs} must be >= 0, audit.threads={self.threads} >= 1 or null")  # fmt: skip
         if not 0 <= self.near_duplicate_distance <= 31:
             raise ConfigError(f"audit.near_duplicate_distance={self.near_duplicate_distance} must be 0..31 "
                               "(bits of the 64-bit pHash that may differ)")  # fmt: skip
@@ -61,6 +69,17 @@ class AuditSettings:
             raise ConfigError(f"audit.shortcut_warn_auc={self.shortcut_warn_auc} and audit.shortcut_fail_auc="
                               f"{self.shortcut_fail_auc} must satisfy 0.5 <= warn <= fail <= 1")  # fmt: skip
         self.threads = int(self.threads or DEFAULT_SCAN_THREADS)
+
+    def _check_types(self) -> None:
+        """Numbers where numbers go: ``audit.threads=abc`` was int()'s traceback, and a text prominence
+        numpy's, after every image had been read."""
+        for item in fields(self):
+            value, kind = getattr(self, item.name), item.type.removesuffix(" | None")
+            if kind not in ("int", "float") or (value is None and item.type.endswith("None")):
+                continue
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not (whole or (kind == "float" and isinstance(value, float) and math.isfinite(value))):
+                raise ConfigError(f"audit.{item.name}={value!r} is not {'an integer' if kind == 'int' else 'a number'}")
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,3 +63,17 @@ def test_verdict_names_every_problem(audited):
     assert verdict.level == "warn"
     assert "train 30% fake" in verdict.message
     assert "2 damaged file(s)" in verdict.message and "1 repeated CSV row(s)" in verdict.message
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ({"threads": "abc"}, "audit.threads='abc' is not an integer"),  # int()'s traceback
+    ({"spectrum_min_prominence_db": "abc"}, "audit.spectrum_min_prominence_db='abc' is not a number"),  # after the reads
+    ({"near_duplicate_min_correlation": 5}, "audit.near_duplicate_min_correlation=5 must be in (0, 1]"),  # passed all
+    ({"listed_pairs": -1}, "audit.listed_pairs=-1 must be >= 0"),
+])  # fmt: skip
+def test_audit_settings_of_the_wrong_type_or_range_are_named(setting, said):
+    from deepfake.audit.pipeline import AuditSettings
+    from deepfake.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        AuditSettings(**setting)
