@@ -8,7 +8,9 @@ to Hydra here: an editable install hides them from Hydra's scan of the hydra_plu
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -21,7 +23,11 @@ from hydra_plugins.deepfake_launchers.config import PACKAGE as LAUNCHERS
 
 
 class LauncherCheck(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_an_unwritable_folder(config, "hydra.run.dir", "paths.log_dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_an_unwritable_folder(config, "hydra.sweep.dir", "paths.multirun_dir")
         target = str(config.hydra.launcher.get("_target_", ""))
         if target.startswith(f"{LAUNCHERS}."):
             _register(target, config.hydra.launcher)
@@ -50,3 +56,22 @@ def _register(target: str, settings: DictConfig) -> None:
             print(error_line(str(error)), file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
     Plugins.instance().register(get_class(target))  # a class of this project's package, by its prefix
+
+
+def _refuse_an_unwritable_folder(config: DictConfig, key: str, setting: str) -> None:
+    """The folder Hydra makes the run (or sweep) dir in, made now: Hydra's own attempt, unwritable
+    (a read-only disk, a path through a file), ended every task in its traceback."""
+    from omegaconf import OmegaConf
+
+    try:
+        folder = Path(str(OmegaConf.select(config, key))).parent
+    except Exception:  # noqa: BLE001 - an unresolvable setting is Hydra's to report, as before
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"[Errno 13] Permission denied: '{folder}'")
+    except OSError as error:
+        print(error_line(f"cannot make run dirs in {folder} ({error.strerror or error}); point {setting} (or "
+                         "paths.root_dir) at a folder you can write"), file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_USER_ERROR) from None

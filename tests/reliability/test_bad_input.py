@@ -61,6 +61,7 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
 
     image = synthetic / "real_vs_fake" / "real-vs-fake" / train["path"][0]
     (work / "a_folder.onnx").mkdir()
+    (work / "a_file").write_text("")
     faces = ["task=predict", f"ckpt={best}", f"predict.input={image}", "predict.face_crop=true"]
 
     def csv_case(name, content, *expected):
@@ -131,6 +132,9 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
         "a lock setting in words": (["run_lock.stale_after_s=abc"], ["run_lock.stale_after_s=abc is not a finite"]),
         "cam fractions in words": (["task=cam", f"ckpt={best}", "cam.sanity_fractions=[abc]"],
                                    ["cam.sanity_fractions=abc is not a finite number"]),
+        "a run folder that cannot be made": (  # Hydra's mkdir traceback, before any task ran
+            [f"paths.log_dir={work / 'a_file'}/outputs"], ["cannot make run dirs in", "point paths.log_dir"]),
+        "a seed in words": (["seed=abc"], ["seed=abc is not an integer"]),  # int()'s traceback, after the scan
     }  # fmt: skip
 
 
@@ -161,6 +165,7 @@ CASES = [
     "a face detector setting in words", "a cam setting used only after training", "cam percentiles past 100",
     "cam fractions in words", "a timm backbone without its name", "a training setting in words",
     "a lock setting in words", "a real label that is no label", "a negative listing limit",
+    "a run folder that cannot be made", "a seed in words",
 ]  # fmt: skip
 
 
