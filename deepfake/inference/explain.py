@@ -15,8 +15,10 @@ import torch
 
 from deepfake.data.transforms import central_square
 from deepfake.engine.evaluate import verdict
+from deepfake.errors import DataError
 from deepfake.explain import Explainer, upsample
 from deepfake.explain.overlays import Sample, panel
+from deepfake.inference.predictions import OVERLAYS_MARK, foreign_overlays, overlays_in
 
 
 @dataclass
@@ -44,10 +46,15 @@ def write_overlays(
     batch_size: int,
 ) -> list[Path]:
     """``<row>_<name>.png`` per item in ``out_dir``, computed ``batch_size`` images at a time. An earlier
-    predict's overlays there go first: they are of a predictions file just replaced."""
+    predict's overlays there go first: they are of a predictions file just replaced. Files of that
+    pattern in a folder no predict marked as its own are the user's: refused, never deleted."""
+    if foreign := foreign_overlays(out_dir):
+        raise DataError(f"{out_dir} holds {len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no "
+                        "predict wrote; they would be replaced")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    for earlier in out_dir.glob(f"{'[0-9]' * 5}_*.png"):
-        earlier.unlink()
+    for path in overlays_in(out_dir):
+        path.unlink()
+    (out_dir / OVERLAYS_MARK).write_text("overlays of task=predict; each run replaces them\n", encoding="utf-8")
     explainer = Explainer(model, method, target_layer, batch_size)
     written = []
     try:

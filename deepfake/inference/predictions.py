@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,3 +92,16 @@ def prediction_table(
 
 def write_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
+
+
+OVERLAYS_MARK = ".predict_overlays"  # what makes a folder's NNNNN_*.png files predict's own to replace
+
+
+def overlays_in(out_dir: Path) -> list[Path]:
+    """The files of ``out_dir`` named as predict names its overlays."""
+    return sorted(out_dir.glob(f"{'[0-9]' * 5}_*.png")) if out_dir.is_dir() else []
+
+
+def foreign_overlays(out_dir: Path) -> list[Path]:
+    """Files named as overlays in a folder that no predict marked as its own: the user's, never replaced."""
+    return [] if (out_dir / OVERLAYS_MARK).is_file() else overlays_in(out_dir)

@@ -28,7 +28,7 @@ from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
 from deepfake.errors import ConfigError, DataError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
-from deepfake.inference.predictions import COLUMNS, damaged_reasons, item_rows, p_fake_per_item
+from deepfake.inference.predictions import COLUMNS, damaged_reasons, foreign_overlays, item_rows, p_fake_per_item
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text, make_folder
@@ -62,6 +62,10 @@ def run(cfg: DictConfig) -> float | None:
         own = overlays_dir(out).resolve()
         inputs.paths = [path for path in inputs.paths if not Path(path).resolve().is_relative_to(own)]
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
+    if settings.cam and (foreign := foreign_overlays(overlays_dir(out))):
+        raise ConfigError(f"predict.output={out}: {overlays_dir(out)}, where its overlays go, holds "
+                          f"{len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no predict wrote; "
+                          "give another predict.output")  # fmt: skip
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
              detector.source, detector.kind, threshold, _origin(rule))  # fmt: skip
     rows, dataset = _rows_and_dataset(inputs, settings, detector)

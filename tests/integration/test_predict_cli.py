@@ -262,7 +262,10 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
     assert astronaut["face"] == "0" and 170 < (x0 + x1) / 2 < 280 and 60 < (y0 + y1) / 2 < 170
     assert 0 <= astronaut["p_fake"] <= 1 and astronaut["label"] in ("real", "fake")
     assert coffee["face"] == "" and np.isnan(coffee["p_fake"]) and coffee["damaged"] == ""
-    assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["00000_astronaut_face0.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "cam").iterdir()) == [
+        ".predict_overlays",
+        "00000_astronaut_face0.png",
+    ]
 
     # Predicting again into the same file replaces the overlays with its own: none for a photo without a
     # face (the astronaut's stayed beside predictions that no longer list it); a user's own file stays.
@@ -270,7 +273,16 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
     run_main(root, "task=predict", f"predict.input={photos / 'coffee.jpg'}", "predict.face_crop=true",
              "predict.cam=true", f"predict.output={tmp_path}/out/predictions.csv",
              data_dir=data)  # fmt: skip
-    assert [p.name for p in (tmp_path / "out" / "cam").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "out" / "cam").iterdir()) == [".predict_overlays", "notes.txt"]
+
+    # A cam/ of the user's own holding files named as overlays: refused before scoring, never replaced.
+    mine = tmp_path / "mine" / "cam" / "00001_holiday.png"
+    mine.parent.mkdir(parents=True)
+    Image.fromarray(skimage_data.coffee()).save(mine)
+    refused = run_main(root, "task=predict", f"predict.input={photos / 'coffee.jpg'}", "predict.cam=true",
+                       f"predict.output={tmp_path}/mine/predictions.csv", data_dir=data, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "00001_holiday.png, ...) that no predict wrote" in error_lines(refused)[0]
+    assert mine.is_file() and not (tmp_path / "mine" / "predictions.csv").exists()
 
 
 def test_a_loader_worker_that_fails_does_not_keep_the_process_from_exiting(trained, user_folder, tmp_path):
