@@ -58,13 +58,23 @@ class OperatingPoint:
     temperature: float = 1.0
 
     @classmethod
-    def of(cls, stored: dict) -> OperatingPoint:
+    def of(cls, stored: dict, source: str = "the checkpoint") -> OperatingPoint:
+        """The point ``stored`` holds (a checkpoint, a sidecar); CheckpointError naming ``source`` for a
+        threshold that is no p(fake) or a temperature that is no positive number (an edited file)."""
         temperature, threshold = stored.get("temperature"), stored.get("threshold")
-        return cls(
-            threshold=None if threshold is None else float(threshold),
-            policy=stored.get("threshold_policy"),
-            temperature=1.0 if temperature is None else float(temperature),
-        )
+        try:
+            scale = 1.0 if temperature is None else math.nan if isinstance(temperature, bool) else float(temperature)
+            point = cls(
+                threshold=None if threshold is None else check_threshold(threshold, "threshold"),
+                policy=stored.get("threshold_policy"),
+                temperature=scale,
+            )
+        except (ConfigError, TypeError, ValueError):
+            point = None
+        if point is None or not (math.isfinite(point.temperature) and point.temperature > 0):
+            raise CheckpointError(f"{source} holds a damaged operating point (threshold {threshold!r}, temperature "
+                                  f"{temperature!r}): it was edited or damaged; use an unedited copy")  # fmt: skip
+        return point
 
     def rule(self, override: float | None, key: str, model: str, *, latest_epoch: bool = False) -> DecisionRule:
         """The rule a task applies: this threshold, unless the setting ``key`` gives ``override``; this
@@ -84,4 +94,4 @@ def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> 
     unless ``threshold_override`` (``eval.threshold``) is given."""
     model = f"checkpoint {checkpoint.get('run_name') or ''}".rstrip()
     latest = checkpoint.get("kind") == "last"
-    return OperatingPoint.of(checkpoint).rule(threshold_override, "eval.threshold", model, latest_epoch=latest)
+    return OperatingPoint.of(checkpoint, model).rule(threshold_override, "eval.threshold", model, latest_epoch=latest)

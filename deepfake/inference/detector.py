@@ -43,7 +43,7 @@ def load_detector(path: str | os.PathLike) -> Detector:
         return load_onnx_detector(path)
     checkpoint = load_checkpoint(path)
     model = detector_from_checkpoint(checkpoint)
-    point = OperatingPoint.of(checkpoint)
+    point = OperatingPoint.of(checkpoint, str(path))
     return Detector(
         model=model,
         preprocess=model.preprocess,  # the checkpoint's own, img_size included

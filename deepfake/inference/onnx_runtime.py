@@ -15,7 +15,7 @@ import torch
 from deepfake.data.manifest import file_sha256
 from deepfake.data.transforms import interpolation_mode
 from deepfake.errors import CheckpointError, ConfigError
-from deepfake.evaluation.decision import OperatingPoint, check_threshold
+from deepfake.evaluation.decision import OperatingPoint
 from deepfake.inference.detector import Detector
 from deepfake.inference.onnx_export import (
     IDENTITY_NORMALISATION,
@@ -108,10 +108,8 @@ def _fields(meta: dict, sidecar: Path) -> tuple[int, str, int, OperatingPoint]:
     try:
         img_size, real_label = int(meta["img_size"]), int(meta["labels"]["training_csv_real_label"])
         interpolation_mode(meta["interpolation"])
-        point = OperatingPoint.of(meta)
-        if point.threshold is not None:
-            check_threshold(point.threshold)
-    except (KeyError, TypeError, ValueError, ConfigError):
+        point = OperatingPoint.of(meta, str(sidecar))
+    except (KeyError, TypeError, ValueError, ConfigError, CheckpointError):
         raise refused from None
     if not (img_size > 0 and real_label in (0, 1) and point.temperature > 0):
         raise refused

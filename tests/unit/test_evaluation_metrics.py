@@ -269,3 +269,16 @@ def test_the_roc_and_pr_plots_quote_the_auc_and_ap_of_the_logits_as_the_metrics_
     plots.pr_png(targets, logits)
     legends = [text.get_text() for fig in figures for text in fig.axes[0].get_legend().get_texts()]
     assert "AUC 1.0000" in legends and "AP 1.0000" in legends
+
+
+@pytest.mark.parametrize("stored", [{"threshold": "abc"}, {"threshold": 1.5}, {"threshold": 0.5, "temperature": 0},
+                                    {"threshold": 0.5, "temperature": "hot"}, {"threshold": True}])  # fmt: skip
+def test_an_edited_operating_point_is_named_in_one_line(stored):
+    """float("abc") of a hand-edited best.pth was a traceback in test, cam and predict."""
+    from deepfake.errors import CheckpointError
+    from deepfake.evaluation.decision import OperatingPoint
+
+    with pytest.raises(CheckpointError, match=r"^x.pth holds a damaged operating point \(threshold "):
+        OperatingPoint.of(stored, "x.pth")
+    point = OperatingPoint.of({"threshold": 0.25, "temperature": 2, "threshold_policy": "eer"}, "x.pth")
+    assert (point.threshold, point.temperature, point.policy) == (0.25, 2.0, "eer")
