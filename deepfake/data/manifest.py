@@ -45,9 +45,13 @@ def image_files(root: str | os.PathLike) -> list[str]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in blocks (a 20 GB file is never in memory at once)."""
+    """The sha256 of a file's bytes, read in 1 MiB blocks (a 20 GB file is never in memory at once;
+    hashlib.file_digest would do it, but only from Python 3.11, and 3.10 is supported)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def image_sha256s_remembered(paths: Sequence[str], memo_dir: str | os.PathLike,

@@ -60,7 +60,7 @@ def _dispatch(cfg: DictConfig, loaded: Callable[[], None] | None = None):
 def _check_seed(seed) -> None:
     """A whole number in [0, 2**63): text, 1.5 or a 20-digit seed was a traceback from int(), numpy or
     torch.manual_seed, after the data had been read."""
-    if seed is not None and not 0 <= values.number(seed, "seed", int) < 2**63:
+    if not 0 <= values.number(seed, "seed", int) < 2**63:  # null too: None % 2**32 further on
         raise ConfigError(f"seed={seed} must be a whole number from 0 to 2**63 - 1")
 
 

@@ -224,6 +224,7 @@ def test_launches_in_the_same_second_get_their_own_run_dirs(tmp_path):
     ("phase.head_epochs=abc", "phase.head_epochs=abc is not an integer"),
     ("seed=1.5", "seed=1.5 is not an integer"),  # int(), numpy or torch.manual_seed's traceback
     ("seed=99999999999999999999", "seed=99999999999999999999 must be a whole number from 0 to 2**63 - 1"),
+    ("seed=null", "seed=None is not an integer"),
 ])  # fmt: skip
 def test_a_bad_setting_is_refused_before_the_scan_and_the_dir_stays_free(tmp_path, main_runner, mistake, said):
     """Found after the images were scanned, it left a used run dir, which refused the corrected command."""
