@@ -108,9 +108,9 @@ def _fields(meta: dict, sidecar: Path) -> tuple[int, str, int, OperatingPoint]:
     try:
         img_size, real_label = int(meta["img_size"]), int(meta["labels"]["training_csv_real_label"])
         interpolation_mode(meta["interpolation"])
-        point = OperatingPoint.of(meta, str(sidecar))
+        point = OperatingPoint.of(meta, str(sidecar))  # checks the threshold and temperature itself
     except (KeyError, TypeError, ValueError, ConfigError, CheckpointError):
         raise refused from None
-    if not (img_size > 0 and real_label in (0, 1) and point.temperature > 0):
+    if not (img_size > 0 and real_label in (0, 1)):
         raise refused
     return img_size, str(meta["interpolation"]), real_label, point
