@@ -167,12 +167,13 @@ def _failed_before_any_output(run_dir: Path) -> bool:
     return failed and all(path.name in kept for path in run_dir.iterdir())
 
 
-def _refused_before_any_checkpoint(run_dir: Path) -> bool:
-    """A run refused for a user's mistake (dataset.batch_size=0, a missing CSV) before it saved a
-    checkpoint: resuming it runs the same command again, to the same error; nothing in it can go on."""
+def _refusal_before_any_checkpoint(run_dir: Path) -> str | None:
+    """The error of a run refused for a user's mistake (dataset.batch_size=0, a missing CSV) before it
+    saved a checkpoint, else None: resuming it runs the same command again, to the same error."""
     status = read_status(run_dir) or {}
     saved = any((run_dir / name).is_file() for name in ("last.pth", "best.pth"))
-    return status.get("status") == "failed" and status.get("exit_code") == EXIT_USER_ERROR and not saved
+    refused = status.get("status") == "failed" and status.get("exit_code") == EXIT_USER_ERROR and not saved
+    return str(status.get("error")) if refused else None
 
 
 def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
@@ -192,8 +193,8 @@ def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
             refuse_if_held(run_dir, values.lock_stale_after_s(cfg))
         except RunDirLocked:
             return "a live process is writing it"
-        if _refused_before_any_checkpoint(run_dir):
-            return f"it failed on a user's mistake before saving a checkpoint ({(read_status(run_dir) or {}).get('error')})"
+        if (error := _refusal_before_any_checkpoint(run_dir)) is not None:
+            return f"it failed on a user's mistake before saving a checkpoint ({error})"
         return None
 
     passed_over = []
