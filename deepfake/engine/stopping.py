@@ -29,9 +29,18 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._unannounced = False  # a signal arrived and the log does not say so yet
 
     @property
     def requested(self) -> bool:
+        """Polled by the training loop after every batch, which is where a received signal is logged:
+        not in the handler (see :meth:`listening`)."""
+        if self._unannounced:
+            self._unannounced = False
+            log.warning(
+                "%s received: stopping after the current batch to save last.pth (send it again to quit at once)",
+                signal.Signals(self.signum).name,
+            )
         return self.signum is not None
 
     @contextmanager
@@ -42,13 +51,12 @@ class StopRequest:
         previous = self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
         def on_signal(signum: int, _frame) -> None:
-            self.signum = signum
+            # No logging here: Python runs the handler between two bytecodes of the main thread, which
+            # may be inside a log handler writing run.log, and a buffered file refuses a write from
+            # within its own write ("RuntimeError: reentrant call"), a traceback on the console.
+            self.signum, self._unannounced = signum, True
             for other, handler in previous.items():
                 signal.signal(other, handler)
-            log.warning(
-                "%s received: stopping after the current batch to save last.pth (send it again to quit at once)",
-                signal.Signals(signum).name,
-            )
 
         for signum in STOP_SIGNALS:
             signal.signal(signum, on_signal)
