@@ -25,7 +25,7 @@ def trainer_options(cfg: DictConfig, device: torch.device, model: torch.nn.Modul
     train = cfg.train
     return {
         "make_optimizer": _optimizer(cfg.optimizer, device),
-        "make_scheduler": instantiate(cfg.scheduler),
+        "make_scheduler": _scheduler(cfg.scheduler),
         "precision": resolve_precision(train.precision, device),
         "accumulate_grad_batches": positive_int(train.accumulate_grad_batches, "train.accumulate_grad_batches"),
         "grad_clip_norm": _clip_norm(train.grad_clip_norm),
@@ -64,9 +64,30 @@ def _optimizer(settings: DictConfig, device: torch.device):
     try:
         make([{"params": [torch.zeros(1, device=device, requires_grad=True)]}])
     except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: settings that exclude each other
-        shown = ", ".join(f"{key}={value}" for key, value in settings.items() if not str(key).startswith("_"))
-        raise ConfigError(f"optimizer ({shown}) cannot be built: {' '.join(str(err).split())}") from None
+        raise _cannot_build("optimizer", settings, err) from None
     return make
+
+
+def _scheduler(settings: DictConfig):
+    """``scheduler``'s factory, tried on a throwaway optimizer through a warm-up and a decay step, as
+    the trainer uses it: ``lr_min=abc`` fails only when the schedule is first computed, and a negative
+    ``lr_min`` in timm's assertion, with no message."""
+    make = instantiate(settings)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        schedule = make(optimizer, t_initial=10, warmup_t=2)
+        for step in (0, 1, 5):  # per step (the trainer's way) and per epoch: whichever it computes
+            schedule.step_update(step)
+            schedule.step(step)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise _cannot_build("scheduler", settings, err) from None
+    return make
+
+
+def _cannot_build(group: str, settings: DictConfig, err: Exception) -> ConfigError:
+    shown = ", ".join(f"{key}={value}" for key, value in settings.items() if not str(key).startswith("_"))
+    reason = " ".join(str(err).split()) or f"{type(err).__name__} in {settings.get('_target_')}"
+    return ConfigError(f"{group} ({shown}) cannot be built: {reason}")
 
 
 def _clip_norm(value) -> float | None:

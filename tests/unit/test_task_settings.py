@@ -175,3 +175,24 @@ def test_each_predictions_file_has_its_own_metrics_and_overlays_beside_it(tmp_pa
         tmp_path / "b.cam",
     }
     assert metrics_file(tmp_path / "a.csv") == tmp_path / "a.metrics.json"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.weight_decay=abc", r"optimizer \(.*weight_decay=abc.*\) cannot be built"),
+    ("scheduler.lr_min=abc", r"scheduler \(lr_min=abc, .*\) cannot be built: '>=' not supported"),
+    # timm asserts lr_min >= 0 with no message: the message names the scheduler class
+    ("scheduler.lr_min=-1", r"scheduler \(lr_min=-1, .*\) cannot be built: AssertionError in timm"),
+    ("scheduler.warmup_lr_init=low", r"scheduler \(.*warmup_lr_init=low.*\) cannot be built"),
+    ("+scheduler.cycle_limt=2", r"scheduler \(.*cycle_limt=2\) cannot be built: .*unexpected keyword"),
+])  # fmt: skip
+def test_an_optimizer_or_scheduler_setting_it_cannot_use_is_one_line_before_training(override, message):
+    """A scheduler typo ran the whole image scan, then ended in timm's traceback at the first phase."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from deepfake.tasks.trainer_options import trainer_options
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[override])
+    with pytest.raises(ConfigError, match=message):
+        trainer_options(cfg, torch.device("cpu"), torch.nn.Linear(2, 1))
