@@ -9,6 +9,7 @@ them, and every timm model works unchanged. The model records how it was made
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def detector_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     spec = checkpoint.get("model_spec")
     if not isinstance(spec, dict) or "name" not in spec:
         raise CheckpointError("the checkpoint does not describe its model (no model_spec); was it written by deepfake?")
-    preprocess = checkpoint.get("preprocess", {})
+    preprocess = _checked_preprocess(checkpoint.get("preprocess") or {})
     model = create_detector(
         spec["name"],
         mean=preprocess.get("mean"),
@@ -96,6 +97,30 @@ def detector_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
         raise CheckpointError(f"the checkpoint's weights do not fit {spec['name']}: {_one_line(err)}") from err
     model.preprocess["img_size"] = preprocess.get("img_size")
     return model
+
+
+def _checked_preprocess(preprocess: dict) -> dict:
+    """The checkpoint's framing, refused in one line where it cannot frame an image: a damaged or
+    hand-edited file with ``img_size`` 0 ended in a loader worker's traceback, a zero ``std`` in
+    scores of NaN."""
+    if not isinstance(preprocess, dict):
+        raise CheckpointError(f"the checkpoint's preprocess is {type(preprocess).__name__}, not a mapping")
+    size = preprocess.get("img_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise CheckpointError(f"the checkpoint's preprocess.img_size={size!r} is not a positive whole number of "
+                              "pixels; is the file damaged or edited?")  # fmt: skip
+    for key in ("mean", "std"):
+        values = preprocess.get(key)
+        if values is None:
+            continue
+        if not (isinstance(values, (list, tuple)) and len(values) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):  # fmt: skip
+            raise CheckpointError(f"the checkpoint's preprocess.{key}={values!r} is not three finite numbers "
+                                  "(one per colour channel); is the file damaged or edited?")  # fmt: skip
+        if key == "std" and min(values) <= 0:
+            raise CheckpointError(f"the checkpoint's preprocess.std={values!r} holds a value that is not positive "
+                                  "(images are divided by it); is the file damaged or edited?")  # fmt: skip
+    return preprocess
 
 
 def _one_line(err: BaseException, limit: int = 400) -> str:

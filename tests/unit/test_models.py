@@ -81,3 +81,23 @@ def test_a_saved_cvt_is_rebuilt_with_the_activation_its_weights_chose(tmp_path):
 def test_an_argument_the_model_does_not_take_is_a_config_error():
     with pytest.raises(ConfigError, match=r"backbone test_resnet does not take \['no_such_arg'\]"):
         create_detector("test_resnet", no_such_arg=1)
+
+
+@pytest.mark.parametrize(("preprocess", "message"), [
+    ({"img_size": 0}, r"preprocess.img_size=0 is not a positive whole number"),  # a loader worker's traceback
+    ({"img_size": 32.5}, r"preprocess.img_size=32.5 is not"),
+    ({"img_size": True}, r"preprocess.img_size=True is not"),
+    ({"img_size": 32, "std": [0.5, 0.0, 0.5]}, r"preprocess.std=\[0.5, 0.0, 0.5\] holds a value that is not positive"),
+    ({"img_size": 32, "mean": [0.5, 0.5]}, r"preprocess.mean=\[0.5, 0.5\] is not three finite numbers"),
+    ({"img_size": 32, "mean": [0.5, "x", float("nan")]}, r"preprocess.mean=.* is not three finite numbers"),
+    ([32], r"the checkpoint's preprocess is list, not a mapping"),
+])  # fmt: skip
+def test_a_checkpoint_whose_framing_cannot_frame_an_image_is_refused_in_one_line(preprocess, message):
+    from deepfake.models import detector_from_checkpoint
+
+    model = create_detector("test_resnet")
+    checkpoint = {"model_spec": model.detector_spec, "model": model.state_dict(), "preprocess": preprocess}
+    with pytest.raises(CheckpointError, match=message):
+        detector_from_checkpoint(checkpoint)
+    good = {**checkpoint, "preprocess": {"img_size": 32, **model.preprocess}}
+    assert detector_from_checkpoint(good).preprocess["img_size"] == 32
