@@ -47,16 +47,18 @@ class EpochEnd:
         """``train/loss`` over the batches since the last call (this rank's), and the learning rates, once
         per optimizer step: mid accumulation window (train.log_every_n_batches below it) the interval
         goes on to the window's step instead of logging its step again."""
-        if self.state.step == self._logged_step:
+        state = self.state
+        if state.step == state.logged_step:
             return
-        self._logged_step = self.state.step
-        loss_sum, samples = self._logged_loss
-        if self.state.epoch_samples > samples and self.loggers:
-            interval_loss = (self.state.epoch_loss_sum - loss_sum) / (self.state.epoch_samples - samples)
+        if state.epoch_samples > state.logged_samples and self.loggers:
+            interval_loss = (state.epoch_loss_sum - state.logged_loss_sum) / (
+                state.epoch_samples - state.logged_samples
+            )
             metrics = {"train/loss": interval_loss, **{f"lr/{part}": lr for part, lr in self._part_lrs().items()}}
             for logger in self.loggers:
-                logger.log_metrics(metrics, step=self.state.step)
-        self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
+                logger.log_metrics(metrics, step=state.step)
+        state.logged_step, state.logged_loss_sum, state.logged_samples = (
+            state.step, state.epoch_loss_sum, state.epoch_samples)  # fmt: skip
 
     def _part_lrs(self) -> dict[str, float]:
         """The backbone's and the head's base learning rate now, as metrics_log.csv has them (before
@@ -134,6 +136,7 @@ class EpochEnd:
         self.state.epoch_in_phase += 1
         self.state.phase_epochs[phase.name] = self.state.phase_epochs.get(phase.name, 0) + 1
         self.state.batches_done, self.state.epoch_loss_sum, self.state.epoch_samples = 0, 0.0, 0
+        self.state.logged_loss_sum, self.state.logged_samples = 0.0, 0
         self.state.epoch_lrs = None
         return {
             "phase": phase.name,

@@ -36,6 +36,12 @@ class TrainerState:
     epoch_loss_sum: float = 0.0
     epoch_samples: int = 0
     epoch_lrs: dict | None = None
+    # The last train/loss point: its optimizer step, and the epoch's loss sum and samples then. Saved
+    # so that a run stopped between two points logs, once resumed, the very points of a run never
+    # stopped (the next one over the same batches), not one at the stop and one over the rest.
+    logged_step: int = 0
+    logged_loss_sum: float = 0.0
+    logged_samples: int = 0
     # Why the run is no longer an exact continuation of itself (a resume without optimizer state), or None.
     not_exact: str | None = None
     # Completed epochs per phase name: what an ended phase trained, which its epoch_in_phase (0 once it
@@ -145,6 +151,9 @@ class Checkpointing:
         state, saved = TrainerState(**checkpoint["trainer_state"]), self._saved_loader(checkpoint)
         if "phase_epochs" not in checkpoint["trainer_state"] and state.epoch_in_phase:  # an older last.pth
             state.phase_epochs = {checkpoint.get("phase"): state.epoch_in_phase}  # the stopped phase's, so far
+        if "logged_step" not in checkpoint["trainer_state"]:  # an older last.pth logged a point at its stop
+            state.logged_step, state.logged_loss_sum, state.logged_samples = (
+                state.step, state.epoch_loss_sum, state.epoch_samples)  # fmt: skip
         now = (self.ranks.world_size, self.train_loader.batch_size, self.accumulate)
         then = (saved["world_size"], saved["batch_size"], saved.get("accumulate", self.accumulate))  # older: unsaid
         if state.batches_done and then != now:

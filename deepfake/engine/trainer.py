@@ -273,8 +273,6 @@ class Trainer(EpochEnd, Checkpointing):
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.start(self.state.epoch_loss_sum)
-        self._logged_loss = (self.state.epoch_loss_sum, self.state.epoch_samples)
-        self._logged_step = self.state.step
         try:
             for i, batch in enumerate(loader, start=done):
                 if i == done:
@@ -284,7 +282,8 @@ class Trainer(EpochEnd, Checkpointing):
                     self._read_losses()  # the host waits for the device here, not on every step
                     self.checkpoints.check()  # a background write that failed ends the run now
                     progress.update(batches_bar, completed=i + 1, status=f"loss {self._epoch_loss():.4f}")
-                    self._log_interval()
+                    if (i + 1) % self.log_every == 0 or i + 1 == n_batches:  # a stop between two: last.pth
+                        self._log_interval()  # keeps where the interval began, and the resume logs it whole
                 if stop:
                     self._save_last(phase, val_metrics=None)
                     return False

@@ -280,3 +280,39 @@ def test_a_last_pth_of_an_older_version_counts_its_stopped_phase_from_its_own_ep
     del older["trainer_state"]["phase_epochs"]
     resumed = stripes_trainer(tmp_path, phases)
     assert resumed.fit(older).phase_epochs == {"head": 2, "finetune": 1}
+
+
+def test_a_run_stopped_between_two_loss_points_logs_once_resumed_the_points_of_a_run_never_stopped(tmp_path):
+    """A stop logged train/loss at the stop's step and the resume the rest of the interval: two points
+    (and lr/*) where the uninterrupted run has one. Under accumulation the stop's step could also be
+    the step of the next point, which the resume then left out."""
+    from deepfake.tracking.loggers import Tracker
+
+    class Recorder(Tracker):
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step):
+            self.logged.append((step, metrics))
+
+    phases = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
+    # 12 batches of 4 an epoch, a step every 2, a point every 3 batches: at batch 9 the step is 4, as at
+    # the stop after batch 8.
+    options = {"batch_size": 4, "accumulate_grad_batches": 2, "log_every_n_batches": 3}
+    straight = Recorder()
+    stripes_trainer(tmp_path / "straight", phases, loggers=[straight], **options).fit()
+
+    before, after = Recorder(), Recorder()
+    stopped = _stop_after(stripes_trainer(tmp_path / "run", phases, loggers=[before], **options), 4)
+    stopped.fit()
+    stopped.close()
+    assert stopped.stopped_early and stopped.state.batches_done == 8
+    resumed = stripes_trainer(tmp_path / "run", phases, loggers=[after], **options)
+    resumed.fit(load_checkpoint(tmp_path / "run" / "last.pth"))
+    resumed.close()
+
+    def losses(recorder):
+        return [(step, metrics["train/loss"]) for step, metrics in recorder.logged if "train/loss" in metrics]
+
+    assert [step for step, _ in losses(straight)] == [1, 3, 4, 6, 7, 9, 10, 12]  # batches 3, 6, 9, 12 of each epoch
+    assert losses(before) + losses(after) == losses(straight)  # the very values: same sums, same order
