@@ -33,6 +33,14 @@ def safe_stem(text: str, limit: int = 60) -> str:
     return re.sub(r"[^\w.-]+", "_", text)[:limit] or "image"
 
 
+def check_explainer(model: torch.nn.Module, method: str, target_layer: str | None, batch_size: int) -> None:
+    """Raise the ConfigError the Explainer gives an unknown method or layer, before anything is scored or
+    written: a run refused only at its overlays had already replaced the predictions they go with. The
+    explainer is built, as write_overlays will build it, and its hooks taken off again at once (left on,
+    they would keep every scoring batch's activations)."""
+    Explainer(model, method, target_layer, batch_size).close()
+
+
 def write_overlays(
     model: torch.nn.Module,
     dataset,
@@ -51,13 +59,14 @@ def write_overlays(
     if foreign := foreign_overlays(out_dir):
         raise DataError(f"{out_dir} holds {len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no "
                         "predict wrote; they would be replaced")  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in overlays_in(out_dir):
-        path.unlink()
-    (out_dir / OVERLAYS_MARK).write_text("overlays of task=predict; each run replaces them\n", encoding="utf-8")
+    # Built first: it refuses an unknown method or layer, which must leave the earlier overlays in place.
     explainer = Explainer(model, method, target_layer, batch_size)
     written = []
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in overlays_in(out_dir):
+            path.unlink()
+        (out_dir / OVERLAYS_MARK).write_text("overlays of task=predict; each run replaces them\n", encoding="utf-8")
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             images = torch.stack([dataset[entry.item]["image"] for entry in chunk])

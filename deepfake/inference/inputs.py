@@ -17,6 +17,7 @@ from deepfake.data.csv_dataset import image_path_column, labels_to_targets, read
 from deepfake.data.images import IMAGE_SUFFIXES
 from deepfake.data.scan import not_utf8
 from deepfake.errors import DataError
+from deepfake.inference.predictions import OVERLAYS_MARK
 
 CSV_EXTENSIONS = frozenset({".csv"})
 
@@ -82,12 +83,14 @@ def discover_inputs(
 def _walk_folder(folder: Path) -> ImageInputs:
     """Every image file under ``folder``: a folder's own files in sorted order, then its subfolders in
     sorted order, depth first. Symlinked folders are followed once (a link back up the tree would
-    otherwise loop forever); paths are kept as found, not resolved."""
+    otherwise loop forever); paths are kept as found, not resolved. A subfolder holding an earlier
+    predict's overlays (marked by it) is no input: predicting a folder into itself with overlays, then
+    elsewhere, scored its panels as photos."""
     images, skipped = [], []
     visited: set[tuple[int, int]] = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
         stat = os.stat(current)
-        if (stat.st_dev, stat.st_ino) in visited:
+        if (stat.st_dev, stat.st_ino) in visited or (current != str(folder) and OVERLAYS_MARK in files):
             dirs[:] = []
             continue
         visited.add((stat.st_dev, stat.st_ino))

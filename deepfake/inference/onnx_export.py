@@ -207,6 +207,30 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
+def is_own_sidecar(path: Path) -> bool:
+    """Whether ``path`` is a model.json an export wrote (its format and the keys that tie it to its graph),
+    so replacing it loses nothing of the user's."""
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(written, dict) and written.get("format") == SIDECAR_FORMAT and {
+        "onnx_file", "onnx_sha256", "source_checkpoint"} <= written.keys()  # fmt: skip
+
+
+def is_own_onnx(path: Path) -> bool:
+    """Whether ``path`` is a graph an export wrote: an ONNX model taking ``image`` and giving ``p_fake``
+    (another ONNX model, or any other file, is the user's)."""
+    import onnx  # the export extra, as onnxruntime
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except (OSError, DecodeError):
+        return False
+    return [item.name for item in graph.input] == [INPUT_NAME] and [item.name for item in graph.output] == [OUTPUT_NAME]
+
+
 def sidecar(detector: Detector, onnx_path: Path, verification: Verification, onnxruntime) -> dict:
     """model.json: how to feed the graph, how to read its output, and where it came from."""
     preprocess, point, checkpoint = detector.preprocess, detector.operating_point, detector.checkpoint
@@ -230,8 +254,10 @@ def sidecar(detector: Detector, onnx_path: Path, verification: Verification, onn
         "labels": {"positive_class": "fake", "rule": "fake when p_fake >= threshold, else real",
                    "training_csv_real_label": detector.real_label},
         "backbone": checkpoint.get("model_spec"),
+        # kind: "best" or "last" (a last.pth holds no threshold: its run's choice is in best.pth)
         "source_checkpoint": {"path": str(detector.source), "sha256": file_sha256(detector.source),
-                              "run_name": checkpoint.get("run_name"), "epoch": checkpoint.get("epoch")},
+                              "kind": checkpoint.get("kind"), "run_name": checkpoint.get("run_name"),
+                              "epoch": checkpoint.get("epoch")},
         "verification": {"onnxruntime": onnxruntime.__version__, "tolerance": verification.tolerance,
                          "max_abs_difference": verification.differences},
         "torch": torch.__version__,

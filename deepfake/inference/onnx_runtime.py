@@ -78,6 +78,7 @@ def load_onnx_detector(path: Path) -> Detector:
     meta = read_sidecar(path)
     img_size, interpolation, real_label, point = _fields(meta, sidecar_path(path))
     model = OnnxDetector(path, point.temperature)
+    source = meta.get("source_checkpoint") if isinstance(meta.get("source_checkpoint"), dict) else {}
     # The sidecar's checksum covers the graph, not the sidecar: an edited img_size would reach
     # onnxruntime as a shape error on the first batch.
     height, width = model.session.get_inputs()[0].shape[2:]
@@ -93,9 +94,20 @@ def load_onnx_detector(path: Path) -> Detector:
         real_label=real_label,
         checkpoint={
             "model_spec": meta.get("backbone"),
-            "run_name": (meta.get("source_checkpoint") or {}).get("run_name"),
+            "run_name": source.get("run_name"),
+            "kind": _source_kind(source),
+            "source_path": source.get("path"),
         },
     )
+
+
+def _source_kind(source: dict) -> str | None:
+    """The kind of checkpoint exported ("best", "last"): recorded in the sidecar, or, in one written before
+    it was, told by the checkpoint's name; a last.pth's export then gets a last.pth's advice."""
+    kind = source.get("kind")
+    if kind is None and Path(str(source.get("path") or "")).name == "last.pth":
+        return "last"
+    return kind if isinstance(kind, str) else None
 
 
 def _fields(meta: dict, sidecar: Path) -> tuple[int, str, int, OperatingPoint]:

@@ -7,6 +7,7 @@ the score of the black stand-in it was replaced by says nothing about the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -105,3 +106,16 @@ def overlays_in(out_dir: Path) -> list[Path]:
 def foreign_overlays(out_dir: Path) -> list[Path]:
     """Files named as overlays in a folder that no predict marked as its own: the user's, never replaced."""
     return [] if (out_dir / OVERLAYS_MARK).is_file() else overlays_in(out_dir)
+
+
+def remove_overlays(out_dir: Path) -> None:
+    """An earlier predict's overlays in ``out_dir``, its mark and, left empty, the folder: the predictions
+    they explained are being replaced by ones without overlays, which they would seem to explain. Only a
+    folder predict marked as its own is touched, and in it only the files named as overlays."""
+    if not (out_dir / OVERLAYS_MARK).is_file():
+        return
+    for path in overlays_in(out_dir):
+        path.unlink()
+    (out_dir / OVERLAYS_MARK).unlink()
+    with contextlib.suppress(OSError):  # not empty: a file of the user's put there stays, and the folder with it
+        out_dir.rmdir()

@@ -14,7 +14,14 @@ from omegaconf import DictConfig
 
 from deepfake.errors import ConfigError
 from deepfake.inference import discover_inputs, load_detector
-from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
+from deepfake.inference.onnx_export import (
+    export_onnx,
+    is_own_onnx,
+    is_own_sidecar,
+    onnx_modules,
+    sidecar_path,
+    verification_images,
+)
 from deepfake.tasks import checkpoints, values
 
 log = logging.getLogger(__name__)
@@ -33,13 +40,15 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"export.tolerance={settings.tolerance} must be a positive difference in p(fake)")
     count = values.positive_int(settings.verify_images, "export.verify_images")
     opset = None if settings.opset is None else values.positive_int(settings.opset, "export.opset")
+    _refuse_overwrite(output, settings.output)
     detector = load_detector(source)
     if detector.operating_point.threshold is None:
-        log.warning(
-            "%s holds no decision threshold (its training stopped before choosing one): model.json's "
-            "threshold is null, and task=predict on the export needs predict.threshold=<p_fake>",
-            source,
-        )
+        # A last.pth never holds one, however its run ended; any other checkpoint without one stopped early.
+        why = ("is a last.pth, which holds no decision threshold (its run's is in best.pth beside it: export that "
+               "with ckpt=<run dir>)" if detector.checkpoint.get("kind") == "last"
+               else "holds no decision threshold (its training stopped before choosing one)")  # fmt: skip
+        log.warning("%s %s: %s's threshold is null, and task=predict on the export needs predict.threshold=<p_fake>",
+                    source, why, sidecar_path(output).name)  # fmt: skip
     # Labels play no part in the check: a CSV's label column, whatever it holds, is not read.
     given = settings.verify_input
     paths = (
@@ -56,6 +65,20 @@ def run(cfg: DictConfig) -> float:
     log.info("wrote %s and %s; score with: python scripts/main.py task=predict ckpt=%s predict.input=<images>",
              output, sidecar_path(output), output)  # fmt: skip
     return verification.max_difference
+
+
+def _refuse_overwrite(output: Path, given) -> None:
+    """The graph and its sidecar replace only an earlier export's: export.output=user.onnx overwrote the
+    user's own user.json silently. Checked before anything is loaded or written."""
+    onnx_modules()  # reading an existing .onnx needs onnx: its one line, not an ImportError
+    sidecar = sidecar_path(output)
+    for path, ours, what in ((output, is_own_onnx, "an earlier export's graph"),
+                             (sidecar, is_own_sidecar, "an earlier export's sidecar")):  # fmt: skip
+        if path.is_dir():  # as atomic_path says it, but before the graph is written rather than after
+            raise ConfigError(f"cannot write {path}: a folder of that name is there; give a file name")
+        if path.exists() and not ours(path):
+            named = "" if path == output else f": {path}, where its sidecar goes,"
+            raise ConfigError(f"export.output={given or output}{named} exists and is not {what}; give another path")
 
 
 def default_output(checkpoint: Path) -> Path:

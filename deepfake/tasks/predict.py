@@ -26,9 +26,16 @@ from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
-from deepfake.errors import ConfigError, DataError
+from deepfake.errors import CheckpointError, ConfigError, DataError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
-from deepfake.inference.predictions import COLUMNS, damaged_reasons, foreign_overlays, item_rows, p_fake_per_item
+from deepfake.inference.predictions import (
+    COLUMNS,
+    damaged_reasons,
+    foreign_overlays,
+    item_rows,
+    p_fake_per_item,
+    remove_overlays,
+)
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import print_predict_summary
 from deepfake.tracking.checkpoint import atomic_write_text, make_folder
@@ -44,12 +51,10 @@ def run(cfg: DictConfig) -> float | None:
     top_k = values.positive_int(settings.top_k, "predict.top_k")
     values.positive_int(settings.batch_size, "predict.batch_size")
     detector = load_detector(checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt"))
-    if settings.cam and detector.kind == "onnx":
-        raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
-    # The model's own operating point, unless predict.threshold (eval.threshold by default) is given; a
-    # model stopped before choosing one gets no silent 0.5: task=test refuses it the same way.
-    rule = detector.operating_point.rule(settings.threshold, "predict.threshold", str(detector.source),
-                                         latest_epoch=detector.checkpoint.get("kind") == "last")  # fmt: skip
+    # Every setting is checked before anything is scored or written: a run refused after predictions.csv
+    # was replaced left it beside the earlier run's metrics and overlays, or without its own.
+    cam = _cam_settings(cfg, detector) if settings.cam else None
+    rule = _decision_rule(detector, settings)
     threshold = rule.threshold
     inputs = discover_inputs(
         settings.input, root_dir=settings.root_dir, path_column=settings.path_column,
@@ -57,12 +62,13 @@ def run(cfg: DictConfig) -> float | None:
         real_label=detector.real_label if settings.real_label is None else values.number(
             settings.real_label, "predict.real_label", int),
     )  # fmt: skip
+    summary = _summary_settings(cfg) if inputs.labelled else None
     out = _output_file(settings.output)
     if inputs.source == "folder":  # an earlier predict's overlays, written into the folder it scores, are no input
         own = overlays_dir(out).resolve()
         inputs.paths = [path for path in inputs.paths if not Path(path).resolve().is_relative_to(own)]
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
-    if settings.cam and (foreign := foreign_overlays(overlays_dir(out))):
+    if cam is not None and (foreign := foreign_overlays(overlays_dir(out))):
         raise ConfigError(f"predict.output={out}: {overlays_dir(out)}, where its overlays go, holds "
                           f"{len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no predict wrote; "
                           "give another predict.output")  # fmt: skip
@@ -83,17 +89,59 @@ def run(cfg: DictConfig) -> float | None:
         log.warning("damaged image, not scored: %s (%s)", path, reason)
     metrics = None
     if inputs.labelled and preds is not None:
-        metrics = _write_metrics(cfg, preds, rule, detector, out)
+        metrics = _write_metrics(cfg, summary, preds, rule, detector, out)
     else:  # the metrics of the predictions just replaced would now describe other scores
         metrics_file(out).unlink(missing_ok=True)
     overlays = None
-    if settings.cam:
+    if cam is not None:
         scored = [row for row, p_fake in zip(rows, frame["p_fake"]) if not np.isnan(p_fake)]
-        overlays = _explain(cfg, detector, dataset, scored, probs, threshold, overlays_dir(out))
+        overlays = _explain(cam, detector, dataset, scored, probs, threshold, overlays_dir(out))
+    else:  # nor may the overlays of the predictions just replaced stay, as if they explained these
+        remove_overlays(overlays_dir(out))
     log.info("%d row(s) in %s; %.1f images/s", len(frame), out, images_per_second)
     print_predict_summary(frame, inputs, out, threshold=threshold, top_k=top_k, images_per_second=images_per_second,
                           metrics=metrics, overlays=overlays)  # fmt: skip
     return metrics["auc"] if metrics else None
+
+
+def _cam_settings(cfg: DictConfig, detector) -> dict:
+    """predict.cam's settings from conf/cam, each checked (the method and layer by building the very
+    explainer the overlays use, on this model), and the device the overlays are computed on."""
+    if detector.kind == "onnx":
+        raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
+    from deepfake.inference.explain import check_explainer  # grad-cam only when asked
+
+    cam = {
+        "method": cfg.cam.method,
+        "target_layer": cfg.cam.target_layer,
+        "batch_size": values.positive_int(cfg.cam.batch_size, "cam.batch_size"),
+    }
+    check_explainer(detector.model, cam["method"], cam["target_layer"], cam["batch_size"])
+    return cam | {"device": cfg.train.device}
+
+
+def _decision_rule(detector, settings: DictConfig):
+    """The model's own operating point, unless predict.threshold (eval.threshold by default) is given; a
+    model stopped before choosing one gets no silent 0.5: task=test refuses it the same way. A last.pth,
+    or an export of one, never holds one however its run ended (the run's is in best.pth): what the
+    refusal says of it, not "resume that run"."""
+    latest = detector.checkpoint.get("kind") == "last"
+    point = detector.operating_point
+    if latest and detector.kind == "onnx" and settings.threshold is None and point.threshold is None:
+        exported = detector.checkpoint.get("source_path") or "a last.pth"
+        raise CheckpointError(f"{detector.source} is an export of {exported}, which holds no decision threshold: "
+                              "its run's is in best.pth beside it; export or score that, or pass "
+                              "predict.threshold=<p_fake>")  # fmt: skip
+    return point.rule(settings.threshold, "predict.threshold", str(detector.source), latest_epoch=latest)
+
+
+def _summary_settings(cfg: DictConfig):
+    """eval.*'s settings of a labelled input's metrics, checked before scoring."""
+    # Imported here: scikit-learn (with SciPy, ~1.4 s) is needed only for labelled input, and an
+    # unlabelled predict should not wait for it at start-up.
+    from deepfake.tasks.scoring import summary_settings
+
+    return summary_settings(cfg)
 
 
 def _rows_and_dataset(inputs, settings: DictConfig, detector):
@@ -209,16 +257,13 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     return preds.refuse_non_finite(str(detector.source))
 
 
-def _write_metrics(cfg: DictConfig, preds, rule, detector, out: Path) -> dict:
+def _write_metrics(cfg: DictConfig, summary, preds, rule, detector, out: Path) -> dict:
     """task=test's report of a labelled input (intervals, TPR at fixed FPRs, calibration, the decision
     rule), damaged stand-ins included as task=test counts them, so the same images give the same figures."""
-    # Imported here: scikit-learn (with SciPy, ~1.4 s) is needed only for labelled input, and an
-    # unlabelled predict should not wait for it at start-up.
-    from deepfake.evaluation.summary import summarise
-    from deepfake.tasks.scoring import summary_settings
+    from deepfake.evaluation.summary import summarise  # scikit-learn only for labelled input
 
     metrics = {
-        **summarise(preds.targets, preds.logits, rule, summary_settings(cfg)),
+        **summarise(preds.targets, preds.logits, rule, summary),
         "decision_rule": rule.as_dict(),
         "threshold_source": rule.source,
         "threshold_policy": rule.policy,
@@ -246,7 +291,7 @@ def metrics_file(out: Path) -> Path:
     return out.with_name("metrics_predict.json" if out.name == "predictions.csv" else f"{out.stem}.metrics.json")
 
 
-def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float, cam_dir: Path) -> Path:
+def _explain(cam: dict, detector, dataset, scored: list[Row], probs, threshold: float, cam_dir: Path) -> Path:
     """An overlay per scored row (damaged files and photos without a face have no score to explain)."""
     from deepfake.inference.explain import OverlayItem, safe_stem, write_overlays  # grad-cam only when asked
 
@@ -255,8 +300,8 @@ def _explain(cfg, detector, dataset, scored: list[Row], probs, threshold: float,
                     None if np.isnan(row.target) else ("fake" if row.target == 1 else "real"))
         for row in scored
     ]  # fmt: skip
-    model = detector.model.to(resolve_device(cfg.train.device))
-    write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cfg.cam.method,
-                   target_layer=cfg.cam.target_layer, batch_size=values.positive_int(cfg.cam.batch_size, "cam.batch_size"))  # fmt: skip
+    model = detector.model.to(resolve_device(cam["device"]))
+    write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cam["method"],
+                   target_layer=cam["target_layer"], batch_size=cam["batch_size"])  # fmt: skip
     log.info("CAM overlays of %d image(s): %s", len(items), cam_dir)
     return cam_dir

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import TINY, run_main
 from helpers import error_lines, only_dir
 from PIL import Image
@@ -285,14 +285,164 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
     assert mine.is_file() and not (tmp_path / "mine" / "predictions.csv").exists()
 
 
-def test_a_loader_worker_that_fails_does_not_keep_the_process_from_exiting(trained, user_folder, tmp_path):
-    """A worker's error (here from a checkpoint hand-edited to img_size 0) was reported, then the process
-    waited at exit for ever on the other workers, which ignore the SIGTERM multiprocessing ends them with."""
+def test_a_predict_stopped_while_its_loader_workers_run_exits(trained, tmp_path):
+    """Ctrl-C while workers load (what any error in the main process meets): the process waited at exit
+    for ever on the workers, which ignore the SIGTERM multiprocessing ends them with."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
     root, run, data = trained
-    checkpoint = torch.load(run / "best.pth", weights_only=True)
-    checkpoint["preprocess"]["img_size"] = 0
-    torch.save(checkpoint, tmp_path / "edited.pth")
-    result = run_main(root, "task=predict", f"ckpt={tmp_path / 'edited.pth'}", f"predict.input={user_folder[0]}",
-                      "predict.num_workers=2", f"predict.output={tmp_path / 'p.csv'}", data_dir=data, check=False,
-                      fresh=True, timeout=150)  # fmt: skip
-    assert result.returncode != 0 and "height and width must be > 0" in result.stdout + result.stderr
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = read(run / "predictions.csv")["path"].iloc[0]
+    for number in range(4000):  # long enough to be caught scoring (hard links: no bytes copied)
+        os.link(source, folder / f"{number:05d}.jpg")
+    argv = [sys.executable, "scripts/main.py", f"paths.root_dir={root}", f"paths.data_dir={data}", "task=predict",
+            f"ckpt={run}", f"predict.input={folder}", "predict.num_workers=2", "predict.batch_size=8",
+            f"predict.output={tmp_path / 'p.csv'}"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPFAKE_ROOT": str(root)}
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(psutil.Process(proc.pid).children()) < 2:  # the two loader workers are up
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the process did not exit after Ctrl-C: it waits on its loader workers") from None
+    assert proc.returncode == 130 and "stopped by Ctrl-C (SIGINT)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.csv").exists()  # nothing half-written
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included), by relative path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def labelled_with_overlays(trained, tmp_path_factory):
+    """A labelled predict with overlays (predictions.csv, metrics_predict.json, cam/), and a smaller labelled
+    CSV whose predictions would differ from them: a refused run must leave the first output as it was."""
+    root, _, data = trained
+    synthetic = data / "synthetic" / "32px"
+    images = synthetic / "real_vs_fake" / "real-vs-fake"
+    out = tmp_path_factory.mktemp("earlier") / "out"
+    run_main(root, "task=predict", f"predict.input={synthetic / 'test.csv'}", f"predict.root_dir={images}",
+             f"predict.output={out}/", "predict.cam=true", "cam.target_layer=layer2", data_dir=data)  # fmt: skip
+    smaller = out.parent / "smaller.csv"
+    pd.read_csv(synthetic / "test.csv").head(4).to_csv(smaller, index=False)
+    return out, [f"predict.input={smaller}", f"predict.root_dir={images}"]
+
+
+def refused_without_a_trace(trained, labelled_with_overlays, tmp_path, *overrides: str, said: str) -> None:
+    """A copy of the earlier output, predicted into again with ``overrides``: one line, exit 2, nothing changed."""
+    root, _, data = trained
+    earlier, smaller = labelled_with_overlays
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    before = snapshot(out)
+    assert len([name for name in before if name.startswith("cam/")]) > 1, before.keys()  # overlays to keep
+    result = run_main(root, "task=predict", *smaller, f"predict.output={out}/", *overrides, data_dir=data,
+                      check=False)  # fmt: skip
+    errors = error_lines(result)
+    assert result.returncode == 2 and len(errors) == 1 and said in errors[0], result.stdout + result.stderr
+    assert snapshot(out) == before  # predictions, metrics and overlays neither replaced nor removed
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [("cam.method=nosuch", "cam.method='nosuch'"), ("cam.target_layer=nosuch.layer", "cam.target_layer='nosuch.layer'"),
+     ("cam.batch_size=0", "cam.batch_size")],
+)  # fmt: skip
+def test_a_bad_cam_setting_is_refused_before_anything_is_written(trained, labelled_with_overlays, tmp_path, setting,
+                                                                 said):  # fmt: skip
+    """Checked only at the overlays, it replaced predictions.csv and deleted the earlier overlays first."""
+    refused_without_a_trace(trained, labelled_with_overlays, tmp_path, "predict.cam=true", setting, said=said)
+
+
+@pytest.mark.parametrize(
+    "setting", ["eval.bootstrap=-1", "eval.confidence=2", "eval.tpr_at_fpr=[1.5]", "eval.ece_bins=0"]
+)
+def test_a_bad_eval_setting_is_refused_before_anything_is_written(trained, labelled_with_overlays, tmp_path, setting):
+    """Checked only at the metrics, it replaced predictions.csv, then left the earlier metrics beside it."""
+    refused_without_a_trace(trained, labelled_with_overlays, tmp_path, setting, said=setting.split("=")[0])
+
+
+def predicted_into_itself(trained, user_folder, tmp_path) -> Path:
+    """A folder of two photos predicted into itself with overlays: its predictions.csv and cam/."""
+    root, _, data = trained
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for name in ("a.jpg", "e.jpg"):
+        shutil.copy(user_folder[0] / name, folder / name)
+    run_main(root, "task=predict", f"predict.input={folder}", f"predict.output={folder}/", "predict.cam=true",
+             "cam.target_layer=layer2", data_dir=data)  # fmt: skip
+    assert sorted(p.name for p in (folder / "cam").glob("*.png")) == ["00000_a.png", "00001_e.png"]
+    return folder
+
+
+def test_an_earlier_predicts_overlays_in_the_input_folder_are_no_input(trained, user_folder, tmp_path):
+    """Predicted again into another output, the folder's cam/ overlays were scored as photos."""
+    root, _, data = trained
+    folder = predicted_into_itself(trained, user_folder, tmp_path)
+    run_main(root, "task=predict", f"predict.input={folder}", f"predict.output={tmp_path}/other/", data_dir=data)
+    assert read(tmp_path / "other" / "predictions.csv")["path"].tolist() == [str(folder / "a.jpg"),
+                                                                             str(folder / "e.jpg")]  # fmt: skip
+
+
+def test_a_rerun_without_cam_removes_the_earlier_overlays(trained, user_folder, tmp_path):
+    """Predicted again into the same output without predict.cam, the overlays stayed beside predictions that
+    no longer list them; a file of the user's there is not predict's to remove."""
+    root, _, data = trained
+    folder = predicted_into_itself(trained, user_folder, tmp_path)
+    (folder / "cam" / "notes.txt").write_text("mine")
+    run_main(root, "task=predict", f"predict.input={folder / 'a.jpg'}", f"predict.output={folder}/", data_dir=data)
+    assert sorted(p.name for p in (folder / "cam").iterdir()) == ["notes.txt"]
+    assert read(folder / "predictions.csv")["path"].tolist() == [str(folder / "a.jpg")]
+
+
+def test_export_refuses_to_replace_a_file_that_is_not_an_earlier_exports(trained, tmp_path):
+    """export.output=user.onnx overwrote the user's own user.json silently; an earlier export is replaced."""
+    root, run, data = trained
+    (tmp_path / "user.json").write_text('{"mine": true}')
+    (tmp_path / "notes.onnx").write_text("not a graph")
+    (tmp_path / "folder.json").mkdir()  # refused before the graph is written, not after
+    for output, kept, said in (
+        ("user.onnx", "user.json", f"{tmp_path / 'user.json'}, where its sidecar goes, exists and is not an earlier "
+                                   "export's sidecar"),
+        ("notes.onnx", "notes.onnx", "notes.onnx exists and is not an earlier export's graph"),
+        ("folder.onnx", "folder.json", f"cannot write {tmp_path / 'folder.json'}: a folder of that name is there"),
+    ):  # fmt: skip
+        before = snapshot(tmp_path)
+        result = run_main(root, "task=export", f"ckpt={run}", f"export.output={tmp_path / output}", data_dir=data,
+                          check=False)  # fmt: skip
+        assert result.returncode == 2 and len(error_lines(result)) == 1, result.stdout + result.stderr
+        assert said in error_lines(result)[0] and snapshot(tmp_path) == before, kept
+
+    for _ in range(2):  # the second replaces the first's graph and sidecar
+        run_main(root, "task=export", f"ckpt={run}", f"export.output={tmp_path / 'ours.onnx'}", data_dir=data)
+    assert json.loads((tmp_path / "ours.json").read_text())["onnx_file"] == "ours.onnx"
+
+
+def test_a_last_pth_and_its_export_point_to_best_pth_for_the_threshold(trained, user_folder, tmp_path):
+    """Exporting a finished run's last.pth warned that its training stopped before choosing a threshold, and
+    predict on the export said to resume that run: a last.pth never holds one, its run's is in best.pth."""
+    root, run, data = trained
+    exported = run_main(root, "task=export", f"ckpt={run / 'last.pth'}", f"export.output={tmp_path / 'last.onnx'}",
+                        data_dir=data)  # fmt: skip
+    log = exported.stdout + exported.stderr
+    assert "is a last.pth, which holds no decision threshold" in log and "stopped before choosing" not in log
+    assert json.loads((tmp_path / "last.json").read_text())["source_checkpoint"]["kind"] == "last"
+
+    result = run_main(root, "task=predict", f"ckpt={tmp_path / 'last.onnx'}", f"predict.input={user_folder[0]}",
+                      f"predict.output={tmp_path}/p.csv", data_dir=data, check=False)  # fmt: skip
+    errors = error_lines(result)
+    assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+    assert f"is an export of {run / 'last.pth'}" in errors[0] and "best.pth" in errors[0]
+    assert "resume that run" not in errors[0] and not (tmp_path / "p.csv").exists()

@@ -113,7 +113,7 @@ def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], lis
             ["train.do_test=no"], ["train.do_test=no is not true or false"]),
         "an export opset in words": (["task=export", f"ckpt={best}", "export.opset=abc"],
                                      ["export.opset=abc is not an integer"]),
-        "an export onto a folder": (  # found once the graph was written: its temp is removed
+        "an export onto a folder": (  # refused before the graph is written
             ["task=export", f"ckpt={best}", f"export.output={work / 'a_folder.onnx'}"],
             [f"cannot write {work / 'a_folder.onnx'}: a folder of that name is there"]),
         "a face margin in words": ([*faces, "predict.face_margin=abc"], ["predict.face_margin=abc is not a finite"]),

@@ -235,3 +235,30 @@ def test_the_metrics_do_not_repeat_the_flat_layer_warning(caplog):
         )  # fmt: skip
     assert len(report["sanity"]) == 2
     assert not [r.message for r in caplog.records if "gives 1×1 maps" in r.message]
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"method": "nosuch"}, "cam.method='nosuch'"),
+        ({"target_layer": "nosuch.layer"}, "cam.target_layer='nosuch.layer'"),
+    ],
+)
+def test_predicts_cam_settings_are_refused_before_the_earlier_overlays_go(tmp_path, setting, said):
+    """predict.cam with an unknown method or layer deleted the earlier overlays, then failed building its
+    explainer: the check must come first, and task=predict makes it before scoring (check_explainer)."""
+    from deepfake.errors import ConfigError
+    from deepfake.inference.explain import check_explainer, write_overlays
+    from deepfake.inference.predictions import OVERLAYS_MARK
+
+    model = create_detector("test_resnet").eval()
+    (tmp_path / OVERLAYS_MARK).write_text("overlays of task=predict")
+    (tmp_path / "00000_earlier.png").write_bytes(b"an earlier overlay")
+    chosen = {"method": "gradcam", "target_layer": None, "batch_size": 2, **setting}
+
+    with pytest.raises(ConfigError, match=said):
+        check_explainer(model, **chosen)
+    with pytest.raises(ConfigError, match=said):
+        write_overlays(model, None, [], np.zeros(0), 0.5, tmp_path, **chosen)
+    assert (tmp_path / "00000_earlier.png").read_bytes() == b"an earlier overlay"
+    assert not [name for name, module in model.named_modules() if module._forward_hooks]  # no hook left behind

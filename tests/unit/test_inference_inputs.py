@@ -128,3 +128,17 @@ def test_without_a_label_column_a_csv_with_labels_in_words_is_an_unlabelled_inpu
         discover_inputs(tmp_path / "check.csv")
     inputs = discover_inputs(tmp_path / "check.csv", label_column=None, key="export.verify_input")
     assert inputs.paths == [str(tmp_path / "a.jpg")] and inputs.targets is None
+
+
+def test_a_folder_of_an_earlier_predicts_overlays_is_no_input(tmp_path):
+    """predict.output=<the input folder> with predict.cam wrote cam/ there; a later predict of that folder
+    into another output scored the overlays as photos. Only the folder predict marked is left out."""
+    root = tmp_path / "photos"
+    photo = _image(root / "a.jpg")
+    _image(root / "cam" / "00000_a.png")
+    (root / "cam" / ".predict_overlays").write_text("overlays of task=predict")
+    mine = _image(root / "camera" / "00001_b.png")  # named like an overlay, in a folder predict never marked
+
+    assert discover_inputs(root).paths == [str(photo), str(mine)]
+    # Given itself as the input, a marked folder is what the user asked to score.
+    assert discover_inputs(root / "cam").paths == [str(root / "cam" / "00000_a.png")]

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from deepfake.inference.predictions import COLUMNS, Row, prediction_table
+from deepfake.inference.predictions import COLUMNS, OVERLAYS_MARK, Row, prediction_table, remove_overlays
 
 
 def test_a_score_at_the_threshold_is_fake_and_damaged_rows_keep_their_place_and_reason():
@@ -23,3 +23,23 @@ def test_a_score_at_the_threshold_is_fake_and_damaged_rows_keep_their_place_and_
         assert math.isnan(frame.loc[i, "p_fake"]) and frame.loc[i, "label"] is None
         assert frame.loc[i, "damaged"] == reason
     assert frame["true_label"].tolist() == ["real", "fake", "real", "fake", "real"]
+
+
+def test_a_run_without_overlays_removes_only_the_earlier_predicts_own(tmp_path):
+    """A rerun without predict.cam left cam/*.png beside a predictions.csv that no longer lists them."""
+    ours, theirs = tmp_path / "cam", tmp_path / "user"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / "00000_a.png").write_bytes(b"png")
+    (ours / OVERLAYS_MARK).write_text("overlays of task=predict")
+    (tmp_path / "emptied").mkdir()
+    (tmp_path / "emptied" / OVERLAYS_MARK).write_text("overlays of task=predict")
+    (tmp_path / "emptied" / "00000_b.png").write_bytes(b"png")
+
+    (ours / "notes.txt").write_text("mine")
+    for folder in (ours, theirs, tmp_path / "emptied", tmp_path / "missing"):
+        remove_overlays(folder)
+
+    assert sorted(p.name for p in ours.iterdir()) == ["notes.txt"]  # the user's file, and the folder, stay
+    assert sorted(p.name for p in theirs.iterdir()) == ["00000_a.png"]  # unmarked: the user's, untouched
+    assert not (tmp_path / "emptied").exists()

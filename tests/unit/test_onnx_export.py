@@ -18,7 +18,13 @@ from deepfake.data.transforms import build_eval_transform
 from deepfake.engine.evaluate import fake_probability, predict
 from deepfake.errors import CheckpointError, ConfigError, ExportError
 from deepfake.inference import load_detector
-from deepfake.inference.onnx_export import export_onnx, sidecar_path, verification_images
+from deepfake.inference.onnx_export import (
+    export_onnx,
+    is_own_onnx,
+    is_own_sidecar,
+    sidecar_path,
+    verification_images,
+)
 from deepfake.models import create_detector
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
 
@@ -56,6 +62,7 @@ def check_export(folder, verification, name: str, size: int) -> None:
     assert (meta["threshold"], meta["threshold_policy"], meta["temperature"]) == (0.42, "youden", TEMPERATURE)
     assert meta["backbone"]["name"] == name and meta["labels"]["positive_class"] == "fake"
     assert meta["source_checkpoint"]["sha256"] == file_sha256(folder / "best.pth")
+    assert meta["source_checkpoint"]["kind"] == "best"
     assert meta["onnx_sha256"] == file_sha256(folder / "model.onnx")
     assert meta["verification"]["max_abs_difference"] == verification.differences
 
@@ -183,3 +190,33 @@ def test_a_sidecar_with_a_field_edited_out_of_shape_is_refused_in_one_line(expor
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
     with pytest.raises(CheckpointError, match=r"model.json: its fields are missing or out of range .*; export again"):
         load_detector(tmp_path / "model.onnx")
+
+
+def test_an_export_knows_its_own_files_from_a_users(exported, tmp_path):
+    """task=export replaces only an earlier export's graph and sidecar: export.output=user.onnx overwrote the
+    user's own user.json silently."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder, _ = exported
+    assert is_own_onnx(folder / "model.onnx") and is_own_sidecar(folder / "model.json")
+    (tmp_path / "user.json").write_text(json.dumps({"format": "mine", "onnx_file": "user.onnx"}))
+    (tmp_path / "notes.onnx").write_text("not a graph")
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    foreign = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:]))
+    onnx.save(foreign, tmp_path / "foreign.onnx")  # an ONNX model, but not one of ours
+    assert not any(is_own_onnx(tmp_path / name) for name in ("notes.onnx", "foreign.onnx", "missing.onnx", "."))
+    assert not any(is_own_sidecar(tmp_path / name) for name in ("user.json", "notes.onnx", "missing.json"))
+
+
+@pytest.mark.parametrize("recorded", [{"kind": "last"}, {"path": "/runs/x/last.pth"}], ids=["kind", "older sidecar"])
+def test_an_export_of_a_last_pth_is_known_as_one(exported, tmp_path, recorded):
+    """A last.pth's export was told to "resume that run" for its missing threshold, as a run that stopped
+    early: the sidecar records the kind (an older one without it is told by the checkpoint's name)."""
+    _copy(exported[0], tmp_path)
+    sidecar = sidecar_path(tmp_path / "model.onnx")
+    meta = json.loads(sidecar.read_text())
+    source = {key: value for key, value in meta["source_checkpoint"].items() if key != "kind"} | recorded
+    sidecar.write_text(json.dumps({**meta, "source_checkpoint": source}))
+    assert load_detector(tmp_path / "model.onnx").checkpoint["kind"] == "last"
+    assert load_detector(exported[0] / "model.onnx").checkpoint["kind"] == "best"
