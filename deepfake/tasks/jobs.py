@@ -8,6 +8,11 @@ promoted);
 the outcome goes to the run dir's ``status.json``, from which the sweep summary reads every job
 wherever it ran; and the launcher gets a :class:`FailedJob` back, which Optuna's sweeper records as
 a failed trial. The entry point (scripts/main.py) alone turns outcomes into the exit status.
+
+A job refused before its first write (a mistyped ``run_lock.*``, a dir another live process writes,
+a dir holding another job's run) leaves ``status.json`` alone: it is the dir's run's, perhaps a live
+writer's. Its outcome goes to a record kept under the name of the launch (``LAUNCH_ENV``), which
+that launch's summary alone reads.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ from deepfake.tracking.checkpoint import atomic_write_text
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+# Names one launch of a sweep (set by its summary callback before any job starts; inherited by joblib
+# workers and submitit jobs): a status.json says which launch wrote it, and a refused job's record is
+# kept under it, so two launches into one fixed hydra.sweep.dir each summarise their own jobs.
+LAUNCH_ENV = "DEEPFAKE_SWEEP_LAUNCH"
 EXIT_USER_ERROR = 2  # the user's to fix: one line said what
 EXIT_BUG = 1  # a traceback in run.log
 
@@ -115,12 +124,42 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
     try:
         with _writer_lock(cfg, out_dir):
             return _run_held(cfg, task, out_dir)
-    except (RunDirLocked, ConfigError) as refused:
-        # Another live process writes this run dir, or run_lock.* is mistyped: nothing in it is this
-        # job's to record or register.
-        log.error("%s", refused)
-        _job_exit_codes.append(EXIT_USER_ERROR)
-        return FailedJob(str(refused), EXIT_USER_ERROR)
+    except RunDirLocked as held:  # the message names the holder
+        return _refused(cfg, out_dir, str(held), "refused")
+    except ConfigError as mistyped:  # run_lock.*: the lock was never tried
+        return _refused(cfg, out_dir, str(mistyped), "failed")
+
+
+def _refused(cfg: DictConfig, out_dir: Path, line: str, state: str) -> FailedJob:
+    """A job refused before its first write: a failed result of this launch (its summary lists it,
+    ``state`` "refused" when the dir is another run's), never written over the dir's status.json.
+    A training job that failed on a setting is registered as failed, as any failed sweep job is,
+    unless the dir already holds a run (an earlier launch's, or a live writer's whose lock went
+    untried): its registry entry is that run's."""
+    log.error("%s", line)
+    _job_exit_codes.append(EXIT_USER_ERROR)
+    if HydraConfig.get().mode == RunMode.MULTIRUN and env_rank() == 0:
+        if state == "failed" and cfg.task.name == "train" and read_status(out_dir) is None:
+            _register_failure(cfg, out_dir, line)
+        _record_refusal(cfg, out_dir, state, line)
+    return FailedJob(line, EXIT_USER_ERROR)
+
+
+def _record_refusal(cfg: DictConfig, out_dir: Path, state: str, line: str) -> None:
+    launch = os.environ.get(LAUNCH_ENV)
+    if not launch:  # no summary callback to read it (hydra.callbacks changed): the log line is all
+        return
+    hydra = HydraConfig.get()
+    record = {"status": state, "task": cfg.task.name, "job_num": hydra.job.num, "launch": launch,
+              "overrides": list(hydra.overrides.task), "ended_at": now_iso(), "error": line,
+              "exit_code": EXIT_USER_ERROR}  # fmt: skip
+    atomic_write_text(refusal_path(out_dir, launch), json.dumps(record, indent=2) + "\n")
+
+
+def refusal_path(run_dir: Path, launch: str) -> Path:
+    """Where a job refused in ``run_dir`` by the launch ``launch`` is recorded: a name of its own, so
+    that the dir's run (perhaps a live writer's) keeps its status.json."""
+    return run_dir / f".refused-{launch}.json"
 
 
 def _writer_lock(cfg: DictConfig, out_dir: Path):
@@ -152,11 +191,9 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     if _another_jobs_dir(out_dir, status, previous):
         line = (f"{out_dir} holds a job of an earlier launch with other overrides ({' '.join(previous['overrides'])}); "
                 "relaunch this sweep into another hydra.sweep.dir")  # fmt: skip
-        log.error("%s", line)
-        _job_exit_codes.append(EXIT_USER_ERROR)
-        return FailedJob(line, EXIT_USER_ERROR)
+        return _refused(cfg, out_dir, line, "refused")
     if _earlier_launch(cfg, out_dir, status, previous) == "finished":
-        return _finished_earlier(out_dir, previous)
+        return _finished_earlier(out_dir, previous, status["launch"])
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
         # it continues in its own run dir from the last.pth its previous attempt saved.
@@ -208,12 +245,13 @@ def _another_jobs_dir(out_dir: Path, status: dict, previous: dict) -> bool:
     return True
 
 
-def _finished_earlier(out_dir: Path, previous: dict) -> Any:
+def _finished_earlier(out_dir: Path, previous: dict, launch: str | None) -> Any:
     log.info("%s finished in an earlier launch of this sweep (value %s): not trained again", out_dir,
              previous.get("value"))  # fmt: skip
     _job_exit_codes.append(0)
-    # started_at moves to this launch, so that its summary lists the job; the rest is the run's.
-    write_status(out_dir, {**previous, "started_at": now_iso(), "note": "finished in an earlier launch"})
+    # started_at and launch move to this launch, so that its summary lists the job; the rest is the run's.
+    write_status(out_dir, {**previous, "started_at": now_iso(), "launch": launch,
+                           "note": "finished in an earlier launch"})  # fmt: skip
     return previous.get("value")
 
 
@@ -270,8 +308,13 @@ def job_run_name(out_dir: Path) -> str:
 
 
 def read_status(run_dir: Path) -> dict | None:
+    return read_record(run_dir / STATUS_FILE)
+
+
+def read_record(path: Path) -> dict | None:
+    """A status.json or a refusal record; None when missing or unreadable."""
     try:
-        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        status = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) else None
@@ -297,6 +340,7 @@ def _starting_status(task_name: str, previous: dict) -> dict:
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "launcher_job_id": launcher_job_id,
+        "launch": os.environ.get(LAUNCH_ENV),
         "attempt": int(previous.get("attempt", 1)) + 1 if same_job else 1,
         "started_at": now_iso(),
         "ended_at": None,

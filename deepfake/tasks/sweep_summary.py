@@ -4,7 +4,9 @@ Jobs may have run in this process, in joblib workers or on cluster nodes, so the
 from disk: each job dir's ``status.json`` (written by :mod:`deepfake.tasks.jobs`) joined with the
 job's registry entry (best validation AUC, its epoch, test AUC). A job dir without a finished status
 (a job killed by SIGKILL or the out-of-memory killer) counts as failed, and so does a job its launcher
-saw taken down before it started, which has no dir: the launcher tells this process of it.
+saw taken down before it started, which has no dir: the launcher tells this process of it. A job
+refused before its first write (a mistyped setting, a dir another live process writes) is failed
+with its line, read from the record this launch's jobs keep apart from the dir's status.json.
 """
 
 from __future__ import annotations
@@ -12,17 +14,28 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig
 from rich.table import Table
 
 from deepfake.tasks.display import fmt_metric
-from deepfake.tasks.jobs import EXIT_BUG, EXIT_USER_ERROR, read_status, record_sweep_exit, worst_exit_code
+from deepfake.tasks.jobs import (
+    EXIT_BUG,
+    EXIT_USER_ERROR,
+    LAUNCH_ENV,
+    read_record,
+    read_status,
+    record_sweep_exit,
+    refusal_path,
+    worst_exit_code,
+)
 from deepfake.tracking.checkpoint import atomic_write_text
 from deepfake.tracking.console import summary_console
 
@@ -48,14 +61,24 @@ class SweepSummary(Callback):
 
     def __init__(self) -> None:
         self.launched: float | None = None
+        self.launch: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.launched = time.time()
+        # Unique to this launch, wherever its jobs run (the environment reaches joblib's workers and
+        # submitit's jobs): a second launch into the same dir at the same time is told apart.
+        self.launch = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        os.environ[LAUNCH_ENV] = self.launch
         _unstarted.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = summarize(sweep_dir, _registry_entries(config), since=self.launched, unstarted=_unstarted)
+        rows = summarize(
+            sweep_dir, _registry_entries(config), since=self.launched, unstarted=_unstarted, launch=self.launch
+        )
+        if self.launch:  # read: the summary now holds what they said
+            for record in sweep_dir.rglob(refusal_path(Path(), self.launch).name):
+                record.unlink(missing_ok=True)
         if not rows:
             return
         path = write_summary(sweep_dir, rows)
@@ -64,13 +87,8 @@ class SweepSummary(Callback):
 
 
 class OptunaStudy(Callback):
-    """Prepares a continued Optuna study before the sweeper opens it.
-
-    sqlite cannot create the storage's folder, so it is made here. And a seeded sampler would
-    propose the same first points again each time the same command continues the study, so the
-    seed is offset by the number of trials the study already holds: the sequence of launches is
-    still reproducible, and no launch repeats another's trials.
-    """
+    """Prepares an Optuna search before the sweeper opens its study: sqlite cannot create the storage's
+    folder, so it is made here. (The sampler's seed, per launch, is the sweeper's: SeededPerLaunch.)"""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The preset's sweeper (which ends a search of failing trials), made known to Hydra by hand: an
@@ -80,42 +98,31 @@ class OptunaStudy(Callback):
         from hydra_plugins.deepfake_optuna.optuna_search import OptunaSearch
 
         Plugins.instance().register(OptunaSearch)
-        sweeper = config.hydra.sweeper
-        storage = str(sweeper.get("storage") or "")
+        storage = str(config.hydra.sweeper.get("storage") or "")
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        seed = sweeper.get("sampler", {}).get("seed")
-        done = _trials_so_far(storage, str(sweeper.study_name)) if storage and seed is not None else 0
-        if done:
-            with read_write(sweeper.sampler):  # the sweeper is built from this config right after
-                sweeper.sampler.seed = int(seed) + done
-            log.info(
-                "continuing study %s (%d trials so far): sampler seed %d", sweeper.study_name, done, int(seed) + done
-            )
-
-
-def _trials_so_far(storage: str, study_name: str) -> int:
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:  # no such study yet: this launch creates it
-        return 0
 
 
 def summarize(
-    sweep_dir: Path, entries: list[dict], since: float | None = None, unstarted: list[dict] = ()
+    sweep_dir: Path,
+    entries: list[dict],
+    since: float | None = None,
+    unstarted: list[dict] = (),
+    launch: str | None = None,
 ) -> list[dict]:
     """One row per job dir under ``sweep_dir``, and per job of ``unstarted`` (statuses of jobs killed
-    before they made a dir): best validation AUC first, failed jobs last. ``since`` (the launch's start,
-    a Unix time): only the jobs this launch started, when a fixed ``hydra.sweep.dir`` also holds an
-    earlier launch's."""
+    before they made a dir): best validation AUC first, failed jobs last. ``launch`` (its name, as its
+    jobs recorded it) and ``since`` (its start, a Unix time): only the jobs this launch ran, when a
+    fixed ``hydra.sweep.dir`` also holds another launch's, and this launch's refused jobs."""
     by_run_dir = {str(Path(entry.get("run_dir", "")).resolve()): entry for entry in entries}
     job_dirs = sorted({hydra_dir.parent for hydra_dir in sweep_dir.rglob(".hydra") if hydra_dir.is_dir()})
-    statuses = {job_dir: read_status(job_dir) or _hydra_job(job_dir) for job_dir in job_dirs}
-    if since is not None:
-        statuses = {d: status for d, status in statuses.items() if _started(d, status) >= since - _CLOCK_SLACK_S}
+    # A refused job's dir holds another run (a live writer's, an earlier launch's): its record is
+    # this launch's word on the job, and the run's registry entry is not the job's.
+    refused = {d: record for d in job_dirs if launch and (record := read_record(refusal_path(d, launch)))}
+    statuses = {d: read_status(d) or _hydra_job(d) for d in job_dirs if d not in refused}
+    statuses = {d: status for d, status in statuses.items() if _this_launch(d, status, since, launch)}
     rows = [_row(job_dir, status, by_run_dir.get(str(job_dir.resolve()), {})) for job_dir, status in statuses.items()]
+    rows += [_row(job_dir, record, {}) for job_dir, record in refused.items()]
     with_dirs = {row["job"] for row in rows}  # a job killed just after Hydra made its dir is there already
     rows += [_row(None, status, {}) for status in unstarted if status["job_num"] not in with_dirs]
     _keep_varying_overrides(rows)
@@ -124,6 +131,15 @@ def summarize(
 
 # status.json's started_at is cut to the second; a job started within a second of the launch must count.
 _CLOCK_SLACK_S = 1.0
+
+
+def _this_launch(job_dir: Path, status: dict, since: float | None, launch: str | None) -> bool:
+    """Whether this launch ran the job in ``job_dir``: its status.json names the launch that wrote it
+    (another launch may be writing it now); one that names none (written before launches were named,
+    or by resume= outside any sweep) counts when it started after the launch did."""
+    if launch and status.get("launch"):
+        return status["launch"] == launch
+    return since is None or _started(job_dir, status) >= since - _CLOCK_SLACK_S
 
 
 def _started(job_dir: Path, status: dict) -> float:

@@ -103,12 +103,17 @@ def run(cfg: DictConfig) -> float | None:
 
 # ------------------------------------------------------------------------------------ setup
 def _how_to_continue(out_dir: Path) -> str:
-    """A sweep's job goes on when the sweep is relaunched into its dir (a cluster requeues it by
-    itself); a single run with resume=."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    """A grid sweep's job goes on when the sweep is relaunched into its dir (a cluster requeues it by
+    itself); a single run with resume=. An Optuna trial too: a relaunched search asks its study for
+    new trials and never resumes this one, which the study keeps as failed."""
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN and "study_name" not in hydra.sweeper:
         return (f"relaunch the sweep with hydra.sweep.dir={out_dir.parent} (its finished jobs are kept, this one "
                 "resumes)")  # fmt: skip
-    return f"resume with: python scripts/main.py resume={out_dir}"
+    how = f"resume with: python scripts/main.py resume={out_dir}"
+    if hydra.mode == RunMode.MULTIRUN:
+        how += " (a run of its own then: the study keeps this trial failed, and a relaunched search samples new ones)"
+    return how
 
 
 def _check_settings(cfg: DictConfig) -> None:

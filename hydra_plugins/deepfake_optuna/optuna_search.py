@@ -18,6 +18,16 @@ A launch stopped by a signal (Ctrl-C, SIGTERM: the job saves last.pth and the sw
 trials of its batch RUNNING in the study forever, where optuna's own ``study.optimize`` fails a
 trial that a KeyboardInterrupt ends. Here they are failed too, with the stop in their
 ``fail_reason``, before the launch exits.
+
+A study continued with another direction, or with a parameter searched over another space (an
+interval now a ``choice``, a ``choice`` of other options), was optuna's traceback, and the trial
+asked for the space stayed RUNNING: here it is one ERROR line naming what changed, the trial failed.
+
+The preset's sampler is seeded, and a seeded sampler proposes the same points to every process that
+starts it with the same seed and study: two launches of one study at once sampled the same trials.
+Optuna's advice for processes sharing a study's storage is a sampler per process with a seed of its
+own; here each launch seeds its sampler with the preset's seed plus the number of the first trial it
+asks, a number the storage gives one launch alone (see :class:`SeededPerLaunch`).
 """
 
 from __future__ import annotations
@@ -25,18 +35,20 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deepfake.errors import ConfigError, error_line
 from deepfake.tasks import values
-from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob, record_job_exit
+from deepfake.tasks.jobs import EXIT_USER_ERROR, FailedJob, record_job_exit, record_sweep_exit
 from deepfake.tasks.sweep_summary import record_unstarted_job
 
 log = logging.getLogger(__name__)
@@ -63,36 +75,132 @@ class OptunaSearch(OptunaSweeper):
         self.in_flight: list = []  # the optuna trials of the batch being launched, not yet told
         configure = self.sweeper._configure_trials  # where the plugin turns the asked trials into overrides
 
-        def configure_and_keep(trials, *args, **kwargs):
+        def configure_and_keep(trials, search_space, *args, **kwargs):
             self.in_flight = list(trials)
-            return configure(trials, *args, **kwargs)
+            try:
+                return configure(trials, search_space, *args, **kwargs)
+            except ValueError as error:  # optuna refused a parameter's space for this study
+                line = _space_change(self.sweeper, trials, search_space)
+                if line is None:
+                    raise
+                _fail_unfinished(self.in_flight, "the launch was refused: the search space changed")
+                raise ConfigError(line) from error
 
         self.sweeper._configure_trials = configure_and_keep
+        seed = OmegaConf.select(config, "hydra.sweeper.sampler.seed")
+        if seed is not None and not OmegaConf.select(config, "hydra.sweeper.sampler._partial_", default=False):
+            self.sweeper.sampler = SeededPerLaunch(
+                lambda launch_seed: instantiate(config.hydra.sweeper.sampler, seed=launch_seed), int(seed)
+            )
 
     def sweep(self, arguments: list[str]) -> None:
         try:
+            _check_continued_study(self.sweeper)
             return super().sweep(arguments)
         except TrialFailed:
             # The plugin raises a failed trial's error when too many of a batch failed; each one's line
             # is already in its run.log and the summary.
             log.error("the search ended: more than hydra.sweeper.max_failure_rate=%s of a batch of trials failed; "
                       "see the summary below", self.sweeper.max_failure_rate)  # fmt: skip
+        except ConfigError as refused:  # the study cannot be continued as asked; no job has run
+            print(error_line(str(refused)), file=sys.stderr)
+            record_sweep_exit(EXIT_USER_ERROR)  # the entry point exits with it, after Hydra's own ending
         except ValueError as error:
-            if "Cannot set different distribution kind" in str(error):  # a search space the study never had
-                print(error_line(f"the study {self.sweeper.study_name} in {self.sweeper.storage} searched another "
-                                 f"space for a parameter ({error}); start a new study with "
-                                 "hydra.sweeper.study_name=<a new name>"), file=sys.stderr)  # fmt: skip
-                raise SystemExit(EXIT_USER_ERROR) from None
             if "Record does not exist" not in str(error):  # optuna's study.best_trial, without a finished trial
                 raise
             log.error("no trial of the search finished, so there is no best one; see the summary below")
         except BaseException as stop:  # a stop signal (RunStopped) or Ctrl-C: the launch ends here
-            _fail_unfinished(self.in_flight, stop)
+            _fail_unfinished(self.in_flight, f"the launch was stopped ({_stop_name(stop)})")
             raise
         return None
 
 
-def _fail_unfinished(trials: list, stop: BaseException) -> None:
+class SeededPerLaunch:
+    """The preset's sampler, seeded when this launch asks its first trial: with the preset's seed
+    plus that trial's number.
+
+    The storage numbers a study's trials one by one, so two launches of one study at once seed apart
+    and do not propose the same trials (a seed offset by the trials found at the launch's start was the
+    same for both); a small ``choice`` space may still give alike values by chance, as in any search.
+    A launch run alone is seeded as before, by the trials the study held: the same command sequence
+    gives the same trials. The price, as for any parallel optuna search, is that launches run
+    at once are not reproducible: which trial numbers each gets, and what history it sees, depend on
+    timing.
+    """
+
+    # Optuna's sampler interface, delegated; not a subclass of its BaseSampler, so that Hydra's scan of
+    # the plugins, at every start of main.py, does not import optuna.
+    def __init__(self, build: Callable[[int], Any], seed: int) -> None:
+        self._build, self._seed = build, seed
+        self._sampler = None
+
+    def _seeded(self, trial):
+        if self._sampler is None:
+            self._sampler = self._build(self._seed + trial.number)
+            log.info("sampler %s seeded %d: hydra.sweeper.sampler.seed=%d + %d, this launch's first trial",
+                     type(self._sampler).__name__, self._seed + trial.number, self._seed, trial.number)  # fmt: skip
+        return self._sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self._seeded(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._seeded(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._seeded(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._seeded(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        if self._sampler is not None:
+            self._sampler.reseed_rng()
+
+
+def _check_continued_study(sweeper) -> None:
+    """A study keeps the direction it was created with; optuna refused another with a traceback. The
+    trials it holds are logged: what a continued launch builds on."""
+    import optuna
+
+    if not sweeper.storage:
+        return
+    try:
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+    except KeyError:  # no such study yet: this launch creates it
+        return
+    log.info("continuing study %s (%d trials so far)", sweeper.study_name, len(study.trials))
+    stored = [direction.name.lower() for direction in study.directions]
+    asked = [str(direction).lower() for direction in sweeper._get_directions()]
+    if stored != asked:
+        raise ConfigError(
+            f"hydra.sweeper.direction={','.join(asked)}: the study {sweeper.study_name} in {sweeper.storage} was "
+            f"created to {','.join(stored)}, which it keeps; continue it with hydra.sweeper.direction="
+            f"{','.join(stored)}, or start a new study with hydra.sweeper.study_name=<a new name>"
+        )
+
+
+def _space_change(sweeper, trials: list, search_space: dict) -> str | None:
+    """The line naming a parameter that this launch searches over a space the study's earlier trials
+    did not (optuna's error names none), or None when no parameter did."""
+    from optuna.distributions import check_distribution_compatibility
+
+    asked = {trial.number for trial in trials}
+    earlier = [trial for trial in trials[0].study.get_trials(deepcopy=False) if trial.number not in asked]
+    for name, wanted in search_space.items():
+        for trial in earlier:
+            searched = trial.distributions.get(name)
+            try:
+                if searched is not None:
+                    check_distribution_compatibility(searched, wanted)
+            except ValueError:
+                return (f"the study {sweeper.study_name} in {sweeper.storage} searched {name} over {searched}, and "
+                        f"this launch asks {wanted}; search the study's space, or start a new study with "
+                        "hydra.sweeper.study_name=<a new name>")  # fmt: skip
+    return None
+
+
+def _fail_unfinished(trials: list, reason: str) -> None:
     """Fails the ``trials`` the study still holds as RUNNING, as optuna's own optimize fails the
     trial a KeyboardInterrupt ends; their jobs' run dirs say where each stopped."""
     from optuna.trial import TrialState
@@ -101,7 +209,6 @@ def _fail_unfinished(trials: list, stop: BaseException) -> None:
         running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if trial.number not in {frozen.number for frozen in running}:
             continue
-        reason = f"the launch was stopped ({_stop_name(stop)})"
         trial.set_user_attr("fail_reason", reason)
         trial.study.tell(trial, state=TrialState.FAIL)
         log.warning("trial %d: %s; recorded as failed in the study", trial.number, reason)

@@ -7,6 +7,7 @@ one thread per process so parallel jobs share the two cores.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -18,6 +19,8 @@ import pytest
 from conftest import TINY, run_main
 from helpers import assert_consistent_best, error_lines, job_dirs, only_sweep_dir, registry, summary
 from reliability.faults import ENV
+
+from deepfake.tracking.run_lock import RunDirLock
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +90,39 @@ def test_a_failed_job_resumed_by_hand_keeps_its_one_registry_entry(tmp_path, sha
     assert resumed["status"] == "finished"
 
 
+def test_sweep_jobs_refused_before_their_first_write_are_failed_results_of_their_launch(tmp_path, shared_data_dir):
+    """A job refused before it writes status.json (a mistyped run_lock setting; a dir another live
+    process writes, as a second launch into one hydra.sweep.dir meets it) was listed as killed (exit 1),
+    or left out of the summary."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    mistyped = sweep(tmp_path / "a", shared_data_dir, "run_lock.wait_s=-5", "seed=1,2", check=False)
+    assert mistyped.returncode == 2, mistyped.stdout + mistyped.stderr
+    rows = summary(only_sweep_dir(tmp_path / "a"))
+    assert [(r["status"], r["error"]) for r in rows] == [("failed", "run_lock.wait_s=-5 must be 0 or more")] * 2
+    entries = registry(tmp_path / "a")["runs"]
+    assert sorted(e["run_dir"] for e in entries) == sorted(r["run_dir"] for r in rows)
+    assert all(e["status"] == "failed" and e["error"] == rows[0]["error"] for e in entries)
+    assert "sweep: 2 job(s), 2 failed" in mistyped.stdout
+
+    # Job 0's dir is another live process's (this one's): its outcome stays, job 1 runs.
+    fixed = tmp_path / "b" / "multirun" / "fixed"
+    held = fixed / "0"
+    held.mkdir(parents=True)
+    holders = json.dumps({"status": "running", "task": "train", "job_num": 0, "pid": os.getpid()})
+    (held / "status.json").write_text(holders)
+    with RunDirLock(held):
+        refused = sweep(tmp_path / "b", shared_data_dir, f"hydra.sweep.dir={fixed}", "hydra.sweep.subdir=${hydra.job.num}",
+                        "seed=1,2", check=False)  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    rows = summary(fixed)
+    assert [(r["job"], r["status"]) for r in rows] == [("1", "finished"), ("0", "refused")]
+    assert f"is being written by PID {os.getpid()}" in rows[1]["error"] and rows[1]["run_dir"] == str(held)
+    assert "sweep: 2 job(s), 1 failed" in refused.stdout
+    assert (held / "status.json").read_text() == holders
+    assert [e["run_dir"] for e in registry(tmp_path / "b")["runs"]] == [str(fixed / "1")]
+    assert not list(fixed.rglob(".refused-*"))  # read into summary.csv, then removed
+
+
 def test_joblib_runs_two_jobs_in_parallel(tmp_path, shared_data_dir):
     sweep(tmp_path, shared_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
     sweep_dir = only_sweep_dir(tmp_path)
@@ -126,11 +162,29 @@ def test_a_slurm_sweep_off_a_cluster_is_one_line_before_any_job(tmp_path, shared
 
 
 def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
+    """The same command continues the study; two launches of it at once sampled the same trials (each
+    seeded its sampler by the trials found at its start)."""
     search = ("hparams_search=optuna",)
     first = sweep(tmp_path, shared_data_dir, *search, "hydra.sweeper.n_trials=2")
     assert "Study name: deepfake_synthetic" in first.stdout + first.stderr
     database = tmp_path / "multirun" / "optuna" / "deepfake_synthetic.db"
-    second = sweep(tmp_path, shared_data_dir, *search, "hydra.sweeper.n_trials=1")
+    # Two launches at once: both find the study's 2 trials before either asks for one. Holding sqlite's
+    # write lock makes them meet there (the timeout lets each wait for it).
+    args = ["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY, *search,
+            "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage='sqlite:///{database}?timeout=300'"]  # fmt: skip
+    writes = sqlite3.connect(database, isolation_level=None)
+    writes.execute("BEGIN IMMEDIATE")
+    together = [forked_cli.start(args, tmp_path, {**ENV, **ONE_THREAD}) for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while not all("continuing study deepfake_synthetic (2 trials so far)" in _output_so_far(p) for p in together):
+        assert all(p.poll() is None for p in together) and time.monotonic() < deadline, [
+            _output_so_far(p) for p in together
+        ]
+        time.sleep(0.05)
+    writes.execute("ROLLBACK")
+    writes.close()
+    outputs = [proc.communicate(timeout=600) for proc in together]
+    assert [proc.returncode for proc in together] == [0, 0], outputs
 
     with sqlite3.connect(database) as db:
         studies = db.execute("SELECT study_name FROM studies").fetchall()
@@ -138,13 +192,21 @@ def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
         sampled = {name for (name,) in db.execute("SELECT DISTINCT param_name FROM trial_params")}
         lrs = db.execute("SELECT param_value FROM trial_params WHERE param_name = 'phase.lr_head'").fetchall()
     assert studies == [("deepfake_synthetic",)]
-    assert [state for (state,) in trials] == ["COMPLETE"] * 3
+    assert [state for (state,) in trials] == ["COMPLETE"] * 4
     # Values fixed on the command line (TINY's epochs and backbone) leave the search space.
     assert sampled == {"phase.lr_head", "phase.lr_backbone", "optimizer.weight_decay"}
-    assert len(set(lrs)) == 3  # the continued study did not propose the first launch's points again
-    assert "continuing study deepfake_synthetic (2 trials so far)" in second.stdout + second.stderr
+    assert len(set(lrs)) == 4, lrs  # no launch proposed another's points, earlier or at the same time
+    # Each launch's sampler is seeded with the preset's seed plus the number of its first trial.
+    seeded = sorted(line.split("hydra.sweeper.sampler.seed=")[1] for out, err in outputs
+                    for line in (out + err).splitlines() if "sampler TPESampler seeded" in line)  # fmt: skip
+    assert seeded == ["42 + 2, this launch's first trial", "42 + 3, this launch's first trial"], outputs
     sweeps = [p for p in (tmp_path / "multirun").iterdir() if p.name != "optuna"]
-    assert sorted(len(summary(p)) for p in sweeps) == [1, 2]
+    assert sorted(len(summary(p)) for p in sweeps) == [1, 1, 2]
+
+
+def _output_so_far(proc) -> str:
+    """A forked run's stdout and stderr while it runs (forked_cli writes them to files)."""
+    return "".join(path.read_text(errors="replace") for path in (proc._out, proc._err) if path.is_file())
 
 
 def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shared_data_dir):
@@ -206,15 +268,25 @@ def test_an_optuna_trial_that_cannot_be_composed_is_a_failed_trial_and_a_new_spa
     )
     assert len(job_dirs(sweep_dir)) == 3 - failed and f"sweep: 3 job(s), {failed} failed" in ended.stdout
 
-    other = sweep(tmp_path, shared_data_dir, *search, "phase.lr_head=choice(0.001,0.01)", check=False)
-    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
-    [line] = error_lines(other)
-    assert "the study deepfake_synthetic" in line and "hydra.sweeper.study_name=<a new name>" in line
+    # The study continued over another space (an interval now a choice, a choice of other options) or
+    # towards another direction: optuna's traceback (exit 1), and the trial asked for it left RUNNING.
+    for changed, said in [
+        ("phase.lr_head=choice(0.001,0.01)", "searched phase.lr_head over LogUniformDistribution"),
+        ("backbone=choice(timm,resnet18)", "searched backbone over CategoricalDistribution(choices=('timm', 'nosuch'))"),
+        ("hydra.sweeper.direction=minimize", "hydra.sweeper.direction=minimize: the study deepfake_synthetic"),
+    ]:  # fmt: skip
+        other = sweep(tmp_path, shared_data_dir, *search, changed, check=False, tiny=tiny)
+        assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+        [line] = error_lines(other)
+        assert said in line and "hydra.sweeper.study_name=<a new name>" in line, line
+    with sqlite3.connect(tmp_path / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
+        states = [state for (state,) in db.execute("SELECT state FROM trials")]
+    assert "RUNNING" not in states and len(states) == 3 + 2, states  # each refused space's trial failed
 
 
 def test_an_optuna_launch_stopped_by_a_signal_fails_its_running_trial(tmp_path, shared_data_dir):
     """A stopped launch left its trial RUNNING in the study forever; optuna's own optimize fails it."""
-    slow = ["phase.finetune_epochs=30", "dataset.batch_size=4"]  # a trial long enough to be caught training
+    slow = ["phase.finetune_epochs=8", "dataset.batch_size=4"]  # a trial long enough to be caught training
     proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY, *slow,
                              "hparams_search=optuna", "hydra.sweeper.n_trials=3"], tmp_path, ENV)  # fmt: skip
     deadline = time.monotonic() + 300
@@ -233,6 +305,14 @@ def test_an_optuna_launch_stopped_by_a_signal_fails_its_running_trial(tmp_path, 
     [job] = job_dirs(only_sweep_dir(tmp_path))
     assert json.loads((job / "status.json").read_text())["status"] == "stopped" and (job / "last.pth").is_file()
     assert "trial 0: the launch was stopped (SIGINT); recorded as failed in the study" in out + err
+    # The hint said to relaunch the sweep into its dir, which samples new trials and never resumes this
+    # one: resume= does, as a run of its own.
+    assert f"resume with: python scripts/main.py resume={job} (a run of its own then" in out + err
+    assert "relaunch the sweep" not in out + err
+    run_main(tmp_path, f"resume={job}", data_dir=shared_data_dir, env=ONE_THREAD)
+    assert json.loads((job / "status.json").read_text())["status"] == "finished"
+    [entry] = registry(tmp_path)["runs"]
+    assert entry["status"] == "finished" and entry["run_dir"] == str(job)
 
 
 def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_stopped_ones(tmp_path, shared_data_dir):

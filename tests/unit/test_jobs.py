@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,53 @@ def test_an_optuna_search_ends_on_the_share_of_its_trials_failed_not_of_one_batc
     assert marking.failed == 3 and marking.launched == 5
     with pytest.raises(TrialFailed, match="diverged"):
         _ = job.return_value
+
+
+def _as_sweep_job(cfg, monkeypatch, launch: str) -> None:
+    """``cfg`` as job 0 of the sweep launch ``launch`` (its summary callback names it in the environment)."""
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.setenv(jobs.LAUNCH_ENV, launch)
+
+
+def test_a_sweep_job_refused_by_a_live_writer_is_this_launchs_failed_row_and_leaves_the_writers_status(
+    job_cfg, monkeypatch
+):
+    """Two launches into one hydra.sweep.dir: the refused job was left out of its launch's summary (the
+    dir's status.json is the holder's), or listed as the holder's running job, killed (exit 1)."""
+    from deepfake.tasks.sweep_summary import summarize
+    from deepfake.tracking.run_lock import RunDirLock
+
+    _as_sweep_job(job_cfg, monkeypatch, "ours")
+    out = Path(job_cfg.hydra.runtime.output_dir)
+    (out / ".hydra").mkdir()
+    launched = time.time()
+    holders = json.dumps({"status": "running", "launch": "theirs", "started_at": jobs.now_iso(), "job_num": 0,
+                          "overrides": ["seed=1"], "task": "train"})  # fmt: skip
+    (out / jobs.STATUS_FILE).write_text(holders)
+    with RunDirLock(out):
+        outcome = jobs.run_job(job_cfg, lambda cfg: 0.9)
+    assert isinstance(outcome, jobs.FailedJob) and "PID" in outcome.error and jobs.exit_status() == 2
+    assert (out / jobs.STATUS_FILE).read_text() == holders  # the holder's outcome, untouched
+    assert not Path(job_cfg.paths.registry).exists()  # the holder's run to register, not this job's
+    [row] = summarize(out.parent, [], since=launched, launch="ours")
+    assert (row["status"], row["error"], row["exit_code"], row["run_dir"]) == ("refused", outcome.error, 2, str(out))
+    assert summarize(out.parent, [], since=launched - 60, launch="theirs")[0]["status"] == "killed"  # theirs, once over
+
+
+def test_a_sweep_job_with_a_mistyped_lock_setting_is_a_failed_registered_row(job_cfg, monkeypatch):
+    from deepfake.tasks.sweep_summary import summarize
+
+    _as_sweep_job(job_cfg, monkeypatch, "ours")
+    job_cfg.run_lock.wait_s = -5
+    out = Path(job_cfg.hydra.runtime.output_dir)
+    (out / ".hydra").mkdir()
+    outcome = jobs.run_job(job_cfg, lambda cfg: 0.9)
+    assert outcome.error == "run_lock.wait_s=-5 must be 0 or more" and jobs.exit_status() == 2
+    assert not (out / jobs.STATUS_FILE).exists()  # a later launch with the setting fixed runs the job afresh
+    [entry] = json.loads(Path(job_cfg.paths.registry).read_text())["runs"]
+    assert entry["status"] == "failed" and entry["error"] == outcome.error
+    [row] = summarize(out.parent, [entry], launch="ours")
+    assert (row["status"], row["error"], row["exit_code"]) == ("failed", outcome.error, 2)
