@@ -93,6 +93,25 @@ class Explainer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_layer(self, img_size: int) -> None:
+        """Refuse, in one line, a target layer that gives no spatial map at ``img_size`` (the head's
+        ``fc``, a pooling layer): pytorch-grad-cam fails on it with a traceback, and train.do_cam only
+        once training is over. One forward pass of a black image, which the CAM hooks record."""
+        hooks = self._cam.activations_and_grads
+        try:
+            with torch.no_grad():
+                self.model(torch.zeros(1, 3, img_size, img_size, device=self.device))
+            self._refuse_non_spatial()
+        finally:
+            hooks.activations, hooks.gradients = [], []
+
+    def _refuse_non_spatial(self) -> None:
+        activations = self._cam.activations_and_grads.activations
+        if activations and activations[0].ndim != 4:
+            shape = "x".join(map(str, activations[0].shape[1:]))
+            raise ConfigError(f"cam.target_layer={self.target_layer} gives {shape} outputs per image, not a map of "
+                              "positions; pick a convolutional stage or a block (e.g. layer4, blocks.11.norm1)")  # fmt: skip
+
     def probabilities(self, images: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
         """p(fake) = sigmoid(logit / temperature): the checkpoint's calibration, when it has one; in
         float64 by the one function every task uses, so a score at the stored threshold falls on the
@@ -108,7 +127,11 @@ class Explainer:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size].to(self.device)
                 targets = [logit_target(label) for label in labels[start : start + self.batch_size]]
-                maps.append(self._cam(chunk, targets))
+                try:
+                    maps.append(self._cam(chunk, targets))
+                except ValueError:  # pytorch-grad-cam's on a layer without a map ("Invalid grads shape")
+                    self._refuse_non_spatial()
+                    raise
                 self._warn_if_flat()
         return np.concatenate(maps).astype(np.float32)
 
@@ -134,6 +157,22 @@ class Explainer:
     def close(self) -> None:
         """Remove the forward hooks from the model."""
         self._cam.activations_and_grads.release()
+
+
+def check_explainer(model: torch.nn.Module, method: str, target_layer: str | None, img_size: int) -> None:
+    """``method`` and ``target_layer`` refused in one line before anything is computed or written with
+    them: the explainer is built as the overlays build it, probed at ``img_size``, and its hooks taken
+    off again at once (left on, they would keep every later batch's activations). The model is left
+    in the mode it was in (a model about to train)."""
+    training = model.training
+    try:
+        explainer = Explainer(model, method, target_layer, batch_size=1)
+        try:
+            explainer.check_layer(img_size)
+        finally:
+            explainer.close()
+    finally:
+        model.train(training)
 
 
 @contextmanager

@@ -33,14 +33,6 @@ def safe_stem(text: str, limit: int = 60) -> str:
     return re.sub(r"[^\w.-]+", "_", text)[:limit] or "image"
 
 
-def check_explainer(model: torch.nn.Module, method: str, target_layer: str | None, batch_size: int) -> None:
-    """Raise the ConfigError the Explainer gives an unknown method or layer, before anything is scored or
-    written: a run refused only at its overlays had already replaced the predictions they go with. The
-    explainer is built, as write_overlays will build it, and its hooks taken off again at once (left on,
-    they would keep every scoring batch's activations)."""
-    Explainer(model, method, target_layer, batch_size).close()
-
-
 def write_overlays(
     model: torch.nn.Module,
     dataset,

@@ -198,8 +198,16 @@ def _mask(dataset, index: int) -> np.ndarray | None:
         ) from err
 
 
+def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``mask`` at ``shape`` (height, width): a mask saved at another resolution than its image."""
+    if mask.shape == shape:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.Resampling.NEAREST))
+
+
 def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sample:
     image = central_square(dataset.load(index)[0])
+    mask = _mask(dataset, index)
     return Sample(
         image=image,
         cam=upsample(cam[None], (image.height, image.width))[0],
@@ -207,7 +215,8 @@ def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sa
         prob_fake=float(prob),
         explained=label,
         name=Path(dataset.paths[index]).stem,
-        mask=_mask(dataset, index),
+        # Outlined on the image: a mask saved at another resolution than its image was an IndexError.
+        mask=None if mask is None else _resized(mask, (image.height, image.width)),
     )
 
 
@@ -219,8 +228,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
         chosen = _pick(rng, masked, settings.metric_samples)
         images = torch.stack([dataset[i]["image"] for i in chosen])
         masks = [_mask(dataset, i) for i in chosen]
-        if len({m.shape for m in masks}) > 1:
-            masks = [np.asarray(Image.fromarray(m).resize(masks[0].shape[::-1])) for m in masks]
+        masks = [_resized(m, masks[0].shape) for m in masks]
         labels, masks = ["fake"] * len(chosen), np.stack(masks)
     else:
         images, labels, masks = shown_images, shown_labels, None

@@ -109,14 +109,14 @@ def _cam_settings(cfg: DictConfig, detector) -> dict:
     explainer the overlays use, on this model), and the device the overlays are computed on."""
     if detector.kind == "onnx":
         raise ConfigError("predict.cam=true needs the PyTorch checkpoint (.pth), not an ONNX file")
-    from deepfake.inference.explain import check_explainer  # grad-cam only when asked
+    from deepfake.explain.cam import check_explainer  # grad-cam only when asked
 
     cam = {
         "method": cfg.cam.method,
         "target_layer": cfg.cam.target_layer,
         "batch_size": values.positive_int(cfg.cam.batch_size, "cam.batch_size"),
     }
-    check_explainer(detector.model, cam["method"], cam["target_layer"], cam["batch_size"])
+    check_explainer(detector.model, cam["method"], cam["target_layer"], detector.preprocess["img_size"])
     return cam | {"device": cfg.train.device}
 
 

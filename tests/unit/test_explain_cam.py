@@ -248,7 +248,8 @@ def test_predicts_cam_settings_are_refused_before_the_earlier_overlays_go(tmp_pa
     """predict.cam with an unknown method or layer deleted the earlier overlays, then failed building its
     explainer: the check must come first, and task=predict makes it before scoring (check_explainer)."""
     from deepfake.errors import ConfigError
-    from deepfake.inference.explain import check_explainer, write_overlays
+    from deepfake.explain.cam import check_explainer
+    from deepfake.inference.explain import write_overlays
     from deepfake.inference.predictions import OVERLAYS_MARK
 
     model = create_detector("test_resnet").eval()
@@ -257,8 +258,47 @@ def test_predicts_cam_settings_are_refused_before_the_earlier_overlays_go(tmp_pa
     chosen = {"method": "gradcam", "target_layer": None, "batch_size": 2, **setting}
 
     with pytest.raises(ConfigError, match=said):
-        check_explainer(model, **chosen)
+        check_explainer(model, chosen["method"], chosen["target_layer"], img_size=32)
     with pytest.raises(ConfigError, match=said):
         write_overlays(model, None, [], np.zeros(0), 0.5, tmp_path, **chosen)
     assert (tmp_path / "00000_earlier.png").read_bytes() == b"an earlier overlay"
     assert not [name for name, module in model.named_modules() if module._forward_hooks]  # no hook left behind
+
+
+@pytest.mark.parametrize("layer", ["fc", "global_pool"])
+def test_a_target_layer_without_a_map_of_positions_is_refused_in_one_line(layer):
+    """The head's fc or the pooling gives no map: pytorch-grad-cam's traceback ("Invalid grads shape"),
+    and under train.do_cam only once training was over."""
+    from deepfake.errors import ConfigError
+    from deepfake.explain.cam import check_explainer
+
+    model = create_detector("test_resnet").train()
+    with pytest.raises(ConfigError, match=rf"cam.target_layer={layer} gives \d+(x\d+)? outputs per image, not a map"):
+        check_explainer(model, "gradcam", layer, img_size=32)
+    assert model.training  # the probe leaves the model as it found it
+    check_explainer(model, "gradcam", "layer2", img_size=32)  # a stage's map passes
+    explainer = Explainer(model, "gradcam", layer, batch_size=2)  # and when it is used without the probe
+    with pytest.raises(ConfigError, match=f"cam.target_layer={layer} gives"):
+        explainer(torch.zeros(2, 3, 32, 32), ["fake", "real"])
+    explainer.close()
+
+
+def test_a_mask_saved_at_another_resolution_than_its_image_is_outlined_at_the_images(tmp_path):
+    """A 40 px fake with its 32 px mask: task=cam ended in an IndexError once its metrics were written."""
+    from deepfake.explain.overlays import panel
+    from deepfake.tasks.cam import _sample
+
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "fake.png")
+    square = np.zeros((32, 32), np.uint8)
+    square[8:24, 8:24] = 255
+    Image.fromarray(square).save(tmp_path / "mask.png")
+
+    class OneFake:  # what _sample reads of a CsvImageDataset
+        paths, targets, mask_paths = [str(tmp_path / "fake.png")], np.array([1]), [str(tmp_path / "mask.png")]
+
+        def load(self, index):
+            return Image.open(self.paths[index]).convert("RGB"), None
+
+    sample = _sample(OneFake(), 0, np.ones((4, 4), np.float32), 0.9, "fake")
+    assert sample.mask.shape == (40, 40) and sample.mask[10:30, 10:30].all() and not sample.mask[:10].any()
+    assert panel(sample).width >= 2 * 40  # outlined on the image without an IndexError
