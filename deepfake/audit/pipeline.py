@@ -106,8 +106,9 @@ def _spectrum_sample(images: pd.DataFrame, settings: AuditSettings) -> tuple[dic
     for target, name in ((0, "real"), (1, "fake")):
         paths = readable.loc[readable["target"] == target, "path"].to_numpy()
         sample[name] = sorted(rng.choice(paths, min(len(paths), settings.spectrum_samples), replace=False))
-    chosen = readable[readable["path"].isin(sample["real"] + sample["fake"])]
-    return sample, crop_size(list(zip(chosen["width"], chosen["height"])), settings.spectrum_max_size)
+    sizes = [list(zip(chosen["width"], chosen["height"]))
+             for chosen in (readable[readable["path"].isin(paths)] for paths in sample.values())]  # fmt: skip
+    return sample, crop_size(sizes, settings.spectrum_max_size)
 
 
 def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSettings) -> dict:

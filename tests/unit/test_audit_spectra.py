@@ -65,3 +65,15 @@ def test_images_smaller_than_the_crop_are_skipped(tmp_path):
 
     assert class_spectrum([path], SIZE, threads=1).n_images == 0
     assert class_spectrum([path], 32, threads=1).n_images == 1
+
+
+def test_the_crop_fits_the_class_stored_smaller():
+    """Reals of 32 px beside more fakes of 40 px: the pooled median (40) skipped every real image, and
+    the check said "not measured" where the sizes already tell the classes apart."""
+    from deepfake.audit.spectra import crop_size
+
+    reals, fakes = [(32, 32)] * 10, [(40, 40)] * 30
+    assert crop_size([reals, fakes], cap=256) == 32
+    assert crop_size([fakes, [(48, 64)] * 5], cap=256) == 40  # the shorter side of each image
+    assert crop_size([reals, fakes], cap=16) == 16
+    assert crop_size([[], fakes], cap=256) == 40 and crop_size([[], []], cap=256) == 0
