@@ -151,6 +151,7 @@ def read_split_csv(
     real_label: int = 1,
     path_column: str = "path",
     label_column: str = "label",
+    warn_duplicates: bool = True,
 ) -> pd.DataFrame:
     """Read one split CSV and resolve its image paths.
 
@@ -172,7 +173,8 @@ def read_split_csv(
     frame["path"] = _resolve_under_root(paths, root, csv_path, path_column)
     frame["target"] = targets
     frame["row"] = np.arange(len(frame)) + _FIRST_DATA_LINE
-    _warn_duplicates(frame, csv_path, path_column)
+    if warn_duplicates:
+        _warn_duplicates(frame, csv_path, path_column)
     if "mask_path" in frame.columns:
         masks = frame["mask_path"].fillna("").astype(str).str.strip()
         frame["mask_path"] = _resolve_under_root(masks, root, csv_path, "mask_path")
@@ -213,7 +215,7 @@ class CsvImageDataset(ImageFileDataset):
         self.csv_path = Path(csv_path)
         self.root_dir = Path(os.path.abspath(root_dir))
         self._columns = {"real_label": real_label, "path_column": path_column, "label_column": label_column}
-        frame = self.read_frame()
+        frame = read_split_csv(self.csv_path, self.root_dir, **self._columns)
         super().__init__(
             PathTable(frame["path"]), transform, frame["target"].to_numpy(dtype=np.int64), fallback_size=fallback_size
         )
@@ -221,5 +223,7 @@ class CsvImageDataset(ImageFileDataset):
         self.mask_paths = PathTable(frame["mask_path"]) if "mask_path" in frame.columns else None
 
     def read_frame(self) -> pd.DataFrame:
-        """The CSV as :func:`read_split_csv` returns it (every column, resolved paths, targets, lines)."""
-        return read_split_csv(self.csv_path, self.root_dir, **self._columns)
+        """The CSV as :func:`read_split_csv` returns it (every column, resolved paths, targets, lines),
+        read again: the dataset keeps its columns as arrays, not the frame. Its repeated rows were
+        warned about when the dataset was made."""
+        return read_split_csv(self.csv_path, self.root_dir, **self._columns, warn_duplicates=False)

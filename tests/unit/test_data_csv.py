@@ -253,3 +253,14 @@ def test_spawned_worker_loads_batches(kaggle):
     assert batch["target"].tolist() == [0.0, 1.0, 0.0]
     assert batch["damaged"].tolist() == [False, False, True]
     assert np.array_equal(batch["index"].numpy(), [0, 1, 2])
+
+
+def test_repeated_rows_are_warned_of_once_per_dataset_even_when_its_frame_is_read_again(kaggle, caplog):
+    """task=audit made the dataset, then read its frame: every repeat warning came twice."""
+    csv, root = kaggle
+    _write(csv, [KAGGLE_HEADER, *KAGGLE_ROWS, "3" + KAGGLE_ROWS[0][1:]])
+    dataset = CsvImageDataset(csv, root)
+    frame = dataset.read_frame()
+    assert len(frame) == 4 and frame["path"].duplicated().sum() == 1
+    warned = [r.getMessage() for r in caplog.records if "repeat an earlier row" in r.getMessage()]
+    assert len(warned) == 1 and "1 row(s) repeat an earlier row's path (first: line 5 repeats line 2" in warned[0]
