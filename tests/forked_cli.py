@@ -178,6 +178,10 @@ class ForkedRun:
         self.wait(timeout)
         return self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
 
+    def output_so_far(self) -> str:
+        """stdout and stderr while it runs (a Popen's pipes cannot be read without waiting)."""
+        return "".join(path.read_text(errors="replace") for path in (self._out, self._err) if path.is_file())
+
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
             os.kill(self.pid, signum)

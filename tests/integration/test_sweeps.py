@@ -176,9 +176,9 @@ def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
     writes.execute("BEGIN IMMEDIATE")
     together = [forked_cli.start(args, tmp_path, {**ENV, **ONE_THREAD}) for _ in range(2)]
     deadline = time.monotonic() + 300
-    while not all("continuing study deepfake_synthetic (2 trials so far)" in _output_so_far(p) for p in together):
+    while not all("continuing study deepfake_synthetic (2 trials so far)" in p.output_so_far() for p in together):
         assert all(p.poll() is None for p in together) and time.monotonic() < deadline, [
-            _output_so_far(p) for p in together
+            p.output_so_far() for p in together
         ]
         time.sleep(0.05)
     writes.execute("ROLLBACK")
@@ -202,11 +202,6 @@ def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
     assert seeded == ["42 + 2, this launch's first trial", "42 + 3, this launch's first trial"], outputs
     sweeps = [p for p in (tmp_path / "multirun").iterdir() if p.name != "optuna"]
     assert sorted(len(summary(p)) for p in sweeps) == [1, 1, 2]
-
-
-def _output_so_far(proc) -> str:
-    """A forked run's stdout and stderr while it runs (forked_cli writes them to files)."""
-    return "".join(path.read_text(errors="replace") for path in (proc._out, proc._err) if path.is_file())
 
 
 def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shared_data_dir):
