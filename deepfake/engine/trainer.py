@@ -211,7 +211,9 @@ class Trainer(EpochEnd, Checkpointing):
         (signum,) = distributed.agree_max(self.stop.signum or 0)
         if signum and not self.stop.requested:
             self.stop.signum = signum
-        return self.stop.requested
+        # The agreed answer, not this rank's flag: a signal that lands just after the collective would
+        # stop this rank alone, and leave the others waiting for it in their next one.
+        return bool(signum)
 
     # ------------------------------------------------------------------------------- phases
     def _setup_phase(self, phase: Phase) -> None:

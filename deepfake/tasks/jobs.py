@@ -124,6 +124,15 @@ def run_job(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
     try:
         with _writer_lock(cfg, out_dir):
             return _run_held(cfg, task, out_dir)
+    except RunStopped:
+        if env_world_size() > 1 and cfg.task.name == "train":
+            # Every rank stopped after the same batch. torchrun ends the whole job at the first rank that
+            # exits with an error, killing rank 0 in its last writes (status.json, the trackers, the lock,
+            # the curves): the others wait here for rank 0 to have made them.
+            from deepfake.engine import distributed
+
+            distributed.shut_down()
+        raise
     except RunDirLocked as held:  # the message names the holder
         return _refused(cfg, out_dir, str(held), "refused")
     except ConfigError as mistyped:  # run_lock.*: the lock was never tried

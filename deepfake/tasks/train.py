@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -110,7 +111,13 @@ def _how_to_continue(out_dir: Path) -> str:
     if hydra.mode == RunMode.MULTIRUN and "study_name" not in hydra.sweeper:
         return (f"relaunch the sweep with hydra.sweep.dir={out_dir.parent} (its finished jobs are kept, this one "
                 "resumes)")  # fmt: skip
-    how = f"resume with: python scripts/main.py resume={out_dir}"
+    world = distributed.ranks().world_size
+    if world > 1:  # one process would refuse an epoch cut by several, or resume it as another run
+        local = os.environ.get("LOCAL_WORLD_SIZE", world)
+        how = (f"resume with the same {world} processes: torchrun --nproc_per_node={local} scripts/main.py "
+               f"resume={out_dir}")  # fmt: skip
+    else:
+        how = f"resume with: python scripts/main.py resume={out_dir}"
     if hydra.mode == RunMode.MULTIRUN:
         how += " (a run of its own then: the study keeps this trial failed, and a relaunched search samples new ones)"
     return how
@@ -170,6 +177,10 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     log.info("hyperparameters: %s", _hyperparameters(cfg))
     preprocess = {**model.preprocess, "img_size": positive_int(cfg.dataset.img_size, "dataset.img_size")}
     check_input_size(model, preprocess["img_size"], model.detector_spec["name"])
+    if cfg.train.do_cam:  # a layer without a map of positions failed only once training was over
+        from deepfake.explain.cam import check_explainer
+
+        check_explainer(model, cfg.cam.method, cfg.cam.target_layer, preprocess["img_size"])
     stopped_at = ((resume_from or {}).get("preprocess") or {}).get("img_size")
     if stopped_at is not None and stopped_at != preprocess["img_size"]:
         log.warning("resuming at dataset.img_size=%d a run stopped at %d px: its images change size mid-run",

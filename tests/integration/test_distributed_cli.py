@@ -86,3 +86,35 @@ def test_a_sweep_under_torchrun_is_refused(tmp_path):
     assert result.returncode != 0
     assert "-m under torchrun would run the whole sweep once per rank" in result.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_sigterm_to_one_rank_stops_the_run_with_every_file_of_rank_0_written(tmp_path):
+    """SLURM signals every process of a job; here rank 1 alone. Rank 1 exited at once with 143, and
+    torchrun killed rank 0 in its last writes: status.json left running, run.lock behind, no curves."""
+    import signal
+    import time
+
+    import psutil
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(MAIN),
+               f"paths.root_dir={tmp_path}", *TINY, "dataset.batch_size=4", "phase.finetune_epochs=20"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not [
+        log for log in tmp_path.glob("outputs/train/*/metrics_log.csv") if len(log.read_text().splitlines()) > 1
+    ]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    [rank_1] = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    rank_1.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    [run] = (tmp_path / "outputs" / "train").iterdir()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "stopped" and status["exit_code"] == 143, (status, out + err)
+    log = (run / "run.log").read_text()
+    assert "SIGTERM: stopped after epoch" in log and "last.pth saved" in log, log
+    # The hint names the processes to resume on: one process refused an epoch cut by two.
+    assert f"resume with the same 2 processes: torchrun --nproc_per_node=2 scripts/main.py resume={run}" in log
+    assert not (run / "run.lock").exists() and (run / "training_curves.png").is_file()
+    assert (run / "last.pth").is_file()
