@@ -258,6 +258,7 @@ def test_spawned_worker_loads_batches(kaggle):
 def test_repeated_rows_are_warned_of_once_per_dataset_even_when_its_frame_is_read_again(kaggle, caplog):
     """task=audit made the dataset, then read its frame: every repeat warning came twice."""
     csv, root = kaggle
+    caplog.set_level("WARNING", logger="deepfake.data.csv_dataset")  # another test may have raised it
     _write(csv, [KAGGLE_HEADER, *KAGGLE_ROWS, "3" + KAGGLE_ROWS[0][1:]])
     dataset = CsvImageDataset(csv, root)
     frame = dataset.read_frame()
