@@ -8,6 +8,7 @@ a ``model.json`` sidecar says how to feed it and how to read its output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -114,7 +115,8 @@ def export_onnx(
         detector.model, preprocess["mean"], preprocess["std"], detector.operating_point.temperature
     ).eval()
     with atomic_path(output) as temp:  # a refused export raises inside: the temp goes, nothing replaced
-        _write_graph(graph, temp, int(preprocess["img_size"]), opset)
+        with _quiet_version_conversion():
+            _write_graph(graph, temp, int(preprocess["img_size"]), opset)
         _check_opset(temp, opset)
         session = open_session(onnxruntime, temp, ["CPUExecutionProvider"])
         verification = verify(session, graph, real_images, tolerance)
@@ -142,6 +144,25 @@ def _write_graph(graph: FakeProbability, path: Path, size: int, opset: int | Non
         # An operator without an ONNX translation: a limit of this backbone, not a bug here.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{type(graph.detector).__name__} cannot be exported to ONNX: {first}") from err
+
+
+# The exporter translates to its own opset (18) and then tries to convert to a lower one asked for,
+# logging each step, and a failed conversion with its traceback; _check_opset says in one line what
+# was written, so those logs are kept below ERROR during an export.
+VERSION_CONVERSION_LOGGERS = ("torch.onnx._internal.exporter._compat", "onnxscript.version_converter")
+
+
+@contextlib.contextmanager
+def _quiet_version_conversion():
+    loggers = [logging.getLogger(name) for name in VERSION_CONVERSION_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_opset(path: Path, asked: int | None) -> None:
