@@ -109,7 +109,7 @@ def _read_csv(
     group: str = "predict",
 ) -> ImageInputs:
     frame = read_raw_csv(csv_path)
-    require_column(frame, path_column, csv_path, "predict.path_column")
+    require_column(frame, path_column, csv_path, f"{group}.path_column")
     root = Path(os.path.expanduser(os.fspath(root_dir))) if root_dir is not None else csv_path.parent
     if not root.is_dir():
         raise DataError(f"{group}.root_dir={root_dir}: no such folder (the CSV's relative paths start there)")

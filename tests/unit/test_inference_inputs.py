@@ -130,6 +130,16 @@ def test_without_a_label_column_a_csv_with_labels_in_words_is_an_unlabelled_inpu
     assert inputs.paths == [str(tmp_path / "a.jpg")] and inputs.targets is None
 
 
+def test_a_csv_without_its_path_column_names_the_setting_of_the_task_reading_it(tmp_path):
+    """task=export said to set predict.path_column, which export does not read."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    (tmp_path / "check.csv").write_text("file\na.jpg\n")
+    with pytest.raises(DataError, match=r"no column 'path' \(columns: file\); fix the CSV or set export.path_column$"):
+        discover_inputs(tmp_path / "check.csv", label_column=None, key="export.verify_input")
+    inputs = discover_inputs(tmp_path / "check.csv", label_column=None, key="export.verify_input", path_column="file")
+    assert inputs.paths == [str(tmp_path / "a.jpg")]
+
+
 def test_a_folder_of_an_earlier_predicts_overlays_is_no_input(tmp_path):
     """predict.output=<the input folder> with predict.cam wrote cam/ there; a later predict of that folder
     into another output scored the overlays as photos. Only the folder predict marked is left out."""
