@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from deepfake.data.transforms import central_square
 from deepfake.engine.evaluate import verdict
@@ -44,10 +45,12 @@ def write_overlays(
     method: str,
     target_layer: str | None,
     batch_size: int,
+    max_side: int | None = None,
 ) -> list[Path]:
     """``<row>_<name>.png`` per item in ``out_dir``, computed ``batch_size`` images at a time. An earlier
     predict's overlays there go first: they are of a predictions file just replaced. Files of that
-    pattern in a folder no predict marked as its own are the user's: refused, never deleted."""
+    pattern in a folder no predict marked as its own are the user's: refused, never deleted. Each image
+    is drawn at most ``max_side`` pixels square (None: as large as the region the model saw)."""
     if foreign := foreign_overlays(out_dir):
         raise DataError(f"{out_dir} holds {len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no "
                         "predict wrote; they would be replaced")  # fmt: skip
@@ -64,7 +67,7 @@ def write_overlays(
             images = torch.stack([dataset[entry.item]["image"] for entry in chunk])
             labels = [verdict(float(probs[entry.item]), threshold) for entry in chunk]
             for entry, cam, label in zip(chunk, explainer(images, labels), labels):
-                region = central_square(dataset.load(entry.item)[0])
+                region = _at_most(central_square(dataset.load(entry.item)[0]), max_side)
                 sample = Sample(
                     image=region,
                     cam=upsample(cam[None], (region.height, region.width))[0],
@@ -79,3 +82,10 @@ def write_overlays(
     finally:
         explainer.close()
     return written
+
+
+def _at_most(region: Image.Image, side: int | None) -> Image.Image:
+    """A camera photo's region drawn at full size made a panel of 8000 x 4000 pixels (94 MB as PNG)."""
+    if side is None or max(region.size) <= side:
+        return region
+    return region.resize((side, side), Image.Resampling.LANCZOS)  # the region is square

@@ -26,7 +26,7 @@ from deepfake.engine.evaluate import predict
 from deepfake.engine.fast_path import resolve_num_workers
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.engine.stopping import init_worker
-from deepfake.errors import CheckpointError, ConfigError, DataError
+from deepfake.errors import ConfigError, DataError
 from deepfake.inference import Row, discover_inputs, load_detector, prediction_table, write_predictions
 from deepfake.inference.predictions import (
     COLUMNS,
@@ -115,6 +115,9 @@ def _cam_settings(cfg: DictConfig, detector) -> dict:
         "method": cfg.cam.method,
         "target_layer": cfg.cam.target_layer,
         "batch_size": values.positive_int(cfg.cam.batch_size, "cam.batch_size"),
+        "max_side": None
+        if cfg.predict.cam_max_side is None
+        else values.positive_int(cfg.predict.cam_max_side, "predict.cam_max_side"),
     }
     check_explainer(detector.model, cam["method"], cam["target_layer"], detector.preprocess["img_size"])
     return cam | {"device": cfg.train.device}
@@ -125,14 +128,12 @@ def _decision_rule(detector, settings: DictConfig):
     model stopped before choosing one gets no silent 0.5: task=test refuses it the same way. A last.pth,
     or an export of one, never holds one however its run ended (the run's is in best.pth): what the
     refusal says of it, not "resume that run"."""
-    latest = detector.checkpoint.get("kind") == "last"
-    point = detector.operating_point
-    if latest and detector.kind == "onnx" and settings.threshold is None and point.threshold is None:
-        exported = detector.checkpoint.get("source_path") or "a last.pth"
-        raise CheckpointError(f"{detector.source} is an export of {exported}, which holds no decision threshold: "
-                              "its run's is in best.pth beside it; export or score that, or pass "
-                              "predict.threshold=<p_fake>")  # fmt: skip
-    return point.rule(settings.threshold, "predict.threshold", str(detector.source), latest_epoch=latest)
+    latest = None
+    if detector.checkpoint.get("kind") == "last":
+        source = detector.checkpoint.get("source_path") or "a last.pth"
+        latest = f"an export of {source}" if detector.kind == "onnx" else "a last.pth"
+    rule = detector.operating_point.rule
+    return rule(settings.threshold, "predict.threshold", str(detector.source), latest_epoch=latest)
 
 
 def _summary_settings(cfg: DictConfig):
@@ -302,6 +303,6 @@ def _explain(cam: dict, detector, dataset, scored: list[Row], probs, threshold: 
     ]  # fmt: skip
     model = detector.model.to(resolve_device(cam["device"]))
     write_overlays(model, dataset, items, probs, threshold, cam_dir, method=cam["method"],
-                   target_layer=cam["target_layer"], batch_size=cam["batch_size"])  # fmt: skip
+                   target_layer=cam["target_layer"], batch_size=cam["batch_size"], max_side=cam["max_side"])  # fmt: skip
     log.info("CAM overlays of %d image(s): %s", len(items), cam_dir)
     return cam_dir

@@ -302,3 +302,27 @@ def test_a_mask_saved_at_another_resolution_than_its_image_is_outlined_at_the_im
     sample = _sample(OneFake(), 0, np.ones((4, 4), np.float32), 0.9, "fake")
     assert sample.mask.shape == (40, 40) and sample.mask[10:30, 10:30].all() and not sample.mask[:10].any()
     assert panel(sample).width >= 2 * 40  # outlined on the image without an IndexError
+
+
+@pytest.mark.parametrize(("max_side", "drawn"), [(256, 256), (None, 900)])
+def test_predicts_overlay_of_a_large_photo_is_drawn_at_most_max_side_square(tmp_path, max_side, drawn):
+    """A camera photo's overlay was drawn at the photo's size: 6000 x 4000 gave a 94 MB PNG."""
+    from deepfake.data.image_files import ImageFileDataset
+    from deepfake.inference.explain import OverlayItem, write_overlays
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(tmp_path / "small.jpg")
+    dataset = ImageFileDataset(
+        [str(tmp_path / "photo.jpg"), str(tmp_path / "small.jpg")],
+        build_eval_transform(32, mean=[0.5] * 3, std=[0.25] * 3),
+    )
+    model = create_detector("test_resnet").eval()
+    items = [OverlayItem(0, "photo", None), OverlayItem(1, "small", None)]
+
+    written = write_overlays(model, dataset, items, np.array([0.9, 0.1]), 0.5, tmp_path / "cam",
+                             method="gradcam", target_layer="layer2", batch_size=2, max_side=max_side)  # fmt: skip
+
+    sizes = [Image.open(path).size for path in written]
+    # Each panel: the square region and its overlay side by side, over a caption; a small one is not enlarged.
+    assert sizes == [(2 * drawn, drawn + CAPTION_HEIGHT), (2 * MIN_PANEL_SIZE, MIN_PANEL_SIZE + CAPTION_HEIGHT)]
