@@ -76,15 +76,17 @@ class OperatingPoint:
                                   f"{temperature!r}): it was edited or damaged; use an unedited copy")  # fmt: skip
         return point
 
-    def rule(self, override: float | None, key: str, model: str, *, latest_epoch: bool = False) -> DecisionRule:
+    def rule(self, override: float | None, key: str, model: str, *, latest_epoch: str | None = None) -> DecisionRule:
         """The rule a task applies: this threshold, unless the setting ``key`` gives ``override``; this
         temperature either way. ``model`` names the model in the error for one with no threshold, and
-        ``latest_epoch`` says it is a last.pth, which never holds one."""
+        ``latest_epoch`` says what it is when it is a run's latest epoch ("a last.pth", "an export of
+        <path>"), which never holds one."""
         if override is not None:
             return DecisionRule(check_threshold(override, key), self.temperature, key, self.policy, self.threshold)
         if self.threshold is None:
-            why = ("is a last.pth: the threshold its run chose is in best.pth beside it; pass that" if latest_epoch
-                   else "holds no decision threshold (its training stopped before choosing one); resume that run")  # fmt: skip
+            why = (f"is {latest_epoch}, which holds no decision threshold: its run's is in best.pth beside it; use that"
+                   if latest_epoch else
+                   "holds no decision threshold (its training stopped before choosing one); resume that run")  # fmt: skip
             raise CheckpointError(f"{model} {why}, or pass {key}=<p_fake>")
         return DecisionRule(self.threshold, self.temperature, "checkpoint", self.policy, self.threshold)
 
@@ -93,5 +95,5 @@ def decision_rule(checkpoint: dict, threshold_override: float | None = None) -> 
     """The rule task=test and task=cam apply to ``checkpoint``'s scores: its stored operating point,
     unless ``threshold_override`` (``eval.threshold``) is given."""
     model = f"checkpoint {checkpoint.get('run_name') or ''}".rstrip()
-    latest = checkpoint.get("kind") == "last"
+    latest = "a last.pth" if checkpoint.get("kind") == "last" else None
     return OperatingPoint.of(checkpoint, model).rule(threshold_override, "eval.threshold", model, latest_epoch=latest)

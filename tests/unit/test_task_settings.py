@@ -79,8 +79,12 @@ def test_predict_refuses_a_model_without_a_threshold_unless_one_is_given():
     assert stopped.threshold is None
     with pytest.raises(CheckpointError, match="^best.pth holds no decision threshold.*predict.threshold=<p_fake>$"):
         stopped.rule(None, "predict.threshold", "best.pth")
-    with pytest.raises(CheckpointError, match="^last.pth is a last.pth: the threshold its run chose is in best.pth"):
-        stopped.rule(None, "predict.threshold", "last.pth", latest_epoch=True)
+    with pytest.raises(
+        CheckpointError,
+        match="^last.pth is a last.pth, which holds no decision threshold: its run's "
+        "is in best.pth beside it; use that, or pass predict.threshold=<p_fake>$",
+    ):
+        stopped.rule(None, "predict.threshold", "last.pth", latest_epoch="a last.pth")
     given = stopped.rule(0.7, "predict.threshold", "best.pth")
     assert (given.threshold, given.source, given.stored_threshold) == (0.7, "predict.threshold", None)
     chosen = OperatingPoint.of({"threshold": 0.25, "threshold_policy": "eer", "temperature": 2.0})
