@@ -52,8 +52,13 @@ def run(cfg: DictConfig) -> float:
     # Labels play no part in the check: a CSV's label column, whatever it holds, is not read.
     given = settings.verify_input
     paths = (
-        discover_inputs(given, key="export.verify_input", label_column=None, root_dir=settings.root_dir,
-                        path_column=settings.path_column).paths
+        discover_inputs(
+            given,
+            key="export.verify_input",
+            label_column=None,
+            root_dir=settings.root_dir,
+            path_column=settings.path_column,
+        ).paths
         if given
         else None
     )
