@@ -31,6 +31,7 @@ os.environ.setdefault("DEEPFAKE_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from deepfake import tasks  # noqa: E402  (registers the config resolvers before Hydra composes)
 from deepfake.engine.launcher_env import env_world_size, under_torchrun  # noqa: E402
+from deepfake.engine.stopping import raise_on_sigterm  # noqa: E402
 from deepfake.errors import RunStopped, error_line  # noqa: E402
 from deepfake.tasks.resolvers import RUN_STAMP_ENV, new_run_stamp  # noqa: E402
 from deepfake.tasks.resume_argv import rewrite_argv  # noqa: E402
@@ -98,6 +99,10 @@ if __name__ == "__main__":
     sys.argv[1:] = rewrite_argv(sys.argv[1:], CONF_DIR)
     if under_torchrun() and env_world_size() > 1:
         join_torchrun(sys.argv[1:])
+    else:
+        # Not under torchrun: its agent ends every rank with SIGTERM when one fails, and a rank waiting
+        # in a collective would only see an exception once the wait ends.
+        raise_on_sigterm()
     # The one place where outcomes become exit statuses: jobs record theirs and return, so a failed
     # job never ends a sweep; 2 when a job failed on a user's mistake, 1 on a bug.
     try:
@@ -105,9 +110,11 @@ if __name__ == "__main__":
     except RunStopped as stop:
         status = tasks.stop_exit_status(stop)  # the shell's convention for "ended by this signal"
     except KeyboardInterrupt as stop:
-        # Ctrl-C outside training's loop (which ends at a batch's end with RunStopped): while a task
-        # sets up or scans, where nothing is half-written; a traceback would read as a bug.
-        print("stopped by Ctrl-C (SIGINT)", file=sys.stderr)
+        # Ctrl-C or SIGTERM outside training's loop (which ends at a batch's end with RunStopped): while
+        # a task sets up or scans, where nothing is half-written; a traceback would read as a bug.
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"stopped by {'Ctrl-C (SIGINT)' if signum == signal.SIGINT else signal.Signals(signum).name}",
+              file=sys.stderr)  # fmt: skip
         status = tasks.stop_exit_status(stop)
     else:
         status = tasks.exit_status()

@@ -68,12 +68,36 @@ class StopRequest:
 
     def hand_back(self) -> None:
         """Run the handler the received signal had before training took it over, if it was a
-        launcher's (a Python callable other than Ctrl-C's KeyboardInterrupt): submitit's handler
-        requeues the job and exits; the requeued job resumes from the ``last.pth`` just saved."""
+        launcher's (a Python callable other than those raising Ctrl-C's KeyboardInterrupt or a
+        StopSignal): submitit's handler requeues the job and exits; the requeued job resumes from the
+        ``last.pth`` just saved."""
         handler = self._previous.get(self.signum) if self.signum is not None else None
-        if callable(handler) and handler is not signal.default_int_handler:
+        if callable(handler) and handler not in (signal.default_int_handler, _raise_stop_signal):
             log.info("handing %s back to the launcher's own handler", signal.Signals(self.signum).name)
             handler(self.signum, None)
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM outside training's loop, raised where the process is, as Python raises Ctrl-C's
+    KeyboardInterrupt: whatever catches that one (a task's stop line, the run's status, the run dir's
+    lock) handles this one too. ``signum`` gives the shell's exit status, 128 + it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's pre-emption, ``docker stop``) during set-up, the image scan or
+    the test of best.pth killed the process without a word: status.json left "running", run.lock and
+    the trackers left open. Raised as :class:`StopSignal`, it ends as Ctrl-C does there. A handler
+    someone else installed (submitit's, which ignores it and requeues on SIGUSR2) is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_stop_signal)
+
+
+def _raise_stop_signal(signum: int, _frame) -> None:
+    raise StopSignal(signum)
 
 
 def init_worker(worker_id: int) -> None:

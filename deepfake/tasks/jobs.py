@@ -90,8 +90,8 @@ def stop_exit_status(stop: BaseException) -> int:
     130); anything else that leaves a task this way is a bug."""
     if isinstance(stop, RunStopped):
         return 128 + stop.signum
-    if isinstance(stop, KeyboardInterrupt):
-        return 128 + signal.SIGINT
+    if isinstance(stop, KeyboardInterrupt):  # Ctrl-C's, or a StopSignal's (SIGTERM outside training)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     return EXIT_BUG
 
 
@@ -210,8 +210,10 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
             "attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir
         )
         cfg.resume = str(out_dir)
-    write_status(out_dir, status)
     try:
+        # Inside: a stop signal landing once status.json is written, before the task begins, must
+        # still leave it saying "stopped".
+        write_status(out_dir, status)
         value = task(cfg)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
         return _failed(cfg, out_dir, status, err, time.perf_counter() - started)

@@ -323,9 +323,9 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         promoted = session.open_registry(cfg).register_run(
             entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (engine.stopping.StopSignal)
         log.warning("interrupted after training; %s (it tests and registers it)", _how_to_continue(out_dir))
-        raise RunStopped(signal.SIGINT) from None
+        raise RunStopped(getattr(stop, "signum", signal.SIGINT)) from None
     if promoted:
         log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], training.promotion_set,
                  cfg.paths.best_model)  # fmt: skip

@@ -139,16 +139,21 @@ def test_stop_signal_saves_and_says_how_to_resume(scenario, outcomes):
     assert outcome.landed[0] != "no last.pth"
 
 
-def test_ctrl_c_before_training_ends_with_one_line_not_a_traceback(tmp_path, reliable_data):
+@pytest.mark.parametrize(("signum", "said"), [(signal.SIGINT, "Ctrl-C (SIGINT)"), (signal.SIGTERM, "SIGTERM")])
+def test_a_stop_before_training_ends_with_one_line_not_a_traceback(tmp_path, reliable_data, signum, said):
     """Ctrl-C while a run sets up (its images scanned, its model built) was a KeyboardInterrupt traceback:
-    outside training's loop, which saves and stops at a batch's end. Wherever it lands once the job has
-    begun (status.json written), the run ends with one line and the shell's status for SIGINT."""
+    outside training's loop, which saves and stops at a batch's end. SIGTERM there (a scheduler's
+    pre-emption) killed the run without a word: status.json left "running", run.lock behind. Wherever
+    either lands once the job has begun (status.json written), the run ends with one line, the
+    shell's status for the signal, its status "stopped" and its lock released."""
     proc = start(tmp_path, reliable_data, *RELIABLE)
     run_dir = wait_for(proc, tmp_path, lambda run_dir: (run_dir / "status.json").is_file())
     assert run_dir is not None, proc.communicate()
-    status, out, err = kill(proc, signal.SIGINT)
-    assert status == 130 and "Traceback" not in err, err
+    status, out, err = kill(proc, signum)
+    assert status == 128 + signum and "Traceback" not in err, err
+    assert f"stopped by {said}" in err or "resume with: python scripts/main.py resume=" in out + err, out + err
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+    assert not (run_dir / "run.lock").exists()
 
 
 def test_a_run_killed_in_its_closing_cam_is_resumed_to_the_end(tmp_path, reliable_data):
