@@ -39,7 +39,7 @@ from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import ConfigError, DataError, RunStopped, TrainingError
+from deepfake.errors import ConfigError, DataError, RunStopped, TrainingError, UserError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -320,9 +320,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints
             tracker.log_artifact(card)
             tracker.log_artifact(best)
-        promoted = session.open_registry(cfg).register_run(
-            entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
-        )
+        promoted = _register(training, entry, best, card)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (engine.stopping.StopSignal)
         log.warning("interrupted after training; %s (it tests and registers it)", _how_to_continue(out_dir))
         raise RunStopped(getattr(stop, "signum", signal.SIGINT)) from None
@@ -335,6 +333,19 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         entry, seconds, registry_path=cfg.paths.registry, promoted_to=cfg.paths.best_model if promoted else None
     )
     return state.best_auc
+
+
+def _register(training: TrainingRun, entry: dict, best: Path, card: Path) -> bool:
+    """Whether the run became the global best; a registry it cannot write (read-only, locked, damaged)
+    is one line that also says the trained run is kept and how to register it."""
+    cfg = training.cfg
+    try:
+        return session.open_registry(cfg).register_run(
+            entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
+        )
+    except UserError as err:
+        raise UserError(f"{err}; the trained run is kept: {_how_to_continue(training.out_dir)} "
+                        "(it registers it)") from err  # fmt: skip
 
 
 def _explain(best: Path, training: TrainingRun, step: int) -> dict:

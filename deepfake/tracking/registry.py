@@ -266,14 +266,19 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self._lock_path, timeout=self.lock_timeout)
         try:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except Timeout:
             raise UserError(
                 f"registry {self.metadata_path} stayed locked by another run for {self.lock_timeout:g} s "
                 f"({self._lock_path}); wait for it to finish or raise registry.lock_timeout_s"
+            ) from None
+        except OSError as error:  # a read-only or full models dir: the pre-flight check passed, it changed since
+            raise UserError(
+                f"registry {self.metadata_path}: cannot write its lock {self._lock_path} ({error.strerror}); "
+                "make that folder writable, or set paths.models_dir"
             ) from None
         try:
             yield

@@ -18,7 +18,7 @@ import torch
 from helpers import error_lines, registry
 
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
-from reliability.faults import ENV, RELIABLE, run
+from reliability.faults import ENV, RELIABLE, csv_rows, run, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -327,3 +327,28 @@ def test_resume_true_goes_on_with_the_stopped_run_not_a_newer_one_refused_for_a_
     assert result.returncode == 2 and error_lines(result) == [error], result.stdout + result.stderr
     said = f"{missing} has no last.pth yet (it failed before its first epoch ended: {error[len('ERROR ') :]})"
     assert said in (missing / "run.log").read_text()
+
+
+def test_a_models_dir_unwritable_since_the_start_is_one_line_and_resume_registers_the_run(tmp_path, reliable_data):
+    """The pre-flight check had found it writable; at registration the lock's OSError was a traceback
+    ("the job failed with a bug") without a word on the trained run or how to register it."""
+    proc = start(tmp_path, reliable_data, *RELIABLE)
+    run_dir = wait_for(proc, tmp_path, lambda run_dir: csv_rows(run_dir) >= 1)
+    assert run_dir is not None, proc.communicate()
+    models = tmp_path / "models"
+    models.rename(tmp_path / "models.away")
+    models.write_text("a file where the models dir was")  # as root, no permission makes a folder unwritable
+    out, err = proc.communicate(timeout=300)
+
+    [line] = [text for text in (out + err).splitlines() if text.startswith("ERROR ")]
+    assert proc.returncode == 2 and "Traceback" not in out + err, out + err
+    assert f"cannot write its lock {models / 'model_metadata.json.lock'}" in line
+    assert line.endswith(f"the trained run is kept: resume with: python scripts/main.py resume={run_dir} "
+                         "(it registers it)")  # fmt: skip
+
+    models.unlink()
+    (tmp_path / "models.away").rename(models)
+    resumed = run(tmp_path, reliable_data, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [entry] = registry(tmp_path)["runs"]
+    assert entry["status"] == "finished" and entry["run_name"] == run_dir.name
