@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -96,9 +97,13 @@ def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
         )
     if _typed(parsed, "hydra.run.dir") is not None:
         raise ConfigError("resume picks the run dir itself; drop hydra.run.dir from the command line")
+    if (task := _typed(parsed, "task")) not in (None, "train"):
+        raise ConfigError(f"resume continues a stopped training run, not task={task}; drop resume= to run task={task} "
+                          "(ckpt=<run dir> gives it the run's model)")  # fmt: skip
     run_dir = _latest_run_dir(conf_dir, overrides) if value is True else _existing_run_dir(str(value))
     _work_where_it_started(run_dir)
     kept = _last_wins([o for o in _previous_overrides(run_dir) + parsed if o.key_or_group != "resume"])
+    kept = _with_its_own_root(run_dir, kept)
     cfg = _compose(conf_dir, kept, f"resume={run_dir}")
     if cfg.task.name != "train":
         raise ConfigError(f"resume={run_dir}: a task={cfg.task.name} run dir; resume continues a stopped training "
@@ -133,7 +138,7 @@ def _compose(conf_dir: Path, overrides: list[Override], purpose: str) -> DictCon
             return compose(
                 config_name="config", overrides=[o.input_line for o in overrides if not o.is_hydra_override()]
             )
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: experiment=null, say
         raise ConfigError(f"{purpose}: cannot compose the config ({' '.join(str(err).split())})") from None
 
 
@@ -184,10 +189,14 @@ def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("resume=")])
     cfg = _compose(conf_dir, parsed, "resume=true")
     train_dir = Path(cfg.paths.log_dir) / "train"
-    runs = sorted(d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file())
+    runs = sorted(
+        (d for d in train_dir.glob("*") if (d / ".hydra" / "overrides.yaml").is_file()),
+        key=lambda run_dir: (_started(run_dir), run_dir.name),
+    )
 
     def why_not(run_dir: Path) -> str | None:
-        if finished_entry(cfg, run_dir) is not None:
+        # Its own status too: a run registered elsewhere (its own paths.models_dir) is not in this registry.
+        if (read_status(run_dir) or {}).get("status") == "finished" or finished_entry(cfg, run_dir) is not None:
             return "it has finished"
         try:
             refuse_if_held(run_dir, values.lock_stale_after_s(cfg))
@@ -198,7 +207,7 @@ def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
         return None
 
     passed_over = []
-    for run_dir in reversed(runs):  # run dir names start with their start time
+    for run_dir in reversed(runs):
         reason = why_not(run_dir)
         if reason is None:
             break
@@ -212,6 +221,15 @@ def _latest_run_dir(conf_dir: Path, overrides: list[str]) -> Path:
         print(f"resume=true: {run_dir.resolve()}, the newest run that can go on; passed over {len(passed_over)} newer "
               f"run(s): {named}{more}", flush=True)  # fmt: skip
     return run_dir.resolve()
+
+
+def _started(run_dir: Path) -> float:
+    """When the run's latest session started (its status.json), else when its overrides were written.
+    Not its name: only Hydra's stamped names sort by time, and hydra.run.dir=expA sorted after them."""
+    try:
+        return datetime.fromisoformat((read_status(run_dir) or {})["started_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime
 
 
 def _work_where_it_started(run_dir: Path) -> None:
@@ -228,6 +246,25 @@ def _work_where_it_started(run_dir: Path) -> None:
         print(f"resume: working in {started_in}, where {run_dir.name} was started (relative paths in its "
               "overrides start there)", flush=True)  # fmt: skip
         os.chdir(started_in)
+
+
+def _with_its_own_root(run_dir: Path, overrides: list[Override]) -> list[Override]:
+    """paths.root_dir defaults to $DEEPFAKE_ROOT, which no override records: resumed from a shell where
+    it differed (or was unset: the repository's root), the run read other data and was registered and
+    promoted into another registry, without a word. The root the run used (config_resolved.yaml) is
+    kept, and said, unless an override (the run's or this command line's) gives one."""
+    if any(o.key_or_group == "paths.root_dir" for o in overrides):
+        return overrides
+    try:
+        recorded = yaml.safe_load((run_dir / "config_resolved.yaml").read_text(encoding="utf-8"))["paths"]["root_dir"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return overrides  # no record (a run refused before writing it): the current root, as before
+    here = os.environ.get("DEEPFAKE_ROOT", ".")
+    if not isinstance(recorded, str) or not Path(recorded).is_dir() or Path(recorded).resolve() == Path(here).resolve():
+        return overrides
+    print(f"resume: paths.root_dir={recorded}, the root {run_dir.name} was started with (DEEPFAKE_ROOT here: "
+          f"{here}); give paths.root_dir to change it", flush=True)  # fmt: skip
+    return overrides + OverridesParser.create().parse_overrides([f"paths.root_dir={_quoted(Path(recorded))}"])
 
 
 def _existing_run_dir(value: str) -> Path:

@@ -65,12 +65,32 @@ def test_resume_true_takes_the_most_recently_started_run(tmp_path):
     assert argv[-2:] == [f"resume='{latest}'", f"hydra.run.dir='{latest}'"] and "seed=2" in argv
 
 
-def _ended(run_dir: Path, status: str, exit_code: int | None = None, error: str | None = None) -> Path:
+def _ended(
+    run_dir: Path, status: str, exit_code: int | None = None, error: str | None = None, started: str | None = None
+) -> Path:
     """The files a run leaves when it ends that way (a refused setting: logs and tb/, no checkpoint)."""
-    (run_dir / "status.json").write_text(json.dumps({"status": status, "exit_code": exit_code, "error": error}))
+    ended = {"status": status, "exit_code": exit_code, "error": error}
+    (run_dir / "status.json").write_text(json.dumps(ended | ({"started_at": started} if started else {})))
     (run_dir / "run.log").write_text(f"ERROR {error}\n" if error else "")
     (run_dir / "tb").mkdir()
     return run_dir
+
+
+def test_resume_true_takes_the_run_started_last_whatever_its_dirs_name(tmp_path, capsys):
+    """Run dirs were sorted by name: hydra.run.dir=expA, stopped first, sorted after a later stamped run
+    and was resumed instead; and a run finished into its own paths.models_dir was not passed over."""
+    older = _ended(_run_dir(tmp_path, "expA", ["seed=1"]), "stopped", started="2026-01-01T00:00:00+00:00")
+    newer = _ended(_run_dir(tmp_path, "2026-01-02_00-00-00_bbbb_newer", ["seed=2"]), "stopped",
+                   started="2026-01-02T00:00:00+00:00")  # fmt: skip
+    finished = _ended(_run_dir(tmp_path, "zzz", ["seed=3", f"paths.models_dir={tmp_path / 'elsewhere'}"]),
+                      "finished", 0, started="2026-01-03T00:00:00+00:00")  # fmt: skip
+    for run_dir in (older, newer, finished):
+        (run_dir / "last.pth").write_bytes(b"checkpoint")
+
+    argv = _rewrite([f"paths.root_dir={tmp_path}", "resume=true"], CONF_DIR)
+
+    assert argv[-2:] == [f"resume='{newer}'", f"hydra.run.dir='{newer}'"] and "seed=2" in argv
+    assert f"passed over 1 newer run(s): {finished.name}: it has finished" in capsys.readouterr().out
 
 
 def test_resume_true_passes_over_newer_runs_that_failed_on_a_users_mistake(tmp_path, capsys):
@@ -160,6 +180,9 @@ def test_a_run_without_last_pth_is_started_over_saying_how_it_ended(tmp_path, mo
         (["-m", "resume=RUN"], "not a sweep"),
         (["hparams_search=optuna", "resume=RUN"], "not a sweep"),
         (["resume=RUN", "hydra.run.dir=/elsewhere"], "drop hydra.run.dir"),
+        # It said "a task=test run dir" of a training run: the typed task is the mistake.
+        (["resume=RUN", "task=test"], "^resume continues a stopped training run, not task=test; drop resume="),
+        (["resume=RUN", "experiment=null"], "cannot compose the config"),  # was a ValueError traceback
     ],
 )
 def test_resume_mistakes_are_one_line_config_errors(tmp_path, argv, message):
@@ -282,3 +305,22 @@ def test_a_resume_from_another_folder_works_where_the_run_was_started(tmp_path, 
     argv = _rewrite([f"resume={run_dir}"], CONF_DIR)
     assert Path.cwd() == started_in and "dataset.root=k140" in argv
     assert f"resume: working in {started_in}, where {run_dir.name} was started" in capsys.readouterr().out
+
+
+def test_a_resume_under_another_deepfake_root_keeps_the_runs_own_root(tmp_path, monkeypatch, capsys):
+    """DEEPFAKE_ROOT (paths.root_dir's default) is in no override: resumed from a shell where it differed,
+    the run regenerated its data and was registered and promoted into that root's registry, silently."""
+    started, other = tmp_path / "started", tmp_path / "other"
+    other.mkdir()
+    run_dir = _run_dir(started, "2026-01-01_00-00-00_aaaa", ["seed=1"])
+    (run_dir / "config_resolved.yaml").write_text(f"paths:\n  root_dir: {started}\n")
+    monkeypatch.setenv("DEEPFAKE_ROOT", str(other))
+
+    argv = _rewrite([f"resume={run_dir}"], CONF_DIR)
+
+    assert f"paths.root_dir='{started}'" in argv
+    assert f"resume: paths.root_dir={started}, the root {run_dir.name} was started with" in capsys.readouterr().out
+    # Given on the command line (or among the run's overrides), the root is the one given.
+    assert f"paths.root_dir={other}" in _rewrite([f"resume={run_dir}", f"paths.root_dir={other}"], CONF_DIR)
+    monkeypatch.setenv("DEEPFAKE_ROOT", str(started))  # the same root: nothing added
+    assert not [arg for arg in _rewrite([f"resume={run_dir}"], CONF_DIR) if arg.startswith("paths.root_dir")]
