@@ -114,8 +114,6 @@ class EpochEnd:
         if improved:
             self.state.best_auc, self.state.best_epoch = auc, self.state.epoch
             self.best_predictions = preds
-            if self.ranks.is_main:
-                self.checkpoints.save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         if self.state.epoch_in_phase >= phase.epochs:
             self.state.phase_index += 1
             self.state.epoch_in_phase = 0
@@ -124,6 +122,11 @@ class EpochEnd:
         if self.metrics_csv is not None:
             self.metrics_csv.append(row)
         self._save_last(phase, val_metrics)
+        # best.pth after last.pth, which names this epoch the best and holds its weights: a kill in between
+        # leaves a best.pth one improvement behind, which the resume writes again from last.pth
+        # (_reconcile_best), never one that no record describes.
+        if improved and self.ranks.is_main:
+            self.checkpoints.save(self._checkpoint("best", phase, val_metrics), self.run_dir / "best.pth")
         self._report_epoch(row, improved, validation_s)
         return row
 

@@ -39,8 +39,8 @@ def plan_phases(
     weight_decay_exclude_1d: bool = True,
     layer_decay: float | None = None,
 ) -> list[Phase]:
-    """The phases that actually run; a phase of 0 epochs is left out. Layer decay applies where the
-    backbone trains: in fine-tuning, whose schedule applies the groups' ``lr_scale``."""
+    """The phases that actually run; a phase of 0 epochs is left out. Layer decay and the warm-up apply
+    where the backbone trains: in fine-tuning, whose schedule applies the groups' ``lr_scale``."""
     if head_epochs < 0 or finetune_epochs < 0:
         raise ConfigError(
             f"phase.head_epochs={head_epochs}, phase.finetune_epochs={finetune_epochs}: epochs must be >= 0"
@@ -49,6 +49,14 @@ def plan_phases(
         raise ConfigError("phase.head_epochs=0, phase.finetune_epochs=0: nothing to train; give either phase an epoch")
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"phase.layer_decay={layer_decay}: must be in (0, 1] (e.g. 0.75), or null for none")
+    if finetune_epochs and warmup_epochs >= finetune_epochs:
+        # Warm-up ramps the rate up over its steps and the cosine follows: a warm-up as long as the phase
+        # (or longer) trains it all below the rate asked for, which is never reached, and never decays.
+        raise ConfigError(
+            f"phase.warmup_epochs={warmup_epochs:g} must be fewer than phase.finetune_epochs={finetune_epochs} (the "
+            "phase it warms up): it would take the whole phase, whose rates never reach phase.lr_head and "
+            "phase.lr_backbone; lower phase.warmup_epochs (0 for none)"
+        )
     phases = [
         Phase(
             "head",

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from deepfake.engine import distributed
 from deepfake.engine.phases import PHASE_ORDER, Phase
 from deepfake.engine.precision import make_grad_scaler
 from deepfake.engine.reproducibility import capture_rng_state, restore_rng_state
 from deepfake.errors import CheckpointError, ConfigError
-from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
+from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
 log = logging.getLogger(__name__)
+
+# What last.pth holds beyond what best.pth does: the state that only a resume needs.
+LAST_ONLY = ("trainer_state", "optimizer", "scheduler", "scaler", "rng", "loader", "ranks", "damaged", "ema_model")
+
+
+def best_from_last(last: dict) -> dict:
+    """The best.pth that was saved with ``last``, a last.pth saved at the end of that epoch: what
+    validation scored (the moving average under train.ema) and the same description."""
+    kept = {key: value for key, value in last.items() if key not in LAST_ONLY}
+    return {**kept, "kind": "best", "model": last["ema_model"] if last.get("ema") else last["model"]}
+
+
+def _epoch_of(checkpoint: Path) -> int | None:
+    """The epoch a checkpoint was saved at; None when there is none to read."""
+    try:
+        return load_checkpoint(checkpoint).get("epoch")
+    except CheckpointError:
+        return None
 
 
 @dataclass
@@ -126,6 +145,7 @@ class Checkpointing:
                 "batch_size": self.train_loader.batch_size,
                 "world_size": self.ranks.world_size,
                 "accumulate": self.accumulate,
+                "seed": self.train_loader.sampler.seed,  # with the epoch, the order of its images
             },
             "ranks": ranks_state,  # under DDP: each rank's _rank_state, in rank order
             # Each rank's, taken out of its state above so that last.pth holds them once.
@@ -154,16 +174,29 @@ class Checkpointing:
         if "logged_step" not in checkpoint["trainer_state"]:  # an older last.pth logged a point at its stop
             state.logged_step, state.logged_loss_sum, state.logged_samples = (
                 state.step, state.epoch_loss_sum, state.epoch_samples)  # fmt: skip
+        if state.batches_done:
+            self._refuse_recutting_the_epoch(saved)
+        return state, self._place_in_schedule(checkpoint, state)
+
+    def _refuse_recutting_the_epoch(self, saved: dict) -> None:
+        """An epoch stopped part-way goes on only as it was cut: its rest skips the samples trained,
+        counted in batches of the saved size and taken from the saved seed's order."""
+        last = self.run_dir / "last.pth"
         now = (self.ranks.world_size, self.train_loader.batch_size, self.accumulate)
         then = (saved["world_size"], saved["batch_size"], saved.get("accumulate", self.accumulate))  # older: unsaid
-        if state.batches_done and then != now:
+        if then != now:
             # Another accumulation window would cut the epoch's steps elsewhere: not the schedule it stopped in.
             raise CheckpointError(
                 f"{last} was saved part-way through an epoch by {then[0]} process(es) with dataset.batch_size="
                 f"{then[1]} and train.accumulate_grad_batches={then[2]}; resume it with the same (now {now[0]} with "
                 f"{now[1]} and {now[2]})"
             )
-        return state, self._place_in_schedule(checkpoint, state)
+        seed = saved.get("seed", self.train_loader.sampler.seed)  # older: unsaid
+        if seed != self.train_loader.sampler.seed:
+            raise CheckpointError(
+                f"{last} was saved part-way through an epoch with seed={seed}, whose order the rest of the epoch "
+                f"follows; resume it with seed={seed} (now {self.train_loader.sampler.seed})"
+            )
 
     def _saved_loader(self, checkpoint: dict) -> dict:
         return checkpoint.get("loader") or {"world_size": 1, "batch_size": self.train_loader.batch_size}
@@ -187,12 +220,39 @@ class Checkpointing:
         else:
             restore_rng_state(checkpoint["rng"])
         if not same_world:
-            self.state.not_exact = self.state.not_exact or (
-                f"trained on {saved['world_size']} process(es), resumed on {self.ranks.world_size}: "
-                "another global batch and data split"
-            )
-            log.warning("%s; the run is no longer an exact continuation", self.state.not_exact)
+            self._continue_inexactly(f"trained on {saved['world_size']} process(es), resumed on "
+                                     f"{self.ranks.world_size}: another global batch and data split")  # fmt: skip
+        seed, now = saved.get("seed"), self.train_loader.sampler.seed  # None: an older last.pth did not say
+        if seed is not None and seed != now and self.state.phase_index < len(self.phases):  # epochs are left
+            self._continue_inexactly(f"trained with seed={seed}, resumed with seed={now}: the epochs left see "
+                                     "their images in another order, with other augmentations")  # fmt: skip
+        self._reconcile_best(checkpoint)
         self._resume_from = checkpoint
+
+    def _continue_inexactly(self, why: str) -> None:
+        """Go on, recording (for the registry's inexact_resume) that the run is not exactly itself any more."""
+        self.state.not_exact = self.state.not_exact or why
+        log.warning("%s; the run is no longer an exact continuation", why)
+
+    def _reconcile_best(self, checkpoint: dict) -> None:
+        """Make best.pth the weights the saved state names the best. last.pth is written first, so a kill
+        between the two saves leaves best.pth an improvement behind: it is written again from last.pth,
+        saved at the end of that very epoch with its weights (the moving average too). A best.pth that no
+        saved state can make again (a version that wrote best.pth first, killed between the two) is
+        forgotten: the best is chosen again from the next epoch, which writes best.pth."""
+        best, best_epoch = self.run_dir / "best.pth", self.state.best_epoch
+        if best_epoch is None or _epoch_of(best) == best_epoch:
+            return
+        if (self.state.epoch, self.state.batches_done) == (best_epoch, 0) and checkpoint.get("val_metrics"):
+            log.warning("%s does not hold epoch %d, which %s names the best (a stop between the two saves): "
+                        "written again from it", best, best_epoch, self.run_dir / "last.pth")  # fmt: skip
+            if self.ranks.is_main:
+                self.checkpoints.save(best_from_last(checkpoint), best)
+            return
+        self._continue_inexactly(f"{best} no longer holds epoch {best_epoch}, the best so far (a stop between two "
+                                 f"saves), nor can it be made again: the best is chosen again from epoch "
+                                 f"{self.state.epoch + 1}")  # fmt: skip
+        self.state.best_auc = self.state.best_epoch = None
 
     def _refuse_changing_ended_phases(self, ended: tuple[str, ...], state: TrainerState, counted: bool) -> None:
         """Each phase in ``ended`` has ended, after the epochs ``state.phase_epochs`` counts (none: it had 0,

@@ -169,8 +169,10 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     set_deterministic(bool(cfg.deterministic))
     here = distributed.ranks()
     device = distributed.device_for_rank(resolve_device(cfg.train.device))
-    model, resume_from = _model(cfg, out_dir, here.is_main)
+    model, resume_from = _model(cfg, out_dir)
     options = trainer_options(cfg, device, model)  # the train.* settings checked before any data is read
+    if here.is_main:
+        check_checkpoint_space(out_dir, model, options["make_optimizer"], ema=options["ema"] is not None)
     name = resume_from["run_name"] if resume_from else session.run_name()
     log.info("run %s in %s", name, out_dir)
     log.info("overrides: %s", " ".join(session.task_overrides()) or "(none)")
@@ -228,12 +230,10 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     )
 
 
-def _model(cfg: DictConfig, out_dir: Path, is_main: bool) -> tuple[torch.nn.Module, dict | None]:
-    """The backbone, room for its checkpoints checked (rank 0), and the stopped run's last.pth when
-    resuming; a new run may start from another checkpoint's weights (init_from)."""
+def _model(cfg: DictConfig, out_dir: Path) -> tuple[torch.nn.Module, dict | None]:
+    """The backbone, and the stopped run's last.pth when resuming; a new run may start from another
+    checkpoint's weights (init_from)."""
     model = instantiate(cfg.backbone)
-    if is_main:
-        check_checkpoint_space(out_dir, model)
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
     if cfg.get("init_from") and resume_from is None:
         source = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
@@ -313,8 +313,10 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
             entry |= _explain(best, training, state.step)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
+        # best_val_auc is best.pth's on this process's validation set only when this process wrote best.pth.
+        measured_on = training.val_identity if trainer.best_predictions is not None else None
         entry["promotion"] = promotion.candidate_promotion(
-            cfg, best, state.best_auc, training.val_identity, training.promotion_set
+            cfg, best, state.best_auc, measured_on, training.promotion_set
         )
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
         for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints

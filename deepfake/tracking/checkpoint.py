@@ -101,8 +101,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             temp.unlink(missing_ok=True)
         if _is_out_of_space(error):
             raise CheckpointError(
-                f"no space left on device while writing {path}; the previous version was kept, "
-                "free some disk space and run again"
+                f"no space left on device while writing {path}; the previous version was kept: free some disk "
+                f"space and {_how_to_go_on(path)}"
             ) from error
         if isinstance(error, OSError) and error.errno in _UNWRITABLE:
             raise ConfigError(f"cannot write {path} ({error.strerror}); give a folder you can write to") from error
@@ -110,6 +110,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise ConfigError(f"cannot write {path}: a folder of that name is there; give a file name") from error
         raise
     _fsync_directory(path.parent)
+
+
+def _how_to_go_on(path: Path) -> str:
+    """After a full disk: a training run's checkpoint beside a last.pth resumes from it (the training
+    done so far kept); anything else is written again by running again."""
+    if path.name in ("best.pth", "last.pth") and (path.parent / "last.pth").is_file():
+        return f"resume with: python scripts/main.py resume={path.parent}"
+    return "run again"
 
 
 @contextmanager

@@ -10,8 +10,8 @@ tens of ms for CvT-13's last.pth, 236 MB with AdamW's moments), not for the writ
 from it (task=bench measures what a save adds to the steps beside it); on a GPU machine the cores
 are free and the GPU never waits for the disk.
 
-The promises of a synchronous save hold: files are written in the order they were saved (best.pth
-before last.pth), each atomically, so a kill leaves the previous version; ``wait()`` returns once
+The promises of a synchronous save hold: files are written in the order they were saved (last.pth
+before best.pth), each atomically, so a kill leaves the previous version; ``wait()`` returns once
 everything saved is on disk, and raises the error of a write that failed (a full disk:
 :class:`~deepfake.errors.CheckpointError`, the previous file kept); after a failed write the later
 ones are not written, as a synchronous save would have raised before them. With ``background=False`` every
@@ -61,7 +61,7 @@ class CheckpointWriter:
 
     def _write(self, staged: Any, path: Path) -> None:
         """On the writer thread, in the order saved. After a failed write nothing more is written: a
-        last.pth naming epoch N as best must not reach the disk when best.pth of epoch N did not."""
+        best.pth of epoch N must not reach the disk when the last.pth that names it the best did not."""
         if self._failed is not None:
             raise CheckpointError(f"{path} not written: an earlier checkpoint write failed ({self._failed})")
         try:

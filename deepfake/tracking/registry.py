@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from deepfake.errors import UserError
+from deepfake.errors import ConfigError, UserError
 from deepfake.tracking.checkpoint import atomic_copy, atomic_write_text
 from deepfake.tracking.promotion import describe, finite_or_none, promotion_key, score_on
 
@@ -250,13 +250,22 @@ class Registry:
 
     def check_writable(self) -> None:
         """Fail now the way register_run would fail at the end of a run: an invalid registry (UserError),
-        a lock that cannot be taken or a folder that cannot be written (OSError). Leaves only the lock file."""
+        a lock that cannot be taken or a folder that cannot be written (ConfigError). Leaves only the lock file."""
         with self._locked():
             self._read()
             for folder in {self.metadata_path.parent, self.best_model_path.parent}:
-                folder.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryFile(dir=folder):
-                    pass
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    with tempfile.TemporaryFile(dir=folder):
+                        pass
+                except OSError as error:
+                    raise self._unwritable(error) from None
+
+    def _unwritable(self, error: OSError) -> ConfigError:
+        return ConfigError(
+            f"the registry {self.metadata_path} cannot be written ({error}); point paths.models_dir (or "
+            "paths.registry and paths.best_model) at a writable folder"
+        )
 
     @staticmethod
     def _find(registry: dict[str, Any], run_name: str | None) -> dict[str, Any] | None:
@@ -275,11 +284,8 @@ class Registry:
                 f"registry {self.metadata_path} stayed locked by another run for {self.lock_timeout:g} s "
                 f"({self._lock_path}); wait for it to finish or raise registry.lock_timeout_s"
             ) from None
-        except OSError as error:  # a read-only or full models dir: the pre-flight check passed, it changed since
-            raise UserError(
-                f"registry {self.metadata_path}: cannot write its lock {self._lock_path} ({error.strerror}); "
-                "make that folder writable, or set paths.models_dir"
-            ) from None
+        except OSError as error:  # a models dir that is not a writable folder (or no longer is: read-only, full)
+            raise self._unwritable(error) from None
         try:
             yield
         finally:

@@ -173,3 +173,20 @@ def test_the_test_set_is_never_the_promotion_set(tmp_path, shared_data_dir, two_
     errors = error_lines(result)
     assert result.returncode == 2 and len(errors) == 1 and "holds the test images" in errors[0], result.stderr
     assert not (latest_run(tmp_path) / "metrics_log.csv").exists()  # refused before any training
+
+
+def test_best_val_auc_stands_for_the_promotion_score_only_when_measured_by_best_pth_on_that_set(monkeypatch, tmp_path):
+    """A run stopped at 32 px and resumed at dataset.img_size=48 validated on the 48 px set, the promotion
+    set; its best.pth (and best_val_auc) came from before the resume, measured on the 32 px set, which
+    was registered as best.pth's promotion score. Only the process that scored best.pth's weights on its
+    validation set knows what that set was."""
+    from deepfake.tasks import promotion
+
+    identity = {"csv": str(tmp_path / "valid.csv"), "rows": 32, "images_sha256": "48" * 32, "key": "48" * 8}
+    chosen = promotion.PromotionSet(tmp_path / "valid.csv", tmp_path, identity)
+    monkeypatch.setattr(promotion, "score_checkpoint", lambda path, cfg, chosen: 0.25)  # best.pth on the set
+    best = tmp_path / "best.pth"
+    assert promotion.candidate_promotion(None, best, 0.9, identity, chosen) == {"auc": 0.9, "set": identity}
+    assert promotion.candidate_promotion(None, best, 0.9, None, chosen)["auc"] == 0.25  # from before a resume
+    other = {**identity, "images_sha256": "32" * 32}
+    assert promotion.candidate_promotion(None, best, 0.9, other, chosen)["auc"] == 0.25  # another set

@@ -342,7 +342,7 @@ def test_a_models_dir_unwritable_since_the_start_is_one_line_and_resume_register
 
     [line] = [text for text in (out + err).splitlines() if text.startswith("ERROR ")]
     assert proc.returncode == 2 and "Traceback" not in out + err, out + err
-    assert f"cannot write its lock {models / 'model_metadata.json.lock'}" in line
+    assert f"the registry {models / 'model_metadata.json'} cannot be written" in line
     assert line.endswith(f"the trained run is kept: resume with: python scripts/main.py resume={run_dir} "
                          "(it registers it)")  # fmt: skip
 

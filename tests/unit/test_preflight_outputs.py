@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import pytest
+import torch
+from timm.utils import ModelEmaV3
+from trainers import stripes_trainer
 
+from deepfake.engine.phases import plan_phases
 from deepfake.errors import ConfigError, UserError
 from deepfake.models import create_detector
+from deepfake.tasks import preflight
 from deepfake.tasks.preflight import check_checkpoint_space, check_free_space, check_registry
 from deepfake.tracking.registry import Registry
 
@@ -23,7 +29,7 @@ def _registry(models_dir):
 
 def test_a_usable_registry_and_models_dir_pass(tmp_path, model):
     check_registry(_registry(tmp_path / "models"), "run", tmp_path / "run")
-    check_checkpoint_space(tmp_path, model)
+    check_checkpoint_space(tmp_path, model, torch.optim.AdamW, ema=True)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_metadata.json.lock"]
 
 
@@ -66,6 +72,50 @@ def test_too_little_disk_space_is_said_in_mib(tmp_path):
     check_free_space(tmp_path, 1, "two checkpoints")
     with pytest.raises(ConfigError, match=r"MiB free, but two checkpoints need .* MiB; free some disk space"):
         check_free_space(tmp_path, 2 * free + 2**30, "two checkpoints")
+
+
+def _mid_phase_checkpoints(run_dir, make_optimizer, ema: bool) -> int:
+    """best.pth + twice last.pth (the old one, and its replacement written beside it) of a run stopped
+    in its fine-tuning phase, whose last.pth holds the optimizer state: the most its checkpoints take."""
+    trainer = stripes_trainer(run_dir, plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4),
+                              ema=partial(ModelEmaV3, decay=0.99) if ema else None)  # fmt: skip
+    trainer.make_optimizer = make_optimizer
+    step = trainer._optimizer_step
+
+    def stepping():
+        step()
+        if trainer.state.step == 3:  # the end of epoch 1 of 2: stopped as the next one starts
+            trainer.stop.signum = 15
+
+    trainer._optimizer_step = stepping
+    trainer.fit()
+    trainer.close()
+    return (run_dir / "best.pth").stat().st_size + 2 * (run_dir / "last.pth").stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "ema"),
+    [(partial(torch.optim.AdamW, weight_decay=0.01), False), (partial(torch.optim.AdamW, weight_decay=0.01), True),
+     (partial(torch.optim.SGD, momentum=0.9), False)],
+    ids=["adamw", "adamw_ema", "sgd"],
+)  # fmt: skip
+def test_the_room_asked_for_is_what_the_checkpoints_take_at_their_peak(tmp_path, monkeypatch, optimizer, ema):
+    """It asked for two copies of the weights (85 MiB for a run that needed 250 MiB and died at epoch 2 on
+    a full disk): the optimizer state in last.pth, the moving average and the copy an atomic write makes
+    were left out."""
+    model = create_detector("test_resnet")
+    peak = _mid_phase_checkpoints(tmp_path / "run", optimizer, ema)
+    assert peak <= preflight.checkpoint_peak_bytes(model, optimizer, ema=ema) <= 1.1 * peak
+
+    def free(space: int):
+        monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(0, 0, space))
+
+    free(peak - 1)
+    with pytest.raises(ConfigError, match=r"but best.pth, last.pth and the last.pth written to replace it need"):
+        check_checkpoint_space(tmp_path / "new", model, optimizer, ema=ema)
+    # A resumed run's own checkpoints already take their part of it.
+    free(preflight.checkpoint_peak_bytes(model, optimizer, ema=ema) - peak // 2)
+    check_checkpoint_space(tmp_path / "run", model, optimizer, ema=ema)
 
 
 def test_a_bad_backbone_setting_is_not_blamed_on_the_image_size():
