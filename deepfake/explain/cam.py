@@ -116,9 +116,7 @@ class Explainer:
         """p(fake) = sigmoid(logit / temperature): the checkpoint's calibration, when it has one; in
         float64 by the one function every task uses, so a score at the stored threshold falls on the
         same side here as in predictions.csv."""
-        with torch.no_grad():
-            logits = torch.cat([self.model(chunk.to(self.device)) for chunk in images.split(self.batch_size)])
-        return fake_probability(logits.float().reshape(-1).cpu().numpy(), temperature)
+        return fake_probability(model_logits(self.model, images, self.batch_size), temperature)
 
     def __call__(self, images: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
         """(B, H, W) maps explaining ``labels`` ("fake" / "real" per image), batch by batch."""
@@ -148,15 +146,32 @@ class Explainer:
                         "say nothing about where; use a larger dataset.img_size or an earlier layer", self.target_layer)  # fmt: skip
 
     def explain(
-        self, images: torch.Tensor, target: str, threshold: float = 0.5, temperature: float = 1.0
+        self,
+        images: torch.Tensor,
+        target: str,
+        threshold: float = 0.5,
+        temperature: float = 1.0,
+        logits: np.ndarray | None = None,
     ) -> Explanation:
-        probs = self.probabilities(images, temperature)
+        """The maps of ``images`` explaining ``target``; ``logits``: the model's on them, when the caller
+        has them already (task=cam checks them first)."""
+        if logits is None:
+            logits = model_logits(self.model, images, self.batch_size)
+        probs = fake_probability(logits, temperature)
         labels = explained_labels(target, probs, threshold)
         return Explanation(self(images, labels), probs, labels)
 
     def close(self) -> None:
         """Remove the forward hooks from the model."""
         self._cam.activations_and_grads.release()
+
+
+def model_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """(B,) logits of ``model`` on normalised ``images``, batch by batch on its device."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = torch.cat([model(chunk.to(device)) for chunk in images.split(batch_size)])
+    return logits.float().reshape(-1).cpu().numpy()
 
 
 def check_explainer(model: torch.nn.Module, method: str, target_layer: str | None, img_size: int) -> None:

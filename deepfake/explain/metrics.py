@@ -74,12 +74,21 @@ def faithfulness(
     return {"road_morf": morf, "road_lerf": lerf, "road_combined": (lerf - morf) / 2}
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps; 0 when either is constant (it ranks nothing)."""
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation of two maps; None (undefined) when either is constant or not finite: it
+    ranks nothing, and the 0 it was given read as the randomised maps having passed the check."""
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
     ra, rb = rankdata(a.ravel()), rankdata(b.ravel())
     if ra.std() == 0 or rb.std() == 0:
-        return 0.0
+        return None
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the defined values; None when none is."""
+    defined = [value for value in values if value is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def layers_top_down(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -104,7 +113,8 @@ def cascading_randomisation(
     seed: int = 0,
 ) -> list[dict]:
     """Re-initialise a growing share of the layers from the top; per step, the mean Spearman
-    correlation between ``explain(model)`` and ``explain(randomised copy)``.
+    correlation between ``explain(model)`` and ``explain(randomised copy)`` over the images where it is
+    defined (None where it is nowhere: flat maps).
 
     ``explain`` maps a model to (B, H, W) maps of fixed images and targets.
     """
@@ -127,6 +137,6 @@ def cascading_randomisation(
             correlations = [spearman(a, b) for a, b in zip(original, maps)]
             steps.append(
                 {"fraction": float(fraction), "layers": done, "down_to": layers[done - 1][0] or "(root)",
-                 "spearman": float(np.mean(correlations))}
+                 "spearman": mean_defined(correlations)}
             )  # fmt: skip
     return steps

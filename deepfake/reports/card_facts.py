@@ -9,6 +9,7 @@ are read again for their counts and sha256. A missing source leaves its facts ou
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,26 @@ def find_run_dir(checkpoint_path: Path, entry: dict | None) -> Path | None:
         return checkpoint_path.parent
     recorded = Path(entry["run_dir"]) if entry and entry.get("run_dir") else None
     return recorded if recorded is not None and recorded.is_dir() else None
+
+
+def recorded_config(entry: dict | None) -> dict:
+    """The resolved config a registry entry's run saved; {} when its run dir is gone (archived, moved)."""
+    entry = entry or {}
+    path = entry.get("config_path") or (entry.get("run_dir") and Path(entry["run_dir"]) / "config_resolved.yaml")
+    return _read_yaml(Path(path)) if path else {}
+
+
+def configured_data(config: dict, split: str) -> tuple[str, str] | None:
+    """``data_identity`` of a resolved config's ``split`` (train, valid, test); None when it names none."""
+    dataset = config.get("dataset") or {}
+    csv, root = dataset.get(SPLITS[split]), dataset.get("root_dir")
+    return None if csv is None or root is None else data_identity(csv, root)
+
+
+def data_identity(csv, root_dir) -> tuple[str, str]:
+    """A CSV and the folder its paths are read under, each spelled one way (absolute) to be compared:
+    the same CSV under another folder (a degraded copy of the images) is another set."""
+    return os.path.abspath(str(csv)), os.path.abspath(str(root_dir))
 
 
 def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -> CardFacts:

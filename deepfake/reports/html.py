@@ -31,6 +31,9 @@ figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 
 """
 
 
+MISSING = "n/a"  # how a table shows an undefined figure
+
+
 def escape(value: object) -> str:
     """Any value as text safe inside HTML elements and attribute values."""
     return html.escape(str(value), quote=True)
@@ -62,7 +65,8 @@ def image(png: bytes, caption: str = "", *, width: int | None = None) -> str:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, fmt=None) -> str:
-    """A table with escaped cells; numbers right-aligned and passed through ``fmt`` when given."""
+    """A table with escaped cells; numbers right-aligned and passed through ``fmt`` when given; None, an
+    undefined figure (AUC on one class), reads ``n/a`` as in the model card and the log, not blank."""
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = []
     for row in rows:
@@ -71,7 +75,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, fmt=None)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 cells.append(f'<td class="num">{escape(fmt(value) if fmt else value)}</td>')
             else:
-                cells.append(f"<td>{escape('' if value is None else value)}</td>")
+                cells.append(f"<td>{escape(MISSING if value is None else value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

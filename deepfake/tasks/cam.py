@@ -19,15 +19,17 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from deepfake.data.transforms import central_square
+from deepfake.engine.evaluate import Predictions
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything
 from deepfake.errors import ConfigError, DataError
-from deepfake.evaluation.decision import decision_rule
-from deepfake.explain import METHODS, TARGETS, Explainer, measure, upsample
+from deepfake.explain import METHODS, TARGETS, Explainer, default_target_layer, measure, model_logits, upsample
 from deepfake.explain.overlays import Sample, grid, panel, write_gallery
 from deepfake.models import detector_from_checkpoint
+from deepfake.reports.card_facts import configured_data, data_identity, recorded_config
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.preflight import scan_splits
+from deepfake.tasks.scoring import checkpoint_rule
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 from deepfake.tracking.loggers import Tracker
 
@@ -87,7 +89,7 @@ def run(cfg: DictConfig) -> float | None:
     with session.trackers(cfg) as trackers:
         report = explain_checkpoint(path, cfg, session.run_dir(), trackers=trackers)
     if report is not None:
-        _record_in_registry(cfg, report)
+        _record_in_registry(cfg, report, session.run_dir() / "cam" / "metrics.json")
     localisation = (report or {}).get("localisation")
     return localisation[report["method"]]["pointing_game"] if localisation else None
 
@@ -104,13 +106,12 @@ def explain_checkpoint(
     caller to record (a training puts it in the entry it registers). ``trackers`` get the overlay grid at
     ``step`` (a training's last step)."""
     settings = check_cam_settings(cfg, split)
-    split, batch_size = settings.split, settings.batch_size
+    split = settings.split
     checkpoint = load_checkpoint(checkpoint_path)
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
-    preprocess = model.preprocess  # the checkpoint's own, img_size included
-    rule = decision_rule(checkpoint, cfg.eval.threshold)  # the stored operating point, unless overridden
+    rule = checkpoint_rule(checkpoint, cfg)  # the stored operating point, unless overridden
     data_setup.ensure_dataset(cfg.dataset)
-    dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(preprocess))
+    dataset = data_setup.make_split(cfg.dataset, SPLIT_CSV[split], data_setup.eval_transform(model.preprocess))
     # Black stand-ins of unreadable files (a wrong root: all of them) gave flat maps, and their metrics
     # replaced the run's in the registry: refused above dataset.max_bad_fraction, as task=test does.
     scan_splits(cfg.dataset, {split: dataset})
@@ -119,30 +120,36 @@ def explain_checkpoint(
     shown = _pick(rng, np.arange(len(dataset)), settings.num_samples)
     log.info("CAM: %s maps of %d %s images%s", settings.method, len(shown), split,
              " and their metrics" if settings.metrics else "")  # fmt: skip
-    images, explanation, target_layer = _explain(model, dataset, shown, settings, rule, batch_size)
+    images, explanation, target_layer = _explain(model, dataset, shown, settings, rule)
     samples = [
         _sample(dataset, index, cam, prob, label)
         for index, cam, prob, label in zip(shown, explanation.cams, explanation.probs, explanation.labels)
     ]
-
-    cam_dir = out_dir / "cam"  # made only once the settings proved usable: no empty cam/ after a typo
-    cam_dir.mkdir(parents=True, exist_ok=True)
     report = None
     if settings.metrics:
+        csv, root_dir = data_identity(cfg.dataset[SPLIT_CSV[split]], cfg.dataset.root_dir)
         report = {
             "checkpoint": str(checkpoint_path),
+            "checkpoint_kind": checkpoint.get("kind"),
             "run_name": checkpoint.get("run_name"),
             "split": split,
+            "csv": csv,
+            "root_dir": root_dir,
             "method": settings.method,
             "target_layer": target_layer,
-            "img_size": preprocess["img_size"],
+            "default_target_layer": default_target_layer(model),
+            "img_size": model.preprocess["img_size"],
             "decision_rule": rule.as_dict(),
-            **_measure(model, dataset, rng, settings, batch_size, explanation.labels, images, seed=int(cfg.seed)),
+            **_measure(model, dataset, rng, settings, explanation.labels, images, seed=int(cfg.seed)),
             "evaluated_at": session.now_iso(),
         }
-        atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2))
-        _log_report(report)
 
+    cam_dir = out_dir / "cam"  # made once everything is computed: no empty cam/ after a typo or a refusal
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        # allow_nan=False: a nan figure is a bug to see, not a metrics.json no JSON reader accepts
+        atomic_write_text(cam_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
+        _log_report(report)
     title = f"{settings.method} on {split}: {checkpoint.get('run_name') or checkpoint_path}"
     sheet = _write_overlays(cam_dir, samples, report, title)
     for tracker in trackers:
@@ -152,19 +159,29 @@ def explain_checkpoint(
     return report
 
 
-def _explain(model, dataset, shown: np.ndarray, settings: CamSettings, rule, batch_size: int):
+def _explain(model, dataset, shown: np.ndarray, settings: CamSettings, rule):
     """``(images, explanation, target layer)``: the CAMs of the ``shown`` items, each explaining the
     class ``cam.target`` names (the model's own call at the decision rule, by default)."""
     images = torch.stack([dataset[i]["image"] for i in shown])
-    explainer = Explainer(model, settings.method, settings.target_layer, batch_size)
+    logits = _finite_logits(model, dataset, shown, images, settings)
+    explainer = Explainer(model, settings.method, settings.target_layer, settings.batch_size)
     try:
         return (
             images,
-            explainer.explain(images, settings.target, rule.threshold, rule.temperature),
+            explainer.explain(images, settings.target, rule.threshold, rule.temperature, logits=logits),
             explainer.target_layer,
         )
     finally:
         explainer.close()
+
+
+def _finite_logits(model, dataset, chosen: np.ndarray, images: torch.Tensor, settings: CamSettings) -> np.ndarray:
+    """The model's logits on the ``chosen`` items, refused in one line as task=test refuses them when one
+    is nan or inf: maps of such a model wrote a metrics.json of bare NaN and sanity figures that read
+    as a pass, and replaced the run's in the registry."""
+    logits = model_logits(model, images, settings.batch_size)
+    Predictions(chosen, dataset.targets[chosen], logits).refuse_non_finite(f"{settings.split} set {dataset.csv_path}")
+    return logits
 
 
 def _write_overlays(cam_dir: Path, samples: list, report: dict | None, title: str):
@@ -220,13 +237,14 @@ def _sample(dataset, index: int, cam: np.ndarray, prob: float, label: str) -> Sa
     )
 
 
-def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_images, seed) -> dict:
+def _measure(model, dataset, rng, settings, shown_labels, shown_images, seed) -> dict:
     """Measure on the images with ground-truth masks, explaining "fake" (what the mask marks);
     without masks, on the overlay images and their targets (no localisation then)."""
     masked = np.flatnonzero(dataset.mask_paths.non_empty()) if dataset.mask_paths is not None else []
     if len(masked):
         chosen = _pick(rng, masked, settings.metric_samples)
         images = torch.stack([dataset[i]["image"] for i in chosen])
+        _finite_logits(model, dataset, chosen, images, settings)
         masks = [_mask(dataset, i) for i in chosen]
         masks = [_resized(m, masks[0].shape) for m in masks]
         labels, masks = ["fake"] * len(chosen), np.stack(masks)
@@ -234,7 +252,7 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
         images, labels, masks = shown_images, shown_labels, None
     return measure(
         model, images, labels, masks,
-        method=settings.method, target_layer=settings.target_layer, batch_size=batch_size,
+        method=settings.method, target_layer=settings.target_layer, batch_size=settings.batch_size,
         road_percentiles=settings.road_percentiles, sanity_fractions=settings.sanity_fractions, seed=seed,
     )  # fmt: skip
 
@@ -242,7 +260,8 @@ def _measure(model, dataset, rng, settings, batch_size, shown_labels, shown_imag
 def registry_view(report: dict) -> dict:
     """The headline CAM figures for the registry entry; the full report stays in cam/metrics.json."""
     method = report["method"]
-    view = {"method": method, "split": report["split"], "n_images": report["n_images"]}
+    view = {"method": method, "target_layer": report["target_layer"], "split": report["split"],
+            "n_images": report["n_images"]}  # fmt: skip
     if "localisation" in report:
         for name in ("pointing_game", "energy_in_mask"):
             view[name] = report["localisation"][method][name]
@@ -253,10 +272,38 @@ def registry_view(report: dict) -> dict:
     return view | {"evaluated_at": report["evaluated_at"]}
 
 
-def _record_in_registry(cfg: DictConfig, report: dict) -> None:
+def _record_in_registry(cfg: DictConfig, report: dict, written: Path) -> None:
+    """The run's registry CAM figures replaced by these, when they are of its best.pth on its own data."""
     registry = session.open_registry(cfg)
-    if report["run_name"]:
+    entry = registry.get(report["run_name"]) if report["run_name"] else None
+    if entry is None:  # a checkpoint from elsewhere: nothing to replace
+        return
+    why_not = _not_the_runs_own(report, recorded_config(entry))
+    if why_not:
+        log.info("the registry entry of %s keeps its CAM metrics (of its best.pth on its own data, at its own layer "
+                 "and threshold); these, %s, are in %s", report["run_name"], why_not, written)  # fmt: skip
+    else:
         registry.update_run(report["run_name"], missing_ok=True, cam_metrics=registry_view(report))
+
+
+def _not_the_runs_own(report: dict, config: dict) -> str | None:
+    """What makes ``report`` other than the run's own measurement (the model card presents the registry's
+    figures as best.pth's), in words; None when it is its own: any method, at the run's layer and
+    threshold, of its best.pth on a split's CSV and image root as its config (config_resolved.yaml) names them."""
+    own_data = configured_data(config, report["split"])
+    own_layer = (config.get("cam") or {}).get("target_layer") or report["default_target_layer"]
+    rule = report["decision_rule"]
+    if report["checkpoint_kind"] != "best":
+        return f"of a {report['checkpoint_kind']} checkpoint, not a best.pth"
+    if rule["source"] != "checkpoint":
+        return f"at {rule['source']}={rule['threshold']}"
+    if own_data is None:
+        return "on data that cannot be told to be its own (its config_resolved.yaml is gone)"
+    if own_data != (report["csv"], report["root_dir"]):
+        return f"on {report['csv']} under {report['root_dir']}"
+    if report["target_layer"] != own_layer:
+        return f"at layer {report['target_layer']} (its own: {own_layer})"
+    return None
 
 
 def _log_report(report: dict) -> None:
@@ -268,4 +315,4 @@ def _log_report(report: dict) -> None:
     log.info("CAM faithfulness (ROAD combined, higher is better): %s %.3f, random %.3f",
              method, view["road_combined"], view["road_combined_random"])  # fmt: skip
     log.info("CAM sanity (Spearman to the trained model's maps as layers are randomised from the top): %s",
-             ", ".join(f"{s['layers']} layers {s['spearman']:.3f}" for s in report["sanity"]))  # fmt: skip
+             ", ".join(f"{s['layers']} layers {'n/a' if s['spearman'] is None else format(s['spearman'], '.3f')}" for s in report["sanity"]))  # fmt: skip

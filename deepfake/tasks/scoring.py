@@ -15,7 +15,7 @@ from deepfake.data.damaged import DamagedImageLog
 from deepfake.engine.evaluate import Predictions, predict
 from deepfake.engine.precision import resolve_device, resolve_precision
 from deepfake.errors import ConfigError
-from deepfake.evaluation.decision import check_threshold
+from deepfake.evaluation.decision import DecisionRule, check_threshold, decision_rule
 from deepfake.evaluation.operating_point import fit_operating_point, parse_policy
 from deepfake.evaluation.perturbations import Perturbation, perturbations_from
 from deepfake.evaluation.summary import SummarySettings
@@ -71,6 +71,41 @@ def check_eval_settings(cfg: DictConfig) -> None:
     for name, csv, _ in eval_sets(cfg)[1:]:  # the dataset's own test CSV may still be generated
         if not Path(csv).is_file():
             raise ConfigError(f"eval.sets.{name}: {csv} does not exist; fix the path or drop the set")
+
+
+def checkpoint_rule(checkpoint: dict, cfg: DictConfig) -> DecisionRule:
+    """The decision rule task=test and task=cam apply: the checkpoint's stored operating point, unless
+    ``eval.threshold`` gives another threshold. One equal to the stored threshold is no override: with
+    ``eval.threshold_policy=fixed`` it is the very setting that stored it (the README's fixed-policy
+    training reported its own operating point as an override, and its registry figures were refused)."""
+    override = cfg.eval.threshold
+    if override is not None and check_threshold(override) == checkpoint.get("threshold"):
+        override = None
+    return decision_rule(checkpoint, override)
+
+
+def settings_not_applied(cfg: DictConfig, rule: DecisionRule, given: set[str]) -> list[str]:
+    """Those of ``eval.threshold_policy`` and ``eval.calibrate`` in ``given`` (the keys the command line
+    sets) whose value differs from what chose ``rule``'s stored operating point: they only apply when
+    a training chooses one. Values the user did not give are no request to ignore."""
+    stored_calibration = "none" if rule.temperature == 1.0 else "temperature"
+    stored = {"eval.threshold_policy": rule.policy or "unrecorded", "eval.calibrate": stored_calibration}
+    differs = {
+        "eval.threshold_policy": _policy_key(cfg.eval.threshold_policy) != _policy_key(rule.policy),
+        "eval.calibrate": cfg.eval.calibrate != stored_calibration,
+    }
+    return [f"{key}={OmegaConf.select(cfg, key)} (stored: {stored[key]})" for key in stored
+            if key in given and differs[key]]  # fmt: skip
+
+
+def _policy_key(policy) -> tuple | None:
+    """A policy as what it chooses: ``fpr@0.01`` and ``fpr@1e-2`` alike; a fixed one whatever its threshold
+    (that is eval.threshold's, compared as an override); None for a policy no training could have used."""
+    try:
+        kind, value = parse_policy(policy, fixed_threshold=0.0)
+    except ConfigError:
+        return None
+    return kind, value if kind == "fpr" else None
 
 
 def summary_settings(cfg: DictConfig) -> SummarySettings:

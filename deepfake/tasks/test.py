@@ -3,6 +3,8 @@ operating point -> metrics_test.json, the run dir's eval/ PNGs and report.html.
 
 The decision rule (threshold, temperature) comes from the checkpoint, where training stored what
 it chose on validation; ``eval.threshold`` overrides the threshold and is recorded as an override.
+The run's registry entry takes the figures only when they are of its own test set (its configured
+test CSV under its configured image root) at its own threshold.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from deepfake.engine.evaluate import fake_probability
 from deepfake.errors import DataError
 from deepfake.evaluation import plots
 from deepfake.evaluation import report as html_report
-from deepfake.evaluation.decision import DecisionRule, decision_rule
+from deepfake.evaluation.decision import DecisionRule
 from deepfake.evaluation.perturbations import KINDS
 from deepfake.evaluation.summary import TABLE_METRICS, summarise, table_row
 from deepfake.inference.predictions import (
@@ -35,11 +37,20 @@ from deepfake.inference.predictions import (
     prediction_table,
     write_predictions,
 )
+from deepfake.reports.card_facts import configured_data, data_identity, recorded_config
 from deepfake.reports.html import write_document
 from deepfake.tasks import checkpoints, data_setup, session
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.preflight import scan_splits
-from deepfake.tasks.scoring import Scorer, eval_sets, perturbations, summary_settings
+from deepfake.tasks.scoring import (
+    Scorer,
+    check_eval_settings,
+    checkpoint_rule,
+    eval_sets,
+    perturbations,
+    settings_not_applied,
+    summary_settings,
+)
 from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
 from deepfake.tracking.loggers import Tracker
 
@@ -55,10 +66,12 @@ def evaluate_checkpoint(
     damaged: DamagedImageLog | None = None,
     trackers: Sequence[Tracker] = (),
     step: int = 0,
+    checkpoint: dict | None = None,
 ) -> dict:
     """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures);
-    ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step)."""
-    checkpoint = load_checkpoint(checkpoint_path)
+    ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step).
+    ``checkpoint``: ``checkpoint_path`` already loaded."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
     trained_at = (checkpoint.get("preprocess") or {}).get("img_size")
     if "generate" in cfg.dataset and trained_at is not None and str(cfg.dataset.img_size) != str(trained_at):
         # The embedded set has a folder per dataset.img_size, so the setting picks the images; the model
@@ -66,7 +79,7 @@ def evaluate_checkpoint(
         log.warning("%s was trained at %s px; dataset.img_size=%s picks the test images, which it reads resized "
                     "to %s px (add dataset.img_size=%s to test on the images it was trained on)", checkpoint_path,
                     trained_at, cfg.dataset.get("img_size"), trained_at, trained_at)  # fmt: skip
-    rule = decision_rule(checkpoint, cfg.eval.threshold)
+    rule = checkpoint_rule(checkpoint, cfg)
     settings = summary_settings(cfg)
     sets = eval_sets(cfg)
     chosen_perturbations = perturbations(cfg) if cfg.eval.robustness else []
@@ -75,6 +88,7 @@ def evaluate_checkpoint(
     scored = {name: scorer.score(name, csv, root) for name, csv, root in sets}
     summaries = {name: summarise(preds.targets, preds.logits, rule, settings) for name, preds in scored.items()}
     test = scored["test"]
+    test_csv, test_root_dir = data_identity(cfg.dataset.test_csv, cfg.dataset.root_dir)
     _write_predictions(scorer.datasets["test"], test, rule, out_dir)
     metrics = {
         **summaries["test"],
@@ -88,7 +102,8 @@ def evaluate_checkpoint(
         "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
         "run_name": checkpoint.get("run_name"),
-        "test_csv": os.path.abspath(str(cfg.dataset.test_csv)),  # compared by task=test: one spelling
+        "test_csv": test_csv,  # with the root, compared by task=test: one spelling each
+        "test_root_dir": test_root_dir,
         # What the figures are of: the embedded set regenerated at another size keeps its CSV's path.
         "test_csv_sha256": file_sha256(Path(str(cfg.dataset.test_csv))),
         "evaluated_at": session.now_iso(),
@@ -213,28 +228,60 @@ def check_test_images(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
+    # The cheap refusals (an ONNX file, a last.pth without a threshold, eval.threshold=1.5, a bad eval.*
+    # value) first: they were only made once every test image had been decoded.
+    checkpoint = load_checkpoint(path)
+    check_eval_settings(cfg)
+    given = {override.split("=", 1)[0].lstrip("+~") for override in session.task_overrides()}
+    not_applied = settings_not_applied(cfg, checkpoint_rule(checkpoint, cfg), given)
+    if not_applied:
+        log.warning("%s: these apply when a training chooses the operating point; task=test uses the one stored "
+                    "in %s (eval.threshold=<p_fake> overrides its threshold)", " and ".join(not_applied), path)  # fmt: skip
     data_setup.ensure_dataset(cfg.dataset)
     check_test_images(cfg)  # before anything is scored, written or registered
     out_dir = session.run_dir()
     with session.trackers(cfg) as trackers:
-        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers)
-    registry = session.open_registry(cfg)
-    if metrics["run_name"]:
-        kept = (registry.get(metrics["run_name"]) or {}).get("test_metrics") or {}
-        own = kept.get("test_csv")
-        if own is not None and (os.path.abspath(own), kept.get("test_csv_sha256", metrics["test_csv_sha256"])) != (
-            metrics["test_csv"],
-            metrics["test_csv_sha256"],
-        ):  # another CSV, or other contents under its path (the embedded set regenerated), or another img_size
-            log.info("the registry entry of %s keeps its test figures on %s (as it was then); these, on %s, are in %s",
-                     metrics["run_name"], own, metrics["test_csv"], out_dir / "metrics_test.json")  # fmt: skip
-        elif cfg.eval.threshold is not None:  # a threshold tried out: not the run's own operating point
-            log.info("the registry entry of %s keeps its test figures at its own threshold; these, at "
-                     "eval.threshold=%s, are in %s", metrics["run_name"], cfg.eval.threshold,
-                     out_dir / "metrics_test.json")  # fmt: skip
-        else:
-            registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
+        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers, checkpoint=checkpoint)
+    _record_in_registry(cfg, metrics, out_dir / "metrics_test.json")
     return metrics["auc"]
+
+
+def _record_in_registry(cfg: DictConfig, metrics: dict, written: Path) -> None:
+    """The run's registry figures replaced by these, when they are of its own test set at its own threshold."""
+    registry = session.open_registry(cfg)
+    entry = registry.get(metrics["run_name"]) if metrics["run_name"] else None
+    if entry is None:  # a checkpoint from elsewhere: nothing to replace
+        return
+    own = _own_test_set(entry)
+    if metrics["threshold_source"] != "checkpoint":  # a threshold tried out: not the run's own operating point
+        kept, these = "at its own threshold", f"at {metrics['threshold_source']}={metrics['threshold']}"
+    elif own is None:
+        kept = "(its config_resolved.yaml is gone: its own test set is unknown)"
+        these = f"on {metrics['test_csv']} under {metrics['test_root_dir']}"
+    elif any(value is not None and value != metrics[key] for key, value in own.items()):
+        # another CSV or image root, or other contents under the CSV's path (the embedded set regenerated)
+        kept = f"for its own test set, {own['test_csv']} under {own['test_root_dir']}"
+        these = f"on {metrics['test_csv']} under {metrics['test_root_dir']}"
+    else:
+        registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
+        return
+    log.info("the registry entry of %s keeps its test figures %s; these, %s, are in %s", metrics["run_name"], kept,
+             these, written)  # fmt: skip
+
+
+def _own_test_set(entry: dict) -> dict | None:
+    """What a run's registry figures are of: the test CSV and image root of its config, with the CSV's
+    sha256 when its figures recorded one for that CSV (or, its run dir gone, what its figures recorded);
+    None when neither says. Not the first set tested: without a training-time test, a test of another
+    CSV became the run's figures, and its own test set was then refused."""
+    kept = entry.get("test_metrics") or {}
+    kept_csv = os.path.abspath(kept["test_csv"]) if kept.get("test_csv") else None
+    configured = configured_data(recorded_config(entry), "test")
+    if configured is None and kept_csv is None:
+        return None
+    csv, root = configured or (kept_csv, kept.get("test_root_dir"))
+    sha256 = kept.get("test_csv_sha256") if kept_csv == csv else None
+    return {"test_csv": csv, "test_root_dir": root, "test_csv_sha256": sha256}
 
 
 def registry_view(metrics: dict) -> dict:
@@ -242,4 +289,4 @@ def registry_view(metrics: dict) -> dict:
     keys = ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "f1", "log_loss",
             "threshold", "threshold_source", "threshold_policy", "temperature", "intervals", "n_samples", "n_damaged")  # fmt: skip
     view = {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
-    return view | {key: metrics[key] for key in ("test_csv", "test_csv_sha256", "evaluated_at")}
+    return view | {key: metrics[key] for key in ("test_csv", "test_root_dir", "test_csv_sha256", "evaluated_at")}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
+import torch
 from helpers import error_lines, only_dir
 
 pytestmark = pytest.mark.slow
@@ -58,3 +60,41 @@ def test_do_cam_then_task_cam(tmp_path, main_runner):
     assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
     assert "32 of 32 images are damaged" in errors[0] and f"read under dataset.root_dir={wrong})" in errors[0]
     assert json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0] == entry
+
+
+def test_task_cam_records_only_best_pth_on_the_runs_own_data_and_refuses_a_nan_model(tmp_path, main_runner,
+                                                                                    shared_data_dir):  # fmt: skip
+    """task=cam replaced the registry's CAM metrics from a last.pth, a foreign CSV or another layer (the
+    model card then showed them as best.pth's); a model scoring nan wrote a metrics.json of bare NaN."""
+    cam = [*CAM, "cam.metric_samples=4"]
+    main_runner("train.do_test=false", *cam)  # the run's own layer is layer2, from its config
+    run = only_dir(tmp_path / "outputs" / "train")
+
+    def cam_metrics() -> dict | None:
+        return json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0].get("cam_metrics")
+
+    test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
+    test[test["label"] == 0].to_csv(tmp_path / "onlyfake.csv", index=False)
+    others = {
+        (f"ckpt={run / 'last.pth'}", "eval.threshold=0.5"): "of a last checkpoint",
+        (f"ckpt={run}", "cam.split=test", f"dataset.test_csv={tmp_path / 'onlyfake.csv'}"): "onlyfake.csv under",
+        (f"ckpt={run}", "cam.target_layer=layer3"): "at layer layer3 (its own: layer2)",
+    }
+    for overrides, said in others.items():
+        result = main_runner("task=cam", *cam, *overrides)
+        assert cam_metrics() is None and "keeps its CAM metrics" in result.stdout + result.stderr
+        assert said in result.stdout + result.stderr, overrides
+    main_runner("task=cam", f"ckpt={run}", *cam)
+    own = cam_metrics()
+    assert own["target_layer"] == "layer2" and own["split"] == "valid"
+
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    checkpoint["model"]["fc.weight"] = torch.full_like(checkpoint["model"]["fc.weight"], float("nan"))
+    torch.save(checkpoint, tmp_path / "nan.pth")
+    before = {path.name for path in (tmp_path / "outputs" / "cam").iterdir()}
+    result = main_runner("task=cam", f"ckpt={tmp_path / 'nan.pth'}", *cam, check=False)
+    errors = error_lines(result)
+    assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+    assert "the model's score of 6 of 6 images is not finite" in errors[0] and "valid.csv" in errors[0], errors
+    [session] = [path for path in (tmp_path / "outputs" / "cam").iterdir() if path.name not in before]
+    assert not (session / "cam").exists() and cam_metrics() == own

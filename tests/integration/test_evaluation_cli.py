@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -228,3 +229,82 @@ def test_a_model_that_scores_nan_is_refused_in_one_line_by_test_and_predict(tmp_
         assert "of 32 images is not finite (nan or inf)" in errors[0] and "Traceback" not in result.stderr, errors
     assert not list((tmp_path / "outputs").glob("*/*/metrics_test.json"))
     assert not list((tmp_path / "outputs").glob("*/*/predictions.csv"))
+
+
+def test_without_a_training_test_only_the_runs_own_test_set_fills_the_registry(tmp_path, main_runner, shared_data_dir):
+    """train.do_test=false: the first task=test, on any CSV (or the run's CSV under a degraded copy of its
+    images), became the run's registry figures, and its own test set was then refused."""
+    fast = ["eval.bootstrap=0", "eval.report=false"]
+    main_runner("train.do_test=false", *fast)
+    run = only_dir(tmp_path / "outputs" / "train")
+
+    def test_metrics() -> dict | None:
+        entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
+        return next(entry["test_metrics"] for entry in entries if entry["run_name"] == run.name)
+
+    root = shared_data_dir / "synthetic" / "32px"
+    test = pd.read_csv(root / "test.csv")
+    test[test["label"] == 0].to_csv(tmp_path / "onlyfake.csv", index=False)
+    other = main_runner("task=test", f"ckpt={run}", f"dataset.test_csv={tmp_path / 'onlyfake.csv'}", "eval.bootstrap=0")
+    assert test_metrics() is None and "keeps its test figures for its own test set" in other.stdout + other.stderr
+    # Undefined figures (AUC on one class) read n/a in report.html, as in the log and the model card.
+    page = (only_dir(tmp_path / "outputs" / "test") / "report.html").read_text()
+    assert "<td>AUC</td><td>n/a</td>" in page and "<td>AP</td><td>n/a</td>" in page
+    degraded = tmp_path / "degraded"
+    shutil.copytree(root / IMAGE_SUBDIR, degraded)
+    main_runner("task=test", f"ckpt={run}", f"dataset.root_dir={degraded}", *fast)
+    assert test_metrics() is None
+
+    main_runner("task=test", f"ckpt={run}", *fast)
+    own = test_metrics()
+    assert own["test_csv"] == str(root / "test.csv") and own["test_root_dir"] == str(root / IMAGE_SUBDIR)
+    main_runner("task=test", f"ckpt={run}", f"dataset.root_dir={degraded}", *fast)  # now with figures kept
+    assert test_metrics() == own
+
+
+def test_task_test_refuses_a_bad_setting_or_checkpoint_before_the_image_scan(tmp_path, main_runner):
+    """eval.threshold=1.5, a last.pth, an .onnx file: refused only once every test image was decoded;
+    eval.calibrate and eval.threshold_policy were never read by task=test (eval.calibrate=bogus: exit 0)."""
+    main_runner("train.do_test=false", "eval.bootstrap=0", "eval.report=false")
+    run = only_dir(tmp_path / "outputs" / "train")
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    cases = {
+        (f"ckpt={run}", "eval.threshold=1.5"): "eval.threshold=1.5 must be",
+        (f"ckpt={run / 'last.pth'}",): "is a last.pth",
+        (f"ckpt={tmp_path / 'model.onnx'}",): "is an ONNX export",
+        (f"ckpt={run}", "eval.calibrate=bogus"): "eval.calibrate='bogus'",
+        (f"ckpt={run}", "eval.threshold_policy=youden"): "eval.threshold_policy='youden'",
+    }
+    for overrides, said in cases.items():
+        result = main_runner("task=test", *overrides, check=False)
+        errors = error_lines(result)
+        assert result.returncode == 2 and len(errors) == 1 and said in errors[0], result.stdout + result.stderr
+        assert "checked" not in result.stdout + result.stderr, overrides  # no image was decoded first
+    # Valid, but not what chose the stored operating point: one warning says what applies.
+    tested = main_runner("task=test", f"ckpt={run}", "eval.calibrate=temperature", "eval.threshold_policy=eer",
+                         "eval.bootstrap=0", "eval.report=false")  # fmt: skip
+    warned = [line for line in (tested.stdout + tested.stderr).splitlines() if "[WARNING]" in line]
+    assert len(warned) == 1 and "eval.calibrate=temperature (stored: none)" in warned[0], warned
+    assert "eval.threshold_policy" not in warned[0] and "eval.threshold=<p_fake> overrides" in warned[0]
+
+
+def test_a_fixed_policy_threshold_is_the_checkpoints_own_operating_point(tmp_path, main_runner):
+    """The README's `eval.threshold_policy=fixed eval.threshold=0.5`: its own test reported an eval.threshold
+    override of what it had stored, and a retest at eval.threshold=0.5 was kept out of the registry."""
+    main_runner("eval.threshold_policy=fixed", "eval.threshold=0.5", "eval.bootstrap=0")
+    run = only_dir(tmp_path / "outputs" / "train")
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert (metrics["threshold"], metrics["threshold_source"], metrics["threshold_policy"]) == (
+        0.5,
+        "checkpoint",
+        "fixed",
+    )
+    assert "override" not in (run / "report.html").read_text()
+
+    def test_metrics() -> dict:
+        return json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0]["test_metrics"]
+
+    assert test_metrics()["threshold_source"] == "checkpoint"
+    before = test_metrics()["evaluated_at"]
+    retest = main_runner("task=test", f"ckpt={run}", "eval.threshold=0.5", "eval.bootstrap=0", "eval.report=false")
+    assert "keeps its test figures" not in retest.stdout + retest.stderr and test_metrics()["evaluated_at"] != before

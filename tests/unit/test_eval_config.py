@@ -9,7 +9,14 @@ from hydra import compose, initialize_config_dir
 
 import deepfake.tasks  # noqa: F401  (registers the run_stamp resolver)
 from deepfake.errors import ConfigError
-from deepfake.tasks.scoring import check_eval_settings, eval_sets, perturbations, summary_settings
+from deepfake.tasks.scoring import (
+    check_eval_settings,
+    checkpoint_rule,
+    eval_sets,
+    perturbations,
+    settings_not_applied,
+    summary_settings,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -58,3 +65,27 @@ def test_two_extra_sets_as_a_path_and_as_a_mapping(tmp_path):
 def test_mistakes_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         check_eval_settings(compose_eval(tmp_path, *overrides))
+
+
+def test_an_eval_threshold_equal_to_the_stored_one_is_the_checkpoints_operating_point(tmp_path):
+    """The README's `eval.threshold_policy=fixed eval.threshold=0.5` training stores 0.5: its own test
+    reported that as an eval.threshold override, and the registry then refused a retest at 0.5."""
+    stored = {"threshold": 0.5, "threshold_policy": "fixed", "temperature": 1.0}
+    same = checkpoint_rule(stored, compose_eval(tmp_path, "eval.threshold_policy=fixed", "eval.threshold=0.5"))
+    assert (same.source, same.threshold, same.policy) == ("checkpoint", 0.5, "fixed")
+    other = checkpoint_rule(stored, compose_eval(tmp_path, "eval.threshold=0.3"))
+    assert (other.source, other.threshold, other.stored_threshold) == ("eval.threshold", 0.3, 0.5)
+    with pytest.raises(ConfigError, match="eval.threshold=1.5"):
+        checkpoint_rule(stored, compose_eval(tmp_path, "eval.threshold=1.5"))
+
+
+def test_policy_and_calibration_given_to_a_test_are_named_when_they_differ_from_the_stored_point(tmp_path):
+    rule = checkpoint_rule({"threshold": 0.4, "threshold_policy": "fpr@0.01", "temperature": 1.0},
+                           compose_eval(tmp_path))  # fmt: skip
+    given = {"eval.threshold_policy", "eval.calibrate"}
+    cfg = compose_eval(tmp_path, "eval.threshold_policy=fpr@1e-2", "eval.calibrate=none")
+    assert settings_not_applied(cfg, rule, given) == []  # the same choice, spelled another way
+    cfg = compose_eval(tmp_path, "eval.threshold_policy=eer", "eval.calibrate=temperature")
+    assert settings_not_applied(cfg, rule, given) == [
+        "eval.threshold_policy=eer (stored: fpr@0.01)", "eval.calibrate=temperature (stored: none)"]  # fmt: skip
+    assert settings_not_applied(cfg, rule, set()) == []  # defaults nobody asked for are not ignored requests

@@ -12,6 +12,7 @@ from deepfake.explain.metrics import (
     layers_top_down,
     localisation,
     mask_area,
+    mean_defined,
     rank_map,
     spearman,
 )
@@ -45,7 +46,17 @@ def test_spearman():
     a = np.arange(16.0).reshape(4, 4)
     assert spearman(a, a**3) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
-    assert spearman(a, np.zeros_like(a)) == 0.0
+
+
+def test_spearman_of_a_flat_or_broken_map_is_undefined_not_zero():
+    """0 for a constant map read as "the randomised maps no longer match": the sanity check passed."""
+    a = np.arange(16.0).reshape(4, 4)
+    assert spearman(a, np.zeros_like(a)) is None and spearman(np.ones_like(a), a) is None
+    assert spearman(a, np.where(a > 3, a, np.nan)) is None
+    flat_steps = cascading_randomisation(tiny_net(), lambda net: np.zeros((2, 4, 4)), [0.5, 1.0])
+    assert [step["spearman"] for step in flat_steps] == [None, None]
+    partly = [spearman(a, a), spearman(a, np.zeros_like(a))]
+    assert mean_defined(partly) == pytest.approx(1.0) and mean_defined([None]) is None
 
 
 def tiny_net() -> nn.Module:

@@ -24,7 +24,15 @@ def test_strings_from_data_are_escaped():
 
 def test_table_formats_numbers_and_keeps_text():
     out = html.table(["name", "auc"], [["a<b", 0.123456], ["none", None]], fmt=lambda v: f"{v:.3f}")
-    assert '<td class="num">0.123</td>' in out and "a&lt;b" in out and "<td></td>" in out
+    assert '<td class="num">0.123</td>' in out and "a&lt;b" in out
+
+
+def test_an_undefined_figure_reads_n_a_not_blank():
+    """AUC on a one-class set is None: report.html showed an empty cell where the card and log say n/a."""
+    from deepfake.evaluation.report import _num
+
+    out = html.table(["set", "auc", "ap"], [["one class", None, 0.5]], fmt=_num)
+    assert "<td>n/a</td>" in out and "<td></td>" not in out and '<td class="num">0.5000</td>' in out
 
 
 def test_figure_embedded_as_data_uri():
