@@ -9,20 +9,23 @@ so every switch meets a fresh interpreter and a fresh CUDA context. With ``--rep
 take turns N times and each figure is the median over its runs (a machine's speed drifts over
 minutes). From each bench.json it keeps (a), (b), (c), the ratios b/a and c/a_eval, the warm-up
 (compile) time and the peak memory, and gives (b) and (c) relative to the defaults' (above 1: the
-switch's other side is faster). Prints the table and writes ``<out>/switches.json``.
+switch's other side is faster). Prints the table and writes ``<out>/switches.json`` (by default under
+``paths.log_dir``, as the overrides compose it). A setting whose run fails stops the comparison: what
+was measured before it is still written, the failed setting marked with its run's own error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from deepfake.errors import error_line
+from deepfake.errors import ConfigError, UserError, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,37 +44,95 @@ FIGURES = {
 }  # fmt: skip
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="overrides every run shares (after --)")
     parser.add_argument("--switch", action="append", dest="switches", metavar="KEY=VALUE",
                         help="a setting to compare with the defaults (repeatable); default: this device's")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="turns the settings take; figures are medians")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_switches")
+    parser.add_argument("--out", type=Path, help="default: <paths.log_dir>/bench_switches")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: give at least 1")
-    switches = args.switches or default_switches(args.overrides)
-    out = args.out.resolve()
-    settings = ["defaults", *switches]
+    try:
+        out = (args.out or configured_log_dir(args.overrides) / "bench_switches").resolve()
+    except UserError as error:
+        print(error_line(str(error)), file=sys.stderr)
+        return 2
+    settings = ["defaults", *(args.switches or default_switches(args.overrides))]
     runs: dict[str, list[dict]] = {setting: [] for setting in settings}
+    failure = None
     for turn in range(args.repeats):
         for number, setting in enumerate(settings):
-            run_dir = out / f"{turn}_{number}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # this script's own dir: a rerun measures afresh
-            extra = [] if setting == "defaults" else [setting]
-            command = [sys.executable, str(REPO / "scripts" / "main.py"), "task=bench", *args.overrides, *extra,
-                       f"hydra.run.dir={run_dir}"]  # fmt: skip
             print(f"[{turn + 1}/{args.repeats}] {setting}", flush=True)
-            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-            if result.returncode != 0:
-                last = (result.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("ERROR ")
-                print(error_line(f"task=bench with {setting} failed ({result.returncode}): {last}"), file=sys.stderr)
-                sys.exit(1)
-            runs[setting].append(json.loads((run_dir / "bench.json").read_text()))
-    table = summarise(runs)
+            report, failure = bench_once(setting, args.overrides, out / f"{turn}_{number}")
+            if failure:
+                break
+            runs[setting].append(report)
+        if failure:
+            break
+    if runs["defaults"]:  # the others are set against the defaults: nothing to compare without them
+        write_report(out, args, runs, failure)
+    if failure:
+        print(error_line(f"task=bench with {failure['setting']} failed ({failure['exit_code']}): {failure['error']}"),
+              file=sys.stderr)  # fmt: skip
+        return 2 if failure["user_error"] else 1
+    return 0
+
+
+def configured_log_dir(overrides: list[str]) -> Path:
+    """``paths.log_dir`` as the runs will compose it (DEEPFAKE_ROOT, paths.root_dir, paths.log_dir)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ.setdefault("DEEPFAKE_ROOT", str(REPO))  # as scripts/main.py anchors paths.root_dir
+    try:  # composing and resolving both raise on a bad override
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return Path(compose("config", overrides=["task=bench", *overrides]).paths.log_dir)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"{' '.join(str(error).split())}; check the overrides: {' '.join(overrides)}") from error
+
+
+def bench_once(setting: str, overrides: list[str], run_dir: Path) -> tuple[dict | None, dict | None]:
+    """``(bench.json, None)`` of one ``task=bench`` with ``setting``, or ``(None, failure)``."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own dir: a rerun measures afresh
+    extra = [] if setting == "defaults" else [setting]
+    command = [sys.executable, str(REPO / "scripts" / "main.py"), "task=bench", *overrides, *extra,
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 0:
+        return json.loads((run_dir / "bench.json").read_text()), None
+    error, hydra_refused = child_error(result.stderr)
+    # main.py exits 2 on a user's mistake; Hydra refuses a bad override itself, with exit 1.
+    user_error = result.returncode == 2 or hydra_refused
+    return None, {"setting": setting, "exit_code": result.returncode, "error": error, "user_error": user_error}
+
+
+HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+
+
+def child_error(stderr: str) -> tuple[str, bool]:
+    """``(the failed run's own error, whether Hydra refused its config)``: main.py's ERROR line (a user's
+    mistake, or the bug it names above its traceback), else Hydra's message above its HYDRA_FULL_ERROR
+    hint (that hint, the last line, hid "Could not override 'nosuchkey'"), else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR ") or "[ERROR]" in line]
+    if errors:
+        return errors[-1].removeprefix("ERROR "), False
+    hint = next((number for number, line in enumerate(lines) if line.startswith(HYDRA_HINT)), None)
+    if hint:
+        return " ".join(lines[:hint]), True
+    return (lines or ["(no output)"])[-1], False
+
+
+def write_report(out: Path, args, runs: dict[str, list[dict]], failure: dict | None) -> None:
+    """switches.json and the table of what was measured; a failed setting is marked, not dropped."""
+    table = summarise({setting: reports for setting, reports in runs.items() if reports})
+    if failure:
+        table.setdefault(failure["setting"], {})["failed"] = f"exit {failure['exit_code']}: {failure['error']}"
     report = {"overrides": args.overrides, "repeats": args.repeats, "machine": runs["defaults"][0]["machine"],
-              "settings": table}  # fmt: skip
+              "settings": table, "not_run": [setting for setting, reports in runs.items() if setting not in table]}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "switches.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(table)
@@ -117,8 +178,9 @@ def print_table(table: dict[str, dict]) -> None:
     width = max(len(setting) for setting in table)
     print(f"{'setting':<{width}}  " + "  ".join(f"{c:>13}" for c in columns))
     for setting, row in table.items():
-        print(f"{setting:<{width}}  " + "  ".join(f"{row.get(c, ''):>13}" for c in columns))
+        failed = f"  failed ({row['failed']})" if "failed" in row else ""
+        print(f"{setting:<{width}}  " + "  ".join(f"{row.get(c, ''):>13}" for c in columns) + failed)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

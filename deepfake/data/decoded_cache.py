@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from deepfake.data.images import load_rgb
@@ -114,42 +114,87 @@ def open_cache(paths, *, csv_path: str | os.PathLike, root_dir: str | os.PathLik
     prefix = f"{Path(csv_path).stem}-{img_size}px-"  # the caches of this CSV's name and size
     final = Path(cache_dir) / f"{prefix}{key[:16]}"
     if not (final / _META).is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{final}.lock"):
+        lock = _build_lock(final)
+        try:
             if not (final / _META).is_file():  # another run or rank may have built it meanwhile
                 builder = _Builder(paths, key, img_size, interpolation, fallback_size, threads)
                 builder.build(final, csv_path=csv_path, root_dir=root_dir, chunk=chunk,
                               sources=_sources(csv_path, paths))  # fmt: skip
                 _remove_superseded(final, prefix)
+        finally:
+            lock.release()
     cache = DecodedImages(final)
     if cache.count != len(paths):  # the key covers the CSV, so only a hand-edited cache gets here
         raise DataError(f"{final}: holds {cache.count} images for {len(paths)} rows of {csv_path}; delete it")
     return cache
 
 
+def _build_lock(final: Path) -> FileLock:
+    """The held lock that keeps two runs or ranks from building ``final`` twice; an unusable cache
+    folder (a file, a path that cannot be made, no write permission) is the user's to fix."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{final}.lock")
+        lock.acquire()
+    except OSError as err:
+        reason = "a file is in the way" if isinstance(err, FileExistsError | NotADirectoryError) else err.strerror
+        raise DataError(f"the decoded-image cache cannot be kept in {final.parent} ({reason}); set "
+                        "dataset.cache_dir to a writable folder, or dataset.cache=none") from None  # fmt: skip
+    return lock
+
+
 def _remove_superseded(final: Path, prefix: str) -> None:
-    """Delete the finished caches of the same CSV, root, size (named ``prefix...``) and resize rule that
-    ``final`` replaces: their files have changed since, or the CSV has, so their key can no longer come
-    up, and at the Kaggle set's size each is ~20 GB. Caches of other sizes, CSVs, roots or resize rules
-    stay, and so does one of the same CSV read through another path column (a run beside this one may
-    be reading it); so does a folder without meta.json."""
+    """Delete the caches of the same CSV, root, size (named ``prefix...``) and resize rule that ``final``
+    replaces: their files have changed since, or the CSV has, so their key can no longer come up, and at
+    the Kaggle set's size each is ~20 GB. That holds for a partial build too (its memmap is full-size
+    from the start), unless a live process is building it. Caches of other sizes, CSVs, roots or resize
+    rules stay, and so does one of the same CSV read through another path column (a run beside this one
+    may be reading it); so does a folder that does not say what it was built from."""
     new = json.loads((final / _META).read_text())
     for other in final.parent.glob(f"{prefix}*"):
-        if other == final or not other.is_dir() or other.name.endswith(".partial"):
+        if other == final or not other.is_dir():
             continue
+        partial = other.name.endswith(".partial")
         try:
-            meta = json.loads((other / _META).read_text())
+            meta = json.loads((other / (_PROGRESS if partial else _META)).read_text())
         except (OSError, ValueError):
             continue
-        if any(meta.get(field) != new[field] for field in ("csv", "root_dir")):
+        if not _replaced_by(meta, new):
             continue
-        replaced = meta.get("format") != _FORMAT or (
-            (meta.get("interpolation"), meta.get("framing")) == (new["interpolation"], new["framing"])
-            and (meta.get("csv_sha256") != new["csv_sha256"] or meta.get("paths_sha256") == new["paths_sha256"])
-        )  # fmt: skip
-        if replaced:
+        if partial:
+            _remove_abandoned(other)
+        else:
             shutil.rmtree(other, ignore_errors=True)
             log.info("removed the superseded cache %s (built from files or a CSV that have changed since)", other)
+
+
+def _replaced_by(meta: dict, new: dict) -> bool:
+    """Whether the cache described by ``meta`` is one the cache ``new`` supersedes."""
+    if any(meta.get(field) != new[field] for field in ("csv", "root_dir")):
+        return False
+    return meta.get("format") != _FORMAT or (
+        (meta.get("interpolation"), meta.get("framing")) == (new["interpolation"], new["framing"])
+        and (meta.get("csv_sha256") != new["csv_sha256"] or meta.get("paths_sha256") == new["paths_sha256"])
+    )  # fmt: skip
+
+
+def _remove_abandoned(partial: Path) -> None:
+    """Delete a superseded partial build, unless its build lock is held: a live process is building it."""
+    try:
+        with FileLock(f"{partial.parent / partial.name.removesuffix('.partial')}.lock", timeout=0):
+            shutil.rmtree(partial, ignore_errors=True)
+    except Timeout:
+        log.info("kept the superseded partial cache %s: a live process is building it", partial)
+        return
+    log.info("removed the superseded partial cache %s (a build stopped before the files or CSV changed)", partial)
+
+
+def _size(nbytes: int) -> str:
+    """Bytes as a reader compares them: GiB for a Kaggle-sized cache, MiB or KiB for a small one."""
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB")):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 2**10:.1f} KiB"
 
 
 class _Builder:
@@ -160,11 +205,14 @@ class _Builder:
 
     def build(self, final: Path, *, csv_path, root_dir, chunk: int, sources: dict) -> None:
         partial = final.with_name(final.name + ".partial")
-        images, state = self._open(partial)
+        # What the cache was built from, in the partial build's progress too: a superseded one is removed.
+        origin = {"interpolation": self.interpolation, "framing": FRAMING, "format": _FORMAT,
+                  "csv": os.path.abspath(csv_path), "root_dir": os.path.abspath(root_dir), **sources}  # fmt: skip
+        images, state = self._open(partial, origin)
         count, started = len(self.paths), time.perf_counter()
         done_before, last_log = state["done"], started
-        log.info("decoding %d images of %s into the cache %s (%.2f GiB, once)%s", count, csv_path, final,
-                 images.nbytes / 2**30, f"; resuming at image {done_before}" if done_before else "")  # fmt: skip
+        log.info("decoding %d images of %s into the cache %s (%s, once)%s", count, csv_path, final,
+                 _size(images.nbytes), f"; resuming at image {done_before}" if done_before else "")  # fmt: skip
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for start in range(state["done"], count, chunk):
                 stop = min(count, start + chunk)
@@ -179,9 +227,7 @@ class _Builder:
                     last_log = time.perf_counter()
                     log.info("cache %s: %d of %d images decoded", final.name, stop, count)
         del images
-        meta = {"count": count, "img_size": self.img_size, "interpolation": self.interpolation, "framing": FRAMING,
-                "format": _FORMAT, "csv": os.path.abspath(csv_path), "root_dir": os.path.abspath(root_dir),
-                "key": self.key, **sources, "damaged": state["damaged"],
+        meta = {"count": count, "img_size": self.img_size, **origin, "key": self.key, "damaged": state["damaged"],
                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
         atomic_write_text(partial / _META, json.dumps(meta, indent=1) + "\n")
         (partial / _PROGRESS).unlink()
@@ -191,7 +237,7 @@ class _Builder:
         log.info("cached %d images (%d damaged) in %.1f s", count - done_before, len(state["damaged"]),
                  time.perf_counter() - started)  # fmt: skip
 
-    def _open(self, partial: Path) -> tuple[np.ndarray, dict]:
+    def _open(self, partial: Path, origin: dict) -> tuple[np.ndarray, dict]:
         """The partial cache's memmap and progress: resumed when it is this key's, else started afresh."""
         shape = (len(self.paths), self.img_size, self.img_size, 3)
         try:
@@ -207,9 +253,9 @@ class _Builder:
         needed, free = int(np.prod(shape)), shutil.disk_usage(partial).free
         if needed > free:
             shutil.rmtree(partial, ignore_errors=True)
-            raise DataError(f"the decoded-image cache needs {needed / 2**30:.1f} GiB but {partial.parent} has "
-                            f"{free / 2**30:.1f} GiB free; free space, move dataset.cache_dir or set dataset.cache=none")  # fmt: skip
-        state = {"key": self.key, "done": 0, "damaged": {}}
+            raise DataError(f"the decoded-image cache needs {_size(needed)} but {partial.parent} has "
+                            f"{_size(free)} free; free space, move dataset.cache_dir or set dataset.cache=none")  # fmt: skip
+        state = {"key": self.key, "done": 0, "damaged": {}, **origin}
         atomic_write_text(partial / _PROGRESS, json.dumps(state))
         return np.lib.format.open_memmap(partial / _IMAGES, mode="w+", dtype=np.uint8, shape=shape), state
 

@@ -292,9 +292,11 @@ def _print(report: dict, out_dir: Path) -> None:
     table.add_column("measured")
     table.add_column("images/s", justify="right")
     table.add_column("repeats", justify="right")
+    # (b) reads the images as a run does: from the decoded cache under dataset.cache=all, else the files
+    source = "the decoded cache" if report["settings"]["train_from_cache"] else "files"
     labels = {
         "bare_train_step": "(a) bare training step", "bare_forward": "(a_eval) bare forward",
-        "train_pipeline": "(b) training from files", "eval_pipeline": "(c) scoring from files",
+        "train_pipeline": f"(b) training from {source}", "eval_pipeline": "(c) scoring from files",
         "loader": "(d) training loader alone", "eval_cached": "(c') scoring from the decoded cache",
         "loader_cached": "(d') training loader from the cache",
     }  # fmt: skip

@@ -101,13 +101,31 @@ def test_bench_switches_runs_each_setting_and_compares_it_with_the_defaults(tmp_
 
 
 def test_bench_switches_names_the_setting_that_failed(tmp_path, shared_data_dir):
-    # A setting task=bench refuses (one epoch) stops the comparison with task=bench's own line.
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"),
-                             "--out", str(tmp_path / "switches"), "--", "train.device=cpu",
+    # A setting task=bench refuses (one epoch) stops the comparison with task=bench's own line, and exit 2
+    # (a user's mistake). No --out: the runs go under paths.log_dir, never into the repository.
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--", "train.device=cpu",
                              f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", "backbone=timm",
                              "backbone.name=test_resnet", "bench.epochs=1"],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines()[-1].startswith("ERROR task=bench with defaults failed (2): bench.epochs=1")
     )
+    assert (tmp_path / "outputs" / "bench_switches" / "0_0").is_dir()
+    assert not (tmp_path / "outputs" / "bench_switches" / "switches.json").exists()  # nothing measured
+
+
+def test_bench_switches_keeps_what_it_measured_when_a_later_setting_fails(tmp_path, shared_data_dir):
+    out = tmp_path / "switches"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch", "nosuchkey=1",
+                             "--switch", "optimizer.fused=false", "--out", str(out), "--", *TINY, *BENCH_TINY[1:],
+                             f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}"],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 2, result.stderr  # Hydra refused an override: the user's to fix
+    # The run's own error, not Hydra's last line ("Set the environment variable HYDRA_FULL_ERROR=1 ...").
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR task=bench with nosuchkey=1 failed (1): Could not override 'nosuchkey'.")
+    report = json.loads((out / "switches.json").read_text())
+    assert report["settings"]["defaults"]["b"] > 0 and report["not_run"] == ["optimizer.fused=false"]
+    assert report["settings"]["nosuchkey=1"]["failed"].startswith("exit 1: Could not override 'nosuchkey'.")
+    assert "defaults" in result.stdout and "failed (exit 1" in result.stdout

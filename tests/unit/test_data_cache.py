@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from deepfake.data.csv_dataset import CsvImageDataset
-from deepfake.data.decoded_cache import open_cache
+from deepfake.data.decoded_cache import _Builder, open_cache
 from deepfake.data.transforms import build_eval_transform, build_train_transform
+from deepfake.errors import DataError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -170,3 +173,52 @@ def test_a_killed_build_resumes_where_it_stopped_and_matches_a_fresh_one(tmp_pat
     assert np.array_equal(resumed.array, fresh.array) and resumed.damaged == fresh.damaged == {
         600: "empty file (0 bytes)"
     }
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_in_units_that_show_its_size(tmp_path, monkeypatch):
+    csv = _dataset(tmp_path, [(40, 30), (30, 50)], damaged=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 1024))
+    with pytest.raises(DataError, match=r"needs 3\.4 KiB but .* has 1\.0 KiB free; free space"):
+        _cached(csv, None, 24, tmp_path / "cache")  # 2 x 24 x 24 x 3 bytes: "0.0 GiB" said nothing
+    assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below"])
+def test_an_unusable_cache_folder_is_refused_in_one_line_naming_the_setting(tmp_path, where):
+    csv = _dataset(tmp_path, [(40, 30)], damaged=False)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(
+        DataError, match=r"cannot be kept in .*a_file.* \(a file is in the way\); set dataset\.cache_dir"
+    ):
+        _cached(csv, None, 24, tmp_path / where)
+
+
+def test_a_superseded_partial_build_is_removed_unless_a_live_process_is_building_it(tmp_path, monkeypatch):
+    csv = _dataset(tmp_path, [(40, 30), (30, 50)], damaged=False)
+    cache_dir, image = tmp_path / "cache", tmp_path / "images" / "0.jpg"
+    decode = _Builder._decode
+
+    def stops_at_the_second_image(self, path):
+        if path.endswith("1.jpg"):
+            raise KeyboardInterrupt  # a build stopped after its first chunk, its full-size memmap left behind
+        return decode(self, path)
+
+    monkeypatch.setattr(_Builder, "_decode", stops_at_the_second_image)
+    with pytest.raises(KeyboardInterrupt):
+        _cached(csv, None, 24, cache_dir, chunk=1)
+    monkeypatch.undo()
+    [stopped] = cache_dir.glob("*.partial")
+
+    def touch() -> None:  # a later mtime even on a coarse clock: another key
+        later = image.stat().st_mtime_ns + 10**9
+        os.utime(image, ns=(later, later))
+
+    touch()
+    # A partial build whose lock is held is one a live process is building: kept.
+    with FileLock(f"{cache_dir / stopped.name.removesuffix('.partial')}.lock"):
+        first = _cached(csv, None, 24, cache_dir).cache
+    assert stopped.is_dir()
+    touch()
+    latest = _cached(csv, None, 24, cache_dir).cache
+    assert [p for p in cache_dir.iterdir() if p.is_dir()] == [latest.directory]  # the stopped build and `first` gone
+    assert not first.directory.exists()
