@@ -56,7 +56,9 @@ class StopRequest:
             # within its own write ("RuntimeError: reentrant call"), a traceback on the console.
             self.signum, self._unannounced = signum, True
             for other, handler in previous.items():
-                signal.signal(other, handler)
+                # A second SIGTERM quits at once, as the log says: not raised as an exception, which a
+                # process stuck in C code (a hung read, a device sync) would never get to.
+                signal.signal(other, signal.SIG_DFL if handler is _raise_stop_signal else handler)
 
         for signum in STOP_SIGNALS:
             signal.signal(signum, on_signal)

@@ -32,9 +32,10 @@ def best_from_last(last: dict) -> dict:
 
 
 def _epoch_of(checkpoint: Path) -> int | None:
-    """The epoch a checkpoint was saved at; None when there is none to read."""
+    """The epoch a checkpoint was saved at; None when there is none to read. Its tensors are mapped,
+    not read: every rank asks this on every resume, of a best.pth that may be gigabytes."""
     try:
-        return load_checkpoint(checkpoint).get("epoch")
+        return load_checkpoint(checkpoint, mmap=True).get("epoch")
     except CheckpointError:
         return None
 

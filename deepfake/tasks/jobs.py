@@ -210,12 +210,16 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
             "attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir
         )
         cfg.resume = str(out_dir)
+    begun = False
     try:
         # Inside: a stop signal landing once status.json is written, before the task begins, must
-        # still leave it saying "stopped".
+        # still leave it saying "stopped". A status.json that cannot be written is no failed job.
         write_status(out_dir, status)
+        begun = True
         value = task(cfg)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
+        if not begun:
+            raise
         return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
     except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
         write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso(),

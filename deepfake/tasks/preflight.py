@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # torch.save's zip records and alignment on top of the tensors' bytes: 2-3 % for a network of small tensors.
 CHECKPOINT_OVERHEAD = 1.05
+# The state of an optimizer the probe cannot step on the CPU is taken to be AdamW's: its two moments.
+ADAMW_STATE_PER_WEIGHT = 2.0
 
 
 def check_registry(registry: Registry, run_name: str, run_dir: Path) -> None:
@@ -60,9 +62,12 @@ def optimizer_state_per_weight(make_optimizer) -> float:
     """The bytes of optimizer state per byte of trained weights (AdamW's two moments: 2; SGD with
     momentum: 1), measured on one parameter after one step: the state appears only once it steps."""
     probe = torch.zeros(64, requires_grad=True)
-    optimizer = make_optimizer([{"params": [probe]}])
-    probe.grad = torch.zeros_like(probe)
-    optimizer.step()
+    try:
+        optimizer = make_optimizer([{"params": [probe]}])
+        probe.grad = torch.zeros_like(probe)
+        optimizer.step()
+    except Exception:  # noqa: BLE001 - one that steps only on the GPU (capturable=true): its own step says so
+        return ADAMW_STATE_PER_WEIGHT
     state = optimizer.state_dict()["state"].get(0, {}).values()
     held = sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t) and t.numel() > 1)
     return held / (probe.numel() * probe.element_size())

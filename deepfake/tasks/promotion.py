@@ -113,14 +113,16 @@ def rescorer(cfg: DictConfig, chosen: PromotionSet) -> Callable[[Path], float | 
 
 
 def candidate_promotion(
-    cfg: DictConfig, best_path: Path, best_val_auc: float | None, measured_on: dict | None, chosen: PromotionSet
+    cfg: DictConfig, best_path: Path, best_val_auc: float | None, chosen: PromotionSet
 ) -> dict[str, Any]:
-    """The run's own promotion score: ``best_val_auc`` when it was measured on the promotion set itself
-    (the same images and labels) with best.pth's weights, else a pass of best.pth over the promotion set.
-    ``measured_on`` is the identity of the set this process validated best.pth's weights on, None when
-    best.pth comes from before a resume: that process may have validated on other images (the embedded
-    set at another dataset.img_size, another dataset.val_csv) than this one's."""
-    if measured_on is not None and measured_on["images_sha256"] == chosen.identity["images_sha256"]:
+    """The run's own promotion score: ``best_val_auc`` when best.pth's weights were validated on the
+    promotion set itself (the same images and labels: best.pth records which set, ``validated_on``),
+    else a pass of best.pth over the promotion set. A run resumed at another dataset.img_size validated
+    on other images than the best.pth it stopped with, whose AUC was registered as the new set's."""
+    from deepfake.tracking.checkpoint import load_checkpoint
+
+    validated_on = load_checkpoint(best_path, mmap=True).get("validated_on")
+    if validated_on is not None and validated_on == chosen.identity["images_sha256"]:
         auc = best_val_auc
     else:
         auc = score_checkpoint(best_path, cfg, chosen)

@@ -73,7 +73,6 @@ class TrainingRun:
     resume_from: dict | None  # the stopped run's last.pth
     entry: dict  # the registry entry, completed as the run goes
     promotion_set: promotion.PromotionSet
-    val_identity: dict
     trackers: list  # rank 0's (session.trackers); the task closes them
 
 
@@ -191,6 +190,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     # Before training: a promotion set that is the test set is refused now, not after hours.
     chosen = promotion.promotion_set(cfg)
     log.info("promotion set (what this run competes for the global best on): %s", chosen)
+    val_identity = promotion.split_identity(cfg, val_set)
     trainer = Trainer(
         model,
         train_loader,
@@ -203,6 +203,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
             "preprocess": preprocess,
             "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
             "run_name": name,
+            "validated_on": val_identity["images_sha256"],  # the images best_val_auc is measured on
         },
         loggers=trackers,
         resume_strict=bool(cfg.resume_strict),
@@ -225,9 +226,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         "started_at": session.now_iso(),
         "world_size": here.world_size,
     }
-    return TrainingRun(
-        cfg, out_dir, trainer, resume_from, entry, chosen, promotion.split_identity(cfg, val_set), trackers
-    )
+    return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, trackers)
 
 
 def _model(cfg: DictConfig, out_dir: Path) -> tuple[torch.nn.Module, dict | None]:
@@ -315,11 +314,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
             entry |= _explain(best, training, state.step)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
-        # best_val_auc is best.pth's on this process's validation set only when this process wrote best.pth.
-        measured_on = training.val_identity if trainer.best_predictions is not None else None
-        entry["promotion"] = promotion.candidate_promotion(
-            cfg, best, state.best_auc, measured_on, training.promotion_set
-        )
+        entry["promotion"] = promotion.candidate_promotion(cfg, best, state.best_auc, training.promotion_set)
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
         for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints
             tracker.log_artifact(card)

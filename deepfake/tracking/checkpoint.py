@@ -195,8 +195,9 @@ def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = 
     return removed
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by this project, on the CPU, without ever unpickling code."""
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by this project, on the CPU, without ever unpickling code; with ``mmap``
+    its tensors are mapped from the file, read only when used."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist; check the path")
@@ -209,7 +210,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     import torch
 
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         # torch reports a damaged pickle and a forbidden object (one that would run code) alike.
         raise CheckpointError(

@@ -175,18 +175,21 @@ def test_the_test_set_is_never_the_promotion_set(tmp_path, shared_data_dir, two_
     assert not (latest_run(tmp_path) / "metrics_log.csv").exists()  # refused before any training
 
 
-def test_best_val_auc_stands_for_the_promotion_score_only_when_measured_by_best_pth_on_that_set(monkeypatch, tmp_path):
+def test_best_val_auc_stands_for_the_promotion_score_only_when_best_pth_was_validated_on_that_set(
+    monkeypatch, tmp_path
+):
     """A run stopped at 32 px and resumed at dataset.img_size=48 validated on the 48 px set, the promotion
     set; its best.pth (and best_val_auc) came from before the resume, measured on the 32 px set, which
-    was registered as best.pth's promotion score. Only the process that scored best.pth's weights on its
-    validation set knows what that set was."""
+    was registered as best.pth's promotion score. best.pth records the images it was validated on."""
     from deepfake.tasks import promotion
+    from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT, atomic_save
 
     identity = {"csv": str(tmp_path / "valid.csv"), "rows": 32, "images_sha256": "48" * 32, "key": "48" * 8}
     chosen = promotion.PromotionSet(tmp_path / "valid.csv", tmp_path, identity)
-    monkeypatch.setattr(promotion, "score_checkpoint", lambda path, cfg, chosen: 0.25)  # best.pth on the set
+    rescored = []
+    monkeypatch.setattr(promotion, "score_checkpoint", lambda path, cfg, chosen: rescored.append(path) or 0.25)
     best = tmp_path / "best.pth"
-    assert promotion.candidate_promotion(None, best, 0.9, identity, chosen) == {"auc": 0.9, "set": identity}
-    assert promotion.candidate_promotion(None, best, 0.9, None, chosen)["auc"] == 0.25  # from before a resume
-    other = {**identity, "images_sha256": "32" * 32}
-    assert promotion.candidate_promotion(None, best, 0.9, other, chosen)["auc"] == 0.25  # another set
+    for validated_on, auc in (("48" * 32, 0.9), ("32" * 32, 0.25), (None, 0.25)):  # None: an older best.pth
+        atomic_save({"format": CHECKPOINT_FORMAT, "validated_on": validated_on}, best)
+        assert promotion.candidate_promotion(None, best, 0.9, chosen) == {"auc": auc, "set": identity}
+    assert rescored == [best, best]  # best.pth scored on the promotion set only where it was not validated there

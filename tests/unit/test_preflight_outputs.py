@@ -130,3 +130,10 @@ def test_a_bad_backbone_setting_is_not_blamed_on_the_image_size():
         check_input_size(create_detector("test_resnet", drop_rate="abc"), 32, "test_resnet")
     with pytest.raises(ConfigError, match="dataset.img_size=33 does not fit backbone test_vit"):
         check_input_size(create_detector("test_vit"), 33, "test_vit")
+
+
+def test_an_optimizer_that_steps_only_on_a_gpu_is_taken_as_adamw_by_the_disk_check():
+    """The probe steps the run's optimizer on a CPU tensor: AdamW(capturable=True), legitimate on a GPU,
+    raised there, and the run ended "with a bug" before training."""
+    assert preflight.optimizer_state_per_weight(partial(torch.optim.AdamW, capturable=True)) == 2.0
+    assert preflight.optimizer_state_per_weight(partial(torch.optim.SGD, lr=0.1, momentum=0.9)) == 1.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 
+import pytest
+
 from deepfake.engine.stopping import StopRequest
 
 
@@ -30,3 +32,28 @@ def test_a_rank_told_of_another_ranks_signal_stops_without_claiming_to_have_rece
     stop.signum = signal.SIGINT  # what Trainer._agree_on_stop sets from another rank's signal
     assert stop.requested
     assert caplog.records == []
+
+
+def test_a_second_sigterm_in_training_quits_at_once_and_the_raising_handler_comes_back_after(caplog):
+    """Outside training SIGTERM is raised as a StopSignal (scripts/main.py); in training's loop the first
+    one asks for a stop, and the second must quit at once, as its log line says: raised as an exception,
+    it never reached a process stuck in C code."""
+    from deepfake.engine.stopping import StopSignal, raise_on_sigterm
+
+    original = signal.getsignal(signal.SIGTERM)
+    caplog.set_level(logging.WARNING, logger="deepfake.engine.stopping")
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise_on_sigterm()
+        raising = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(StopSignal) as stopped:
+            signal.raise_signal(signal.SIGTERM)
+        assert stopped.value.signum == signal.SIGTERM and isinstance(stopped.value, KeyboardInterrupt)
+        stop = StopRequest()
+        with stop.listening():
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.requested
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the next one: the default action, death
+        assert signal.getsignal(signal.SIGTERM) is raising
+    finally:
+        signal.signal(signal.SIGTERM, original)
