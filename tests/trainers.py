@@ -89,6 +89,19 @@ def stripes_trainer(run_dir: Path, phases, *, seed: int = 0, batch_size: int = 1
     return tiny_trainer(run_dir, phases, train, val, **kwargs)
 
 
+def stop_after(trainer: Trainer, optimizer_steps: int) -> Trainer:
+    """The trainer stops (as on SIGTERM) once it has taken ``optimizer_steps`` steps."""
+    step = trainer._optimizer_step
+
+    def stepping():
+        step()
+        if trainer.state.step == optimizer_steps:
+            trainer.stop.signum = signal.SIGTERM
+
+    trainer._optimizer_step = stepping
+    return trainer
+
+
 def metric_rows(run_dir: Path) -> list[dict]:
     """metrics_log.csv less its wall-clock column: what two runs of the same training must share."""
     rows = list(csv.DictReader((run_dir / "metrics_log.csv").open()))

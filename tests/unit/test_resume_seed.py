@@ -5,7 +5,7 @@ ones trained on), and between epochs it goes on, recorded as no longer exact."""
 from __future__ import annotations
 
 import pytest
-from trainers import stripes_trainer
+from trainers import stop_after, stripes_trainer
 
 from deepfake.engine.phases import plan_phases
 from deepfake.errors import CheckpointError
@@ -16,15 +16,7 @@ PHASES = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
 
 def _stopped(run_dir, *, steps: int) -> dict:
     """A run of seed 0 stopped (as on SIGTERM) after ``steps`` optimizer steps (3 an epoch): its last.pth."""
-    trainer = stripes_trainer(run_dir, PHASES, seed=0)
-    step = trainer._optimizer_step
-
-    def stepping():
-        step()
-        if trainer.state.step == steps:
-            trainer.stop.signum = 15
-
-    trainer._optimizer_step = stepping
+    trainer = stop_after(stripes_trainer(run_dir, PHASES, seed=0), steps)
     trainer.fit()
     trainer.close()
     return load_checkpoint(run_dir / "last.pth")

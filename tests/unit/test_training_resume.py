@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from trainers import stripes_trainer
+from trainers import stop_after, stripes_trainer
 
 from deepfake.engine.phases import plan_phases
 from deepfake.errors import CheckpointError, ConfigError
@@ -59,19 +59,6 @@ def test_a_last_pth_with_the_same_layout_resumes_exactly(tmp_path, layer_decay):
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in stopped.optimizer.param_groups]
 
 
-def _stop_after(trainer, optimizer_steps: int):
-    """The trainer stops (as on SIGTERM) once it has taken ``optimizer_steps`` steps."""
-    step = trainer._optimizer_step
-
-    def stepping():
-        step()
-        if trainer.state.step == optimizer_steps:
-            trainer.stop.signum = 15
-
-    trainer._optimizer_step = stepping
-    return trainer
-
-
 def test_a_resume_at_a_phase_boundary_carries_the_loss_scale_on(tmp_path, monkeypatch):
     """last.pth at a phase's end holds no optimizer state, but the fp16 loss scale goes on."""
     import deepfake.engine.trainer as trainer_module
@@ -82,7 +69,7 @@ def test_a_resume_at_a_phase_boundary_carries_the_loss_scale_on(tmp_path, monkey
     phases = plan_phases(2, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=1)
     whole = stripes_trainer(tmp_path / "whole", phases, precision="16")
     whole.fit()
-    stopped = _stop_after(stripes_trainer(tmp_path / "run", phases, precision="16"), 6)  # 3 steps an epoch
+    stopped = stop_after(stripes_trainer(tmp_path / "run", phases, precision="16"), 6)  # 3 steps an epoch
     stopped.fit()
     stopped.close()
     assert stopped.stopped_early and (stopped.state.phase_index, stopped.state.batches_done) == (1, 0)
@@ -99,7 +86,7 @@ def test_a_resume_at_a_phase_boundary_carries_the_loss_scale_on(tmp_path, monkey
 def test_a_resume_with_more_epochs_follows_the_new_schedule_not_the_stopped_one(tmp_path):
     """phase.finetune_epochs=6 on resume: the cosine spans 6 epochs (later overrides win) instead of
     the stopped run's 2, whose scheduler state used to be loaded and left the lr at its floor."""
-    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
+    stopped = stop_after(stripes_trainer(tmp_path, plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
     stopped.fit()
     stopped.close()
     (longer,) = plan_phases(0, 6, lr_head=1e-3, lr_backbone=1e-4)
@@ -122,7 +109,7 @@ def test_a_resume_with_more_epochs_follows_the_new_schedule_not_the_stopped_one(
 def _stopped_in_finetune(tmp_path, head_epochs: int):
     """A run of `head_epochs` + 4 fine-tuning epochs stopped after its second fine-tuning epoch."""
     steps = (head_epochs + 2) * 3  # 3 steps an epoch
-    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(head_epochs, 4, lr_head=1e-3, lr_backbone=1e-4)), steps)
+    stopped = stop_after(stripes_trainer(tmp_path, plan_phases(head_epochs, 4, lr_head=1e-3, lr_backbone=1e-4)), steps)
     stopped.fit()
     stopped.close()
     assert (stopped.state.epoch_in_phase, stopped.state.batches_done) == (2, 0)
@@ -185,7 +172,7 @@ def test_an_epoch_stopped_part_way_resumes_only_under_the_batch_size_it_was_cut_
     """The resume skips the batches already trained: under another batch size it would skip other images,
     under another accumulation window cut the epoch's steps elsewhere (that one was accepted)."""
     (phase,) = plan_phases(0, 2, lr_head=1e-3, lr_backbone=1e-4)
-    stopped = _stop_after(stripes_trainer(tmp_path, [phase]), 1)  # one of the epoch's 3 steps
+    stopped = stop_after(stripes_trainer(tmp_path, [phase]), 1)  # one of the epoch's 3 steps
     stopped.fit()
     stopped.close()
     checkpoint = load_checkpoint(tmp_path / "last.pth")
@@ -208,7 +195,7 @@ def test_the_damaged_images_met_before_a_stop_are_counted_after_the_resume(tmp_p
     (phase,) = plan_phases(0, 1, lr_head=1e-3, lr_backbone=1e-4)
     straight = stripes_trainer(tmp_path / "straight", [phase], damaged=evens)
     straight.fit()
-    stopped = _stop_after(stripes_trainer(tmp_path / "run", [phase], damaged=evens), 2)  # 2 of the 3 batches
+    stopped = stop_after(stripes_trainer(tmp_path / "run", [phase], damaged=evens), 2)  # 2 of the 3 batches
     stopped.fit()
     stopped.close()
     resumed = stripes_trainer(tmp_path / "run", [phase], damaged=evens)
@@ -239,7 +226,7 @@ def test_a_stop_in_the_last_validation_is_a_stop_and_the_resume_has_nothing_left
 def test_a_phase_that_ended_is_not_extended_by_a_resume_without_a_word(tmp_path):
     """Stopped just as its head phase ended, resumed with phase.head_epochs=2: it went straight on to
     fine-tuning, one head epoch trained while the run's config said two."""
-    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4)), 3)
+    stopped = stop_after(stripes_trainer(tmp_path, plan_phases(1, 1, lr_head=1e-3, lr_backbone=1e-4)), 3)
     stopped.fit()  # 3 steps: the head epoch, then the stop at the boundary
     stopped.close()
     saved = load_checkpoint(tmp_path / "last.pth")
@@ -254,7 +241,7 @@ def test_a_phase_that_ended_is_not_extended_by_a_resume_without_a_word(tmp_path)
 def test_a_resume_in_a_later_phase_refuses_another_length_for_an_earlier_ended_one(tmp_path):
     """Stopped in fine-tuning after one head epoch, resumed with phase.head_epochs=2 (or 0): accepted
     without a word, the head still one epoch while the run's config and registry entry said otherwise."""
-    stopped = _stop_after(stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
+    stopped = stop_after(stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-3, lr_backbone=1e-4)), 4)
     stopped.fit()  # the head epoch (3 steps), then one fine-tuning step and the stop
     stopped.close()
     saved = load_checkpoint(tmp_path / "last.pth")
@@ -273,7 +260,7 @@ def test_a_last_pth_of_an_older_version_counts_its_stopped_phase_from_its_own_ep
     """Without phase_epochs the count began at the resume: a head phase of 2 epochs ended as {"head": 1},
     and a later stop at its boundary refused the run's own phase.head_epochs=2."""
     phases = plan_phases(2, 1, lr_head=1e-3, lr_backbone=1e-4)
-    stopped = _stop_after(stripes_trainer(tmp_path, phases), 4)  # the first step of the second head epoch
+    stopped = stop_after(stripes_trainer(tmp_path, phases), 4)  # the first step of the second head epoch
     stopped.fit()
     stopped.close()
     older = load_checkpoint(tmp_path / "last.pth")
@@ -303,7 +290,7 @@ def test_a_run_stopped_between_two_loss_points_logs_once_resumed_the_points_of_a
     stripes_trainer(tmp_path / "straight", phases, loggers=[straight], **options).fit()
 
     before, after = Recorder(), Recorder()
-    stopped = _stop_after(stripes_trainer(tmp_path / "run", phases, loggers=[before], **options), 4)
+    stopped = stop_after(stripes_trainer(tmp_path / "run", phases, loggers=[before], **options), 4)
     stopped.fit()
     stopped.close()
     assert stopped.stopped_early and stopped.state.batches_done == 8
