@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from deepfake.errors import ConfigError, UserError, error_line
+from deepfake.errors import UserError, error_line
+from deepfake.tasks.composition import composed_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,16 +82,7 @@ def main() -> int:
 
 def configured_log_dir(overrides: list[str]) -> Path:
     """``paths.log_dir`` as the runs will compose it (DEEPFAKE_ROOT, paths.root_dir, paths.log_dir)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    os.environ.setdefault("DEEPFAKE_ROOT", str(REPO))  # as scripts/main.py anchors paths.root_dir
-    try:  # composing and resolving both raise on a bad override
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            return Path(compose("config", overrides=["task=bench", *overrides]).paths.log_dir)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{' '.join(str(error).split())}; check the overrides: {' '.join(overrides)}") from error
+    return Path(composed_value(REPO / "conf", ["task=bench", *overrides], lambda cfg: cfg.paths.log_dir))
 
 
 def bench_once(setting: str, overrides: list[str], run_dir: Path) -> tuple[dict | None, dict | None]:

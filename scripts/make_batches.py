@@ -14,12 +14,12 @@ working directory; config overrides after the options move them as they would mo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from deepfake.data.batches import write_batches
-from deepfake.errors import ConfigError, UserError, error_line
+from deepfake.errors import UserError, error_line
+from deepfake.tasks.composition import composed_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def configured_paths(overrides: list[str]) -> dict[str, Path]:
     """The source CSVs and the batches dir as ``dataset=batch`` composes them."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    os.environ.setdefault("DEEPFAKE_ROOT", str(REPO))  # as scripts/main.py anchors paths.root_dir
-    try:  # composing and resolving both raise on a bad override
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            dataset = compose("config", overrides=["dataset=batch", *overrides]).dataset
-            csv_dir, batches_dir = Path(dataset.csv_dir), Path(dataset.batches_dir)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{' '.join(str(error).split())}; check the overrides: {' '.join(overrides)}") from error
+    csv_dir, batches_dir = composed_value(  # resolved as picked: a bad value is the overrides' error
+        REPO / "conf",
+        ["dataset=batch", *overrides],
+        lambda cfg: (Path(cfg.dataset.csv_dir), Path(cfg.dataset.batches_dir)),
+    )
     return {"train_csv": csv_dir / "train.csv", "val_csv": csv_dir / "valid.csv", "out_dir": batches_dir}
 
 
