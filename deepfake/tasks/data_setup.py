@@ -92,21 +92,6 @@ def attach_cache(
     return dataset
 
 
-def cache_scored_sets(dataset_cfg: DictConfig, sets, preprocess: dict) -> None:
-    """Build (or find) now the caches of ``sets`` (``(name, csv, root_dir or None)``), which are scored
-    once training has ended: a cache that cannot be built (no space, no folder) is refused before the
-    training's compute, not after it with best.pth trained and nothing tested or registered."""
-    if str(dataset_cfg.get("cache", "none")) == "none":
-        return
-    reader = instantiate(dataset_cfg.reader)
-    for name, csv, root in sets:
-        dataset = reader(csv_path=csv, **({"root_dir": root} if root else {}))
-        try:
-            attach_cache(dataset, dataset_cfg, preprocess)
-        except DataError as err:
-            raise DataError(f"{name} set (scored after training): {err}") from None
-
-
 def train_input(cfg: DictConfig, train_set: Dataset, preprocess: dict, device: torch.device):
     """``(dataset, loader_kwargs, batch_images)``: the training split (its transform from
     :func:`train_transform`) as its loader serves it, and what makes a batch into model input on the device.

@@ -208,22 +208,31 @@ def _log_summary(metrics: dict, out_dir: Path) -> None:
                  fmt_metric(row["auc"]), fmt_metric(row["real_accuracy"]), fmt_metric(row["fake_accuracy"]))  # fmt: skip
 
 
-def check_test_images(cfg: DictConfig) -> None:
+def check_test_images(cfg: DictConfig, preprocess: dict | None = None) -> None:
     """Every image of every set task=test scores, decoded once first as training checks its own
     (answered from the scan memo when unchanged): a test CSV read under the wrong root scored black
     stand-ins only, and its AUC of 0.5 replaced the run's test figures in the registry. The dataset
-    must be on disk (``data_setup.ensure_dataset``)."""
-    if not cfg.dataset.scan_images:  # nothing to scan: the CSVs need not be read
+    must be on disk (``data_setup.ensure_dataset``). With ``preprocess`` (a training's, whose end scores
+    these sets) each set's decoded-image cache is built or found too, when ``dataset.cache`` asks for
+    one: refused after training, it lost the tested and registered end of a trained run."""
+    caching = preprocess is not None and str(cfg.dataset.get("cache", "none")) != "none"
+    if not cfg.dataset.scan_images and not caching:  # nothing to scan: the CSVs need not be read
         return
     reader = instantiate(cfg.dataset.reader)
     for name, csv, root in eval_sets(cfg):
         dataset = reader(csv_path=csv, **({"root_dir": root} if root else {}))
         try:
-            scan_splits(
-                cfg.dataset, {name: dataset}, "dataset.root_dir" if root is None else f"eval.sets.{name}.root_dir"
-            )
+            if cfg.dataset.scan_images:
+                scan_splits(
+                    cfg.dataset, {name: dataset}, "dataset.root_dir" if root is None else f"eval.sets.{name}.root_dir"
+                )
         except DataError as err:
             raise DataError(f"{name} set: {err}") from None
+        try:
+            if caching:
+                data_setup.attach_cache(dataset, cfg.dataset, preprocess)
+        except DataError as err:
+            raise DataError(f"{name} set (scored after training): {err}") from None
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -53,7 +53,7 @@ from deepfake.tasks.preflight import (
 )
 from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint, overrides_kept_if_refused
 from deepfake.tasks.resume_argv import finished_entry, finished_message
-from deepfake.tasks.scoring import check_eval_settings, eval_sets, store_operating_point
+from deepfake.tasks.scoring import check_eval_settings, store_operating_point
 from deepfake.tasks.test import TRAINING_CURVES, check_test_images, evaluate_checkpoint, registry_view
 from deepfake.tasks.trainer_options import phase_plan, trainer_options
 from deepfake.tasks.values import positive_int
@@ -257,9 +257,7 @@ def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: dist
     if here.is_main:  # decodes every image once: one rank is enough
         check_dataset_files(cfg.dataset, {"train": train_set, "valid": val_set})
         if cfg.train.do_test:  # a test set under the wrong root was found once training had ended
-            check_test_images(cfg)
-            # and the caches the end scores from: one refused after training lost the tested, registered end
-            data_setup.cache_scored_sets(cfg.dataset, eval_sets(cfg), preprocess)
+            check_test_images(cfg, preprocess)  # and the caches the end scores from
     batch_size = positive_int(cfg.dataset.batch_size, "dataset.batch_size")
     if here.distributed:
         log.info("rank %d of %d on %s (%s); dataset.batch_size %d per rank: global batch %d", here.rank,
