@@ -134,13 +134,18 @@ def _build_lock(final: Path) -> FileLock:
     folder (a file, a path that cannot be made, no write permission) is the user's to fix."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(f"{final}.lock")
+        lock = FileLock(_build_lock_path(final))
         lock.acquire()
     except OSError as err:
         reason = "a file is in the way" if isinstance(err, FileExistsError | NotADirectoryError) else err.strerror
         raise DataError(f"the decoded-image cache cannot be kept in {final.parent} ({reason}); set "
                         "dataset.cache_dir to a writable folder, or dataset.cache=none") from None  # fmt: skip
     return lock
+
+
+def _build_lock_path(final: Path) -> str:
+    """The lock a build of ``final`` holds from start to end: also how a live build is told apart."""
+    return f"{final}.lock"
 
 
 def _remove_superseded(final: Path, prefix: str) -> None:
@@ -181,7 +186,7 @@ def _replaced_by(meta: dict, new: dict) -> bool:
 def _remove_abandoned(partial: Path) -> None:
     """Delete a superseded partial build, unless its build lock is held: a live process is building it."""
     try:
-        with FileLock(f"{partial.parent / partial.name.removesuffix('.partial')}.lock", timeout=0):
+        with FileLock(_build_lock_path(partial.with_name(partial.name.removesuffix(".partial"))), timeout=0):
             shutil.rmtree(partial, ignore_errors=True)
     except Timeout:
         log.info("kept the superseded partial cache %s: a live process is building it", partial)
