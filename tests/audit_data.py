@@ -13,6 +13,7 @@ from PIL import Image
 from deepfake.audit.pipeline import Split
 from deepfake.data.csv_dataset import read_split_csv
 from deepfake.data.synthetic_faces import render_sample
+from deepfake.tasks.audit import SPLIT_KEYS
 
 IMAGE_ROOT = Path("real_vs_fake") / "real-vs-fake"
 SPLITS = ("train", "valid", "test")
@@ -49,7 +50,8 @@ def write_dataset(root: Path, items: dict[str, list[Item]]) -> Path:
 
 
 def read_splits(root: Path, names=SPLITS) -> list[Split]:
-    return [Split(name, root / f"{name}.csv", read_split_csv(root / f"{name}.csv", root / IMAGE_ROOT))
+    keys = dict(SPLIT_KEYS)
+    return [Split(name, root / f"{name}.csv", read_split_csv(root / f"{name}.csv", root / IMAGE_ROOT), keys[name])
             for name in names]  # fmt: skip
 
 

@@ -27,8 +27,11 @@ def _hash_values(hex_hashes: pd.Series) -> np.ndarray:
 
 
 def _exact_pairs(images: pd.DataFrame, earlier: str, later: str) -> pd.DataFrame:
-    """(later position, earlier position) of every pair with equal sha256."""
-    known = images[images["sha256"].notna()]
+    """(later position, earlier position) of every pair of readable images with equal sha256.
+
+    A damaged file has a sha256 too, but it is no image: two empty files, or two saved "403 Forbidden"
+    pages, are equal without being a leak (basics reports them as damaged)."""
+    known = images[images["sha256"].notna() & images["damaged"].isna()]
     left = known.loc[known["split"] == later, ["sha256"]].reset_index(names="later")
     right = known.loc[known["split"] == earlier, ["sha256"]].reset_index(names="earlier")
     pairs = left.merge(right, on="sha256")[["later", "earlier"]]
@@ -73,9 +76,9 @@ def _near_pairs(
 def find_leaks(images: pd.DataFrame, splits: Sequence[str], max_distance: int, min_correlation: float) -> pd.DataFrame:
     """One row per (image of a later split, earlier split) it has a duplicate in.
 
-    ``images`` holds one row per CSV row: split, row, path, target, sha256, phash (hex or NaN) and
-    thumbnail. The partner listed is an exact duplicate when there is one, else the nearest;
-    ``partners`` counts all.
+    ``images`` holds one row per CSV row: split, row, path, target, damaged (reason or None), sha256,
+    phash (hex or NaN) and thumbnail. The partner listed is an exact duplicate when there is one, else
+    the nearest; ``partners`` counts all.
     """
     columns = ["later", "earlier", "kind", "distance", "correlation", "partners"]
     found = []

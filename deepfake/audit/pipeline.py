@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -84,11 +86,14 @@ class AuditSettings:
 
 @dataclass
 class Split:
-    """One split as the dataset reader sees it: ``frame`` has path (absolute), target (1 = fake), row."""
+    """One split as the dataset reader sees it: ``frame`` has path (absolute), target (1 = fake), row;
+    ``key``: the dataset setting naming its CSV (train_csv, val_csv, test_csv), for the overrides that
+    train on its clean CSV."""
 
     name: str
     csv_path: Path
     frame: pd.DataFrame
+    key: str | None = None
 
 
 def image_table(splits: list[Split], known_sha256: Mapping[str, str], threads: int, progress) -> pd.DataFrame:
@@ -138,8 +143,8 @@ def leakage_check(images: pd.DataFrame, names: list[str], settings: AuditSetting
 
 def write_clean_csvs(splits: list[Split], drop_rows: dict[str, list[int]], out_dir: Path) -> dict[str, dict]:
     """Each split's CSV as it was (every cell as written), minus the rows whose image duplicates one of
-    an earlier split, as ``clean/<split>.csv`` (train, valid, test: the names dataset.csv_dir reads;
-    two splits' CSVs of the same name no longer overwrite each other)."""
+    an earlier split, as ``clean/<split>.csv`` (train, valid, test: two splits' CSVs of the same name
+    no longer overwrite each other)."""
     written = {}
     for split in splits:
         raw = read_raw_csv(split.csv_path, as_text=True)
@@ -151,6 +156,21 @@ def write_clean_csvs(splits: list[Split], drop_rows: dict[str, list[int]], out_d
         atomic_write_text(path, clean.to_csv(index=False))
         written[split.name] = {"path": str(path), "rows": len(clean), "dropped": len(drop)}
     return written
+
+
+_PLAIN_PATH = re.compile(r"[\w./-]+")  # what Hydra reads unquoted
+
+
+def clean_overrides(splits: list[Split], written: dict[str, dict]) -> str:
+    """The command-line overrides that train on the clean CSVs, shell- and Hydra-quoted. Not
+    dataset.csv_dir=<run dir>/clean: dataset=batch takes train and valid from its batches_dir, so
+    that ran on the leaky batch CSVs without a word."""
+    overrides = []
+    for split in (split for split in splits if split.key and split.name in written):
+        path = written[split.name]["path"]
+        value = path if _PLAIN_PATH.fullmatch(path) else "'" + path.replace("'", "\\'") + "'"
+        overrides.append(shlex.quote(f"dataset.{split.key}={value}"))
+    return " ".join(overrides)
 
 
 def run_audit(
@@ -192,13 +212,14 @@ def run_audit(
         "shortcuts": timed("shortcuts", lambda: shortcut_check(
             features, images["target"].to_numpy(), images["split"].to_numpy(), seed=settings.seed,
             warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc, train_split=names[0],
-            test_split=test_split)),
+            test_split=test_split, readable=images["damaged"].isna().to_numpy())),
     }  # fmt: skip
     report["spectra"], spectra = timed(
-        "spectra", lambda: spectra_check(sample, size, settings.spectrum_min_prominence_db, settings.threads)
-    )
+        "spectra", lambda: spectra_check(sample, size, settings.spectrum_min_prominence_db, settings.threads,
+                                         settings.spectrum_split))  # fmt: skip
     if settings.write_clean_csvs:
-        report["leakage"]["clean_csvs"] = write_clean_csvs(splits, report["leakage"]["drop_rows"], out_dir)
+        written = write_clean_csvs(splits, report["leakage"]["drop_rows"], out_dir)
+        report["leakage"].update(clean_csvs=written, clean_overrides=clean_overrides(splits, written))
     report["verdict"] = worst(report[check]["verdict"].level for check in CHECKS)
     report["seconds"] = {**seconds, "total": time.perf_counter() - started}
     report["files"] = {"json": str(out_dir / "audit.json"), "html": str(out_dir / "audit.html")}

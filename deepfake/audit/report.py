@@ -83,6 +83,7 @@ def _leakage(leakage: dict, listed: int) -> str:
     if clean:
         parts.append(html.table(["split", "clean CSV", "rows", "dropped"],
                                 [(s, c["path"], c["rows"], c["dropped"]) for s, c in clean.items()]))  # fmt: skip
+        parts.append(html.paragraph(f"Train on them with {leakage['clean_overrides']}"))
     elif pairs:
         parts.append(html.paragraph("audit.write_clean_csvs=true writes the CSVs without the leaked rows."))
     return html.section("Leakage across splits", *parts)

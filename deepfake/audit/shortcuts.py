@@ -23,11 +23,10 @@ ALL_FEATURES = "all features"
 def baseline_auc(
     train: pd.DataFrame, train_target: np.ndarray, test: pd.DataFrame, test_target: np.ndarray, seed: int
 ) -> float | None:
-    """Test AUC of a small boosted-tree model fitted on ``train``; None when test holds one class."""
-    if len(np.unique(test_target)) < 2:
+    """Test AUC of a small boosted-tree model fitted on ``train``; None when either split holds one
+    class: a model fitted on one class scores a constant, and its AUC of 0.5 read as "no shortcut"."""
+    if len(np.unique(test_target)) < 2 or len(np.unique(train_target)) < 2:
         return None
-    if len(np.unique(train_target)) < 2:
-        return 0.5  # nothing to learn from: a constant score
     # Depth and rounds are kept small: a shortcut worth reporting is a coarse one, and the model must
     # fit 100k rows in seconds. NaN (a feature a format lacks, a damaged file) is handled natively.
     # A leaf may hold a tenth of the smaller class (at most sklearn's default 20): with that default,
@@ -44,9 +43,25 @@ def baseline_auc(
     return float(roc_auc_score(test_target, scores))
 
 
-def judge_auc(auc: float | None, warn_auc: float, fail_auc: float) -> Verdict:
+def unmeasurable(target: np.ndarray, readable: np.ndarray, parts: dict[str, np.ndarray]) -> str | None:
+    """Why the baseline cannot be measured on ``parts`` (name -> mask of images it is fitted or scored
+    on), or None. Unreadable images have only their file's facts (size, name): a test split of them
+    alone scored an AUC on file names and passed as "no shortcut found"."""
+    for name, mask in parts.items():
+        if len(np.unique(target[mask])) < 2:
+            return f"the {name} needs both classes"
+    for name, mask in parts.items():
+        unread = [
+            label for value, label in ((0, "real"), (1, "fake")) if not (mask & readable & (target == value)).any()
+        ]
+        if unread:
+            return f"no {' or '.join(unread)} image of the {name} could be read"
+    return None
+
+
+def judge_auc(auc: float | None, warn_auc: float, fail_auc: float, cause: str | None = None) -> Verdict:
     if auc is None:
-        return Verdict(WARN, "not measured: the test split needs both classes")
+        return Verdict(WARN, f"not measured: {cause or 'a split holds one class'}")
     # Below 0.5 is not a shortcut: what the model learnt on train does not hold on test (chance, on
     # few images). A detector exploits only what carries over.
     if auc >= fail_auc:
@@ -58,22 +73,30 @@ def judge_auc(auc: float | None, warn_auc: float, fail_auc: float) -> Verdict:
 
 def shortcut_check(
     features: pd.DataFrame, target: np.ndarray, split: np.ndarray, *, seed: int, warn_auc: float, fail_auc: float,
-    train_split: str = "train", test_split: str = "test",
+    train_split: str = "train", test_split: str = "test", readable: np.ndarray | None = None,
 ) -> dict:  # fmt: skip
     """Baseline AUC with all features and per group, each with its verdict, and per-class distributions.
     With one split to audit (``train_split == test_split``) the baseline is judged on a seeded, stratified
-    30% of it held out from its fit: scored on the images it was fitted on, it reported a training AUC."""
+    30% of it held out from its fit: scored on the images it was fitted on, it reported a training AUC.
+    ``readable``: which images could be decoded (default all)."""
     is_train, is_test = split == train_split, split == test_split
     route = f"{train_split} -> {test_split}"
+    parts = {f"{test_split} split": is_test, f"{train_split} split": is_train}
     if train_split == test_split:
         is_train, is_test = _held_out(np.flatnonzero(is_train), target, seed, len(split))
         route = f"{train_split}: 70% -> 30% held out"
+        parts = {
+            f"{train_split} split": split == train_split,
+            f"held-out 30% of the {train_split} split": is_test,
+            f"70% of the {train_split} split fitted on": is_train,
+        }
+    cause = unmeasurable(target, np.ones(len(target), bool) if readable is None else readable, parts)
     groups = {ALL_FEATURES: FEATURES, **FEATURE_GROUPS}
     results = {}
     for group, columns in groups.items():
-        auc = baseline_auc(features.loc[is_train, columns], target[is_train], features.loc[is_test, columns],
-                           target[is_test], seed)  # fmt: skip
-        verdict = judge_auc(auc, warn_auc, fail_auc)
+        auc = None if cause else baseline_auc(features.loc[is_train, columns], target[is_train],
+                                              features.loc[is_test, columns], target[is_test], seed)  # fmt: skip
+        verdict = judge_auc(auc, warn_auc, fail_auc, cause)
         results[group] = {"auc": auc, "verdict": verdict.level, "message": verdict.message}
     overall = results[ALL_FEATURES]
     return {

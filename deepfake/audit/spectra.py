@@ -151,9 +151,11 @@ def describe_frequency(fy: float, fx: float) -> str:
 
 
 def spectra_check(
-    paths_by_class: dict[str, Sequence[str]], size: int, min_prominence_db: float, threads: int = DEFAULT_SCAN_THREADS
-) -> tuple[dict, dict[str, ClassSpectrum]]:
-    """Both views per class (``real``, ``fake``), the peaks of each, and those only one class has."""
+    paths_by_class: dict[str, Sequence[str]], size: int, min_prominence_db: float, threads: int = DEFAULT_SCAN_THREADS,
+    split: str = "spectrum",
+) -> tuple[dict, dict[str, ClassSpectrum]]:  # fmt: skip
+    """Both views per class (``real``, ``fake``), the peaks of each, and those only one class has;
+    ``paths_by_class``: readable images of ``split`` (audit.spectrum_split)."""
     spectra = {name: class_spectrum(paths, size, threads) for name, paths in paths_by_class.items()}
     report = {
         "size": size,
@@ -162,8 +164,9 @@ def spectra_check(
         "radial_power": {name: spectrum.radial_power.tolist() for name, spectrum in spectra.items()},
         "min_prominence_db": min_prominence_db,
     }
-    if not all(spectrum.n_images for spectrum in spectra.values()):
-        report["verdict"] = Verdict(WARN, f"not measured: a class has no image of at least {size}x{size} px")
+    cause = _unmeasured(paths_by_class, spectra, size, split)
+    if cause:
+        report["verdict"] = Verdict(WARN, f"not measured: {cause}")
         return report, spectra
     real, fake = spectra["real"].residual_log_magnitude, spectra["fake"].residual_log_magnitude
     report["peaks"] = {"real": periodic_peaks(real, min_prominence_db), "fake": periodic_peaks(fake, min_prominence_db)}
@@ -171,6 +174,18 @@ def spectra_check(
     report["real_only"] = class_only_peaks(real, fake, min_prominence_db)
     report["verdict"] = _judge(report)
     return report, spectra
+
+
+def _unmeasured(paths_by_class: dict[str, Sequence[str]], spectra: dict[str, ClassSpectrum], size: int,
+                split: str) -> str | None:  # fmt: skip
+    """Why a class has no spectrum: no image of it in the split at all, or none as large as the crop."""
+    missing = [name for name, paths in paths_by_class.items() if not len(paths)]
+    if missing:
+        return f"the {split} split has no readable {' or '.join(missing)} image"
+    small = [name for name, spectrum in spectra.items() if not spectrum.n_images]
+    if small:
+        return f"no {' or '.join(small)} image of the {split} split is at least {size}x{size} px"
+    return None
 
 
 def _judge(report: dict) -> Verdict:

@@ -47,7 +47,7 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     settings = instantiate(cfg.audit)
     data_setup.ensure_dataset(cfg.dataset)
     splits = [
-        Split(name, Path(cfg.dataset[key]), data_setup.make_split(cfg.dataset, key, transform=None).read_frame())
+        Split(name, Path(cfg.dataset[key]), data_setup.make_split(cfg.dataset, key, transform=None).read_frame(), key)
         for name, key in SPLIT_KEYS
         if cfg.dataset.get(key)
     ]
@@ -64,6 +64,9 @@ def audit_dataset(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("audited %d images in %.1f s: %s (%s)", total, report["seconds"]["total"], report["verdict"].upper(),
              out_dir / "audit.html")  # fmt: skip
     print_audit_summary(report)
+    if "clean_csvs" in report["leakage"]:
+        log.info("audit: de-leaked CSVs in %s; train on them with %s", out_dir / "clean",
+                 report["leakage"]["clean_overrides"])  # fmt: skip
     failed = failed_checks(report)
     if failed and settings.strict:
         raise AuditFailed(
@@ -100,6 +103,7 @@ def print_audit_summary(report: dict) -> None:
         table.add_row(check, Text(verdict.level.upper(), style=_STYLE[verdict.level]), Text(verdict.message))
     groups = report["shortcuts"]["groups"]
     shortcut_aucs = ", ".join(f"{group} {r['auc']:.3f}" for group, r in groups.items() if r["auc"] is not None)
+    shortcut_aucs = shortcut_aucs or "not measured"
     table.add_row("", "", Text(f"shortcut AUC per feature group: {shortcut_aucs}"))
     counts = report["leakage"]["counts"]
     table.add_row("", "", Text("leaked images: " + ", ".join(

@@ -56,8 +56,15 @@ def test_strict_audit_of_a_leaky_csv_set_fails_after_writing_its_reports(tmp_pat
         "valid": (0, 0), "test": (2, 1)}  # fmt: skip
     assert report["leakage"]["clean_csvs"]["test"]["dropped"] == 3
     assert (run / "clean" / "test.csv").is_file()
+    # The overrides that train on them, for any dataset config (dataset.csv_dir misses dataset=batch's).
+    clean = run / "clean"
+    overrides = (f"dataset.train_csv={clean}/train.csv dataset.val_csv={clean}/valid.csv "
+                 f"dataset.test_csv={clean}/test.csv")  # fmt: skip
+    assert report["leakage"]["clean_overrides"] == overrides
+    assert f"de-leaked CSVs in {clean}; train on them with {overrides}\n" in result.stdout + result.stderr
 
     page = (run / "audit.html").read_text()
+    assert f"Train on them with {overrides}" in page
     assert HOSTILE not in page and "copy&lt;b&gt;&amp;c.jpg" in page
     shown = render(run / "audit.html", tmp_path / "audit.png")
     assert shown.requests == [] and shown.broken_images == []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,6 +71,54 @@ def test_clean_csvs_drop_the_copies_and_pass_a_second_audit(leaky, tmp_path):
         assert (tmp_path / "clean" / f"{name}.csv").read_text() == (leaky / f"{name}.csv").read_text()
     _, _, again = _audit_leakage(_clean_root(tmp_path, leaky))
     assert again["pairs"] == [] and again["verdict"].level == "pass"
+
+
+def test_damaged_files_with_equal_bytes_are_no_leak(leaky, tmp_path):
+    """Two empty files, or two saved "403 Forbidden" pages, have one sha256: they were an exact leak
+    that failed the audit, and write_clean_csvs dropped a test row that leaked nothing."""
+    root = Path(shutil.copytree(leaky, tmp_path / "damaged"))
+    for relative, content in (("train/fake/train003.jpg", b"<html>403 Forbidden</html>"),
+                              ("test/fake/test003.jpg", b"<html>403 Forbidden</html>"),
+                              ("valid/real/valid000.jpg", b""), ("test/real/test000.jpg", b"")):  # fmt: skip
+        (root / IMAGE_ROOT / relative).write_bytes(content)
+
+    splits, images, leakage = _audit_leakage(root)
+
+    assert images["damaged"].notna().sum() == 4
+    assert {p["b_path"].rsplit("/", 1)[-1] for p in leakage["pairs"]} == {"copy_a.jpg", "copy_b.jpg", "copy_c.jpg"}
+    assert [(c["later"], c["exact"] + c["near"]) for c in leakage["counts"]] == [("valid", 0), ("test", 3), ("test", 0)]
+    assert leakage["verdict"].message.startswith("3 leaked image(s);")
+    assert leakage["drop_rows"] == {"test": [22, 23, 24]}  # the copies, not test000/test003 (lines 2 and 5)
+    written = write_clean_csvs(splits, leakage["drop_rows"], tmp_path / "out")
+    assert {s: w["dropped"] for s, w in written.items()} == {"train": 0, "valid": 0, "test": 3}
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "kaggle_140k", "batch"])
+def test_the_clean_csv_overrides_move_every_audited_split_of_any_dataset_config(leaky, tmp_path, dataset):
+    """dataset.csv_dir=<run dir>/clean, the advice before, left dataset=batch training and validating on
+    the leaky batch CSVs. The run dir is a sweep job's, with characters Hydra and the shell must be told."""
+    from hydra import compose, initialize_config_dir
+
+    from deepfake.audit.pipeline import clean_overrides
+
+    splits, _, leakage = _audit_leakage(leaky)
+    written = write_clean_csvs(splits, leakage["drop_rows"], tmp_path / "0_audit.seed=1,x=it's here")
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root_dir={tmp_path}", f"dataset={dataset}",
+                                           *shlex.split(clean_overrides(splits, written))])  # fmt: skip
+    for name, key in (("train", "train_csv"), ("valid", "val_csv"), ("test", "test_csv")):
+        assert cfg.dataset[key] == written[name]["path"] and Path(cfg.dataset[key]).is_file(), key
+
+
+def test_the_clean_csv_overrides_name_only_the_splits_audited(leaky, tmp_path):
+    from deepfake.audit.pipeline import clean_overrides
+
+    splits = read_splits(leaky, ("train", "test"))
+    written = write_clean_csvs(splits, {}, tmp_path)
+
+    assert clean_overrides(splits, written) == (f"dataset.train_csv={tmp_path}/clean/train.csv "
+                                                f"dataset.test_csv={tmp_path}/clean/test.csv")  # fmt: skip
 
 
 def _clean_root(tmp_path, leaky):

@@ -7,11 +7,11 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from audit_data import faces, read_splits, same_content_items, write_dataset
+from audit_data import IMAGE_ROOT, faces, read_splits, same_content_items, write_dataset
 from PIL import Image
 
 from deepfake.audit.features import feature_table, header_facts, jpeg_quality, name_features
-from deepfake.audit.pipeline import AuditSettings, image_table, leakage_check
+from deepfake.audit.pipeline import AuditSettings, image_table, leakage_check, run_audit
 from deepfake.audit.shortcuts import ALL_FEATURES, shortcut_check
 
 SIZE = 32
@@ -33,10 +33,14 @@ def _audit(root):
 
 
 def _dataset(tmp_path_factory, name: str, real_quality: int, fake_quality: int):
+    return _dataset_at(tmp_path_factory.mktemp(name), real_quality, fake_quality)
+
+
+def _dataset_at(root, real_quality: int, fake_quality: int):
     """80 train and 80 test faces from one distribution; reals and fakes differ only in JPEG quality."""
     items = {split: same_content_items(80, SIZE, seed, real_quality, fake_quality)
              for split, seed in (("train", 11), ("test", 12))}  # fmt: skip
-    return write_dataset(tmp_path_factory.mktemp(name), items)
+    return write_dataset(root, items)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,47 @@ def test_one_split_is_judged_on_a_held_out_part_of_it_not_on_the_images_fitted(c
     assert (alone["n_train"], alone["n_test"]) == (56, 24)
     assert alone["groups"][ALL_FEATURES]["auc"] < 0.7 and alone["verdict"].level == "pass"
     assert "train: 70% -> 30% held out" in alone["verdict"].message
+
+
+def test_a_train_split_of_one_class_is_not_measured(clean):
+    """A model fitted on one class scores a constant: its AUC of 0.5 passed as "no shortcut found"."""
+    images, _, _ = clean
+    kept = images[(images["split"] == "test") | (images["target"] == 1)].reset_index(drop=True)
+    settings = AuditSettings()
+
+    shortcuts = shortcut_check(feature_table(kept), kept["target"].to_numpy(), kept["split"].to_numpy(), seed=0,
+                               warn_auc=settings.shortcut_warn_auc, fail_auc=settings.shortcut_fail_auc)  # fmt: skip
+
+    assert shortcuts["verdict"].level == "warn"
+    assert shortcuts["verdict"].message.startswith("not measured: the train split needs both classes (train -> test")
+    assert {r["auc"] for r in shortcuts["groups"].values()} == {None}
+
+
+def test_a_test_split_of_unreadable_files_is_not_measured(tmp_path):
+    """Missing or damaged test files have only their names and sizes: the baseline scored those and
+    said PASS "no shortcut found" about images it never saw."""
+    root = _dataset_at(tmp_path / "data", 95, 95)
+    for path in (root / IMAGE_ROOT / "test").rglob("*.jpg"):
+        path.write_bytes(b"<html>403 Forbidden</html>")
+
+    report = run_audit(read_splits(root, ("train", "test")), AuditSettings(), tmp_path / "out", title="unreadable")
+
+    assert report["basics"]["verdict"].level == "warn"  # the damaged files are reported there
+    assert report["shortcuts"]["verdict"].level == "warn"
+    message = report["shortcuts"]["verdict"].message
+    assert message.startswith("not measured: no real or fake image of the test split could be read (train -> test")
+    assert report["shortcuts"]["groups"][ALL_FEATURES]["auc"] is None
+
+
+def test_a_class_none_of_whose_images_can_be_read_is_named():
+    from deepfake.audit.shortcuts import unmeasurable
+
+    target, split = np.array([0, 1, 0, 1, 0, 1]), np.array(["train"] * 4 + ["test"] * 2)
+    parts = {"test split": split == "test", "train split": split == "train"}
+
+    def cause(*readable: int) -> str | None:
+        return unmeasurable(target, np.array(readable, bool), parts)
+
+    assert cause(1, 1, 1, 1, 1, 1) is None
+    assert cause(1, 1, 1, 1, 1, 0) == "no fake image of the test split could be read"
+    assert cause(0, 1, 0, 1, 1, 1) == "no real image of the train split could be read"

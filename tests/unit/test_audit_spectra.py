@@ -77,3 +77,17 @@ def test_the_crop_fits_the_class_stored_smaller():
     assert crop_size([fakes, [(48, 64)] * 5], cap=256) == 40  # the shorter side of each image
     assert crop_size([reals, fakes], cap=16) == 16
     assert crop_size([[], fakes], cap=256) == 40 and crop_size([[], []], cap=256) == 0
+
+
+def test_a_class_without_images_is_told_from_images_too_small(tmp_path):
+    """Both said "a class has no image of at least 32x32 px", also for a train split of reals only."""
+    items = [Item("r.jpg", False, faces(1, 32, 0)[0]), Item("f.jpg", True, faces(1, 32, 1, "fake")[0])]
+    folder = write_dataset(tmp_path, {"train": items}) / "real_vs_fake" / "real-vs-fake" / "train"
+    real, fake = str(folder / "real" / "r.jpg"), str(folder / "fake" / "f.jpg")
+
+    none, _ = spectra_check({"real": [real], "fake": []}, 32, MIN_DB, threads=1, split="train")
+    small, _ = spectra_check({"real": [real], "fake": [fake]}, 64, MIN_DB, threads=1, split="train")
+
+    assert none["verdict"].as_dict() == {"level": "warn", "message": "not measured: the train split has no "
+                                         "readable fake image"}  # fmt: skip
+    assert small["verdict"].message == "not measured: no real or fake image of the train split is at least 64x64 px"
