@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> None:
     registry = session.open_registry(cfg)
     runs = registry.runs()
     if settings.sweep:
-        runs = runs_of_sweep(runs, str(settings.sweep), Path(cfg.paths.multirun_dir))
+        runs = runs_of_sweep(runs, str(settings.sweep), Path(cfg.paths.multirun_dir), key="compare.sweep")
     runs = select_runs(runs, session.text_list(settings.runs), settings.dataset, settings.backbone)
     rows = [comparison_row(entry) for entry in runs]
     text = io.StringIO(newline="")

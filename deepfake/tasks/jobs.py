@@ -202,7 +202,7 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
                 "relaunch this sweep into another hydra.sweep.dir")  # fmt: skip
         return _refused(cfg, out_dir, line, "refused")
     if _earlier_launch(cfg, out_dir, status, previous) == "finished":
-        return _finished_earlier(out_dir, previous, status["launch"])
+        return _finished_earlier(out_dir, previous, status)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
         # it continues in its own run dir from the last.pth its previous attempt saved.
@@ -252,7 +252,7 @@ def _another_jobs_dir(out_dir: Path, status: dict, previous: dict) -> bool:
     overrides is replaced by the run's own, so a later resume= continues that run."""
     if HydraConfig.get().mode != RunMode.MULTIRUN or status["attempt"] > 1 or "overrides" not in previous:
         return False
-    if sorted(previous["overrides"]) == sorted(status["overrides"]):
+    if _same_job(previous["overrides"], status["overrides"]):
         return False
     if env_rank() == 0:
         listed = OmegaConf.to_yaml(OmegaConf.create(list(previous["overrides"])))  # as Hydra writes it
@@ -260,13 +260,26 @@ def _another_jobs_dir(out_dir: Path, status: dict, previous: dict) -> bool:
     return True
 
 
-def _finished_earlier(out_dir: Path, previous: dict, launch: str | None) -> Any:
+def _same_job(previous: list, overrides: list) -> bool:
+    """Whether a run's recorded overrides are this job's. A job finished or continued by hand
+    (``resume=<job dir>``, as its stop line says) recorded the ``resume=`` the rewrite added to its
+    own overrides: the same job still, which the sweep's relaunch must not refuse."""
+
+    def settings(listed: list) -> list:
+        return sorted(o for o in map(str, listed) if o.partition("=")[0].lstrip("+~") != "resume")
+
+    return settings(previous) == settings(overrides)
+
+
+def _finished_earlier(out_dir: Path, previous: dict, status: dict) -> Any:
     log.info("%s finished in an earlier launch of this sweep (value %s): not trained again", out_dir,
              previous.get("value"))  # fmt: skip
     _job_exit_codes.append(0)
-    # started_at and launch move to this launch, so that its summary lists the job; the rest is the run's.
-    write_status(out_dir, {**previous, "started_at": now_iso(), "launch": launch,
-                           "note": "finished in an earlier launch"})  # fmt: skip
+    # The job's number, overrides, start and launch are this launch's, so that its summary lists the
+    # job as it launched it (a run finished by hand has no number and a resume= override); the rest
+    # is the run's.
+    job = {key: status[key] for key in ("job_num", "overrides", "started_at", "launch")}
+    write_status(out_dir, {**previous, **job, "note": "finished in an earlier launch"})
     return previous.get("value")
 
 

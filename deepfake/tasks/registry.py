@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> None:
     runs = registry.runs()
     title, set_key = None, None
     if cfg.task.get("sweep"):
-        runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir))
+        runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir), key="task.sweep")
         title = f"sweep {cfg.task.sweep}"
     runs, chosen = matching(runs, cfg.task.get("match"), cfg.task.get("tags"))
     if chosen:
@@ -57,13 +57,14 @@ def matching(runs: list[dict], match: str | None, tags) -> tuple[list[dict], str
     return runs, ", ".join(said)
 
 
-def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path) -> list[dict]:
-    """The entries whose run dir lies in the sweep dir ``sweep``: a path, or a name under multirun_dir."""
+def runs_of_sweep(runs: list[dict], sweep: str, multirun_dir: Path, key: str) -> list[dict]:
+    """The entries whose run dir lies in the sweep dir ``sweep``: a path, or a name under multirun_dir.
+    ``key`` is the setting that gave it (task.sweep, compare.sweep), named in the error."""
     # As given (from here), a stamp under multirun_dir, or multirun/<stamp> from the root beside it.
     tried = [Path(sweep).expanduser(), multirun_dir / sweep, multirun_dir.parent / sweep]
     sweep_dir = next((path for path in tried if path.is_dir()), None)
     if sweep_dir is None:
-        raise ConfigError(f"task.sweep={sweep}: no such sweep dir (looked in {multirun_dir}); pass <stamp> (a folder "
+        raise ConfigError(f"{key}={sweep}: no such sweep dir (looked in {multirun_dir}); pass <stamp> (a folder "
                           "there) or the sweep dir's path")  # fmt: skip
     sweep_dir = sweep_dir.resolve()
     return [run for run in runs if sweep_dir in Path(run.get("run_dir", "")).resolve().parents]

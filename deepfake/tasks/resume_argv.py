@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -58,23 +59,48 @@ def rewrite_argv(argv: list[str], conf_dir: str | Path) -> list[str]:
 
 # Overrides whose values are paths: a sweep job's dir is named by its overrides ("0_seed=1,...").
 PATH_KEYS = ("resume", "ckpt", "init_from")
+# Overrides whose values are lists of run names: a sweep job's is <sweep>/<its dir>.
+RUN_LIST_KEYS = ("compare.runs", "registry.runs", "archive.runs")
+# In a list of run names: a sweep job's name, and a piece of it past a comma: a setting of its dir's
+# name, or the end of a long one cut with a hash (deepfake.tasks.resolvers.dir_suffix).
+_JOB_NAME = re.compile(r"/\d+_")
+_JOB_NAME_PART = re.compile(r"[^/,=]+=|[^/,=]*-[0-9a-f]{8}$")
 
 
 def quote_paths(argv: list[str]) -> list[str]:
     """``resume=``, ``ckpt=`` and ``init_from=`` with a path Hydra's grammar cannot read unquoted (a
-    sweep job's dir holds ``=`` and ``,``; a path may hold spaces) get the quotes the user would
-    otherwise have to type; every other argument, and a value that parses as it is, is left alone."""
+    sweep job's dir holds ``=`` and ``,``; a path may hold spaces), and the run names of
+    ``compare.runs=[...]``, ``registry.runs=[...]`` and ``archive.runs=[...]`` (a sweep job's), get the
+    quotes the user would otherwise have to type; every other argument, a value that parses as it is,
+    and one with quotes of its own (Hydra says what is wrong with it) are left alone."""
     parser = OverridesParser.create()
     quoted = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") in PATH_KEYS and value and value[0] not in "'\"":
+        name = key.lstrip("+~")
+        path = name in PATH_KEYS and value[:1] not in ("", "'", '"')
+        if sep and (path or name in RUN_LIST_KEYS and value and not set("'\"") & set(value)):
             try:
                 parser.parse_overrides([arg])
             except HydraException:
-                arg = f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+                arg = f"{key}={_quoted(value) if path else _quoted_names(value)}"
         quoted.append(arg)
     return quoted
+
+
+def _quoted_names(value: str) -> str:
+    """``[a,b]`` (or one name, unbracketed) as a list of quoted names. A comma inside a sweep job's
+    name (``<sweep>/<num>_k=v,k=v``) is told from one between names by what follows it: a ``key=``
+    without a ``/`` (or a cut name's hash) goes on with the job's name; a plain run named ``k=v``
+    after one has to be quoted by hand."""
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    names: list[str] = []
+    for piece in (piece.strip() for piece in inner.split(",")):
+        if names and _JOB_NAME.search(names[-1]) and _JOB_NAME_PART.match(piece):
+            names[-1] += f",{piece}"
+        else:
+            names.append(piece)
+    return "[" + ",".join(_quoted(name) for name in names) + "]"
 
 
 def _rewrite(argv: list[str], conf_dir: Path) -> list[str]:
@@ -307,8 +333,8 @@ def _lines(overrides: list[Override]) -> list[str]:
     return [override.input_line for override in overrides]
 
 
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("'", "\\'") + "'"
+def _quoted(text: str | Path) -> str:
+    return "'" + str(text).replace("'", "\\'") + "'"
 
 
 def finished_entry(cfg: DictConfig, run_dir: Path) -> dict | None:

@@ -9,8 +9,10 @@ the plugin then counts, and an ended search, or one without a finished trial, is
 sweep then ends as every sweep does: its summary, and exit status 2.
 
 The plugin judges ``max_failure_rate`` per batch of ``n_jobs`` trials: with one trial a batch, the
-first failure of a 20-trial search ended it. Here a failed trial ends the search only once more
-than that share of this launch's trials so far has failed too. A trial whose config cannot be
+first failure of a 20-trial search ended it, and so did a share of the trials run so far (1 of 1).
+Here the share is of the trials this launch will run, ``n_trials``: the search ends at the failure
+that takes it past ``max_failure_rate`` of them, when the launch could no longer end within it, and
+not before, whatever the batches. A trial whose config cannot be
 composed (a ``choice`` naming a group option that does not exist) is a failed trial with its line,
 not a traceback that left the batch's trials running in the study forever.
 
@@ -22,6 +24,10 @@ trial that a KeyboardInterrupt ends. Here they are failed too, with the stop in 
 A study continued with another direction, or with a parameter searched over another space (an
 interval now a ``choice``, a ``choice`` of other options), was optuna's traceback, and the trial
 asked for the space stayed RUNNING: here it is one ERROR line naming what changed, the trial failed.
+
+Optuna creates a new sqlite storage's tables unguarded: two launches of a new study at once raced
+there, and one ended in sqlite's traceback (optuna/optuna#4621). Here a launch creates the storage
+and the study under a lock file beside the database, so later launches only read them.
 
 The preset's sampler is seeded, and a seeded sampler proposes the same points to every process that
 starts it with the same seed and study: two launches of one study at once sampled the same trials.
@@ -36,6 +42,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -69,9 +76,7 @@ class OptunaSearch(OptunaSweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.sweeper.launcher = _MarkingFailures(
-            self.sweeper.launcher, hydra_context, config, float(config.hydra.sweeper.max_failure_rate)
-        )
+        self.sweeper.launcher = _MarkingFailures(self.sweeper.launcher, hydra_context, config, self.sweeper)
         self.in_flight: list = []  # the optuna trials of the batch being launched, not yet told
         configure = self.sweeper._configure_trials  # where the plugin turns the asked trials into overrides
 
@@ -95,13 +100,19 @@ class OptunaSearch(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         try:
-            _check_continued_study(self.sweeper)
+            _prepare_study(self.sweeper)
             return super().sweep(arguments)
         except TrialFailed:
-            # The plugin raises a failed trial's error when too many of a batch failed; each one's line
-            # is already in its run.log and the summary.
-            log.error("the search ended: more than hydra.sweeper.max_failure_rate=%s of a batch of trials failed; "
-                      "see the summary below", self.sweeper.max_failure_rate)  # fmt: skip
+            # Raised where the plugin reads a failed trial's value once too many have failed; each one's
+            # line is already in its run.log and the summary.
+            marking = self.sweeper.launcher
+            log.error(
+                "the search ended: %d of this launch's %d trials failed, more than hydra.sweeper.max_failure_rate=%s "
+                "of them; see the summary below",
+                marking.failed,
+                marking.planned,
+                marking.max_failure_rate,
+            )
         except ConfigError as refused:  # the study cannot be continued as asked; no job has run
             print(error_line(str(refused)), file=sys.stderr)
             record_sweep_exit(EXIT_USER_ERROR)  # the entry point exits with it, after Hydra's own ending
@@ -158,17 +169,27 @@ class SeededPerLaunch:
             self._sampler.reseed_rng()
 
 
-def _check_continued_study(sweeper) -> None:
-    """A study keeps the direction it was created with; optuna refused another with a traceback. The
-    trials it holds are logged: what a continued launch builds on."""
+def _prepare_study(sweeper) -> None:
+    """Opens the study before the plugin does: created, with its storage's tables, when new, under a
+    lock beside a sqlite database, so that launches started together do not race to create them. A
+    continued study keeps the direction it was created with (optuna refused another with a
+    traceback); the trials it holds are logged: what a continued launch builds on."""
     import optuna
 
     if not sweeper.storage:
         return
-    try:
-        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
-    except KeyError:  # no such study yet: this launch creates it
-        return
+    with _creation_lock(str(sweeper.storage)):
+        storage = optuna.storages.get_storage(sweeper.storage)
+        try:
+            study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
+        except KeyError:  # no such study yet: this launch creates it
+            optuna.create_study(
+                study_name=sweeper.study_name,
+                storage=storage,
+                directions=sweeper._get_directions(),
+                load_if_exists=True,
+            )
+            return
     log.info("continuing study %s (%d trials so far)", sweeper.study_name, len(study.trials))
     stored = [direction.name.lower() for direction in study.directions]
     asked = [str(direction).lower() for direction in sweeper._get_directions()]
@@ -178,6 +199,21 @@ def _check_continued_study(sweeper) -> None:
             f"created to {','.join(stored)}, which it keeps; continue it with hydra.sweeper.direction="
             f"{','.join(stored)}, or start a new study with hydra.sweeper.study_name=<a new name>"
         )
+
+
+def _creation_lock(url: str):
+    """A lock file beside a sqlite database; other databases (a server's) take no local lock."""
+    from filelock import FileLock
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a database URL: optuna says what it makes of it
+        return nullcontext()
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return nullcontext()
+    return FileLock(f"{parsed.database}.lock")
 
 
 def _space_change(sweeper, trials: list, search_space: dict) -> str | None:
@@ -236,14 +272,19 @@ def _check_settings(sweeper) -> None:
 
 class _MarkingFailures:
     """The plugin's launcher, whose failed jobs come back with status FAILED and their error line once
-    more than ``max_failure_rate`` of this launch's trials have failed (before that they stay COMPLETED,
-    with a value that is not a number: the plugin records the trial as failed and goes on). A job whose
-    config cannot be composed is not launched: it comes back failed, with its line."""
+    more than ``max_failure_rate`` of the ``n_trials`` this launch runs have failed (before that they
+    stay COMPLETED, with a value that is not a number: the plugin records the trial as failed and goes
+    on). A job whose config cannot be composed is not launched: it comes back failed, with its line."""
 
-    def __init__(self, launcher, hydra_context: HydraContext, config: DictConfig, max_failure_rate: float) -> None:
+    def __init__(self, launcher, hydra_context: HydraContext, config: DictConfig, sweeper) -> None:
         self.launcher, self.hydra_context, self.config = launcher, hydra_context, config
-        self.max_failure_rate = max_failure_rate
+        self.sweeper = sweeper  # the plugin's: its n_trials, which a grid sampler lowers as the sweep starts
+        self.max_failure_rate = float(sweeper.max_failure_rate)
         self.launched = self.failed = 0
+
+    @property
+    def planned(self) -> int:
+        return int(self.sweeper.n_trials)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         unbuildable = {index: line for index, overrides in enumerate(job_overrides)
@@ -265,9 +306,13 @@ class _MarkingFailures:
             job for job in returns if job.status == JobStatus.COMPLETED and isinstance(job.return_value, FailedJob)
         ]
         self.launched, self.failed = self.launched + len(returns), self.failed + len(failed)
-        if self.failed / self.launched > self.max_failure_rate:
+        if failed and self.failed / self.planned > self.max_failure_rate:
             for job in failed:
                 job.status, job.return_value = JobStatus.FAILED, TrialFailed(job.return_value.error)
+            if len(failed) / len(returns) <= self.sweeper.max_failure_rate:
+                # The plugin ends a search on its batch's share alone, which this batch of n_jobs stays
+                # within: a share of 0 makes its check end it at this batch, as any failure is past it.
+                self.sweeper.max_failure_rate = 0.0
         return returns
 
     def _composition_error(self, overrides: Sequence[str]) -> str | None:

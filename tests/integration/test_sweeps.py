@@ -205,18 +205,20 @@ def test_optuna_search_continues_its_study(tmp_path, shared_data_dir):
 
 
 def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shared_data_dir):
-    """More than max_failure_rate of a batch failing ends the search (the plugin only counted jobs
-    Hydra saw fail, and ours return); a search where no trial finished has no best one: one line,
-    not optuna's traceback. Either way the sweep's summary and exit status 2."""
+    """More than max_failure_rate of the launch's trials failing ends the search (the plugin only
+    counted jobs Hydra saw fail, and ours return), not its first failed trial; a search where no trial
+    finished has no best one: one line, not optuna's traceback. Either way the sweep's summary and exit
+    status 2."""
     tiny = [o for o in TINY if not o.startswith("backbone.name=")]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     ended = sweep(tmp_path / "a", shared_data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                   "backbone.name=no_such_model", check=False, tiny=tiny)  # fmt: skip
     assert ended.returncode == 2 and "Traceback" not in ended.stderr, ended.stderr
-    assert "the search ended: more than hydra.sweeper.max_failure_rate=0.5" in ended.stdout + ended.stderr
-    assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "a"))] == ["failed"]  # 1 of 3 trials
+    said = "the search ended: 2 of this launch's 3 trials failed, more than hydra.sweeper.max_failure_rate=0.5"
+    assert said in ended.stdout + ended.stderr
+    assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "a"))] == ["failed"] * 2  # 2 of 3 trials
     with sqlite3.connect(tmp_path / "a" / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
-        assert [state for (state,) in db.execute("SELECT state FROM trials")] == ["FAIL"]
+        assert [state for (state,) in db.execute("SELECT state FROM trials")] == ["FAIL"] * 2
 
     none = sweep(tmp_path / "b", shared_data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
                  "hydra.sweeper.max_failure_rate=1.0", "backbone.name=no_such_model", check=False, tiny=tiny)  # fmt: skip
@@ -340,3 +342,32 @@ def test_a_sweep_relaunched_into_its_own_dir_keeps_finished_jobs_and_resumes_sto
     assert all([(job / name).read_bytes() for name in ("best.pth", "status.json", ".hydra/overrides.yaml")] == files
                for job, files in kept.items())  # fmt: skip
     assert not (tmp_path / "other" / "model_metadata.json").exists()
+
+
+def test_a_sweep_job_finished_by_hand_is_kept_by_the_sweeps_relaunch(tmp_path, shared_data_dir):
+    """A job stopped by Ctrl-C, then finished with resume=<job dir> (a run of its own): the relaunch its
+    stop line asks for refused it as a job of other overrides, the resume= it had recorded, exit 2."""
+    fixed = tmp_path / "multirun" / "fixed"
+    launch = ["phase.finetune_epochs=4", "dataset.batch_size=4", f"hydra.sweep.dir={fixed}", "seed=1,2"]
+    proc = forked_cli.start(["-m", f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", *TINY, *launch],
+                            tmp_path, {**ENV, **ONE_THREAD})  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not [log for log in fixed.glob("0_*/metrics_log.csv") if len(log.read_text().splitlines()) > 1]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "relaunch the sweep with hydra.sweep.dir=" in out + err, err
+    [job] = job_dirs(fixed)
+    run_main(tmp_path, f"resume={job}", data_dir=shared_data_dir, env=ONE_THREAD)
+    kept = (job / "best.pth").read_bytes()
+
+    sweep(tmp_path, shared_data_dir, *launch)
+    assert (job / "best.pth").read_bytes() == kept  # not trained again
+    rows = {row["job"]: row for row in summary(fixed)}
+    assert [(rows[n]["overrides"], rows[n]["status"]) for n in ("0", "1")] == [
+        ("seed=1", "finished"),
+        ("seed=2", "finished"),
+    ]
+    [entry] = [entry for entry in registry(tmp_path)["runs"] if entry["run_dir"] == str(job)]
+    assert float(rows["0"]["best_val_auc"]) == entry["best_val_auc"] and entry["status"] == "finished"

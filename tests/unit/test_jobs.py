@@ -170,54 +170,6 @@ def test_a_long_job_dir_name_is_cut_with_a_hash_of_the_whole():
     assert dir_suffix("name=expt 1") == "_name=expt-1" and dir_suffix(None) == ""  # short: as before
 
 
-class _Launcher:
-    """Returns each job's scripted outcome: a metric, or a FailedJob."""
-
-    def __init__(self, outcomes):
-        self.outcomes, self.launched = iter(outcomes), []
-
-    def launch(self, job_overrides, initial_job_idx):
-        from hydra.core.utils import JobReturn, JobStatus
-
-        self.launched.extend(job_overrides)
-        return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=next(self.outcomes))
-                for o in job_overrides]  # fmt: skip
-
-
-class _Loader:
-    def load_sweep_config(self, config, overrides):
-        from hydra.errors import ConfigCompositionException
-
-        if "backbone=nosuch" in overrides:
-            raise ConfigCompositionException("Could not find 'backbone/nosuch'")
-
-
-def test_an_optuna_search_ends_on_the_share_of_its_trials_failed_not_of_one_batch():
-    """One trial a batch: the plugin's per-batch share ended a 20-trial search at its first failure."""
-    from types import SimpleNamespace
-
-    from hydra.core.utils import JobStatus
-
-    from deepfake.tasks.jobs import FailedJob
-    from hydra_plugins.deepfake_optuna.optuna_search import TrialFailed, _MarkingFailures
-
-    bad = FailedJob("diverged", 2)
-    launcher = _Launcher([0.9, bad, 0.8, bad])
-    marking = _MarkingFailures(launcher, SimpleNamespace(config_loader=_Loader()), None, max_failure_rate=0.5)
-    statuses = []
-    for trial in (["lr=1"], ["lr=2"], ["lr=3"], ["backbone=nosuch"], ["lr=4"]):
-        (job,) = marking.launch([trial], 0)
-        statuses.append(job.status)
-        if trial == ["lr=2"]:  # 1 of 2 failed: not more than half, the search goes on with it recorded failed
-            assert job.status == JobStatus.COMPLETED and job.return_value is bad
-    # The trial that cannot be composed is not launched, and fails with its line: 2 of 4, then 3 of 5.
-    assert ["backbone=nosuch"] not in launcher.launched
-    assert statuses[3] == JobStatus.COMPLETED and statuses[4] == JobStatus.FAILED
-    assert marking.failed == 3 and marking.launched == 5
-    with pytest.raises(TrialFailed, match="diverged"):
-        _ = job.return_value
-
-
 def _as_sweep_job(cfg, monkeypatch, launch: str) -> None:
     """``cfg`` as job 0 of the sweep launch ``launch`` (its summary callback names it in the environment)."""
     OmegaConf.set_readonly(cfg.hydra, False)

@@ -293,6 +293,22 @@ def test_a_sweep_jobs_dir_is_quoted_for_hydra_where_it_must_be():
     assert values == [job, job, f"{job}/best.pth"]
 
 
+def test_sweep_job_names_in_lists_of_runs_are_quoted_for_hydra():
+    """compare.runs=[<sweep>/<job>,...] as task=registry lists the jobs: Hydra's grammar cannot read the
+    '=' and ',' of a job's name in a list element, so every such list was a parse error, exit 1."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepfake.tasks.resume_argv import quote_paths
+
+    job, cut = "fx/0_backbone.name=test_resnet,seed=1", "fx/1_optimizer=sgd,dataset.generate.n_tra-5790e46d"
+    argv = [f"compare.runs=[{job}, 2026-12-03_15-51-18_cd4d,{cut}]", f"registry.runs={job}",
+            f"archive.runs=[multirun/{job},{job}]", "compare.runs=[a,b]", f"registry.runs=['{job}']"]  # fmt: skip
+    quoted = quote_paths(argv)
+    assert quoted[3:] == argv[3:]  # names Hydra reads as they are, and quoted ones: untouched
+    values = [override.value() for override in OverridesParser.create().parse_overrides(quoted)]
+    assert values[:3] == [[job, "2026-12-03_15-51-18_cd4d", cut], [job], [f"multirun/{job}", job]]
+
+
 def test_a_resume_from_another_folder_works_where_the_run_was_started(tmp_path, monkeypatch, capsys):
     """Started in a folder with dataset.root=k140 (relative), resumed from another: the CSV was looked
     for under the new folder, or the run was registered into a second registry there."""
