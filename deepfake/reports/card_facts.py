@@ -4,6 +4,9 @@ The checkpoint describes the model and its operating point; its run dir holds th
 (config_resolved.yaml), the code version (git.txt) and the test report (metrics_test.json); the
 registry entry holds the run's history (epochs, damaged images, later evaluations). The split CSVs
 are read again for their counts and sha256. A missing source leaves its facts out, never fails.
+
+A run's measurements (its test report, the registry's test and CAM figures) are of the checkpoint they
+name by sha256: a copy of an earlier best.pth of the same run was carded with the final one's figures.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class CardFacts:
     config: dict = field(default_factory=dict)  # the run's resolved config
     git: dict = field(default_factory=dict)  # commit, dirty
     test: dict = field(default_factory=dict)  # metrics_test.json, or the registry's view of it
+    no_test: str = ""  # why ``test`` is empty, or how it was matched to this checkpoint when it is not
     entry: dict = field(default_factory=dict)  # the registry entry
     data: dict = field(default_factory=dict)  # split -> {csv, images, real, fake, sha256} or {csv, error}
     written_at: str = ""
@@ -73,21 +77,80 @@ def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -
     run_dir = find_run_dir(checkpoint_path, entry)
     config = _read_yaml(run_dir / "config_resolved.yaml") if run_dir else {}
     entry = entry or {}
-    test = (_read_json(run_dir / "metrics_test.json") if run_dir else {}) or entry.get("test_metrics") or {}
-    if checkpoint.get("kind") == "last":  # the run's test report and measurements are its best.pth's
-        test, entry = {}, {key: value for key, value in entry.items() if key not in MEASURED}
+    sha256 = file_sha256(checkpoint_path)
+    test, no_test = _test_report(checkpoint, sha256, run_dir, entry, config)
+    if not measures(entry.get("checkpoint_sha256"), (entry.get("operating_point") or {}).get("threshold"),
+                    checkpoint, sha256):  # fmt: skip
+        entry = {key: value for key, value in entry.items() if key not in MEASURED}
     return CardFacts(
         checkpoint_path=checkpoint_path,
-        checkpoint_sha256=file_sha256(checkpoint_path),
+        checkpoint_sha256=sha256,
         checkpoint={key: value for key, value in checkpoint.items() if key != "model"},
         run_dir=run_dir,
         config=config,
         git=_read_git(run_dir / "git.txt") if run_dir else {},
         test=test,
+        no_test=no_test,
         entry=entry,
         data=_data_facts(config.get("dataset") or {}),
         written_at=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
     )
+
+
+def measures(recorded_sha256: str | None, recorded_threshold, checkpoint: dict, sha256: str) -> bool:
+    """Whether figures recorded of ``recorded_sha256`` (at ``recorded_threshold``) are this checkpoint's.
+    Older records name no sha256: only the best.pth a training ends with holds a threshold (an earlier
+    epoch's, a last.pth, a stopped run's hold none), and those records were measured at it."""
+    if recorded_sha256 is not None:
+        return recorded_sha256 == sha256
+    threshold = checkpoint.get("threshold")
+    return checkpoint.get("kind") != "last" and threshold is not None and recorded_threshold == threshold
+
+
+def _test_report(checkpoint: dict, sha256: str, run_dir: Path | None, entry: dict, config: dict) -> tuple[dict, str]:
+    """The run's test report when it is of this checkpoint (metrics_test.json first, then the registry's
+    figures), and a note: why there is none, or that an older report was matched by its threshold."""
+    if checkpoint.get("kind") == "last":
+        return {}, "Not evaluated (its run's test report is of best.pth, not this latest epoch)"
+    found = [report for report in ((_read_json(run_dir / "metrics_test.json") if run_dir else {}),
+                                   entry.get("test_metrics") or {}) if report]  # fmt: skip
+    for report in found:
+        threshold = report.get("threshold") if report.get("threshold_source", "checkpoint") == "checkpoint" else None
+        if measures(report.get("checkpoint_sha256"), threshold, checkpoint, sha256):
+            if report.get("checkpoint_sha256") is None:
+                return report, "matched to this checkpoint by its threshold: the report names no checkpoint sha256"
+            return report, ""
+    if found:
+        other = found[0].get("checkpoint_sha256")
+        why = (f"is of another checkpoint, sha256 {other}" if other else "names no checkpoint sha256, and this "
+               "checkpoint does not hold the threshold it was measured at")  # fmt: skip
+        return {}, f"Not evaluated on this checkpoint (its run's test report {why})"
+    return {}, _why_untested(run_dir, entry, config)
+
+
+def _why_untested(run_dir: Path | None, entry: dict, config: dict) -> str:
+    if (config.get("train") or {}).get("do_test") is False:
+        return "Not evaluated (train.do_test=false)"
+    status = entry.get("status") or (_read_json(run_dir / "status.json").get("status") if run_dir else None)
+    if status == "running":  # or killed outright, which leaves status.json as it was
+        return "Not evaluated (its run has not finished: its status.json says running)"
+    if status == "stopped":
+        return "Not evaluated (its run stopped before its test; resume it, which tests it)"
+    if status == "failed":
+        return "Not evaluated (its run failed before its test)"
+    return "Not evaluated (no test report of its run was found)"
+
+
+def weights_source(path: Path, checkpoint: dict) -> dict:
+    """What ``init_from`` loaded, for the new run's checkpoints, registry entry, run.log and card: the
+    setting alone (``best``) names a file that each promotion replaces."""
+    return {"checkpoint": str(path), "run_name": checkpoint.get("run_name"), "epoch": checkpoint.get("epoch"),
+            "sha256": file_sha256(path)}  # fmt: skip
+
+
+def describe_source(source: dict) -> str:
+    return (f"{source.get('checkpoint')} (run {source.get('run_name')}, epoch {source.get('epoch')}, "
+            f"sha256 {source.get('sha256')})")  # fmt: skip
 
 
 def _data_facts(dataset: dict) -> dict:

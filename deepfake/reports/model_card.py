@@ -8,32 +8,59 @@ robustness reports) are listed as they are found.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 from deepfake.data.images import DECODE_RULES
 from deepfake.data.transforms import framing_rules
-from deepfake.reports.card_facts import CardFacts
+from deepfake.reports.card_facts import CardFacts, describe_source
 from deepfake.tracking.checkpoint import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 CARD_NAME = "model_card.md"
+# The checkpoints whose outputs take the plain names: a run's best model and the registry's global best.
+BEST_NAMES = ("best.pth", "best_model.pth")
 # The test report's headline figures, in this order; any other figure follows them.
 TEST_FIGURES = ("auc", "ap", "eer", "accuracy", "real_accuracy", "fake_accuracy", "precision", "recall", "f1",
                 "log_loss", "threshold", "n_samples", "n_real", "n_fake", "n_damaged")  # fmt: skip
-BOOKKEEPING = {"checkpoint", "run_name", "test_csv", "evaluated_at", "confusion_matrix"}
+BOOKKEEPING = {"checkpoint", "checkpoint_sha256", "run_name", "test_csv", "evaluated_at", "confusion_matrix"}
+
+
+def output_beside(checkpoint_path: str | os.PathLike, name: str) -> Path:
+    """``name`` beside the checkpoint (the model card, an export), prefixed with the checkpoint's stem
+    unless it is a best model: ``last.model_card.md``, ``model_a.model.onnx``. The outputs of two
+    checkpoints in one folder (a run's last.pth beside its best.pth, two copies) replaced each other."""
+    path = Path(checkpoint_path)
+    return path.parent / (name if path.name in BEST_NAMES else f"{path.stem}.{name}")
 
 
 def card_path(checkpoint_path: str | os.PathLike) -> Path:
-    """``model_card.md`` beside the checkpoint, except for a run's last.pth (``last.model_card.md``):
-    a card of the latest epoch must not replace the card of the run's best model beside it."""
-    path = Path(checkpoint_path)
-    return path.parent / (f"last.{CARD_NAME}" if path.name == "last.pth" else CARD_NAME)
+    return output_beside(checkpoint_path, CARD_NAME)
 
 
 def write_model_card(facts: CardFacts) -> Path:
+    """The card, written; or the card already there, kept when it describes this very checkpoint and
+    this one's run dir is gone (archived, moved): rewriting it lost the data, recipe and test report."""
     path = card_path(facts.checkpoint_path)
+    if facts.run_dir is None and _fuller_card_of(path, facts.checkpoint_sha256):
+        log.info("kept %s: it describes this checkpoint (sha256 %s) with its run's facts, and its run dir is no "
+                 "longer found", path, facts.checkpoint_sha256)  # fmt: skip
+        return path
     atomic_write_text(path, render_model_card(facts))
     return path
+
+
+def _fuller_card_of(path: Path, sha256: str) -> bool:
+    """Whether the card at ``path`` names ``sha256`` in its header and was written with its run dir found."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    header = text.split("\n## ", 1)[0]
+    return f"(sha256 `{sha256}`)" in header and not re.search(r"^\| run dir \| not found \|$", text, flags=re.M)
 
 
 def render_model_card(facts: CardFacts) -> str:
@@ -77,7 +104,10 @@ def _model(facts: CardFacts) -> str:
         start = f"weights file {backbone['weights']}"
     elif backbone.get("pretrained"):
         start = "timm's pretrained weights"
-    if facts.config.get("init_from"):
+    source = facts.checkpoint.get("initialised_from") or facts.entry.get("initialised_from")
+    if source:
+        start += f", then initialised from {describe_source(source)}"
+    elif facts.config.get("init_from"):  # an older run, which recorded only the setting
         start += f", then initialised from {facts.config['init_from']}"
     rows = [
         ("backbone", f"{spec.get('name')} {spec.get('kwargs') or ''}".strip()),
@@ -152,21 +182,21 @@ def _evaluation(facts: CardFacts) -> str:
         "### Validation (the epoch kept)\n\n" + (table(named, ("figure", "value")) if val else "Not recorded.")
     )
     if facts.test:
+        note = f"; {facts.no_test}" if facts.no_test else ""
         ordered = [k for k in TEST_FIGURES if k in facts.test]
         others = [k for k in facts.test if k not in TEST_FIGURES and k not in BOOKKEEPING]
         flat = [(k, facts.test[k]) for k in ordered] + [row for k in others for row in _flatten(k, facts.test[k])]
         source = facts.test.get("test_csv", "the test CSV")
         matrix = facts.test.get("confusion_matrix")
-        text = f"### Test ({source}, evaluated {facts.test.get('evaluated_at', 'n/a')})\n\n" + table(
+        text = f"### Test ({source}, evaluated {facts.test.get('evaluated_at', 'n/a')}{note})\n\n" + table(
             flat, ("figure", "value")
         )
         if matrix:
             text += "\n\n" + table([("real", *matrix[0]), ("fake", *matrix[1])], ("true \\ called", "real", "fake"))
         parts.append(text)
-    else:
-        why = ("its run's test report is of best.pth, not this latest epoch" if facts.checkpoint.get("kind") == "last"
-               else "train.do_test=false")  # fmt: skip
-        parts.append(f"### Test\n\nNot evaluated ({why}); run `python scripts/main.py task=test ckpt=...`.")
+    else:  # a checkpoint without a threshold (a last.pth, an unfinished run's best.pth) cannot be tested as is
+        how = "" if facts.checkpoint.get("threshold") is None else "; run `python scripts/main.py task=test ckpt=...`"
+        parts.append(f"### Test\n\n{facts.no_test}{how}.")
     extra = [row for key in ("cam_metrics",) if facts.entry.get(key) for row in _flatten(key, facts.entry[key])]
     if extra:
         parts.append("### Explanations (GradCAM against a random-map baseline)\n\n" + table(extra, ("figure", "value")))
@@ -255,12 +285,13 @@ ETHICS = """
 
 def _usage(facts: CardFacts) -> str:
     path = facts.checkpoint_path
+    onnx = output_beside(path, "model.onnx")
     return f"""
 ## Using it
 
 ```bash
 python scripts/main.py task=predict ckpt={path} predict.input=<image | folder | CSV>
 python scripts/main.py task=predict ckpt={path} predict.input=<photos> predict.face_crop=true
-python scripts/main.py task=export ckpt={path}            # model.onnx + model.json beside it
+python scripts/main.py task=export ckpt={path}            # {onnx.name} + {onnx.with_suffix(".json").name} beside it
 ```
 """

@@ -101,6 +101,7 @@ def evaluate_checkpoint(
         "robustness": _robustness(scorer, cfg, rule, test, chosen_perturbations) if chosen_perturbations else None,
         "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
+        "checkpoint_sha256": file_sha256(checkpoint_path),  # a copy of an earlier best.pth has its path's name
         "run_name": checkpoint.get("run_name"),
         "test_csv": test_csv,  # with the root, compared by task=test: one spelling each
         "test_root_dir": test_root_dir,
@@ -262,7 +263,9 @@ def _record_in_registry(cfg: DictConfig, metrics: dict, written: Path) -> None:
     if entry is None:  # a checkpoint from elsewhere: nothing to replace
         return
     own = _own_test_set(entry)
-    if metrics["threshold_source"] != "checkpoint":  # a threshold tried out: not the run's own operating point
+    if entry.get("checkpoint_sha256") not in (None, metrics["checkpoint_sha256"]):  # a copy of an earlier epoch's
+        kept, these = "of its own best.pth", f"of another checkpoint, {metrics['checkpoint']}"
+    elif metrics["threshold_source"] != "checkpoint":  # a threshold tried out: not the run's own operating point
         kept, these = "at its own threshold", f"at {metrics['threshold_source']}={metrics['threshold']}"
     elif own is None:
         kept = "(its config_resolved.yaml is gone: its own test set is unknown)"
@@ -298,4 +301,5 @@ def registry_view(metrics: dict) -> dict:
     keys = ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "f1", "log_loss",
             "threshold", "threshold_source", "threshold_policy", "temperature", "intervals", "n_samples", "n_damaged")  # fmt: skip
     view = {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
-    return view | {key: metrics[key] for key in ("test_csv", "test_root_dir", "test_csv_sha256", "evaluated_at")}
+    kept = ("checkpoint_sha256", "test_csv", "test_root_dir", "test_csv_sha256", "evaluated_at")
+    return view | {key: metrics[key] for key in kept}

@@ -34,6 +34,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from deepfake.data.manifest import file_sha256
 from deepfake.engine import distributed
 from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
@@ -41,6 +42,7 @@ from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, DataError, RunStopped, TrainingError, UserError
 from deepfake.evaluation.plots import training_curves_png
+from deepfake.reports.card_facts import describe_source, weights_source
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
 from deepfake.tasks.display import print_run_summary
@@ -168,7 +170,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
     set_deterministic(bool(cfg.deterministic))
     here = distributed.ranks()
     device = distributed.device_for_rank(resolve_device(cfg.train.device))
-    model, resume_from = _model(cfg, out_dir)
+    model, resume_from, source = _model(cfg, out_dir)
     options = trainer_options(cfg, device, model)  # the train.* settings checked before any data is read
     if here.is_main:
         check_checkpoint_space(out_dir, model, options["make_optimizer"], ema=options["ema"] is not None)
@@ -204,6 +206,7 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
             "labels": {"real_label": int(cfg.dataset.real_label), "output": "logit of p(fake)"},
             "run_name": name,
             "validated_on": val_identity["images_sha256"],  # the images best_val_auc is measured on
+            **({"initialised_from": source} if source else {}),
         },
         loggers=trackers,
         resume_strict=bool(cfg.resume_strict),
@@ -225,20 +228,24 @@ def _setup(cfg: DictConfig, out_dir: Path, run_info: dict, trackers: list) -> Tr
         "git_dirty": (run_info.get("git") or {}).get("dirty"),
         "started_at": session.now_iso(),
         "world_size": here.world_size,
+        **({"initialised_from": source} if source else {}),
     }
     return TrainingRun(cfg, out_dir, trainer, resume_from, entry, chosen, trackers)
 
 
-def _model(cfg: DictConfig, out_dir: Path) -> tuple[torch.nn.Module, dict | None]:
-    """The backbone, and the stopped run's last.pth when resuming; a new run may start from another
-    checkpoint's weights (init_from)."""
+def _model(cfg: DictConfig, out_dir: Path) -> tuple[torch.nn.Module, dict | None, dict | None]:
+    """The backbone, the stopped run's last.pth when resuming, and what the weights were initialised
+    from: a new run may start from another checkpoint's weights (init_from), a resumed one keeps its record."""
     model = instantiate(cfg.backbone)
     resume_from = load_last_checkpoint(out_dir, model) if cfg.get("resume") else None
-    if cfg.get("init_from") and resume_from is None:
-        source = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
-        checkpoints.load_weights_into(model, source)
-        log.info("initialised the model from %s", source)
-    return model, resume_from
+    if resume_from is not None:
+        return model, resume_from, resume_from.get("initialised_from")
+    if not cfg.get("init_from"):
+        return model, None, None
+    path = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
+    source = weights_source(path, checkpoints.load_weights_into(model, path))
+    log.info("initialised the model from %s", describe_source(source))
+    return model, None, source
 
 
 def _loaders(cfg: DictConfig, preprocess: dict, device: torch.device, here: distributed.Ranks):
@@ -312,6 +319,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
             entry |= _explain(best, training, state.step)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
+        entry["checkpoint_sha256"] = file_sha256(best)  # what its test and CAM figures measured
         entry["promotion"] = promotion.candidate_promotion(cfg, best, state.best_auc, training.promotion_set)
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
         for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints

@@ -30,7 +30,7 @@ def make_run(root, *, with_test=True):
         (data / f"{name}.csv").write_text(",original_path,id,label,label_str,path\n" + rows)
     config = {
         "seed": 7, "deterministic": True, "init_from": None,
-        "train": {"precision": "32", "accumulate_grad_batches": 2, "threshold": 0.5},
+        "train": {"precision": "32", "accumulate_grad_batches": 2, "threshold": 0.5, "do_test": with_test},
         "backbone": {"_target_": "deepfake.models.create_detector", "name": "test_resnet", "pretrained": False,
                      "weights": "/weights/r.safetensors"},
         "phase": {"head_epochs": 2, "finetune_epochs": 3, "lr_head": 0.001, "lr_backbone": 2.5e-05, "warmup_epochs": 1},
@@ -43,12 +43,6 @@ def make_run(root, *, with_test=True):
     }  # fmt: skip
     (run / "config_resolved.yaml").write_text(yaml.safe_dump(config))
     (run / "git.txt").write_text("commit 0123abcd\ndirty false\n")
-    if with_test:
-        test = {"auc": 0.91234, "accuracy": 0.875, "eer": 0.125, "n_samples": 2, "n_damaged": 1,
-                "confusion_matrix": [[0, 0], [1, 1]], "test_csv": str(data / "test.csv"),
-                "robustness": {"jpeg_q50": {"auc": 0.71}}, "intervals": {"auc": [0.49037999999999987, 0.99]},
-                "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.5, "threshold": 0.93}]}  # fmt: skip
-        (run / "metrics_test.json").write_text(json.dumps(test))
     atomic_save({
         "format": CHECKPOINT_FORMAT, "kind": "best", "model": {"w": torch.zeros(2)},
         "model_spec": {"name": "test_resnet", "kwargs": {}},
@@ -56,9 +50,20 @@ def make_run(root, *, with_test=True):
         "threshold": 0.4375, "threshold_policy": "youden", "temperature": 1.25, "run_name": "run-1", "epoch": 4,
         "phase": "finetune", "val_metrics": {"val_auc": 0.953125, "val_loss": 0.3125, "val_accuracy": 0.8125},
     }, run / "best.pth")  # fmt: skip
+    if with_test:
+        test = {"auc": 0.91234, "accuracy": 0.875, "eer": 0.125, "n_samples": 2, "n_damaged": 1,
+                "confusion_matrix": [[0, 0], [1, 1]], "test_csv": str(data / "test.csv"),
+                "robustness": {"jpeg_q50": {"auc": 0.71}}, "intervals": {"auc": [0.49037999999999987, 0.99]},
+                "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.5, "threshold": 0.93}],
+                "checkpoint_sha256": sha256_of(run / "best.pth")}  # fmt: skip
+        (run / "metrics_test.json").write_text(json.dumps(test))
     entry = {"run_name": "run-1", "run_dir": str(run), "epochs": 5, "best_epoch": 4, "best_val_auc": 0.953125,
-             "damaged_images": {"train": 3}, "status": "finished"}  # fmt: skip
+             "damaged_images": {"train": 3}, "status": "finished", "checkpoint_sha256": sha256_of(run / "best.pth")}  # fmt: skip
     return run, entry
+
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def section(card: str, title: str) -> str:
@@ -157,6 +162,28 @@ def test_a_card_of_last_pth_leaves_the_best_models_card_alone(tmp_path):
     assert card_path(tmp_path / "models" / "best_model.pth") == tmp_path / "models" / "model_card.md"
 
 
+def test_outputs_of_two_checkpoints_in_one_folder_are_named_after_each(tmp_path):
+    """cp/model_a.pth and cp/model_b.pth both wrote cp/model_card.md (and cp/model.onnx): the second
+    replaced the first's without a word."""
+    from deepfake.reports.model_card import card_path, output_beside
+
+    assert card_path(tmp_path / "cp" / "model_a.pth") == tmp_path / "cp" / "model_a.model_card.md"
+    assert card_path(tmp_path / "cp" / "model_b.pth") == tmp_path / "cp" / "model_b.model_card.md"
+    assert output_beside(tmp_path / "cp" / "model_a.pth", "model.onnx") == tmp_path / "cp" / "model_a.model.onnx"
+    assert output_beside(tmp_path / "run" / "last.pth", "model.onnx") == tmp_path / "run" / "last.model.onnx"
+    assert output_beside(tmp_path / "run" / "best.pth", "model.onnx") == tmp_path / "run" / "model.onnx"
+    assert output_beside(tmp_path / "models" / "best_model.pth", "model.onnx") == tmp_path / "models" / "model.onnx"
+    run, entry = make_run(tmp_path)
+    copy = tmp_path / "cp" / "model_a.pth"
+    copy.parent.mkdir()
+    copy.write_bytes((run / "best.pth").read_bytes())
+    card = write_model_card(collect_facts(copy, torch.load(copy, weights_only=True), entry))
+    assert card == tmp_path / "cp" / "model_a.model_card.md"
+    assert "task=export ckpt=" + str(copy) + "            # model_a.model.onnx + model_a.model.json beside it" in (
+        card.read_text()
+    )
+
+
 def test_a_card_of_last_pth_claims_neither_the_best_models_test_nor_a_threshold(tmp_path):
     """The run's metrics_test.json and registry figures are its best.pth's; a last.pth holds no
     threshold. Its card showed best.pth's test figures and 'policy fixed (train.threshold)'."""
@@ -182,3 +209,116 @@ def test_a_run_file_that_is_not_utf8_leaves_its_facts_out_and_the_card_is_writte
     (run / "git.txt").write_bytes(b"commit caf\xe9\n")
     facts = collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry)
     assert facts.git == {} and "## Ethics, consent and access" in render_model_card(facts)
+
+
+def early_copy(run, root):
+    """A copy of the run's best.pth taken during training (epoch 1): no threshold yet, other weights."""
+    early = torch.load(run / "best.pth", weights_only=True)
+    early.update(model={"w": torch.ones(2)}, epoch=1, phase="head", threshold=None, threshold_policy=None,
+                 temperature=None, val_metrics={"val_auc": 0.3984})  # fmt: skip
+    path = root / "share" / "early_epoch.pth"
+    path.parent.mkdir()
+    atomic_save(early, path)
+    return path, early
+
+
+def test_a_card_of_an_earlier_best_pth_claims_none_of_its_runs_final_figures(tmp_path):
+    """Found through its run_name, a copy of epoch 1's best.pth got the run's metrics_test.json (of the
+    final best.pth) as its own Test section, and the registry's CAM figures."""
+    run, entry = make_run(tmp_path)
+    final = sha256_of(run / "best.pth")
+    entry = {
+        **entry,
+        "test_metrics": {"auc": 0.91234, "checkpoint_sha256": final},
+        "cam_metrics": {"deletion_auc": 0.2},
+    }
+    path, early = early_copy(run, tmp_path)
+
+    card = render_model_card(collect_facts(path, early, entry))
+
+    evaluation = section(card, "Evaluation")
+    assert "0.9123" not in card and "deletion_auc" not in card and "jpeg_q50" not in card
+    assert f"Not evaluated on this checkpoint (its run's test report is of another checkpoint, sha256 {final})." in (
+        evaluation
+    )
+    # The run's own best.pth keeps them.
+    own = render_model_card(collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry))
+    assert "| auc | 0.9123 |" in own and "| cam_metrics.deletion_auc | 0.2000 |" in own
+
+
+def test_a_test_report_that_names_no_checkpoint_is_used_only_at_the_checkpoint_s_own_threshold(tmp_path):
+    """Reports written before they recorded the checkpoint's sha256: only the best.pth a training ends
+    with holds a threshold, and its report was measured at it."""
+    run, entry = make_run(tmp_path)
+    report = json.loads((run / "metrics_test.json").read_text())
+    del report["checkpoint_sha256"]
+    (run / "metrics_test.json").write_text(
+        json.dumps({**report, "threshold": 0.4375, "threshold_source": "checkpoint"})
+    )
+    del entry["checkpoint_sha256"]
+    entry = {**entry, "operating_point": {"threshold": 0.4375}, "cam_metrics": {"deletion_auc": 0.2}}
+
+    own = render_model_card(collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry))
+    assert "| auc | 0.9123 |" in own and "| cam_metrics.deletion_auc | 0.2000 |" in own
+    assert "matched to this checkpoint by its threshold: the report names no checkpoint sha256)" in own
+
+    path, early = early_copy(run, tmp_path)
+    card = render_model_card(collect_facts(path, early, entry))
+    assert "0.9123" not in card and "deletion_auc" not in card
+    assert ("Not evaluated on this checkpoint (its run's test report names no checkpoint sha256, and this checkpoint "
+            "does not hold the threshold it was measured at).") in section(card, "Evaluation")  # fmt: skip
+
+
+def test_the_card_of_a_stopped_run_says_it_stopped_before_its_test(tmp_path):
+    """It said "Not evaluated (train.do_test=false)" of a run whose config had do_test true."""
+    run, _ = make_run(tmp_path, with_test=False)
+    config = yaml.safe_load((run / "config_resolved.yaml").read_text())
+    config["train"]["do_test"] = True
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    (run / "status.json").write_text(json.dumps({"status": "stopped", "task": "train"}))
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    checkpoint.update(threshold=None, threshold_policy=None)
+
+    card = render_model_card(collect_facts(run / "best.pth", checkpoint, None))
+
+    test = section(card, "Evaluation").split("### Test", 1)[1]
+    assert test.strip() == "Not evaluated (its run stopped before its test; resume it, which tests it)."
+    assert "do_test" not in card
+
+
+def test_a_card_of_the_global_best_whose_run_was_archived_keeps_the_full_card(tmp_path, caplog):
+    """With its run dir archived, task=card replaced models/model_card.md (data, recipe, test report)
+    with one saying 'not found' and 'Not recorded'."""
+    import shutil
+
+    run, entry = make_run(tmp_path)
+    card = write_model_card(collect_facts(run / "best.pth", torch.load(run / "best.pth", weights_only=True), entry))
+    registry = Registry(tmp_path / "models" / "model_metadata.json", tmp_path / "models" / "best_model.pth")
+    assert registry.register_run(entry, run / "best.pth", companions=[card])
+    full = (tmp_path / "models" / "model_card.md").read_text()
+    shutil.rmtree(run)
+    best = tmp_path / "models" / "best_model.pth"
+
+    facts = collect_facts(best, torch.load(best, weights_only=True), registry.get("run-1"))
+    assert facts.run_dir is None
+    caplog.set_level("INFO", logger="deepfake.reports.model_card")
+    assert write_model_card(facts) == tmp_path / "models" / "model_card.md"
+    assert (tmp_path / "models" / "model_card.md").read_text() == full and "| auc | 0.9123 |" in full
+    assert f"kept {tmp_path / 'models' / 'model_card.md'}: it describes this checkpoint" in caplog.text
+
+    # Another checkpoint's card there is replaced: it does not describe this model.
+    (tmp_path / "models" / "model_card.md").write_text(full.replace(sha256_of(best), "0" * 64))
+    write_model_card(facts)
+    assert "| run dir | not found |" in (tmp_path / "models" / "model_card.md").read_text()
+
+
+def test_a_card_names_the_run_and_checkpoint_its_weights_were_initialised_from(tmp_path):
+    """init_from=best was all the card said: best_model.pth is replaced by each promotion."""
+    run, entry = make_run(tmp_path)
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    source = {"checkpoint": "/m/best_model.pth", "run_name": "run-0", "epoch": 3, "sha256": "ab" * 32}
+
+    card = render_model_card(collect_facts(run / "best.pth", {**checkpoint, "initialised_from": source}, entry))
+
+    assert (f"| initial weights | weights file /weights/r.safetensors, then initialised from /m/best_model.pth (run "
+            f"run-0, epoch 3, sha256 {'ab' * 32}) |") in section(card, "Model")  # fmt: skip
