@@ -16,18 +16,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # What counts as an image file when a folder is listed (the manifest, task=predict).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-# Integer modes hold 16-bit samples (PNG stores them this way); PIL's own conversion to "L"
-# clips at 255 instead of rescaling, which would turn most such images white.
+# Single-channel integer modes hold 16-bit samples (PNG stores them this way); PIL's own conversion to
+# "L" clips at 255 instead of rescaling, which would turn most such images white. A 16-bit colour PNG
+# (48-bit RGB, 64-bit RGBA, grey with alpha) never reaches these modes: Pillow decodes it to 8 bits
+# itself, keeping each sample's high byte, so it is not rescaled the same way (v >> 8, not v / 257).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # What load_rgb does before any resizing, in words for model.json and the model card: a consumer of
 # an exported model who skips one of these scores some images differently (an EXIF-rotated photo, a
-# 16-bit PNG that PIL's own convert("RGB") turns white, a transparent PNG).
+# 16-bit PNG that PIL's own convert("RGB") turns white, a transparent PNG). Each rule states the very
+# operation (truncation, rounding, which byte), since one value off by 1 changes a score.
 DECODE_RULES = (
     "decoded with Pillow (the first frame of an animated file; ICC profiles ignored); turned upright as its "
-    "EXIF orientation says (PIL.ImageOps.exif_transpose); made 8-bit RGB: 16-bit and 32-bit integer samples "
-    "divided by 257 and rounded, float samples clipped to 0..255, transparent pixels composited over black, "
-    "every other mode by PIL's convert('RGB')"
+    "EXIF orientation says (PIL.ImageOps.exif_transpose); made 8-bit RGB: single-channel 16-bit and 32-bit "
+    "integer samples (Pillow modes I;16 and I) divided by 257, clipped to 0..255 and rounded to the nearest "
+    "integer; single-channel float samples (mode F) clipped to 0..255 and truncated toward zero; 16-bit colour "
+    "PNGs (RGB, RGBA, grey with alpha) as Pillow decodes them, keeping each sample's high byte (v >> 8), not "
+    "divided by 257; transparent pixels composited over black (8-bit alpha, PIL.Image.alpha_composite); every "
+    "other mode by PIL's convert('RGB')"
 )
 
 
@@ -37,7 +43,9 @@ def _black_image(size: int) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a decoded image of any PIL mode to RGB; transparent pixels become black."""
+    """Convert a decoded image of any PIL mode to RGB; transparent pixels become black. Float samples are
+    truncated (astype), 16-bit ones rounded: DECODE_RULES says so rather than changing the pixels, and
+    so the scores, of models already trained on them."""
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a PNG's tRNS colour key
         image = image.convert("RGBA")
     if image.mode == "RGB":

@@ -201,7 +201,8 @@ def framing_rules(img_size: int, interpolation: str) -> str:
         f"resize with Pillow ({interpolation}, which antialiases) so the shorter side is {img_size} and the "
         f"longer floor({img_size} x longer / shorter) (torchvision's v2.Resize({img_size})); crop the central "
         f"{img_size} x {img_size} square, starting at round((side - {img_size}) / 2) with halves rounded to even "
-        "(torchvision's v2.CenterCrop); scale the uint8 pixels to [0, 1] (divide by 255)"
+        "(torchvision's v2.CenterCrop); scale the uint8 pixels to [0, 1] by multiplying them, as float32, by float32(1/255) "
+        "(torchvision's to_dtype(scale=True); dividing by 255 differs in the last bit of about a third of the values)"
     )
 
 

@@ -15,7 +15,7 @@ import torch
 
 from deepfake.evaluation.decision import OperatingPoint
 from deepfake.models import detector_from_checkpoint
-from deepfake.tracking.checkpoint import load_checkpoint
+from deepfake.tracking.checkpoint import load_checkpoint_and_sha256
 
 
 @dataclass
@@ -27,6 +27,8 @@ class Detector:
     kind: str  # "pytorch" | "onnx"
     real_label: int = 1  # the training CSVs' label for real images: a labelled input's default polarity
     checkpoint: dict = field(default_factory=dict, repr=False)
+    # Of the bytes the model was built from, not of the file now at ``source``: a promotion may replace it.
+    source_sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -41,7 +43,7 @@ def load_detector(path: str | os.PathLike) -> Detector:
         from deepfake.inference.onnx_runtime import load_onnx_detector  # onnxruntime only when asked
 
         return load_onnx_detector(path)
-    checkpoint = load_checkpoint(path)
+    checkpoint, sha256 = load_checkpoint_and_sha256(path)
     model = detector_from_checkpoint(checkpoint)
     point = OperatingPoint.of(checkpoint, str(path))
     return Detector(
@@ -52,4 +54,5 @@ def load_detector(path: str | os.PathLike) -> Detector:
         kind="pytorch",
         real_label=int((checkpoint.get("labels") or {}).get("real_label", 1)),
         checkpoint=checkpoint,
+        source_sha256=sha256,
     )

@@ -8,6 +8,7 @@ is then the artefact alone, which is what a user checking a deployment wants to 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from deepfake.inference.onnx_export import (
     open_session,
     sidecar_path,
 )
+
+log = logging.getLogger(__name__)
 
 
 class OnnxDetector(torch.nn.Module):
@@ -79,6 +82,7 @@ def load_onnx_detector(path: Path) -> Detector:
     img_size, interpolation, real_label, point = _fields(meta, sidecar_path(path))
     model = OnnxDetector(path, point.temperature)
     source = meta.get("source_checkpoint") if isinstance(meta.get("source_checkpoint"), dict) else {}
+    _warn_if_source_changed(path, source)
     # The sidecar's checksum covers the graph, not the sidecar: an edited img_size would reach
     # onnxruntime as a shape error on the first batch.
     height, width = model.session.get_inputs()[0].shape[2:]
@@ -99,6 +103,22 @@ def load_onnx_detector(path: Path) -> Detector:
             "source_path": source.get("path"),
         },
     )
+
+
+def _warn_if_source_changed(path: Path, source: dict) -> None:
+    """A warning, not a refusal: the graph and its sidecar still agree (verified, its own threshold), and
+    scoring a kept export of an earlier model (a deployed one, against the new best) is a fair wish. What
+    must not happen is scoring it as the checkpoint now at that path without a word: after a resume or a
+    promotion replaced it, the old model and threshold were used silently. A source that is gone (an
+    export copied elsewhere) or unrecorded says nothing either way."""
+    recorded, checkpoint = source.get("sha256"), Path(str(source.get("path") or ""))
+    if not (isinstance(recorded, str) and source.get("path") and checkpoint.is_file()):
+        return
+    current = file_sha256(checkpoint)
+    if current != recorded:
+        log.warning("%s is an export of %s as it was (sha256 %s...), but that file has changed since (now %s...): "
+                    "these are the earlier model's scores and threshold; task=export ckpt=%s exports the current one",
+                    path, checkpoint, recorded[:12], current[:12], checkpoint)  # fmt: skip
 
 
 def _source_kind(source: dict) -> str | None:

@@ -51,6 +51,7 @@ def run(cfg: DictConfig) -> None:
                                 f"archive.older_than_days={cfg.archive.older_than_days} days ago is left to archive "
                                 "(the global best's, locked runs and runs archived already are kept)")  # fmt: skip
         return
+    _refuse_dir_inside_runs(Path(cfg.archive.dir), chosen)
     path = Path(cfg.archive.dir) / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
     stale_after_s = values.lock_stale_after_s(cfg)
     with ExitStack() as locks:
@@ -109,6 +110,17 @@ def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:
                 continue
             chosen[state.run_name] = entries[state.run_name]
     return list(chosen.values())
+
+
+def _refuse_dir_inside_runs(archive_dir: Path, chosen: list[dict]) -> None:
+    """Refused even without archive.remove: a later archive of that run would pack this archive too."""
+    where = archive_dir.resolve()
+    for entry in chosen:
+        run_dir = Path(entry["run_dir"]).resolve()
+        if where == run_dir or run_dir in where.parents:
+            raise ConfigError(f"archive.dir={archive_dir} is inside the run dir of {entry['run_name']} ({run_dir}), "
+                              "where archive.remove=true would delete the archive and that run's next archive "
+                              "would pack it; choose an archive.dir outside the run dirs being archived")  # fmt: skip
 
 
 def _where_archived(entry: dict) -> str:

@@ -22,6 +22,7 @@ from deepfake.inference.onnx_export import (
     sidecar_path,
     verification_images,
 )
+from deepfake.reports.model_card import output_beside
 from deepfake.tasks import checkpoints, values
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def _refuse_overwrite(output: Path, given) -> None:
 
 
 def default_output(checkpoint: Path) -> Path:
-    """``model.onnx`` beside the checkpoint, except for a run's last.pth (``last.model.onnx``), as its
-    model card: an export of the latest epoch must not replace the export of the best model beside it."""
-    return checkpoint.parent / ("last.model.onnx" if checkpoint.name == "last.pth" else "model.onnx")
+    """``model.onnx`` beside a best.pth or best_model.pth, ``<stem>.model.onnx`` beside any other checkpoint
+    (``last.model.onnx``), named as its model card: the exports of two checkpoints in one folder (a run's
+    last.pth beside its best.pth, two copies) replaced each other."""
+    return output_beside(checkpoint, "model.onnx")

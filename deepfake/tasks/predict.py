@@ -68,10 +68,8 @@ def run(cfg: DictConfig) -> float | None:
         own = overlays_dir(out).resolve()
         inputs.paths = [path for path in inputs.paths if not Path(path).resolve().is_relative_to(own)]
     _refuse_overwrite(out, inputs, settings.input)  # before any scoring
-    if cam is not None and (foreign := foreign_overlays(overlays_dir(out))):
-        raise ConfigError(f"predict.output={out}: {overlays_dir(out)}, where its overlays go, holds "
-                          f"{len(foreign)} file(s) named as overlays ({foreign[0].name}, ...) that no predict wrote; "
-                          "give another predict.output")  # fmt: skip
+    if cam is not None:
+        _refuse_overlays_dir(out)
     log.info("scoring %d image(s) from %s with %s (%s, threshold %.4g%s)", len(inputs.paths), settings.input,
              detector.source, detector.kind, threshold, _origin(rule))  # fmt: skip
     rows, dataset = _rows_and_dataset(inputs, settings, detector)
@@ -89,7 +87,8 @@ def run(cfg: DictConfig) -> float | None:
         log.warning("damaged image, not scored: %s (%s)", path, reason)
     metrics = None
     if inputs.labelled and preds is not None:
-        metrics = _write_metrics(cfg, summary, preds, rule, detector, out)
+        coverage = _coverage(rows, dataset, preds, len(inputs.paths), faces=bool(settings.face_crop))
+        metrics = _write_metrics(cfg, summary, preds, rule, detector, out, coverage)
     else:  # the metrics of the predictions just replaced would now describe other scores
         metrics_file(out).unlink(missing_ok=True)
     overlays = None
@@ -202,6 +201,19 @@ def _refuse_overwrite(out: Path, inputs, spec) -> None:
                           "predict's metrics file; give another path")  # fmt: skip
 
 
+def _refuse_overlays_dir(out: Path) -> None:
+    """Where predict.cam's overlays go must be a folder of earlier overlays: a file of that name (or a
+    dangling link) failed with a traceback after predictions.csv had been replaced."""
+    where = overlays_dir(out)
+    if os.path.lexists(where) and not where.is_dir():
+        raise ConfigError(f"predict.output={out}: {where}, where its overlays go, exists and is not a folder; "
+                          "move it or give another predict.output")  # fmt: skip
+    if foreign := foreign_overlays(where):
+        raise ConfigError(f"predict.output={out}: {where}, where its overlays go, holds {len(foreign)} file(s) "
+                          f"named as overlays ({foreign[0].name}, ...) that no predict wrote; "
+                          "give another predict.output")  # fmt: skip
+
+
 def _is_predict_metrics(path: Path) -> bool:
     try:
         written = json.loads(path.read_text(encoding="utf-8"))
@@ -258,9 +270,25 @@ def _score(detector, dataset, settings: DictConfig, train: DictConfig):
     return preds.refuse_non_finite(str(detector.source))
 
 
-def _write_metrics(cfg: DictConfig, summary, preds, rule, detector, out: Path) -> dict:
+def _coverage(rows: list[Row], dataset, preds, n_images: int, *, faces: bool) -> dict:
+    """What the labelled metrics are over. Per image, damaged files are in them as their black
+    stand-ins, as task=test counts them. Per face, an image damaged before the face search or without
+    a face has no face to score and is in no figure: the metrics said n_damaged 0 of such a run."""
+    if not faces:
+        return {"scored_over": "images", "n_damaged": len(preds.damaged)}
+    unscored = [row for row in rows if row.item is None]
+    before_search = sum(row.damaged is not None for row in unscored)
+    while_scoring = {dataset.paths[index] for index in preds.damaged}  # in the metrics as black stand-ins
+    return {
+        "scored_over": "faces", "n_images": n_images, "n_images_with_faces": n_images - len(unscored),
+        "n_damaged": before_search + len(while_scoring), "n_without_face": len(unscored) - before_search,
+    }  # fmt: skip
+
+
+def _write_metrics(cfg: DictConfig, summary, preds, rule, detector, out: Path, coverage: dict) -> dict:
     """task=test's report of a labelled input (intervals, TPR at fixed FPRs, calibration, the decision
-    rule), damaged stand-ins included as task=test counts them, so the same images give the same figures."""
+    rule), per image damaged stand-ins included as task=test counts them, so the same images give the
+    same figures; ``coverage`` says what it is over."""
     from deepfake.evaluation.summary import summarise  # scikit-learn only for labelled input
 
     metrics = {
@@ -269,7 +297,7 @@ def _write_metrics(cfg: DictConfig, summary, preds, rule, detector, out: Path) -
         "threshold_source": rule.source,
         "threshold_policy": rule.policy,
         "temperature": rule.temperature,
-        "n_damaged": len(preds.damaged),
+        **coverage,
         "checkpoint": str(detector.source),
         "input": str(cfg.predict.input),
         "predictions": str(out),

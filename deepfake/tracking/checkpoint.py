@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import os
 import pickle
 import re
@@ -198,6 +200,24 @@ def remove_stale_temps(directory: str | os.PathLike[str], *, max_age_s: float = 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by this project, on the CPU, without ever unpickling code; with ``mmap``
     its tensors are mapped from the file, read only when used."""
+    file = _checkpoint_file(path)
+    return _unpickled(file, file, mmap=mmap)
+
+
+def load_checkpoint_and_sha256(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """:func:`load_checkpoint` and the sha256 of the very bytes it was read from. Hashing the path again
+    later raced with a promotion replacing the file: an export then vouched for a checkpoint its graph
+    did not come from. The file is read once, so it is in memory twice for a moment (as bytes, as tensors)."""
+    file = _checkpoint_file(path)
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {file} cannot be read: {error.strerror}") from error
+    return _unpickled(io.BytesIO(data), file, mmap=False), hashlib.sha256(data).hexdigest()
+
+
+def _checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` when it can be a checkpoint; an .onnx or .json given instead is told apart in one line."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist; check the path")
@@ -207,10 +227,15 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     if file.suffix.lower() == ".json":  # model.json beside an export: torch would call it damaged or unsafe
         raise CheckpointError(f"{file} is a JSON file, not a checkpoint; give a .pth checkpoint (a run dir, or its "
                               "best.pth), or for task=predict the model.onnx it describes")  # fmt: skip
+    return file
+
+
+def _unpickled(source: Path | IO[bytes], file: Path, *, mmap: bool) -> dict[str, Any]:
+    """``source`` (the file, or its bytes) through torch.load(weights_only=True); ``file`` names it in errors."""
     import torch
 
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         # torch reports a damaged pickle and a forbidden object (one that would run code) alike.
         raise CheckpointError(

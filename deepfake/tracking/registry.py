@@ -109,6 +109,7 @@ class Registry:
         )
 
     def _copy_best(self, checkpoint: str | os.PathLike[str], companions: Sequence[str | os.PathLike[str]]) -> None:
+        self._remove_former_exports(Path(checkpoint))
         atomic_copy(checkpoint, self.best_model_path)
         for companion in map(Path, companions):
             beside = self.best_model_path.with_name(companion.name)
@@ -116,6 +117,19 @@ class Registry:
                 atomic_copy(companion, beside)
             else:  # the new best has none: the previous best's must not stay to describe it
                 beside.unlink(missing_ok=True)
+
+    def _remove_former_exports(self, checkpoint: Path) -> None:
+        """Exports of the former best beside best_model.pth scored it silently as the new one's model.onnx;
+        removed before the new best arrives, so no reader finds the two together. Removed rather than
+        renamed, as the former best's card is: its run dir's best.pth exports it again. The graph goes
+        before its sidecar: a lone sidecar cannot score and is found again at the next promotion."""
+        from deepfake.inference.onnx_export import exports_of_former_bytes  # torch: only when promoting
+
+        for sidecar in exports_of_former_bytes(self.best_model_path, checkpoint):
+            sidecar.with_suffix(".onnx").unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            log.info("removed %s and %s, the export of the former best; task=export makes one of the new best",
+                     sidecar.with_suffix(".onnx").name, sidecar.name)  # fmt: skip
 
     @staticmethod
     def _needs_rescore(incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:

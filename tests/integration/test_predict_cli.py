@@ -102,6 +102,7 @@ def test_labelled_csv_writes_the_task_test_metrics(trained):
         assert predicted[key] == pytest.approx(tested[key], abs=1e-6), key
     for key in ("confusion_matrix", "threshold_source", "threshold_policy", "decision_rule"):
         assert predicted[key] == tested[key], key
+    assert predicted["scored_over"] == "images"
     for name, interval in tested["intervals"].items():  # the same bootstrap: same seed, same resamples
         assert predicted["intervals"][name] == pytest.approx(interval, abs=1e-6), name
     assert [row["tpr"] for row in predicted["tpr_at_fpr"]] == [row["tpr"] for row in tested["tpr_at_fpr"]]
@@ -285,6 +286,25 @@ def test_face_crop_on_photos_with_cam_overlays(trained, tmp_path):
     assert mine.is_file() and not (tmp_path / "mine" / "predictions.csv").exists()
 
 
+def test_face_crop_metrics_say_what_they_are_over(trained, tmp_path):
+    """Per face, a damaged photo and one without a face are in no figure: the metrics said n_damaged 0."""
+    root, _, data = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(photos / "astronaut.png")
+    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(photos / "plain.png")
+    (photos / "empty.jpg").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("path,label\nphotos/astronaut.png,0\nphotos/empty.jpg,0\nphotos/plain.png,1\n")
+    run_main(root, "task=predict", f"predict.input={tmp_path / 'labels.csv'}", "predict.face_crop=true",
+             f"predict.output={tmp_path}/out/", data_dir=data)  # fmt: skip
+    metrics = json.loads((tmp_path / "out" / "metrics_predict.json").read_text())
+    assert {key: metrics[key] for key in ("scored_over", "n_samples", "n_images", "n_images_with_faces", "n_damaged",
+                                          "n_without_face")} == {  # fmt: skip
+        "scored_over": "faces", "n_samples": 1, "n_images": 3, "n_images_with_faces": 1, "n_damaged": 1,
+        "n_without_face": 1,
+    }  # fmt: skip
+
+
 def test_a_predict_stopped_while_its_loader_workers_run_exits(trained, tmp_path):
     """Ctrl-C while workers load (what any error in the main process meets): the process waited at exit
     for ever on the workers, which ignore the SIGTERM multiprocessing ends them with."""
@@ -365,6 +385,25 @@ def test_a_bad_cam_setting_is_refused_before_anything_is_written(trained, labell
                                                                  said):  # fmt: skip
     """Checked only at the overlays, it replaced predictions.csv and deleted the earlier overlays first."""
     refused_without_a_trace(trained, labelled_with_overlays, tmp_path, "predict.cam=true", setting, said=said)
+
+
+def test_a_file_named_as_the_overlays_folder_is_refused_before_anything_is_written(trained, labelled_with_overlays,
+                                                                                     tmp_path):  # fmt: skip
+    """A file where cam/ goes failed with a traceback at the overlays, after predictions.csv was replaced."""
+    root, _, data = trained
+    earlier, smaller = labelled_with_overlays
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out)
+    shutil.rmtree(out / "cam")
+    (out / "cam").write_text("my notes")
+    before = snapshot(out)
+    result = run_main(root, "task=predict", *smaller, f"predict.output={out}/", "predict.cam=true", data_dir=data,
+                      check=False)  # fmt: skip
+    assert result.returncode == 2 and error_lines(result) == [
+        f"ERROR predict.output={out / 'predictions.csv'}: {out / 'cam'}, where its overlays go, exists and is not a "
+        "folder; move it or give another predict.output"
+    ], result.stdout + result.stderr
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize(

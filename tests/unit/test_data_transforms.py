@@ -263,6 +263,19 @@ def test_the_preprocessing_model_json_describes_reproduces_scoring_bit_for_bit(t
         assert np.array_equal(ours, _documented_pixels(path, 32)), path.name
 
 
+def test_the_scaling_model_json_describes_gives_scorings_tensor_bit_for_bit(tmp_path):
+    """Dividing by 255, as the words once said, differs from torchvision's scaling in the last bit."""
+    from deepfake.data.images import load_rgb
+    from deepfake.data.transforms import build_eval_transform, eval_framing, framing_rules
+
+    assert "float32(1/255)" in framing_rules(32, "bicubic")
+    unnormalised = build_eval_transform(32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    for path in _awkward_images(tmp_path):
+        image, _ = load_rgb(path)
+        pixels = np.asarray(eval_framing(32, "bicubic")(image)).astype(np.float32) * np.float32(1 / 255)
+        assert np.array_equal(unnormalised(image).numpy(), pixels.transpose(2, 0, 1)), path.name
+
+
 def test_the_cam_overlay_region_is_the_square_the_model_sees():
     """central_square starts where CenterCrop does: an odd margin rounds half to even, not down."""
     from deepfake.data.transforms import central_square, eval_framing

@@ -173,6 +173,9 @@ def test_outputs_of_two_checkpoints_in_one_folder_are_named_after_each(tmp_path)
     assert output_beside(tmp_path / "run" / "last.pth", "model.onnx") == tmp_path / "run" / "last.model.onnx"
     assert output_beside(tmp_path / "run" / "best.pth", "model.onnx") == tmp_path / "run" / "model.onnx"
     assert output_beside(tmp_path / "models" / "best_model.pth", "model.onnx") == tmp_path / "models" / "model.onnx"
+    from deepfake.tasks.export import default_output  # task=export writes where the card says it does
+
+    assert default_output(tmp_path / "cp" / "model_a.pth") == tmp_path / "cp" / "model_a.model.onnx"
     run, entry = make_run(tmp_path)
     copy = tmp_path / "cp" / "model_a.pth"
     copy.parent.mkdir()

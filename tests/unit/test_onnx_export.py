@@ -225,3 +225,81 @@ def test_an_export_of_a_last_pth_is_known_as_one(exported, tmp_path, recorded):
     sidecar.write_text(json.dumps({**meta, "source_checkpoint": source}))
     assert load_detector(tmp_path / "model.onnx").checkpoint["kind"] == "last"
     assert load_detector(exported[0] / "model.onnx").checkpoint["kind"] == "best"
+
+
+def _export_of_a_copy(exported, tmp_path):
+    """The export, its sidecar saying it came from the copy of best.pth in ``tmp_path``."""
+    _copy(exported[0], tmp_path)
+    sidecar = sidecar_path(tmp_path / "model.onnx")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "source_checkpoint": {**meta["source_checkpoint"],
+                                                                 "path": str(tmp_path / "best.pth")}}))  # fmt: skip
+    return meta["source_checkpoint"]["sha256"]
+
+
+def test_an_export_whose_checkpoint_changed_since_says_so_when_loaded(exported, tmp_path, caplog):
+    """After a resume or a promotion replaced the checkpoint, its earlier export scored with the old model
+    and threshold without a word."""
+    recorded = _export_of_a_copy(exported, tmp_path)
+    caplog.set_level(logging.WARNING)
+    load_detector(tmp_path / "model.onnx")
+    assert not caplog.records  # the same bytes
+    write_checkpoint(tmp_path / "best.pth", "test_resnet", 32, temperature=1.0)
+    detector = load_detector(tmp_path / "model.onnx")
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"{tmp_path / 'model.onnx'} is an export of {tmp_path / 'best.pth'} as it was (sha256 {recorded[:12]}...), "
+        f"but that file has changed since (now {file_sha256(tmp_path / 'best.pth')[:12]}...): these are the earlier "
+        f"model's scores and threshold; task=export ckpt={tmp_path / 'best.pth'} exports the current one"
+    )
+    assert detector.operating_point.temperature == TEMPERATURE  # still the export's own model, as it says
+    caplog.clear()
+    (tmp_path / "best.pth").unlink()  # an export copied away from its checkpoint: nothing to compare
+    load_detector(tmp_path / "model.onnx")
+    assert not caplog.records
+
+
+def test_the_sidecar_names_the_bytes_the_graph_came_from(exported, tmp_path):
+    """A promotion replacing best_model.pth during an export: the sidecar hashed the new file, vouching for a
+    checkpoint the graph did not come from."""
+    _copy(exported[0], tmp_path)
+    loaded = file_sha256(tmp_path / "best.pth")
+    detector = load_detector(tmp_path / "best.pth")
+    write_checkpoint(tmp_path / "best.pth", "test_resnet", 32, temperature=1.0)  # replaced after loading
+    export_onnx(detector, tmp_path / "model.onnx", verification_images(None, detector.preprocess, 8))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["source_checkpoint"]["sha256"] == loaded != file_sha256(tmp_path / "best.pth")
+    assert meta["temperature"] == TEMPERATURE
+
+
+def _png_16_bit(path, samples: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG (Pillow writes none in colour): colour type 2 RGB, 6 RGBA."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = samples.shape[:2]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_the_decode_rules_in_model_json_state_the_operations_load_rgb_does(exported, tmp_path):
+    """model.json said 16-bit samples are divided by 257 and rounded, and floats clipped: a 48-bit RGB PNG
+    keeps Pillow's high byte instead (a quarter of its pixels off by 1), and floats are truncated."""
+    from deepfake.data.images import load_rgb
+
+    decode = json.loads((exported[0] / "model.json").read_text())["decode"]
+    samples = np.random.default_rng(0).integers(0, 65536, (8, 8, 3), dtype=np.uint32)
+    _png_16_bit(tmp_path / "rgb48.png", samples, 2)
+    assert "16-bit colour PNGs (RGB, RGBA, grey with alpha)" in decode and "high byte (v >> 8)" in decode
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "rgb48.png")[0]), samples >> 8)
+    Image.fromarray(np.full((4, 4), 12.7, np.float32)).save(tmp_path / "float.tif")
+    assert "float samples (mode F) clipped to 0..255 and truncated toward zero" in decode
+    assert (np.asarray(load_rgb(tmp_path / "float.tif")[0]) == 12).all()
+    Image.fromarray(np.full((4, 4), 2 * 257 + 129, np.uint16)).save(tmp_path / "gray16.png")
+    assert "16-bit and 32-bit integer samples (Pillow modes I;16 and I) divided by 257, clipped" in decode
+    assert (np.asarray(load_rgb(tmp_path / "gray16.png")[0]) == 3).all()
