@@ -158,7 +158,7 @@ def write_clean_csvs(splits: list[Split], drop_rows: dict[str, list[int]], out_d
     return written
 
 
-_PLAIN_PATH = re.compile(r"[\w./-]+")  # what Hydra reads unquoted
+_PLAIN_PATH = re.compile(r"[\w./-]+", re.ASCII)  # what Hydra reads unquoted (its lexer: ASCII letters only)
 
 
 def clean_overrides(splits: list[Split], written: dict[str, dict]) -> str:

@@ -115,7 +115,8 @@ def _test_report(checkpoint: dict, sha256: str, run_dir: Path | None, entry: dic
     found = [report for report in ((_read_json(run_dir / "metrics_test.json") if run_dir else {}),
                                    entry.get("test_metrics") or {}) if report]  # fmt: skip
     for report in found:
-        threshold = report.get("threshold") if report.get("threshold_source", "checkpoint") == "checkpoint" else None
+        # Whatever its threshold_source says: a fixed-policy run once recorded eval.threshold for its own.
+        threshold = report.get("threshold")
         if measures(report.get("checkpoint_sha256"), threshold, checkpoint, sha256):
             if report.get("checkpoint_sha256") is None:
                 return report, "matched to this checkpoint by its threshold: the report names no checkpoint sha256"

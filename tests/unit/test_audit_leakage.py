@@ -111,6 +111,19 @@ def test_the_clean_csv_overrides_move_every_audited_split_of_any_dataset_config(
         assert cfg.dataset[key] == written[name]["path"] and Path(cfg.dataset[key]).is_file(), key
 
 
+def test_the_clean_csv_overrides_quote_a_path_hydras_lexer_cannot_read_bare(leaky, tmp_path):
+    """Python's \\w takes é for a word character; Hydra's lexer does not, and the printed line failed."""
+    from hydra import compose, initialize_config_dir
+
+    from deepfake.audit.pipeline import clean_overrides
+
+    splits = read_splits(leaky, ("train", "test"))
+    written = write_clean_csvs(splits, {}, tmp_path / "josé")
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=shlex.split(clean_overrides(splits, written)))
+    assert cfg.dataset.train_csv == written["train"]["path"] and "josé" in cfg.dataset.test_csv
+
+
 def test_the_clean_csv_overrides_name_only_the_splits_audited(leaky, tmp_path):
     from deepfake.audit.pipeline import clean_overrides
 

@@ -256,7 +256,8 @@ def test_a_test_report_that_names_no_checkpoint_is_used_only_at_the_checkpoint_s
     report = json.loads((run / "metrics_test.json").read_text())
     del report["checkpoint_sha256"]
     (run / "metrics_test.json").write_text(
-        json.dumps({**report, "threshold": 0.4375, "threshold_source": "checkpoint"})
+        # A fixed-policy training of before 2026-12-03 recorded its own threshold as eval.threshold's.
+        json.dumps({**report, "threshold": 0.4375, "threshold_source": "eval.threshold"})
     )
     del entry["checkpoint_sha256"]
     entry = {**entry, "operating_point": {"threshold": 0.4375}, "cam_metrics": {"deletion_auc": 0.2}}
