@@ -30,7 +30,7 @@ from deepfake.reports.card_facts import configured_data, data_identity, recorded
 from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.preflight import scan_splits
 from deepfake.tasks.scoring import checkpoint_rule
-from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
+from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint_and_sha256
 from deepfake.tracking.loggers import Tracker
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def explain_checkpoint(
     ``step`` (a training's last step)."""
     settings = check_cam_settings(cfg, split)
     split = settings.split
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint, sha256 = load_checkpoint_and_sha256(checkpoint_path)
     model = detector_from_checkpoint(checkpoint).to(resolve_device(cfg.train.device)).eval()
     rule = checkpoint_rule(checkpoint, cfg)  # the stored operating point, unless overridden
     data_setup.ensure_dataset(cfg.dataset)
@@ -130,6 +130,7 @@ def explain_checkpoint(
         csv, root_dir = data_identity(cfg.dataset[SPLIT_CSV[split]], cfg.dataset.root_dir)
         report = {
             "checkpoint": str(checkpoint_path),
+            "checkpoint_sha256": sha256,  # a copy of an earlier epoch's best.pth has its path's name
             "checkpoint_kind": checkpoint.get("kind"),
             "run_name": checkpoint.get("run_name"),
             "split": split,
@@ -278,7 +279,7 @@ def _record_in_registry(cfg: DictConfig, report: dict, written: Path) -> None:
     entry = registry.get(report["run_name"]) if report["run_name"] else None
     if entry is None:  # a checkpoint from elsewhere: nothing to replace
         return
-    why_not = _not_the_runs_own(report, recorded_config(entry))
+    why_not = _not_the_runs_own(report, recorded_config(entry), entry.get("checkpoint_sha256"))
     if why_not:
         log.info("the registry entry of %s keeps its CAM metrics (of its best.pth on its own data, at its own layer "
                  "and threshold); these, %s, are in %s", report["run_name"], why_not, written)  # fmt: skip
@@ -286,15 +287,18 @@ def _record_in_registry(cfg: DictConfig, report: dict, written: Path) -> None:
         registry.update_run(report["run_name"], missing_ok=True, cam_metrics=registry_view(report))
 
 
-def _not_the_runs_own(report: dict, config: dict) -> str | None:
+def _not_the_runs_own(report: dict, config: dict, own_sha256: str | None) -> str | None:
     """What makes ``report`` other than the run's own measurement (the model card presents the registry's
     figures as best.pth's), in words; None when it is its own: any method, at the run's layer and
-    threshold, of its best.pth on a split's CSV and image root as its config (config_resolved.yaml) names them."""
+    threshold, of its best.pth (of ``own_sha256``, when the entry records it) on a split's CSV and image
+    root as its config (config_resolved.yaml) names them."""
     own_data = configured_data(config, report["split"])
     own_layer = (config.get("cam") or {}).get("target_layer") or report["default_target_layer"]
     rule = report["decision_rule"]
     if report["checkpoint_kind"] != "best":
         return f"of a {report['checkpoint_kind']} checkpoint, not a best.pth"
+    if own_sha256 not in (None, report.get("checkpoint_sha256")):  # a copy of an earlier epoch's best.pth
+        return f"of another checkpoint, {report['checkpoint']}"
     if rule["source"] != "checkpoint":
         return f"at {rule['source']}={rule['threshold']}"
     if own_data is None:

@@ -51,7 +51,7 @@ from deepfake.tasks.scoring import (
     settings_not_applied,
     summary_settings,
 )
-from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint
+from deepfake.tracking.checkpoint import atomic_write_text, load_checkpoint_and_sha256
 from deepfake.tracking.loggers import Tracker
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,15 @@ def evaluate_checkpoint(
     trackers: Sequence[Tracker] = (),
     step: int = 0,
     checkpoint: dict | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> dict:
     """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures);
     ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step).
-    ``checkpoint``: ``checkpoint_path`` already loaded."""
-    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
+    ``checkpoint``: ``checkpoint_path`` already loaded, from bytes of ``checkpoint_sha256``."""
+    if checkpoint is None:
+        # The sha256 of the bytes scored: hashed after scoring, a promotion in between named another file.
+        checkpoint, checkpoint_sha256 = load_checkpoint_and_sha256(checkpoint_path)
+    checkpoint_sha256 = checkpoint_sha256 or file_sha256(checkpoint_path)
     trained_at = (checkpoint.get("preprocess") or {}).get("img_size")
     if "generate" in cfg.dataset and trained_at is not None and str(cfg.dataset.img_size) != str(trained_at):
         # The embedded set has a folder per dataset.img_size, so the setting picks the images; the model
@@ -101,7 +105,7 @@ def evaluate_checkpoint(
         "robustness": _robustness(scorer, cfg, rule, test, chosen_perturbations) if chosen_perturbations else None,
         "n_damaged": len(test.damaged),
         "checkpoint": str(checkpoint_path),
-        "checkpoint_sha256": file_sha256(checkpoint_path),  # a copy of an earlier best.pth has its path's name
+        "checkpoint_sha256": checkpoint_sha256,  # a copy of an earlier best.pth has its path's name
         "run_name": checkpoint.get("run_name"),
         "test_csv": test_csv,  # with the root, compared by task=test: one spelling each
         "test_root_dir": test_root_dir,
@@ -240,7 +244,7 @@ def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     # The cheap refusals (an ONNX file, a last.pth without a threshold, eval.threshold=1.5, a bad eval.*
     # value) first: they were only made once every test image had been decoded.
-    checkpoint = load_checkpoint(path)
+    checkpoint, sha256 = load_checkpoint_and_sha256(path)
     check_eval_settings(cfg)
     given = {override.split("=", 1)[0].lstrip("+~") for override in session.task_overrides()}
     not_applied = settings_not_applied(cfg, checkpoint_rule(checkpoint, cfg), given)
@@ -251,7 +255,8 @@ def run(cfg: DictConfig) -> float | None:
     check_test_images(cfg)  # before anything is scored, written or registered
     out_dir = session.run_dir()
     with session.trackers(cfg) as trackers:
-        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers, checkpoint=checkpoint)
+        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers, checkpoint=checkpoint,
+                                      checkpoint_sha256=sha256)  # fmt: skip
     _record_in_registry(cfg, metrics, out_dir / "metrics_test.json")
     return metrics["auc"]
 

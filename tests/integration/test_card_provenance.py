@@ -62,3 +62,9 @@ def test_a_session_from_the_global_best_names_its_source_and_its_test_names_its_
     figures = registry(tmp_path)["runs"]
     main_runner("task=test", f"ckpt={tmp_path / 'cp' / 'other.pth'}", "eval.report=false", "eval.bootstrap=0")
     assert registry(tmp_path)["runs"] == figures
+
+    # task=cam of it: its CAM figures are not the run's either (the card shows the registry's as best.pth's).
+    main_runner("task=cam", f"ckpt={tmp_path / 'cp' / 'other.pth'}")
+    assert registry(tmp_path)["runs"] == figures
+    (report,) = (tmp_path / "outputs").glob("cam/*/cam/metrics.json")
+    assert json.loads(report.read_text())["checkpoint_sha256"] == sha256_of(tmp_path / "cp" / "other.pth")
