@@ -9,9 +9,14 @@ them, and every timm model works unchanged. The model records how it was made
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -44,10 +49,16 @@ def create_detector(
         if not Path(weights).exists():
             raise CheckpointError(f"backbone.weights={weights}: no such file or folder; pass a local weights file")
         overlay = {"file": str(weights)}
+    unreachable = _hub_unreachable() if pretrained and overlay is None else None
     try:
-        model = timm.create_model(
-            name, pretrained=bool(pretrained or overlay), pretrained_cfg_overlay=overlay, num_classes=1, **timm_kwargs
-        )
+        with _hub_cache_only(unreachable):
+            model = timm.create_model(
+                name,
+                pretrained=bool(pretrained or overlay),
+                pretrained_cfg_overlay=overlay,
+                num_classes=1,
+                **timm_kwargs,
+            )
     except TypeError as err:
         # An extra key (+backbone.<key>=...) the model's constructor does not take.
         raise ConfigError(
@@ -57,8 +68,9 @@ def create_detector(
         if overlay is not None:
             raise CheckpointError(f"backbone.weights={weights} does not fit {name}: {_one_line(err)}") from err
         if pretrained:
+            cause = f"the model hub is unreachable: {unreachable}" if unreachable else _one_line(err)
             raise CheckpointError(
-                f"could not fetch pretrained weights for {name} ({_one_line(err)}); on an offline machine download "
+                f"could not fetch pretrained weights for {name} ({cause}); on an offline machine download "
                 f"them elsewhere and pass backbone.weights=/path/to/file"
             ) from err
         raise
@@ -126,3 +138,38 @@ def _checked_preprocess(preprocess: dict) -> dict:
 def _one_line(err: BaseException, limit: int = 400) -> str:
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PROXY_SETTINGS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, told by one name lookup of its host; None when it may
+    be. Offline, the hub's client retried each weights file for about 50 s, a warning per try, before
+    the one line. Behind a proxy the proxy resolves the name, so nothing is told here."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or any(os.environ.get(setting) for setting in _PROXY_SETTINGS):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as err:
+        return f"{host}: {err.strerror or err}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_cache_only(unreachable: str | None) -> Iterator[None]:
+    """The hub's offline mode while ``unreachable`` says why it is: weights already in the local cache
+    still load, and anything else fails at once instead of after the client's retries."""
+    if not unreachable:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved

@@ -62,6 +62,23 @@ def test_pretrained_without_a_reachable_hub_says_how_to_pass_a_local_file(monkey
         create_detector("resnet18", pretrained=True)
 
 
+def test_a_hub_whose_name_does_not_resolve_fails_at_once_and_leaves_offline_mode_as_it_was(
+    monkeypatch, tmp_path, caplog
+):
+    """Offline without HF_HUB_OFFLINE, the hub's client retried each file for about 50 s before the line."""
+    from huggingface_hub import constants
+
+    for setting in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(setting, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # no weights cached: nothing to fall back on
+    with pytest.raises(CheckpointError, match=r"the model hub is unreachable: hub\.invalid: .*backbone\.weights="):
+        create_detector("resnet18", pretrained=True)
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]  # the cache only
+    assert constants.HF_HUB_OFFLINE is False  # offline mode only while loading
+
+
 def test_a_saved_cvt_is_rebuilt_with_the_activation_its_weights_chose(tmp_path):
     from deepfake.models import detector_from_checkpoint
 
