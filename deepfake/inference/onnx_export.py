@@ -231,32 +231,12 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
 def is_own_sidecar(path: Path) -> bool:
     """Whether ``path`` is a model.json an export wrote (its format and the keys that tie it to its graph),
     so replacing it loses nothing of the user's."""
-    return _own_sidecar_fields(path) is not None
-
-
-def _own_sidecar_fields(path: Path) -> dict | None:
     try:
         written = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    own = isinstance(written, dict) and written.get("format") == SIDECAR_FORMAT and {
+        return False
+    return isinstance(written, dict) and written.get("format") == SIDECAR_FORMAT and {
         "onnx_file", "onnx_sha256", "source_checkpoint"} <= written.keys()  # fmt: skip
-    return written if own else None
-
-
-def exports_of_former_bytes(checkpoint: Path, current: Path) -> list[Path]:
-    """The sidecars beside ``checkpoint`` of exports taken from that path while it held other bytes than
-    ``current`` holds (hashed only when there is one): after a promotion replaced models/best_model.pth,
-    models/model.onnx went on scoring the former best with its threshold, looking like the new one's."""
-    named = []
-    for sidecar in sorted(checkpoint.parent.glob("*.json")):
-        source = (_own_sidecar_fields(sidecar) or {}).get("source_checkpoint")
-        if isinstance(source, dict) and Path(str(source.get("path"))).resolve() == checkpoint.resolve():
-            named.append((sidecar, source.get("sha256")))
-    if not named:
-        return []
-    now = file_sha256(current)
-    return [sidecar for sidecar, recorded in named if recorded != now]
 
 
 def is_own_onnx(path: Path) -> bool:

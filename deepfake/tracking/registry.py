@@ -119,17 +119,26 @@ class Registry:
                 beside.unlink(missing_ok=True)
 
     def _remove_former_exports(self, checkpoint: Path) -> None:
-        """Exports of the former best beside best_model.pth scored it silently as the new one's model.onnx;
-        removed before the new best arrives, so no reader finds the two together. Removed rather than
-        renamed, as the former best's card is: its run dir's best.pth exports it again. The graph goes
-        before its sidecar: a lone sidecar cannot score and is found again at the next promotion."""
-        from deepfake.inference.onnx_export import exports_of_former_bytes  # torch: only when promoting
+        """task=export's default output beside best_model.pth (model.onnx + model.json), when it is of the
+        former best: it went on scoring that model with its threshold, looking like the new one's.
+        Removed before the new best arrives, so no reader finds the two together; the graph before its
+        sidecar, so a crash leaves a lone sidecar, which cannot score and is found again next time. An
+        export the user named (export.output) is theirs to keep: loading it warns that its source changed."""
+        sidecar = self.best_model_path.with_name("model.json")
+        try:
+            source = json.loads(sidecar.read_text(encoding="utf-8")).get("source_checkpoint")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return
+        if not isinstance(source, dict) or Path(str(source.get("path"))).resolve() != self.best_model_path.resolve():
+            return
+        from deepfake.data.manifest import file_sha256
 
-        for sidecar in exports_of_former_bytes(self.best_model_path, checkpoint):
-            sidecar.with_suffix(".onnx").unlink(missing_ok=True)
-            sidecar.unlink(missing_ok=True)
-            log.info("removed %s and %s, the export of the former best; task=export makes one of the new best",
-                     sidecar.with_suffix(".onnx").name, sidecar.name)  # fmt: skip
+        if source.get("sha256") == file_sha256(checkpoint):  # the same model promoted again: its export stands
+            return
+        sidecar.with_suffix(".onnx").unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        log.info("removed model.onnx and model.json, the export of the former best; task=export makes one of the "
+                 "new best")  # fmt: skip
 
     @staticmethod
     def _needs_rescore(incumbent: dict[str, Any] | None, key: str | None, rescored: dict) -> bool:

@@ -1,5 +1,5 @@
-"""A promotion never leaves the former best's ONNX export beside the new best_model.pth
-(deepfake.tracking.registry with deepfake.inference.onnx_export's sidecars)."""
+"""A promotion never leaves the former best's default ONNX export (model.onnx) beside the new
+best_model.pth (deepfake.tracking.registry with deepfake.inference.onnx_export's sidecars)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ def _export(onnx: Path, source: Path) -> None:
     onnx.with_suffix(".json").write_text(json.dumps(sidecar))
 
 
-def test_a_promotion_removes_the_former_bests_export_and_nothing_else(tmp_path: Path) -> None:
+def test_a_promotion_removes_the_former_bests_default_export_and_nothing_else(tmp_path: Path) -> None:
     registry = _registry(tmp_path)
     assert _register(registry, tmp_path, "a", 0.8)
     models = registry.best_model_path.parent
     _export(models / "model.onnx", registry.best_model_path)
-    _export(models / "mine.onnx", registry.best_model_path)  # export.output named otherwise: as stale
+    _export(models / "mine.onnx", registry.best_model_path)  # export.output named by the user: theirs to keep
     _export(models / "other.onnx", _checkpoint(tmp_path, "other"))  # of another checkpoint: not ours to judge
     (models / "notes.json").write_text('{"format": "mine"}')
 
@@ -48,7 +48,7 @@ def test_a_promotion_removes_the_former_bests_export_and_nothing_else(tmp_path: 
 
     assert _register(registry, tmp_path, "better", 0.9)
     assert sorted(path.name for path in models.iterdir() if path.suffix in (".onnx", ".json")) == [
-        "model_metadata.json", "notes.json", "other.json", "other.onnx"]  # fmt: skip
+        "mine.json", "mine.onnx", "model_metadata.json", "notes.json", "other.json", "other.onnx"]  # fmt: skip
 
 
 def test_an_export_of_the_same_bytes_stays_when_they_are_promoted_again(tmp_path: Path) -> None:
