@@ -142,11 +142,11 @@ def _why_untested(run_dir: Path | None, entry: dict, config: dict) -> str:
     return "Not evaluated (no test report of its run was found)"
 
 
-def weights_source(path: Path, checkpoint: dict) -> dict:
+def weights_source(path: Path, checkpoint: dict, sha256: str) -> dict:
     """What ``init_from`` loaded, for the new run's checkpoints, registry entry, run.log and card: the
-    setting alone (``best``) names a file that each promotion replaces."""
+    setting alone (``best``) names a file that each promotion replaces; ``sha256``: of the bytes loaded."""
     return {"checkpoint": str(path), "run_name": checkpoint.get("run_name"), "epoch": checkpoint.get("epoch"),
-            "sha256": file_sha256(path)}  # fmt: skip
+            "sha256": sha256}  # fmt: skip
 
 
 def describe_source(source: dict) -> str:

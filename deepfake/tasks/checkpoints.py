@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from deepfake.errors import CheckpointError
-from deepfake.tracking.checkpoint import load_checkpoint
+from deepfake.tracking.checkpoint import load_checkpoint_and_sha256
 
 
 def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:
@@ -27,9 +27,10 @@ def resolve_checkpoint(spec: str | None, cfg: DictConfig, *, what: str) -> Path:
     return path
 
 
-def load_weights_into(model: torch.nn.Module, path: Path) -> dict:
-    """``init_from``: copy a checkpoint's weights into a freshly built model of the same backbone."""
-    checkpoint = load_checkpoint(path)
+def load_weights_into(model: torch.nn.Module, path: Path) -> tuple[dict, str]:
+    """``init_from``: copy a checkpoint's weights into a freshly built model of the same backbone; returns
+    the checkpoint and the sha256 of the bytes read (a promotion may replace best_model.pth just after)."""
+    checkpoint, sha256 = load_checkpoint_and_sha256(path)
     check_backbone(checkpoint, model, f"init_from={path}")
     try:
         model.load_state_dict(checkpoint["model"])
@@ -38,7 +39,7 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> dict:
             f"init_from={path}: its weights do not fit this {model.detector_spec['name']} "
             f"({str(err).splitlines()[0]}); build the backbone with the same settings"
         ) from err
-    return checkpoint
+    return checkpoint, sha256
 
 
 def check_backbone(checkpoint: dict, model: torch.nn.Module, what: str) -> None:

@@ -243,7 +243,7 @@ def _model(cfg: DictConfig, out_dir: Path) -> tuple[torch.nn.Module, dict | None
     if not cfg.get("init_from"):
         return model, None, None
     path = checkpoints.resolve_checkpoint(cfg.init_from, cfg, what="init_from")
-    source = weights_source(path, checkpoints.load_weights_into(model, path))
+    source = weights_source(path, *checkpoints.load_weights_into(model, path))
     log.info("initialised the model from %s", describe_source(source))
     return model, None, source
 
