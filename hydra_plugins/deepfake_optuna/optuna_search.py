@@ -65,6 +65,16 @@ class TrialFailed(Exception):
     """A failed trial's error line, raised where the plugin reads the trial's value."""
 
 
+class _PluginsEndingLine(logging.Filter):
+    """Drops the plugin's own ERROR as it ends a search ("Failed [<exceptions>] times out of N with
+    max_failure_rate=R"): the reprs of the failures, and R is 0 when a batch within the share ended it
+    (_MarkingFailures); the sweeper's line says what happened in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "times out of" not in message or "with max_failure_rate=" not in message
+
+
 class OptunaSearch(OptunaSweeper):
     def __init__(self, **settings) -> None:
         try:  # the plugin asserts some of them here, with an empty AssertionError
@@ -76,6 +86,7 @@ class OptunaSearch(OptunaSweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        logging.getLogger(type(self.sweeper).__module__).addFilter(_PluginsEndingLine())
         self.sweeper.launcher = _MarkingFailures(self.sweeper.launcher, hydra_context, config, self.sweeper)
         self.in_flight: list = []  # the optuna trials of the batch being launched, not yet told
         configure = self.sweeper._configure_trials  # where the plugin turns the asked trials into overrides

@@ -216,6 +216,7 @@ def test_an_optuna_search_of_failing_trials_ends_with_its_summary(tmp_path, shar
     assert ended.returncode == 2 and "Traceback" not in ended.stderr, ended.stderr
     said = "the search ended: 2 of this launch's 3 trials failed, more than hydra.sweeper.max_failure_rate=0.5"
     assert said in ended.stdout + ended.stderr
+    assert "with max_failure_rate=" not in ended.stdout + ended.stderr  # the plugin's line of exception reprs
     assert [row["status"] for row in summary(only_sweep_dir(tmp_path / "a"))] == ["failed"] * 2  # 2 of 3 trials
     with sqlite3.connect(tmp_path / "a" / "multirun" / "optuna" / "deepfake_synthetic.db") as db:
         assert [state for (state,) in db.execute("SELECT state FROM trials")] == ["FAIL"] * 2
