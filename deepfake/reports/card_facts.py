@@ -42,6 +42,7 @@ class CardFacts:
     entry: dict = field(default_factory=dict)  # the registry entry
     data: dict = field(default_factory=dict)  # split -> {csv, images, real, fake, sha256} or {csv, error}
     written_at: str = ""
+    best_model: Path | None = None  # the registry's global best (paths.best_model), named plainly
     version: str = __version__
 
 
@@ -73,7 +74,10 @@ def data_identity(csv, root_dir) -> tuple[str, str]:
     return os.path.abspath(str(csv)), os.path.abspath(str(root_dir))
 
 
-def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -> CardFacts:
+def collect_facts(
+    checkpoint_path: Path, checkpoint: dict, entry: dict | None, best_model: Path | None = None
+) -> CardFacts:
+    """``best_model``: the registry's global best (paths.best_model), whose card takes the plain name."""
     run_dir = find_run_dir(checkpoint_path, entry)
     config = _read_yaml(run_dir / "config_resolved.yaml") if run_dir else {}
     entry = entry or {}
@@ -94,6 +98,7 @@ def collect_facts(checkpoint_path: Path, checkpoint: dict, entry: dict | None) -
         entry=entry,
         data=_data_facts(config.get("dataset") or {}),
         written_at=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        best_model=best_model,
     )
 
 

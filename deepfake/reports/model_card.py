@@ -29,22 +29,24 @@ TEST_FIGURES = ("auc", "ap", "eer", "accuracy", "real_accuracy", "fake_accuracy"
 BOOKKEEPING = {"checkpoint", "checkpoint_sha256", "run_name", "test_csv", "evaluated_at", "confusion_matrix"}
 
 
-def output_beside(checkpoint_path: str | os.PathLike, name: str) -> Path:
+def output_beside(checkpoint_path: str | os.PathLike, name: str, best_model: str | os.PathLike | None = None) -> Path:
     """``name`` beside the checkpoint (the model card, an export), prefixed with the checkpoint's stem
-    unless it is a best model: ``last.model_card.md``, ``model_a.model.onnx``. The outputs of two
-    checkpoints in one folder (a run's last.pth beside its best.pth, two copies) replaced each other."""
+    unless it is a best model (a run's best.pth, the registry's ``best_model``, whatever paths.best_model
+    names it): ``last.model_card.md``, ``model_a.model.onnx``. The outputs of two checkpoints in one
+    folder (a run's last.pth beside its best.pth, two copies) replaced each other."""
     path = Path(checkpoint_path)
-    return path.parent / (name if path.name in BEST_NAMES else f"{path.stem}.{name}")
+    best = path.name in BEST_NAMES or (best_model is not None and Path(best_model).resolve() == path.resolve())
+    return path.parent / (name if best else f"{path.stem}.{name}")
 
 
-def card_path(checkpoint_path: str | os.PathLike) -> Path:
-    return output_beside(checkpoint_path, CARD_NAME)
+def card_path(checkpoint_path: str | os.PathLike, best_model: str | os.PathLike | None = None) -> Path:
+    return output_beside(checkpoint_path, CARD_NAME, best_model)
 
 
 def write_model_card(facts: CardFacts) -> Path:
     """The card, written; or the card already there, kept when it describes this very checkpoint and
     this one's run dir is gone (archived, moved): rewriting it lost the data, recipe and test report."""
-    path = card_path(facts.checkpoint_path)
+    path = card_path(facts.checkpoint_path, facts.best_model)
     if facts.run_dir is None and _fuller_card_of(path, facts.checkpoint_sha256):
         log.info("kept %s: it describes this checkpoint (sha256 %s) with its run's facts, and its run dir is no "
                  "longer found", path, facts.checkpoint_sha256)  # fmt: skip
@@ -285,7 +287,7 @@ ETHICS = """
 
 def _usage(facts: CardFacts) -> str:
     path = facts.checkpoint_path
-    onnx = output_beside(path, "model.onnx")
+    onnx = output_beside(path, "model.onnx", facts.best_model)
     return f"""
 ## Using it
 

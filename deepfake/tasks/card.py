@@ -21,7 +21,7 @@ def write_card(checkpoint_path: Path, cfg: DictConfig, entry: dict | None = None
     checkpoint = load_checkpoint(checkpoint_path)
     if entry is None and checkpoint.get("run_name"):
         entry = session.open_registry(cfg).get(checkpoint["run_name"])
-    path = write_model_card(collect_facts(Path(checkpoint_path), checkpoint, entry))
+    path = write_model_card(collect_facts(Path(checkpoint_path), checkpoint, entry, Path(cfg.paths.best_model)))
     log.info("model card: %s", path)
     return path
 

@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> float:
     source = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     if source.suffix.lower() == ".onnx":
         raise ConfigError(f"ckpt={source} is already an ONNX file; export a run dir or a .pth checkpoint")
-    output = Path(settings.output) if settings.output else default_output(source)
+    output = Path(settings.output) if settings.output else default_output(source, Path(cfg.paths.best_model))
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"export.output={settings.output} must end in .onnx (its sidecar takes the same name, .json)")
     tolerance = values.number(settings.tolerance, "export.tolerance")
@@ -88,8 +88,8 @@ def _refuse_overwrite(output: Path, given) -> None:
             raise ConfigError(f"export.output={given or output}{named} exists and is not {what}; give another path")
 
 
-def default_output(checkpoint: Path) -> Path:
-    """``model.onnx`` beside a best.pth or best_model.pth, ``<stem>.model.onnx`` beside any other checkpoint
-    (``last.model.onnx``), named as its model card: the exports of two checkpoints in one folder (a run's
-    last.pth beside its best.pth, two copies) replaced each other."""
-    return output_beside(checkpoint, "model.onnx")
+def default_output(checkpoint: Path, best_model: Path | None = None) -> Path:
+    """``model.onnx`` beside a best.pth or the registry's ``best_model``, ``<stem>.model.onnx`` beside any
+    other checkpoint (``last.model.onnx``), named as its model card: the exports of two checkpoints in one
+    folder (a run's last.pth beside its best.pth, two copies) replaced each other."""
+    return output_beside(checkpoint, "model.onnx", best_model)

@@ -176,6 +176,11 @@ def test_outputs_of_two_checkpoints_in_one_folder_are_named_after_each(tmp_path)
     from deepfake.tasks.export import default_output  # task=export writes where the card says it does
 
     assert default_output(tmp_path / "cp" / "model_a.pth") == tmp_path / "cp" / "model_a.model.onnx"
+    # The registry's best under another name (paths.best_model): its outputs keep the plain names, as the
+    # card a promotion copies beside it does.
+    champion = tmp_path / "models" / "champion.pth"
+    assert card_path(champion, best_model=champion) == tmp_path / "models" / "model_card.md"
+    assert default_output(champion, champion) == tmp_path / "models" / "model.onnx"
     run, entry = make_run(tmp_path)
     copy = tmp_path / "cp" / "model_a.pth"
     copy.parent.mkdir()
