@@ -75,13 +75,16 @@ def data_identity(csv, root_dir) -> tuple[str, str]:
 
 
 def collect_facts(
-    checkpoint_path: Path, checkpoint: dict, entry: dict | None, best_model: Path | None = None
-) -> CardFacts:
-    """``best_model``: the registry's global best (paths.best_model), whose card takes the plain name."""
+    checkpoint_path: Path, checkpoint: dict, entry: dict | None, best_model: Path | None = None,
+    sha256: str | None = None,
+) -> CardFacts:  # fmt: skip
+    """``best_model``: the registry's global best (paths.best_model), whose card takes the plain name;
+    ``sha256``: of the bytes ``checkpoint`` was loaded from; without it the file is hashed here, as it
+    is now, which a promotion may have replaced since it was loaded."""
     run_dir = find_run_dir(checkpoint_path, entry)
     config = _read_yaml(run_dir / "config_resolved.yaml") if run_dir else {}
     entry = entry or {}
-    sha256 = file_sha256(checkpoint_path)
+    sha256 = sha256 or file_sha256(checkpoint_path)
     test, no_test = _test_report(checkpoint, sha256, run_dir, entry, config)
     if not measures(entry.get("checkpoint_sha256"), (entry.get("operating_point") or {}).get("threshold"),
                     checkpoint, sha256):  # fmt: skip

@@ -66,16 +66,13 @@ def evaluate_checkpoint(
     damaged: DamagedImageLog | None = None,
     trackers: Sequence[Tracker] = (),
     step: int = 0,
-    checkpoint: dict | None = None,
-    checkpoint_sha256: str | None = None,
+    loaded: tuple[dict, str] | None = None,
 ) -> dict:
     """Score every set, summarise, and write metrics_test.json (and with eval.report the pictures);
     ``trackers`` get the test's figures, plots and files at ``step`` (a training's last step).
-    ``checkpoint``: ``checkpoint_path`` already loaded, from bytes of ``checkpoint_sha256``."""
-    if checkpoint is None:
-        # The sha256 of the bytes scored: hashed after scoring, a promotion in between named another file.
-        checkpoint, checkpoint_sha256 = load_checkpoint_and_sha256(checkpoint_path)
-    checkpoint_sha256 = checkpoint_sha256 or file_sha256(checkpoint_path)
+    ``loaded``: ``checkpoint_path`` already loaded, with the sha256 of the bytes it was loaded from."""
+    # The sha256 of the bytes scored: hashed after scoring, a promotion in between named another file.
+    checkpoint, checkpoint_sha256 = loaded or load_checkpoint_and_sha256(checkpoint_path)
     trained_at = (checkpoint.get("preprocess") or {}).get("img_size")
     if "generate" in cfg.dataset and trained_at is not None and str(cfg.dataset.img_size) != str(trained_at):
         # The embedded set has a folder per dataset.img_size, so the setting picks the images; the model
@@ -244,7 +241,8 @@ def run(cfg: DictConfig) -> float | None:
     path = checkpoints.resolve_checkpoint(cfg.get("ckpt"), cfg, what="ckpt")
     # The cheap refusals (an ONNX file, a last.pth without a threshold, eval.threshold=1.5, a bad eval.*
     # value) first: they were only made once every test image had been decoded.
-    checkpoint, sha256 = load_checkpoint_and_sha256(path)
+    loaded = load_checkpoint_and_sha256(path)
+    checkpoint = loaded[0]
     check_eval_settings(cfg)
     given = {override.split("=", 1)[0].lstrip("+~") for override in session.task_overrides()}
     not_applied = settings_not_applied(cfg, checkpoint_rule(checkpoint, cfg), given)
@@ -255,8 +253,7 @@ def run(cfg: DictConfig) -> float | None:
     check_test_images(cfg)  # before anything is scored, written or registered
     out_dir = session.run_dir()
     with session.trackers(cfg) as trackers:
-        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers, checkpoint=checkpoint,
-                                      checkpoint_sha256=sha256)  # fmt: skip
+        metrics = evaluate_checkpoint(path, cfg, out_dir, trackers=trackers, loaded=loaded)
     _record_in_registry(cfg, metrics, out_dir / "metrics_test.json")
     return metrics["auc"]
 

@@ -319,7 +319,8 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
             entry |= _explain(best, training, state.step)
         entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
-        entry["checkpoint_sha256"] = file_sha256(best)  # what its test and CAM figures measured
+        # What its test and CAM figures measured; the test hashed the bytes it scored.
+        entry["checkpoint_sha256"] = test_metrics["checkpoint_sha256"] if test_metrics else file_sha256(best)
         entry["promotion"] = promotion.candidate_promotion(cfg, best, state.best_auc, training.promotion_set)
         card = write_card(best, cfg, entry)  # travels with best.pth when it is promoted
         for tracker in training.trackers:  # best.pth goes only to trackers set to take checkpoints
