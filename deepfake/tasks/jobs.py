@@ -32,11 +32,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from deepfake.engine.launcher_env import env_rank, env_world_size
-from deepfake.errors import ConfigError, RunDirLocked, RunStopped, UserError, find_in_chain
-from deepfake.tasks import values
+from deepfake.errors import ConfigError, RunDirLocked, RunStopped, TrainingError, UserError, find_in_chain
+from deepfake.tasks import relaunch, values
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,11 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
         from deepfake.engine import distributed
 
         status, previous = distributed.broadcast_object((status, previous))
-    if _another_jobs_dir(out_dir, status, previous):
+    if relaunch.another_jobs_dir(out_dir, status, previous):
         line = (f"{out_dir} holds a job of an earlier launch with other overrides ({' '.join(previous['overrides'])}); "
                 "relaunch this sweep into another hydra.sweep.dir")  # fmt: skip
         return _refused(cfg, out_dir, line, "refused")
-    if _earlier_launch(cfg, out_dir, status, previous) == "finished":
+    if relaunch.earlier_launch(cfg, out_dir, status, previous) == "finished":
         return _finished_earlier(out_dir, previous, status)
     if status["attempt"] > 1 and cfg.task.name == "train" and not cfg.get("resume"):
         # The launcher started this same job again (a SLURM requeue after pre-emption or a time-out):
@@ -210,6 +210,7 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
             "attempt %d of launcher job %s: resuming from %s", status["attempt"], status["launcher_job_id"], out_dir
         )
         cfg.resume = str(out_dir)
+    last_before = _file_identity(out_dir / "last.pth")
     begun = False
     try:
         # Inside: a stop signal landing once status.json is written, before the task begins, must
@@ -220,7 +221,8 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     except Exception as err:  # noqa: BLE001 - every failure of a job is recorded, then the sweep goes on
         if not begun:
             raise
-        return _failed(cfg, out_dir, status, err, time.perf_counter() - started)
+        kept = previous if _resume_left_run_as_it_was(cfg, out_dir, previous, last_before, err) else None
+        return _failed(cfg, out_dir, status, err, time.perf_counter() - started, kept=kept)
     except BaseException as stop:  # a stop signal or Ctrl-C: not a result, it ends the process
         write_status(out_dir, {**status, "status": "stopped", "error": type(stop).__name__, "ended_at": now_iso(),
                                "exit_code": stop_exit_status(stop)})  # fmt: skip
@@ -228,47 +230,6 @@ def _run_held(cfg: DictConfig, task: Callable[[DictConfig], Any], out_dir: Path)
     _job_exit_codes.append(0)
     write_status(out_dir, {**status, **_ended(started), "status": "finished", "value": _number_or_none(value)})
     return value
-
-
-def _earlier_launch(cfg: DictConfig, out_dir: Path, status: dict, previous: dict) -> str | None:
-    """A sweep relaunched into its own fixed dir (hydra.sweep.dir) finds its jobs' earlier training
-    runs: a finished one is not trained again (its checkpoints and registry entry stay), and one that
-    an earlier launch left stopped part-way, or killed (status still running: this process holds the
-    run dir's lock), resumes from its last.pth. Returns the earlier run's status when one applies."""
-    if cfg.task.name != "train" or cfg.get("resume") or status["attempt"] > 1 or previous.get("task") != "train":
-        return None
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    if previous.get("status") in ("stopped", "running") and (out_dir / "last.pth").is_file():
-        log.info("%s was left %s by an earlier launch of this sweep: resuming it", out_dir, previous["status"])
-        cfg.resume = str(out_dir)
-    return previous.get("status")
-
-
-def _another_jobs_dir(out_dir: Path, status: dict, previous: dict) -> bool:
-    """Whether a sweep job's dir holds another job's run: an earlier launch into the same
-    hydra.sweep.dir whose job of this number had other overrides (a name they share: the overrides
-    Hydra leaves out of dir names). Its files are left as they were, and Hydra's copy of this job's
-    overrides is replaced by the run's own, so a later resume= continues that run."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN or status["attempt"] > 1 or "overrides" not in previous:
-        return False
-    if _same_job(previous["overrides"], status["overrides"]):
-        return False
-    if env_rank() == 0:
-        listed = OmegaConf.to_yaml(OmegaConf.create(list(previous["overrides"])))  # as Hydra writes it
-        atomic_write_text(out_dir / ".hydra" / "overrides.yaml", listed)
-    return True
-
-
-def _same_job(previous: list, overrides: list) -> bool:
-    """Whether a run's recorded overrides are this job's. A job finished or continued by hand
-    (``resume=<job dir>``, as its stop line says) recorded the ``resume=`` the rewrite added to its
-    own overrides: the same job still, which the sweep's relaunch must not refuse."""
-
-    def settings(listed: list) -> list:
-        return sorted(o for o in map(str, listed) if o.partition("=")[0].lstrip("+~") != "resume")
-
-    return settings(previous) == settings(overrides)
 
 
 def _finished_earlier(out_dir: Path, previous: dict, status: dict) -> Any:
@@ -283,7 +244,30 @@ def _finished_earlier(out_dir: Path, previous: dict, status: dict) -> Any:
     return previous.get("value")
 
 
-def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, seconds: float) -> FailedJob:
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _resume_left_run_as_it_was(cfg: DictConfig, out_dir: Path, previous: dict, last_before: tuple | None,
+                               err: Exception) -> bool:  # fmt: skip
+    """Whether a single run's resume was refused before it trained or saved anything (another backbone,
+    a changed setting): the run is still as its status.json said, stopped or killed, and resumable from
+    the same last.pth, which a \"failed\" status would deny. A training that failed (registered so) and
+    a sweep job's failure (its launch's result) are recorded as failed."""
+    if not cfg.get("resume") or previous.get("task") != "train" or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return False
+    if find_in_chain(err, lambda e: isinstance(e, TrainingError)) is not None:
+        return False
+    return last_before is not None and _file_identity(out_dir / "last.pth") == last_before
+
+
+def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, seconds: float, *,
+            kept: dict | None = None) -> FailedJob:  # fmt: skip
+    """Record a failed job; ``kept``: the run's status.json to keep, this attempt's failure noted in it."""
     user_error = find_in_chain(err, lambda e: isinstance(e, UserError))
     if user_error is not None:
         line, code = str(user_error), EXIT_USER_ERROR
@@ -297,7 +281,10 @@ def _failed(cfg: DictConfig, out_dir: Path, status: dict, err: Exception, second
         _register_failure(cfg, out_dir, line)
     _job_exit_codes.append(code)
     ended = {"ended_at": now_iso(), "seconds": round(seconds, 3)}
-    write_status(out_dir, {**status, **ended, "status": "failed", "error": line, "exit_code": code})
+    if kept is not None:
+        write_status(out_dir, {**kept, "resume_failed": {**ended, "error": line, "exit_code": code}})
+    else:
+        write_status(out_dir, {**status, **ended, "status": "failed", "error": line, "exit_code": code})
     return FailedJob(line, code)
 
 

@@ -285,15 +285,22 @@ def test_an_edited_run_dir_cannot_make_resume_build_anything(tmp_path, uninterru
                                                ("train.ema.enabled=true", "holds no moving average")])  # fmt: skip
 def test_a_refused_resume_puts_back_the_runs_own_overrides(tmp_path, uninterrupted, reliable_data, refused, said):
     """Hydra writes the typed overrides into .hydra/overrides.yaml before the task can refuse them; left
-    there, every later plain resume= would be refused the same way."""
+    there, every later plain resume= would be refused the same way. The run stays "stopped" in its
+    status.json (it was written "failed", though its last.pth was untouched and resumable), the
+    refusal noted beside."""
     run_dir = tmp_path / "outputs" / "train" / "copied"  # unregistered here: not a finished run
     shutil.copytree(uninterrupted, run_dir)
+    stopped = {**json.loads((run_dir / "status.json").read_text()), "status": "stopped", "error": "RunStopped"}
+    (run_dir / "status.json").write_text(json.dumps(stopped))
     overrides = run_dir / ".hydra" / "overrides.yaml"
     before = overrides.read_text()
     result = run(tmp_path, reliable_data, f"resume={run_dir}", refused)
     lines = error_lines(result)
     assert result.returncode == 2 and len(lines) == 1 and said in lines[0], result.stdout + result.stderr
     assert overrides.read_text() == before
+    status = json.loads((run_dir / "status.json").read_text())
+    assert {**status, "resume_failed": None} == {**stopped, "resume_failed": None}
+    assert f"ERROR {status['resume_failed']['error']}" == lines[0] and status["resume_failed"]["exit_code"] == 2
     assert run(tmp_path, reliable_data, f"resume={run_dir}").returncode == 0  # as typed: nothing to repeat
 
 
