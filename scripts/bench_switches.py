@@ -10,8 +10,9 @@ take turns N times and each figure is the median over its runs (a machine's spee
 minutes). From each bench.json it keeps (a), (b), (c), the ratios b/a and c/a_eval, the warm-up
 (compile) time and the peak memory, and gives (b) and (c) relative to the defaults' (above 1: the
 switch's other side is faster). Prints the table and writes ``<out>/switches.json`` (by default under
-``paths.log_dir``, as the overrides compose it). A setting whose run fails stops the comparison: what
-was measured before it is still written, the failed setting marked with its run's own error.
+``paths.log_dir``, as the overrides compose it). Every setting's config is composed before the first
+run, so a mistyped key is refused at once. A setting whose run fails stops the comparison: what was
+measured before it is still written, the failed setting marked with its run's own error.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main() -> int:
         print(error_line(str(error)), file=sys.stderr)
         return 2
     settings = ["defaults", *(args.switches or default_switches(args.overrides))]
+    try:
+        check_settings(settings, args.overrides)
+    except UserError as error:
+        print(error_line(str(error)), file=sys.stderr)
+        return 2
     runs: dict[str, list[dict]] = {setting: [] for setting in settings}
     failure = None
     for turn in range(args.repeats):
@@ -83,6 +89,14 @@ def main() -> int:
 def configured_log_dir(overrides: list[str]) -> Path:
     """``paths.log_dir`` as the runs will compose it (DEEPFAKE_ROOT, paths.root_dir, paths.log_dir)."""
     return Path(composed_value(REPO / "conf", ["task=bench", *overrides], lambda cfg: cfg.paths.log_dir))
+
+
+def check_settings(settings: list[str], overrides: list[str]) -> None:
+    """Compose every setting's config before the first run: a mistyped key or override fails in a
+    second, not after the runs before it (minutes each on a GPU at 256 px)."""
+    for setting in settings:
+        extra = [] if setting == "defaults" else [setting]
+        composed_value(REPO / "conf", ["task=bench", *overrides, *extra], lambda cfg: None)
 
 
 def bench_once(setting: str, overrides: list[str], run_dir: Path) -> tuple[dict | None, dict | None]:

@@ -117,15 +117,26 @@ def test_bench_switches_names_the_setting_that_failed(tmp_path, shared_data_dir)
 
 def test_bench_switches_keeps_what_it_measured_when_a_later_setting_fails(tmp_path, shared_data_dir):
     out = tmp_path / "switches"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch", "nosuchkey=1",
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch", "bench.cache=al",
                              "--switch", "optimizer.fused=false", "--out", str(out), "--", *TINY, *BENCH_TINY[1:],
                              f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}"],
                             capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 2, result.stderr  # Hydra refused an override: the user's to fix
-    # The run's own error, not Hydra's last line ("Set the environment variable HYDRA_FULL_ERROR=1 ...").
+    assert result.returncode == 2, result.stderr  # task=bench refused a value: the user's to fix
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ERROR task=bench with nosuchkey=1 failed (1): Could not override 'nosuchkey'.")
+    assert last.startswith("ERROR task=bench with bench.cache=al failed (2): bench.cache='al'; use none, eval")
     report = json.loads((out / "switches.json").read_text())
     assert report["settings"]["defaults"]["b"] > 0 and report["not_run"] == ["optimizer.fused=false"]
-    assert report["settings"]["nosuchkey=1"]["failed"].startswith("exit 1: Could not override 'nosuchkey'.")
-    assert "defaults" in result.stdout and "failed (exit 1" in result.stdout
+    assert report["settings"]["bench.cache=al"]["failed"].startswith("exit 2: bench.cache='al'; use none, eval")
+    assert "defaults" in result.stdout and "failed (exit 2" in result.stdout
+
+
+def test_bench_switches_refuses_a_mistyped_setting_before_the_first_run(tmp_path):
+    out = tmp_path / "switches"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch",
+                             "optimizer.fused=false", "--switch", "nosuchkey=1", "--out", str(out), "--",
+                             "train.device=cpu", f"paths.root_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("ERROR Could not override 'nosuchkey'.") and "nosuchkey=1" in line
+    assert not out.exists() and not (tmp_path / "outputs").exists()  # nothing ran
