@@ -7,6 +7,10 @@ import csv
 import json
 from pathlib import Path
 
+# The folder the tiny tests' generated data lands in under data/synthetic/ (32 px, 64/32/32 images:
+# conftest.TINY, faults.RELIABLE), as deepfake.tasks.resolvers.synthetic_folder names it.
+TINY_DATA = "32px-n64-32-32"
+
 
 def only_dir(parent: Path) -> Path:
     """The single folder under ``parent`` (a task's one run dir)."""

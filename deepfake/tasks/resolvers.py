@@ -60,11 +60,34 @@ def dir_suffix(text) -> str:
     return "_" + safe[: DIR_SUFFIX_MAX - 9].strip("-") + "-" + digest
 
 
+# conf/dataset/synthetic.yaml's generate settings: the embedded dataset's folder keeps the plain name.
+SYNTHETIC_DEFAULTS = {"n": (600, 200, 200), "partial_fraction": 0.3, "jpeg_quality": 95, "seed": 0,
+                      "generator": "transposed_conv"}  # fmt: skip
+
+
+def synthetic_folder(image_size, n_train, n_valid, n_test, partial_fraction, jpeg_quality, seed, generator) -> str:
+    """The generated dataset's folder under the project's cache: ``64px`` for the default settings,
+    ``32px-n64-32-32`` (``-seed1``, ``-q80``, ``-partial0.5``, ``-blending``) for others. A folder per
+    settings: a run or a task=test with other settings gets its own images instead of regenerating,
+    under a run that reads them, the folder they share."""
+    name = f"{image_size}px"
+    counts = (int(n_train), int(n_valid), int(n_test))
+    if counts != SYNTHETIC_DEFAULTS["n"]:
+        name += "-n" + "-".join(map(str, counts))
+    for key, label in (("seed", "seed"), ("jpeg_quality", "q"), ("partial_fraction", "partial")):
+        value = {"seed": seed, "jpeg_quality": jpeg_quality, "partial_fraction": partial_fraction}[key]
+        if float(value) != float(SYNTHETIC_DEFAULTS[key]):
+            name += f"-{label}{float(value):g}"
+    if str(generator) != SYNTHETIC_DEFAULTS["generator"]:
+        name += f"-{generator}"
+    return dir_suffix(name)[1:]  # what a file name cannot hold replaced, as a run dir's suffix
+
+
 def register_resolvers() -> None:
     # use_cache: one value per process, and Hydra copies the cache into each sweep job's config,
     # so every reference to a run's stamp agrees.
     for name, resolver in (("run_stamp", run_stamp), ("rank_log_name", rank_log_name),
                            ("rank_console_level", rank_console_level), ("hydra_output_subdir", hydra_output_subdir),
-                           ("dir_suffix", dir_suffix)):  # fmt: skip
+                           ("dir_suffix", dir_suffix), ("synthetic_folder", synthetic_folder)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver, use_cache=True)

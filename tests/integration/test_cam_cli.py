@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import error_lines, only_dir
+from helpers import TINY_DATA, error_lines, only_dir
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_task_cam_records_only_best_pth_on_the_runs_own_data_and_refuses_a_nan_m
     def cam_metrics() -> dict | None:
         return json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0].get("cam_metrics")
 
-    test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
+    test = pd.read_csv(shared_data_dir / "synthetic" / TINY_DATA / "test.csv")
     test[test["label"] == 0].to_csv(tmp_path / "onlyfake.csv", index=False)
     others = {
         (f"ckpt={run / 'last.pth'}", "eval.threshold=0.5"): "of a last checkpoint",

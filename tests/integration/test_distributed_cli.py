@@ -56,7 +56,7 @@ def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
     row = next(r for r in rows if int(r["epoch"]) == best["epoch"])
     model = detector_from_checkpoint(best)
     preprocess = best["preprocess"]
-    data_dir = tmp_path / "data" / "synthetic" / f"{preprocess['img_size']}px"
+    data_dir = tmp_path / "data" / "synthetic" / f"{preprocess['img_size']}px-n64-30-32"  # TINY with n_valid=30
     dataset = CsvImageDataset(
         data_dir / "valid.csv", data_dir / "real_vs_fake" / "real-vs-fake",
         build_eval_transform(preprocess["img_size"], mean=preprocess["mean"], std=preprocess["std"],

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from browser import render
-from helpers import error_lines, only_dir
+from helpers import TINY_DATA, error_lines, only_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deepfake.data.synthetic import IMAGE_SUBDIR, generate_synthetic_dataset
@@ -37,7 +37,7 @@ class Images(HTMLParser):
 def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_data_dir):
     blending = generate_synthetic_dataset(tmp_path / "blending", n_train=2, n_valid=2, n_test=16, image_size=32,
                                           generator="blending")  # fmt: skip
-    valid_csv = shared_data_dir / "synthetic" / "32px" / "valid.csv"
+    valid_csv = shared_data_dir / "synthetic" / TINY_DATA / "valid.csv"
     sets = f"eval.sets={{valid:'{valid_csv}',blending:{{csv:'{blending / 'test.csv'}',root_dir:'{blending / IMAGE_SUBDIR}'}}}}"
     main_runner("logger=tensorboard", "eval.calibrate=temperature", "eval.robustness=true", ONE_PER_KIND, sets,
                 "eval.bootstrap=200", "eval.confidence=0.975")  # fmt: skip
@@ -75,7 +75,7 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
     p_fake = tested["p_fake"].clip(1e-7, 1 - 1e-7).to_numpy()
     log_loss = -(np.log(p_fake[fake]).sum() + np.log(1 - p_fake[~fake]).sum()) / len(tested)
     assert log_loss == pytest.approx(metrics["log_loss"], abs=1e-5)
-    root = shared_data_dir / "synthetic" / "32px"
+    root = shared_data_dir / "synthetic" / TINY_DATA
     main_runner("task=predict", f"ckpt={run}", f"predict.input={root / 'test.csv'}",
                 f"predict.root_dir={root / IMAGE_SUBDIR}", f"predict.output={tmp_path / 'predicted'}/")  # fmt: skip
     predicted = pd.read_csv(tmp_path / "predicted" / "predictions.csv")
@@ -127,7 +127,7 @@ def test_train_test_report_override_cam_compare(tmp_path, main_runner, shared_da
 def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_runner, shared_data_dir):
     fast = ["deterministic=true", "eval.report=false", "eval.bootstrap=0"]
     main_runner(*fast)  # generates the shared data when this test runs first
-    test = pd.read_csv(shared_data_dir / "synthetic" / "32px" / "test.csv")
+    test = pd.read_csv(shared_data_dir / "synthetic" / TINY_DATA / "test.csv")
     labels = test["label"].sample(frac=1.0, random_state=0).to_numpy()
     shuffled = test.assign(label=labels, label_str=np.where(labels == 1, "real", "fake"))  # label_str follows
     assert (shuffled["label"] != test["label"]).any()
@@ -165,10 +165,10 @@ def test_permuting_the_test_labels_does_not_move_the_threshold(tmp_path, main_ru
 
     # The run's own test CSV spelled another way (a trailing /., a relative path) is still its own: the
     # registry took the new figures only when the path was typed exactly as in training.
-    spelled = f"{shared_data_dir}/synthetic/32px/./test.csv"  # pathlib would drop the /.
+    spelled = f"{shared_data_dir}/synthetic/{TINY_DATA}/./test.csv"  # pathlib would drop the /.
     retested = main_runner("task=test", f"ckpt={first}", f"dataset.test_csv={spelled}", *fast[1:])
     assert "keeps its test figures" not in retested.stdout + retested.stderr
-    assert test_metrics()["test_csv"] == str(shared_data_dir / "synthetic" / "32px" / "test.csv")
+    assert test_metrics()["test_csv"] == str(shared_data_dir / "synthetic" / TINY_DATA / "test.csv")
 
 
 def test_a_bad_eval_setting_stops_before_training(tmp_path, main_runner):
@@ -192,7 +192,7 @@ def test_task_test_refuses_a_test_set_it_cannot_read_and_keeps_the_registry(tmp_
     own = test_metrics()
     wrong = tmp_path / "wrong_root"
     wrong.mkdir()
-    test_csv = shared_data_dir / "synthetic" / "32px" / "test.csv"
+    test_csv = shared_data_dir / "synthetic" / TINY_DATA / "test.csv"
     cases = {
         f"dataset.root_dir={wrong}": f"test set: {test_csv}",  # the walkthrough's mistake
         f"eval.sets={{far:{{csv:'{test_csv}',root_dir:'{wrong}'}}}}": "far set: ",  # an extra set's root
@@ -221,7 +221,7 @@ def test_a_model_that_scores_nan_is_refused_in_one_line_by_test_and_predict(tmp_
     checkpoint["model"][bias] = torch.full_like(checkpoint["model"][bias], float("nan"))
     broken = tmp_path / "nan.pth"
     torch.save(checkpoint, broken)
-    test_csv = shared_data_dir / "synthetic" / "32px" / "test.csv"
+    test_csv = shared_data_dir / "synthetic" / TINY_DATA / "test.csv"
     for task in ("task=test", f"task=predict predict.input={test_csv}"):
         result = main_runner(*task.split(), f"ckpt={broken}", check=False)
         errors = error_lines(result)
@@ -242,7 +242,7 @@ def test_without_a_training_test_only_the_runs_own_test_set_fills_the_registry(t
         entries = json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"]
         return next(entry["test_metrics"] for entry in entries if entry["run_name"] == run.name)
 
-    root = shared_data_dir / "synthetic" / "32px"
+    root = shared_data_dir / "synthetic" / TINY_DATA
     test = pd.read_csv(root / "test.csv")
     test[test["label"] == 0].to_csv(tmp_path / "onlyfake.csv", index=False)
     other = main_runner("task=test", f"ckpt={run}", f"dataset.test_csv={tmp_path / 'onlyfake.csv'}", "eval.bootstrap=0")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MAIN, REPO, TINY, run_main
-from helpers import error_lines, only_dir, registry
+from helpers import TINY_DATA, error_lines, only_dir, registry
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,9 @@ def test_two_phase_train_then_test_then_registry(tmp_path, main_runner, shared_d
             line for line in log.splitlines() if f"epoch {epoch}, first training batch starts with: " in line
         ]
         assert len(train_line.split(": ", 1)[1].split(", ")) == 8 and "/train/" in train_line
-    valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / "32px" / "valid.csv").open()))[:8]
+    valid_rows = list(csv.DictReader((shared_data_dir / "synthetic" / TINY_DATA / "valid.csv").open()))[:8]
     expected = ", ".join(
-        str(shared_data_dir / "synthetic" / "32px" / "real_vs_fake" / "real-vs-fake" / row["path"])
+        str(shared_data_dir / "synthetic" / TINY_DATA / "real_vs_fake" / "real-vs-fake" / row["path"])
         for row in valid_rows
     )
     assert f"epoch 2, first validation batch starts with: {expected}" in log
@@ -190,7 +190,7 @@ def test_multirun_registers_every_job_and_the_decoded_cache_changes_no_figure(tm
 
 def test_batches_session_by_session_from_the_global_best(tmp_path, main_runner, shared_data_dir):
     main_runner()  # session 1 on the full set: creates the global best
-    synthetic = shared_data_dir / "synthetic" / "32px"
+    synthetic = shared_data_dir / "synthetic" / TINY_DATA
     batches = tmp_path / "batches"
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_batches.py"), "--train-csv", str(synthetic / "train.csv"),
@@ -242,7 +242,7 @@ def test_damaged_images_are_replaced_logged_and_counted(tmp_path, main_runner, s
     import shutil
 
     root = tmp_path / "damaged"
-    shutil.copytree(shared_data_dir / "synthetic" / "32px", root)
+    shutil.copytree(shared_data_dir / "synthetic" / TINY_DATA, root)
     images = root / "real_vs_fake" / "real-vs-fake"
     train_images = sorted((images / "train" / "real").glob("*.jpg"))
     truncated, empty = train_images[0], train_images[1]

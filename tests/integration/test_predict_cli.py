@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY, run_main
-from helpers import error_lines, only_dir
+from helpers import TINY_DATA, error_lines, only_dir
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -90,7 +90,7 @@ def test_folder_rows_damaged_flags_and_scores_equal_task_test(trained, user_fold
 
 def test_labelled_csv_writes_the_task_test_metrics(trained):
     root, run, data = trained
-    synthetic = data / "synthetic" / "32px"
+    synthetic = data / "synthetic" / TINY_DATA
 
     run_main(root, "task=predict", f"predict.input={synthetic / 'test.csv'}",
              f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}", "predict.output=labelled/preds.csv",
@@ -116,7 +116,7 @@ def test_each_predictions_file_keeps_its_own_metrics_and_never_a_stale_one(train
     """Two outputs in one folder shared metrics_predict.json (the second replaced the first's), and an
     unlabelled run left the previous labelled run's metrics beside predictions they no longer describe."""
     root, _, data = trained
-    synthetic = data / "synthetic" / "32px"
+    synthetic = data / "synthetic" / TINY_DATA
     labelled = [
         f"predict.input={synthetic / 'test.csv'}",
         f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}",
@@ -151,7 +151,7 @@ def test_an_input_without_one_readable_image_is_one_line_and_leaves_earlier_outp
     """A labelled CSV read under the wrong predict.root_dir: every image missing, yet exit 0, a
     predictions.csv without a score and metrics of black stand-ins (AUC 0.5) over the earlier ones."""
     root, _, data = trained
-    synthetic = data / "synthetic" / "32px"
+    synthetic = data / "synthetic" / TINY_DATA
     out = tmp_path / "out"
     labelled = [f"predict.input={synthetic / 'test.csv'}", f"predict.output={out}/"]
     run_main(root, "task=predict", *labelled, f"predict.root_dir={synthetic / 'real_vs_fake' / 'real-vs-fake'}",
@@ -226,7 +226,7 @@ def test_export_then_predict_with_onnx_equals_predict_with_pth(trained, user_fol
     assert json.loads((run / "last.model.json").read_text())["source_checkpoint"]["path"] == str(run / "last.pth")
 
     # Checked on a Kaggle-layout CSV, its paths under export.root_dir (there was no way to give its root).
-    csv = data / "synthetic" / "32px" / "test.csv"
+    csv = data / "synthetic" / TINY_DATA / "test.csv"
     checked = run_main(root, "task=export", f"ckpt={run}", f"export.verify_input={csv}",
                        f"export.root_dir={csv.parent / 'real_vs_fake' / 'real-vs-fake'}",
                        f"export.output={tmp_path / 'csv_checked.onnx'}", data_dir=data)  # fmt: skip
@@ -351,7 +351,7 @@ def labelled_with_overlays(trained, tmp_path_factory):
     """A labelled predict with overlays (predictions.csv, metrics_predict.json, cam/), and a smaller labelled
     CSV whose predictions would differ from them: a refused run must leave the first output as it was."""
     root, _, data = trained
-    synthetic = data / "synthetic" / "32px"
+    synthetic = data / "synthetic" / TINY_DATA
     images = synthetic / "real_vs_fake" / "real-vs-fake"
     out = tmp_path_factory.mktemp("earlier") / "out"
     run_main(root, "task=predict", f"predict.input={synthetic / 'test.csv'}", f"predict.root_dir={images}",

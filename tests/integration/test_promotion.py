@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import CONF_DIR, run_main
-from helpers import error_lines, registry
+from helpers import TINY_DATA, error_lines, registry
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
@@ -32,7 +32,7 @@ COMMON = [
     "backbone=timm", "backbone.name=test_resnet", "dataset.img_size=32", "dataset.batch_size=8",
     "dataset.num_workers=0", "logger=none", "deterministic=true", "train.do_test=false",
 ]  # fmt: skip
-TINY_DATA = ["dataset.generate.n_train=64", "dataset.generate.n_valid=32", "dataset.generate.n_test=32"]
+TINY_SETS = ["dataset.generate.n_train=64", "dataset.generate.n_valid=32", "dataset.generate.n_test=32"]
 # One epoch each, so a reference run of the same recipe is the run itself, bit for bit (with more,
 # the epoch kept as best would depend on the slice). The recipes differ only in their training data:
 # batch 1 trains on all 64 images, batch 2 on 8.
@@ -70,9 +70,9 @@ def two_batches(tmp_path_factory, shared_data_dir):
     """Batch 1 trains on the full train split and validates on the images its recipe finds hardest;
     batch 2 trains on 8 images and validates on those its recipe happens to rank best: each slice
     found with a reference run of the same recipe, which deterministic CPU training reproduces."""
-    synthetic = shared_data_dir / "synthetic" / "32px"
+    synthetic = shared_data_dir / "synthetic" / TINY_DATA
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        generate = compose("config", overrides=[f"paths.data_dir={shared_data_dir}", "dataset.img_size=32", *TINY_DATA])
+        generate = compose("config", overrides=[f"paths.data_dir={shared_data_dir}", "dataset.img_size=32", *TINY_SETS])
     instantiate(generate.dataset.generate)  # the tiny set every test shares, made here if no test made it yet
     root_dir = synthetic / "real_vs_fake" / "real-vs-fake"
     scores = {}

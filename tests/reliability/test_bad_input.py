@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import error_lines, registry
+from helpers import TINY_DATA, error_lines, registry
 
 from deepfake.tracking.checkpoint import CHECKPOINT_FORMAT
 from reliability.faults import ENV, RELIABLE, csv_rows, run, start, wait_for
@@ -48,7 +48,7 @@ def _csv(folder: Path, name: str, frame_or_text) -> Path:
 
 def _cases(work: Path, data: Path, best: Path) -> dict[str, tuple[list[str], list[str]]]:
     """name -> (overrides, substrings the single ERROR line must hold)."""
-    synthetic = data / "synthetic" / "32px"
+    synthetic = data / "synthetic" / TINY_DATA
     train = pd.read_csv(synthetic / "train.csv")
     bad_label = train.copy()
     bad_label.loc[1, "label"] = 7
@@ -194,8 +194,8 @@ def test_bad_input_ends_with_one_clear_line_and_nothing_registered(case, bad_run
 def _damaged_copy(tmp_path: Path, reliable_data: Path, n_damaged: int) -> tuple[Path, list[str]]:
     data = tmp_path / "data"
     shutil.copytree(reliable_data, data)
-    root = data / "synthetic" / "32px" / "real_vs_fake" / "real-vs-fake"
-    paths = pd.read_csv(data / "synthetic" / "32px" / "train.csv")["path"].tolist()[:n_damaged]
+    root = data / "synthetic" / TINY_DATA / "real_vs_fake" / "real-vs-fake"
+    paths = pd.read_csv(data / "synthetic" / TINY_DATA / "train.csv")["path"].tolist()[:n_damaged]
     for number, relative in enumerate(paths):
         image = root / relative
         image.write_bytes(b"" if number % 2 else image.read_bytes()[:200])  # empty, or truncated
@@ -210,14 +210,14 @@ def test_damaged_images_above_the_limit_stop_before_training(tmp_path, reliable_
     assert "2 of 64 images are damaged" in lines[0] and "dataset.max_bad_fraction=0.01" in lines[0]
     assert all(path in lines[0] for path in damaged)
     assert lines[0].endswith(
-        f"(its paths are read under dataset.root_dir={data / 'synthetic' / '32px' / 'real_vs_fake' / 'real-vs-fake'})"
+        f"(its paths are read under dataset.root_dir={data / 'synthetic' / TINY_DATA / 'real_vs_fake' / 'real-vs-fake'})"
     )
     assert "epoch 1" not in result.stderr and registry(tmp_path)["runs"] == []
 
 
 def test_damaged_images_below_the_limit_and_duplicated_rows_only_warn(tmp_path, reliable_data, uninterrupted):
     data, damaged = _damaged_copy(tmp_path, reliable_data, 2)
-    train = pd.read_csv(data / "synthetic" / "32px" / "train.csv")
+    train = pd.read_csv(data / "synthetic" / TINY_DATA / "train.csv")
     duplicated = _csv(tmp_path, "train_dup.csv", pd.concat([train, train.iloc[[5]]]))
     result = run(tmp_path, data, *RELIABLE, "dataset.max_bad_fraction=0.05", f"dataset.train_csv={duplicated}",
                  "phase.finetune_epochs=0")  # fmt: skip
@@ -233,7 +233,7 @@ def test_damaged_images_below_the_limit_and_duplicated_rows_only_warn(tmp_path, 
 def test_manifest_names_changed_appeared_and_vanished_files(tmp_path, reliable_data, uninterrupted):
     data = tmp_path / "data"
     shutil.copytree(reliable_data, data)
-    root = data / "synthetic" / "32px" / "real_vs_fake" / "real-vs-fake"
+    root = data / "synthetic" / TINY_DATA / "real_vs_fake" / "real-vs-fake"
     made = subprocess.run([sys.executable, str(REPO / "scripts" / "make_manifest.py"), "--root-dir", str(root)],
                           capture_output=True, text=True, env=ENV, check=True)  # fmt: skip
     assert "images hashed" in made.stdout and (root / "manifest.csv").is_file()

@@ -131,15 +131,25 @@ def test_the_projects_own_cache_is_regenerated_in_place(tmp_path):
         generate_synthetic_dataset(tmp_path / "cache_other", **{**TINY, "n_train": 8}, cache_root=tmp_path / "cache")
 
 
-def test_the_default_dataset_has_a_folder_per_image_size():
-    """Two runs at other img_size at once (a sweep) each read their own images."""
+@pytest.mark.parametrize(("overrides", "folder"), [
+    ([], "64px"),  # the defaults keep the plain name
+    (["dataset.img_size=32"], "32px"),
+    (["dataset.img_size=32", "dataset.generate.n_train=64", "dataset.generate.n_valid=32",
+      "dataset.generate.n_test=32"], "32px-n64-32-32"),
+    (["dataset.generate.seed=3", "dataset.generate.jpeg_quality=80", "dataset.generate.partial_fraction=0.5",
+      "dataset.generate.generator=blending"], "64px-seed3-q80-partial0.5-blending"),
+])  # fmt: skip
+def test_the_default_dataset_has_a_folder_per_image_size_and_settings(overrides, folder):
+    """Runs at other img_size at once (a sweep) each read their own images, and so do a run and a
+    task=test with other generate settings: in one folder, the second regenerated the images the
+    first was training on (black images for most of its epochs, a finished run scored on them)."""
     from hydra import compose, initialize_config_dir
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        roots = [compose("config", overrides=["paths.root_dir=/r", f"dataset.img_size={size}"]).dataset.root
-                 for size in (32, 64)]  # fmt: skip
-    assert roots == ["/r/data/synthetic/32px", "/r/data/synthetic/64px"]
+        dataset = compose("config", overrides=["paths.root_dir=/r", *overrides]).dataset
+    assert dataset.root == f"/r/data/synthetic/{folder}" and dataset.generate.root == dataset.root
+    assert Path(dataset.root).parent == Path(dataset.generate.cache_root)  # regenerated freely: the project's
 
 
 def test_concurrent_callers_get_one_complete_dataset(tmp_path):
