@@ -7,13 +7,13 @@ tensor conversion (shorter side resized to ``img_size``, centre crop), so readin
 gives the very tensors decoding the file would; training with ``dataset.cache=all`` applies its random
 augmentations to the cached image instead of the full-size file.
 
-A cache is keyed by the CSV's bytes, the image root, the path, size and modification time of every
-image, ``img_size`` and the resize rule: change any of them and another cache is built, never a stale one
-served (the original README warned that changing img_size invalidates cached sets). It is built in
-``<name>.partial/`` with its progress saved after every chunk, so a killed build resumes where it
-stopped, and renamed into place only when complete; a file lock keeps two runs or two ranks from
-building it twice. Damaged images are stored black (as the loader would serve them) and recorded
-with their reason.
+A cache is keyed by the CSV's bytes, the image root, the path and stat signature (size, mtime
+and ctime) of every image, ``img_size`` and the resize rule: change any of them and another cache is
+built, never a stale one served (the original README warned that changing img_size invalidates cached
+sets). It is built in ``<name>.partial/`` with its progress saved after every chunk, so a killed
+build resumes where it stopped, and renamed into place only when complete; a file lock keeps two runs
+or two ranks from building it twice. Damaged images are stored black (as the loader would serve them)
+and recorded with their reason.
 """
 
 from __future__ import annotations
@@ -86,13 +86,13 @@ class DecodedImages:
 
 def cache_key(csv_path: str | os.PathLike, root_dir: str | os.PathLike, paths, img_size: int, interpolation: str,
               threads: int = DEFAULT_SCAN_THREADS) -> str:  # fmt: skip
-    """What the cached pixels depend on: the CSV, the root, every image's path, size and mtime, the framing."""
+    """What the cached pixels depend on: the CSV, the root, every image's path and stat signature, the framing."""
     digest = hashlib.sha256(Path(csv_path).read_bytes())
     settings = {"root": os.path.abspath(root_dir), "img_size": int(img_size), "interpolation": interpolation,
                 "framing": FRAMING, "format": _FORMAT}  # fmt: skip
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    # A dataset regenerated or re-downloaded in place under the same CSV changes its files' sizes and
-    # times, so it is not served stale. The paths count too: the same CSV read through another
+    # A dataset regenerated or re-downloaded in place under the same CSV changes its files' signatures
+    # (an old mtime put back leaves the ctime changed), so it is not served stale. The paths count too: the same CSV read through another
     # path_column lists other files, whose sizes and times (one archive's) may all be the same.
     for path, signature in zip(paths, file_signatures(paths, threads)):
         digest.update(f"{path}\n".encode() + signature)

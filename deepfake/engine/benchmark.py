@@ -49,12 +49,14 @@ def figure(rates: list[float]) -> dict:
     return {"images_per_s": statistics.median(rates), "repeats": [round(r, 2) for r in rates]}
 
 
-def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: int, warmup: int) -> dict:
+def images_per_second(run: Callable[[], int], device: torch.device, *, repeats: int, warmup: int,
+                      compiled: bool = False) -> dict:  # fmt: skip
     """``run()`` processes some images and returns how many; the median rate over ``repeats`` calls.
-    ``warmup_s``: the untimed calls first (with ``train.compile``, the compilation)."""
+    ``warmup_s``: the untimed calls first. A ``compiled`` run compiles in its first call, which is
+    therefore always untimed (``warmup=0`` too): the compilation is ``warmup_s``, never a repeat."""
     synchronize(device)
     started = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(max(warmup, int(compiled))):
         run()
     synchronize(device)
     warmup_s = time.perf_counter() - started

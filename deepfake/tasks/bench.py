@@ -124,7 +124,8 @@ def run(cfg: DictConfig) -> float:
                                           positive_int(settings.forward_batches, "bench.forward_batches"),
                                           channels_last)  # fmt: skip
     loader = _train_loader(cfg, files, preprocess, device)[0]
-    figures = {"bare_train_step": timed(bare_step), "loader": timed(benchmark.loader_pass(loader))}
+    figures = {"bare_train_step": timed(bare_step, compiled=backend is not None),
+               "loader": timed(benchmark.loader_pass(loader))}  # fmt: skip
     shut_down_workers(loader)
     # Each ratio pairs every pipeline repeat with a bare repeat run just before it (noisy machines).
     with memory.watching():
@@ -285,6 +286,19 @@ def _precision_name(precision: str) -> str:
     return {"32": "fp32", "16": "fp16"}.get(str(precision), str(precision))
 
 
+def _switches_line(switches: dict) -> str:
+    steps, costs = switches["optimizer_step_s"], switches["checkpoint_cost_s"]
+    return (f"optimizer.fused: a step takes {steps['fused'] * 1000:.1f} ms fused, {steps['per_tensor'] * 1000:.1f} ms "
+            f"per tensor; train.background_checkpoints: saving {switches['checkpoint_mib']:.0f} MiB (model and "
+            f"optimizer state) adds to {SWITCH_STEPS} training steps ({switches['steps_alone_s']:.2f} s): "
+            f"{_cost(costs['background'])} in the background, {_cost(costs['synchronous'])} written synchronously")  # fmt: skip
+
+
+def _cost(seconds: float) -> str:
+    """A save's cost is (save + steps) - (steps alone): below zero, the machine's noise outweighed it."""
+    return f"{seconds:.3f} s" if seconds >= 0 else f"within noise ({seconds:.3f} s)"
+
+
 def _print(report: dict, out_dir: Path) -> None:
     table = Table(title=f"task=bench: {report['settings']['backbone']} at {report['settings']['img_size']} px, "
                         f"batch {report['settings']['batch_size']}, {_precision_name(report['settings']['precision'])} on "
@@ -313,14 +327,8 @@ def _print(report: dict, out_dir: Path) -> None:
         f"(b leaves out each epoch's validation, {memory['validation_s']:.2f} s); peak RSS (main + workers) while training "
         f"{memory['peak_rss_mib']} MiB; {out_dir / 'bench.json'}"
     )
-    switches = report["figures"].get("switches")
-    if switches:
-        steps, costs = switches["optimizer_step_s"], switches["checkpoint_cost_s"]
-        console.print(f"optimizer.fused: a step takes {steps['fused'] * 1000:.1f} ms fused, {steps['per_tensor'] * 1000:.1f} ms "
-                      f"per tensor; train.background_checkpoints: saving {switches['checkpoint_mib']:.0f} MiB (model and "
-                      f"optimizer state) adds {costs['background']:.3f} s to {SWITCH_STEPS} training steps "
-                      f"({switches['steps_alone_s']:.2f} s) in the background, {costs['synchronous']:.3f} s written "
-                      "synchronously")  # fmt: skip
+    if switches := report["figures"].get("switches"):
+        console.print(_switches_line(switches))
     gains = {key: ratios[key] for key in ("cache_gain_eval", "cache_gain_loader") if key in ratios}
     if gains:
         console.print("decoded-image cache: " + ", ".join(f"{key.replace('cache_gain_', '')} {value:.2f}x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -110,6 +111,29 @@ def test_a_changed_img_size_or_file_builds_a_new_cache_and_an_unchanged_one_is_r
                fallback_size=24, cache_dir=cache_dir)  # fmt: skip
     assert redone.directory.is_dir()
     assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "24px", "32px"]
+
+
+def test_an_image_rewritten_in_place_with_its_size_and_mtime_put_back_builds_a_new_cache(tmp_path):
+    """``cp -p``, ``rsync -a`` or ``tar x`` over a file keeps its size and mtime: its ctime still changes."""
+    csv = _dataset(tmp_path, [(40, 30), (30, 50)], damaged=False)
+    first = _cached(csv, None, 24, tmp_path / "cache").cache
+    assert _cached(csv, None, 24, tmp_path / "cache").cache.directory == first.directory  # unchanged: reused
+
+    image = tmp_path / "images" / "0.jpg"
+    before = image.stat()
+    red = io.BytesIO()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(red, format="JPEG", quality=90)
+    assert len(red.getvalue()) < before.st_size  # padded to the old size: Pillow stops at the JPEG's end
+    image.write_bytes(red.getvalue().ljust(before.st_size, b"\0"))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    while image.stat().st_ctime_ns == before.st_ctime_ns:  # the kernel's clock ticks every few ms
+        time.sleep(0.005)
+        os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    redone = _cached(csv, None, 24, tmp_path / "cache").cache
+    assert redone.directory != first.directory and not first.directory.exists()
+    assert tuple(redone.array[0, 12, 12]) == pytest.approx((254, 0, 0), abs=2)  # the new pixels, not stale ones
 
 
 def test_a_cache_beside_another_of_the_same_csv_is_kept_and_never_served_for_it(tmp_path):

@@ -150,10 +150,18 @@ def test_a_missing_split_csv_is_named_with_what_usually_makes_it(tmp_path, datas
     (["train.do_test=off"], "train.do_test=off"), (["train.audit=yes"], "train.audit=yes"),
     (["experiment=smoke", "deterministic=N"], "deterministic=N"),
     (["train.do_test='false'"], "train.do_test=false"),  # quoted: text too
+    # a typo is text too: each fast-path switch that takes true or false
+    (["optimizer.fused=flase"], "optimizer.fused=flase"), (["optimizer=sgd", "optimizer.fused=x"], "optimizer.fused=x"),
+    (["train.background_checkpoints=maybe"], "train.background_checkpoints=maybe"),
+    (["deterministic=flase"], "deterministic=flase"), (["train.do_test=ture"], "train.do_test=ture"),
+    (["train.compile=no"], "train.compile=no"),
     (["name=no", "tags=[on]", "train.do_test=false", "prune.apply=true"], None),  # text settings keep their words
+    (["deterministic=True", "train.do_test=False", "optimizer.fused=true", "train.background_checkpoints=false",
+      "backbone=timm", "backbone.name=flase", "name=maybe", "train.compile=aot_eager",
+      "train.audit=${deterministic}"], None),
 ])  # fmt: skip
 def test_a_true_false_setting_given_as_a_word_is_refused(overrides, refused):
-    """Hydra reads yes/no/on/off as text, which every `if` takes as true."""
+    """Hydra reads yes/no/on/off, and any typo, as text, which every `if` takes as true."""
     from hydra import compose, initialize_config_dir
 
     from deepfake.tasks.flags import check_flags
@@ -166,6 +174,8 @@ def test_a_true_false_setting_given_as_a_word_is_refused(overrides, refused):
         with pytest.raises(ConfigError) as error:
             check_flags(cfg, overrides, "config")
     assert str(error.value).startswith(f"{refused} is not true or false; this setting takes true or false")
+    if refused.split("=")[1] in ("flase", "x", "maybe", "ture"):  # values.flag's line: the same for every typo
+        assert str(error.value) == f"{refused} is not true or false; this setting takes true or false"
 
 
 def test_each_predictions_file_has_its_own_metrics_and_overlays_beside_it(tmp_path):
