@@ -143,7 +143,13 @@ def generalisation_png(rows: Sequence[dict]) -> bytes:
     x = np.arange(len(names))
     for offset, (key, colour) in zip((-0.27, 0, 0.27), (("auc", "#555"), ("real_accuracy", REAL_COLOUR),
                                                        ("fake_accuracy", FAKE_COLOUR))):  # fmt: skip
-        ax.bar(x + offset, [row[key] or 0.0 for row in rows], width=0.26, color=colour, label=key.replace("_", " "))
+        values = [row[key] for row in rows]
+        # An undefined figure (one class: no AUC) is no bar and says n/a: a zero-height bar read as AUC 0.
+        heights = [np.nan if value is None else value for value in values]
+        ax.bar(x + offset, heights, width=0.26, color=colour, label=key.replace("_", " "))
+        for position, value in zip(x + offset, values):
+            if value is None:
+                ax.text(position, 0.01, "n/a", ha="center", va="bottom", rotation=90, fontsize="small", color=colour)
     ax.set(xticks=x, xticklabels=names, ylim=(0, 1.05), title="Across test sets")
     ax.legend(loc="lower left", fontsize="small")
     return figure_png(fig)

@@ -21,8 +21,6 @@ from deepfake.tracking.checkpoint import atomic_write_text
 
 COLUMNS = ["path", "p_fake", "label", "damaged"]
 FACE_COLUMNS = ["face", "box"]
-# float32 scores hold about 7 significant digits; 8 keep them exact enough to compare to 1e-7.
-FLOAT_FORMAT = "%.8g"
 
 
 @dataclass
@@ -92,7 +90,10 @@ def prediction_table(
 
 
 def write_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
+    """p_fake as the shortest text that reads back as the very float64 scored (pandas' default): the
+    thresholds metrics_test.json reports are test images' own scores, and 8 digits put such an image
+    on the other side of its own threshold."""
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 OVERLAYS_MARK = ".predict_overlays"  # what makes a folder's NNNNN_*.png files predict's own to replace

@@ -4,7 +4,8 @@ operating point -> metrics_test.json, the run dir's eval/ PNGs and report.html.
 The decision rule (threshold, temperature) comes from the checkpoint, where training stored what
 it chose on validation; ``eval.threshold`` overrides the threshold and is recorded as an override.
 The run's registry entry takes the figures only when they are of its own test set (its configured
-test CSV under its configured image root) at its own threshold.
+test CSV under its configured image root) at its own threshold, made with the settings its figures were
+(eval.bootstrap, eval.confidence, seed, eval.ece_bins).
 """
 
 from __future__ import annotations
@@ -276,6 +277,10 @@ def _record_in_registry(cfg: DictConfig, metrics: dict, written: Path) -> None:
         # another CSV or image root, or other contents under the CSV's path (the embedded set regenerated)
         kept = f"for its own test set, {own['test_csv']} under {own['test_root_dir']}"
         these = f"on {metrics['test_csv']} under {metrics['test_root_dir']}"
+    elif differing := _other_settings(entry, metrics):
+        # a quick eval.bootstrap=0 retest erased the intervals; another seed or eval.ece_bins moved them
+        kept = f"made with {_spelled(entry['test_metrics']['evaluated_with'], differing)}"
+        these = f"with {_spelled(figure_settings(metrics), differing)}"
     else:
         registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
         return
@@ -298,10 +303,36 @@ def _own_test_set(entry: dict) -> dict | None:
     return {"test_csv": csv, "test_root_dir": root, "test_csv_sha256": sha256}
 
 
+def figure_settings(metrics: dict) -> dict:
+    """The settings besides the images and the decision rule that shape the registry's figures, by the
+    keys that set them: the intervals' (confidence and seed only when there are resamples) and the ECE's."""
+    bootstrap = metrics["bootstrap"]
+    resampled = bootstrap["resamples"] > 0
+    return {
+        "eval.bootstrap": bootstrap["resamples"],
+        "eval.confidence": bootstrap["confidence"] if resampled else None,
+        "seed": bootstrap["seed"] if resampled else None,
+        "eval.ece_bins": metrics["calibration"]["ece_bins"],
+    }
+
+
+def _other_settings(entry: dict, metrics: dict) -> list[str]:
+    """The keys of figure_settings whose value differs from the one the registry's figures were made with.
+    Figures registered before they recorded their settings compare none: the new ones replace them."""
+    recorded = (entry.get("test_metrics") or {}).get("evaluated_with") or {}
+    current = figure_settings(metrics)
+    return [key for key, value in current.items() if key in recorded and recorded[key] != value]
+
+
+def _spelled(settings: dict, keys: list[str]) -> str:
+    return " ".join(f"{key}={settings[key]}" for key in keys if settings[key] is not None)
+
+
 def registry_view(metrics: dict) -> dict:
     """The headline test figures kept in the registry; the full report stays in metrics_test.json."""
     keys = ("auc", "ap", "eer", "accuracy", "accuracy_at_0.5", "real_accuracy", "fake_accuracy", "f1", "log_loss",
             "threshold", "threshold_source", "threshold_policy", "temperature", "intervals", "n_samples", "n_damaged")  # fmt: skip
     view = {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
+    view["evaluated_with"] = figure_settings(metrics)  # a retest with other settings leaves them (task=test)
     kept = ("checkpoint_sha256", "test_csv", "test_root_dir", "test_csv_sha256", "evaluated_at")
     return view | {key: metrics[key] for key in kept}

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -308,3 +309,57 @@ def test_a_fixed_policy_threshold_is_the_checkpoints_own_operating_point(tmp_pat
     before = test_metrics()["evaluated_at"]
     retest = main_runner("task=test", f"ckpt={run}", "eval.threshold=0.5", "eval.bootstrap=0", "eval.report=false")
     assert "keeps its test figures" not in retest.stdout + retest.stderr and test_metrics()["evaluated_at"] != before
+
+
+def assert_predictions_give_the_reported_rates(run) -> None:
+    """predictions.csv thresholded where metrics_test.json says gives its rates: with p_fake in 8 digits, a
+    tpr_at_fpr threshold (a test image's own score) called that image real in the file."""
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    table = pd.read_csv(run / "predictions.csv", float_precision="round_trip")  # pandas' default is 1 ulp off
+    p_fake, fake = table["p_fake"].to_numpy(), (table["true_label"] == "fake").to_numpy()
+    assert len(metrics["tpr_at_fpr"]) == 3 and not table["damaged"].notna().any()
+    for point in metrics["tpr_at_fpr"]:
+        called = p_fake >= point["threshold"]
+        assert (called[~fake].mean(), called[fake].mean()) == (point["fpr"], point["tpr"]), point
+    called = p_fake >= metrics["threshold"]
+    assert [[int((~called[~fake]).sum()), int(called[~fake].sum())],
+            [int((~called[fake]).sum()), int(called[fake].sum())]] == metrics["confusion_matrix"]  # fmt: skip
+
+
+def test_a_retest_with_other_reporting_settings_leaves_the_registry_figures(tmp_path, main_runner):
+    """task=test eval.bootstrap=0 replaced the registry's intervals by None, and another eval.ece_bins or
+    seed changed its figures without a word. The test dir has the new figures; the registry keeps its own."""
+    main_runner("eval.calibrate=temperature", "eval.report=false")
+    run = only_dir(tmp_path / "outputs" / "train")
+    assert_predictions_give_the_reported_rates(run)
+
+    def test_metrics() -> dict:
+        return json.loads((tmp_path / "models" / "model_metadata.json").read_text())["runs"][0]["test_metrics"]
+
+    own = test_metrics()
+    assert own["evaluated_with"] == {"eval.bootstrap": 1000, "eval.confidence": 0.95, "seed": 42, "eval.ece_bins": 15}
+    cases = {
+        "eval.bootstrap=0": "made with eval.bootstrap=1000 eval.confidence=0.95 seed=42; these, with eval.bootstrap=0,",
+        "eval.ece_bins=5": "made with eval.ece_bins=15; these, with eval.ece_bins=5,",
+        "seed=7": "made with seed=42; these, with seed=7,",
+    }
+    written = {}
+    for override, said in cases.items():
+        result = main_runner("task=test", f"ckpt={run}", "eval.report=false", override)
+        [line] = [line for line in (result.stdout + result.stderr).splitlines() if "keeps its test figures" in line]
+        assert f"keeps its test figures {said} are in " in line and test_metrics() == own, line
+        written[override] = json.loads(Path(line.split(" are in ")[1]).read_text())
+    assert written["eval.bootstrap=0"]["intervals"]["auc"] is None and own["intervals"]["auc"] is not None
+    assert written["eval.ece_bins=5"]["calibration"]["ece_bins"] == 5 and written["seed=7"]["bootstrap"]["seed"] == 7
+
+    retest = main_runner("task=test", f"ckpt={run}", "eval.report=false")  # the settings it was made with
+    assert "keeps its test figures" not in retest.stdout + retest.stderr
+    assert test_metrics()["evaluated_at"] != own["evaluated_at"] and test_metrics()["intervals"] == own["intervals"]
+
+    # Figures registered before they recorded their settings: a retest replaces them, as it did.
+    path = tmp_path / "models" / "model_metadata.json"
+    older = json.loads(path.read_text())
+    del older["runs"][0]["test_metrics"]["evaluated_with"]
+    path.write_text(json.dumps(older))
+    main_runner("task=test", f"ckpt={run}", "eval.report=false", "eval.bootstrap=0")
+    assert test_metrics()["intervals"]["auc"] is None and test_metrics()["evaluated_with"]["eval.bootstrap"] == 0

@@ -271,6 +271,23 @@ def test_the_roc_and_pr_plots_quote_the_auc_and_ap_of_the_logits_as_the_metrics_
     assert "AUC 1.0000" in legends and "AP 1.0000" in legends
 
 
+def test_the_generalisation_plot_says_n_a_for_an_undefined_figure_and_draws_a_real_zero(monkeypatch):
+    """A set of reals only has no AUC and no fake accuracy: its bars were drawn at height 0, as AUC 0."""
+    from deepfake.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "figure_png", lambda fig: figures.append(fig) or b"")
+    rows = [{"set": "test", "auc": 0.8, "real_accuracy": 0.0, "fake_accuracy": 0.75},
+            {"set": "reals", "auc": None, "real_accuracy": 0.5, "fake_accuracy": None}]  # fmt: skip
+    plots.generalisation_png(rows)
+    [ax] = figures[0].axes
+    drawn = [(round(bar.get_x() + bar.get_width() / 2, 2), bar.get_height()) for bar in ax.patches
+             if np.isfinite(bar.get_height())]  # fmt: skip
+    assert sorted(drawn) == [(-0.27, 0.8), (0.0, 0.0), (0.27, 0.75), (1.0, 0.5)]  # the real 0.0 keeps its bar
+    said = sorted((round(text.get_position()[0], 2), text.get_text()) for text in ax.texts)
+    assert said == [(0.73, "n/a"), (1.27, "n/a")]
+
+
 @pytest.mark.parametrize("stored", [{"threshold": "abc"}, {"threshold": 1.5}, {"threshold": 0.5, "temperature": 0},
                                     {"threshold": 0.5, "temperature": "hot"}, {"threshold": True}])  # fmt: skip
 def test_an_edited_operating_point_is_named_in_one_line(stored):

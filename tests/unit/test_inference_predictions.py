@@ -1,10 +1,19 @@
 """predictions.csv as the contract says: input order, a verdict at the threshold, damaged rows unscored."""
 
+import csv
 import math
 
 import numpy as np
 
-from deepfake.inference.predictions import COLUMNS, OVERLAYS_MARK, Row, prediction_table, remove_overlays
+from deepfake.engine.evaluate import fake_probability
+from deepfake.inference.predictions import (
+    COLUMNS,
+    OVERLAYS_MARK,
+    Row,
+    prediction_table,
+    remove_overlays,
+    write_predictions,
+)
 
 
 def test_a_score_at_the_threshold_is_fake_and_damaged_rows_keep_their_place_and_reason():
@@ -23,6 +32,18 @@ def test_a_score_at_the_threshold_is_fake_and_damaged_rows_keep_their_place_and_
         assert math.isnan(frame.loc[i, "p_fake"]) and frame.loc[i, "label"] is None
         assert frame.loc[i, "damaged"] == reason
     assert frame["true_label"].tolist() == ["real", "fake", "real", "fake", "real"]
+
+
+def test_scores_read_back_as_the_floats_scored_so_a_reported_threshold_splits_the_file_as_it_did(tmp_path):
+    """p_fake was written with 8 digits: at a threshold that is a test image's own score (tpr_at_fpr's), the
+    file called that image real and gave other rates than metrics_test.json."""
+    logits = np.random.default_rng(0).normal(scale=4, size=200).astype(np.float32)
+    probs = fake_probability(logits, 0.7)
+    rows = [Row(f"{i}.png", i, target=float(i % 2)) for i in range(len(probs))]
+    write_predictions(prediction_table(rows, probs, 0.5, {}, labelled=True), tmp_path / "predictions.csv")
+    with (tmp_path / "predictions.csv").open(newline="") as handle:
+        written = np.array([float(row["p_fake"]) for row in csv.DictReader(handle)])
+    assert (written == probs).all()
 
 
 def test_a_run_without_overlays_removes_only_the_earlier_predicts_own(tmp_path):
