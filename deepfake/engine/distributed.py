@@ -139,6 +139,14 @@ def together(step, *, main_only: bool = False):
     return result
 
 
+def lost_a_rank(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (killed, out of memory, its node
+    lost): NCCL raises DistBackendError, gloo a plain RuntimeError from its TCP transport."""
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return False
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "/gloo/" in str(error))
+
+
 def backend() -> str | None:
     return dist.get_backend() if dist.is_initialized() else None
 

@@ -40,7 +40,7 @@ from deepfake.engine.precision import resolve_device
 from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
-from deepfake.errors import ConfigError, DataError, RunStopped, TrainingError, UserError
+from deepfake.errors import ConfigError, DataError, OtherRankFailed, RunStopped, TrainingError, UserError
 from deepfake.evaluation.plots import training_curves_png
 from deepfake.reports.card_facts import describe_source, weights_source
 from deepfake.tasks import checkpoints, data_setup, promotion, session
@@ -287,6 +287,12 @@ def _train(training: TrainingRun) -> TrainerState:
             session.open_registry(training.cfg).record_failure(
                 _finished(training.entry, trainer, "failed"), error=str(err)
             )
+        raise
+    except RuntimeError as err:
+        if distributed.lost_a_rank(err):  # an event of the cluster, not a bug: one line that says how to go on
+            raise OtherRankFailed(f"training lost another rank (killed, out of memory or its node gone: "
+                                  f"{str(err).splitlines()[0]}); last.pth keeps the last state saved: "
+                                  f"{_how_to_continue(training.out_dir)}") from err  # fmt: skip
         raise
     finally:
         trainer.close()

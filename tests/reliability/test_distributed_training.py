@@ -5,6 +5,7 @@ weights of one process with batch 2B on the same data order."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from trainers import Stripes, assert_same_models, metric_rows, tiny_trainer
 
+from deepfake.engine import distributed
 from deepfake.engine.loaders import eval_loader, train_loader
 from deepfake.engine.phases import plan_phases
 from deepfake.engine.trainer import Trainer
@@ -133,3 +135,34 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(tmp_path, strai
     assert worst < 5e-4, worst
     rows_two, rows_one = metric_rows(straight), metric_rows(tmp_path / "one")
     assert [r["val_auc"] for r in rows_two] == [r["val_auc"] for r in rows_one]
+
+
+def _collective_after_the_other_rank_died(port: int, rank: int, answers) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    distributed.agree_max(1)
+    if rank == 1:
+        os._exit(0)  # as a rank killed by the OOM killer or with its node: no goodbye to the others
+    try:
+        distributed.agree_max(1)
+        distributed.agree_max(1)
+        answers.put(("no error", False))
+    except RuntimeError as error:
+        answers.put((str(error).splitlines()[0], distributed.lost_a_rank(error)))
+    dist.destroy_process_group()
+
+
+def test_a_collective_that_lost_its_other_rank_is_told_from_a_bug():
+    """A rank killed mid-run left the other with gloo's "Connection reset by peer", reported as a bug
+    of the project ("please report it") with no resume line; training now says it lost a rank."""
+    context = multiprocessing.get_context("fork")
+    answers, port = context.Queue(), free_port()
+    ranks = [context.Process(target=_collective_after_the_other_rank_died, args=(port, rank, answers))
+             for rank in range(WORLD)]  # fmt: skip
+    for process in ranks:
+        process.start()
+    message, lost = answers.get(timeout=120)
+    for process in ranks:
+        process.join(timeout=60)
+    assert lost, message
+    assert not distributed.lost_a_rank(RuntimeError("a bug of ours"))  # no process group here: never
