@@ -44,7 +44,8 @@ class EpochEnd:
             log.info("epoch %d, first %s batch starts with: %s", self.state.epoch + 1, what, ", ".join(shown))
 
     def _log_interval(self) -> None:
-        """``train/loss`` over the batches since the last call (this rank's), and the learning rates, once
+        """``train/loss`` over the batches since the last call (this rank's), and the learning rates the
+        logged step was taken with, once
         per optimizer step: mid accumulation window (train.log_every_n_batches below it) the interval
         goes on to the window's step instead of logging its step again."""
         state = self.state
@@ -54,7 +55,7 @@ class EpochEnd:
             interval_loss = (state.epoch_loss_sum - state.logged_loss_sum) / (
                 state.epoch_samples - state.logged_samples
             )
-            metrics = {"train/loss": interval_loss, **{f"lr/{part}": lr for part, lr in self._part_lrs().items()}}
+            metrics = {"train/loss": interval_loss, **{f"lr/{part}": lr for part, lr in self.step_lrs.items()}}
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=state.step)
         state.logged_step, state.logged_loss_sum, state.logged_samples = (

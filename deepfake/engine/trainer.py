@@ -109,6 +109,7 @@ class Trainer(EpochEnd, Checkpointing):
         # An exponential moving average of the weights (timm's ModelEmaV3, train.ema): what is validated
         # and saved as best.pth; the raw weights go on training and are saved in last.pth beside it.
         self.ema = ema(self.model) if ema is not None else None
+        self.step_lrs: dict[str, float] = {}  # the rates the last optimizer step was taken with (lr/* logs them)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.phases = phases
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
@@ -354,6 +355,7 @@ class Trainer(EpochEnd, Checkpointing):
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.phase_step += 1
+        self.step_lrs = self._part_lrs()  # before the schedule moves them on to the next step's
         if self.scheduler is not None:
             self.scheduler.step_update(self.phase_step)
         if self.ema is not None:

@@ -374,3 +374,29 @@ def test_train_loss_is_logged_once_per_optimizer_step_when_logging_outpaces_accu
     rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
     assert [step for step, _ in recorder.logged] == [1, 2]  # 3 batches of 16: one step an epoch
     assert [loss for _, loss in recorder.logged] == pytest.approx([float(row["train_loss"]) for row in rows], rel=1e-5)
+
+
+def test_the_learning_rates_logged_at_a_step_are_those_the_step_was_taken_with(tmp_path):
+    """lr/* were read after the scheduler had moved on: each point was the next step's rate, so a
+    phase's peak never showed and its last point was a rate no step used."""
+    from deepfake.tracking.loggers import Tracker
+
+    class Recorder(Tracker):
+        def __init__(self):
+            self.lrs = {}
+
+        def log_metrics(self, metrics, step):
+            if "lr/head" in metrics:
+                self.lrs[step] = (metrics["lr/head"], metrics["lr/backbone"])
+
+    recorder = Recorder()
+    trainer = stripes_trainer(tmp_path, plan_phases(1, 2, lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0),
+                              loggers=[recorder], log_every_n_batches=1)  # fmt: skip
+    trainer.fit()
+    trainer.close()
+    rows = list(csv.DictReader((tmp_path / "metrics_log.csv").open()))
+    assert sorted(recorder.lrs) == list(range(1, 10))  # 3 epochs of 3 steps
+    # metrics_log.csv's rates are each epoch's first step's: steps 1, 4 and 7.
+    for first_step, row in zip((1, 4, 7), rows):
+        assert recorder.lrs[first_step] == pytest.approx((float(row["lr_head"]), float(row["lr_backbone"])), rel=1e-6)
+    assert recorder.lrs[4][0] == pytest.approx(1e-2)  # fine-tuning's first step at its peak
