@@ -61,7 +61,7 @@ def dir_suffix(text) -> str:
 
 
 # conf/dataset/synthetic.yaml's generate settings: the embedded dataset's folder keeps the plain name.
-SYNTHETIC_DEFAULTS = {"n": (600, 200, 200), "partial_fraction": 0.3, "jpeg_quality": 95, "seed": 0,
+SYNTHETIC_DEFAULTS = {"n": ("600", "200", "200"), "seed": "0", "jpeg_quality": "95", "partial_fraction": "0.3",
                       "generator": "transposed_conv"}  # fmt: skip
 
 
@@ -69,18 +69,24 @@ def synthetic_folder(image_size, n_train, n_valid, n_test, partial_fraction, jpe
     """The generated dataset's folder under the project's cache: ``64px`` for the default settings,
     ``32px-n64-32-32`` (``-seed1``, ``-q80``, ``-partial0.5``, ``-blending``) for others. A folder per
     settings: a run or a task=test with other settings gets its own images instead of regenerating,
-    under a run that reads them, the folder they share."""
-    name = f"{image_size}px"
-    counts = (int(n_train), int(n_valid), int(n_test))
-    if counts != SYNTHETIC_DEFAULTS["n"]:
-        name += "-n" + "-".join(map(str, counts))
-    for key, label in (("seed", "seed"), ("jpeg_quality", "q"), ("partial_fraction", "partial")):
-        value = {"seed": seed, "jpeg_quality": jpeg_quality, "partial_fraction": partial_fraction}[key]
-        if float(value) != float(SYNTHETIC_DEFAULTS[key]):
-            name += f"-{label}{float(value):g}"
-    if str(generator) != SYNTHETIC_DEFAULTS["generator"]:
-        name += f"-{generator}"
+    under a run that reads them, the folder they share. Each value is written in full (``2e+07`` would
+    give two seeds one folder), and one that is no number is kept as typed for the generator to refuse."""
+    counts = tuple(map(_exact, (n_train, n_valid, n_test)))
+    name = f"{_exact(image_size)}px" + ("" if counts == SYNTHETIC_DEFAULTS["n"] else "-n" + "-".join(counts))
+    for key, label, value in (("seed", "seed", seed), ("jpeg_quality", "q", jpeg_quality),
+                              ("partial_fraction", "partial", partial_fraction), ("generator", "", generator)):  # fmt: skip
+        if _exact(value) != SYNTHETIC_DEFAULTS[key]:
+            name += f"-{label}{_exact(value)}"
     return dir_suffix(name)[1:]  # what a file name cannot hold replaced, as a run dir's suffix
+
+
+def _exact(value) -> str:
+    """A setting as text that tells every value apart: whole numbers without a point, others by repr."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def register_resolvers() -> None:

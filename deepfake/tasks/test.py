@@ -279,7 +279,7 @@ def _record_in_registry(cfg: DictConfig, metrics: dict, written: Path) -> None:
         these = f"on {metrics['test_csv']} under {metrics['test_root_dir']}"
     elif differing := _other_settings(entry, metrics):
         # a quick eval.bootstrap=0 retest erased the intervals; another seed or eval.ece_bins moved them
-        kept = f"made with {_spelled(entry['test_metrics']['evaluated_with'], differing)}"
+        kept = f"made with {_spelled(_recorded_settings(entry), differing)}"
         these = f"with {_spelled(figure_settings(metrics), differing)}"
     else:
         registry.update_run(metrics["run_name"], missing_ok=True, test_metrics=registry_view(metrics))
@@ -317,11 +317,27 @@ def figure_settings(metrics: dict) -> dict:
 
 
 def _other_settings(entry: dict, metrics: dict) -> list[str]:
-    """The keys of figure_settings whose value differs from the one the registry's figures were made with.
-    Figures registered before they recorded their settings compare none: the new ones replace them."""
-    recorded = (entry.get("test_metrics") or {}).get("evaluated_with") or {}
-    current = figure_settings(metrics)
-    return [key for key, value in current.items() if key in recorded and recorded[key] != value]
+    """The keys of figure_settings whose value differs from the one the registry's figures were made
+    with, where replacing them would lose or move figures: a retest that adds intervals to figures made
+    without them loses nothing, and replaces them. Figures registered before they recorded their
+    settings say whether they had a bootstrap by their intervals: a retest without one keeps them."""
+    recorded, current = _recorded_settings(entry), figure_settings(metrics)
+    if "evaluated_with" not in (entry.get("test_metrics") or {}):
+        return ["eval.bootstrap"] if recorded and current["eval.bootstrap"] == 0 else []
+    differing = [key for key, value in current.items() if key in recorded and recorded[key] != value]
+    if recorded.get("eval.bootstrap") == 0 and current["eval.bootstrap"] > 0:
+        differing = [key for key in differing if key == "eval.ece_bins"]
+    return differing
+
+
+def _recorded_settings(entry: dict) -> dict:
+    """What the registry's figures were made with; for figures registered before they recorded it, a
+    bootstrap when their intervals were computed (else nothing known)."""
+    view = entry.get("test_metrics") or {}
+    if "evaluated_with" in view:
+        return view["evaluated_with"]
+    had_intervals = any(value is not None for value in (view.get("intervals") or {}).values())
+    return {"eval.bootstrap": "some (intervals recorded)"} if had_intervals else {}
 
 
 def _spelled(settings: dict, keys: list[str]) -> str:

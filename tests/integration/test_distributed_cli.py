@@ -69,14 +69,14 @@ def test_two_ranks_share_one_run_dir_and_validate_like_one_process(tmp_path):
     assert float(row["val_accuracy"]) == round(float(accuracy), 6)
 
     # The DDP run's checkpoint in one process, without torchrun.
-    run_main(tmp_path, "task=test", f"ckpt={run}", "dataset.generate.n_valid=30", *TINY)
+    run_main(tmp_path, "task=test", f"ckpt={run}", *TINY, "dataset.generate.n_valid=30")
     tested = next((tmp_path / "outputs" / "test").iterdir())
     assert json.loads((tested / "metrics_test.json").read_text())["auc"] == pytest.approx(
         json.loads((run / "metrics_test.json").read_text())["auc"]
     )
     # task=test under torchrun runs on rank 0 alone, as one process would (it died in a broadcast that
     # rank 1, gone home, never joined).
-    again = torchrun(tmp_path, "task=test", f"ckpt={run}", "dataset.generate.n_valid=30", *TINY)
+    again = torchrun(tmp_path, "task=test", f"ckpt={run}", *TINY, "dataset.generate.n_valid=30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(list((tmp_path / "outputs" / "test").iterdir())) == 2
 

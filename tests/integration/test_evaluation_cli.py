@@ -356,10 +356,23 @@ def test_a_retest_with_other_reporting_settings_leaves_the_registry_figures(tmp_
     assert "keeps its test figures" not in retest.stdout + retest.stderr
     assert test_metrics()["evaluated_at"] != own["evaluated_at"] and test_metrics()["intervals"] == own["intervals"]
 
-    # Figures registered before they recorded their settings: a retest replaces them, as it did.
+    # Figures registered before they recorded their settings: their intervals say they had a bootstrap,
+    # which a retest without one keeps; a retest with one replaces them, as it did.
     path = tmp_path / "models" / "model_metadata.json"
     older = json.loads(path.read_text())
     del older["runs"][0]["test_metrics"]["evaluated_with"]
     path.write_text(json.dumps(older))
-    main_runner("task=test", f"ckpt={run}", "eval.report=false", "eval.bootstrap=0")
-    assert test_metrics()["intervals"]["auc"] is None and test_metrics()["evaluated_with"]["eval.bootstrap"] == 0
+    result = main_runner("task=test", f"ckpt={run}", "eval.report=false", "eval.bootstrap=0")
+    assert "keeps its test figures made with eval.bootstrap=some (intervals recorded); these, with eval.bootstrap=0," in (
+        result.stdout + result.stderr)  # fmt: skip
+    assert test_metrics()["intervals"] == own["intervals"] and "evaluated_with" not in test_metrics()
+    main_runner("task=test", f"ckpt={run}", "eval.report=false")
+    assert test_metrics()["evaluated_with"] == own["evaluated_with"]
+    # Figures made without a bootstrap gain intervals from a retest with one: nothing is lost.
+    without = json.loads(path.read_text())
+    figures = without["runs"][0]["test_metrics"]
+    figures["evaluated_with"] |= {"eval.bootstrap": 0, "eval.confidence": None, "seed": None}
+    figures["intervals"] = dict.fromkeys(figures["intervals"])
+    path.write_text(json.dumps(without))
+    main_runner("task=test", f"ckpt={run}", "eval.report=false")
+    assert test_metrics()["intervals"] == own["intervals"] and test_metrics()["evaluated_with"] == own["evaluated_with"]

@@ -138,6 +138,11 @@ def test_the_projects_own_cache_is_regenerated_in_place(tmp_path):
       "dataset.generate.n_test=32"], "32px-n64-32-32"),
     (["dataset.generate.seed=3", "dataset.generate.jpeg_quality=80", "dataset.generate.partial_fraction=0.5",
       "dataset.generate.generator=blending"], "64px-seed3-q80-partial0.5-blending"),
+    # every digit kept: seeds 20261203 and 20261204 shared "seed2.02612e+07", and one regenerated the other
+    (["dataset.generate.seed=20261203", "dataset.generate.partial_fraction=0.1234567"],
+     "64px-seed20261203-partial0.1234567"),
+    (["dataset.generate.seed=20261204"], "64px-seed20261204"),
+    (["experiment=smoke"], "32px-n64-32-32"),  # the smoke test's tiny set: a folder of its own too
 ])  # fmt: skip
 def test_the_default_dataset_has_a_folder_per_image_size_and_settings(overrides, folder):
     """Runs at other img_size at once (a sweep) each read their own images, and so do a run and a
