@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> None:
                           "archive.format=gz")  # fmt: skip
     remove = values.flag(cfg.archive.remove, "archive.remove")
     values.flag(cfg.archive.allow_best, "archive.allow_best")
+    archive_dir = _archive_dir(cfg.archive.dir)
     registry = session.open_registry(cfg)
     chosen = _chosen(cfg, registry)
     if not chosen:
@@ -51,8 +52,8 @@ def run(cfg: DictConfig) -> None:
                                 f"archive.older_than_days={cfg.archive.older_than_days} days ago is left to archive "
                                 "(the global best's, locked runs and runs archived already are kept)")  # fmt: skip
         return
-    _refuse_dir_inside_runs(Path(cfg.archive.dir), chosen)
-    path = Path(cfg.archive.dir) / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
+    _refuse_dir_inside_runs(archive_dir, chosen)
+    path = archive_dir / f"runs_{session.run_name()}{SUFFIXES[fmt]}"
     stale_after_s = values.lock_stale_after_s(cfg)
     with ExitStack() as locks:
         for entry in chosen:
@@ -70,6 +71,15 @@ def run(cfg: DictConfig) -> None:
         for entry in chosen:  # only the lock was left, and releasing it removed it
             _remove_empty(Path(entry["run_dir"]))
     _print_archived(chosen, packed, path, removed=remove)
+
+
+def _archive_dir(value) -> Path:
+    """``archive.dir`` as a folder; null or empty refused: ``Path("")`` is the working directory, where
+    the only copy of a removed run would have landed unnoticed."""
+    if value is None or not str(value).strip():
+        raise ConfigError(f"archive.dir={'null' if value is None else value} names no folder; give the folder to "
+                          "write the archive in, or leave archive.dir out for paths.root_dir/archive")  # fmt: skip
+    return Path(str(value))
 
 
 def _chosen(cfg: DictConfig, registry: Registry) -> list[dict]:

@@ -88,10 +88,10 @@ def print_registry(
     title: str | None = None,
     set_key: str | None = None,
 ) -> None:
-    """The registry as a table ranked on one promotion set (``set_key``, by default the global best's
-    own): the best is starred, finished runs with no score on that set (validated on other images,
-    never re-scored) are marked ≠ and listed after; failures are explained below the table (they are
-    never scored, so no ≠ for them)."""
+    """The registry as a table ranked on one promotion set (``set_key``: the one the global best won
+    on, Registry.ranking_set; without it, the best's own): the best is starred, finished runs with no
+    score on that set (validated on other images, never re-scored) are marked ≠ and listed after;
+    failures are explained below the table (they are never scored, so no ≠ for them)."""
     console = summary_console()
     if not runs:
         which = f" ({title})" if title else ""

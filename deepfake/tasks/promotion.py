@@ -8,7 +8,7 @@ slice). It is never the test CSV: a model chosen on test data has no honest test
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,11 @@ class PromotionSet:
         return describe(self.identity)
 
 
-def promotion_set(cfg: DictConfig) -> PromotionSet:
-    """``registry.promotion_csv`` read and identified; refused when it is the test set."""
+def promotion_set(cfg: DictConfig, candidates: Sequence[dict] = ()) -> PromotionSet:
+    """``registry.promotion_csv`` read and identified; refused when it is the test set of this config
+    or of one of the ``candidates`` (registry entries)."""
     csv, root = Path(str(cfg.registry.promotion_csv)), Path(str(cfg.registry.promotion_root_dir))
+    _refuse_a_candidates_test_set(csv, candidates)
     chosen = _identity(cfg, csv, root)
     test_csv = Path(str(cfg.dataset.test_csv))
     same_file = test_csv.is_file() and test_csv.resolve() == csv.resolve()
@@ -51,6 +53,24 @@ def promotion_set(cfg: DictConfig) -> PromotionSet:
         )
     _check_images(cfg, csv, root)
     return PromotionSet(csv, root, chosen)
+
+
+def _refuse_a_candidates_test_set(csv: Path, candidates: Sequence[dict]) -> None:
+    """The test CSV each candidate's figures were measured on, by path or by the CSV's bytes (a copy
+    elsewhere): task=registry is often run without the training's dataset overrides, so the check
+    against this config's dataset.test_csv alone missed it and the best was chosen on test images."""
+    from deepfake.data.manifest import file_sha256  # Pillow: task=registry lists without it
+
+    digest = file_sha256(csv) if csv.is_file() else None
+    for entry in candidates:
+        test = entry.get("test_metrics") or {}
+        same_path = bool(test.get("test_csv")) and Path(test["test_csv"]).resolve() == csv.resolve()
+        if same_path or (digest is not None and test.get("test_csv_sha256") == digest):
+            raise ConfigError(
+                f"registry.promotion_csv={csv} is the test CSV of run {entry['run_name']} ({test.get('test_csv')}); "
+                "the global best must be chosen on validation images: point registry.promotion_csv at a "
+                "validation CSV"
+            )
 
 
 def _check_images(cfg: DictConfig, csv: Path, root: Path) -> None:

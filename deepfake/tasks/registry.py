@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     registry = session.open_registry(cfg)
     runs = registry.runs()
-    title, set_key = None, None
+    title, set_key = None, registry.ranking_set()
     if cfg.task.get("sweep"):
         runs = runs_of_sweep(runs, str(cfg.task.sweep), Path(cfg.paths.multirun_dir), key="task.sweep")
         title = f"sweep {cfg.task.sweep}"
@@ -74,7 +74,6 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
     """Score the chosen finished runs (and the current best) on the promotion set; promote the top."""
     from deepfake.tasks.promotion import promotion_set, rescorer
 
-    chosen = promotion_set(cfg)
     wanted = set(session.text_list(cfg.registry.get("runs"))) or None
     if wanted and (unknown := wanted - {run["run_name"] for run in registry.runs()}):
         raise ConfigError(f"registry.runs: {', '.join(sorted(unknown))} not in {cfg.paths.registry}; see task=registry")
@@ -85,6 +84,7 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
     ]  # fmt: skip
     if best is not None and best["run_name"] not in {run["run_name"] for run in candidates}:
         candidates.append(best)  # the current best always takes part: it is what a new top would replace
+    chosen = promotion_set(cfg, candidates)
     score = rescorer(cfg, chosen)
     best_name = best["run_name"] if best is not None else None
     scored = {}
@@ -106,7 +106,7 @@ def rescore(cfg: DictConfig, registry, runs: list[dict]) -> tuple[str, str]:
         top = max(scored, key=lambda name: (scored[name][0], name == best_name))  # a tie keeps the incumbent
         if top != best_name:
             card = scored[top][1].with_name("model_card.md")
-            registry.promote(top, scored[top][1], companions=[card])
+            registry.promote(top, scored[top][1], companions=[card], set_key=chosen.key)
             log.info(
                 "re-ranked %d run(s) on %s: %s is the global best (AUC %.4f)", len(scored), chosen, top, scored[top][0]
             )

@@ -99,6 +99,7 @@ class Registry:
                     # disk is still a better one than the registry claims, never a worse one.
                     self._copy_best(best_checkpoint, companions)
                     registry["best_run"] = entry["run_name"]
+                    registry.pop("best_set", None)  # decided on the new best's own set, the default
                 registry["runs"] = [run for run in registry["runs"] if run.get("run_name") != entry["run_name"]]
                 registry["runs"].append(_json_safe(entry))
                 self._write(registry)
@@ -201,15 +202,26 @@ class Registry:
             self._write(registry)
 
     def promote(
-        self, run_name: str, checkpoint: str | os.PathLike[str], companions: Sequence[str | os.PathLike[str]] = ()
+        self,
+        run_name: str,
+        checkpoint: str | os.PathLike[str],
+        companions: Sequence[str | os.PathLike[str]] = (),
+        *,
+        set_key: str | None = None,
     ) -> None:
-        """Make ``run_name`` the global best with ``checkpoint`` (after a fair re-ranking)."""
+        """Make ``run_name`` the global best with ``checkpoint`` (after a fair re-ranking on the set
+        ``set_key``, kept as ``best_set``: ranked on the best's own set, the listing put it below runs
+        that beat it there)."""
         with self._locked():
             registry = self._read()
             if self._find(registry, run_name) is None:
                 raise UserError(f"run {run_name!r} is not in the registry {self.metadata_path}")
             self._copy_best(checkpoint, companions)
             registry["best_run"] = run_name
+            if set_key is None:
+                registry.pop("best_set", None)
+            else:
+                registry["best_set"] = set_key
             self._write(registry)
 
     def update_run(self, run_name: str, *, missing_ok: bool = False, **fields: Any) -> bool:
@@ -245,6 +257,12 @@ class Registry:
         """The entry whose checkpoint is ``best_model_path``, or None before any promotion."""
         registry = self._read()
         return self._find(registry, registry.get("best_run"))
+
+    def ranking_set(self) -> str | None:
+        """The key of the set the global best won on: the one a rescore promoted it on, else its own
+        (registries written before ``best_set`` was kept say nothing else)."""
+        registry = self._read()
+        return registry.get("best_set") or promotion_key(self._find(registry, registry.get("best_run")))
 
     def get(self, run_name: str) -> dict[str, Any] | None:
         return self._find(self._read(), run_name)

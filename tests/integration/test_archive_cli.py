@@ -41,3 +41,20 @@ def test_archive_dir_beside_the_run_dirs_is_taken(tmp_path):
     run_main(tmp_path, "task=archive", "archive.runs=[r]", f"archive.dir={run_dir.parent}", "archive.remove=true")
     [archive] = run_dir.parent.glob("runs_*.tar.gz")
     assert not run_dir.exists() and registry(tmp_path)["runs"][0]["archived"]["path"] == str(archive)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("null", "null"), ("", "")])
+def test_an_archive_dir_naming_no_folder_is_refused_before_anything_is_written(tmp_path, value, shown):
+    """null was a TypeError traceback; empty wrote the archive into the working directory (the project
+    checkout) and recorded it there."""
+    run_dir = registered_run(tmp_path)
+    before = registry(tmp_path)
+    result = run_main(tmp_path, "task=archive", "archive.runs=[r]", f"archive.dir={value}", "archive.remove=true",
+                      check=False)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert error_lines(result) == [
+        f"ERROR archive.dir={shown} names no folder; give the folder to write the archive in, or leave archive.dir "
+        "out for paths.root_dir/archive"
+    ]
+    assert sorted(path.name for path in run_dir.iterdir()) == ["best.pth", "status.json"]
+    assert registry(tmp_path) == before and not list(tmp_path.rglob("runs_*"))

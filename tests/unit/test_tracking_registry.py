@@ -390,3 +390,91 @@ def test_a_finished_run_that_fails_afterwards_keeps_its_results_and_its_place(tm
     assert entry["error"] == "cam.target_layer='x': no such layer"
     registry.record_failure({"run_name": "b", "best_val_auc": None}, error="bad")  # a run that never finished
     assert json.loads(registry.metadata_path.read_text())["runs"][1]["status"] == "failed"
+
+
+def _listing_rows(out: str) -> list[tuple[str, str]]:
+    """(mark, run) of each table row, in the listed order."""
+    cells = [line.split("│") for line in out.splitlines() if line.count("│") > 3]
+    return [(row[1].strip(), row[2].strip()) for row in cells if row[2].strip() not in ("", "run")]
+
+
+def _registry_task_cfg(root: Path, *overrides: str):
+    """task=registry's config with every path under ``root`` and no dataset overrides, as typed by hand."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"paths.root_dir={root}", f"paths.output_dir={root}/run",
+                                            "task=registry", *overrides])  # fmt: skip
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_a_rescore_on_a_registered_runs_test_csv_is_refused(tmp_path, copied):
+    """Without the training's dataset overrides, this config's dataset.test_csv was another (missing)
+    file, so the check was skipped and the global best was chosen on the runs' test images."""
+    from deepfake.data.manifest import file_sha256
+    from deepfake.errors import ConfigError
+    from deepfake.tasks import registry as registry_task
+
+    test_csv = tmp_path / "data" / "tiny" / "test.csv"
+    test_csv.parent.mkdir(parents=True)
+    test_csv.write_text(",original_path,id,label,label_str,path\n0,x,0,1,real,test/real/0.jpg\n")
+    test = {"auc": 0.6, "test_csv": str(test_csv), "test_csv_sha256": file_sha256(test_csv)}
+    registry = _registry(tmp_path)
+    _register(registry, tmp_path, "a", 0.9, status="finished", test_metrics=test)
+    promotion_csv = test_csv
+    if copied:  # the same CSV elsewhere: caught by its bytes
+        promotion_csv = tmp_path / "elsewhere" / "promo.csv"
+        promotion_csv.parent.mkdir()
+        promotion_csv.write_bytes(test_csv.read_bytes())
+    before = registry.metadata_path.read_text()
+    cfg = _registry_task_cfg(tmp_path, "registry.rescore=true", f"registry.promotion_csv={promotion_csv}",
+                             f"registry.promotion_root_dir={test_csv.parent}")  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        registry_task.run(cfg)
+    assert str(refused.value) == (
+        f"registry.promotion_csv={promotion_csv} is the test CSV of run a ({test_csv}); the global best must be "
+        "chosen on validation images: point registry.promotion_csv at a validation CSV"
+    )
+    assert registry.metadata_path.read_text() == before
+
+
+def test_after_a_rescore_promotes_a_run_the_listing_ranks_on_the_set_it_won_on(tmp_path, capsys, monkeypatch):
+    """The plain listing ranked on the new best's own validation set, where the run it beat on the
+    rescore's set is better: the ★ run was listed second, and the set it won on was not named."""
+    from deepfake.tasks import promotion
+    from deepfake.tasks import registry as registry_task
+
+    monkeypatch.setenv("COLUMNS", "250")
+    registry = _registry(tmp_path)
+    own = {"key": "v" * 16, "csv": "valid.csv", "rows": 32}
+    promo = {"key": "p" * 16, "csv": str(tmp_path / "promo.csv"), "rows": 64}
+    for name, own_auc, promo_auc in (("a", 0.9, 0.5), ("b", 0.8, 0.7)):
+        run_dir = _checkpoint(tmp_path, name).parent
+        _register(registry, tmp_path, name, own_auc, run_dir=str(run_dir), status="finished",
+                  promotion={"auc": own_auc, "set": own})  # fmt: skip
+        registry.record_score(name, promo, promo_auc)  # scored there already: the rescore reads these
+    chosen = promotion.PromotionSet(Path(promo["csv"]), tmp_path, promo)
+    monkeypatch.setattr(promotion, "promotion_set", lambda cfg, candidates=(): chosen)
+
+    def listing(*overrides: str) -> tuple[list, str]:
+        registry_task.run(_registry_task_cfg(tmp_path, *overrides))
+        out = capsys.readouterr().out
+        return _listing_rows(out), out
+
+    assert registry.best_run()["run_name"] == "a"
+    listing("registry.rescore=true")
+    assert registry.best_run()["run_name"] == "b"
+    rows, out = listing()
+    assert rows == [("★", "b"), ("", "a")], out
+    assert "promotion AUC is on promo.csv (64 images, pppppppp)" in out
+
+    # A training run that beats b on its own set takes the place and the ranking back to that set.
+    c_dir = _checkpoint(tmp_path, "c").parent
+    assert _register(registry, tmp_path, "c", 0.95, run_dir=str(c_dir), status="finished",
+                     promotion={"auc": 0.95, "set": own})  # fmt: skip
+    rows, out = listing()
+    assert rows == [("★", "c"), ("", "a"), ("", "b")], out
+    assert (
+        "promotion AUC is on valid.csv (32 images, vvvvvvvv)" in out
+        and "best_set" not in registry.metadata_path.read_text()
+    )
