@@ -23,10 +23,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from deepfake.errors import UserError, error_line
 from deepfake.tasks.composition import composed_value
+from deepfake.tasks.flags import check_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,8 +97,13 @@ def check_settings(settings: list[str], overrides: list[str]) -> None:
     """Compose every setting's config before the first run: a mistyped key or override fails in a
     second, not after the runs before it (minutes each on a GPU at 256 px)."""
     for setting in settings:
-        extra = [] if setting == "defaults" else [setting]
-        composed_value(REPO / "conf", ["task=bench", *overrides, *extra], lambda cfg: None)
+        command_line = ["task=bench", *overrides, *([] if setting == "defaults" else [setting])]
+        # as main.py checks a run's: text for a true/false switch (optimizer.fused=flase) is refused too
+        composed_value(REPO / "conf", command_line, partial(_check_flags, command_line=command_line))
+
+
+def _check_flags(cfg, *, command_line: list[str]) -> None:
+    check_flags(cfg, command_line, "config")
 
 
 def bench_once(setting: str, overrides: list[str], run_dir: Path) -> tuple[dict | None, dict | None]:

@@ -57,7 +57,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def image_sha256s_remembered(paths: Sequence[str], memo_dir: str | os.PathLike,
                              threads: int = DEFAULT_SCAN_THREADS) -> list[str]:  # fmt: skip
     """The sha256 of each of ``paths`` ("missing" for a file that cannot be read), hashed once and read
-    back in later sessions while the files keep their sizes and modification times."""
+    back in later sessions while the files keep their stat signatures (size, mtime, ctime)."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         digests, _ = remembered("images' sha256", "file_sha256", paths, memo_dir, lambda: list(pool.map(_sha256_or_missing, paths)),
                                 threads)  # fmt: skip

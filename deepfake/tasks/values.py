@@ -42,7 +42,8 @@ def positive_int(value, key: str) -> int:
 
 def flag(value, key: str) -> bool:
     """A true/false setting that gates a deletion: ``value`` itself, or a ConfigError. Text is true to
-    Python, so ``prune.apply=flase`` (tasks.flags refuses only the yes/no words) deleted checkpoints."""
+    Python, so ``prune.apply=flase`` deleted checkpoints; tasks.flags refuses such text given on the
+    command line, and this also refuses it from a config file, and numbers."""
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value} is not true or false; this setting takes true or false")
     return value

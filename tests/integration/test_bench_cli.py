@@ -130,13 +130,17 @@ def test_bench_switches_keeps_what_it_measured_when_a_later_setting_fails(tmp_pa
     assert "defaults" in result.stdout and "failed (exit 2" in result.stdout
 
 
-def test_bench_switches_refuses_a_mistyped_setting_before_the_first_run(tmp_path):
+@pytest.mark.parametrize(("switch", "said"), [
+    ("nosuchkey=1", "ERROR Could not override 'nosuchkey'."),
+    ("optimizer.fused=flase", "ERROR optimizer.fused=flase is not true or false; this setting takes true or false"),
+])  # fmt: skip
+def test_bench_switches_refuses_a_mistyped_setting_before_the_first_run(tmp_path, switch, said):
     out = tmp_path / "switches"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_switches.py"), "--switch",
-                             "optimizer.fused=false", "--switch", "nosuchkey=1", "--out", str(out), "--",
+                             "optimizer.fused=false", "--switch", switch, "--out", str(out), "--",
                              "train.device=cpu", f"paths.root_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith("ERROR Could not override 'nosuchkey'.") and "nosuchkey=1" in line
+    assert line.startswith(said), line
     assert not out.exists() and not (tmp_path / "outputs").exists()  # nothing ran
