@@ -23,15 +23,21 @@ WORDS = frozenset({"y", "yes", "n", "no", "on", "off", "true", "false"})
 TAKES_A_NAME = frozenset({"train.compile"})
 
 
-def check_flags(cfg: DictConfig, overrides: list[str], config_name: str) -> None:
-    """Refuse text for a true/false setting (``overrides``: the job's command line)."""
+def check_flags(cfg: DictConfig, overrides: list[str], config_name: str, composing: list[str] = ()) -> None:
+    """Refuse text for a true/false setting (``overrides``: the job's command line; ``composing``: the
+    Hydra overrides its composition needs too, ``hydra.searchpath`` for presets of the user's own)."""
     suspects = dict(_text_values(cfg, overrides))
     if not suspects:
         return
     from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    kept = [item for item in overrides if _key(item) not in suspects]
-    defaults = compose(config_name, overrides=kept)
+    kept = [item for item in overrides if override_key(item) not in suspects]
+    try:
+        defaults = compose(config_name, overrides=[*composing, *kept])
+    except (HydraException, OmegaConfBaseException):  # the job's own composition stands; no default to judge by
+        return
     for path, value in suspects.items():
         if isinstance(_resolved(defaults, path), bool):
             # A word that reads as true or false to people needs the why; a typo is plainly not one.
@@ -42,7 +48,7 @@ def check_flags(cfg: DictConfig, overrides: list[str], config_name: str) -> None
 def _text_values(cfg: DictConfig, overrides: list[str]):
     """(path, value) of each text set on the command line, and of each of ``WORDS`` anywhere; a value
     such as ``${deterministic}`` is judged by what it resolves to."""
-    given = {_key(item) for item in overrides if "=" in item}
+    given = {override_key(item) for item in overrides if "=" in item}
     for path, value in flat_config(cfg, resolve=False).items():
         if not isinstance(value, str):
             continue
@@ -59,6 +65,6 @@ def _resolved(cfg: DictConfig, path: str):
     return OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     """``+prune.apply=no`` -> ``prune.apply``."""
     return override.split("=", 1)[0].lstrip("+~")

@@ -210,3 +210,27 @@ def test_an_optimizer_or_scheduler_setting_it_cannot_use_is_one_line_before_trai
         cfg = compose("config", overrides=[override])
     with pytest.raises(ConfigError, match=message):
         trainer_options(cfg, torch.device("cpu"), torch.nn.Linear(2, 1))
+
+
+def test_the_true_false_check_composes_the_users_own_presets_too(tmp_path):
+    """With a text setting on the command line (paths.root_dir=...), the check composes the defaults
+    again: without the job's hydra.searchpath a preset of the user's own was not found there, and every
+    job of a sweep over such presets failed as a bug ("Could not find 'experiment/...'")."""
+    from hydra import compose, initialize_config_dir
+
+    from deepfake.tasks.flags import check_flags
+
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "mine.yaml").write_text("# @package _global_\nseed: 5\n")
+    searchpath = [f"hydra.searchpath=[file://{presets.parent}]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides, refused in ((["experiment=mine", f"paths.root_dir={tmp_path}"], None),
+                                   (["experiment=mine", "optimizer.fused=flase"], "optimizer.fused=flase")):  # fmt: skip
+            cfg = compose("config", overrides=[*searchpath, *overrides])
+            assert cfg.seed == 5
+            if refused is None:
+                check_flags(cfg, overrides, "config", composing=searchpath)
+                continue
+            with pytest.raises(ConfigError, match=f"^{refused} is not true or false"):
+                check_flags(cfg, overrides, "config", composing=searchpath)
