@@ -218,3 +218,40 @@ def test_a_sweep_job_with_a_mistyped_lock_setting_is_a_failed_registered_row(job
     assert entry["status"] == "failed" and entry["error"] == outcome.error
     [row] = summarize(out.parent, [entry], launch="ours")
     assert (row["status"], row["error"], row["exit_code"]) == ("failed", outcome.error, 2)
+
+
+@pytest.mark.parametrize("case", ["refused", "last.pth rewritten", "training failed", "no last.pth", "sweep job"])
+def test_a_failed_resume_keeps_the_runs_status_only_when_it_left_the_run_as_it_was(job_cfg, case):
+    """A resume refused before it trained or saved (another backbone) keeps the stopped run's status.json,
+    the refusal under resume_failed; anything that changed the run, or a sweep job's failure, is failed."""
+    from deepfake.errors import CheckpointError, TrainingError
+
+    out = Path(job_cfg.hydra.runtime.output_dir)
+    stopped = {"status": "stopped", "task": "train", "error": "RunStopped", "exit_code": 143, "launch": None}
+    (out / jobs.STATUS_FILE).write_text(json.dumps(stopped))
+    if case != "no last.pth":
+        (out / "last.pth").write_bytes(b"the stopped run's state")
+    OmegaConf.set_readonly(job_cfg.hydra, False)
+    if case == "sweep job":
+        job_cfg.hydra.mode = RunMode.MULTIRUN
+        job_cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(job_cfg)
+    job_cfg.resume = str(out)
+
+    def resumed(cfg):
+        if case == "last.pth rewritten":
+            time.sleep(0.01)  # a new mtime, as a save of the first resumed epoch has
+            (out / "last.pth").write_bytes(b"epoch 3, then a failure")
+            raise CheckpointError("refused after a save")
+        if case == "training failed":
+            raise TrainingError("non-finite training loss at epoch 3, batch 1")
+        raise CheckpointError("last.pth was trained with backbone 'test_resnet', not 'resnet18'")
+
+    outcome = jobs.run_job(job_cfg, resumed)
+    assert isinstance(outcome, jobs.FailedJob) and outcome.exit_code == 2
+    recorded = status(job_cfg)
+    if case == "refused":
+        assert {key: recorded[key] for key in stopped} == stopped
+        assert recorded["resume_failed"]["error"] == outcome.error and recorded["resume_failed"]["exit_code"] == 2
+    else:
+        assert recorded["status"] == "failed" and recorded["error"] == outcome.error and "resume_failed" not in recorded
