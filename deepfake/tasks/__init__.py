@@ -77,11 +77,11 @@ def _refuse_unset_values(cfg: DictConfig) -> None:
 def _refuse_words_for_true_or_false(cfg: DictConfig) -> None:
     """``prune.apply=no`` is the text "no" to Hydra, and text is true: refused before the task runs."""
     if HydraConfig.initialized():
-        from deepfake.tasks.flags import check_flags, override_key
+        from deepfake.tasks.flags import check_flags
 
         hydra = HydraConfig.get()
         # Presets of the user's own (hydra.searchpath) must compose the defaults too.
-        searchpath = [o for o in hydra.overrides.hydra if override_key(o) == "hydra.searchpath"]
+        searchpath = [o for o in hydra.overrides.hydra if values.override_key(o) == "hydra.searchpath"]
         check_flags(cfg, list(hydra.overrides.task), str(hydra.job.config_name), composing=searchpath)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepfake.errors import ConfigError
 from deepfake.tasks.session import flat_config
+from deepfake.tasks.values import override_key
 
 # Quoted true/false ('false') reach the config as text too.
 WORDS = frozenset({"y", "yes", "n", "no", "on", "off", "true", "false"})
@@ -63,8 +64,3 @@ def _is_word(value: str) -> bool:
 
 def _resolved(cfg: DictConfig, path: str):
     return OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False)
-
-
-def override_key(override: str) -> str:
-    """``+prune.apply=no`` -> ``prune.apply``."""
-    return override.split("=", 1)[0].lstrip("+~")

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from deepfake.engine.launcher_env import env_rank
+from deepfake.tasks.values import override_key
 from deepfake.tracking.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,6 @@ def same_job(previous: list, overrides: list) -> bool:
     own overrides: the same job still, which the sweep's relaunch must not refuse."""
 
     def settings(listed: list) -> list:
-        return sorted(o for o in map(str, listed) if o.partition("=")[0].lstrip("+~") != "resume")
+        return sorted(o for o in map(str, listed) if override_key(o) != "resume")
 
     return settings(previous) == settings(overrides)

@@ -40,7 +40,7 @@ from deepfake.inference.predictions import (
 )
 from deepfake.reports.card_facts import configured_data, data_identity, recorded_config
 from deepfake.reports.html import write_document
-from deepfake.tasks import checkpoints, data_setup, session
+from deepfake.tasks import checkpoints, data_setup, session, values
 from deepfake.tasks.display import fmt_metric
 from deepfake.tasks.preflight import scan_splits
 from deepfake.tasks.scoring import (
@@ -245,7 +245,7 @@ def run(cfg: DictConfig) -> float | None:
     loaded = load_checkpoint_and_sha256(path)
     checkpoint = loaded[0]
     check_eval_settings(cfg)
-    given = {override.split("=", 1)[0].lstrip("+~") for override in session.task_overrides()}
+    given = {values.override_key(override) for override in session.task_overrides()}
     not_applied = settings_not_applied(cfg, checkpoint_rule(checkpoint, cfg), given)
     if not_applied:
         log.warning("%s: these apply when a training chooses the operating point; task=test uses the one stored "

@@ -40,6 +40,11 @@ def positive_int(value, key: str) -> int:
     return result
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+prune.apply=no`` -> ``prune.apply``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def flag(value, key: str) -> bool:
     """A true/false setting that gates a deletion: ``value`` itself, or a ConfigError. Text is true to
     Python, so ``prune.apply=flase`` deleted checkpoints; tasks.flags refuses such text given on the
