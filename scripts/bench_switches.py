@@ -23,7 +23,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 from deepfake.errors import UserError, error_line
@@ -99,11 +98,7 @@ def check_settings(settings: list[str], overrides: list[str]) -> None:
     for setting in settings:
         command_line = ["task=bench", *overrides, *([] if setting == "defaults" else [setting])]
         # as main.py checks a run's: text for a true/false switch (optimizer.fused=flase) is refused too
-        composed_value(REPO / "conf", command_line, partial(_check_flags, command_line=command_line))
-
-
-def _check_flags(cfg, *, command_line: list[str]) -> None:
-    check_flags(cfg, command_line, "config")
+        composed_value(REPO / "conf", command_line, lambda cfg, line=command_line: check_flags(cfg, line, "config"))
 
 
 def bench_once(setting: str, overrides: list[str], run_dir: Path) -> tuple[dict | None, dict | None]:
