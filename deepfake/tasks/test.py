@@ -321,23 +321,25 @@ def _other_settings(entry: dict, metrics: dict) -> list[str]:
     with, where replacing them would lose or move figures: a retest that adds intervals to figures made
     without them loses nothing, and replaces them. Figures registered before they recorded their
     settings say whether they had a bootstrap by their intervals: a retest without one keeps them."""
-    recorded, current = _recorded_settings(entry), figure_settings(metrics)
-    if "evaluated_with" not in (entry.get("test_metrics") or {}):
-        return ["eval.bootstrap"] if recorded and current["eval.bootstrap"] == 0 else []
+    view, current = entry.get("test_metrics") or {}, figure_settings(metrics)
+    if "evaluated_with" not in view:
+        return ["eval.bootstrap"] if _had_intervals(view) and current["eval.bootstrap"] == 0 else []
+    recorded = view["evaluated_with"]
     differing = [key for key, value in current.items() if key in recorded and recorded[key] != value]
     if recorded.get("eval.bootstrap") == 0 and current["eval.bootstrap"] > 0:
         differing = [key for key in differing if key == "eval.ece_bins"]
     return differing
 
 
+def _had_intervals(view: dict) -> bool:
+    return any(value is not None for value in (view.get("intervals") or {}).values())
+
+
 def _recorded_settings(entry: dict) -> dict:
-    """What the registry's figures were made with; for figures registered before they recorded it, a
-    bootstrap when their intervals were computed (else nothing known)."""
+    """What the registry's figures were made with, for the log line; of figures registered before they
+    recorded it, only that they had a bootstrap (the one difference _other_settings finds in them)."""
     view = entry.get("test_metrics") or {}
-    if "evaluated_with" in view:
-        return view["evaluated_with"]
-    had_intervals = any(value is not None for value in (view.get("intervals") or {}).values())
-    return {"eval.bootstrap": "some (intervals recorded)"} if had_intervals else {}
+    return view.get("evaluated_with") or {"eval.bootstrap": "some (intervals recorded)"}
 
 
 def _spelled(settings: dict, keys: list[str]) -> str:
