@@ -355,7 +355,8 @@ class Trainer(EpochEnd, Checkpointing):
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.phase_step += 1
-        self.step_lrs = self._part_lrs()  # before the schedule moves them on to the next step's
+        if self.loggers:  # read before the schedule moves them on to the next step's; only lr/* needs them
+            self.step_lrs = self._part_lrs()
         if self.scheduler is not None:
             self.scheduler.step_update(self.phase_step)
         if self.ema is not None:
