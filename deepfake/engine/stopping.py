@@ -11,8 +11,11 @@ robbed of it: once ``last.pth`` is saved, :meth:`StopRequest.hand_back` calls th
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
+import multiprocessing
+import multiprocessing.util  # registers its exit hook first, so the one below runs before it (LIFO)
 import signal
 import threading
 from collections.abc import Iterator
@@ -117,3 +120,22 @@ def init_worker(worker_id: int) -> None:
     # timm, the dataset) and so copies each page holding one: measured, each of 4 workers grew from 21
     # to 107 MiB of private memory at its third epoch. Those objects live as long as the worker anyway.
     gc.freeze()
+
+
+def _end_deaf_workers() -> None:
+    """At exit, end the loader workers torch could not: they ignore SIGTERM (:func:`init_worker`), and
+    multiprocessing's own exit hook SIGTERMs its daemonic children, then joins them without a timeout.
+    A Ctrl-C (or any error) that lands while a loader starts its workers, after one started and before
+    torch recorded it, leaves that worker out of torch's shutdown: the process then waited for ever
+    instead of exiting. Only daemonic children are touched, which multiprocessing would end here anyway."""
+    deaf = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in deaf:
+        child.terminate()  # a daemon that still listens to SIGTERM ends as multiprocessing would end it
+    for child in deaf:
+        child.join(timeout=1)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=5)
+
+
+atexit.register(_end_deaf_workers)
