@@ -19,18 +19,14 @@ once training ends, and rank 0 alone evaluates, registers and writes, like a sin
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,7 +37,6 @@ from deepfake.engine.reproducibility import seed_everything, set_deterministic
 from deepfake.engine.train_state import TrainerState
 from deepfake.engine.trainer import Trainer
 from deepfake.errors import ConfigError, DataError, OtherRankFailed, RunStopped, TrainingError, UserError
-from deepfake.evaluation.plots import training_curves_png
 from deepfake.reports.card_facts import describe_source, weights_source
 from deepfake.tasks import checkpoints, data_setup, promotion, session
 from deepfake.tasks.card import write_card
@@ -55,8 +50,9 @@ from deepfake.tasks.preflight import (
 )
 from deepfake.tasks.resume import check_resumed_config, load_last_checkpoint, overrides_kept_if_refused
 from deepfake.tasks.resume_argv import finished_entry, finished_message
+from deepfake.tasks.run_end import closing_entry, how_to_continue, write_training_curves
 from deepfake.tasks.scoring import check_eval_settings, store_operating_point
-from deepfake.tasks.test import TRAINING_CURVES, check_test_images, evaluate_checkpoint, registry_view
+from deepfake.tasks.test import check_test_images, evaluate_checkpoint, registry_view
 from deepfake.tasks.trainer_options import phase_plan, trainer_options
 from deepfake.tasks.values import positive_int
 from deepfake.tracking.checkpoint import remove_stale_temps
@@ -104,26 +100,6 @@ def run(cfg: DictConfig) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ setup
-def _how_to_continue(out_dir: Path) -> str:
-    """A grid sweep's job goes on when the sweep is relaunched into its dir (a cluster requeues it by
-    itself); a single run with resume=. An Optuna trial too: a relaunched search asks its study for
-    new trials and never resumes this one, which the study keeps as failed."""
-    hydra = HydraConfig.get()
-    if hydra.mode == RunMode.MULTIRUN and "study_name" not in hydra.sweeper:
-        return (f"relaunch the sweep with hydra.sweep.dir={out_dir.parent} (its finished jobs are kept, this one "
-                "resumes)")  # fmt: skip
-    world = distributed.ranks().world_size
-    if world > 1:  # one process would refuse an epoch cut by several, or resume it as another run
-        local = os.environ.get("LOCAL_WORLD_SIZE", world)
-        how = (f"resume with the same {world} processes: torchrun --nproc_per_node={local} scripts/main.py "
-               f"resume={out_dir}")  # fmt: skip
-    else:
-        how = f"resume with: python scripts/main.py resume={out_dir}"
-    if hydra.mode == RunMode.MULTIRUN:
-        how += " (a run of its own then: the study keeps this trial failed, and a relaunched search samples new ones)"
-    return how
-
-
 def _check_settings(cfg: DictConfig) -> None:
     """The settings that need neither data nor model, checked by every rank before the run dir is
     written and the images scanned (dataset.batch_size=0 was found after the scan, and left a used dir)."""
@@ -285,23 +261,23 @@ def _train(training: TrainingRun) -> TrainerState:
     except TrainingError as err:
         if is_main:  # recorded with how far it got, never promoted; last.pth stays the last good state
             session.open_registry(training.cfg).record_failure(
-                _finished(training.entry, trainer, "failed"), error=str(err)
+                closing_entry(training.entry, trainer, "failed"), error=str(err)
             )
         raise
     except RuntimeError as err:
         if distributed.lost_a_rank(err):  # an event of the cluster, not a bug: one line that says how to go on
             raise OtherRankFailed(f"training lost another rank (killed, out of memory or its node gone: "
                                   f"{str(err).splitlines()[0]}); last.pth keeps the last state saved: "
-                                  f"{_how_to_continue(training.out_dir)}") from err  # fmt: skip
+                                  f"{how_to_continue(training.out_dir)}") from err  # fmt: skip
         raise
     finally:
         trainer.close()
         if is_main:
-            _write_training_curves(training.out_dir)
+            write_training_curves(training.out_dir)
     if trainer.stopped_early:
         log.warning(
             "%s: stopped after epoch %d%s, last.pth saved; %s", signal.Signals(trainer.stop.signum).name, state.epoch,
-            f" + {state.batches_done} batch(es)" if state.batches_done else "", _how_to_continue(training.out_dir),
+            f" + {state.batches_done} batch(es)" if state.batches_done else "", how_to_continue(training.out_dir),
         )  # fmt: skip
         trainer.stop.hand_back()  # under submitit: requeue the job, which then resumes from last.pth
         raise RunStopped(trainer.stop.signum)
@@ -324,7 +300,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
         )
         if cfg.train.do_cam:  # before registering: a run registered as finished has done all it was asked
             entry |= _explain(best, training, state.step)
-        entry = _finished(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
+        entry = closing_entry(entry, trainer, "finished", None if test_metrics is None else registry_view(test_metrics))
         # What its test and CAM figures measured; the test hashed the bytes it scored.
         entry["checkpoint_sha256"] = test_metrics["checkpoint_sha256"] if test_metrics else file_sha256(best)
         entry["promotion"] = promotion.candidate_promotion(cfg, best, state.best_auc, training.promotion_set)
@@ -334,7 +310,7 @@ def _save(training: TrainingRun, state: TrainerState, started: float) -> float |
             tracker.log_artifact(best)
         promoted = _register(training, entry, best, card)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (engine.stopping.StopSignal)
-        log.warning("interrupted after training; %s (it tests and registers it)", _how_to_continue(out_dir))
+        log.warning("interrupted after training; %s (it tests and registers it)", how_to_continue(out_dir))
         raise RunStopped(getattr(stop, "signum", signal.SIGINT)) from None
     if promoted:
         log.info("new global best (AUC %s on %s): %s", entry["promotion"]["auc"], training.promotion_set,
@@ -356,7 +332,7 @@ def _register(training: TrainingRun, entry: dict, best: Path, card: Path) -> boo
             entry, best, rescore_incumbent=promotion.rescorer(cfg, training.promotion_set), companions=[card]
         )
     except UserError as err:
-        raise UserError(f"{err}; the trained run is kept: {_how_to_continue(training.out_dir)} "
+        raise UserError(f"{err}; the trained run is kept: {how_to_continue(training.out_dir)} "
                         "(it registers it)") from err  # fmt: skip
 
 
@@ -368,31 +344,6 @@ def _explain(best: Path, training: TrainingRun, step: int) -> dict:
     report = explain_checkpoint(best, training.cfg, training.out_dir, split="valid", trackers=training.trackers,
                                 step=step)  # fmt: skip
     return {} if report is None else {"cam_metrics": registry_view(report)}
-
-
-def _finished(entry: dict, trainer: Trainer, status: str, test_metrics: dict | None = None) -> dict:
-    state = trainer.state
-    return {
-        **entry,
-        "status": status,
-        "best_val_auc": state.best_auc,
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
-        "ended_at": session.now_iso(),
-        # The test's own count too (its scorer keeps its own log): all damaged images, as README says.
-        "damaged_images": trainer.damaged.counts()
-        | ({"test": n} if (n := (test_metrics or {}).get("n_damaged")) else {}),
-        "test_metrics": test_metrics,
-        "inexact_resume": state.not_exact,  # why a resume could not continue exactly, or None
-    }
-
-
-def _write_training_curves(out_dir: Path) -> None:
-    """training_curves.png from metrics_log.csv, for readers who never open TensorBoard."""
-    with open(out_dir / "metrics_log.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows:
-        (out_dir / TRAINING_CURVES).write_bytes(training_curves_png(rows))
 
 
 def _hyperparameters(cfg: DictConfig) -> str:
